@@ -1,0 +1,712 @@
+//! The record batch: the one unit in which messages travel on the wire and
+//! lie on disk.
+//!
+//! A producer builds a batch with [`BatchBuilder`]; the broker checks it once
+//! with [`Batch::validate`], writes its assigned base offset into the first
+//! eight bytes (which the CRC deliberately does not cover, so no re-hashing is
+//! needed) and copies the bytes into a segment unchanged. A consumer receives
+//! the same bytes and walks them with [`Batch::records`], which borrows keys
+//! and values from the buffer instead of allocating per record.
+//!
+//! The byte layout is specified in `protocol/PROTOCOL.md`; change both
+//! together.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use thiserror::Error;
+
+use crate::types::Offset;
+use crate::varint::{get_varint, put_varint, varint_len, zigzag_decode, zigzag_encode};
+
+/// Bytes of the fixed batch header that precedes the records.
+pub const HEADER_LEN: usize = 40;
+/// The only batch format version this code writes and reads.
+pub const MAGIC: u8 = 1;
+/// Upper bound on a batch's total length. A length field above this is
+/// treated as corruption rather than trusted for an allocation or a scan.
+pub const MAX_BATCH_LEN: usize = 64 * 1024 * 1024;
+
+const OFFSET_POS: usize = 0;
+const LEN_POS: usize = 8;
+const CRC_POS: usize = 12;
+/// The CRC covers everything from here to the end of the batch.
+const CRC_START: usize = 16;
+const MAGIC_POS: usize = 16;
+const ATTRIBUTES_POS: usize = 17;
+const COUNT_POS: usize = 20;
+const FIRST_TS_POS: usize = 24;
+const MAX_TS_POS: usize = 32;
+
+/// Why a byte string is not a valid batch.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum BatchError {
+    /// Fewer bytes than the header, or than the header's length field says.
+    #[error("batch truncated: need {needed} bytes, have {available}")]
+    Truncated {
+        /// Bytes the batch claims or needs.
+        needed: usize,
+        /// Bytes actually present.
+        available: usize,
+    },
+    /// The length field is below the header size or above [`MAX_BATCH_LEN`].
+    #[error("batch length {0} out of range")]
+    BadLength(u64),
+    /// A format version this code does not know.
+    #[error("unknown batch magic {0}")]
+    BadMagic(u8),
+    /// Attribute bits or reserved bytes set that this version does not define.
+    #[error("reserved batch attributes set: {0:#x}")]
+    BadAttributes(u32),
+    /// The stored CRC does not match the bytes.
+    #[error("batch CRC mismatch: stored {stored:#010x}, computed {computed:#010x}")]
+    Crc {
+        /// CRC in the header.
+        stored: u32,
+        /// CRC of the bytes as they are.
+        computed: u32,
+    },
+    /// A batch must hold at least one record.
+    #[error("batch holds no records")]
+    Empty,
+    /// The records do not parse, or do not fill the batch exactly.
+    #[error("malformed record {index}: {reason}")]
+    Malformed {
+        /// Index of the record within the batch.
+        index: u32,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A builder was asked to exceed [`MAX_BATCH_LEN`].
+    #[error("batch would exceed {MAX_BATCH_LEN} bytes")]
+    TooLarge,
+}
+
+/// The fixed header of a batch, decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchHeader {
+    /// Offset of the first record (0 until the broker assigns it).
+    pub base_offset: Offset,
+    /// Total bytes of the batch, header included.
+    pub batch_len: u32,
+    /// CRC-32 (IEEE) of bytes `16..batch_len`.
+    pub crc: u32,
+    /// Number of records, at least 1.
+    pub record_count: u32,
+    /// Timestamp of the first record, milliseconds since the Unix epoch.
+    pub first_timestamp_ms: i64,
+    /// Largest record timestamp in the batch.
+    pub max_timestamp_ms: i64,
+}
+
+impl BatchHeader {
+    /// Decodes and sanity-checks the header at the front of `buf`.
+    ///
+    /// Only the header has to be present: storage uses this to learn a
+    /// batch's length while scanning before it trusts the rest.
+    pub fn parse(buf: &[u8]) -> Result<BatchHeader, BatchError> {
+        if buf.len() < HEADER_LEN {
+            return Err(BatchError::Truncated {
+                needed: HEADER_LEN,
+                available: buf.len(),
+            });
+        }
+        let batch_len = read_u32(buf, LEN_POS);
+        if (batch_len as usize) <= HEADER_LEN || batch_len as usize > MAX_BATCH_LEN {
+            return Err(BatchError::BadLength(u64::from(batch_len)));
+        }
+        if buf[MAGIC_POS] != MAGIC {
+            return Err(BatchError::BadMagic(buf[MAGIC_POS]));
+        }
+        let attributes = read_u32(buf, MAGIC_POS) >> 8;
+        if attributes != 0 {
+            return Err(BatchError::BadAttributes(attributes));
+        }
+        let record_count = read_u32(buf, COUNT_POS);
+        if record_count == 0 {
+            return Err(BatchError::Empty);
+        }
+        Ok(BatchHeader {
+            base_offset: Offset(read_u64(buf, OFFSET_POS)),
+            batch_len,
+            crc: read_u32(buf, CRC_POS),
+            record_count,
+            first_timestamp_ms: read_u64(buf, FIRST_TS_POS) as i64,
+            max_timestamp_ms: read_u64(buf, MAX_TS_POS) as i64,
+        })
+    }
+
+    /// Offset one past the last record: where the next batch starts.
+    pub fn next_offset(&self) -> Offset {
+        self.base_offset.plus(u64::from(self.record_count))
+    }
+
+    /// Offset of the last record in the batch.
+    pub fn last_offset(&self) -> Offset {
+        self.base_offset.plus(u64::from(self.record_count) - 1)
+    }
+}
+
+/// Checks the CRC of the batch at the front of `buf`, whose header has
+/// already been parsed. Cheaper than [`Batch::validate`]: storage uses it
+/// on every read, where the record structure was checked when the batch was
+/// appended.
+pub fn verify_crc(buf: &[u8], header: &BatchHeader) -> Result<(), BatchError> {
+    let len = header.batch_len as usize;
+    if buf.len() < len {
+        return Err(BatchError::Truncated {
+            needed: len,
+            available: buf.len(),
+        });
+    }
+    let computed = crc32fast::hash(&buf[CRC_START..len]);
+    if computed != header.crc {
+        return Err(BatchError::Crc {
+            stored: header.crc,
+            computed,
+        });
+    }
+    Ok(())
+}
+
+/// Overwrites the base offset of the batch at the front of `buf`.
+///
+/// The CRC does not cover these bytes, so this is all the broker does to a
+/// producer's batch before storing it.
+pub fn set_base_offset(buf: &mut [u8], offset: Offset) {
+    buf[OFFSET_POS..OFFSET_POS + 8].copy_from_slice(&offset.0.to_le_bytes());
+}
+
+/// A batch whose length, CRC and record structure have been checked.
+#[derive(Debug, Clone, Copy)]
+pub struct Batch<'a> {
+    header: BatchHeader,
+    bytes: &'a [u8],
+}
+
+impl<'a> Batch<'a> {
+    /// Validates the batch at the front of `buf` completely: header, CRC,
+    /// and that the records parse and fill the batch exactly. Bytes after the
+    /// batch are ignored (use `batch_len` to find the next one).
+    pub fn validate(buf: &'a [u8]) -> Result<Batch<'a>, BatchError> {
+        let header = BatchHeader::parse(buf)?;
+        verify_crc(buf, &header)?;
+        let bytes = &buf[..header.batch_len as usize];
+        check_records(bytes, &header)?;
+        Ok(Batch { header, bytes })
+    }
+
+    /// The decoded header.
+    pub fn header(&self) -> &BatchHeader {
+        &self.header
+    }
+
+    /// The batch's bytes, exactly `batch_len` long.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    /// Iterates the records without allocating.
+    pub fn records(&self) -> Records<'a> {
+        Records {
+            rest: &self.bytes[HEADER_LEN..],
+            base_offset: self.header.base_offset,
+            first_timestamp_ms: self.header.first_timestamp_ms,
+            index: 0,
+            count: self.header.record_count,
+        }
+    }
+}
+
+/// Iterates a buffer holding whole batches back to back, validating each.
+///
+/// Yields an error (and then stops) at the first batch that is not valid.
+pub struct Batches<'a> {
+    rest: &'a [u8],
+    failed: bool,
+}
+
+impl<'a> Batches<'a> {
+    /// Starts at the front of `buf`.
+    pub fn new(buf: &'a [u8]) -> Batches<'a> {
+        Batches {
+            rest: buf,
+            failed: false,
+        }
+    }
+}
+
+impl<'a> Iterator for Batches<'a> {
+    type Item = Result<Batch<'a>, BatchError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() || self.failed {
+            return None;
+        }
+        match Batch::validate(self.rest) {
+            Ok(batch) => {
+                self.rest = &self.rest[batch.bytes.len()..];
+                Some(Ok(batch))
+            }
+            Err(err) => {
+                self.failed = true;
+                Some(Err(err))
+            }
+        }
+    }
+}
+
+/// One record, borrowed from its batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Record<'a> {
+    /// The record's offset in its partition.
+    pub offset: Offset,
+    /// Milliseconds since the Unix epoch.
+    pub timestamp_ms: i64,
+    /// The key, if the producer gave one.
+    pub key: Option<&'a [u8]>,
+    /// The payload.
+    pub value: &'a [u8],
+    headers: &'a [u8],
+    header_count: u32,
+}
+
+impl<'a> Record<'a> {
+    /// The record's headers, in the order the producer added them.
+    pub fn headers(&self) -> Headers<'a> {
+        Headers {
+            rest: self.headers,
+            remaining: self.header_count,
+        }
+    }
+
+    /// The value of the first header named `name`.
+    pub fn header(&self, name: &[u8]) -> Option<&'a [u8]> {
+        self.headers().find(|(key, _)| *key == name).map(|(_, v)| v)
+    }
+}
+
+/// Iterator over a record's `(name, value)` headers.
+#[derive(Debug, Clone)]
+pub struct Headers<'a> {
+    rest: &'a [u8],
+    remaining: u32,
+}
+
+impl<'a> Iterator for Headers<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.remaining == 0 {
+            return None;
+        }
+        self.remaining -= 1;
+        // The batch was validated, so these cannot fail; stopping early
+        // rather than panicking keeps this safe even if that ever changes.
+        let (name, rest) = take_bytes(self.rest)?;
+        let (value, rest) = take_bytes(rest)?;
+        self.rest = rest;
+        Some((name, value))
+    }
+}
+
+/// Iterator over the records of a validated batch.
+pub struct Records<'a> {
+    rest: &'a [u8],
+    base_offset: Offset,
+    first_timestamp_ms: i64,
+    index: u32,
+    count: u32,
+}
+
+impl<'a> Iterator for Records<'a> {
+    type Item = Record<'a>;
+
+    fn next(&mut self) -> Option<Record<'a>> {
+        if self.index >= self.count {
+            return None;
+        }
+        let (record, rest) =
+            parse_record(self.rest, self.index, self.first_timestamp_ms, self.base_offset).ok()?;
+        self.rest = rest;
+        self.index += 1;
+        Some(record)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = (self.count - self.index) as usize;
+        (left, Some(left))
+    }
+}
+
+impl ExactSizeIterator for Records<'_> {}
+
+fn check_records(bytes: &[u8], header: &BatchHeader) -> Result<(), BatchError> {
+    let mut rest = &bytes[HEADER_LEN..];
+    let mut max_ts = i64::MIN;
+    for index in 0..header.record_count {
+        let (record, after) = parse_record(rest, index, header.first_timestamp_ms, Offset(0))?;
+        max_ts = max_ts.max(record.timestamp_ms);
+        // Walk the headers once so that iterating them later cannot fail.
+        let mut headers = record.headers;
+        for _ in 0..record.header_count {
+            let (_, r) = take_bytes(headers).ok_or(malformed(index, "header name"))?;
+            let (_, r) = take_bytes(r).ok_or(malformed(index, "header value"))?;
+            headers = r;
+        }
+        if !headers.is_empty() {
+            return Err(malformed(index, "bytes after headers"));
+        }
+        rest = after;
+    }
+    if !rest.is_empty() {
+        return Err(malformed(header.record_count, "bytes after last record"));
+    }
+    if max_ts != header.max_timestamp_ms {
+        return Err(malformed(0, "max timestamp does not match records"));
+    }
+    Ok(())
+}
+
+fn malformed(index: u32, reason: &'static str) -> BatchError {
+    BatchError::Malformed { index, reason }
+}
+
+/// Parses one record at the front of `buf`, returning it and what follows.
+fn parse_record<'a>(
+    buf: &'a [u8],
+    index: u32,
+    first_timestamp_ms: i64,
+    base_offset: Offset,
+) -> Result<(Record<'a>, &'a [u8]), BatchError> {
+    let (len, n) = get_varint(buf).ok_or(malformed(index, "record length"))?;
+    let body_end = n
+        .checked_add(usize::try_from(len).map_err(|_| malformed(index, "record length"))?)
+        .filter(|&end| end <= buf.len())
+        .ok_or(malformed(index, "record length exceeds batch"))?;
+    let body = &buf[n..body_end];
+
+    let (offset_delta, n) = get_varint(body).ok_or(malformed(index, "offset delta"))?;
+    if offset_delta != u64::from(index) {
+        return Err(malformed(index, "offset delta out of sequence"));
+    }
+    let body = &body[n..];
+    let (ts_delta, n) = get_varint(body).ok_or(malformed(index, "timestamp delta"))?;
+    let timestamp_ms = first_timestamp_ms.wrapping_add(zigzag_decode(ts_delta));
+    let body = &body[n..];
+
+    let (key_len_plus_one, n) = get_varint(body).ok_or(malformed(index, "key length"))?;
+    let body = &body[n..];
+    let (key, body) = if key_len_plus_one == 0 {
+        (None, body)
+    } else {
+        let key_len = usize::try_from(key_len_plus_one - 1)
+            .ok()
+            .filter(|&l| l <= body.len())
+            .ok_or(malformed(index, "key exceeds record"))?;
+        (Some(&body[..key_len]), &body[key_len..])
+    };
+    let (value, body) = take_bytes(body).ok_or(malformed(index, "value exceeds record"))?;
+    let (header_count, n) = get_varint(body).ok_or(malformed(index, "header count"))?;
+    let header_count = u32::try_from(header_count).map_err(|_| malformed(index, "header count"))?;
+    let record = Record {
+        offset: base_offset.plus(u64::from(index)),
+        timestamp_ms,
+        key,
+        value,
+        headers: &body[n..],
+        header_count,
+    };
+    Ok((record, &buf[body_end..]))
+}
+
+/// Splits a varint-length-prefixed byte string off the front of `buf`.
+#[inline]
+fn take_bytes(buf: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (len, n) = get_varint(buf)?;
+    let len = usize::try_from(len).ok()?;
+    let end = n.checked_add(len)?;
+    if end > buf.len() {
+        return None;
+    }
+    Some((&buf[n..end], &buf[end..]))
+}
+
+#[inline]
+fn read_u32(buf: &[u8], pos: usize) -> u32 {
+    let mut b = [0u8; 4];
+    b.copy_from_slice(&buf[pos..pos + 4]);
+    u32::from_le_bytes(b)
+}
+
+#[inline]
+fn read_u64(buf: &[u8], pos: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&buf[pos..pos + 8]);
+    u64::from_le_bytes(b)
+}
+
+/// Builds a batch record by record into one contiguous buffer.
+///
+/// ```
+/// use spool_protocol::batch::{Batch, BatchBuilder};
+///
+/// let mut builder = BatchBuilder::new();
+/// builder.push(1_700_000_000_000, Some(b"user-7"), b"hello", &[(b"trace", b"abc")]).unwrap();
+/// builder.push(1_700_000_000_005, None, b"world", &[]).unwrap();
+/// let bytes = builder.finish().unwrap();
+///
+/// let batch = Batch::validate(&bytes).unwrap();
+/// let values: Vec<&[u8]> = batch.records().map(|r| r.value).collect();
+/// assert_eq!(values, [&b"hello"[..], &b"world"[..]]);
+/// ```
+#[derive(Debug)]
+pub struct BatchBuilder {
+    buf: BytesMut,
+    record_count: u32,
+    first_timestamp_ms: i64,
+    max_timestamp_ms: i64,
+}
+
+impl Default for BatchBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl BatchBuilder {
+    /// An empty builder.
+    pub fn new() -> BatchBuilder {
+        Self::with_capacity(HEADER_LEN + 256)
+    }
+
+    /// An empty builder whose buffer starts with room for `bytes`.
+    pub fn with_capacity(bytes: usize) -> BatchBuilder {
+        let mut buf = BytesMut::with_capacity(bytes.max(HEADER_LEN));
+        buf.put_bytes(0, HEADER_LEN);
+        BatchBuilder {
+            buf,
+            record_count: 0,
+            first_timestamp_ms: 0,
+            max_timestamp_ms: i64::MIN,
+        }
+    }
+
+    /// Records pushed so far.
+    pub fn record_count(&self) -> u32 {
+        self.record_count
+    }
+
+    /// Bytes the batch would take if finished now.
+    pub fn len_bytes(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// True until the first record is pushed.
+    pub fn is_empty(&self) -> bool {
+        self.record_count == 0
+    }
+
+    /// Bytes one record would add to a batch whose first timestamp is
+    /// `first_timestamp_ms`: lets a producer decide whether a record still
+    /// fits before pushing it.
+    pub fn encoded_record_len(
+        timestamp_delta_ms: i64,
+        index: u32,
+        key: Option<&[u8]>,
+        value: &[u8],
+        headers: &[(&[u8], &[u8])],
+    ) -> usize {
+        let body = record_body_len(timestamp_delta_ms, index, key, value, headers);
+        varint_len(body as u64) + body
+    }
+
+    /// Appends one record. Fails (and leaves the builder unchanged) if the
+    /// batch would exceed [`MAX_BATCH_LEN`].
+    pub fn push(
+        &mut self,
+        timestamp_ms: i64,
+        key: Option<&[u8]>,
+        value: &[u8],
+        headers: &[(&[u8], &[u8])],
+    ) -> Result<(), BatchError> {
+        if self.record_count == 0 {
+            self.first_timestamp_ms = timestamp_ms;
+        }
+        let ts_delta = timestamp_ms.wrapping_sub(self.first_timestamp_ms);
+        let body = record_body_len(ts_delta, self.record_count, key, value, headers);
+        let total = varint_len(body as u64) + body;
+        if self.buf.len() + total > MAX_BATCH_LEN || self.record_count == u32::MAX {
+            return Err(BatchError::TooLarge);
+        }
+        let buf = &mut self.buf;
+        buf.reserve(total);
+        put_varint(buf, body as u64);
+        put_varint(buf, u64::from(self.record_count));
+        put_varint(buf, zigzag_encode(ts_delta));
+        match key {
+            None => put_varint(buf, 0),
+            Some(key) => {
+                put_varint(buf, key.len() as u64 + 1);
+                buf.put_slice(key);
+            }
+        }
+        put_varint(buf, value.len() as u64);
+        buf.put_slice(value);
+        put_varint(buf, headers.len() as u64);
+        for (name, value) in headers {
+            put_varint(buf, name.len() as u64);
+            buf.put_slice(name);
+            put_varint(buf, value.len() as u64);
+            buf.put_slice(value);
+        }
+        self.record_count += 1;
+        self.max_timestamp_ms = self.max_timestamp_ms.max(timestamp_ms);
+        Ok(())
+    }
+
+    /// Writes the header and CRC and returns the finished batch, with base
+    /// offset 0 (the broker assigns the real one).
+    pub fn finish(self) -> Result<Bytes, BatchError> {
+        let mut buf = self.buf;
+        if self.record_count == 0 {
+            return Err(BatchError::Empty);
+        }
+        let len = buf.len() as u32;
+        buf[LEN_POS..LEN_POS + 4].copy_from_slice(&len.to_le_bytes());
+        buf[MAGIC_POS] = MAGIC;
+        buf[ATTRIBUTES_POS] = 0;
+        buf[COUNT_POS..COUNT_POS + 4].copy_from_slice(&self.record_count.to_le_bytes());
+        buf[FIRST_TS_POS..FIRST_TS_POS + 8].copy_from_slice(&self.first_timestamp_ms.to_le_bytes());
+        buf[MAX_TS_POS..MAX_TS_POS + 8].copy_from_slice(&self.max_timestamp_ms.to_le_bytes());
+        let crc = crc32fast::hash(&buf[CRC_START..]);
+        buf[CRC_POS..CRC_POS + 4].copy_from_slice(&crc.to_le_bytes());
+        Ok(buf.freeze())
+    }
+}
+
+fn record_body_len(
+    ts_delta: i64,
+    index: u32,
+    key: Option<&[u8]>,
+    value: &[u8],
+    headers: &[(&[u8], &[u8])],
+) -> usize {
+    let key_len = key.map_or(1, |k| varint_len(k.len() as u64 + 1) + k.len());
+    let headers_len: usize = headers
+        .iter()
+        .map(|(n, v)| varint_len(n.len() as u64) + n.len() + varint_len(v.len() as u64) + v.len())
+        .sum();
+    varint_len(u64::from(index))
+        + varint_len(zigzag_encode(ts_delta))
+        + key_len
+        + varint_len(value.len() as u64)
+        + value.len()
+        + varint_len(headers.len() as u64)
+        + headers_len
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    type OwnedRecord = (i64, Option<Vec<u8>>, Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>);
+
+    fn build(records: &[OwnedRecord]) -> Bytes {
+        let mut builder = BatchBuilder::new();
+        for (ts, key, value, headers) in records {
+            let headers: Vec<(&[u8], &[u8])> =
+                headers.iter().map(|(n, v)| (n.as_slice(), v.as_slice())).collect();
+            builder.push(*ts, key.as_deref(), value, &headers).unwrap();
+        }
+        builder.finish().unwrap()
+    }
+
+    fn record_strategy() -> impl Strategy<Value = OwnedRecord> {
+        (
+            any::<i64>(),
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..20)),
+            proptest::collection::vec(any::<u8>(), 0..300),
+            proptest::collection::vec(
+                (
+                    proptest::collection::vec(any::<u8>(), 0..8),
+                    proptest::collection::vec(any::<u8>(), 0..8),
+                ),
+                0..3,
+            ),
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn built_batches_round_trip(
+            records in proptest::collection::vec(record_strategy(), 1..40),
+            base in 0u64..u64::MAX / 2,
+        ) {
+            let mut bytes = build(&records).to_vec();
+            set_base_offset(&mut bytes, Offset(base));
+            let batch = Batch::validate(&bytes).unwrap();
+            prop_assert_eq!(batch.header().record_count as usize, records.len());
+            prop_assert_eq!(batch.header().base_offset, Offset(base));
+            let decoded: Vec<_> = batch.records().collect();
+            prop_assert_eq!(decoded.len(), records.len());
+            for (i, (record, (ts, key, value, headers))) in decoded.iter().zip(&records).enumerate() {
+                prop_assert_eq!(record.offset, Offset(base + i as u64));
+                prop_assert_eq!(record.timestamp_ms, *ts);
+                prop_assert_eq!(record.key, key.as_deref());
+                prop_assert_eq!(record.value, value.as_slice());
+                let got: Vec<_> = record.headers().map(|(n, v)| (n.to_vec(), v.to_vec())).collect();
+                prop_assert_eq!(&got, headers);
+            }
+        }
+
+        #[test]
+        fn any_single_byte_flip_is_detected(
+            records in proptest::collection::vec(record_strategy(), 1..5),
+            pos in any::<prop::sample::Index>(),
+            flip in 1u8..=255,
+        ) {
+            let mut bytes = build(&records).to_vec();
+            // The base offset is outside the CRC by design; everything else is covered.
+            let pos = 8 + pos.index(bytes.len() - 8);
+            bytes[pos] ^= flip;
+            prop_assert!(Batch::validate(&bytes).is_err());
+        }
+    }
+
+    #[test]
+    fn truncated_batch_is_rejected_at_every_length() {
+        let bytes = build(&[(5, None, b"abc".to_vec(), vec![]), (6, Some(b"k".to_vec()), b"d".to_vec(), vec![])]);
+        for len in 0..bytes.len() {
+            assert!(Batch::validate(&bytes[..len]).is_err(), "accepted prefix of {len} bytes");
+        }
+        assert!(Batch::validate(&bytes).is_ok());
+    }
+
+    #[test]
+    fn empty_builder_does_not_finish() {
+        assert_eq!(BatchBuilder::new().finish(), Err(BatchError::Empty));
+    }
+
+    #[test]
+    fn batches_iterates_back_to_back_and_stops_at_garbage() {
+        let a = build(&[(1, None, b"a".to_vec(), vec![])]);
+        let b = build(&[(2, None, b"b".to_vec(), vec![])]);
+        let mut buf = [a.as_ref(), b.as_ref(), &[0xde, 0xad][..]].concat();
+        let results: Vec<_> = Batches::new(&buf).collect();
+        assert_eq!(results.len(), 3);
+        assert!(results[0].is_ok() && results[1].is_ok() && results[2].is_err());
+        buf.truncate(a.len() + b.len());
+        assert_eq!(Batches::new(&buf).filter(|r| r.is_ok()).count(), 2);
+    }
+
+    #[test]
+    fn encoded_record_len_matches_push() {
+        let mut builder = BatchBuilder::new();
+        builder.push(100, None, b"first", &[]).unwrap();
+        let before = builder.len_bytes();
+        let predicted =
+            BatchBuilder::encoded_record_len(-3, 1, Some(b"key"), b"value", &[(b"h", b"v")]);
+        builder.push(97, Some(b"key"), b"value", &[(b"h", b"v")]).unwrap();
+        assert_eq!(builder.len_bytes() - before, predicted);
+    }
+}
