@@ -1,1 +1,12 @@
+#![doc = include_str!("../README.md")]
+#![deny(missing_docs)]
 
+pub mod broker;
+pub mod storage;
+
+pub use broker::{
+    Broker, BrokerConfig, BrokerError, Message, PartitionOffsets, TopicConfig, TopicInfo,
+};
+pub use spool_protocol as protocol;
+pub use spool_protocol::{Batch, BatchBuilder, Offset, PartitionId, Record};
+pub use storage::{AppendInfo, Fetched, StorageError, SyncPolicy};

@@ -324,8 +324,13 @@ impl<'a> Iterator for Records<'a> {
         if self.index >= self.count {
             return None;
         }
-        let (record, rest) =
-            parse_record(self.rest, self.index, self.first_timestamp_ms, self.base_offset).ok()?;
+        let (record, rest) = parse_record(
+            self.rest,
+            self.index,
+            self.first_timestamp_ms,
+            self.base_offset,
+        )
+        .ok()?;
         self.rest = rest;
         self.index += 1;
         Some(record)
@@ -614,8 +619,10 @@ mod tests {
     fn build(records: &[OwnedRecord]) -> Bytes {
         let mut builder = BatchBuilder::new();
         for (ts, key, value, headers) in records {
-            let headers: Vec<(&[u8], &[u8])> =
-                headers.iter().map(|(n, v)| (n.as_slice(), v.as_slice())).collect();
+            let headers: Vec<(&[u8], &[u8])> = headers
+                .iter()
+                .map(|(n, v)| (n.as_slice(), v.as_slice()))
+                .collect();
             builder.push(*ts, key.as_deref(), value, &headers).unwrap();
         }
         builder.finish().unwrap()
@@ -675,9 +682,15 @@ mod tests {
 
     #[test]
     fn truncated_batch_is_rejected_at_every_length() {
-        let bytes = build(&[(5, None, b"abc".to_vec(), vec![]), (6, Some(b"k".to_vec()), b"d".to_vec(), vec![])]);
+        let bytes = build(&[
+            (5, None, b"abc".to_vec(), vec![]),
+            (6, Some(b"k".to_vec()), b"d".to_vec(), vec![]),
+        ]);
         for len in 0..bytes.len() {
-            assert!(Batch::validate(&bytes[..len]).is_err(), "accepted prefix of {len} bytes");
+            assert!(
+                Batch::validate(&bytes[..len]).is_err(),
+                "accepted prefix of {len} bytes"
+            );
         }
         assert!(Batch::validate(&bytes).is_ok());
     }
@@ -706,7 +719,9 @@ mod tests {
         let before = builder.len_bytes();
         let predicted =
             BatchBuilder::encoded_record_len(-3, 1, Some(b"key"), b"value", &[(b"h", b"v")]);
-        builder.push(97, Some(b"key"), b"value", &[(b"h", b"v")]).unwrap();
+        builder
+            .push(97, Some(b"key"), b"value", &[(b"h", b"v")])
+            .unwrap();
         assert_eq!(builder.len_bytes() - before, predicted);
     }
 }

@@ -1,0 +1,434 @@
+//! [`Broker`]: the embedded API over a data directory.
+//!
+//! Layout of the directory:
+//!
+//! ```text
+//! <dir>/LOCK                      flock'ed while a broker has the directory open
+//! <dir>/clean-shutdown            exists only between a clean close and the next open
+//! <dir>/topics/<name>/topic.meta  the topic's configuration (bincode)
+//! <dir>/topics/<name>/<p>/        partition p's segments and indexes
+//! ```
+//!
+//! Topics live in a concurrent map, each partition behind its own writer
+//! lock, so producers to different partitions never wait on each other.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use spool_protocol::{Batch, BatchBuilder, Offset, PartitionId};
+
+use super::topic::{self, PartitionOffsets, Topic, TopicConfig, TopicInfo};
+use super::BrokerError;
+use crate::storage::{AppendInfo, Fetched, Flusher, PartitionLog, StorageError, SyncPolicy};
+
+const LOCK_FILE: &str = "LOCK";
+const CLEAN_SHUTDOWN_FILE: &str = "clean-shutdown";
+const TOPICS_DIR: &str = "topics";
+
+/// Broker-wide settings.
+#[derive(Clone, Debug)]
+pub struct BrokerConfig {
+    /// Largest batch an append accepts.
+    pub max_batch_bytes: usize,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            max_batch_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// A message to produce, for callers that do not build batches themselves.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Message {
+    /// Optional key; also picks the partition in [`Broker::produce_keyed`].
+    pub key: Option<Bytes>,
+    /// The payload.
+    pub value: Bytes,
+    /// Name/value headers.
+    pub headers: Vec<(Bytes, Bytes)>,
+    /// Milliseconds since the Unix epoch; `None` stamps the current time.
+    pub timestamp_ms: Option<i64>,
+}
+
+impl Message {
+    /// A message with just a value.
+    pub fn new(value: impl Into<Bytes>) -> Message {
+        Message {
+            value: value.into(),
+            ..Message::default()
+        }
+    }
+
+    /// Adds a key.
+    pub fn with_key(mut self, key: impl Into<Bytes>) -> Message {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Adds a header.
+    pub fn with_header(mut self, name: impl Into<Bytes>, value: impl Into<Bytes>) -> Message {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+}
+
+/// An embedded broker over one data directory. Cheap to clone; all clones
+/// share the same state. `Send + Sync`: use it from as many tasks or threads
+/// as you like.
+///
+/// Dropping the last clone closes it (see [`Broker::close`]).
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    config: BrokerConfig,
+    topics: DashMap<String, Arc<Topic>>,
+    flusher: Mutex<Flusher>,
+    closed: AtomicBool,
+    /// Holds the directory's flock for as long as the broker lives.
+    _lock: File,
+}
+
+impl Broker {
+    /// Opens the broker on `dir`, creating it if needed, and recovers every
+    /// partition (torn tails are cut, see `storage`). Fails if another
+    /// process has the directory open.
+    pub fn open(dir: impl AsRef<Path>, config: BrokerConfig) -> Result<Broker, BrokerError> {
+        let dir = dir.as_ref().to_path_buf();
+        let storage = |context: &str, source| BrokerError::Storage {
+            context: context.to_string(),
+            source,
+        };
+        let topics_dir = dir.join(TOPICS_DIR);
+        fs::create_dir_all(&topics_dir)
+            .map_err(|e| storage("creating data directory", StorageError::io(&dir, e)))?;
+        let lock = lock_directory(&dir)?;
+
+        let marker = dir.join(CLEAN_SHUTDOWN_FILE);
+        let clean_shutdown = marker.exists();
+        if clean_shutdown {
+            // From here on the directory is being written: a crash must not
+            // leave the marker behind.
+            fs::remove_file(&marker)
+                .map_err(|e| storage("removing shutdown marker", StorageError::io(&marker, e)))?;
+            crate::storage::log::sync_dir(&dir)
+                .map_err(|e| storage("removing shutdown marker", e))?;
+        }
+
+        let flusher = Flusher::start()
+            .map_err(|e| storage("starting flusher thread", StorageError::io(&dir, e)))?;
+        let topics = DashMap::new();
+        let entries = fs::read_dir(&topics_dir)
+            .map_err(|e| storage("listing topics", StorageError::io(&topics_dir, e)))?;
+        for entry in entries {
+            let entry =
+                entry.map_err(|e| storage("listing topics", StorageError::io(&topics_dir, e)))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(".creating-") || name.starts_with(".deleting-") {
+                // Left by a crash in the middle of a create or delete.
+                tracing::info!(dir = %entry.path().display(), "removing leftover of an interrupted topic change");
+                fs::remove_dir_all(entry.path()).map_err(|e| {
+                    storage(
+                        "removing leftover topic directory",
+                        StorageError::io(entry.path(), e),
+                    )
+                })?;
+                continue;
+            }
+            if topic::validate_name(&name).is_err() || !entry.path().is_dir() {
+                tracing::warn!(path = %entry.path().display(), "ignoring unexpected entry in topics directory");
+                continue;
+            }
+            let topic = Topic::open(entry.path(), clean_shutdown)?;
+            for log in &topic.partitions {
+                flusher.watch(log);
+            }
+            topics.insert(name, Arc::new(topic));
+        }
+        tracing::info!(dir = %dir.display(), topics = topics.len(), clean_shutdown, "broker opened");
+        Ok(Broker {
+            inner: Arc::new(Inner {
+                dir,
+                config,
+                topics,
+                flusher: Mutex::new(flusher),
+                closed: AtomicBool::new(false),
+                _lock: lock,
+            }),
+        })
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Creates a topic. Fails if it exists.
+    pub fn create_topic(&self, name: &str, config: TopicConfig) -> Result<(), BrokerError> {
+        self.check_open()?;
+        let topics_dir = self.inner.dir.join(TOPICS_DIR);
+        match self.inner.topics.entry(name.to_string()) {
+            dashmap::Entry::Occupied(_) => Err(BrokerError::TopicExists(name.to_string())),
+            dashmap::Entry::Vacant(slot) => {
+                let topic = Topic::create(&topics_dir, name, config)?;
+                let flusher = self.inner.flusher.lock().map_err(|_| BrokerError::Closed)?;
+                for log in &topic.partitions {
+                    flusher.watch(log);
+                }
+                slot.insert(Arc::new(topic));
+                tracing::info!(topic = name, "topic created");
+                Ok(())
+            }
+        }
+    }
+
+    /// Deletes a topic and all its data.
+    pub fn delete_topic(&self, name: &str) -> Result<(), BrokerError> {
+        self.check_open()?;
+        let (_, topic) = self
+            .inner
+            .topics
+            .remove(name)
+            .ok_or_else(|| BrokerError::TopicNotFound(name.to_string()))?;
+        topic::remove_topic_dir(&self.inner.dir.join(TOPICS_DIR), &topic.name)?;
+        tracing::info!(topic = name, "topic deleted");
+        Ok(())
+    }
+
+    /// All topics, sorted by name.
+    pub fn list_topics(&self) -> Vec<TopicInfo> {
+        let mut topics: Vec<TopicInfo> = self.inner.topics.iter().map(|t| t.info()).collect();
+        topics.sort_by(|a, b| a.name.cmp(&b.name));
+        topics
+    }
+
+    /// One topic's configuration and offsets.
+    pub fn describe_topic(&self, name: &str) -> Result<TopicInfo, BrokerError> {
+        Ok(self.topic(name)?.info())
+    }
+
+    /// First and next offset of a partition.
+    pub fn offsets(
+        &self,
+        topic: &str,
+        partition: PartitionId,
+    ) -> Result<PartitionOffsets, BrokerError> {
+        let log = self.log(topic, partition)?;
+        Ok(PartitionOffsets {
+            partition,
+            start: log.start_offset(),
+            end: log.visible_end(),
+        })
+    }
+
+    /// The partition a key maps to: CRC-32 (IEEE) of the key modulo the
+    /// partition count. Stable across restarts and versions, so a key's
+    /// messages stay in order in one partition.
+    pub fn partition_for_key(&self, topic: &str, key: &[u8]) -> Result<PartitionId, BrokerError> {
+        let topic = self.topic(topic)?;
+        Ok(PartitionId(crc32fast::hash(key) % topic.config.partitions))
+    }
+
+    /// Appends a record batch (built with [`BatchBuilder`]) to a partition.
+    /// The batch is validated completely first; an invalid batch stores
+    /// nothing. Returns once the batch is as durable as the topic's sync
+    /// policy promises.
+    pub async fn append(
+        &self,
+        topic: &str,
+        partition: PartitionId,
+        batch: &[u8],
+    ) -> Result<AppendInfo, BrokerError> {
+        self.check_open()?;
+        if batch.len() > self.inner.config.max_batch_bytes {
+            return Err(BrokerError::BatchTooLarge {
+                len: batch.len(),
+                max: self.inner.config.max_batch_bytes,
+            });
+        }
+        let batch = Batch::validate(batch)?;
+        if batch.bytes().len() != batch.header().batch_len as usize {
+            return Err(BrokerError::InvalidBatch(
+                spool_protocol::BatchError::BadLength(batch.bytes().len() as u64),
+            ));
+        }
+        let log = self.log(topic, partition)?;
+        let storage = |source| BrokerError::Storage {
+            context: format!("appending to {topic}/{partition}"),
+            source,
+        };
+        let info = log.append(batch).map_err(storage)?;
+        if log.config().sync == SyncPolicy::Always {
+            let wait = {
+                let flusher = self.inner.flusher.lock().map_err(|_| BrokerError::Closed)?;
+                flusher.request_sync(log.clone(), info.next_offset)
+            };
+            wait.await.map_err(storage)?;
+        }
+        Ok(info)
+    }
+
+    /// Builds one batch from `messages` and appends it to `partition`.
+    pub async fn produce(
+        &self,
+        topic: &str,
+        partition: PartitionId,
+        messages: &[Message],
+    ) -> Result<AppendInfo, BrokerError> {
+        let batch = build_batch(messages)?;
+        self.append(topic, partition, &batch).await
+    }
+
+    /// Appends one message to the partition its key maps to.
+    pub async fn produce_keyed(
+        &self,
+        topic: &str,
+        message: Message,
+    ) -> Result<(PartitionId, AppendInfo), BrokerError> {
+        let key = message.key.clone().unwrap_or_default();
+        let partition = self.partition_for_key(topic, &key)?;
+        let info = self
+            .produce(topic, partition, std::slice::from_ref(&message))
+            .await?;
+        Ok((partition, info))
+    }
+
+    /// Reads whole batches from the one holding `offset`, up to `max_bytes`
+    /// (always at least one batch). The bytes are the stored batches,
+    /// borrowed from the segment's memory map, each CRC-checked; a corrupt
+    /// batch is reported as an error, never returned.
+    pub fn read(
+        &self,
+        topic: &str,
+        partition: PartitionId,
+        offset: Offset,
+        max_bytes: u64,
+    ) -> Result<Fetched, BrokerError> {
+        let log = self.log(topic, partition)?;
+        log.read(offset, max_bytes)
+            .map_err(|source| BrokerError::Storage {
+                context: format!("reading {topic}/{partition} at {offset}"),
+                source,
+            })
+    }
+
+    /// Flushes every partition and marks the directory cleanly shut down.
+    /// Later calls fail with [`BrokerError::Closed`]. Dropping the last
+    /// clone of the broker does the same.
+    pub fn close(&self) -> Result<(), BrokerError> {
+        self.inner.close()
+    }
+
+    fn check_open(&self) -> Result<(), BrokerError> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            Err(BrokerError::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn topic(&self, name: &str) -> Result<Arc<Topic>, BrokerError> {
+        self.inner
+            .topics
+            .get(name)
+            .map(|t| t.value().clone())
+            .ok_or_else(|| BrokerError::TopicNotFound(name.to_string()))
+    }
+
+    fn log(&self, topic: &str, partition: PartitionId) -> Result<Arc<PartitionLog>, BrokerError> {
+        self.topic(topic)?.partition(partition).cloned()
+    }
+}
+
+impl Inner {
+    fn close(&self) -> Result<(), BrokerError> {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let mut first_error = None;
+        for topic in self.topics.iter() {
+            for (p, log) in topic.partitions.iter().enumerate() {
+                if let Err(source) = log.close() {
+                    tracing::error!(topic = %topic.name, partition = p, error = %source, "closing partition failed");
+                    first_error.get_or_insert(BrokerError::Storage {
+                        context: format!("closing {}/{p}", topic.name),
+                        source,
+                    });
+                }
+            }
+        }
+        if let Ok(mut flusher) = self.flusher.lock() {
+            flusher.shutdown();
+        }
+        if let Some(err) = first_error {
+            // No marker: the next open rescans, as after a crash.
+            return Err(err);
+        }
+        let marker = self.dir.join(CLEAN_SHUTDOWN_FILE);
+        crate::storage::atomic_file::write_atomic(&marker, b"").map_err(|source| {
+            BrokerError::Storage {
+                context: "writing shutdown marker".into(),
+                source,
+            }
+        })?;
+        tracing::info!(dir = %self.dir.display(), "broker closed cleanly");
+        Ok(())
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Err(err) = self.close() {
+            tracing::error!(error = %err, "closing broker on drop failed");
+        }
+    }
+}
+
+fn lock_directory(dir: &Path) -> Result<File, BrokerError> {
+    let path = dir.join(LOCK_FILE);
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| BrokerError::Storage {
+            context: "opening lock file".into(),
+            source: StorageError::io(&path, e),
+        })?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+        .map_err(|_| BrokerError::DirectoryLocked(dir.to_path_buf()))?;
+    Ok(file)
+}
+
+/// Builds one batch from owned messages.
+pub(crate) fn build_batch(messages: &[Message]) -> Result<Bytes, BrokerError> {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let size: usize = messages.iter().map(|m| m.value.len() + 16).sum();
+    let mut builder = BatchBuilder::with_capacity(size + 64);
+    let mut headers: Vec<(&[u8], &[u8])> = Vec::new();
+    for m in messages {
+        headers.clear();
+        headers.extend(m.headers.iter().map(|(n, v)| (n.as_ref(), v.as_ref())));
+        builder.push(
+            m.timestamp_ms.unwrap_or(now_ms),
+            m.key.as_deref(),
+            &m.value,
+            &headers,
+        )?;
+    }
+    Ok(builder.finish()?)
+}

@@ -1,0 +1,84 @@
+//! The broker: topics and partitions over storage, and the embedded API.
+//!
+//! The broker never sees a socket; the server (and an embedding
+//! application) call [`Broker`] directly.
+
+#[allow(clippy::module_inception)]
+mod broker;
+pub mod topic;
+
+use std::path::PathBuf;
+
+use spool_protocol::{BatchError, PartitionId};
+use thiserror::Error;
+
+use crate::storage::StorageError;
+
+pub use self::broker::{Broker, BrokerConfig, Message};
+pub use self::topic::{PartitionOffsets, TopicConfig, TopicInfo};
+
+/// Everything a broker call can fail with.
+#[derive(Debug, Error)]
+pub enum BrokerError {
+    /// No topic by that name.
+    #[error("topic {0:?} does not exist")]
+    TopicNotFound(String),
+    /// A topic by that name exists already.
+    #[error("topic {0:?} already exists")]
+    TopicExists(String),
+    /// The name breaks the naming rules.
+    #[error("invalid topic name {name:?}: {reason}")]
+    InvalidTopicName {
+        /// The rejected name.
+        name: String,
+        /// Which rule it breaks.
+        reason: &'static str,
+    },
+    /// The partition number is not below the topic's partition count.
+    #[error("topic {topic:?} has no partition {partition} (it has {partitions})")]
+    PartitionNotFound {
+        /// The topic.
+        topic: String,
+        /// The partition asked for.
+        partition: PartitionId,
+        /// How many partitions the topic has.
+        partitions: u32,
+    },
+    /// A configuration value is out of range.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+    /// The batch failed validation; nothing was stored.
+    #[error("invalid batch: {0}")]
+    InvalidBatch(#[from] BatchError),
+    /// The batch is larger than the broker accepts.
+    #[error("batch of {len} bytes exceeds the limit of {max} bytes")]
+    BatchTooLarge {
+        /// Its length.
+        len: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// Another process has this data directory open.
+    #[error("data directory {0} is in use by another process")]
+    DirectoryLocked(PathBuf),
+    /// The broker was closed.
+    #[error("the broker is closed")]
+    Closed,
+    /// Metadata on disk could not be decoded.
+    #[error("bad metadata in {path}: {reason}")]
+    Metadata {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A storage operation failed.
+    #[error("{context}: {source}")]
+    Storage {
+        /// What the broker was doing.
+        context: String,
+        /// The storage error.
+        #[source]
+        source: StorageError,
+    },
+}

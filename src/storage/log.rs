@@ -1,0 +1,481 @@
+//! A partition's log: its segments in offset order, the last one active.
+//!
+//! Appends are serialised by one writer lock per partition (never a lock
+//! across partitions) and cost a copy into the active segment's map. Reads
+//! take no writer lock: they find their segment under a brief read lock on
+//! the segment list and then read bytes below the segment's published length,
+//! which never change.
+//!
+//! Flushing is separate from appending: [`PartitionLog::flush_until`] is the
+//! group commit. Whoever takes the flush lock flushes everything written so
+//! far, so appenders that queued behind it usually find their bytes already
+//! durable. After a failed flush the log refuses appends until it is
+//! reopened: after an `fsync` error the kernel may have dropped the dirty
+//! pages, and retrying could report success for data that is gone.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use spool_protocol::batch::MAX_BATCH_LEN;
+use spool_protocol::{Batch, Offset};
+
+use super::segment::{self, ActiveFile, Segment};
+use super::{monotonic_ms, LogConfig, StorageError, SyncPolicy};
+
+/// Sealed segments untouched for this long are unmapped.
+pub const SEGMENT_IDLE_UNMAP_MS: u64 = 10_000;
+
+/// Where an appended batch landed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppendInfo {
+    /// Offset of the batch's first record.
+    pub base_offset: Offset,
+    /// Offset after its last record.
+    pub next_offset: Offset,
+}
+
+/// The answer to a read.
+#[derive(Clone, Debug)]
+pub struct Fetched {
+    /// Whole batches, back to back, exactly as stored. Empty at the end of
+    /// the log. The first batch may start before the requested offset.
+    pub batches: Bytes,
+    /// Offset after the last record returned: where the next read goes.
+    pub next_offset: Offset,
+    /// First offset in the log.
+    pub log_start: Offset,
+    /// Offset after the last record readers may see.
+    pub log_end: Offset,
+}
+
+struct Writer {
+    active: Arc<Segment>,
+    file: ActiveFile,
+}
+
+/// One partition's log. See the module docs.
+pub struct PartitionLog {
+    dir: PathBuf,
+    config: LogConfig,
+    writer: Mutex<Writer>,
+    segments: RwLock<Vec<Arc<Segment>>>,
+    flush_lock: Mutex<()>,
+    start_offset: AtomicU64,
+    next_offset: AtomicU64,
+    durable_offset: AtomicU64,
+    last_flush_ms: AtomicU64,
+    failed: AtomicBool,
+}
+
+impl PartitionLog {
+    /// Opens (or creates) the log in `dir`, repairing a torn tail.
+    ///
+    /// `clean_shutdown` says the previous process closed the log properly,
+    /// so the active segment's index checkpoint can be trusted and only the
+    /// bytes after it are rescanned.
+    pub fn open(
+        dir: &Path,
+        config: LogConfig,
+        clean_shutdown: bool,
+    ) -> Result<PartitionLog, StorageError> {
+        config.validate()?;
+        fs::create_dir_all(dir).map_err(|e| StorageError::io(dir, e))?;
+        let mut bases = Vec::new();
+        let mut stray = Vec::new();
+        for entry in fs::read_dir(dir).map_err(|e| StorageError::io(dir, e))? {
+            let entry = entry.map_err(|e| StorageError::io(dir, e))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if let Some(base) = segment::parse_log_file_name(&name) {
+                bases.push(base);
+            } else if name.ends_with(".tmp") {
+                stray.push(entry.path());
+            }
+        }
+        for path in stray {
+            let _ = fs::remove_file(path);
+        }
+        bases.sort();
+        let capacity = capacity_for(&config);
+        let (active, file) = match bases.last() {
+            None => {
+                let (seg, file) =
+                    Segment::create(dir, Offset(0), capacity, config.index_interval_bytes)?;
+                sync_dir(dir)?;
+                (seg, file)
+            }
+            Some(&last) => {
+                let (seg, file, recovered) = Segment::recover_active(
+                    dir,
+                    last,
+                    capacity,
+                    config.index_interval_bytes,
+                    clean_shutdown,
+                )?;
+                if let Some((position, reason)) = &recovered.truncated {
+                    tracing::warn!(
+                        segment = %seg.path().display(),
+                        position,
+                        next_offset = %recovered.next_offset,
+                        reason = %reason,
+                        "truncated torn or corrupt tail of the active segment",
+                    );
+                }
+                (seg, file)
+            }
+        };
+        let mut segments = Vec::with_capacity(bases.len().max(1));
+        for pair in bases.windows(2) {
+            segments.push(Arc::new(Segment::open_sealed(dir, pair[0], pair[1])?));
+        }
+        segments.push(active.clone());
+        let start = segments[0].base();
+        let next = file.next_offset();
+        Ok(PartitionLog {
+            dir: dir.to_path_buf(),
+            config,
+            writer: Mutex::new(Writer { active, file }),
+            segments: RwLock::new(segments),
+            flush_lock: Mutex::new(()),
+            start_offset: AtomicU64::new(start.0),
+            next_offset: AtomicU64::new(next.0),
+            durable_offset: AtomicU64::new(next.0),
+            last_flush_ms: AtomicU64::new(monotonic_ms()),
+            failed: AtomicBool::new(false),
+        })
+    }
+
+    /// The log's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The log's configuration.
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    /// First offset still in the log.
+    pub fn start_offset(&self) -> Offset {
+        Offset(self.start_offset.load(Ordering::Acquire))
+    }
+
+    /// Offset the next appended record will get.
+    pub fn next_offset(&self) -> Offset {
+        Offset(self.next_offset.load(Ordering::Acquire))
+    }
+
+    /// Offset up to which (exclusive) the log is known to be on disk.
+    pub fn durable_offset(&self) -> Offset {
+        Offset(self.durable_offset.load(Ordering::Acquire))
+    }
+
+    /// Offset after the last record readers may see: under `always` only
+    /// durable records are visible.
+    pub fn visible_end(&self) -> Offset {
+        match self.config.sync {
+            SyncPolicy::Always => self.durable_offset(),
+            _ => self.next_offset(),
+        }
+    }
+
+    /// Number of segment files.
+    pub fn segment_count(&self) -> usize {
+        self.segments.read().map(|s| s.len()).unwrap_or(0)
+    }
+
+    /// Number of segments currently memory-mapped.
+    pub fn mapped_segment_count(&self) -> usize {
+        self.segments
+            .read()
+            .map(|s| s.iter().filter(|seg| seg.is_mapped()).count())
+            .unwrap_or(0)
+    }
+
+    /// Total bytes of batches in all segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.segments
+            .read()
+            .map(|s| s.iter().map(|seg| seg.len()).sum())
+            .unwrap_or(0)
+    }
+
+    /// Appends a validated batch, assigning it the next offsets. The bytes
+    /// are in the page cache when this returns; call
+    /// [`PartitionLog::flush_until`] for durability against power loss.
+    pub fn append(&self, batch: Batch<'_>) -> Result<AppendInfo, StorageError> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(self.failed_error());
+        }
+        let bytes = batch.bytes();
+        let len = bytes.len() as u64;
+        let mut writer = self.lock_writer()?;
+        if writer.file.position() > 0
+            && writer.file.position() + len > self.config.segment_size_bytes
+        {
+            self.roll(&mut writer)?;
+        }
+        let writer = &mut *writer;
+        let base_offset = writer.file.append(&writer.active, bytes, batch.header())?;
+        let next_offset = writer.file.next_offset();
+        self.next_offset.store(next_offset.0, Ordering::Release);
+        if self.config.sync == SyncPolicy::Never {
+            // Nothing will ever flush explicitly; durable means "in the page
+            // cache" for this policy.
+            self.durable_offset.store(next_offset.0, Ordering::Release);
+        }
+        Ok(AppendInfo {
+            base_offset,
+            next_offset,
+        })
+    }
+
+    /// Seals the active segment and starts a new one at the next offset.
+    fn roll(&self, writer: &mut MutexGuard<'_, Writer>) -> Result<(), StorageError> {
+        let base = writer.file.next_offset();
+        // Create the new segment first: if the disk is full the old one
+        // stays active and untouched.
+        let (active, file) = Segment::create(
+            &self.dir,
+            base,
+            capacity_for(&self.config),
+            self.config.index_interval_bytes,
+        )?;
+        let durable = self.config.sync != SyncPolicy::Never;
+        let old_active = std::mem::replace(&mut writer.active, active.clone());
+        let old_file = std::mem::replace(&mut writer.file, file);
+        let sealed = {
+            // Sealing flushes under the flush lock, so the durable offset
+            // it publishes never runs ahead of a concurrent group commit.
+            let _flush = self.flush_lock.lock().map_err(|_| self.poisoned())?;
+            let sealed = old_active.seal(old_file, durable).and_then(|()| {
+                if durable {
+                    sync_dir(&self.dir)
+                } else {
+                    Ok(())
+                }
+            });
+            if sealed.is_ok() && durable {
+                self.durable_offset
+                    .fetch_max(old_active.end_offset().0, Ordering::AcqRel);
+            }
+            sealed
+        };
+        if let Err(err) = &sealed {
+            // The old segment's bytes may not be on disk; stop taking appends
+            // rather than acknowledge on top of them (see module docs).
+            self.failed.store(true, Ordering::Release);
+            tracing::error!(dir = %self.dir.display(), error = %err, "sealing segment failed; the log refuses appends until reopened");
+        }
+        // Published only after the old segment is sealed, so a flush that
+        // finds the new segment last knows the old one is on disk.
+        self.segments
+            .write()
+            .map_err(|_| self.poisoned())?
+            .push(active);
+        tracing::debug!(dir = %self.dir.display(), base = %base, "rolled segment");
+        sealed
+    }
+
+    /// Reads whole batches from the one holding `offset`, up to `max_bytes`
+    /// (but at least one batch). At the end of the log the answer is empty.
+    pub fn read(&self, offset: Offset, max_bytes: u64) -> Result<Fetched, StorageError> {
+        let start = self.start_offset();
+        let end = self.visible_end();
+        if offset < start || offset > end {
+            return Err(StorageError::OffsetOutOfRange {
+                requested: offset,
+                start,
+                end,
+            });
+        }
+        let empty = |next_offset| Fetched {
+            batches: Bytes::new(),
+            next_offset,
+            log_start: start,
+            log_end: end,
+        };
+        if offset == end {
+            return Ok(empty(offset));
+        }
+        let candidates: Vec<Arc<Segment>> = {
+            let segments = self.segments.read().map_err(|_| self.poisoned())?;
+            let idx = segments
+                .partition_point(|s| s.base() <= offset)
+                .saturating_sub(1);
+            segments[idx..].iter().take(2).cloned().collect()
+        };
+        for seg in candidates {
+            let limit = match self.config.sync {
+                SyncPolicy::Always if !seg.is_sealed() => seg.flushed_len(),
+                _ => seg.len(),
+            };
+            match seg.read(offset, max_bytes, limit) {
+                Ok(Some((batches, next_offset))) => {
+                    return Ok(Fetched {
+                        batches,
+                        next_offset,
+                        log_start: start,
+                        log_end: end,
+                    })
+                }
+                Ok(None) => continue,
+                Err(err) if offset < self.start_offset() => {
+                    // Retention removed the segment while we were reading.
+                    tracing::debug!(error = %err, "segment removed during read");
+                    return Err(StorageError::OffsetOutOfRange {
+                        requested: offset,
+                        start: self.start_offset(),
+                        end,
+                    });
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(empty(offset))
+    }
+
+    /// Group commit: returns once everything before `target` is on disk.
+    pub fn flush_until(&self, target: Offset) -> Result<(), StorageError> {
+        if self.durable_offset() >= target {
+            return Ok(());
+        }
+        let _flush = self.flush_lock.lock().map_err(|_| self.poisoned())?;
+        if self.durable_offset() >= target {
+            return Ok(());
+        }
+        self.flush_locked()
+    }
+
+    /// Flushes everything appended so far.
+    pub fn flush(&self) -> Result<(), StorageError> {
+        let _flush = self.flush_lock.lock().map_err(|_| self.poisoned())?;
+        self.flush_locked()
+    }
+
+    fn flush_locked(&self) -> Result<(), StorageError> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(self.failed_error());
+        }
+        let active = {
+            let segments = self.segments.read().map_err(|_| self.poisoned())?;
+            segments.last().cloned()
+        };
+        let Some(active) = active else { return Ok(()) };
+        // Read the end offset before flushing: the length the flush covers
+        // is at least the one that belongs to this offset.
+        let end = active.end_offset();
+        if let Err(err) = active.flush() {
+            self.failed.store(true, Ordering::Release);
+            tracing::error!(dir = %self.dir.display(), error = %err, "flush failed; the log refuses appends until reopened");
+            return Err(err);
+        }
+        self.durable_offset.fetch_max(end.0, Ordering::AcqRel);
+        self.last_flush_ms.store(monotonic_ms(), Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// True if the policy is `interval`, its period has passed since the
+    /// last flush, and there is something to flush.
+    pub fn interval_flush_due(&self, now_ms: u64) -> bool {
+        match self.config.sync {
+            SyncPolicy::Interval { ms } => {
+                self.durable_offset() < self.next_offset()
+                    && now_ms.saturating_sub(self.last_flush_ms.load(Ordering::Relaxed)) >= ms
+            }
+            _ => false,
+        }
+    }
+
+    /// Drops the oldest sealed segments while they are older than the
+    /// retention age or the log is larger than the retention size. The
+    /// active segment is never dropped. Returns how many were dropped.
+    pub fn enforce_retention(&self, now: SystemTime) -> Result<usize, StorageError> {
+        if self.config.retention_ms.is_none() && self.config.retention_bytes.is_none() {
+            return Ok(0);
+        }
+        let mut dropped = Vec::new();
+        {
+            let mut segments = self.segments.write().map_err(|_| self.poisoned())?;
+            let mut total: u64 = segments.iter().map(|s| s.len()).sum();
+            while segments.len() > 1 && segments[0].is_sealed() {
+                let oldest = &segments[0];
+                let too_old = self.config.retention().is_some_and(|age| {
+                    oldest
+                        .modified()
+                        .and_then(|m| now.duration_since(m).ok())
+                        .is_some_and(|elapsed| elapsed > age)
+                });
+                let too_big = self.config.retention_bytes.is_some_and(|max| total > max);
+                if !(too_old || too_big) {
+                    break;
+                }
+                total -= oldest.len();
+                dropped.push(segments.remove(0));
+                self.start_offset
+                    .store(segments[0].base().0, Ordering::Release);
+            }
+        }
+        for seg in &dropped {
+            seg.delete()?;
+            tracing::info!(segment = %seg.path().display(), "retention dropped segment");
+        }
+        Ok(dropped.len())
+    }
+
+    /// Unmaps sealed segments nobody has read for a while.
+    pub fn unmap_idle(&self, now_ms: u64) -> usize {
+        let segments = match self.segments.read() {
+            Ok(s) => s.clone(),
+            Err(_) => return 0,
+        };
+        segments
+            .iter()
+            .filter(|s| s.evict_if_idle(now_ms, SEGMENT_IDLE_UNMAP_MS))
+            .count()
+    }
+
+    /// Flushes everything and writes the active segment's index so the next
+    /// open can skip the rescan.
+    pub fn close(&self) -> Result<(), StorageError> {
+        self.flush()?;
+        let writer = self.lock_writer()?;
+        writer.active.checkpoint_index()
+    }
+
+    fn lock_writer(&self) -> Result<MutexGuard<'_, Writer>, StorageError> {
+        self.writer.lock().map_err(|_| self.poisoned())
+    }
+
+    fn poisoned(&self) -> StorageError {
+        StorageError::Io {
+            path: self.dir.clone(),
+            source: std::io::Error::other("lock poisoned by a panicked thread"),
+        }
+    }
+
+    fn failed_error(&self) -> StorageError {
+        StorageError::Io {
+            path: self.dir.clone(),
+            source: std::io::Error::other("an earlier flush failed; reopen the log to recover"),
+        }
+    }
+}
+
+/// Logical size of a new segment's sparse file and map: room for one more
+/// maximal batch past the roll threshold, so a batch never has to be split
+/// and an oversized batch still fits an empty segment.
+fn capacity_for(config: &LogConfig) -> u64 {
+    config.segment_size_bytes + MAX_BATCH_LEN as u64
+}
+
+/// Makes a directory's entries (new or renamed files) durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StorageError::io(dir, e))
+}

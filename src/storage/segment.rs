@@ -1,0 +1,795 @@
+//! One segment file: batches back to back, named by the offset of its first
+//! record (`00000000000000000000.log`), written and read through a memory
+//! map.
+//!
+//! The active segment is created sparse at its full capacity and mapped
+//! once; blocks are reserved with `fallocate` a chunk ahead of the write
+//! position. A full disk therefore fails the `fallocate` with `ENOSPC`, a
+//! clean error before any byte is copied, and never a SIGBUS on a store into
+//! an unbacked page. Reserving in chunks instead of the whole segment keeps
+//! a broker with a thousand mostly idle partitions from reserving a thousand
+//! segments' worth of disk.
+//!
+//! A sealed segment is trimmed to its exact length, never changes again,
+//! and is mapped only while something reads it: [`Segment::evict_if_idle`]
+//! unmaps it (and drops its index) when it goes cold, so resident memory
+//! follows the working set, not the data set.
+//!
+//! Bytes below a segment's published length are immutable; this is what
+//! makes handing out `Bytes` that borrow the map sound.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use bytes::Bytes;
+use memmap2::{MmapOptions, MmapRaw};
+use spool_protocol::batch::{self, BatchHeader, HEADER_LEN};
+use spool_protocol::Offset;
+
+use super::index::{self, IndexEntry};
+use super::{monotonic_ms, StorageError};
+
+/// Blocks are reserved this far ahead of the write position.
+pub const ALLOCATION_CHUNK_BYTES: u64 = 1024 * 1024;
+
+/// The file name of the segment starting at `base`.
+pub fn log_file_name(base: Offset) -> String {
+    format!("{:020}.log", base.0)
+}
+
+/// Parses a segment file name back into its base offset.
+pub fn parse_log_file_name(name: &str) -> Option<Offset> {
+    let digits = name.strip_suffix(".log")?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok().map(Offset)
+}
+
+/// A segment as the log and its readers see it.
+pub struct Segment {
+    base: Offset,
+    log_path: PathBuf,
+    index_path: PathBuf,
+    /// Bytes of whole batches; published with `Release` after the bytes
+    /// below it are final.
+    len: AtomicU64,
+    /// Bytes known to be on stable storage.
+    flushed_len: AtomicU64,
+    /// Offset after the last batch.
+    end_offset: AtomicU64,
+    sealed: AtomicBool,
+    map: Mutex<Option<Arc<MmapRaw>>>,
+    index: RwLock<Vec<IndexEntry>>,
+    last_access_ms: AtomicU64,
+}
+
+/// The writer's half of the active segment: only the partition's append
+/// path, holding the log's writer lock, touches it.
+pub struct ActiveFile {
+    file: File,
+    map: Arc<MmapRaw>,
+    capacity: u64,
+    allocated: u64,
+    pos: u64,
+    next_offset: Offset,
+    bytes_since_index: u64,
+    index_interval_bytes: u64,
+}
+
+/// What recovery found in the active segment.
+#[derive(Debug)]
+pub struct Recovered {
+    /// Offset after the last valid batch.
+    pub next_offset: Offset,
+    /// Where and why the tail was cut, if it was.
+    pub truncated: Option<(u64, String)>,
+}
+
+/// A slice of a segment's map, owned so that `Bytes` can borrow it.
+struct MapSlice {
+    map: Arc<MmapRaw>,
+    start: usize,
+    len: usize,
+}
+
+impl AsRef<[u8]> for MapSlice {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `start..start + len` lies below the segment's published
+        // length when the slice was made (checked by `Segment::read`), so it
+        // is inside the map, and those bytes are never written again: the
+        // log only appends above the published length, and a sealed file is
+        // trimmed to exactly that length. The `Arc` keeps the map alive.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(self.start), self.len) }
+    }
+}
+
+impl Segment {
+    fn new(dir: &Path, base: Offset, len: u64, end_offset: Offset, sealed: bool) -> Segment {
+        let log_path = dir.join(log_file_name(base));
+        let index_path = log_path.with_extension("index");
+        Segment {
+            base,
+            log_path,
+            index_path,
+            len: AtomicU64::new(len),
+            flushed_len: AtomicU64::new(len),
+            end_offset: AtomicU64::new(end_offset.0),
+            sealed: AtomicBool::new(sealed),
+            map: Mutex::new(None),
+            index: RwLock::new(Vec::new()),
+            last_access_ms: AtomicU64::new(monotonic_ms()),
+        }
+    }
+
+    /// Base offset: the offset of the first record.
+    pub fn base(&self) -> Offset {
+        self.base
+    }
+
+    /// Offset after the last batch written to this segment.
+    pub fn end_offset(&self) -> Offset {
+        Offset(self.end_offset.load(Ordering::Acquire))
+    }
+
+    /// Bytes of whole batches.
+    pub fn len(&self) -> u64 {
+        self.len.load(Ordering::Acquire)
+    }
+
+    /// True if the segment holds no batch.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes known to be on stable storage.
+    pub fn flushed_len(&self) -> u64 {
+        self.flushed_len.load(Ordering::Acquire)
+    }
+
+    /// True once the segment is sealed and will never change.
+    pub fn is_sealed(&self) -> bool {
+        self.sealed.load(Ordering::Acquire)
+    }
+
+    /// Path of the segment file.
+    pub fn path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// Whether the segment currently holds a memory map.
+    pub fn is_mapped(&self) -> bool {
+        self.map.lock().map(|m| m.is_some()).unwrap_or(false)
+    }
+
+    /// Last modification time of the file, for retention by age.
+    pub fn modified(&self) -> Option<std::time::SystemTime> {
+        fs::metadata(&self.log_path).and_then(|m| m.modified()).ok()
+    }
+
+    /// A sealed segment found on disk at open. Nothing is read or mapped
+    /// until the first read touches it.
+    pub fn open_sealed(
+        dir: &Path,
+        base: Offset,
+        end_offset: Offset,
+    ) -> Result<Segment, StorageError> {
+        let path = dir.join(log_file_name(base));
+        let len = fs::metadata(&path)
+            .map_err(|e| StorageError::io(&path, e))?
+            .len();
+        Ok(Segment::new(dir, base, len, end_offset, true))
+    }
+
+    /// Creates a new, empty active segment. `capacity` is the logical size
+    /// of the sparse file and the map; nothing is reserved yet.
+    pub fn create(
+        dir: &Path,
+        base: Offset,
+        capacity: u64,
+        index_interval_bytes: u32,
+    ) -> Result<(Arc<Segment>, ActiveFile), StorageError> {
+        let segment = Segment::new(dir, base, 0, base, false);
+        let path = segment.log_path.clone();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| StorageError::io(&path, e))?;
+        let reserved = ALLOCATION_CHUNK_BYTES.min(capacity);
+        let mapped = (|| {
+            file.set_len(capacity)
+                .map_err(|e| StorageError::io(&path, e))?;
+            // Reserve the first chunk now, so that a full disk stops the roll
+            // before the new segment becomes active.
+            allocate(&file, 0, reserved).map_err(|e| StorageError::io(&path, e))?;
+            map_rw(&file, capacity, &path)
+        })();
+        let map = match mapped {
+            Ok(map) => Arc::new(map),
+            Err(err) => {
+                // Leave no half-made segment behind for recovery to trip over.
+                let _ = fs::remove_file(&path);
+                return Err(err);
+            }
+        };
+        let active = ActiveFile {
+            file,
+            map,
+            capacity,
+            allocated: reserved,
+            pos: 0,
+            next_offset: base,
+            bytes_since_index: u64::MAX,
+            index_interval_bytes: u64::from(index_interval_bytes),
+        };
+        *segment.map.lock().map_err(|_| poisoned(&path))? = Some(active.map.clone());
+        Ok((Arc::new(segment), active))
+    }
+
+    /// Opens the last segment of a log for appending and repairs its tail.
+    ///
+    /// With `trust_index` (the broker shut down cleanly) the scan starts at
+    /// the last index entry; otherwise every batch is checked from the start.
+    /// Whatever follows the last valid batch (a torn write, garbage, or
+    /// stale batches beyond a hole) is cut off and zeroed, so it can never be
+    /// mistaken for data later.
+    pub fn recover_active(
+        dir: &Path,
+        base: Offset,
+        min_capacity: u64,
+        index_interval_bytes: u32,
+        trust_index: bool,
+    ) -> Result<(Arc<Segment>, ActiveFile, Recovered), StorageError> {
+        let segment = Segment::new(dir, base, 0, base, false);
+        let path = segment.log_path.clone();
+        let io = |e| StorageError::io(&path, e);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io)?;
+        let file_len = file.metadata().map_err(io)?.len();
+        let capacity = file_len.max(min_capacity);
+        if file_len < capacity {
+            file.set_len(capacity).map_err(io)?;
+        }
+        let map = map_rw(&file, capacity, &path)?;
+        // SAFETY: the file is not shared with any reader yet and nothing else
+        // writes it while we scan.
+        let bytes = unsafe { std::slice::from_raw_parts(map.as_ptr(), capacity as usize) };
+
+        let mut entries = if trust_index {
+            let stored = index::load(&segment.index_path, capacity).unwrap_or_default();
+            // Only the last entry's batch needs re-checking; the scan
+            // below verifies everything after it.
+            match stored.last() {
+                Some(last) if entry_matches(bytes, base, last) => stored,
+                _ => Vec::new(),
+            }
+        } else {
+            Vec::new()
+        };
+        let (start_pos, start_offset) = match entries.pop() {
+            Some(e) => (
+                u64::from(e.position),
+                base.plus(u64::from(e.relative_offset)),
+            ),
+            None => (0, base),
+        };
+        let scan = scan(
+            bytes,
+            start_pos,
+            start_offset,
+            base,
+            index_interval_bytes,
+            &mut entries,
+        );
+        drop(map);
+
+        // Cut and zero everything after the last valid batch: truncating to
+        // the valid length and extending again turns the rest into a hole.
+        file.set_len(scan.end_pos).map_err(io)?;
+        file.set_len(capacity).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        let map = Arc::new(map_rw(&file, capacity, &path)?);
+
+        segment.len.store(scan.end_pos, Ordering::Release);
+        segment.flushed_len.store(scan.end_pos, Ordering::Release);
+        segment
+            .end_offset
+            .store(scan.next_offset.0, Ordering::Release);
+        *segment.index.write().map_err(|_| poisoned(&path))? = entries;
+        *segment.map.lock().map_err(|_| poisoned(&path))? = Some(map.clone());
+        let _ = fs::remove_file(&segment.index_path);
+
+        let active = ActiveFile {
+            file,
+            map,
+            capacity,
+            allocated: scan.end_pos,
+            pos: scan.end_pos,
+            next_offset: scan.next_offset,
+            bytes_since_index: scan.bytes_since_index,
+            index_interval_bytes: u64::from(index_interval_bytes),
+        };
+        let recovered = Recovered {
+            next_offset: scan.next_offset,
+            truncated: scan.stop.map(|reason| (scan.end_pos, reason)),
+        };
+        Ok((Arc::new(segment), active, recovered))
+    }
+
+    /// Reads whole batches starting with the one that holds `offset`, up to
+    /// `max_bytes` (at least one batch) and never past `limit_len` bytes.
+    /// Every batch returned has passed its CRC check. `None` if the segment
+    /// holds nothing at or after `offset` below `limit_len`.
+    pub fn read(
+        &self,
+        offset: Offset,
+        max_bytes: u64,
+        limit_len: u64,
+    ) -> Result<Option<(Bytes, Offset)>, StorageError> {
+        if offset < self.base {
+            return Ok(None);
+        }
+        self.last_access_ms.store(monotonic_ms(), Ordering::Relaxed);
+        let map = self.mapped()?;
+        let limit = limit_len.min(self.len()).min(map.len() as u64);
+        let relative = u32::try_from(offset.0 - self.base.0).unwrap_or(u32::MAX);
+        let start = {
+            let entries = self.index.read().map_err(|_| poisoned(&self.log_path))?;
+            let idx = entries.partition_point(|e| {
+                e.relative_offset <= relative && u64::from(e.position) < limit
+            });
+            idx.checked_sub(1).map(|i| entries[i])
+        };
+        let (mut pos, mut expected) = match start {
+            Some(e) => (
+                u64::from(e.position),
+                self.base.plus(u64::from(e.relative_offset)),
+            ),
+            None => (0, self.base),
+        };
+        // SAFETY: `limit` is at most the published length and the map's
+        // length; see `MapSlice`.
+        let bytes = unsafe { std::slice::from_raw_parts(map.as_ptr(), limit as usize) };
+
+        let mut first: Option<u64> = None;
+        while pos < limit {
+            let header = match self.checked_header(bytes, pos, expected) {
+                Ok(h) => h,
+                Err(err) if first.is_some() => {
+                    // Serve what was good before the bad batch; the next read
+                    // starts at the bad one and reports it.
+                    tracing::debug!(error = %err, "stopping read before corrupt batch");
+                    break;
+                }
+                Err(err) => return Err(err),
+            };
+            let len = u64::from(header.batch_len);
+            if header.next_offset() <= offset {
+                pos += len;
+                expected = header.next_offset();
+                continue;
+            }
+            let begin = *first.get_or_insert(pos);
+            if pos > begin && pos + len - begin > max_bytes {
+                break;
+            }
+            pos += len;
+            expected = header.next_offset();
+            if pos - begin >= max_bytes {
+                break;
+            }
+        }
+        Ok(first.map(|begin| {
+            let slice = MapSlice {
+                map: map.clone(),
+                start: begin as usize,
+                len: (pos - begin) as usize,
+            };
+            (Bytes::from_owner(slice), expected)
+        }))
+    }
+
+    /// Parses and CRC-checks the batch at `pos`, which must start at
+    /// `expected`.
+    fn checked_header(
+        &self,
+        bytes: &[u8],
+        pos: u64,
+        expected: Offset,
+    ) -> Result<BatchHeader, StorageError> {
+        let corrupt = |reason: String| StorageError::Corrupt {
+            path: self.log_path.clone(),
+            position: pos,
+            offset: expected,
+            reason,
+        };
+        let rest = &bytes[pos as usize..];
+        let header = BatchHeader::parse(rest).map_err(|e| corrupt(e.to_string()))?;
+        batch::verify_crc(rest, &header).map_err(|e| corrupt(e.to_string()))?;
+        if header.base_offset != expected {
+            return Err(corrupt(format!(
+                "batch has base offset {}, not the expected {expected}",
+                header.base_offset
+            )));
+        }
+        Ok(header)
+    }
+
+    /// The segment's map, mapping the file (and loading or rebuilding its
+    /// index) on first use after open or eviction.
+    fn mapped(&self) -> Result<Arc<MmapRaw>, StorageError> {
+        let mut slot = self.map.lock().map_err(|_| poisoned(&self.log_path))?;
+        if let Some(map) = slot.as_ref() {
+            return Ok(map.clone());
+        }
+        let path = &self.log_path;
+        let file = File::open(path).map_err(|e| StorageError::io(path, e))?;
+        let len = self.len();
+        let map = if len == 0 {
+            empty_map_placeholder(path)?
+        } else {
+            MmapOptions::new()
+                .len(len as usize)
+                .map_raw_read_only(&file)
+                .map_err(|e| StorageError::io(path, e))?
+        };
+        let map = Arc::new(map);
+        let entries = match index::load(&self.index_path, len) {
+            Some(entries) => entries,
+            None => self.rebuild_index(&map, len),
+        };
+        *self.index.write().map_err(|_| poisoned(path))? = entries;
+        *slot = Some(map.clone());
+        Ok(map)
+    }
+
+    /// Scans a sealed segment to rebuild its missing or stale index.
+    fn rebuild_index(&self, map: &MmapRaw, len: u64) -> Vec<IndexEntry> {
+        // SAFETY: a sealed segment's bytes never change; `len` is the file
+        // length the map was made with.
+        let bytes = unsafe { std::slice::from_raw_parts(map.as_ptr(), len as usize) };
+        let mut entries = Vec::new();
+        let scan = scan(bytes, 0, self.base, self.base, 4096, &mut entries);
+        if scan.next_offset == self.end_offset() {
+            if let Err(err) = index::store(&self.index_path, &entries, len) {
+                tracing::warn!(path = %self.index_path.display(), error = %err, "could not write rebuilt index");
+            }
+        } else {
+            // Reads of the range past the bad batch report it as corrupt.
+            tracing::error!(
+                path = %self.log_path.display(),
+                position = scan.end_pos,
+                valid_until_offset = %scan.next_offset,
+                expected_end_offset = %self.end_offset(),
+                reason = scan.stop.as_deref().unwrap_or("ends early"),
+                "sealed segment is damaged; the damaged range will be reported, not served",
+            );
+        }
+        entries
+    }
+
+    /// Unmaps a cold sealed segment. Returns true if it was unmapped.
+    pub fn evict_if_idle(&self, now_ms: u64, idle_ms: u64) -> bool {
+        if !self.is_sealed()
+            || now_ms.saturating_sub(self.last_access_ms.load(Ordering::Relaxed)) < idle_ms
+        {
+            return false;
+        }
+        let Ok(mut slot) = self.map.lock() else {
+            return false;
+        };
+        if slot.take().is_none() {
+            return false;
+        }
+        if let Ok(mut index) = self.index.write() {
+            *index = Vec::new();
+        }
+        true
+    }
+
+    /// Seals the segment: trims the file to its exact length and writes its
+    /// index. With `durable`, the data and the trim are fsynced first.
+    pub fn seal(&self, active: ActiveFile, durable: bool) -> Result<(), StorageError> {
+        let path = &self.log_path;
+        let io = |e| StorageError::io(path, e);
+        debug_assert_eq!(
+            active.pos,
+            self.len(),
+            "writer and published length disagree"
+        );
+        if durable && active.pos > self.flushed_len() {
+            active.map.flush_range(0, active.pos as usize).map_err(io)?;
+        }
+        active.file.set_len(active.pos).map_err(io)?;
+        if durable {
+            active.file.sync_all().map_err(io)?;
+        }
+        self.flushed_len.store(active.pos, Ordering::Release);
+        let entries = self.index.read().map_err(|_| poisoned(path))?.clone();
+        if let Err(err) = index::store(&self.index_path, &entries, active.pos) {
+            // The index is only an accelerator: it is rebuilt when missing.
+            tracing::warn!(path = %self.index_path.display(), error = %err, "could not write index");
+        }
+        self.sealed.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Writes the active segment's index at a clean shutdown so the next open
+    /// need not rescan the segment.
+    pub fn checkpoint_index(&self) -> Result<(), StorageError> {
+        let entries = self
+            .index
+            .read()
+            .map_err(|_| poisoned(&self.log_path))?
+            .clone();
+        let capacity = self
+            .map
+            .lock()
+            .map_err(|_| poisoned(&self.log_path))?
+            .as_ref()
+            .map_or(0, |m| m.len());
+        index::store(&self.index_path, &entries, capacity as u64)
+    }
+
+    /// Flushes the bytes `flushed_len..len` of the active segment and records
+    /// them as durable. Called under the log's flush lock only.
+    pub fn flush(&self) -> Result<(), StorageError> {
+        let len = self.len();
+        let flushed = self.flushed_len();
+        if len <= flushed {
+            return Ok(());
+        }
+        let map = self
+            .map
+            .lock()
+            .map_err(|_| poisoned(&self.log_path))?
+            .clone();
+        if let Some(map) = map {
+            map.flush_range(flushed as usize, (len - flushed) as usize)
+                .map_err(|e| StorageError::io(&self.log_path, e))?;
+        }
+        self.flushed_len.fetch_max(len, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Deletes the segment's files. Readers holding a slice keep the
+    /// unlinked pages until they drop it.
+    pub fn delete(&self) -> Result<(), StorageError> {
+        fs::remove_file(&self.log_path).map_err(|e| StorageError::io(&self.log_path, e))?;
+        match fs::remove_file(&self.index_path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StorageError::io(&self.index_path, e)),
+        }
+    }
+}
+
+impl ActiveFile {
+    /// Bytes that can still be appended before the segment is full.
+    pub fn remaining(&self) -> u64 {
+        self.capacity - self.pos
+    }
+
+    /// Bytes written so far.
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    /// Offset the next batch will get.
+    pub fn next_offset(&self) -> Offset {
+        self.next_offset
+    }
+
+    /// Reserves disk blocks for `needed` bytes past the write position.
+    fn reserve(&mut self, path: &Path, needed: u64) -> Result<(), StorageError> {
+        let end = self.pos + needed;
+        if end <= self.allocated {
+            return Ok(());
+        }
+        let target = end
+            .div_ceil(ALLOCATION_CHUNK_BYTES)
+            .saturating_mul(ALLOCATION_CHUNK_BYTES)
+            .min(self.capacity);
+        allocate(&self.file, self.allocated, target - self.allocated)
+            .map_err(|e| StorageError::io(path, e))?;
+        self.allocated = target;
+        Ok(())
+    }
+
+    /// Copies a validated batch into the segment, stamps its base offset and
+    /// publishes it to readers. The caller checked that it fits.
+    pub fn append(
+        &mut self,
+        segment: &Segment,
+        batch_bytes: &[u8],
+        header: &BatchHeader,
+    ) -> Result<Offset, StorageError> {
+        let len = batch_bytes.len() as u64;
+        assert!(len <= self.remaining(), "append past segment capacity");
+        self.reserve(&segment.log_path, len)?;
+        let base = self.next_offset;
+        // SAFETY: `pos..pos + len` is inside the map (checked above), is above
+        // the published length so no reader looks at it, and only this
+        // writer (serialised by the log's writer lock) writes it.
+        unsafe {
+            let dst = self.map.as_mut_ptr().add(self.pos as usize);
+            std::ptr::copy_nonoverlapping(batch_bytes.as_ptr(), dst, batch_bytes.len());
+            let stamped = std::slice::from_raw_parts_mut(dst, HEADER_LEN);
+            batch::set_base_offset(stamped, base);
+        }
+        if self.bytes_since_index >= self.index_interval_bytes {
+            let entry = IndexEntry {
+                relative_offset: (base.0 - segment.base.0) as u32,
+                position: self.pos as u32,
+            };
+            segment
+                .index
+                .write()
+                .map_err(|_| poisoned(&segment.log_path))?
+                .push(entry);
+            self.bytes_since_index = 0;
+        }
+        self.bytes_since_index = self.bytes_since_index.saturating_add(len);
+        self.pos += len;
+        self.next_offset = base.plus(u64::from(header.record_count));
+        // Publish the length first: whoever sees the new end offset (with
+        // Acquire) then also sees a length covering its bytes, which is what
+        // the flush path relies on.
+        segment.len.store(self.pos, Ordering::Release);
+        segment
+            .end_offset
+            .store(self.next_offset.0, Ordering::Release);
+        Ok(base)
+    }
+}
+
+/// Result of scanning a segment's batches.
+struct Scan {
+    end_pos: u64,
+    next_offset: Offset,
+    bytes_since_index: u64,
+    /// Why the scan stopped before the end, if it hit something other than
+    /// the zeroed tail of a preallocated file or the end of the bytes.
+    stop: Option<String>,
+}
+
+/// Walks batches from `pos`, checking length, CRC and offset continuity,
+/// appending index entries every `interval` bytes, until the first batch that
+/// fails or an all-zero header.
+fn scan(
+    bytes: &[u8],
+    mut pos: u64,
+    mut expected: Offset,
+    base: Offset,
+    interval: u32,
+    entries: &mut Vec<IndexEntry>,
+) -> Scan {
+    let interval = u64::from(interval);
+    let mut since_index = u64::MAX;
+    let end = bytes.len() as u64;
+    let stop = loop {
+        if pos == end {
+            break None;
+        }
+        let rest = &bytes[pos as usize..];
+        let head = &rest[..rest.len().min(HEADER_LEN)];
+        if head.iter().all(|&b| b == 0) {
+            break None;
+        }
+        let header = match BatchHeader::parse(rest) {
+            Ok(h) => h,
+            Err(e) => break Some(e.to_string()),
+        };
+        if let Err(e) = batch::verify_crc(rest, &header) {
+            break Some(e.to_string());
+        }
+        if header.base_offset != expected {
+            break Some(format!(
+                "batch base offset {} where {expected} was expected",
+                header.base_offset
+            ));
+        }
+        if since_index >= interval {
+            entries.push(IndexEntry {
+                relative_offset: (expected.0 - base.0) as u32,
+                position: pos as u32,
+            });
+            since_index = 0;
+        }
+        since_index = since_index.saturating_add(u64::from(header.batch_len));
+        pos += u64::from(header.batch_len);
+        expected = header.next_offset();
+    };
+    Scan {
+        end_pos: pos,
+        next_offset: expected,
+        bytes_since_index: since_index,
+        stop,
+    }
+}
+
+/// True if the index entry points at a valid batch with the right offset.
+fn entry_matches(bytes: &[u8], base: Offset, entry: &IndexEntry) -> bool {
+    let pos = entry.position as usize;
+    if pos >= bytes.len() {
+        return false;
+    }
+    let rest = &bytes[pos..];
+    match BatchHeader::parse(rest) {
+        Ok(h) => {
+            batch::verify_crc(rest, &h).is_ok()
+                && h.base_offset == base.plus(u64::from(entry.relative_offset))
+        }
+        Err(_) => false,
+    }
+}
+
+fn map_rw(file: &File, len: u64, path: &Path) -> Result<MmapRaw, StorageError> {
+    MmapOptions::new()
+        .len(len as usize)
+        .map_raw(file)
+        .map_err(|e| StorageError::io(path, e))
+}
+
+/// memmap2 cannot map zero bytes; an empty segment gets an anonymous
+/// one-page map that no read ever looks into (its length bound is 0).
+fn empty_map_placeholder(path: &Path) -> Result<MmapRaw, StorageError> {
+    MmapOptions::new()
+        .len(1)
+        .map_anon()
+        .map(MmapRaw::from)
+        .map_err(|e| StorageError::io(path, e))
+}
+
+/// Reserves blocks for `offset..offset + len` without changing the file size.
+fn allocate(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), offset, len) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::OPNOTSUPP) => {
+            // File systems without fallocate: writing zeros reserves the
+            // blocks just the same, only slower.
+            let zeros = vec![0u8; 64 * 1024];
+            let mut at = offset;
+            while at < offset + len {
+                let n = zeros.len().min((offset + len - at) as usize);
+                file.write_all_at(&zeros[..n], at)?;
+                at += n as u64;
+            }
+            Ok(())
+        }
+        Err(errno) => Err(std::io::Error::from_raw_os_error(errno.raw_os_error())),
+    }
+}
+
+fn poisoned(path: &Path) -> StorageError {
+    StorageError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::other("lock poisoned by a panicked thread"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_round_trip() {
+        let name = log_file_name(Offset(1234));
+        assert_eq!(name, "00000000000000001234.log");
+        assert_eq!(parse_log_file_name(&name), Some(Offset(1234)));
+        assert_eq!(parse_log_file_name("1234.log"), None);
+        assert_eq!(parse_log_file_name("0000000000000000123x.log"), None);
+        assert_eq!(parse_log_file_name("00000000000000001234.index"), None);
+    }
+}

@@ -1,0 +1,252 @@
+//! When appended bytes reach stable storage.
+//!
+//! Writes go through a shared memory map, so the moment an append returns its
+//! bytes are in the kernel's page cache: a crash of the process (SIGKILL,
+//! panic, OOM kill) loses nothing that was appended, under every policy.
+//! The policy only decides what survives a crash of the *machine* (power
+//! loss, kernel panic):
+//!
+//! - [`SyncPolicy::Always`]: an append is acknowledged only after its bytes
+//!   were flushed (`msync`, which also persists the block allocation).
+//!   Concurrent appenders share flushes: one flush covers everything written
+//!   before it started (group commit). Readers see a batch only once it is
+//!   durable, so no consumer ever acts on a message a power loss could undo.
+//! - [`SyncPolicy::Interval`]: a background flush every `ms` milliseconds;
+//!   a power loss can lose up to that window (plus one flush's duration) of
+//!   acknowledged appends.
+//! - [`SyncPolicy::Never`]: the OS writes back when it likes (typically
+//!   within 30 s on Linux); a power loss can lose that much.
+//!
+//! One [`Flusher`] thread per broker does all flushing, so no tokio worker
+//! ever blocks on the disk. Serialising flushes across partitions costs
+//! little: they go to the same device and file-system journal anyway.
+
+use std::fmt;
+use std::future::Future;
+use std::str::FromStr;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime};
+
+use spool_protocol::Offset;
+use tokio::sync::oneshot;
+
+use super::log::PartitionLog;
+use super::{monotonic_ms, StorageError};
+
+/// How often the flusher runs retention and unmaps cold segments.
+const HOUSEKEEPING_INTERVAL_MS: u64 = 1000;
+/// Upper bound on the flusher's sleep, so housekeeping is never late by more.
+const MAX_TICK_MS: u64 = 1000;
+
+/// When appended bytes are forced to disk. See the module docs for what
+/// each promises.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum SyncPolicy {
+    /// Flush before acknowledging; concurrent appends share a flush.
+    Always,
+    /// Flush in the background every `ms` milliseconds.
+    Interval {
+        /// Milliseconds between flushes.
+        ms: u64,
+    },
+    /// Leave write-back to the operating system.
+    Never,
+}
+
+impl fmt::Display for SyncPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SyncPolicy::Always => f.write_str("always"),
+            SyncPolicy::Interval { ms } => write!(f, "interval:{ms}"),
+            SyncPolicy::Never => f.write_str("never"),
+        }
+    }
+}
+
+impl FromStr for SyncPolicy {
+    type Err = String;
+
+    /// Accepts `always`, `never`, `interval` (100 ms) or `interval:MS`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "always" => Ok(SyncPolicy::Always),
+            "never" => Ok(SyncPolicy::Never),
+            "interval" => Ok(SyncPolicy::Interval { ms: 100 }),
+            other => other
+                .strip_prefix("interval:")
+                .and_then(|ms| ms.parse().ok())
+                .filter(|&ms| ms > 0)
+                .map(|ms| SyncPolicy::Interval { ms })
+                .ok_or_else(|| {
+                    format!("unknown sync policy {other:?}: expected always, never, interval or interval:MS")
+                }),
+        }
+    }
+}
+
+enum Request {
+    Sync {
+        log: Arc<PartitionLog>,
+        target: Offset,
+        done: oneshot::Sender<Result<(), StorageError>>,
+    },
+    Watch(Weak<PartitionLog>),
+    Shutdown,
+}
+
+/// The broker's flushing and housekeeping thread.
+pub struct Flusher {
+    tx: mpsc::Sender<Request>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Flusher {
+    /// Starts the thread.
+    pub fn start() -> std::io::Result<Flusher> {
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("spool-flusher".into())
+            .spawn(move || run(rx))?;
+        Ok(Flusher {
+            tx,
+            thread: Some(thread),
+        })
+    }
+
+    /// Puts a log under the flusher's care: interval flushes (if its policy
+    /// asks for them), retention and unmapping of cold segments.
+    pub fn watch(&self, log: &Arc<PartitionLog>) {
+        let _ = self.tx.send(Request::Watch(Arc::downgrade(log)));
+    }
+
+    /// Asks for `log` to be made durable up to `target` (exclusive); the
+    /// returned future resolves when it is. The request is sent before this
+    /// returns, so callers need not hold anything across the await.
+    pub fn request_sync(
+        &self,
+        log: Arc<PartitionLog>,
+        target: Offset,
+    ) -> impl Future<Output = Result<(), StorageError>> + Send + 'static {
+        let path = log.dir().to_path_buf();
+        let waiter = if log.durable_offset() >= target {
+            None
+        } else {
+            let (done, wait) = oneshot::channel();
+            Some(
+                self.tx
+                    .send(Request::Sync { log, target, done })
+                    .map(|()| wait),
+            )
+        };
+        async move {
+            let stopped = || StorageError::Io {
+                path,
+                source: std::io::Error::other("flusher thread has stopped"),
+            };
+            match waiter {
+                None => Ok(()),
+                Some(Err(_)) => Err(stopped()),
+                Some(Ok(wait)) => wait.await.map_err(|_| stopped())?,
+            }
+        }
+    }
+
+    /// Stops the thread after it has served every request already sent.
+    pub fn shutdown(&mut self) {
+        let _ = self.tx.send(Request::Shutdown);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn run(rx: mpsc::Receiver<Request>) {
+    let mut watched: Vec<Weak<PartitionLog>> = Vec::new();
+    let mut next_housekeeping_ms = monotonic_ms() + HOUSEKEEPING_INTERVAL_MS;
+    loop {
+        let tick_ms = watched
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter_map(|log| match log.config().sync {
+                SyncPolicy::Interval { ms } => Some(ms),
+                _ => None,
+            })
+            .min()
+            .unwrap_or(MAX_TICK_MS)
+            .clamp(1, MAX_TICK_MS);
+        let mut requests = Vec::new();
+        match rx.recv_timeout(Duration::from_millis(tick_ms)) {
+            Ok(first) => {
+                requests.push(first);
+                requests.extend(rx.try_iter());
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        let mut shutdown = false;
+        for request in requests {
+            match request {
+                // The first request of a burst flushes everything written so
+                // far; the ones after it usually find their target durable.
+                Request::Sync { log, target, done } => {
+                    let _ = done.send(log.flush_until(target));
+                }
+                Request::Watch(log) => watched.push(log),
+                Request::Shutdown => shutdown = true,
+            }
+        }
+        if shutdown {
+            return;
+        }
+        let now_ms = monotonic_ms();
+        watched.retain(|weak| weak.strong_count() > 0);
+        for log in watched.iter().filter_map(Weak::upgrade) {
+            if log.interval_flush_due(now_ms) {
+                if let Err(err) = log.flush() {
+                    tracing::error!(dir = %log.dir().display(), error = %err, "interval flush failed");
+                }
+            }
+        }
+        if now_ms >= next_housekeeping_ms {
+            next_housekeeping_ms = now_ms + HOUSEKEEPING_INTERVAL_MS;
+            let now = SystemTime::now();
+            for log in watched.iter().filter_map(Weak::upgrade) {
+                if let Err(err) = log.enforce_retention(now) {
+                    tracing::warn!(dir = %log.dir().display(), error = %err, "retention failed");
+                }
+                log.unmap_idle(now_ms);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policies_parse_and_print() {
+        for (text, policy) in [
+            ("always", SyncPolicy::Always),
+            ("never", SyncPolicy::Never),
+            ("interval:250", SyncPolicy::Interval { ms: 250 }),
+        ] {
+            assert_eq!(text.parse::<SyncPolicy>(), Ok(policy));
+            assert_eq!(policy.to_string(), text);
+        }
+        assert_eq!(
+            "interval".parse::<SyncPolicy>(),
+            Ok(SyncPolicy::Interval { ms: 100 })
+        );
+        assert!("interval:0".parse::<SyncPolicy>().is_err());
+        assert!("sometimes".parse::<SyncPolicy>().is_err());
+    }
+}
