@@ -1,0 +1,168 @@
+//! Damaged files: a torn or bit-flipped tail of the active segment is cut on
+//! open; a bit flip inside a sealed segment is reported as an error for that
+//! range and never served as data.
+
+mod common;
+
+use std::fs::{self, OpenOptions};
+use std::path::{Path, PathBuf};
+
+use common::read_all;
+use spool::protocol::batch::BatchHeader;
+use spool::{Broker, BrokerConfig, BrokerError, Message, Offset, PartitionId, StorageError, SyncPolicy, TopicConfig};
+
+const TOPIC: &str = "t";
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir.join("topics").join(TOPIC).join("0"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// `(position, header)` of every batch in a segment file.
+fn batches(path: &Path) -> Vec<(u64, BatchHeader)> {
+    let bytes = fs::read(path).unwrap();
+    let mut out = Vec::new();
+    let mut pos = 0usize;
+    while let Ok(h) = BatchHeader::parse(&bytes[pos..]) {
+        out.push((pos as u64, h));
+        pos += h.batch_len as usize;
+    }
+    out
+}
+
+fn flip_byte(path: &Path, position: u64) {
+    use std::os::unix::fs::FileExt;
+    let file = OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let mut b = [0u8];
+    file.read_exact_at(&mut b, position).unwrap();
+    file.write_all_at(&[b[0] ^ 0x5a], position).unwrap();
+}
+
+/// Writes 300 batches of 3 records (about 60 KiB) into one partition with
+/// 16 KiB segments, and closes the broker cleanly.
+async fn fill(dir: &Path) {
+    let broker = Broker::open(dir, BrokerConfig::default()).unwrap();
+    let config = TopicConfig::new(1).sync(SyncPolicy::Never).segment_size_bytes(16 * 1024);
+    broker.create_topic(TOPIC, config).unwrap();
+    for b in 0..300u64 {
+        let msgs: Vec<_> = (0..3).map(|i| Message::new(format!("{:060}", b * 3 + i))).collect();
+        broker.produce(TOPIC, PartitionId(0), &msgs).await.unwrap();
+    }
+    broker.close().unwrap();
+}
+
+fn check_prefix(broker: &Broker, end: u64) {
+    let records = read_all(broker, TOPIC, 0);
+    assert_eq!(records.len() as u64, end);
+    for r in records {
+        assert_eq!(r.value, format!("{:060}", r.offset).into_bytes());
+    }
+}
+
+async fn torn_tail_is_cut(trust_index: bool) {
+    common::init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path()).await;
+    if !trust_index {
+        fs::remove_file(dir.path().join("clean-shutdown")).unwrap();
+    }
+    let active = segments(dir.path()).pop().unwrap();
+    let (pos, last) = *batches(&active).last().unwrap();
+    // Cut the last batch in half, as a crash in the middle of its write-back would.
+    OpenOptions::new()
+        .write(true)
+        .open(&active)
+        .unwrap()
+        .set_len(pos + u64::from(last.batch_len) / 2)
+        .unwrap();
+
+    let broker = Broker::open(dir.path(), BrokerConfig::default()).unwrap();
+    assert_eq!(broker.offsets(TOPIC, PartitionId(0)).unwrap().end, last.base_offset);
+    check_prefix(&broker, last.base_offset.0);
+    // The log goes on from the cut.
+    let info = broker.produce(TOPIC, PartitionId(0), &[Message::new(format!("{:060}", 897))]).await.unwrap();
+    assert_eq!(info.base_offset, Offset(897));
+    drop(broker);
+    let broker = Broker::open(dir.path(), BrokerConfig::default()).unwrap();
+    check_prefix(&broker, 898);
+}
+
+#[tokio::test]
+async fn torn_tail_is_cut_after_clean_shutdown() {
+    torn_tail_is_cut(true).await;
+}
+
+#[tokio::test]
+async fn torn_tail_is_cut_after_crash() {
+    torn_tail_is_cut(false).await;
+}
+
+#[tokio::test]
+async fn bit_flip_in_the_tail_is_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path()).await;
+    fs::remove_file(dir.path().join("clean-shutdown")).unwrap();
+    let active = segments(dir.path()).pop().unwrap();
+    let all = batches(&active);
+    let (pos, second_last) = all[all.len() - 2];
+    // Damage the payload of the second-to-last batch: it and everything
+    // after it is the torn tail.
+    flip_byte(&active, pos + u64::from(second_last.batch_len) - 10);
+
+    let broker = Broker::open(dir.path(), BrokerConfig::default()).unwrap();
+    assert_eq!(broker.offsets(TOPIC, PartitionId(0)).unwrap().end, second_last.base_offset);
+    check_prefix(&broker, second_last.base_offset.0);
+}
+
+#[tokio::test]
+async fn bit_flip_in_a_sealed_segment_is_reported_not_served() {
+    common::init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path()).await;
+    let files = segments(dir.path());
+    assert!(files.len() >= 3, "need sealed segments, got {}", files.len());
+    let sealed = &files[0];
+    let in_sealed = batches(sealed);
+    let (pos, victim) = in_sealed[in_sealed.len() / 2];
+    flip_byte(sealed, pos + u64::from(victim.batch_len) - 5);
+
+    let broker = Broker::open(dir.path(), BrokerConfig::default()).unwrap();
+    // Nothing was truncated: the damage is in the middle of the log.
+    assert_eq!(broker.offsets(TOPIC, PartitionId(0)).unwrap().end, Offset(900));
+    // Every offset of the damaged batch reports corruption.
+    for offset in victim.base_offset.0..victim.next_offset().0 {
+        match broker.read(TOPIC, PartitionId(0), Offset(offset), 1 << 20) {
+            Err(BrokerError::Storage {
+                source: StorageError::Corrupt { offset: at, .. },
+                ..
+            }) => assert_eq!(at, victim.base_offset),
+            other => panic!("offset {offset}: expected a corruption error, got {other:?}"),
+        }
+    }
+    // A read that starts before the damage returns only the good batches before it.
+    let before = broker.read(TOPIC, PartitionId(0), Offset(0), 1 << 20).unwrap();
+    assert_eq!(before.next_offset, victim.base_offset);
+    // The next segment is untouched and served.
+    let next_base = batches(&files[1])[0].1.base_offset;
+    let after = broker.read(TOPIC, PartitionId(0), next_base, 1 << 20).unwrap();
+    assert!(!after.batches.is_empty());
+    spool::Batch::validate(&after.batches).unwrap();
+}
+
+#[tokio::test]
+async fn stale_or_missing_index_is_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path()).await;
+    let files = segments(dir.path());
+    // Remove one sealed index and garble another.
+    fs::remove_file(files[0].with_extension("index")).unwrap();
+    fs::write(files[1].with_extension("index"), b"garbage").unwrap();
+    let broker = Broker::open(dir.path(), BrokerConfig::default()).unwrap();
+    check_prefix(&broker, 900);
+    assert!(files[0].with_extension("index").exists(), "index was not rebuilt");
+}
