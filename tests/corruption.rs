@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 
 use common::read_all;
 use spool::protocol::batch::BatchHeader;
-use spool::{Broker, BrokerConfig, BrokerError, Message, Offset, PartitionId, StorageError, SyncPolicy, TopicConfig};
+use spool::{
+    Broker, BrokerConfig, BrokerError, Message, Offset, PartitionId, StorageError, SyncPolicy,
+    TopicConfig,
+};
 
 const TOPIC: &str = "t";
 
@@ -37,7 +40,11 @@ fn batches(path: &Path) -> Vec<(u64, BatchHeader)> {
 
 fn flip_byte(path: &Path, position: u64) {
     use std::os::unix::fs::FileExt;
-    let file = OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
     let mut b = [0u8];
     file.read_exact_at(&mut b, position).unwrap();
     file.write_all_at(&[b[0] ^ 0x5a], position).unwrap();
@@ -47,10 +54,14 @@ fn flip_byte(path: &Path, position: u64) {
 /// 16 KiB segments, and closes the broker cleanly.
 async fn fill(dir: &Path) {
     let broker = Broker::open(dir, BrokerConfig::default()).unwrap();
-    let config = TopicConfig::new(1).sync(SyncPolicy::Never).segment_size_bytes(16 * 1024);
+    let config = TopicConfig::new(1)
+        .sync(SyncPolicy::Never)
+        .segment_size_bytes(16 * 1024);
     broker.create_topic(TOPIC, config).unwrap();
     for b in 0..300u64 {
-        let msgs: Vec<_> = (0..3).map(|i| Message::new(format!("{:060}", b * 3 + i))).collect();
+        let msgs: Vec<_> = (0..3)
+            .map(|i| Message::new(format!("{:060}", b * 3 + i)))
+            .collect();
         broker.produce(TOPIC, PartitionId(0), &msgs).await.unwrap();
     }
     broker.close().unwrap();
@@ -82,10 +93,20 @@ async fn torn_tail_is_cut(trust_index: bool) {
         .unwrap();
 
     let broker = Broker::open(dir.path(), BrokerConfig::default()).unwrap();
-    assert_eq!(broker.offsets(TOPIC, PartitionId(0)).unwrap().end, last.base_offset);
+    assert_eq!(
+        broker.offsets(TOPIC, PartitionId(0)).unwrap().end,
+        last.base_offset
+    );
     check_prefix(&broker, last.base_offset.0);
     // The log goes on from the cut.
-    let info = broker.produce(TOPIC, PartitionId(0), &[Message::new(format!("{:060}", 897))]).await.unwrap();
+    let info = broker
+        .produce(
+            TOPIC,
+            PartitionId(0),
+            &[Message::new(format!("{:060}", 897))],
+        )
+        .await
+        .unwrap();
     assert_eq!(info.base_offset, Offset(897));
     drop(broker);
     let broker = Broker::open(dir.path(), BrokerConfig::default()).unwrap();
@@ -115,7 +136,10 @@ async fn bit_flip_in_the_tail_is_cut() {
     flip_byte(&active, pos + u64::from(second_last.batch_len) - 10);
 
     let broker = Broker::open(dir.path(), BrokerConfig::default()).unwrap();
-    assert_eq!(broker.offsets(TOPIC, PartitionId(0)).unwrap().end, second_last.base_offset);
+    assert_eq!(
+        broker.offsets(TOPIC, PartitionId(0)).unwrap().end,
+        second_last.base_offset
+    );
     check_prefix(&broker, second_last.base_offset.0);
 }
 
@@ -125,7 +149,11 @@ async fn bit_flip_in_a_sealed_segment_is_reported_not_served() {
     let dir = tempfile::tempdir().unwrap();
     fill(dir.path()).await;
     let files = segments(dir.path());
-    assert!(files.len() >= 3, "need sealed segments, got {}", files.len());
+    assert!(
+        files.len() >= 3,
+        "need sealed segments, got {}",
+        files.len()
+    );
     let sealed = &files[0];
     let in_sealed = batches(sealed);
     let (pos, victim) = in_sealed[in_sealed.len() / 2];
@@ -133,7 +161,10 @@ async fn bit_flip_in_a_sealed_segment_is_reported_not_served() {
 
     let broker = Broker::open(dir.path(), BrokerConfig::default()).unwrap();
     // Nothing was truncated: the damage is in the middle of the log.
-    assert_eq!(broker.offsets(TOPIC, PartitionId(0)).unwrap().end, Offset(900));
+    assert_eq!(
+        broker.offsets(TOPIC, PartitionId(0)).unwrap().end,
+        Offset(900)
+    );
     // Every offset of the damaged batch reports corruption.
     for offset in victim.base_offset.0..victim.next_offset().0 {
         match broker.read(TOPIC, PartitionId(0), Offset(offset), 1 << 20) {
@@ -145,11 +176,15 @@ async fn bit_flip_in_a_sealed_segment_is_reported_not_served() {
         }
     }
     // A read that starts before the damage returns only the good batches before it.
-    let before = broker.read(TOPIC, PartitionId(0), Offset(0), 1 << 20).unwrap();
+    let before = broker
+        .read(TOPIC, PartitionId(0), Offset(0), 1 << 20)
+        .unwrap();
     assert_eq!(before.next_offset, victim.base_offset);
     // The next segment is untouched and served.
     let next_base = batches(&files[1])[0].1.base_offset;
-    let after = broker.read(TOPIC, PartitionId(0), next_base, 1 << 20).unwrap();
+    let after = broker
+        .read(TOPIC, PartitionId(0), next_base, 1 << 20)
+        .unwrap();
     assert!(!after.batches.is_empty());
     spool::Batch::validate(&after.batches).unwrap();
 }
@@ -164,5 +199,8 @@ async fn stale_or_missing_index_is_rebuilt() {
     fs::write(files[1].with_extension("index"), b"garbage").unwrap();
     let broker = Broker::open(dir.path(), BrokerConfig::default()).unwrap();
     check_prefix(&broker, 900);
-    assert!(files[0].with_extension("index").exists(), "index was not rebuilt");
+    assert!(
+        files[0].with_extension("index").exists(),
+        "index was not rebuilt"
+    );
 }

@@ -38,21 +38,35 @@ fn check_value(partition: u32, offset: u64, value: &[u8]) {
     let p: u32 = parts.next().unwrap().parse().unwrap();
     let o: u64 = parts.next().unwrap().parse().unwrap();
     let fill = parts.next().unwrap();
-    assert_eq!((p, o), (partition, offset), "record at {partition}/{offset} is {text:?}");
-    assert!(fill.bytes().all(|b| b == b'a' + (offset % 26) as u8), "payload damaged at {offset}");
+    assert_eq!(
+        (p, o),
+        (partition, offset),
+        "record at {partition}/{offset} is {text:?}"
+    );
+    assert!(
+        fill.bytes().all(|b| b == b'a' + (offset % 26) as u8),
+        "payload damaged at {offset}"
+    );
 }
 
 fn topic_config(sync: SyncPolicy) -> TopicConfig {
     // Small segments so kills land in the middle of rolls too.
-    TopicConfig::new(PARTITIONS).sync(sync).segment_size_bytes(32 * 1024)
+    TopicConfig::new(PARTITIONS)
+        .sync(sync)
+        .segment_size_bytes(32 * 1024)
 }
 
 #[test]
 #[ignore = "child process of the crash tests; they run it"]
 fn crash_child() {
-    let Ok(dir) = std::env::var(DIR_ENV) else { return };
+    let Ok(dir) = std::env::var(DIR_ENV) else {
+        return;
+    };
     let sync: SyncPolicy = std::env::var(SYNC_ENV).unwrap().parse().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async move {
         let broker = Broker::open(&dir, BrokerConfig::default()).unwrap();
         if broker.describe_topic(TOPIC).is_err() {
@@ -67,7 +81,10 @@ fn crash_child() {
             let messages: Vec<Message> = (0..n)
                 .map(|i| Message::new(value_for(p, next + i, rng.random_range(0..400))))
                 .collect();
-            let info = broker.produce(TOPIC, PartitionId(p), &messages).await.unwrap();
+            let info = broker
+                .produce(TOPIC, PartitionId(p), &messages)
+                .await
+                .unwrap();
             assert_eq!(info.base_offset, Offset(next));
             use std::io::Write;
             writeln!(out, "ACK {p} {next} {n}").unwrap();
@@ -79,9 +96,19 @@ fn crash_child() {
 /// Runs the child until it has acknowledged something, kills it with SIGKILL
 /// after a random delay, and returns the acks it reported as `(partition,
 /// base, count)`.
-fn run_and_kill(dir: &std::path::Path, sync: SyncPolicy, rng: &mut impl Rng) -> Vec<(u32, u64, u64)> {
+fn run_and_kill(
+    dir: &std::path::Path,
+    sync: SyncPolicy,
+    rng: &mut impl Rng,
+) -> Vec<(u32, u64, u64)> {
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "crash_child", "--nocapture", "--test-threads=1"])
+        .args([
+            "--ignored",
+            "--exact",
+            "crash_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(DIR_ENV, dir)
         .env(SYNC_ENV, sync.to_string())
         .stdout(Stdio::piped())
@@ -100,13 +127,18 @@ fn run_and_kill(dir: &std::path::Path, sync: SyncPolicy, rng: &mut impl Rng) -> 
                     continue;
                 }
                 let nums: Vec<u64> = parts.map(|x| x.parse().unwrap()).collect();
-                acks.lock().unwrap().push((nums[0] as u32, nums[1], nums[2]));
+                acks.lock()
+                    .unwrap()
+                    .push((nums[0] as u32, nums[1], nums[2]));
             }
         })
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     while acks.lock().unwrap().is_empty() {
-        assert!(Instant::now() < deadline, "child never acknowledged an append");
+        assert!(
+            Instant::now() < deadline,
+            "child never acknowledged an append"
+        );
         if let Some(status) = child.try_wait().unwrap() {
             panic!("child exited early: {status}");
         }
@@ -154,12 +186,19 @@ fn crash_rounds(sync: SyncPolicy) {
             }
         }
         // The recovered log takes appends at the right offsets.
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async {
             let p = round as u32 % PARTITIONS;
             let end = broker.offsets(TOPIC, PartitionId(p)).unwrap().end.0;
             let info = broker
-                .produce(TOPIC, PartitionId(p), &[Message::new(value_for(p, end, 10))])
+                .produce(
+                    TOPIC,
+                    PartitionId(p),
+                    &[Message::new(value_for(p, end, 10))],
+                )
                 .await
                 .unwrap();
             assert_eq!(info.base_offset, Offset(end));

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::read_all;
-use spool::{Broker, BrokerConfig, BrokerError, Message, PartitionId, StorageError, SyncPolicy, TopicConfig};
+use spool::{
+    Broker, BrokerConfig, BrokerError, Message, PartitionId, StorageError, SyncPolicy, TopicConfig,
+};
 
 struct Tmpfs {
     mount_point: PathBuf,
@@ -33,17 +35,28 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.mount_point).status();
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&self.mount_point)
+            .status();
     }
 }
 
 fn is_no_space(err: &BrokerError) -> bool {
-    matches!(err, BrokerError::Storage { source: StorageError::NoSpace { .. }, .. })
+    matches!(
+        err,
+        BrokerError::Storage {
+            source: StorageError::NoSpace { .. },
+            ..
+        }
+    )
 }
 
 async fn fill_until_full(broker: &Broker, next: &mut u64) -> BrokerError {
     loop {
-        let msgs: Vec<_> = (0..8).map(|i| Message::new(format!("{:01000}", *next + i))).collect();
+        let msgs: Vec<_> = (0..8)
+            .map(|i| Message::new(format!("{:01000}", *next + i)))
+            .collect();
         match broker.produce("t", PartitionId(0), &msgs).await {
             Ok(info) => {
                 assert_eq!(info.base_offset.0, *next);
@@ -75,7 +88,9 @@ async fn full_disk_is_a_clean_error_and_loses_nothing() {
     std::fs::write(&filler, vec![1u8; 3 * 1024 * 1024]).unwrap();
 
     let broker = Broker::open(data, BrokerConfig::default()).unwrap();
-    let config = TopicConfig::new(1).sync(SyncPolicy::Always).segment_size_bytes(512 * 1024);
+    let config = TopicConfig::new(1)
+        .sync(SyncPolicy::Always)
+        .segment_size_bytes(512 * 1024);
     broker.create_topic("t", config).unwrap();
 
     let mut acked = 0u64;
@@ -86,14 +101,20 @@ async fn full_disk_is_a_clean_error_and_loses_nothing() {
     let stuck_at = acked;
     let again = fill_until_full(&broker, &mut acked).await;
     assert!(is_no_space(&again), "{again}");
-    assert_eq!(acked, stuck_at, "an append of the same size succeeded on a full disk");
+    assert_eq!(
+        acked, stuck_at,
+        "an append of the same size succeeded on a full disk"
+    );
     check(&broker, acked);
 
     // Free space: appends work again.
     std::fs::remove_file(&filler).unwrap();
     let before = acked;
     let err = fill_until_full(&broker, &mut acked).await;
-    assert!(acked > before, "appends did not resume after space was freed");
+    assert!(
+        acked > before,
+        "appends did not resume after space was freed"
+    );
     assert!(is_no_space(&err), "{err}");
     check(&broker, acked);
     drop(broker);

@@ -9,6 +9,7 @@
 #![deny(missing_docs)]
 
 pub mod batch;
+pub mod fuzzing;
 pub mod types;
 pub mod varint;
 
