@@ -174,7 +174,22 @@ fn a_directory_is_opened_by_one_broker_at_a_time() {
         Err(BrokerError::DirectoryLocked(_))
     ));
     drop(first);
-    Broker::open(dir.path(), BrokerConfig::default()).unwrap();
+    let second = Broker::open(dir.path(), BrokerConfig::default()).unwrap();
+    second.create_topic("t", TopicConfig::new(1)).unwrap();
+    // close() releases the directory while clones still exist; every clone
+    // then refuses work rather than touch files another broker may own.
+    let clone = second.clone();
+    second.close().unwrap();
+    let third = Broker::open(dir.path(), BrokerConfig::default()).unwrap();
+    assert!(matches!(
+        clone.read("t", PartitionId(0), Offset(0), 10),
+        Err(BrokerError::Closed)
+    ));
+    assert!(matches!(
+        clone.create_topic("u", TopicConfig::new(1)),
+        Err(BrokerError::Closed)
+    ));
+    assert_eq!(third.list_topics().len(), 1);
 }
 
 #[tokio::test]

@@ -40,7 +40,7 @@ fn config(sync: SyncPolicy) -> LogConfig {
 
 fn run(ops: Vec<Op>, sync: SyncPolicy) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
-    let mut log = PartitionLog::open(dir.path(), config(sync.clone()), false).unwrap();
+    let mut log = PartitionLog::open(dir.path(), config(sync), false).unwrap();
     let mut model: Vec<Vec<u8>> = Vec::new();
     for op in ops {
         match op {
@@ -53,7 +53,7 @@ fn run(ops: Vec<Op>, sync: SyncPolicy) -> Result<(), TestCaseError> {
                 let bytes = b.finish().unwrap();
                 let info = log.append(Batch::validate(&bytes).unwrap()).unwrap();
                 prop_assert_eq!(info.base_offset, Offset(model.len() as u64));
-                for (i, len) in lens.iter().enumerate() {
+                for len in &lens {
                     model.push(value(model.len(), *len));
                 }
                 log.flush().unwrap();
@@ -63,7 +63,7 @@ fn run(ops: Vec<Op>, sync: SyncPolicy) -> Result<(), TestCaseError> {
                     log.close().unwrap();
                 }
                 drop(log);
-                log = PartitionLog::open(dir.path(), config(sync.clone()), clean).unwrap();
+                log = PartitionLog::open(dir.path(), config(sync), clean).unwrap();
                 prop_assert_eq!(log.next_offset(), Offset(model.len() as u64));
             }
             Op::Read {

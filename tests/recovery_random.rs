@@ -65,7 +65,7 @@ fn damaged_segments_never_panic_and_never_serve_garbage() {
                 .open(path)
                 .unwrap();
             // Damage within the written part (the active file is sparse past it).
-            let len = file.metadata().unwrap().len().min(64 * 1024).max(1);
+            let len = file.metadata().unwrap().len().clamp(1, 64 * 1024);
             match rng.random_range(0..3) {
                 0 => {
                     let at = rng.random_range(0..len);

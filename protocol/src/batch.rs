@@ -695,6 +695,41 @@ mod tests {
         assert!(Batch::validate(&bytes).is_ok());
     }
 
+    /// The example in PROTOCOL.md, byte for byte.
+    #[test]
+    fn matches_the_documented_example() {
+        let mut b = BatchBuilder::new();
+        b.push(1_700_000_000_000, Some(b"k"), b"hi", &[(b"h", b"v")])
+            .unwrap();
+        let mut bytes = b.finish().unwrap().to_vec();
+        set_base_offset(&mut bytes, Offset(5));
+        let expected: Vec<u8> = [
+            &[5, 0, 0, 0, 0, 0, 0, 0][..],
+            &[0x35, 0, 0, 0],
+            &[0xda, 0x28, 0xb5, 0xad],
+            &[1, 0, 0, 0],
+            &[1, 0, 0, 0],
+            &[0x00, 0x68, 0xe5, 0xcf, 0x8b, 0x01, 0, 0],
+            &[0x00, 0x68, 0xe5, 0xcf, 0x8b, 0x01, 0, 0],
+            &[
+                0x0c, 0x00, 0x00, 0x02, 0x6b, 0x02, 0x68, 0x69, 0x01, 0x01, 0x68, 0x01, 0x76,
+            ],
+        ]
+        .concat();
+        assert_eq!(
+            bytes
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            expected
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
+
     #[test]
     fn empty_builder_does_not_finish() {
         assert_eq!(BatchBuilder::new().finish(), Err(BatchError::Empty));

@@ -34,7 +34,7 @@ fn valid_batch(rng: &mut impl Rng) -> Vec<u8> {
 
 #[test]
 fn batch_reader_survives_random_and_mutated_input() {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5b00_1);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5b00_0001);
     let started = Instant::now();
     let mut runs = 0u64;
     let mut accepted_mutants = 0u64;

@@ -35,14 +35,32 @@ const TOPICS_DIR: &str = "topics";
 pub struct BrokerConfig {
     /// Largest batch an append accepts.
     pub max_batch_bytes: usize,
+    /// Sealed segments nobody read for this long are unmapped, so resident
+    /// memory follows what is being read, not what is stored.
+    pub unmap_idle_segments_ms: u64,
 }
 
 impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
             max_batch_bytes: 16 * 1024 * 1024,
+            unmap_idle_segments_ms: 10_000,
         }
     }
+}
+
+/// Counts across all partitions, for operators and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StorageStats {
+    /// Partitions open.
+    pub partitions: usize,
+    /// Segment files.
+    pub segments: usize,
+    /// Segments currently memory-mapped (every active one, plus sealed ones
+    /// being read).
+    pub mapped_segments: usize,
+    /// Bytes of stored batches.
+    pub size_bytes: u64,
 }
 
 /// A message to produce, for callers that do not build batches themselves.
@@ -96,8 +114,8 @@ struct Inner {
     topics: DashMap<String, Arc<Topic>>,
     flusher: Mutex<Flusher>,
     closed: AtomicBool,
-    /// Holds the directory's flock for as long as the broker lives.
-    _lock: File,
+    /// Holds the directory's flock until the broker is closed.
+    lock: Mutex<Option<File>>,
 }
 
 impl Broker {
@@ -126,7 +144,7 @@ impl Broker {
                 .map_err(|e| storage("removing shutdown marker", e))?;
         }
 
-        let flusher = Flusher::start()
+        let flusher = Flusher::start(config.unmap_idle_segments_ms)
             .map_err(|e| storage("starting flusher thread", StorageError::io(&dir, e)))?;
         let topics = DashMap::new();
         let entries = fs::read_dir(&topics_dir)
@@ -164,7 +182,7 @@ impl Broker {
                 topics,
                 flusher: Mutex::new(flusher),
                 closed: AtomicBool::new(false),
-                _lock: lock,
+                lock: Mutex::new(Some(lock)),
             }),
         })
     }
@@ -323,9 +341,24 @@ impl Broker {
             })
     }
 
-    /// Flushes every partition and marks the directory cleanly shut down.
-    /// Later calls fail with [`BrokerError::Closed`]. Dropping the last
-    /// clone of the broker does the same.
+    /// Segment and memory-map counts across all partitions.
+    pub fn storage_stats(&self) -> StorageStats {
+        let mut stats = StorageStats::default();
+        for topic in self.inner.topics.iter() {
+            for log in &topic.partitions {
+                stats.partitions += 1;
+                stats.segments += log.segment_count();
+                stats.mapped_segments += log.mapped_segment_count();
+                stats.size_bytes += log.size_bytes();
+            }
+        }
+        stats
+    }
+
+    /// Flushes every partition, marks the directory cleanly shut down and
+    /// releases it, so it can be opened again (by this process or another).
+    /// Later calls on any clone fail with [`BrokerError::Closed`]. Dropping
+    /// the last clone of the broker closes it too.
     pub fn close(&self) -> Result<(), BrokerError> {
         self.inner.close()
     }
@@ -373,17 +406,31 @@ impl Inner {
         }
         if let Some(err) = first_error {
             // No marker: the next open rescans, as after a crash.
+            self.release_lock();
             return Err(err);
         }
         let marker = self.dir.join(CLEAN_SHUTDOWN_FILE);
-        crate::storage::atomic_file::write_atomic(&marker, b"").map_err(|source| {
-            BrokerError::Storage {
-                context: "writing shutdown marker".into(),
-                source,
-            }
+        crate::storage::atomic_file::write_atomic(
+            &marker,
+            b"",
+            crate::storage::atomic_file::Durability::Synced,
+        )
+        .map_err(|source| BrokerError::Storage {
+            context: "writing shutdown marker".into(),
+            source,
         })?;
         tracing::info!(dir = %self.dir.display(), "broker closed cleanly");
+        self.release_lock();
         Ok(())
+    }
+}
+
+impl Inner {
+    fn release_lock(&self) {
+        if let Ok(mut lock) = self.lock.lock() {
+            // Closing the file drops the flock.
+            lock.take();
+        }
     }
 }
 

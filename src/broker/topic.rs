@@ -141,11 +141,14 @@ impl Topic {
             bincode::serde::encode_to_vec(&meta, bincode::config::standard()).map_err(|e| {
                 BrokerError::InvalidConfig(format!("cannot encode topic metadata: {e}"))
             })?;
-        atomic_file::write_atomic(&staging.join(META_FILE), &bytes).map_err(|source| {
-            BrokerError::Storage {
-                context: format!("creating topic {name}"),
-                source,
-            }
+        atomic_file::write_atomic(
+            &staging.join(META_FILE),
+            &bytes,
+            atomic_file::Durability::Synced,
+        )
+        .map_err(|source| BrokerError::Storage {
+            context: format!("creating topic {name}"),
+            source,
         })?;
         fs::rename(&staging, &final_dir).map_err(|e| io(&final_dir, e))?;
         crate::storage::log::sync_dir(topics_dir).map_err(|source| BrokerError::Storage {

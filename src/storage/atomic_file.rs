@@ -8,8 +8,18 @@ use std::path::Path;
 
 use super::StorageError;
 
-/// Replaces `path` with `bytes` atomically and durably.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
+/// Whether [`write_atomic`] waits for the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync the file and its directory: the new contents survive power loss.
+    Synced,
+    /// No fsync. For files that are checked on load and rebuilt when stale
+    /// or torn (segment indexes), where an fsync would only cost time.
+    Unsynced,
+}
+
+/// Replaces `path` with `bytes` atomically (and durably, if asked).
+pub fn write_atomic(path: &Path, bytes: &[u8], durability: Durability) -> Result<(), StorageError> {
     let mut tmp_name = path
         .file_name()
         .map(|n| n.to_os_string())
@@ -19,9 +29,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
     let io = |e| StorageError::io(path, e);
     let mut file = fs::File::create(&tmp).map_err(io)?;
     file.write_all(bytes).map_err(io)?;
-    file.sync_all().map_err(io)?;
+    if durability == Durability::Synced {
+        file.sync_all().map_err(io)?;
+    }
     fs::rename(&tmp, path).map_err(io)?;
-    if let Some(dir) = path.parent() {
+    if let (Durability::Synced, Some(dir)) = (durability, path.parent()) {
         super::log::sync_dir(dir)?;
     }
     Ok(())
@@ -35,8 +47,8 @@ mod tests {
     fn replaces_contents_and_leaves_no_temp_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("meta");
-        write_atomic(&path, b"one").unwrap();
-        write_atomic(&path, b"two").unwrap();
+        write_atomic(&path, b"one", Durability::Synced).unwrap();
+        write_atomic(&path, b"two", Durability::Unsynced).unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"two");
         let names: Vec<_> = fs::read_dir(dir.path())
             .unwrap()

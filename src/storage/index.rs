@@ -99,7 +99,9 @@ pub fn store(path: &Path, entries: &[IndexEntry], segment_len: u64) -> Result<()
     let crc = crc32fast::hash(&bytes[..body_len + 20]);
     bytes.extend_from_slice(&crc.to_le_bytes());
 
-    super::atomic_file::write_atomic(path, &bytes)
+    // Unsynced: a torn or lost index fails its footer check on load and is
+    // rebuilt from the segment.
+    super::atomic_file::write_atomic(path, &bytes, super::atomic_file::Durability::Unsynced)
 }
 
 #[cfg(test)]

@@ -20,14 +20,11 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use spool_protocol::batch::MAX_BATCH_LEN;
-use spool_protocol::{Batch, Offset};
+use spool_protocol::batch::{Batches, Records, MAX_BATCH_LEN};
+use spool_protocol::{Batch, BatchError, Offset, Record};
 
 use super::segment::{self, ActiveFile, Segment};
 use super::{monotonic_ms, LogConfig, StorageError, SyncPolicy};
-
-/// Sealed segments untouched for this long are unmapped.
-pub const SEGMENT_IDLE_UNMAP_MS: u64 = 10_000;
 
 /// Where an appended batch landed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,6 +47,48 @@ pub struct Fetched {
     pub log_start: Offset,
     /// Offset after the last record readers may see.
     pub log_end: Offset,
+    /// The offset that was asked for.
+    pub from_offset: Offset,
+}
+
+impl Fetched {
+    /// The records from the requested offset on, validating each batch as
+    /// it goes (storage checked the CRCs; this also checks the structure).
+    pub fn records(&self) -> FetchedRecords<'_> {
+        FetchedRecords {
+            batches: Batches::new(&self.batches),
+            current: None,
+            from: self.from_offset,
+        }
+    }
+}
+
+/// Iterator over the records of a [`Fetched`], skipping those before the
+/// requested offset (a read starts at the batch that holds it).
+pub struct FetchedRecords<'a> {
+    batches: Batches<'a>,
+    current: Option<Records<'a>>,
+    from: Offset,
+}
+
+impl<'a> Iterator for FetchedRecords<'a> {
+    type Item = Result<Record<'a>, BatchError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(record) = self
+                .current
+                .as_mut()
+                .and_then(|records| records.find(|r| r.offset >= self.from))
+            {
+                return Some(Ok(record));
+            }
+            match self.batches.next()? {
+                Ok(batch) => self.current = Some(batch.records()),
+                Err(err) => return Some(Err(err)),
+            }
+        }
+    }
 }
 
 struct Writer {
@@ -103,8 +142,13 @@ impl PartitionLog {
         let capacity = capacity_for(&config);
         let (active, file) = match bases.last() {
             None => {
-                let (seg, file) =
-                    Segment::create(dir, Offset(0), capacity, config.index_interval_bytes)?;
+                let (seg, file) = Segment::create(
+                    dir,
+                    Offset(0),
+                    capacity,
+                    config.segment_size_bytes,
+                    config.index_interval_bytes,
+                )?;
                 sync_dir(dir)?;
                 (seg, file)
             }
@@ -113,6 +157,7 @@ impl PartitionLog {
                     dir,
                     last,
                     capacity,
+                    config.segment_size_bytes,
                     config.index_interval_bytes,
                     clean_shutdown,
                 )?;
@@ -243,6 +288,7 @@ impl PartitionLog {
             &self.dir,
             base,
             capacity_for(&self.config),
+            self.config.segment_size_bytes,
             self.config.index_interval_bytes,
         )?;
         let durable = self.config.sync != SyncPolicy::Never;
@@ -298,6 +344,7 @@ impl PartitionLog {
             next_offset,
             log_start: start,
             log_end: end,
+            from_offset: offset,
         };
         if offset == end {
             return Ok(empty(offset));
@@ -321,6 +368,7 @@ impl PartitionLog {
                         next_offset,
                         log_start: start,
                         log_end: end,
+                        from_offset: offset,
                     })
                 }
                 Ok(None) => continue,
@@ -427,15 +475,15 @@ impl PartitionLog {
         Ok(dropped.len())
     }
 
-    /// Unmaps sealed segments nobody has read for a while.
-    pub fn unmap_idle(&self, now_ms: u64) -> usize {
+    /// Unmaps sealed segments nobody has read for `idle_ms`.
+    pub fn unmap_idle(&self, now_ms: u64, idle_ms: u64) -> usize {
         let segments = match self.segments.read() {
             Ok(s) => s.clone(),
             Err(_) => return 0,
         };
         segments
             .iter()
-            .filter(|s| s.evict_if_idle(now_ms, SEGMENT_IDLE_UNMAP_MS))
+            .filter(|s| s.evict_if_idle(now_ms, idle_ms))
             .count()
     }
 

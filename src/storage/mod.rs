@@ -18,7 +18,7 @@ use std::time::Duration;
 use spool_protocol::{BatchError, Offset};
 use thiserror::Error;
 
-pub use self::log::{AppendInfo, Fetched, PartitionLog};
+pub use self::log::{AppendInfo, Fetched, FetchedRecords, PartitionLog};
 pub use self::sync::{Flusher, SyncPolicy};
 
 /// Largest segment a log may be configured with: positions in the sparse

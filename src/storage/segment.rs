@@ -3,12 +3,12 @@
 //! map.
 //!
 //! The active segment is created sparse at its full capacity and mapped
-//! once; blocks are reserved with `fallocate` a chunk ahead of the write
-//! position. A full disk therefore fails the `fallocate` with `ENOSPC`, a
-//! clean error before any byte is copied, and never a SIGBUS on a store into
-//! an unbacked page. Reserving in chunks instead of the whole segment keeps
-//! a broker with a thousand mostly idle partitions from reserving a thousand
-//! segments' worth of disk.
+//! once; blocks are reserved a chunk ahead of the write position by writing
+//! zeros (see [`allocate`] for why not `fallocate`). A full disk therefore
+//! fails the reservation with `ENOSPC`, a clean error before any byte is
+//! copied, and never a SIGBUS on a store into an unbacked page. Reserving in
+//! chunks instead of the whole segment keeps a broker with a thousand mostly
+//! idle partitions from reserving a thousand segments' worth of disk.
 //!
 //! A sealed segment is trimmed to its exact length, never changes again,
 //! and is mapped only while something reads it: [`Segment::evict_if_idle`]
@@ -34,6 +34,9 @@ use super::{monotonic_ms, StorageError};
 
 /// Blocks are reserved this far ahead of the write position.
 pub const ALLOCATION_CHUNK_BYTES: u64 = 1024 * 1024;
+/// Batches at least this large have their pages prefaulted before the copy.
+const PREFAULT_MIN_BYTES: u64 = 64 * 1024;
+const PAGE_BYTES: u64 = 4096;
 
 /// The file name of the segment starting at `base`.
 pub fn log_file_name(base: Offset) -> String {
@@ -74,10 +77,22 @@ pub struct ActiveFile {
     map: Arc<MmapRaw>,
     capacity: u64,
     allocated: u64,
+    /// Reservation step: never more than a segment holds, so sealing a
+    /// small segment does not free (and, with `-o discard`, synchronously
+    /// discard) a mostly unused reservation.
+    chunk_bytes: u64,
     pos: u64,
     next_offset: Offset,
     bytes_since_index: u64,
     index_interval_bytes: u64,
+}
+
+/// Reservation step for segments of `segment_size_bytes`.
+pub fn allocation_chunk_for(segment_size_bytes: u64) -> u64 {
+    segment_size_bytes
+        .div_ceil(PAGE_BYTES)
+        .saturating_mul(PAGE_BYTES)
+        .clamp(PAGE_BYTES, ALLOCATION_CHUNK_BYTES)
 }
 
 /// What recovery found in the active segment.
@@ -190,6 +205,7 @@ impl Segment {
         dir: &Path,
         base: Offset,
         capacity: u64,
+        segment_size_bytes: u64,
         index_interval_bytes: u32,
     ) -> Result<(Arc<Segment>, ActiveFile), StorageError> {
         let segment = Segment::new(dir, base, 0, base, false);
@@ -200,7 +216,8 @@ impl Segment {
             .create_new(true)
             .open(&path)
             .map_err(|e| StorageError::io(&path, e))?;
-        let reserved = ALLOCATION_CHUNK_BYTES.min(capacity);
+        let chunk_bytes = allocation_chunk_for(segment_size_bytes);
+        let reserved = chunk_bytes.min(capacity);
         let mapped = (|| {
             file.set_len(capacity)
                 .map_err(|e| StorageError::io(&path, e))?;
@@ -222,6 +239,7 @@ impl Segment {
             map,
             capacity,
             allocated: reserved,
+            chunk_bytes,
             pos: 0,
             next_offset: base,
             bytes_since_index: u64::MAX,
@@ -242,6 +260,7 @@ impl Segment {
         dir: &Path,
         base: Offset,
         min_capacity: u64,
+        segment_size_bytes: u64,
         index_interval_bytes: u32,
         trust_index: bool,
     ) -> Result<(Arc<Segment>, ActiveFile, Recovered), StorageError> {
@@ -293,9 +312,15 @@ impl Segment {
 
         // Cut and zero everything after the last valid batch: truncating to
         // the valid length and extending again turns the rest into a hole.
-        file.set_len(scan.end_pos).map_err(io)?;
-        file.set_len(capacity).map_err(io)?;
-        file.sync_all().map_err(io)?;
+        // After a clean shutdown that ended on a zero header the rest is
+        // known to be zeros already, and the fsync can be skipped. After a
+        // crash, the fsync also makes durable whatever the dead process left
+        // in the page cache, which is now served as data.
+        if scan.stop.is_some() || !trust_index {
+            file.set_len(scan.end_pos).map_err(io)?;
+            file.set_len(capacity).map_err(io)?;
+            file.sync_all().map_err(io)?;
+        }
         let map = Arc::new(map_rw(&file, capacity, &path)?);
 
         segment.len.store(scan.end_pos, Ordering::Release);
@@ -312,6 +337,7 @@ impl Segment {
             map,
             capacity,
             allocated: scan.end_pos,
+            chunk_bytes: allocation_chunk_for(segment_size_bytes),
             pos: scan.end_pos,
             next_offset: scan.next_offset,
             bytes_since_index: scan.bytes_since_index,
@@ -595,8 +621,8 @@ impl ActiveFile {
             return Ok(());
         }
         let target = end
-            .div_ceil(ALLOCATION_CHUNK_BYTES)
-            .saturating_mul(ALLOCATION_CHUNK_BYTES)
+            .div_ceil(self.chunk_bytes)
+            .saturating_mul(self.chunk_bytes)
             .min(self.capacity);
         allocate(&self.file, self.allocated, target - self.allocated)
             .map_err(|e| StorageError::io(path, e))?;
@@ -615,6 +641,19 @@ impl ActiveFile {
         let len = batch_bytes.len() as u64;
         assert!(len <= self.remaining(), "append past segment capacity");
         self.reserve(&segment.log_path, len)?;
+        if len >= PREFAULT_MIN_BYTES {
+            // Fault the batch's pages in with one call instead of one fault
+            // per 4 KiB during the copy (about twice the append throughput
+            // for large batches). Only the pages about to be written, so idle
+            // partitions hold no extra memory. A hint: kernels before 5.14
+            // refuse it and the copy faults the pages in as usual.
+            let page_start = self.pos & !(PAGE_BYTES - 1);
+            let _ = self.map.advise_range(
+                memmap2::Advice::PopulateWrite,
+                page_start as usize,
+                (self.pos + len - page_start) as usize,
+            );
+        }
         let base = self.next_offset;
         // SAFETY: `pos..pos + len` is inside the map (checked above), is above
         // the published length so no reader looks at it, and only this
@@ -749,27 +788,24 @@ fn empty_map_placeholder(path: &Path) -> Result<MmapRaw, StorageError> {
         .map_err(|e| StorageError::io(path, e))
 }
 
-/// Reserves blocks for `offset..offset + len` without changing the file size.
+/// Reserves disk blocks for `offset..offset + len` by writing zeros there.
+///
+/// Not `fallocate`: on ext4 the first store through a shared map into an
+/// unwritten (fallocated) or sparse block costs milliseconds (the fault has
+/// to convert the extent under the journal), measured at about 3 ms per fresh
+/// segment versus 0.1 ms for zero-written blocks. Writing zeros reserves the
+/// blocks just as well (delayed allocation reserves at write time, so a full
+/// disk fails here, before any data is copied), and leaves the pages in the
+/// page cache, where the append's copy overwrites them before write-back.
 fn allocate(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
-    if len == 0 {
-        return Ok(());
+    static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+    let mut at = offset;
+    while at < offset + len {
+        let n = ZEROS.len().min((offset + len - at) as usize);
+        file.write_all_at(&ZEROS[..n], at)?;
+        at += n as u64;
     }
-    match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), offset, len) {
-        Ok(()) => Ok(()),
-        Err(rustix::io::Errno::OPNOTSUPP) => {
-            // File systems without fallocate: writing zeros reserves the
-            // blocks just the same, only slower.
-            let zeros = vec![0u8; 64 * 1024];
-            let mut at = offset;
-            while at < offset + len {
-                let n = zeros.len().min((offset + len - at) as usize);
-                file.write_all_at(&zeros[..n], at)?;
-                at += n as u64;
-            }
-            Ok(())
-        }
-        Err(errno) => Err(std::io::Error::from_raw_os_error(errno.raw_os_error())),
-    }
+    Ok(())
 }
 
 fn poisoned(path: &Path) -> StorageError {

@@ -36,7 +36,7 @@ use super::log::PartitionLog;
 use super::{monotonic_ms, StorageError};
 
 /// How often the flusher runs retention and unmaps cold segments.
-const HOUSEKEEPING_INTERVAL_MS: u64 = 1000;
+const HOUSEKEEPING_INTERVAL_MS: u64 = 250;
 /// Upper bound on the flusher's sleep, so housekeeping is never late by more.
 const MAX_TICK_MS: u64 = 1000;
 
@@ -103,12 +103,13 @@ pub struct Flusher {
 }
 
 impl Flusher {
-    /// Starts the thread.
-    pub fn start() -> std::io::Result<Flusher> {
+    /// Starts the thread. Sealed segments unread for `unmap_idle_ms` are
+    /// unmapped by its housekeeping.
+    pub fn start(unmap_idle_ms: u64) -> std::io::Result<Flusher> {
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("spool-flusher".into())
-            .spawn(move || run(rx))?;
+            .spawn(move || run(rx, unmap_idle_ms))?;
         Ok(Flusher {
             tx,
             thread: Some(thread),
@@ -168,7 +169,7 @@ impl Drop for Flusher {
     }
 }
 
-fn run(rx: mpsc::Receiver<Request>) {
+fn run(rx: mpsc::Receiver<Request>, unmap_idle_ms: u64) {
     let mut watched: Vec<Weak<PartitionLog>> = Vec::new();
     let mut next_housekeeping_ms = monotonic_ms() + HOUSEKEEPING_INTERVAL_MS;
     loop {
@@ -222,7 +223,7 @@ fn run(rx: mpsc::Receiver<Request>) {
                 if let Err(err) = log.enforce_retention(now) {
                     tracing::warn!(dir = %log.dir().display(), error = %err, "retention failed");
                 }
-                log.unmap_idle(now_ms);
+                log.unmap_idle(now_ms, unmap_idle_ms);
             }
         }
     }
