@@ -333,6 +333,8 @@ impl Broker {
         offset: Offset,
         max_bytes: u64,
     ) -> Result<Fetched, BrokerError> {
+        // After close another process may own the files.
+        self.check_open()?;
         let log = self.log(topic, partition)?;
         log.read(offset, max_bytes)
             .map_err(|source| BrokerError::Storage {
