@@ -204,3 +204,36 @@ async fn stale_or_missing_index_is_rebuilt() {
         "index was not rebuilt"
     );
 }
+
+#[tokio::test]
+async fn truncated_sealed_segment_reports_the_missing_range() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path()).await;
+    let files = segments(dir.path());
+    let sealed = &files[0];
+    let in_sealed = batches(sealed);
+    let (pos, victim) = in_sealed[in_sealed.len() / 2];
+    // Lose the second half of a sealed segment.
+    OpenOptions::new()
+        .write(true)
+        .open(sealed)
+        .unwrap()
+        .set_len(pos)
+        .unwrap();
+
+    let broker = Broker::open(dir.path(), BrokerConfig::default()).unwrap();
+    let end_of_sealed = batches(&files[1])[0].1.base_offset;
+    for offset in [victim.base_offset.0, end_of_sealed.0 - 1] {
+        // Not an empty answer, which a consumer would read as the end of the log.
+        match broker.read(TOPIC, PartitionId(0), Offset(offset), 1 << 20) {
+            Err(BrokerError::Storage {
+                source: StorageError::Corrupt { .. },
+                ..
+            }) => {}
+            other => panic!("offset {offset}: expected a corruption error, got {other:?}"),
+        }
+    }
+    assert!(broker
+        .read(TOPIC, PartitionId(0), end_of_sealed, 1 << 20)
+        .is_ok());
+}

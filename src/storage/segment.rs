@@ -413,6 +413,20 @@ impl Segment {
                 break;
             }
         }
+        if first.is_none() && offset < self.end_offset() && pos >= limit && limit == self.len() {
+            // The file ends before the offsets it should hold (a sealed
+            // segment cut short). Saying "nothing here" would look like the
+            // end of the log to a consumer; this is damage, so report it.
+            return Err(StorageError::Corrupt {
+                path: self.log_path.clone(),
+                position: pos,
+                offset: expected,
+                reason: format!(
+                    "segment data ends at byte {pos}, before offset {offset} (segment should end at offset {})",
+                    self.end_offset()
+                ),
+            });
+        }
         Ok(first.map(|begin| {
             let slice = MapSlice {
                 map: map.clone(),
