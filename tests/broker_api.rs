@@ -222,6 +222,13 @@ async fn always_sync_with_concurrent_producers() {
     assert_eq!(records.len(), 800);
     let unique: std::collections::HashSet<_> = records.iter().map(|r| r.value.clone()).collect();
     assert_eq!(unique.len(), 800);
+    // Group commit: concurrent producers share flushes.
+    let flushes = broker.storage_stats().flushes;
+    eprintln!("800 acknowledged appends, {flushes} flushes");
+    assert!(
+        flushes > 0 && flushes < 800,
+        "{flushes} flushes for 800 appends"
+    );
 }
 
 #[tokio::test]

@@ -61,6 +61,8 @@ pub struct StorageStats {
     pub mapped_segments: usize,
     /// Bytes of stored batches.
     pub size_bytes: u64,
+    /// Group-commit flushes done since open.
+    pub flushes: u64,
 }
 
 /// A message to produce, for callers that do not build batches themselves.
@@ -352,6 +354,7 @@ impl Broker {
                 stats.segments += log.segment_count();
                 stats.mapped_segments += log.mapped_segment_count();
                 stats.size_bytes += log.size_bytes();
+                stats.flushes += log.flush_count();
             }
         }
         stats

@@ -107,6 +107,7 @@ pub struct PartitionLog {
     next_offset: AtomicU64,
     durable_offset: AtomicU64,
     last_flush_ms: AtomicU64,
+    flushes: AtomicU64,
     failed: AtomicBool,
 }
 
@@ -190,6 +191,7 @@ impl PartitionLog {
             next_offset: AtomicU64::new(next.0),
             durable_offset: AtomicU64::new(next.0),
             last_flush_ms: AtomicU64::new(monotonic_ms()),
+            flushes: AtomicU64::new(0),
             failed: AtomicBool::new(false),
         })
     }
@@ -226,6 +228,11 @@ impl PartitionLog {
             SyncPolicy::Always => self.durable_offset(),
             _ => self.next_offset(),
         }
+    }
+
+    /// Flushes (msync calls) done by the group commit so far.
+    pub fn flush_count(&self) -> u64 {
+        self.flushes.load(Ordering::Relaxed)
     }
 
     /// Number of segment files.
@@ -424,6 +431,7 @@ impl PartitionLog {
         }
         self.durable_offset.fetch_max(end.0, Ordering::AcqRel);
         self.last_flush_ms.store(monotonic_ms(), Ordering::Relaxed);
+        self.flushes.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
