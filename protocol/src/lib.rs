@@ -1,17 +1,24 @@
 //! `spool-protocol`: the formats Spool's processes agree on.
 //!
-//! This crate does no I/O. It holds the record batch format (shared by the
-//! wire and the on-disk segments, so a batch is never re-encoded between a
-//! producer and a consumer), the varint primitives it is built from, and the
+//! This crate does no I/O besides the tokio-util codec. It holds the record
+//! batch format (shared by the wire and the on-disk segments, so a batch is
+//! never re-encoded between a producer and a consumer), the frame envelope and
+//! its codec, typed requests and responses, the wire error codes, and the
 //! newtypes for offsets and partitions. `PROTOCOL.md` beside this crate is
 //! the byte-by-byte specification.
 
 #![deny(missing_docs)]
 
 pub mod batch;
+pub mod error_code;
+pub mod frame;
 pub mod fuzzing;
+pub mod messages;
 pub mod types;
 pub mod varint;
 
 pub use batch::{Batch, BatchBuilder, BatchError, BatchHeader, Record};
+pub use error_code::ErrorCode;
+pub use frame::{Frame, FrameCodec, FrameError};
+pub use messages::{ErrorResponse, Request, Response};
 pub use types::{Offset, PartitionId};

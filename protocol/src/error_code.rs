@@ -1,0 +1,107 @@
+//! Numeric error codes that travel on the wire. A code's number never
+//! changes and a retired code is never reused.
+
+use std::fmt;
+
+/// Why the server refused a request. Sent as a `u16` in error responses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum ErrorCode {
+    /// The server does not speak any protocol version the client offered.
+    UnsupportedVersion = 1,
+    /// The frame or its body does not parse. The connection is closed.
+    MalformedFrame = 2,
+    /// The frame is larger than the server accepts. The connection is closed.
+    FrameTooLarge = 3,
+    /// The request kind is unknown to this server.
+    UnknownRequest = 4,
+    /// The first request on a connection must be a handshake.
+    HandshakeRequired = 5,
+    /// No such topic.
+    TopicNotFound = 10,
+    /// The topic exists already.
+    TopicExists = 11,
+    /// The topic name breaks the naming rules.
+    InvalidTopicName = 12,
+    /// The partition does not exist.
+    PartitionNotFound = 13,
+    /// A configuration value is out of range.
+    InvalidConfig = 14,
+    /// The batch failed validation (length, CRC or structure); nothing was stored.
+    InvalidBatch = 20,
+    /// The batch is larger than the server accepts; nothing was stored.
+    BatchTooLarge = 21,
+    /// The offset is not in the log.
+    OffsetOutOfRange = 22,
+    /// Stored data failed its CRC check; the range is not served.
+    CorruptData = 23,
+    /// The server's disk is full; nothing was stored. Retry later.
+    NoSpace = 24,
+    /// Another storage failure.
+    StorageError = 25,
+    /// The server is shutting down; retry against it later.
+    ShuttingDown = 30,
+    /// The server has too many connections.
+    TooManyConnections = 31,
+    /// A bug on the server side.
+    Internal = 99,
+}
+
+impl ErrorCode {
+    /// Decodes a code; unknown numbers (from a newer server) become `None`.
+    pub fn from_u16(code: u16) -> Option<ErrorCode> {
+        use ErrorCode::*;
+        Some(match code {
+            1 => UnsupportedVersion,
+            2 => MalformedFrame,
+            3 => FrameTooLarge,
+            4 => UnknownRequest,
+            5 => HandshakeRequired,
+            10 => TopicNotFound,
+            11 => TopicExists,
+            12 => InvalidTopicName,
+            13 => PartitionNotFound,
+            14 => InvalidConfig,
+            20 => InvalidBatch,
+            21 => BatchTooLarge,
+            22 => OffsetOutOfRange,
+            23 => CorruptData,
+            24 => NoSpace,
+            25 => StorageError,
+            30 => ShuttingDown,
+            31 => TooManyConnections,
+            99 => Internal,
+            _ => return None,
+        })
+    }
+
+    /// True if retrying the same request later may succeed.
+    pub fn is_retriable(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::NoSpace | ErrorCode::ShuttingDown | ErrorCode::TooManyConnections
+        )
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self:?} ({})", *self as u16)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip() {
+        for n in 0..200u16 {
+            if let Some(code) = ErrorCode::from_u16(n) {
+                assert_eq!(code as u16, n);
+            }
+        }
+        assert_eq!(ErrorCode::from_u16(24), Some(ErrorCode::NoSpace));
+        assert_eq!(ErrorCode::from_u16(6), None);
+    }
+}

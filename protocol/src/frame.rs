@@ -1,0 +1,236 @@
+//! Frames: the length-prefixed envelope of every request and response, and
+//! the tokio-util codec that cuts a byte stream into them.
+//!
+//! ```text
+//! 0   u32  frame_len        bytes after this field: 12 + body
+//! 4   u16  magic            0x5053 (bytes "SP")
+//! 6   u8   version          frame format version, 1
+//! 7   u8   flags            bit 0: response, bit 1: error response
+//! 8   u16  kind             request kind (a response repeats its request's)
+//! 10  u16  reserved         0
+//! 12  u32  correlation_id   chosen by the client, repeated in the response
+//! 16  ...  body
+//! ```
+//!
+//! The decoder checks `frame_len` against the configured maximum *before*
+//! reserving any memory, so a header announcing 4 GiB costs nothing.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use thiserror::Error;
+use tokio_util::codec::{Decoder, Encoder};
+
+/// Bytes of the header after the length field.
+pub const HEADER_LEN: usize = 12;
+/// Magic number at the start of every frame header ("SP").
+pub const MAGIC: u16 = 0x5053;
+/// The frame format version this code speaks.
+pub const FRAME_VERSION: u8 = 1;
+/// Default limit on a frame's size (length field value).
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024 * 1024 + 4096;
+
+/// Flag: this frame is a response.
+pub const FLAG_RESPONSE: u8 = 0x01;
+/// Flag: this response is an error (body = code + message).
+pub const FLAG_ERROR: u8 = 0x02;
+
+/// One frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    /// Request kind.
+    pub kind: u16,
+    /// `FLAG_*` bits.
+    pub flags: u8,
+    /// Matches a response to its request.
+    pub correlation_id: u32,
+    /// The kind-specific body.
+    pub body: Bytes,
+}
+
+impl Frame {
+    /// True for responses.
+    pub fn is_response(&self) -> bool {
+        self.flags & FLAG_RESPONSE != 0
+    }
+
+    /// True for error responses.
+    pub fn is_error(&self) -> bool {
+        self.flags & FLAG_ERROR != 0
+    }
+}
+
+/// Why a byte stream is not a sequence of frames. Any of these ends the
+/// connection: after a bad header the stream cannot be resynchronised.
+#[derive(Debug, Error)]
+pub enum FrameError {
+    /// The length field exceeds the limit.
+    #[error("frame of {len} bytes exceeds the limit of {max}")]
+    TooLarge {
+        /// Announced length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The length field is smaller than the header.
+    #[error("frame length {0} is shorter than the header")]
+    TooShort(usize),
+    /// Wrong magic: not a Spool peer, or out of sync.
+    #[error("bad magic {0:#06x}")]
+    BadMagic(u16),
+    /// A frame format version this code does not know.
+    #[error("unsupported frame version {0}")]
+    BadVersion(u8),
+    /// Socket error.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Cuts bytes into [`Frame`]s and back.
+#[derive(Clone, Debug)]
+pub struct FrameCodec {
+    max_frame_bytes: usize,
+}
+
+impl FrameCodec {
+    /// A codec refusing frames longer than `max_frame_bytes`.
+    pub fn new(max_frame_bytes: usize) -> FrameCodec {
+        FrameCodec { max_frame_bytes }
+    }
+}
+
+impl Default for FrameCodec {
+    fn default() -> Self {
+        FrameCodec::new(DEFAULT_MAX_FRAME_BYTES)
+    }
+}
+
+impl Decoder for FrameCodec {
+    type Item = Frame;
+    type Error = FrameError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+        if src.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32::from_le_bytes([src[0], src[1], src[2], src[3]]) as usize;
+        if len > self.max_frame_bytes {
+            return Err(FrameError::TooLarge {
+                len,
+                max: self.max_frame_bytes,
+            });
+        }
+        if len < HEADER_LEN {
+            return Err(FrameError::TooShort(len));
+        }
+        // Check the header as soon as it is here, not after the whole body:
+        // garbage is refused before we wait for (or buffer) its "body".
+        if src.len() >= 4 + HEADER_LEN {
+            let magic = u16::from_le_bytes([src[4], src[5]]);
+            if magic != MAGIC {
+                return Err(FrameError::BadMagic(magic));
+            }
+            if src[6] != FRAME_VERSION {
+                return Err(FrameError::BadVersion(src[6]));
+            }
+        }
+        if src.len() < 4 + len {
+            // Reserve only up to what the (already bounded) frame needs.
+            src.reserve(4 + len - src.len());
+            return Ok(None);
+        }
+        src.advance(4);
+        let mut frame = src.split_to(len);
+        let _magic = frame.get_u16_le();
+        let _version = frame.get_u8();
+        let flags = frame.get_u8();
+        let kind = frame.get_u16_le();
+        let _reserved = frame.get_u16_le();
+        let correlation_id = frame.get_u32_le();
+        Ok(Some(Frame {
+            kind,
+            flags,
+            correlation_id,
+            body: frame.freeze(),
+        }))
+    }
+}
+
+impl Encoder<Frame> for FrameCodec {
+    type Error = FrameError;
+
+    fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), FrameError> {
+        let len = HEADER_LEN + frame.body.len();
+        if len > self.max_frame_bytes {
+            return Err(FrameError::TooLarge {
+                len,
+                max: self.max_frame_bytes,
+            });
+        }
+        dst.reserve(4 + len);
+        dst.put_u32_le(len as u32);
+        dst.put_u16_le(MAGIC);
+        dst.put_u8(FRAME_VERSION);
+        dst.put_u8(frame.flags);
+        dst.put_u16_le(frame.kind);
+        dst.put_u16_le(0);
+        dst.put_u32_le(frame.correlation_id);
+        dst.put_slice(&frame.body);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_split_anywhere() {
+        let frames: Vec<Frame> = (0..5)
+            .map(|i| Frame {
+                kind: i,
+                flags: (i % 2) as u8,
+                correlation_id: 1000 + u32::from(i),
+                body: Bytes::from(vec![i as u8; usize::from(i) * 7]),
+            })
+            .collect();
+        let mut codec = FrameCodec::default();
+        let mut wire = BytesMut::new();
+        for f in &frames {
+            codec.encode(f.clone(), &mut wire).unwrap();
+        }
+        // Feed the stream in every split position.
+        for cut in 0..wire.len() {
+            let mut buf = BytesMut::from(&wire[..cut]);
+            let mut got = Vec::new();
+            while let Some(f) = codec.decode(&mut buf).unwrap() {
+                got.push(f);
+            }
+            buf.extend_from_slice(&wire[cut..]);
+            while let Some(f) = codec.decode(&mut buf).unwrap() {
+                got.push(f);
+            }
+            assert_eq!(got, frames);
+        }
+    }
+
+    #[test]
+    fn huge_length_is_refused_without_allocating() {
+        let mut codec = FrameCodec::new(1024);
+        let mut buf = BytesMut::from(&[0xff, 0xff, 0xff, 0xff, 0x53, 0x50][..]);
+        let before = buf.capacity();
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Err(FrameError::TooLarge { .. })
+        ));
+        assert_eq!(buf.capacity(), before);
+    }
+
+    #[test]
+    fn bad_magic_is_refused_before_the_body_arrives() {
+        let mut codec = FrameCodec::default();
+        let mut buf = BytesMut::from(&b"\x00\x10\x00\x00GET / HTTP/1.1"[..]);
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Err(FrameError::BadMagic(_))
+        ));
+    }
+}
