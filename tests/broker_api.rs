@@ -260,3 +260,56 @@ async fn retention_by_size_drops_oldest_segments() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn long_poll_wakes_on_append_and_times_out_empty() {
+    for sync in [SyncPolicy::Never, SyncPolicy::Always] {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::open(dir.path(), BrokerConfig::default()).unwrap();
+        broker
+            .create_topic("lp", TopicConfig::new(1).sync(sync))
+            .unwrap();
+        let waiting = {
+            let broker = broker.clone();
+            tokio::spawn(async move {
+                let started = std::time::Instant::now();
+                let fetched = broker
+                    .read_wait(
+                        "lp",
+                        PartitionId(0),
+                        Offset(0),
+                        1024,
+                        std::time::Duration::from_secs(20),
+                    )
+                    .await
+                    .unwrap();
+                (fetched, started.elapsed())
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        broker
+            .produce("lp", PartitionId(0), &[Message::new("wake up")])
+            .await
+            .unwrap();
+        let (fetched, waited) = waiting.await.unwrap();
+        assert_eq!(fetched.records().next().unwrap().unwrap().value, b"wake up");
+        assert!(
+            waited < std::time::Duration::from_secs(10),
+            "{sync}: woke only after {waited:?}"
+        );
+
+        let started = std::time::Instant::now();
+        let empty = broker
+            .read_wait(
+                "lp",
+                PartitionId(0),
+                Offset(1),
+                1024,
+                std::time::Duration::from_millis(150),
+            )
+            .await
+            .unwrap();
+        assert!(empty.batches.is_empty());
+        assert!(started.elapsed() >= std::time::Duration::from_millis(150));
+    }
+}

@@ -65,6 +65,33 @@ pub struct StorageStats {
     pub flushes: u64,
 }
 
+type DurableWait =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StorageError>> + Send>>;
+
+/// An append that has been applied and may still be waiting for its flush;
+/// see [`Broker::append_pending`].
+#[must_use = "the append is acknowledged only once `durable` resolves"]
+pub struct PendingAppend {
+    info: AppendInfo,
+    wait: Option<(DurableWait, String)>,
+}
+
+impl PendingAppend {
+    /// Where the batch landed (not yet durable under `always`).
+    pub fn info(&self) -> AppendInfo {
+        self.info
+    }
+
+    /// Resolves once the batch is as durable as the topic's policy promises.
+    pub async fn durable(self) -> Result<AppendInfo, BrokerError> {
+        if let Some((wait, context)) = self.wait {
+            wait.await
+                .map_err(|source| BrokerError::Storage { context, source })?;
+        }
+        Ok(self.info)
+    }
+}
+
 /// A message to produce, for callers that do not build batches themselves.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Message {
@@ -270,6 +297,22 @@ impl Broker {
         partition: PartitionId,
         batch: &[u8],
     ) -> Result<AppendInfo, BrokerError> {
+        self.append_pending(topic, partition, batch)?
+            .durable()
+            .await
+    }
+
+    /// The first half of [`Broker::append`]: validates and appends the batch
+    /// now (offsets are assigned in call order) and returns a handle that
+    /// resolves once the batch is durable. The server uses this to apply a
+    /// connection's pipelined produces in arrival order while their flush
+    /// waits overlap.
+    pub fn append_pending(
+        &self,
+        topic: &str,
+        partition: PartitionId,
+        batch: &[u8],
+    ) -> Result<PendingAppend, BrokerError> {
         self.check_open()?;
         if batch.len() > self.inner.config.max_batch_bytes {
             return Err(BrokerError::BatchTooLarge {
@@ -284,19 +327,21 @@ impl Broker {
             ));
         }
         let log = self.log(topic, partition)?;
-        let storage = |source| BrokerError::Storage {
-            context: format!("appending to {topic}/{partition}"),
+        let context = move || format!("appending to {topic}/{partition}");
+        let info = log.append(batch).map_err(|source| BrokerError::Storage {
+            context: context(),
             source,
+        })?;
+        let wait = if log.config().sync == SyncPolicy::Always {
+            let flusher = self.inner.flusher.lock().map_err(|_| BrokerError::Closed)?;
+            Some((
+                Box::pin(flusher.request_sync(log.clone(), info.next_offset)) as DurableWait,
+                context(),
+            ))
+        } else {
+            None
         };
-        let info = log.append(batch).map_err(storage)?;
-        if log.config().sync == SyncPolicy::Always {
-            let wait = {
-                let flusher = self.inner.flusher.lock().map_err(|_| BrokerError::Closed)?;
-                flusher.request_sync(log.clone(), info.next_offset)
-            };
-            wait.await.map_err(storage)?;
-        }
-        Ok(info)
+        Ok(PendingAppend { info, wait })
     }
 
     /// Builds one batch from `messages` and appends it to `partition`.
@@ -322,6 +367,34 @@ impl Broker {
             .produce(topic, partition, std::slice::from_ref(&message))
             .await?;
         Ok((partition, info))
+    }
+
+    /// Like [`Broker::read`], but at the end of the log waits up to
+    /// `max_wait` for data to arrive (long polling), returning as soon as it
+    /// does. An empty answer means nothing arrived in time.
+    pub async fn read_wait(
+        &self,
+        topic: &str,
+        partition: PartitionId,
+        offset: Offset,
+        max_bytes: u64,
+        max_wait: std::time::Duration,
+    ) -> Result<Fetched, BrokerError> {
+        let deadline = tokio::time::Instant::now() + max_wait;
+        let log = self.log(topic, partition)?;
+        loop {
+            let moved = log.visible_end_moved();
+            tokio::pin!(moved);
+            // Register before reading, so an append in between wakes us.
+            moved.as_mut().enable();
+            let fetched = self.read(topic, partition, offset, max_bytes)?;
+            if !fetched.batches.is_empty() || tokio::time::Instant::now() >= deadline {
+                return Ok(fetched);
+            }
+            if tokio::time::timeout_at(deadline, moved).await.is_err() {
+                return self.read(topic, partition, offset, max_bytes);
+            }
+        }
     }
 
     /// Reads whole batches from the one holding `offset`, up to `max_bytes`

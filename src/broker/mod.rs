@@ -14,7 +14,7 @@ use thiserror::Error;
 
 use crate::storage::StorageError;
 
-pub use self::broker::{Broker, BrokerConfig, Message, StorageStats};
+pub use self::broker::{Broker, BrokerConfig, Message, PendingAppend, StorageStats};
 pub use self::topic::{PartitionOffsets, TopicConfig, TopicInfo};
 
 /// Everything a broker call can fail with.

@@ -109,6 +109,8 @@ pub struct PartitionLog {
     last_flush_ms: AtomicU64,
     flushes: AtomicU64,
     failed: AtomicBool,
+    /// Woken whenever the visible end moves, for long-polling readers.
+    visible_end_moved: tokio::sync::Notify,
 }
 
 impl PartitionLog {
@@ -193,6 +195,7 @@ impl PartitionLog {
             last_flush_ms: AtomicU64::new(monotonic_ms()),
             flushes: AtomicU64::new(0),
             failed: AtomicBool::new(false),
+            visible_end_moved: tokio::sync::Notify::new(),
         })
     }
 
@@ -233,6 +236,13 @@ impl PartitionLog {
     /// Flushes (msync calls) done by the group commit so far.
     pub fn flush_count(&self) -> u64 {
         self.flushes.load(Ordering::Relaxed)
+    }
+
+    /// A future that completes the next time the visible end moves. Create
+    /// (and `enable`) it before checking the end, then await it, so that no
+    /// append between the check and the wait is missed.
+    pub fn visible_end_moved(&self) -> tokio::sync::futures::Notified<'_> {
+        self.visible_end_moved.notified()
     }
 
     /// Number of segment files.
@@ -279,6 +289,9 @@ impl PartitionLog {
             // Nothing will ever flush explicitly; durable means "in the page
             // cache" for this policy.
             self.durable_offset.store(next_offset.0, Ordering::Release);
+        }
+        if self.config.sync != SyncPolicy::Always {
+            self.visible_end_moved.notify_waiters();
         }
         Ok(AppendInfo {
             base_offset,
@@ -432,6 +445,9 @@ impl PartitionLog {
         self.durable_offset.fetch_max(end.0, Ordering::AcqRel);
         self.last_flush_ms.store(monotonic_ms(), Ordering::Relaxed);
         self.flushes.fetch_add(1, Ordering::Relaxed);
+        if self.config.sync == SyncPolicy::Always {
+            self.visible_end_moved.notify_waiters();
+        }
         Ok(())
     }
 
