@@ -2,6 +2,8 @@
 #![deny(missing_docs)]
 
 pub mod broker;
+pub mod metrics;
+pub mod server;
 pub mod storage;
 
 pub use broker::{

@@ -437,7 +437,10 @@ impl PartitionLog {
         // Read the end offset before flushing: the length the flush covers
         // is at least the one that belongs to this offset.
         let end = active.end_offset();
-        if let Err(err) = active.flush() {
+        let started = std::time::Instant::now();
+        let flushed = active.flush();
+        crate::metrics::FLUSH_SECONDS.observe(started.elapsed().as_secs_f64());
+        if let Err(err) = flushed {
             self.failed.store(true, Ordering::Release);
             tracing::error!(dir = %self.dir.display(), error = %err, "flush failed; the log refuses appends until reopened");
             return Err(err);

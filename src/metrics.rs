@@ -1,0 +1,58 @@
+//! Process-wide Prometheus metrics. Counters are updated on the hot path
+//! (cheap atomics); gauges that describe state (partition offsets,
+//! connections) are filled in when `/metrics` is scraped.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    register_histogram_vec_with_registry, register_histogram_with_registry,
+    register_int_counter_vec_with_registry, register_int_counter_with_registry,
+    register_int_gauge_with_registry, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Registry,
+};
+
+/// The registry `/metrics` renders.
+pub static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
+
+/// Latency buckets from 50 us to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 10.0,
+];
+
+macro_rules! metric {
+    ($name:ident: $ty:ty = $make:expr) => {
+        #[allow(missing_docs)]
+        pub static $name: LazyLock<$ty> = LazyLock::new(|| match $make {
+            Ok(metric) => metric,
+            // Only a programming error (duplicate name, bad label) gets
+            // here, and only at first use.
+            Err(err) => panic!("metric {}: {err}", stringify!($name)),
+        });
+    };
+}
+
+metric!(MESSAGES_IN: IntCounterVec = register_int_counter_vec_with_registry!(
+    "spool_messages_in_total", "Messages appended, by topic", &["topic"], REGISTRY));
+metric!(BYTES_IN: IntCounterVec = register_int_counter_vec_with_registry!(
+    "spool_bytes_in_total", "Batch bytes appended, by topic", &["topic"], REGISTRY));
+metric!(MESSAGES_OUT: IntCounterVec = register_int_counter_vec_with_registry!(
+    "spool_messages_out_total", "Messages returned by fetches (whole batches), by topic", &["topic"], REGISTRY));
+metric!(BYTES_OUT: IntCounterVec = register_int_counter_vec_with_registry!(
+    "spool_bytes_out_total", "Batch bytes returned by fetches, by topic", &["topic"], REGISTRY));
+metric!(REQUEST_SECONDS: HistogramVec = register_histogram_vec_with_registry!(
+    "spool_request_duration_seconds", "Time from request decoded to response queued, by kind",
+    &["kind"], LATENCY_BUCKETS.to_vec(), REGISTRY));
+metric!(REQUEST_ERRORS: IntCounterVec = register_int_counter_vec_with_registry!(
+    "spool_request_errors_total", "Error responses, by error code", &["code"], REGISTRY));
+metric!(FLUSH_SECONDS: Histogram = register_histogram_with_registry!(
+    "spool_flush_duration_seconds", "Duration of one group-commit flush (msync)",
+    LATENCY_BUCKETS.to_vec(), REGISTRY));
+metric!(CONNECTIONS: IntGauge = register_int_gauge_with_registry!(
+    "spool_connections", "Client connections open", REGISTRY));
+metric!(CONNECTIONS_TOTAL: IntCounter = register_int_counter_with_registry!(
+    "spool_connections_accepted_total", "Client connections accepted", REGISTRY));
+metric!(CONNECTIONS_REJECTED: IntCounter = register_int_counter_with_registry!(
+    "spool_connections_rejected_total", "Connections refused at the connection limit", REGISTRY));
+metric!(PROTOCOL_ERRORS: IntCounter = register_int_counter_with_registry!(
+    "spool_protocol_errors_total", "Connections closed for malformed input", REGISTRY));

@@ -1,0 +1,346 @@
+//! One task per client connection.
+//!
+//! The reader half decodes frames and dispatches requests; every request
+//! may be in flight at once (pipelining) and responses go back in completion
+//! order, matched by correlation id. Appends are applied in arrival order
+//! before anything is awaited, so a producer pipelining batches to one
+//! partition gets them stored in the order it sent them.
+//!
+//! Limits, each named in [`ConnectionLimits`]:
+//! - bytes in flight: a request's bytes (and, for a fetch, its byte budget)
+//!   are taken from a per-connection budget before it is dispatched. A client
+//!   that stops reading responses stops having its requests read: the slow
+//!   reader slows only itself, and the broker never buffers more than the
+//!   budget for it.
+//! - requests in flight, idle time, and the handshake deadline.
+//!
+//! Malformed input (bad frame header, undecodable body) gets an error
+//! response with correlation id 0 when possible and the connection is
+//! closed; other connections are unaffected.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use spool_protocol::messages::{kind, DecodeError};
+use spool_protocol::{ErrorCode, ErrorResponse, Frame, FrameCodec, FrameError, Request, Response};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::sync::CancellationToken;
+
+use super::errors::error;
+use super::handlers;
+use super::ServerContext;
+use crate::metrics;
+
+/// Per-connection bounds.
+#[derive(Clone, Debug)]
+pub struct ConnectionLimits {
+    /// Largest frame accepted.
+    pub max_frame_bytes: usize,
+    /// Bytes of requests and fetch budgets in flight at once.
+    pub max_in_flight_bytes: usize,
+    /// Requests in flight at once.
+    pub max_in_flight_requests: usize,
+    /// A connection with nothing in flight and no frame for this long is closed.
+    pub idle_timeout: Duration,
+    /// The handshake must arrive within this.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max_frame_bytes: spool_protocol::frame::DEFAULT_MAX_FRAME_BYTES,
+            max_in_flight_bytes: 256 * 1024 * 1024,
+            max_in_flight_requests: 8192,
+            idle_timeout: Duration::from_secs(600),
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Responses waiting for the writer.
+const RESPONSE_QUEUE: usize = 1024;
+
+/// Serves one connection until the client leaves, breaks the protocol, idles
+/// out, or the server shuts down (in which case in-flight requests finish).
+pub async fn serve(stream: TcpStream, ctx: Arc<ServerContext>, shutdown: CancellationToken) {
+    let peer = stream.peer_addr().ok();
+    let _ = stream.set_nodelay(true);
+    let limits = ctx.limits.clone();
+    let (rd, wr) = stream.into_split();
+    let mut frames = FramedRead::new(rd, FrameCodec::new(limits.max_frame_bytes));
+    let (tx, mut rx) = mpsc::channel::<Frame>(RESPONSE_QUEUE);
+
+    let writer = tokio::spawn(async move {
+        let mut sink = FramedWrite::new(wr, FrameCodec::new(usize::MAX));
+        while let Some(frame) = rx.recv().await {
+            // Batch whatever else is ready into one write.
+            if sink.feed(frame).await.is_err() {
+                return;
+            }
+            while let Ok(frame) = rx.try_recv() {
+                if sink.feed(frame).await.is_err() {
+                    return;
+                }
+            }
+            if sink.flush().await.is_err() {
+                return;
+            }
+        }
+    });
+
+    let bytes_budget = Arc::new(Semaphore::new(limits.max_in_flight_bytes));
+    let request_budget = Arc::new(Semaphore::new(limits.max_in_flight_requests));
+    let mut tasks = JoinSet::new();
+    let mut handshaken = false;
+    let mut last_frame = Instant::now();
+
+    loop {
+        while tasks.try_join_next().is_some() {}
+        let deadline = if handshaken {
+            limits.idle_timeout
+        } else {
+            limits.handshake_timeout
+        };
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            next = tokio::time::timeout(deadline.saturating_sub(last_frame.elapsed()), frames.next()) => next,
+        };
+        let frame = match next {
+            Err(_elapsed) => {
+                if !handshaken {
+                    let _ = tx
+                        .send(
+                            error(ErrorCode::HandshakeRequired, "no handshake in time")
+                                .to_frame(kind::HANDSHAKE, 0),
+                        )
+                        .await;
+                    break;
+                }
+                if tasks.is_empty() {
+                    tracing::debug!(?peer, "closing idle connection");
+                    break;
+                }
+                // Long polls are still running: not idle.
+                last_frame = Instant::now();
+                continue;
+            }
+            Ok(None) => break,
+            Ok(Some(Err(err))) => {
+                metrics::PROTOCOL_ERRORS.inc();
+                tracing::info!(?peer, error = %err, "closing connection: bad frame");
+                let code = match err {
+                    FrameError::TooLarge { .. } => ErrorCode::FrameTooLarge,
+                    FrameError::Io(_) => break,
+                    _ => ErrorCode::MalformedFrame,
+                };
+                let _ = tx.send(error(code, err.to_string()).to_frame(0, 0)).await;
+                break;
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        last_frame = Instant::now();
+        let (frame_kind, correlation_id) = (frame.kind, frame.correlation_id);
+        let request = match Request::decode(frame.kind, frame.body.clone()) {
+            Ok(request) => request,
+            Err(DecodeError::UnknownKind(k)) => {
+                // The frame boundary is intact: refuse this request only.
+                let reply = error(
+                    ErrorCode::UnknownRequest,
+                    format!("unknown request kind {k}"),
+                );
+                if tx
+                    .send(reply.to_frame(frame_kind, correlation_id))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                continue;
+            }
+            Err(err) => {
+                metrics::PROTOCOL_ERRORS.inc();
+                tracing::info!(?peer, error = %err, "closing connection: malformed request body");
+                let reply = error(ErrorCode::MalformedFrame, err.to_string());
+                let _ = tx.send(reply.to_frame(frame_kind, correlation_id)).await;
+                break;
+            }
+        };
+
+        if !handshaken {
+            let reply = match request {
+                Request::Handshake {
+                    min_version,
+                    max_version,
+                    features,
+                    ..
+                } => handlers::handshake::handle(
+                    min_version,
+                    max_version,
+                    features,
+                    limits.max_frame_bytes,
+                ),
+                _ => Err(error(
+                    ErrorCode::HandshakeRequired,
+                    "the first request must be a handshake",
+                )),
+            };
+            let ok = reply.is_ok();
+            if tx
+                .send(to_frame(reply, frame_kind, correlation_id))
+                .await
+                .is_err()
+                || !ok
+            {
+                break;
+            }
+            handshaken = true;
+            continue;
+        }
+
+        // Take the request's share of the budgets before dispatching it; this
+        // await is the backpressure on a client that does not read.
+        let cost = request_cost(&request, frame.body.len()).min(limits.max_in_flight_bytes) as u32;
+        let permits = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            permits = async {
+                let bytes = bytes_budget.clone().acquire_many_owned(cost).await;
+                let request = request_budget.clone().acquire_owned().await;
+                (bytes, request)
+            } => permits,
+        };
+        let (Ok(bytes_permit), Ok(request_permit)) = permits else {
+            break;
+        };
+
+        let started = Instant::now();
+        let tx = tx.clone();
+        let ctx = ctx.clone();
+        match request {
+            Request::Produce {
+                topic,
+                partition,
+                batch,
+            } => {
+                // Appended here, in arrival order; only the wait is async.
+                let pending = handlers::produce::start(&ctx.broker, &topic, partition, &batch);
+                tasks.spawn(async move {
+                    let reply = match pending {
+                        Ok(pending) => handlers::produce::finish(pending).await,
+                        Err(e) => Err(e),
+                    };
+                    respond(&tx, reply, frame_kind, correlation_id, started).await;
+                    drop((bytes_permit, request_permit));
+                });
+            }
+            request => {
+                tasks.spawn(async move {
+                    let reply = dispatch(&ctx, request).await;
+                    respond(&tx, reply, frame_kind, correlation_id, started).await;
+                    drop((bytes_permit, request_permit));
+                });
+            }
+        }
+    }
+
+    // Let what was accepted finish (bounded: fetches wait at most 30 s), then
+    // close the writer, which flushes what is queued.
+    drop(frames);
+    while tasks.join_next().await.is_some() {}
+    drop(tx);
+    let _ = writer.await;
+}
+
+async fn dispatch(ctx: &ServerContext, request: Request) -> Result<Response, ErrorResponse> {
+    match request {
+        Request::Fetch {
+            topic,
+            partition,
+            offset,
+            max_bytes,
+            max_wait_ms,
+        } => {
+            // At shutdown a long poll answers at once with what there is.
+            let wait_ms = if ctx.shutdown.is_cancelled() {
+                0
+            } else {
+                max_wait_ms
+            };
+            tokio::select! {
+                reply = handlers::fetch::handle(&ctx.broker, &topic, partition, offset, max_bytes, wait_ms) => reply,
+                _ = ctx.shutdown.cancelled() => {
+                    handlers::fetch::handle(&ctx.broker, &topic, partition, offset, max_bytes, 0).await
+                }
+            }
+        }
+        Request::CreateTopic {
+            name,
+            partitions,
+            settings,
+        } => handlers::topics::create(
+            &ctx.broker,
+            &ctx.topic_defaults,
+            &name,
+            partitions,
+            &settings,
+        ),
+        Request::DeleteTopic { name } => handlers::topics::delete(&ctx.broker, &name),
+        Request::ListTopics => Ok(handlers::topics::list(&ctx.broker)),
+        Request::DescribeTopic { name } => handlers::topics::describe(&ctx.broker, &name),
+        Request::Handshake { .. } => {
+            Err(error(ErrorCode::MalformedFrame, "handshake already done"))
+        }
+        Request::Produce { .. } => Err(error(
+            ErrorCode::Internal,
+            "produce is dispatched in order, not here",
+        )),
+    }
+}
+
+/// Bytes a request may hold in memory while in flight: its own frame, plus
+/// for a fetch the response it may build.
+fn request_cost(request: &Request, body_len: usize) -> usize {
+    let response = match request {
+        Request::Fetch { max_bytes, .. } => *max_bytes as usize,
+        _ => 0,
+    };
+    (body_len + response).max(1)
+}
+
+fn to_frame(reply: Result<Response, ErrorResponse>, kind_: u16, correlation_id: u32) -> Frame {
+    match reply {
+        Ok(response) => response.to_frame(kind_, correlation_id),
+        Err(err) => err.to_frame(kind_, correlation_id),
+    }
+}
+
+async fn respond(
+    tx: &mpsc::Sender<Frame>,
+    reply: Result<Response, ErrorResponse>,
+    kind_: u16,
+    correlation_id: u32,
+    started: Instant,
+) {
+    metrics::REQUEST_SECONDS
+        .with_label_values(&[kind_name(kind_)])
+        .observe(started.elapsed().as_secs_f64());
+    // A closed channel means the client is gone; nothing to do.
+    let _ = tx.send(to_frame(reply, kind_, correlation_id)).await;
+}
+
+fn kind_name(k: u16) -> &'static str {
+    match k {
+        kind::HANDSHAKE => "handshake",
+        kind::PRODUCE => "produce",
+        kind::FETCH => "fetch",
+        kind::CREATE_TOPIC => "create_topic",
+        kind::DELETE_TOPIC => "delete_topic",
+        kind::LIST_TOPICS => "list_topics",
+        kind::DESCRIBE_TOPIC => "describe_topic",
+        _ => "unknown",
+    }
+}

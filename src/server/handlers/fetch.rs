@@ -1,0 +1,63 @@
+//! Fetch: stored batches from an offset, long-polling at the end of the log.
+
+use std::time::Duration;
+
+use spool_protocol::batch::BatchHeader;
+use spool_protocol::{ErrorResponse, Offset, PartitionId, Response};
+
+use crate::broker::Broker;
+use crate::metrics;
+use crate::server::errors::response_for;
+
+/// Longest a fetch may wait for data, whatever the client asks.
+pub const MAX_WAIT_CAP_MS: u32 = 30_000;
+
+/// Reads (and, at the end of the log, waits up to `max_wait_ms`).
+pub async fn handle(
+    broker: &Broker,
+    topic: &str,
+    partition: u32,
+    offset: u64,
+    max_bytes: u32,
+    max_wait_ms: u32,
+) -> Result<Response, ErrorResponse> {
+    let max_wait = Duration::from_millis(u64::from(max_wait_ms.min(MAX_WAIT_CAP_MS)));
+    let fetched = broker
+        .read_wait(
+            topic,
+            PartitionId(partition),
+            Offset(offset),
+            u64::from(max_bytes.max(1)),
+            max_wait,
+        )
+        .await
+        .map_err(|e| response_for(&e))?;
+    if !fetched.batches.is_empty() {
+        metrics::MESSAGES_OUT
+            .with_label_values(&[topic])
+            .inc_by(count_records(&fetched.batches));
+        metrics::BYTES_OUT
+            .with_label_values(&[topic])
+            .inc_by(fetched.batches.len() as u64);
+    }
+    Ok(Response::Fetch {
+        log_start: fetched.log_start.0,
+        log_end: fetched.log_end.0,
+        next_offset: fetched.next_offset.0,
+        batches: fetched.batches,
+    })
+}
+
+/// Records in back-to-back batches, from their headers alone.
+fn count_records(mut batches: &[u8]) -> u64 {
+    let mut count = 0;
+    while let Ok(header) = BatchHeader::parse(batches) {
+        count += u64::from(header.record_count);
+        let len = header.batch_len as usize;
+        if len > batches.len() {
+            break;
+        }
+        batches = &batches[len..];
+    }
+    count
+}

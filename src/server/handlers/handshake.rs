@@ -1,0 +1,49 @@
+//! Handshake: version negotiation, the first request on every connection.
+
+use spool_protocol::messages::{PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
+use spool_protocol::{ErrorCode, ErrorResponse, Response};
+
+use crate::server::errors::error;
+
+/// Feature bits this server supports (none are defined yet).
+pub const SERVER_FEATURES: u64 = 0;
+
+/// Picks the highest protocol version both sides speak, or explains why
+/// there is none.
+pub fn handle(
+    min_version: u16,
+    max_version: u16,
+    features: u64,
+    max_frame_bytes: usize,
+) -> Result<Response, ErrorResponse> {
+    let version = max_version.min(PROTOCOL_VERSION_MAX);
+    if version < min_version.max(PROTOCOL_VERSION_MIN) {
+        return Err(error(
+            ErrorCode::UnsupportedVersion,
+            format!(
+                "client speaks protocol versions {min_version}..={max_version}, this server {PROTOCOL_VERSION_MIN}..={PROTOCOL_VERSION_MAX}"
+            ),
+        ));
+    }
+    Ok(Response::Handshake {
+        version,
+        features: features & SERVER_FEATURES,
+        max_frame_bytes: u32::try_from(max_frame_bytes).unwrap_or(u32::MAX),
+        server_id: format!("spool {}", env!("CARGO_PKG_VERSION")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negotiates_or_refuses() {
+        assert!(matches!(
+            handle(1, 5, 0, 1024),
+            Ok(Response::Handshake { version: 1, .. })
+        ));
+        let err = handle(2, 3, 0, 1024).unwrap_err();
+        assert_eq!(err.code, ErrorCode::UnsupportedVersion as u16);
+    }
+}

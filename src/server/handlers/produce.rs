@@ -1,0 +1,40 @@
+//! Produce: validate and append a batch; acknowledge once durable.
+
+use bytes::Bytes;
+use spool_protocol::batch::BatchHeader;
+use spool_protocol::{ErrorResponse, PartitionId, Response};
+
+use crate::broker::{Broker, PendingAppend};
+use crate::metrics;
+use crate::server::errors::response_for;
+
+/// Appends now (so a connection's produces keep their order); the returned
+/// handle resolves to the acknowledgement.
+pub fn start(
+    broker: &Broker,
+    topic: &str,
+    partition: u32,
+    batch: &Bytes,
+) -> Result<PendingAppend, ErrorResponse> {
+    let pending = broker
+        .append_pending(topic, PartitionId(partition), batch)
+        .map_err(|e| response_for(&e))?;
+    if let Ok(header) = BatchHeader::parse(batch) {
+        metrics::MESSAGES_IN
+            .with_label_values(&[topic])
+            .inc_by(u64::from(header.record_count));
+        metrics::BYTES_IN
+            .with_label_values(&[topic])
+            .inc_by(batch.len() as u64);
+    }
+    Ok(pending)
+}
+
+/// Waits for durability and builds the response.
+pub async fn finish(pending: PendingAppend) -> Result<Response, ErrorResponse> {
+    let info = pending.durable().await.map_err(|e| response_for(&e))?;
+    Ok(Response::Produce {
+        base_offset: info.base_offset.0,
+        next_offset: info.next_offset.0,
+    })
+}

@@ -1,0 +1,94 @@
+//! Topic administration: create, delete, list, describe.
+
+use spool_protocol::messages::{TopicSettings, WirePartition, WireSync, WireTopic};
+use spool_protocol::{ErrorResponse, Response};
+
+use crate::broker::{Broker, TopicConfig, TopicInfo};
+use crate::server::errors::response_for;
+use crate::storage::SyncPolicy;
+
+/// Creates a topic; settings the client left unset come from `defaults`.
+pub fn create(
+    broker: &Broker,
+    defaults: &TopicConfig,
+    name: &str,
+    partitions: u32,
+    settings: &TopicSettings,
+) -> Result<Response, ErrorResponse> {
+    let mut config = defaults.clone();
+    config.partitions = partitions;
+    if let Some(sync) = settings.sync {
+        config.log.sync = from_wire_sync(sync);
+    }
+    if let Some(size) = settings.segment_size_bytes {
+        config.log.segment_size_bytes = size;
+    }
+    if let Some(ms) = settings.retention_ms {
+        config.log.retention_ms = (ms != 0).then_some(ms);
+    }
+    if let Some(bytes) = settings.retention_bytes {
+        config.log.retention_bytes = (bytes != 0).then_some(bytes);
+    }
+    broker
+        .create_topic(name, config)
+        .map(|()| Response::CreateTopic)
+        .map_err(|e| response_for(&e))
+}
+
+/// Deletes a topic.
+pub fn delete(broker: &Broker, name: &str) -> Result<Response, ErrorResponse> {
+    broker
+        .delete_topic(name)
+        .map(|()| Response::DeleteTopic)
+        .map_err(|e| response_for(&e))
+}
+
+/// Lists all topics.
+pub fn list(broker: &Broker) -> Response {
+    Response::ListTopics(broker.list_topics().iter().map(to_wire).collect())
+}
+
+/// Describes one topic.
+pub fn describe(broker: &Broker, name: &str) -> Result<Response, ErrorResponse> {
+    broker
+        .describe_topic(name)
+        .map(|t| Response::DescribeTopic(to_wire(&t)))
+        .map_err(|e| response_for(&e))
+}
+
+/// The wire form of a sync policy.
+pub fn to_wire_sync(sync: SyncPolicy) -> WireSync {
+    match sync {
+        SyncPolicy::Always => WireSync::Always,
+        SyncPolicy::Interval { ms } => WireSync::Interval(ms),
+        SyncPolicy::Never => WireSync::Never,
+    }
+}
+
+/// The storage form of a wire sync policy.
+pub fn from_wire_sync(sync: WireSync) -> SyncPolicy {
+    match sync {
+        WireSync::Always => SyncPolicy::Always,
+        WireSync::Interval(ms) => SyncPolicy::Interval { ms },
+        WireSync::Never => SyncPolicy::Never,
+    }
+}
+
+fn to_wire(t: &TopicInfo) -> WireTopic {
+    WireTopic {
+        name: t.name.clone(),
+        sync: to_wire_sync(t.config.log.sync),
+        segment_size_bytes: t.config.log.segment_size_bytes,
+        retention_ms: t.config.log.retention_ms.unwrap_or(0),
+        retention_bytes: t.config.log.retention_bytes.unwrap_or(0),
+        partitions: t
+            .partitions
+            .iter()
+            .map(|p| WirePartition {
+                partition: p.partition.0,
+                start: p.start.0,
+                end: p.end.0,
+            })
+            .collect(),
+    }
+}

@@ -1,0 +1,123 @@
+//! The operator endpoint: `GET /metrics` (Prometheus text format) and
+//! `GET /health`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus::{Encoder, IntGaugeVec, Opts, TextEncoder};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::Broker;
+use crate::metrics::REGISTRY;
+
+/// Serves the endpoint on `listener` until `shutdown`.
+pub async fn serve(listener: TcpListener, broker: Broker, shutdown: CancellationToken) {
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    tracing::warn!(error = %err, "metrics accept failed");
+                    continue;
+                }
+            },
+        };
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let broker = broker.clone();
+                async move { Ok::<_, Infallible>(route(&req, &broker)) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(err) = conn.await {
+                tracing::debug!(error = %err, "metrics connection ended");
+            }
+        });
+    }
+}
+
+/// Binds the endpoint's listener.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+fn route(req: &Request<Incoming>, broker: &Broker) -> Response<Full<Bytes>> {
+    match (req.method().as_str(), req.uri().path()) {
+        ("GET", "/metrics") => match render(broker) {
+            Ok(body) => reply(StatusCode::OK, "text/plain; version=0.0.4", body),
+            Err(err) => reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                err.into_bytes(),
+            ),
+        },
+        ("GET", "/health") => reply(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", b"not found\n".to_vec()),
+    }
+}
+
+fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    if let Ok(value) = content_type.parse() {
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, value);
+    }
+    response
+}
+
+/// The registry's metrics plus per-partition offsets, read from the broker
+/// at scrape time so appends pay nothing for them.
+fn render(broker: &Broker) -> Result<Vec<u8>, String> {
+    let mut families = REGISTRY.gather();
+    let start = IntGaugeVec::new(
+        Opts::new("spool_partition_start_offset", "First offset stored"),
+        &["topic", "partition"],
+    )
+    .map_err(|e| e.to_string())?;
+    let end = IntGaugeVec::new(
+        Opts::new("spool_partition_end_offset", "Next offset to be written"),
+        &["topic", "partition"],
+    )
+    .map_err(|e| e.to_string())?;
+    for topic in broker.list_topics() {
+        for p in &topic.partitions {
+            let labels = [topic.name.as_str(), &p.partition.0.to_string()];
+            start.with_label_values(&labels).set(p.start.0 as i64);
+            end.with_label_values(&labels).set(p.end.0 as i64);
+        }
+    }
+    let stats = broker.storage_stats();
+    let storage = IntGaugeVec::new(Opts::new("spool_storage", "Storage counts"), &["what"])
+        .map_err(|e| e.to_string())?;
+    storage
+        .with_label_values(&["segments"])
+        .set(stats.segments as i64);
+    storage
+        .with_label_values(&["mapped_segments"])
+        .set(stats.mapped_segments as i64);
+    storage
+        .with_label_values(&["bytes"])
+        .set(stats.size_bytes as i64);
+    storage
+        .with_label_values(&["flushes"])
+        .set(stats.flushes as i64);
+    use prometheus::core::Collector;
+    families.extend(start.collect());
+    families.extend(end.collect());
+    families.extend(storage.collect());
+    let mut out = Vec::new();
+    TextEncoder::new()
+        .encode(&families, &mut out)
+        .map_err(|e| e.to_string())?;
+    Ok(out)
+}
