@@ -2,6 +2,7 @@
 #![deny(missing_docs)]
 
 pub mod broker;
+pub mod client;
 pub mod metrics;
 pub mod server;
 pub mod storage;

@@ -1,0 +1,95 @@
+//! `spool consume`: print message values, one per line.
+
+use std::collections::HashMap;
+use std::io::Write;
+
+use spool::client::{Client, Consumer, ConsumerConfig, StartAt};
+
+use crate::{resolve, Failure, DEFAULT_ADDR};
+
+/// Arguments of `spool consume`.
+#[derive(clap::Args)]
+pub struct ConsumeArgs {
+    #[arg(long, default_value = DEFAULT_ADDR)]
+    addr: String,
+    /// Topic to consume.
+    #[arg(long)]
+    topic: String,
+    /// earliest, latest, or an offset (in every partition).
+    #[arg(long, default_value = "earliest")]
+    from: String,
+    /// Exit after this many messages.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Keep waiting for new messages instead of exiting at the end of the log.
+    #[arg(long)]
+    follow: bool,
+}
+
+pub async fn run(args: ConsumeArgs) -> Result<(), Failure> {
+    let start = match args.from.as_str() {
+        "earliest" => StartAt::Earliest,
+        "latest" => StartAt::Latest,
+        other => StartAt::Offset(other.parse().map_err(|_| {
+            Failure::usage(format!(
+                "--from takes earliest, latest or an offset, not {other:?}"
+            ))
+        })?),
+    };
+    let client = Client::connect(resolve(&args.addr)?).await?;
+    let topic = client.describe_topic(&args.topic).await?;
+    // Without --follow, stop at the end each partition had when we started.
+    let mut remaining: HashMap<u32, u64> = HashMap::new();
+    for p in &topic.partitions {
+        let from = match start {
+            StartAt::Earliest => p.start,
+            StartAt::Latest => p.end,
+            StartAt::Offset(o) => o,
+        };
+        if from < p.end {
+            remaining.insert(p.partition, p.end);
+        }
+    }
+    if args.count == Some(0) || (!args.follow && remaining.is_empty()) {
+        return Ok(());
+    }
+    let mut consumer = Consumer::new(client, &args.topic, start, ConsumerConfig::default()).await?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut printed = 0u64;
+    while let Some(message) = consumer.next().await {
+        let message = message?;
+        let write = out
+            .write_all(&message.value)
+            .and_then(|()| out.write_all(b"\n"));
+        match write {
+            Ok(()) => {}
+            // `spool consume | head` is not an error.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            Err(e) => return Err(Failure::io("writing output", e)),
+        }
+        printed += 1;
+        if args.follow {
+            let _ = out.flush();
+        }
+        if args.count.is_some_and(|n| printed >= n) {
+            break;
+        }
+        if !args.follow {
+            if let Some(end) = remaining.get(&message.partition) {
+                if message.offset + 1 >= *end {
+                    remaining.remove(&message.partition);
+                }
+            }
+            if remaining.is_empty() {
+                break;
+            }
+        }
+    }
+    match out.flush() {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(Failure::io("writing output", e))
+        }
+        _ => Ok(()),
+    }
+}

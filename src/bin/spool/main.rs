@@ -1,0 +1,144 @@
+//! The `spool` command line: run a broker, administer topics, produce and
+//! consume from a shell.
+//!
+//! Exit codes: 0 success; 1 the server or broker refused (the message says
+//! why); 2 bad usage; 3 cannot reach the server; 4 I/O error on local input
+//! or output.
+
+mod consume;
+mod inspect;
+mod produce;
+mod serve;
+mod topics;
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use spool::client::ClientError;
+
+#[derive(Parser)]
+#[command(
+    name = "spool",
+    version,
+    about = "Spool: an embedded persistent message broker"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the broker: serve the Spool protocol and /metrics until SIGINT/SIGTERM.
+    Serve(serve::ServeArgs),
+    /// Create, list, describe and delete topics on a running broker.
+    Topics {
+        #[command(subcommand)]
+        command: topics::TopicsCommand,
+    },
+    /// Send each line of stdin (or a file) as one message.
+    Produce(produce::ProduceArgs),
+    /// Print message values, one per line.
+    Consume(consume::ConsumeArgs),
+    /// Open a data directory offline (recovering it like the broker would)
+    /// and print its topics and offsets.
+    Inspect(inspect::InspectArgs),
+}
+
+/// An error with the exit code a shell should see.
+pub struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    fn new(code: u8, message: impl Into<String>) -> Failure {
+        Failure {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// Local I/O (stdin, stdout, files).
+    pub fn io(what: &str, err: std::io::Error) -> Failure {
+        Failure::new(4, format!("{what}: {err}"))
+    }
+
+    /// The broker refused or failed.
+    pub fn refused(message: impl Into<String>) -> Failure {
+        Failure::new(1, message)
+    }
+
+    /// Bad usage that clap could not catch.
+    pub fn usage(message: impl Into<String>) -> Failure {
+        Failure::new(2, message)
+    }
+}
+
+impl From<ClientError> for Failure {
+    fn from(err: ClientError) -> Failure {
+        match err {
+            ClientError::Connect { .. } | ClientError::Disconnected(_) => {
+                Failure::new(3, format!("{err} (is `spool serve` running there?)"))
+            }
+            other => Failure::new(1, other.to_string()),
+        }
+    }
+}
+
+impl From<spool::BrokerError> for Failure {
+    fn from(err: spool::BrokerError) -> Failure {
+        Failure::new(1, err.to_string())
+    }
+}
+
+/// Default server address of the client commands.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:7070";
+
+/// Parses `HOST:PORT`, resolving a host name.
+pub fn resolve(addr: &str) -> Result<SocketAddr, Failure> {
+    use std::net::ToSocketAddrs;
+    addr.to_socket_addrs()
+        .map_err(|e| Failure::usage(format!("bad address {addr:?}: {e}")))?
+        .next()
+        .ok_or_else(|| Failure::usage(format!("address {addr:?} resolves to nothing")))
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("spool: cannot start the runtime: {err}");
+            return ExitCode::from(4);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve::run(args).await,
+            Command::Topics { command } => topics::run(command).await,
+            Command::Produce(args) => produce::run(args).await,
+            Command::Consume(args) => consume::run(args).await,
+            Command::Inspect(args) => inspect::run(args),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("spool: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}

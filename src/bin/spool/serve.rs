@@ -1,0 +1,169 @@
+//! `spool serve`: the standalone broker.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use spool::server::{http, Server, ServerConfig};
+use spool::{Broker, BrokerConfig, SyncPolicy, TopicConfig};
+use tokio_util::sync::CancellationToken;
+
+use crate::Failure;
+
+/// Arguments of `spool serve`. Flags override the config file, which
+/// overrides the defaults.
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// TOML config file (keys as the long flags, with `_` for `-`, and a
+    /// `[topic_defaults]` table).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address for clients [default: 127.0.0.1:7070].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Data directory [default: ./spool-data].
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Address for GET /metrics and /health [default: 127.0.0.1:9090].
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
+    /// Most client connections at once [default: 1024].
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Close connections idle this long [default: 600].
+    #[arg(long)]
+    idle_timeout_secs: Option<u64>,
+    /// Default sync policy of new topics: always, interval, interval:MS or never [default: interval:100].
+    #[arg(long)]
+    default_sync: Option<SyncPolicy>,
+    /// Default partition count of new topics [default: 1].
+    #[arg(long)]
+    default_partitions: Option<u32>,
+    /// Default segment size of new topics [default: 268435456].
+    #[arg(long)]
+    default_segment_bytes: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    data: Option<PathBuf>,
+    metrics: Option<SocketAddr>,
+    max_connections: Option<usize>,
+    idle_timeout_secs: Option<u64>,
+    #[serde(default)]
+    topic_defaults: FileTopicDefaults,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileTopicDefaults {
+    partitions: Option<u32>,
+    sync: Option<String>,
+    segment_size_bytes: Option<u64>,
+    retention_ms: Option<u64>,
+    retention_bytes: Option<u64>,
+}
+
+pub async fn run(args: ServeArgs) -> Result<(), Failure> {
+    let file = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Failure::io(&format!("reading {}", path.display()), e))?;
+            toml::from_str::<FileConfig>(&text)
+                .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?
+        }
+        None => FileConfig::default(),
+    };
+    let listen = args
+        .listen
+        .or(file.listen)
+        .unwrap_or(([127, 0, 0, 1], 7070).into());
+    let metrics_addr = args
+        .metrics
+        .or(file.metrics)
+        .unwrap_or(([127, 0, 0, 1], 9090).into());
+    let data = args
+        .data
+        .or(file.data)
+        .unwrap_or_else(|| PathBuf::from("./spool-data"));
+
+    let mut config = ServerConfig::default();
+    config.max_connections = args
+        .max_connections
+        .or(file.max_connections)
+        .unwrap_or(config.max_connections);
+    if let Some(secs) = args.idle_timeout_secs.or(file.idle_timeout_secs) {
+        config.limits.idle_timeout = Duration::from_secs(secs);
+    }
+    let defaults = &file.topic_defaults;
+    let mut topic = TopicConfig::new(args.default_partitions.or(defaults.partitions).unwrap_or(1));
+    if let Some(sync) = args.default_sync {
+        topic.log.sync = sync;
+    } else if let Some(sync) = &defaults.sync {
+        topic.log.sync = sync.parse().map_err(Failure::usage)?;
+    }
+    if let Some(bytes) = args.default_segment_bytes.or(defaults.segment_size_bytes) {
+        topic.log.segment_size_bytes = bytes;
+    }
+    if let Some(ms) = defaults.retention_ms {
+        topic.log.retention_ms = (ms != 0).then_some(ms);
+    }
+    if let Some(bytes) = defaults.retention_bytes {
+        topic.log.retention_bytes = (bytes != 0).then_some(bytes);
+    }
+    topic
+        .log
+        .validate()
+        .map_err(|e| Failure::usage(e.to_string()))?;
+    config.topic_defaults = topic;
+
+    let broker = Broker::open(&data, BrokerConfig::default())?;
+    let server = Server::bind(listen, broker.clone(), config)
+        .await
+        .map_err(|e| Failure::io(&format!("binding {listen}"), e))?;
+    let metrics_listener = http::bind(metrics_addr)
+        .await
+        .map_err(|e| Failure::io(&format!("binding {metrics_addr}"), e))?;
+    let bound = server
+        .local_addr()
+        .map_err(|e| Failure::io("listener", e))?;
+    let metrics_bound = metrics_listener
+        .local_addr()
+        .map_err(|e| Failure::io("listener", e))?;
+    tracing::info!(listen = %bound, metrics = %metrics_bound, data = %data.display(), "spool is serving");
+    // One machine-readable line on stdout, for scripts and tests that ask
+    // for port 0.
+    println!("listening on {bound} metrics on {metrics_bound}");
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(http::serve(metrics_listener, broker, shutdown.clone()));
+    {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("signal received, shutting down");
+            shutdown.cancel();
+        });
+    }
+    server.run(shutdown).await?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot watch SIGTERM; only SIGINT stops the server");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! One TCP connection to a server, shared by every clone of a client.
+//!
+//! Requests are pipelined: [`Connection::start`] queues the frame at once
+//! (so requests leave in the order they were started) and returns a future
+//! for the response, which the reader task routes back by correlation id.
+//! When the connection breaks, every pending request fails with
+//! [`ClientError::Disconnected`].
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use spool_protocol::messages::{PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
+use spool_protocol::{ErrorResponse, Frame, FrameCodec, Request, Response};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+use super::ClientError;
+
+type Pending = Arc<Mutex<HashMap<u32, oneshot::Sender<Result<Frame, ClientError>>>>>;
+
+/// How a client connects.
+#[derive(Clone, Debug)]
+pub struct ConnectOptions {
+    /// Attempts before giving up (at least 1).
+    pub connect_attempts: u32,
+    /// Pause before the second attempt; doubles each time, up to 2 s.
+    pub retry_backoff: Duration,
+    /// Deadline for each TCP connect and the handshake.
+    pub connect_timeout: Duration,
+    /// Name sent in the handshake, for the server's logs.
+    pub client_id: String,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            connect_attempts: 5,
+            retry_backoff: Duration::from_millis(100),
+            connect_timeout: Duration::from_secs(5),
+            client_id: format!("spool-client {}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+}
+
+/// A live, handshaken connection.
+pub struct Connection {
+    tx: mpsc::UnboundedSender<Frame>,
+    pending: Pending,
+    next_id: AtomicU32,
+    closed: Arc<AtomicBool>,
+    /// Largest frame the server accepts.
+    pub max_frame_bytes: u32,
+}
+
+impl Connection {
+    /// Connects (retrying with backoff) and performs the handshake.
+    pub async fn connect(
+        addr: SocketAddr,
+        options: &ConnectOptions,
+    ) -> Result<Connection, ClientError> {
+        let mut backoff = options.retry_backoff;
+        let mut last_err = None;
+        for attempt in 0..options.connect_attempts.max(1) {
+            if attempt > 0 {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            match tokio::time::timeout(options.connect_timeout, TcpStream::connect(addr)).await {
+                Ok(Ok(stream)) => return Connection::handshake(stream, options).await,
+                Ok(Err(err)) => last_err = Some(err),
+                Err(_) => {
+                    last_err = Some(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "connect timed out",
+                    ))
+                }
+            }
+        }
+        Err(ClientError::Connect {
+            addr,
+            source: Arc::new(last_err.unwrap_or_else(|| std::io::Error::other("no attempt made"))),
+        })
+    }
+
+    async fn handshake(
+        stream: TcpStream,
+        options: &ConnectOptions,
+    ) -> Result<Connection, ClientError> {
+        let _ = stream.set_nodelay(true);
+        let (rd, wr) = stream.into_split();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
+        let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
+        let closed = Arc::new(AtomicBool::new(false));
+
+        tokio::spawn(async move {
+            let mut sink = FramedWrite::new(wr, FrameCodec::new(usize::MAX));
+            while let Some(frame) = rx.recv().await {
+                if sink.feed(frame).await.is_err() {
+                    return;
+                }
+                while let Ok(frame) = rx.try_recv() {
+                    if sink.feed(frame).await.is_err() {
+                        return;
+                    }
+                }
+                if sink.flush().await.is_err() {
+                    return;
+                }
+            }
+        });
+        {
+            let pending = pending.clone();
+            let closed = closed.clone();
+            tokio::spawn(async move {
+                let mut frames = FramedRead::new(rd, FrameCodec::new(usize::MAX));
+                let reason = loop {
+                    match frames.next().await {
+                        Some(Ok(frame)) => {
+                            let waiter = pending
+                                .lock()
+                                .ok()
+                                .and_then(|mut p| p.remove(&frame.correlation_id));
+                            match waiter {
+                                Some(waiter) => {
+                                    let _ = waiter.send(Ok(frame));
+                                }
+                                None if frame.is_error() => {
+                                    // Correlation 0: the server is closing us.
+                                    let message = ErrorResponse::decode(frame.body)
+                                        .map(|e| e.message)
+                                        .unwrap_or_else(|e| e.to_string());
+                                    break format!("server closed the connection: {message}");
+                                }
+                                None => tracing::warn!(
+                                    id = frame.correlation_id,
+                                    "response to no request"
+                                ),
+                            }
+                        }
+                        Some(Err(err)) => break err.to_string(),
+                        None => break "connection closed by the server".to_string(),
+                    }
+                };
+                closed.store(true, Ordering::Release);
+                let waiters: Vec<_> = pending
+                    .lock()
+                    .map(|mut p| p.drain().collect())
+                    .unwrap_or_default();
+                for (_, waiter) in waiters {
+                    let _ = waiter.send(Err(ClientError::Disconnected(reason.clone())));
+                }
+            });
+        }
+
+        let mut conn = Connection {
+            tx,
+            pending,
+            next_id: AtomicU32::new(1),
+            closed,
+            max_frame_bytes: 0,
+        };
+        let hello = Request::Handshake {
+            min_version: PROTOCOL_VERSION_MIN,
+            max_version: PROTOCOL_VERSION_MAX,
+            features: 0,
+            client_id: options.client_id.clone(),
+        };
+        let reply = tokio::time::timeout(options.connect_timeout, conn.start(&hello)?)
+            .await
+            .map_err(|_| ClientError::Disconnected("handshake timed out".into()))??;
+        match reply {
+            Response::Handshake {
+                max_frame_bytes, ..
+            } => {
+                conn.max_frame_bytes = max_frame_bytes;
+                Ok(conn)
+            }
+            other => Err(ClientError::Protocol(format!(
+                "unexpected handshake reply {other:?}"
+            ))),
+        }
+    }
+
+    /// True once the connection has broken.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Sends `request` now and returns a future for its response.
+    pub fn start(
+        &self,
+        request: &Request,
+    ) -> Result<
+        impl std::future::Future<Output = Result<Response, ClientError>> + Send + 'static,
+        ClientError,
+    > {
+        if self.is_closed() {
+            return Err(ClientError::Disconnected("connection is closed".into()));
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed).max(1);
+        let (done, wait) = oneshot::channel();
+        self.pending
+            .lock()
+            .map_err(|_| ClientError::Disconnected("connection state poisoned".into()))?
+            .insert(id, done);
+        let frame = request.to_frame(id);
+        let kind = frame.kind;
+        if self.tx.send(frame).is_err() {
+            if let Ok(mut p) = self.pending.lock() {
+                p.remove(&id);
+            }
+            return Err(ClientError::Disconnected(
+                "connection writer stopped".into(),
+            ));
+        }
+        Ok(async move {
+            let frame = wait
+                .await
+                .map_err(|_| ClientError::Disconnected("connection dropped".into()))??;
+            if frame.is_error() {
+                let err = ErrorResponse::decode(frame.body)
+                    .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                return Err(ClientError::Server {
+                    code: err.code(),
+                    raw_code: err.code,
+                    message: err.message,
+                });
+            }
+            Response::decode(kind, frame.body).map_err(|e| ClientError::Protocol(e.to_string()))
+        })
+    }
+
+    /// Sends `request` and waits for its response.
+    pub async fn call(&self, request: &Request) -> Result<Response, ClientError> {
+        self.start(request)?.await
+    }
+}

@@ -1,0 +1,212 @@
+//! The prefetching consumer.
+//!
+//! One fetch loop per partition runs ahead of the application, long-polling
+//! at the end of the log, and hands whole fetched chunks to [`Consumer::next`]
+//! through a bounded queue (the prefetch depth), so a slow application
+//! stops fetching instead of buffering without limit. Messages of one
+//! partition come out in offset order; partitions interleave.
+//! Message keys and values are zero-copy slices of the fetched bytes.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use bytes::Bytes;
+use spool_protocol::batch::Batches;
+use spool_protocol::{Request, Response};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use super::{expect, Client, ClientError};
+
+/// Where a consumer starts in each partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartAt {
+    /// The first offset still stored.
+    Earliest,
+    /// The end: only messages produced from now on.
+    Latest,
+    /// This offset in every partition.
+    Offset(u64),
+}
+
+/// Consumer settings.
+#[derive(Clone, Debug)]
+pub struct ConsumerConfig {
+    /// Byte budget of one fetch.
+    pub fetch_max_bytes: u32,
+    /// How long a fetch waits at the end of the log.
+    pub fetch_max_wait: Duration,
+    /// Fetched chunks buffered ahead of the application, per consumer.
+    pub prefetch_chunks: usize,
+    /// Only these partitions (`None`: all).
+    pub partitions: Option<Vec<u32>>,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        ConsumerConfig {
+            fetch_max_bytes: 1024 * 1024,
+            fetch_max_wait: Duration::from_millis(500),
+            prefetch_chunks: 16,
+            partitions: None,
+        }
+    }
+}
+
+/// A consumed message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsumedMessage {
+    /// Its partition.
+    pub partition: u32,
+    /// Its offset.
+    pub offset: u64,
+    /// Milliseconds since the Unix epoch.
+    pub timestamp_ms: i64,
+    /// Its key.
+    pub key: Option<Bytes>,
+    /// Its value.
+    pub value: Bytes,
+    /// Its headers.
+    pub headers: Vec<(Bytes, Bytes)>,
+}
+
+type Chunk = Result<Vec<ConsumedMessage>, ClientError>;
+
+/// Consumes one topic. Dropping it stops its fetch loops.
+pub struct Consumer {
+    rx: mpsc::Receiver<Chunk>,
+    ready: VecDeque<ConsumedMessage>,
+    _fetchers: JoinSet<()>,
+}
+
+impl Consumer {
+    /// Starts fetching `topic` from `start` in every (or the configured)
+    /// partition.
+    pub async fn new(
+        client: Client,
+        topic: &str,
+        start: StartAt,
+        config: ConsumerConfig,
+    ) -> Result<Consumer, ClientError> {
+        let described = client.describe_topic(topic).await?;
+        let (tx, rx) = mpsc::channel(config.prefetch_chunks.max(1));
+        let mut fetchers = JoinSet::new();
+        for p in &described.partitions {
+            if config
+                .partitions
+                .as_ref()
+                .is_some_and(|only| !only.contains(&p.partition))
+            {
+                continue;
+            }
+            let offset = match start {
+                StartAt::Earliest => p.start,
+                StartAt::Latest => p.end,
+                StartAt::Offset(o) => o,
+            };
+            fetchers.spawn(fetch_loop(
+                client.clone(),
+                topic.to_string(),
+                p.partition,
+                offset,
+                config.clone(),
+                tx.clone(),
+            ));
+        }
+        Ok(Consumer {
+            rx,
+            ready: VecDeque::new(),
+            _fetchers: fetchers,
+        })
+    }
+
+    /// The next message; `None` only if every fetch loop has stopped.
+    pub async fn next(&mut self) -> Option<Result<ConsumedMessage, ClientError>> {
+        loop {
+            if let Some(message) = self.ready.pop_front() {
+                return Some(Ok(message));
+            }
+            match self.rx.recv().await? {
+                Ok(chunk) => self.ready.extend(chunk),
+                Err(err) => return Some(Err(err)),
+            }
+        }
+    }
+}
+
+async fn fetch_loop(
+    client: Client,
+    topic: String,
+    partition: u32,
+    mut offset: u64,
+    config: ConsumerConfig,
+    tx: mpsc::Sender<Chunk>,
+) {
+    let mut failures = 0u32;
+    loop {
+        let request = Request::Fetch {
+            topic: topic.clone(),
+            partition,
+            offset,
+            max_bytes: config.fetch_max_bytes,
+            max_wait_ms: config.fetch_max_wait.as_millis().min(u128::from(u32::MAX)) as u32,
+        };
+        let response = client.call(&request).await.and_then(|r| {
+            expect(r, |r| match r {
+                Response::Fetch {
+                    next_offset,
+                    batches,
+                    ..
+                } => Ok((next_offset, batches)),
+                other => Err(other),
+            })
+        });
+        let (next_offset, batches) = match response {
+            Ok(ok) => {
+                failures = 0;
+                ok
+            }
+            Err(err) if err.is_retriable() && failures < 5 => {
+                failures += 1;
+                tokio::time::sleep(Duration::from_millis(100 << failures)).await;
+                continue;
+            }
+            Err(err) => {
+                let _ = tx.send(Err(err)).await;
+                return;
+            }
+        };
+        if batches.is_empty() {
+            continue;
+        }
+        let chunk = decode(partition, offset, &batches);
+        let stop = chunk.is_err();
+        if tx.send(chunk).await.is_err() || stop {
+            return;
+        }
+        offset = next_offset;
+    }
+}
+
+/// Messages at or after `from` in back-to-back batches, as slices of `bytes`.
+fn decode(partition: u32, from: u64, bytes: &Bytes) -> Chunk {
+    let mut out = Vec::new();
+    for batch in Batches::new(bytes) {
+        let batch =
+            batch.map_err(|e| ClientError::Protocol(format!("bad batch from server: {e}")))?;
+        for r in batch.records().filter(|r| r.offset.0 >= from) {
+            out.push(ConsumedMessage {
+                partition,
+                offset: r.offset.0,
+                timestamp_ms: r.timestamp_ms,
+                key: r.key.map(|k| bytes.slice_ref(k)),
+                value: bytes.slice_ref(r.value),
+                headers: r
+                    .headers()
+                    .map(|(n, v)| (bytes.slice_ref(n), bytes.slice_ref(v)))
+                    .collect(),
+            });
+        }
+    }
+    Ok(out)
+}

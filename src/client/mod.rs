@@ -1,0 +1,226 @@
+//! The async client for a Spool server: admin calls, a batching
+//! [`Producer`] and a prefetching [`Consumer`].
+//!
+//! ```no_run
+//! use spool::client::{Client, Producer, ProducerConfig, Consumer, ConsumerConfig, StartAt};
+//!
+//! # async fn demo() -> Result<(), spool::client::ClientError> {
+//! let client = Client::connect("127.0.0.1:7070".parse().unwrap()).await?;
+//! client.create_topic("events", 4, Default::default()).await?;
+//!
+//! let producer = Producer::new(client.clone(), ProducerConfig::default());
+//! let delivery = producer.send("events", Some("user-1".into()), "signed up".into()).await?;
+//! producer.flush().await?;
+//! let stored = delivery.await?; // partition and offset of the message
+//! println!("stored at {}/{}", stored.partition, stored.offset);
+//!
+//! let mut consumer = Consumer::new(client, "events", StartAt::Earliest, ConsumerConfig::default()).await?;
+//! while let Some(message) = consumer.next().await {
+//!     let message = message?;
+//!     println!("{}: {:?}", message.offset, message.value);
+//! }
+//! # Ok(()) }
+//! ```
+
+pub mod connection;
+pub mod consumer;
+pub mod producer;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use spool_protocol::messages::{TopicSettings, WireTopic};
+use spool_protocol::{ErrorCode, Request, Response};
+use thiserror::Error;
+use tokio::sync::Mutex;
+
+pub use self::connection::{ConnectOptions, Connection};
+pub use self::consumer::{ConsumedMessage, Consumer, ConsumerConfig, StartAt};
+pub use self::producer::{Delivery, Producer, ProducerConfig};
+pub use spool_protocol::messages::{
+    TopicSettings as TopicOptions, WireSync, WireTopic as TopicDescription,
+};
+
+/// What a client call can fail with.
+#[derive(Debug, Clone, Error)]
+pub enum ClientError {
+    /// Could not reach the server.
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        /// The address tried.
+        addr: SocketAddr,
+        /// The last error.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// The connection broke; the request may or may not have been applied.
+    #[error("disconnected: {0}")]
+    Disconnected(String),
+    /// The server answered with an error.
+    #[error("{message} (server error {}, code {raw_code})", code.map_or_else(|| "unknown".to_string(), |c| format!("{c:?}")))]
+    Server {
+        /// The code, if this client knows it.
+        code: Option<ErrorCode>,
+        /// The code as sent.
+        raw_code: u16,
+        /// The server's explanation.
+        message: String,
+    },
+    /// The server's answer did not make sense.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The request is invalid before it is sent (e.g. an unknown topic).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl ClientError {
+    /// The server's error code, if this is a server error.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Server { code, .. } => *code,
+            _ => None,
+        }
+    }
+
+    /// True if the same request may succeed later.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            ClientError::Disconnected(_) | ClientError::Connect { .. } => true,
+            ClientError::Server { code, .. } => code.is_some_and(|c| c.is_retriable()),
+            _ => false,
+        }
+    }
+}
+
+impl From<std::io::Error> for ClientError {
+    fn from(e: std::io::Error) -> Self {
+        ClientError::Disconnected(e.to_string())
+    }
+}
+
+/// A handle to a server. Cheap to clone; clones share one pipelined
+/// connection, which is re-established on the next call after it breaks.
+#[derive(Clone)]
+pub struct Client {
+    addr: SocketAddr,
+    options: ConnectOptions,
+    conn: Arc<Mutex<Arc<Connection>>>,
+}
+
+impl Client {
+    /// Connects with default options.
+    pub async fn connect(addr: SocketAddr) -> Result<Client, ClientError> {
+        Client::connect_with(addr, ConnectOptions::default()).await
+    }
+
+    /// Connects with `options`.
+    pub async fn connect_with(
+        addr: SocketAddr,
+        options: ConnectOptions,
+    ) -> Result<Client, ClientError> {
+        let conn = Connection::connect(addr, &options).await?;
+        Ok(Client {
+            addr,
+            options,
+            conn: Arc::new(Mutex::new(Arc::new(conn))),
+        })
+    }
+
+    /// The server's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The current connection, reconnecting if it broke.
+    pub async fn connection(&self) -> Result<Arc<Connection>, ClientError> {
+        let mut conn = self.conn.lock().await;
+        if conn.is_closed() {
+            *conn = Arc::new(Connection::connect(self.addr, &self.options).await?);
+        }
+        Ok(conn.clone())
+    }
+
+    /// Sends one request and waits for the answer.
+    pub async fn call(&self, request: &Request) -> Result<Response, ClientError> {
+        self.connection().await?.call(request).await
+    }
+
+    /// Creates a topic; unset settings take the server's defaults.
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        settings: TopicSettings,
+    ) -> Result<(), ClientError> {
+        let request = Request::CreateTopic {
+            name: name.to_string(),
+            partitions,
+            settings,
+        };
+        expect(self.call(&request).await?, |r| match r {
+            Response::CreateTopic => Ok(()),
+            other => Err(other),
+        })
+    }
+
+    /// Deletes a topic.
+    pub async fn delete_topic(&self, name: &str) -> Result<(), ClientError> {
+        let request = Request::DeleteTopic {
+            name: name.to_string(),
+        };
+        expect(self.call(&request).await?, |r| match r {
+            Response::DeleteTopic => Ok(()),
+            other => Err(other),
+        })
+    }
+
+    /// Lists topics with their partitions' offsets.
+    pub async fn list_topics(&self) -> Result<Vec<WireTopic>, ClientError> {
+        expect(self.call(&Request::ListTopics).await?, |r| match r {
+            Response::ListTopics(t) => Ok(t),
+            other => Err(other),
+        })
+    }
+
+    /// Describes one topic.
+    pub async fn describe_topic(&self, name: &str) -> Result<WireTopic, ClientError> {
+        let request = Request::DescribeTopic {
+            name: name.to_string(),
+        };
+        expect(self.call(&request).await?, |r| match r {
+            Response::DescribeTopic(t) => Ok(t),
+            other => Err(other),
+        })
+    }
+
+    /// Appends one prebuilt batch; returns `(base_offset, next_offset)`.
+    pub async fn produce_batch(
+        &self,
+        topic: &str,
+        partition: u32,
+        batch: Bytes,
+    ) -> Result<(u64, u64), ClientError> {
+        let request = Request::Produce {
+            topic: topic.to_string(),
+            partition,
+            batch,
+        };
+        expect(self.call(&request).await?, |r| match r {
+            Response::Produce {
+                base_offset,
+                next_offset,
+            } => Ok((base_offset, next_offset)),
+            other => Err(other),
+        })
+    }
+}
+
+/// Unwraps the expected response variant; anything else is a protocol error.
+pub(crate) fn expect<T>(
+    response: Response,
+    pick: impl FnOnce(Response) -> Result<T, Response>,
+) -> Result<T, ClientError> {
+    pick(response).map_err(|other| ClientError::Protocol(format!("unexpected response {other:?}")))
+}
