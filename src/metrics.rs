@@ -56,3 +56,19 @@ metric!(CONNECTIONS_REJECTED: IntCounter = register_int_counter_with_registry!(
     "spool_connections_rejected_total", "Connections refused at the connection limit", REGISTRY));
 metric!(PROTOCOL_ERRORS: IntCounter = register_int_counter_with_registry!(
     "spool_protocol_errors_total", "Connections closed for malformed input", REGISTRY));
+
+/// Registers every metric now, so a scrape shows them all (at zero) before
+/// their first event.
+pub fn register_all() {
+    LazyLock::force(&MESSAGES_IN);
+    LazyLock::force(&BYTES_IN);
+    LazyLock::force(&MESSAGES_OUT);
+    LazyLock::force(&BYTES_OUT);
+    LazyLock::force(&REQUEST_SECONDS);
+    LazyLock::force(&REQUEST_ERRORS);
+    LazyLock::force(&FLUSH_SECONDS);
+    LazyLock::force(&CONNECTIONS);
+    LazyLock::force(&CONNECTIONS_TOTAL);
+    LazyLock::force(&CONNECTIONS_REJECTED);
+    LazyLock::force(&PROTOCOL_ERRORS);
+}

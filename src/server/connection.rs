@@ -54,7 +54,7 @@ impl Default for ConnectionLimits {
     fn default() -> Self {
         ConnectionLimits {
             max_frame_bytes: spool_protocol::frame::DEFAULT_MAX_FRAME_BYTES,
-            max_in_flight_bytes: 256 * 1024 * 1024,
+            max_in_flight_bytes: 64 * 1024 * 1024,
             max_in_flight_requests: 8192,
             idle_timeout: Duration::from_secs(600),
             handshake_timeout: Duration::from_secs(10),

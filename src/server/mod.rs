@@ -77,6 +77,7 @@ impl Server {
         config: ServerConfig,
     ) -> std::io::Result<Server> {
         let listener = TcpListener::bind(addr).await?;
+        metrics::register_all();
         let ctx = Arc::new(ServerContext {
             broker,
             limits: config.limits.clone(),

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod server;
+
 use spool::{Batch, Broker, Offset, PartitionId};
 
 /// One record read back from a partition, owned.

@@ -1,0 +1,135 @@
+//! Starting and stopping the real `spool` binary for integration tests.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A `spool serve` child process on ephemeral loopback ports.
+pub struct SpoolServer {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub metrics: SocketAddr,
+    pub dir: PathBuf,
+}
+
+impl SpoolServer {
+    /// Starts `spool serve` on `dir` with extra flags, waiting until it
+    /// reports its addresses.
+    pub fn start_with(dir: &Path, extra: &[&str]) -> SpoolServer {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_spool"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics",
+                "127.0.0.1:0",
+                "--data",
+            ])
+            .arg(dir)
+            .args(extra)
+            .env(
+                "RUST_LOG",
+                std::env::var("SPOOL_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(if std::env::var_os("SPOOL_TEST_LOG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
+            .spawn()
+            .expect("spawn spool serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read spool serve stdout");
+        // "listening on ADDR metrics on ADDR"
+        let words: Vec<&str> = line.split_whitespace().collect();
+        assert!(
+            words.len() == 6 && words[0] == "listening",
+            "unexpected first line {line:?}"
+        );
+        SpoolServer {
+            child: Some(child),
+            addr: words[2].parse().unwrap(),
+            metrics: words[5].parse().unwrap(),
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    pub fn start(dir: &Path) -> SpoolServer {
+        SpoolServer::start_with(dir, &[])
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// SIGKILL: no chance to flush or close anything.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, and wait for a clean exit (within 30 s).
+    pub fn terminate(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("pid");
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+        for _ in 0..300 {
+            if let Some(status) = child.try_wait().expect("wait") {
+                assert!(
+                    status.success(),
+                    "spool serve exited with {status} after SIGTERM"
+                );
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        panic!("spool serve did not exit within 30 s of SIGTERM");
+    }
+
+    /// Resident memory of the server process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// True while the process is running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// GET a path from the metrics endpoint (plain HTTP/1.0 over a socket).
+    pub fn http_get(&self, path: &str) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(self.metrics).expect("connect metrics");
+        write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        body
+    }
+}
+
+impl Drop for SpoolServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

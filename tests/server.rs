@@ -1,0 +1,305 @@
+//! The real `spool` binary driven over TCP by the real client.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::server::SpoolServer;
+use spool::client::{
+    Client, Consumer, ConsumerConfig, Producer, ProducerConfig, StartAt, TopicOptions, WireSync,
+};
+use spool::protocol::{BatchBuilder, Request, Response};
+
+fn options(sync: WireSync) -> TopicOptions {
+    TopicOptions {
+        sync: Some(sync),
+        ..TopicOptions::default()
+    }
+}
+
+/// Reads `expected` messages from the start of `topic`.
+async fn consume_all(
+    client: &Client,
+    topic: &str,
+    expected: usize,
+) -> Vec<spool::client::ConsumedMessage> {
+    let mut consumer = Consumer::new(
+        client.clone(),
+        topic,
+        StartAt::Earliest,
+        ConsumerConfig::default(),
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::with_capacity(expected);
+    while out.len() < expected {
+        let next = tokio::time::timeout(Duration::from_secs(30), consumer.next()).await;
+        let message = next
+            .expect("consumer stalled")
+            .expect("consumer ended")
+            .unwrap();
+        out.push(message);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_and_consume_across_partitions_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = SpoolServer::start(dir.path());
+    let client = Client::connect(server.addr).await.unwrap();
+    client
+        .create_topic("orders", 4, options(WireSync::Interval(50)))
+        .await
+        .unwrap();
+
+    let producer = Producer::new(client.clone(), ProducerConfig::default());
+    let mut deliveries = Vec::new();
+    for i in 0..20_000u32 {
+        let key = format!("k{}", i % 100);
+        let value = format!("{key}:{i}");
+        deliveries.push(
+            producer
+                .send("orders", Some(key.into()), value.into())
+                .await
+                .unwrap(),
+        );
+    }
+    producer.flush().await.unwrap();
+    let mut per_partition: HashMap<u32, Vec<u64>> = HashMap::new();
+    for d in deliveries {
+        let d = d.await.unwrap();
+        per_partition.entry(d.partition).or_default().push(d.offset);
+    }
+    assert!(
+        per_partition.len() > 1,
+        "keys should spread over partitions"
+    );
+    for offsets in per_partition.values() {
+        // Each partition's deliveries are 0..n, each exactly once.
+        let mut sorted = offsets.clone();
+        sorted.sort();
+        assert_eq!(sorted, (0..offsets.len() as u64).collect::<Vec<_>>());
+    }
+
+    let messages = consume_all(&client, "orders", 20_000).await;
+    let mut last_seq: HashMap<String, u32> = HashMap::new();
+    let mut last_offset: HashMap<u32, u64> = HashMap::new();
+    for m in &messages {
+        let text = std::str::from_utf8(&m.value).unwrap();
+        let (key, seq) = text.split_once(':').unwrap();
+        let seq: u32 = seq.parse().unwrap();
+        assert_eq!(m.key.as_deref(), Some(key.as_bytes()));
+        // Per key (hence per partition) order is the produce order.
+        if let Some(prev) = last_seq.insert(key.to_string(), seq) {
+            assert!(prev < seq, "key {key}: {seq} after {prev}");
+        }
+        if let Some(prev) = last_offset.insert(m.partition, m.offset) {
+            assert_eq!(
+                m.offset,
+                prev + 1,
+                "partition {} skipped or repeated",
+                m.partition
+            );
+        }
+    }
+    assert_eq!(last_seq.len(), 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_pipelined_requests_are_applied_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = SpoolServer::start(dir.path());
+    let client = Client::connect(server.addr).await.unwrap();
+    client
+        .create_topic("pipe", 1, options(WireSync::Always))
+        .await
+        .unwrap();
+    let conn = client.connection().await.unwrap();
+    // 5,000 produce requests on the wire before the first answer is awaited.
+    let mut calls = Vec::new();
+    for i in 0..5_000u32 {
+        let mut b = BatchBuilder::new();
+        b.push(0, None, format!("{i}").as_bytes(), &[]).unwrap();
+        let request = Request::Produce {
+            topic: "pipe".into(),
+            partition: 0,
+            batch: b.finish().unwrap(),
+        };
+        calls.push(conn.start(&request).unwrap());
+    }
+    for (i, call) in calls.into_iter().enumerate() {
+        match call.await.unwrap() {
+            // Offsets follow the order the requests were sent in.
+            Response::Produce { base_offset, .. } => assert_eq!(base_offset, i as u64),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let messages = consume_all(&client, "pipe", 5_000).await;
+    for (i, m) in messages.iter().enumerate() {
+        assert_eq!(m.value, format!("{i}").as_bytes());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_between_produce_and_consume_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = SpoolServer::start(dir.path());
+    {
+        let client = Client::connect(server.addr).await.unwrap();
+        client
+            .create_topic("keep", 3, options(WireSync::Interval(1000)))
+            .await
+            .unwrap();
+        let producer = Producer::new(client, ProducerConfig::default());
+        let mut deliveries = Vec::new();
+        for i in 0..5_000u32 {
+            deliveries.push(
+                producer
+                    .send("keep", None, format!("m{i}").into())
+                    .await
+                    .unwrap(),
+            );
+        }
+        producer.flush().await.unwrap();
+        for d in deliveries {
+            d.await.unwrap();
+        }
+    }
+    server.terminate();
+    let server = SpoolServer::start(dir.path());
+    let client = Client::connect(server.addr).await.unwrap();
+    let messages = consume_all(&client, "keep", 5_000).await;
+    let mut values: Vec<_> = messages
+        .iter()
+        .map(|m| String::from_utf8(m.value.to_vec()).unwrap())
+        .collect();
+    values.sort();
+    let mut expected: Vec<_> = (0..5_000).map(|i| format!("m{i}")).collect();
+    expected.sort();
+    assert_eq!(values, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_under_load_loses_no_acknowledged_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = SpoolServer::start(dir.path());
+    let client = Client::connect(server.addr).await.unwrap();
+    client
+        .create_topic("load", 2, options(WireSync::Never))
+        .await
+        .unwrap();
+    let producer = Producer::new(client.clone(), ProducerConfig::default());
+    // Producers run flat out; every acknowledged delivery is recorded.
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for t in 0..4 {
+        let producer = producer.clone();
+        let acked = acked.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0u64.. {
+                let value = format!("{t}-{i}");
+                let Ok(delivery) = producer
+                    .send("load", None, Bytes::from(value.clone()))
+                    .await
+                else {
+                    return;
+                };
+                let acked = acked.clone();
+                tokio::spawn(async move {
+                    if let Ok(d) = delivery.await {
+                        acked.lock().unwrap().push((d.partition, d.offset, value));
+                    }
+                });
+                if i % 64 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.kill();
+    for t in tasks {
+        t.abort();
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() > 1000,
+        "only {} acks before the kill",
+        acked.len()
+    );
+
+    let server = SpoolServer::start(dir.path());
+    let client = Client::connect(server.addr).await.unwrap();
+    let topic = client.describe_topic("load").await.unwrap();
+    let total: u64 = topic.partitions.iter().map(|p| p.end).sum();
+    let messages = consume_all(&client, "load", total as usize).await;
+    let stored: HashMap<(u32, u64), Bytes> = messages
+        .into_iter()
+        .map(|m| ((m.partition, m.offset), m.value))
+        .collect();
+    for (partition, offset, value) in &acked {
+        let got = stored
+            .get(&(*partition, *offset))
+            .unwrap_or_else(|| panic!("acked {partition}/{offset} lost"));
+        assert_eq!(
+            got,
+            value.as_bytes(),
+            "acked {partition}/{offset} holds the wrong message"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_endpoint_counts_traffic() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = SpoolServer::start(dir.path());
+    assert!(server.http_get("/health").contains("ok"));
+    let client = Client::connect(server.addr).await.unwrap();
+    client
+        .create_topic("m", 1, TopicOptions::default())
+        .await
+        .unwrap();
+    let value = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let before = server.http_get("/metrics");
+    let mut b = BatchBuilder::new();
+    for i in 0..10 {
+        b.push(0, None, format!("v{i}").as_bytes(), &[]).unwrap();
+    }
+    client
+        .produce_batch("m", 0, b.finish().unwrap())
+        .await
+        .unwrap();
+    consume_all(&client, "m", 10).await;
+    let after = server.http_get("/metrics");
+    assert_eq!(
+        value(&after, "spool_messages_in_total{topic=\"m\"}")
+            - value(&before, "spool_messages_in_total{topic=\"m\"}"),
+        10.0
+    );
+    assert!(value(&after, "spool_messages_out_total{topic=\"m\"}") >= 10.0);
+    assert_eq!(
+        value(
+            &after,
+            "spool_partition_end_offset{partition=\"0\",topic=\"m\"}"
+        ),
+        10.0
+    );
+    assert!(
+        value(
+            &after,
+            "spool_request_duration_seconds_count{kind=\"produce\"}"
+        ) >= 1.0
+    );
+    assert!(value(&after, "spool_connections") >= 1.0);
+    assert!(after.contains("spool_flush_duration_seconds"));
+}
