@@ -25,7 +25,7 @@ use futures_util::{SinkExt, StreamExt};
 use spool_protocol::messages::{kind, DecodeError};
 use spool_protocol::{ErrorCode, ErrorResponse, Frame, FrameCodec, FrameError, Request, Response};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
@@ -65,6 +65,24 @@ impl Default for ConnectionLimits {
 /// Responses waiting for the writer.
 const RESPONSE_QUEUE: usize = 1024;
 
+/// A response on its way to the socket, holding its share of the
+/// connection's budgets until the writer has passed it on: releasing them
+/// when it is merely queued would let a client that never reads pile up
+/// responses without bound.
+struct Outgoing {
+    frame: Frame,
+    _permits: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
+}
+
+impl From<Frame> for Outgoing {
+    fn from(frame: Frame) -> Outgoing {
+        Outgoing {
+            frame,
+            _permits: None,
+        }
+    }
+}
+
 /// Serves one connection until the client leaves, breaks the protocol, idles
 /// out, or the server shuts down (in which case in-flight requests finish).
 pub async fn serve(stream: TcpStream, ctx: Arc<ServerContext>, shutdown: CancellationToken) {
@@ -73,17 +91,19 @@ pub async fn serve(stream: TcpStream, ctx: Arc<ServerContext>, shutdown: Cancell
     let limits = ctx.limits.clone();
     let (rd, wr) = stream.into_split();
     let mut frames = FramedRead::new(rd, FrameCodec::new(limits.max_frame_bytes));
-    let (tx, mut rx) = mpsc::channel::<Frame>(RESPONSE_QUEUE);
+    let (tx, mut rx) = mpsc::channel::<Outgoing>(RESPONSE_QUEUE);
 
     let writer = tokio::spawn(async move {
         let mut sink = FramedWrite::new(wr, FrameCodec::new(usize::MAX));
-        while let Some(frame) = rx.recv().await {
+        // `feed` writes through once its buffer passes a few KiB, so a
+        // response's permits are dropped only when the socket took it.
+        while let Some(out) = rx.recv().await {
             // Batch whatever else is ready into one write.
-            if sink.feed(frame).await.is_err() {
+            if sink.feed(out.frame).await.is_err() {
                 return;
             }
-            while let Ok(frame) = rx.try_recv() {
-                if sink.feed(frame).await.is_err() {
+            while let Ok(out) = rx.try_recv() {
+                if sink.feed(out.frame).await.is_err() {
                     return;
                 }
             }
@@ -116,7 +136,8 @@ pub async fn serve(stream: TcpStream, ctx: Arc<ServerContext>, shutdown: Cancell
                     let _ = tx
                         .send(
                             error(ErrorCode::HandshakeRequired, "no handshake in time")
-                                .to_frame(kind::HANDSHAKE, 0),
+                                .to_frame(kind::HANDSHAKE, 0)
+                                .into(),
                         )
                         .await;
                     break;
@@ -138,7 +159,9 @@ pub async fn serve(stream: TcpStream, ctx: Arc<ServerContext>, shutdown: Cancell
                     FrameError::Io(_) => break,
                     _ => ErrorCode::MalformedFrame,
                 };
-                let _ = tx.send(error(code, err.to_string()).to_frame(0, 0)).await;
+                let _ = tx
+                    .send(error(code, err.to_string()).to_frame(0, 0).into())
+                    .await;
                 break;
             }
             Ok(Some(Ok(frame))) => frame,
@@ -154,7 +177,7 @@ pub async fn serve(stream: TcpStream, ctx: Arc<ServerContext>, shutdown: Cancell
                     format!("unknown request kind {k}"),
                 );
                 if tx
-                    .send(reply.to_frame(frame_kind, correlation_id))
+                    .send(reply.to_frame(frame_kind, correlation_id).into())
                     .await
                     .is_err()
                 {
@@ -166,7 +189,9 @@ pub async fn serve(stream: TcpStream, ctx: Arc<ServerContext>, shutdown: Cancell
                 metrics::PROTOCOL_ERRORS.inc();
                 tracing::info!(?peer, error = %err, "closing connection: malformed request body");
                 let reply = error(ErrorCode::MalformedFrame, err.to_string());
-                let _ = tx.send(reply.to_frame(frame_kind, correlation_id)).await;
+                let _ = tx
+                    .send(reply.to_frame(frame_kind, correlation_id).into())
+                    .await;
                 break;
             }
         };
@@ -191,7 +216,7 @@ pub async fn serve(stream: TcpStream, ctx: Arc<ServerContext>, shutdown: Cancell
             };
             let ok = reply.is_ok();
             if tx
-                .send(to_frame(reply, frame_kind, correlation_id))
+                .send(to_frame(reply, frame_kind, correlation_id).into())
                 .await
                 .is_err()
                 || !ok
@@ -216,6 +241,7 @@ pub async fn serve(stream: TcpStream, ctx: Arc<ServerContext>, shutdown: Cancell
         let (Ok(bytes_permit), Ok(request_permit)) = permits else {
             break;
         };
+        let permits = (bytes_permit, request_permit);
 
         let started = Instant::now();
         let tx = tx.clone();
@@ -233,15 +259,13 @@ pub async fn serve(stream: TcpStream, ctx: Arc<ServerContext>, shutdown: Cancell
                         Ok(pending) => handlers::produce::finish(pending).await,
                         Err(e) => Err(e),
                     };
-                    respond(&tx, reply, frame_kind, correlation_id, started).await;
-                    drop((bytes_permit, request_permit));
+                    respond(&tx, reply, frame_kind, correlation_id, started, permits).await;
                 });
             }
             request => {
                 tasks.spawn(async move {
                     let reply = dispatch(&ctx, request).await;
-                    respond(&tx, reply, frame_kind, correlation_id, started).await;
-                    drop((bytes_permit, request_permit));
+                    respond(&tx, reply, frame_kind, correlation_id, started, permits).await;
                 });
             }
         }
@@ -319,17 +343,22 @@ fn to_frame(reply: Result<Response, ErrorResponse>, kind_: u16, correlation_id: 
 }
 
 async fn respond(
-    tx: &mpsc::Sender<Frame>,
+    tx: &mpsc::Sender<Outgoing>,
     reply: Result<Response, ErrorResponse>,
     kind_: u16,
     correlation_id: u32,
     started: Instant,
+    permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
 ) {
     metrics::REQUEST_SECONDS
         .with_label_values(&[kind_name(kind_)])
         .observe(started.elapsed().as_secs_f64());
     // A closed channel means the client is gone; nothing to do.
-    let _ = tx.send(to_frame(reply, kind_, correlation_id)).await;
+    let out = Outgoing {
+        frame: to_frame(reply, kind_, correlation_id),
+        _permits: Some(permits),
+    };
+    let _ = tx.send(out).await;
 }
 
 fn kind_name(k: u16) -> &'static str {

@@ -1,0 +1,386 @@
+//! Hostile and broken clients on raw sockets. Each gets a clear error code
+//! or a closed connection; the broker never panics, never allocates what a
+//! header announces, keeps serving everyone else, and stores nothing from a
+//! rejected batch.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::server::SpoolServer;
+use spool::client::{Client, TopicOptions};
+use spool::protocol::frame::{FLAG_ERROR, FRAME_VERSION, MAGIC};
+use spool::protocol::messages::kind;
+use spool::protocol::{BatchBuilder, ErrorCode, ErrorResponse, Request};
+
+struct Raw(TcpStream);
+
+struct RawFrame {
+    kind: u16,
+    flags: u8,
+    correlation_id: u32,
+    body: Vec<u8>,
+}
+
+impl Raw {
+    fn connect(server: &SpoolServer) -> Raw {
+        let s = TcpStream::connect(server.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        Raw(s)
+    }
+
+    fn send_raw(&mut self, bytes: &[u8]) {
+        // The server may already have closed on us; that is fine.
+        let _ = self.0.write_all(bytes);
+    }
+
+    fn send(&mut self, request: &Request, correlation_id: u32) {
+        let frame = request.to_frame(correlation_id);
+        self.send_frame(
+            frame.kind,
+            correlation_id,
+            &frame.body,
+            MAGIC,
+            FRAME_VERSION,
+        );
+    }
+
+    fn send_frame(
+        &mut self,
+        kind_: u16,
+        correlation_id: u32,
+        body: &[u8],
+        magic: u16,
+        version: u8,
+    ) {
+        let mut b = Vec::new();
+        b.extend_from_slice(&(12 + body.len() as u32).to_le_bytes());
+        b.extend_from_slice(&magic.to_le_bytes());
+        b.push(version);
+        b.push(0);
+        b.extend_from_slice(&kind_.to_le_bytes());
+        b.extend_from_slice(&0u16.to_le_bytes());
+        b.extend_from_slice(&correlation_id.to_le_bytes());
+        b.extend_from_slice(body);
+        self.send_raw(&b);
+    }
+
+    /// The next frame, or `None` at end of stream.
+    fn recv(&mut self) -> Option<RawFrame> {
+        let mut len = [0u8; 4];
+        self.0.read_exact(&mut len).ok()?;
+        let len = u32::from_le_bytes(len) as usize;
+        let mut rest = vec![0u8; len];
+        self.0.read_exact(&mut rest).ok()?;
+        Some(RawFrame {
+            flags: rest[3],
+            kind: u16::from_le_bytes([rest[4], rest[5]]),
+            correlation_id: u32::from_le_bytes([rest[8], rest[9], rest[10], rest[11]]),
+            body: rest[12..].to_vec(),
+        })
+    }
+
+    fn expect_error(&mut self, code: ErrorCode) -> RawFrame {
+        let frame = self
+            .recv()
+            .expect("expected an error frame, got end of stream");
+        assert!(frame.flags & FLAG_ERROR != 0, "expected an error frame");
+        let err = ErrorResponse::decode(frame.body.clone().into()).unwrap();
+        assert_eq!(err.code(), Some(code), "message: {}", err.message);
+        frame
+    }
+
+    fn expect_closed(&mut self) {
+        let mut buf = [0u8; 64];
+        match self.0.read(&mut buf) {
+            Ok(0) | Err(_) => {}
+            Ok(n) => panic!("expected the connection closed, read {n} more bytes"),
+        }
+    }
+
+    fn handshake(&mut self) {
+        self.send(
+            &Request::Handshake {
+                min_version: 1,
+                max_version: 1,
+                features: 0,
+                client_id: "raw".into(),
+            },
+            1,
+        );
+        let frame = self.recv().unwrap();
+        assert_eq!(frame.flags & FLAG_ERROR, 0, "handshake refused");
+    }
+}
+
+/// The server still answers a well-behaved client.
+async fn still_serving(server: &SpoolServer) {
+    let client = Client::connect(server.addr)
+        .await
+        .expect("server stopped accepting");
+    client
+        .list_topics()
+        .await
+        .expect("server stopped answering");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_gets_an_error_and_a_closed_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = SpoolServer::start(dir.path());
+    let mut raw = Raw::connect(&server);
+    raw.send_raw(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    // "GET " read as a length is ~540 MB: refused as too large before anything else.
+    raw.expect_error(ErrorCode::FrameTooLarge);
+    raw.expect_closed();
+
+    let mut raw = Raw::connect(&server);
+    raw.send_raw(&[0x20, 0, 0, 0, 0xde, 0xad, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    raw.expect_error(ErrorCode::MalformedFrame); // bad magic
+    raw.expect_closed();
+    still_serving(&server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_announcing_4_gib_is_refused_without_allocating() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = SpoolServer::start(dir.path());
+    let rss_before = server.rss_kib();
+    let mut raw = Raw::connect(&server);
+    let mut header = vec![0xff, 0xff, 0xff, 0xff];
+    header.extend_from_slice(&MAGIC.to_le_bytes());
+    header.extend_from_slice(&[FRAME_VERSION, 0, 2, 0, 0, 0, 7, 0, 0, 0]);
+    raw.send_raw(&header);
+    raw.expect_error(ErrorCode::FrameTooLarge);
+    raw.expect_closed();
+    let grew = server.rss_kib().saturating_sub(rss_before);
+    assert!(grew < 16 * 1024, "RSS grew by {grew} KiB");
+    still_serving(&server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_frames_and_early_hangups_are_harmless() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = SpoolServer::start(dir.path());
+    for cut in [1usize, 3, 4, 10, 15] {
+        let mut raw = Raw::connect(&server);
+        let frame = Request::ListTopics.to_frame(1);
+        let mut bytes = (12u32 + frame.body.len() as u32).to_le_bytes().to_vec();
+        bytes.extend_from_slice(&MAGIC.to_le_bytes());
+        bytes.extend_from_slice(&[
+            FRAME_VERSION,
+            0,
+            kind::LIST_TOPICS as u8,
+            0,
+            0,
+            0,
+            1,
+            0,
+            0,
+            0,
+        ]);
+        raw.send_raw(&bytes[..cut.min(bytes.len())]);
+        drop(raw);
+    }
+    // Half a frame, then silence: the server waits, holding no more than the half.
+    let mut raw = Raw::connect(&server);
+    raw.handshake();
+    raw.send_raw(&[100, 0, 0, 0, 0x53, 0x50, 1]);
+    still_serving(&server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_violations_get_specific_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = SpoolServer::start(dir.path());
+
+    // Anything before the handshake.
+    let mut raw = Raw::connect(&server);
+    raw.send(&Request::ListTopics, 5);
+    raw.expect_error(ErrorCode::HandshakeRequired);
+    raw.expect_closed();
+
+    // A client that only speaks a future protocol version.
+    let mut raw = Raw::connect(&server);
+    raw.send(
+        &Request::Handshake {
+            min_version: 7,
+            max_version: 9,
+            features: 0,
+            client_id: "future".into(),
+        },
+        1,
+    );
+    raw.expect_error(ErrorCode::UnsupportedVersion);
+    raw.expect_closed();
+
+    // An unknown request kind: refused, and the connection stays usable.
+    let mut raw = Raw::connect(&server);
+    raw.handshake();
+    raw.send_frame(999, 42, b"whatever", MAGIC, FRAME_VERSION);
+    let frame = raw.expect_error(ErrorCode::UnknownRequest);
+    assert_eq!((frame.kind, frame.correlation_id), (999, 42));
+    raw.send(&Request::ListTopics, 43);
+    let frame = raw.recv().unwrap();
+    assert_eq!((frame.flags & FLAG_ERROR, frame.correlation_id), (0, 43));
+
+    // A known kind with an undecodable body: refused and closed.
+    raw.send_frame(kind::PRODUCE, 44, &[1, 2, 3], MAGIC, FRAME_VERSION);
+    raw.expect_error(ErrorCode::MalformedFrame);
+    raw.expect_closed();
+
+    // A frame format version from the future.
+    let mut raw = Raw::connect(&server);
+    raw.send_frame(kind::HANDSHAKE, 1, &[], MAGIC, 9);
+    raw.expect_error(ErrorCode::MalformedFrame);
+    raw.expect_closed();
+    still_serving(&server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_with_a_wrong_crc_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = SpoolServer::start(dir.path());
+    let client = Client::connect(server.addr).await.unwrap();
+    client
+        .create_topic("t", 1, TopicOptions::default())
+        .await
+        .unwrap();
+    let mut b = BatchBuilder::new();
+    b.push(0, None, b"precious", &[]).unwrap();
+    let mut batch = b.finish().unwrap().to_vec();
+    let last = batch.len() - 2;
+    batch[last] ^= 0x01;
+    let mut raw = Raw::connect(&server);
+    raw.handshake();
+    raw.send(
+        &Request::Produce {
+            topic: "t".into(),
+            partition: 0,
+            batch: batch.into(),
+        },
+        2,
+    );
+    raw.expect_error(ErrorCode::InvalidBatch);
+    assert_eq!(
+        client.describe_topic("t").await.unwrap().partitions[0].end,
+        0
+    );
+    // The connection is still good for a valid batch.
+    let mut b = BatchBuilder::new();
+    b.push(0, None, b"fine", &[]).unwrap();
+    raw.send(
+        &Request::Produce {
+            topic: "t".into(),
+            partition: 0,
+            batch: b.finish().unwrap(),
+        },
+        3,
+    );
+    assert_eq!(raw.recv().unwrap().flags & FLAG_ERROR, 0);
+    assert_eq!(
+        client.describe_topic("t").await.unwrap().partitions[0].end,
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_slows_only_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = SpoolServer::start(dir.path());
+    let client = Client::connect(server.addr).await.unwrap();
+    client
+        .create_topic("big", 1, TopicOptions::default())
+        .await
+        .unwrap();
+    for _ in 0..4 {
+        let mut b = BatchBuilder::new();
+        for _ in 0..1024 {
+            b.push(0, None, &[7u8; 1000], &[]).unwrap();
+        }
+        client
+            .produce_batch("big", 0, b.finish().unwrap())
+            .await
+            .unwrap();
+    }
+    let rss_before = server.rss_kib();
+    // Ask for ~1 MiB again and again and never read an answer: 2 GiB of
+    // responses if the server did not hold back.
+    let mut greedy = Raw::connect(&server);
+    greedy.handshake();
+    greedy
+        .0
+        .set_write_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    for i in 0..2000u32 {
+        let request = Request::Fetch {
+            topic: "big".into(),
+            partition: 0,
+            offset: 0,
+            max_bytes: 1 << 20,
+            max_wait_ms: 0,
+        };
+        let frame = request.to_frame(i + 10);
+        let mut bytes = (12u32 + frame.body.len() as u32).to_le_bytes().to_vec();
+        bytes.extend_from_slice(&MAGIC.to_le_bytes());
+        bytes.extend_from_slice(&[FRAME_VERSION, 0]);
+        bytes.extend_from_slice(&frame.kind.to_le_bytes());
+        bytes.extend_from_slice(&[0, 0]);
+        bytes.extend_from_slice(&frame.correlation_id.to_le_bytes());
+        bytes.extend_from_slice(&frame.body);
+        // Once the server stops reading us, our writes time out: stop there.
+        if greedy.0.write_all(&bytes).is_err() {
+            break;
+        }
+    }
+    // Everyone else is served normally meanwhile.
+    let started = Instant::now();
+    let other = Client::connect(server.addr).await.unwrap();
+    other
+        .create_topic("small", 1, TopicOptions::default())
+        .await
+        .unwrap();
+    for i in 0..100 {
+        let mut b = BatchBuilder::new();
+        b.push(0, None, format!("{i}").as_bytes(), &[]).unwrap();
+        other
+            .produce_batch("small", 0, b.finish().unwrap())
+            .await
+            .unwrap();
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "a stuck reader slowed others"
+    );
+    let grew = server.rss_kib().saturating_sub(rss_before);
+    // Bounded by the per-connection in-flight budget (64 MiB) plus buffers.
+    assert!(
+        grew < 160 * 1024,
+        "server RSS grew by {grew} KiB for one stuck reader"
+    );
+    drop(greedy);
+    still_serving(&server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limit_and_idle_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = SpoolServer::start_with(
+        dir.path(),
+        &["--max-connections", "2", "--idle-timeout-secs", "1"],
+    );
+    let mut a = Raw::connect(&server);
+    a.handshake();
+    let mut b = Raw::connect(&server);
+    b.handshake();
+    let mut c = Raw::connect(&server);
+    c.expect_error(ErrorCode::TooManyConnections);
+    c.expect_closed();
+    // Idle connections are closed after the timeout, freeing their slots.
+    std::thread::sleep(Duration::from_millis(1500));
+    a.expect_closed();
+    b.expect_closed();
+    still_serving(&server).await;
+}
