@@ -26,3 +26,40 @@ pub fn exercise_batch_reader(data: &[u8]) {
     );
     assert_eq!(max_ts, header.max_timestamp_ms);
 }
+
+/// Runs the frame decoder and the request/response body decoders over
+/// `data` as if it arrived on a socket. Panics only if a decoder breaks its
+/// promises: no panic, no frame over the limit, every decoded request
+/// re-encodes to a body that decodes to the same request.
+pub fn exercise_frame_decoder(data: &[u8]) {
+    use bytes::BytesMut;
+    use tokio_util::codec::Decoder;
+
+    use crate::frame::FrameCodec;
+    use crate::messages::{ErrorResponse, Request, Response};
+
+    const LIMIT: usize = 1 << 16;
+    let mut codec = FrameCodec::new(LIMIT);
+    // Feed in two pieces, as a socket might.
+    let split = data.first().map_or(0, |&b| usize::from(b)).min(data.len());
+    let mut buf = BytesMut::from(&data[..split]);
+    let mut fed_rest = false;
+    loop {
+        match codec.decode(&mut buf) {
+            Ok(Some(frame)) => {
+                assert!(frame.body.len() + crate::frame::HEADER_LEN <= LIMIT);
+                if let Ok(request) = Request::decode(frame.kind, frame.body.clone()) {
+                    let again = request.to_frame(frame.correlation_id);
+                    assert_eq!(Request::decode(again.kind, again.body).as_ref(), Ok(&request));
+                }
+                let _ = Response::decode(frame.kind, frame.body.clone());
+                let _ = ErrorResponse::decode(frame.body);
+            }
+            Ok(None) if !fed_rest => {
+                buf.extend_from_slice(&data[split..]);
+                fed_rest = true;
+            }
+            Ok(None) | Err(_) => return,
+        }
+    }
+}

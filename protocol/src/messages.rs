@@ -735,6 +735,24 @@ mod tests {
         assert_eq!(ErrorResponse::decode(frame.body), Ok(err));
     }
 
+    /// The hex dump in PROTOCOL.md, byte for byte.
+    #[test]
+    fn handshake_matches_the_documented_example() {
+        use tokio_util::codec::Encoder;
+        let request = Request::Handshake {
+            min_version: 1,
+            max_version: 1,
+            features: 0,
+            client_id: "cli".into(),
+        };
+        let mut wire = BytesMut::new();
+        crate::FrameCodec::default().encode(request.to_frame(1), &mut wire).unwrap();
+        let expected = "1d 00 00 00 53 50 01 00 01 00 00 00 01 00 00 00 \
+                        01 00 01 00 00 00 00 00 00 00 00 00 03 00 63 6c 69";
+        let hex: Vec<String> = wire.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex.join(" "), expected.split_whitespace().collect::<Vec<_>>().join(" "));
+    }
+
     #[test]
     fn unknown_kind_is_an_error() {
         assert_eq!(

@@ -80,3 +80,62 @@ fn batch_reader_survives_random_and_mutated_input() {
     assert!(runs > 1000, "only {runs} inputs in {BUDGET:?}");
     eprintln!("{runs} inputs, {accepted_mutants} re-CRC'd mutants still valid");
 }
+
+fn valid_frames(rng: &mut impl Rng) -> Vec<u8> {
+    use spool_protocol::messages::{Request, TopicSettings};
+    use spool_protocol::FrameCodec;
+    use tokio_util::codec::Encoder;
+    let mut out = bytes::BytesMut::new();
+    let mut codec = FrameCodec::default();
+    for i in 0..rng.random_range(1..4u32) {
+        let request = match rng.random_range(0..4) {
+            0 => Request::Produce {
+                topic: "t".into(),
+                partition: rng.random(),
+                batch: valid_batch(rng).into(),
+            },
+            1 => Request::Fetch {
+                topic: "topic".into(),
+                partition: 1,
+                offset: rng.random(),
+                max_bytes: rng.random(),
+                max_wait_ms: 5,
+            },
+            2 => Request::CreateTopic {
+                name: "n".into(),
+                partitions: 3,
+                settings: TopicSettings::default(),
+            },
+            _ => Request::ListTopics,
+        };
+        codec.encode(request.to_frame(i), &mut out).unwrap();
+    }
+    out.to_vec()
+}
+
+#[test]
+fn frame_decoder_survives_random_and_mutated_input() {
+    use spool_protocol::fuzzing::exercise_frame_decoder;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0xf4a3_0001);
+    let started = Instant::now();
+    let mut runs = 0u64;
+    while started.elapsed() < BUDGET {
+        let noise: Vec<u8> = (0..rng.random_range(0..128)).map(|_| rng.random()).collect();
+        exercise_frame_decoder(&noise);
+        let mut data = valid_frames(&mut rng);
+        for _ in 0..rng.random_range(0..4) {
+            let i = rng.random_range(0..data.len());
+            match rng.random_range(0..3) {
+                0 => data[i] ^= rng.random_range(1..=255u8),
+                1 => data.truncate(i),
+                _ => data.insert(i, rng.random()),
+            }
+            if data.is_empty() {
+                break;
+            }
+        }
+        exercise_frame_decoder(&data);
+        runs += 1;
+    }
+    assert!(runs > 1000, "only {runs} inputs in {BUDGET:?}");
+}
