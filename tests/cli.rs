@@ -11,13 +11,22 @@ fn spool(args: &[&str], stdin: Option<&str>) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_spool"))
         .args(args)
         .env("RUST_LOG", "error")
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     if let Some(input) = stdin {
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
     }
     child.wait_with_output().unwrap()
 }
@@ -33,43 +42,99 @@ fn topics_produce_consume_round_trip() {
     let addr = server.addr.to_string();
     let a = addr.as_str();
 
-    let out = spool(&["topics", "create", "logs", "--partitions", "1", "--sync", "always", "--addr", a], None);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = spool(
+        &[
+            "topics",
+            "create",
+            "logs",
+            "--partitions",
+            "1",
+            "--sync",
+            "always",
+            "--addr",
+            a,
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let lines: Vec<String> = (0..500).map(|i| format!("line {i}")).collect();
-    let out = spool(&["produce", "--addr", a, "--topic", "logs"], Some(&(lines.join("\n") + "\n")));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = spool(
+        &["produce", "--addr", a, "--topic", "logs"],
+        Some(&(lines.join("\n") + "\n")),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(stdout(&out).trim(), "produced 500 messages");
 
     // Without --follow, consume stops at the end of the log.
-    let out = spool(&["consume", "--addr", a, "--topic", "logs", "--from", "earliest"], None);
+    let out = spool(
+        &[
+            "consume", "--addr", a, "--topic", "logs", "--from", "earliest",
+        ],
+        None,
+    );
     assert!(out.status.success());
     assert_eq!(stdout(&out).lines().collect::<Vec<_>>(), lines);
 
-    let out = spool(&["consume", "--addr", a, "--topic", "logs", "--from", "498"], None);
+    let out = spool(
+        &["consume", "--addr", a, "--topic", "logs", "--from", "498"],
+        None,
+    );
     assert_eq!(stdout(&out), "line 498\nline 499\n");
-    let out = spool(&["consume", "--addr", a, "--topic", "logs", "--from", "earliest", "--count", "3"], None);
+    let out = spool(
+        &[
+            "consume", "--addr", a, "--topic", "logs", "--from", "earliest", "--count", "3",
+        ],
+        None,
+    );
     assert_eq!(stdout(&out), "line 0\nline 1\nline 2\n");
-    let out = spool(&["consume", "--addr", a, "--topic", "logs", "--from", "latest"], None);
+    let out = spool(
+        &[
+            "consume", "--addr", a, "--topic", "logs", "--from", "latest",
+        ],
+        None,
+    );
     assert!(out.status.success() && stdout(&out).is_empty());
 
     // --follow waits for new messages.
     let follower = Command::new(env!("CARGO_BIN_EXE_spool"))
-        .args(["consume", "--addr", a, "--topic", "logs", "--from", "latest", "--follow", "--count", "2"])
+        .args([
+            "consume", "--addr", a, "--topic", "logs", "--from", "latest", "--follow", "--count",
+            "2",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(500));
-    let out = spool(&["produce", "--addr", a, "--topic", "logs", "--key", "k"], Some("new 1\nnew 2\n"));
+    let out = spool(
+        &["produce", "--addr", a, "--topic", "logs", "--key", "k"],
+        Some("new 1\nnew 2\n"),
+    );
     assert!(out.status.success());
     let followed = follower.wait_with_output().unwrap();
     assert_eq!(String::from_utf8_lossy(&followed.stdout), "new 1\nnew 2\n");
 
     let out = spool(&["topics", "list", "--addr", a], None);
-    assert!(stdout(&out).starts_with("logs\tpartitions=1\tmessages=502"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).starts_with("logs\tpartitions=1\tmessages=502"),
+        "{}",
+        stdout(&out)
+    );
     let out = spool(&["topics", "describe", "logs", "--addr", a], None);
-    assert!(stdout(&out).contains("sync: always") && stdout(&out).contains("end=502"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("sync: always") && stdout(&out).contains("end=502"),
+        "{}",
+        stdout(&out)
+    );
     let out = spool(&["topics", "delete", "logs", "--addr", a], None);
     assert!(out.status.success());
 }
@@ -84,7 +149,10 @@ fn errors_have_actionable_messages_and_exit_codes() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("topic \"missing\" does not exist"));
 
-    let out = spool(&["produce", "--addr", &addr, "--topic", "missing"], Some("x\n"));
+    let out = spool(
+        &["produce", "--addr", &addr, "--topic", "missing"],
+        Some("x\n"),
+    );
     assert_eq!(out.status.code(), Some(1));
 
     let out = spool(&["topics", "create", "bad/name", "--addr", &addr], None);
@@ -96,7 +164,18 @@ fn errors_have_actionable_messages_and_exit_codes() {
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is `spool serve` running"));
 
-    let out = spool(&["consume", "--addr", &addr, "--topic", "x", "--from", "yesterday"], None);
+    let out = spool(
+        &[
+            "consume",
+            "--addr",
+            &addr,
+            "--topic",
+            "x",
+            "--from",
+            "yesterday",
+        ],
+        None,
+    );
     assert_eq!(out.status.code(), Some(2));
     let out = spool(&["topics", "create", "t", "--sync", "sometimes"], None);
     assert_eq!(out.status.code(), Some(2));

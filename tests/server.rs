@@ -309,10 +309,16 @@ async fn sigterm_answers_in_flight_requests_then_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = SpoolServer::start(dir.path());
     let client = Client::connect(server.addr).await.unwrap();
-    client.create_topic("t", 1, options(WireSync::Interval(60_000))).await.unwrap();
+    client
+        .create_topic("t", 1, options(WireSync::Interval(60_000)))
+        .await
+        .unwrap();
     let mut b = BatchBuilder::new();
     b.push(0, None, b"before shutdown", &[]).unwrap();
-    client.produce_batch("t", 0, b.finish().unwrap()).await.unwrap();
+    client
+        .produce_batch("t", 0, b.finish().unwrap())
+        .await
+        .unwrap();
     // A long poll at the end of the log is in flight when SIGTERM arrives.
     let conn = client.connection().await.unwrap();
     let poll = conn
@@ -327,7 +333,10 @@ async fn sigterm_answers_in_flight_requests_then_exits_cleanly() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = std::time::Instant::now();
     server.terminate(); // asserts a successful exit
-    assert!(started.elapsed() < Duration::from_secs(10), "shutdown waited for the long poll");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "shutdown waited for the long poll"
+    );
     match poll.await {
         Ok(Response::Fetch { batches, .. }) => assert!(batches.is_empty()),
         other => panic!("the in-flight fetch was not answered: {other:?}"),
@@ -337,5 +346,8 @@ async fn sigterm_answers_in_flight_requests_then_exits_cleanly() {
     assert!(dir.path().join("clean-shutdown").exists());
     let server = SpoolServer::start(dir.path());
     let client = Client::connect(server.addr).await.unwrap();
-    assert_eq!(consume_all(&client, "t", 1).await[0].value, "before shutdown".as_bytes());
+    assert_eq!(
+        consume_all(&client, "t", 1).await[0].value,
+        "before shutdown".as_bytes()
+    );
 }

@@ -50,7 +50,10 @@ pub fn exercise_frame_decoder(data: &[u8]) {
                 assert!(frame.body.len() + crate::frame::HEADER_LEN <= LIMIT);
                 if let Ok(request) = Request::decode(frame.kind, frame.body.clone()) {
                     let again = request.to_frame(frame.correlation_id);
-                    assert_eq!(Request::decode(again.kind, again.body).as_ref(), Ok(&request));
+                    assert_eq!(
+                        Request::decode(again.kind, again.body).as_ref(),
+                        Ok(&request)
+                    );
                 }
                 let _ = Response::decode(frame.kind, frame.body.clone());
                 let _ = ErrorResponse::decode(frame.body);

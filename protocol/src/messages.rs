@@ -746,11 +746,16 @@ mod tests {
             client_id: "cli".into(),
         };
         let mut wire = BytesMut::new();
-        crate::FrameCodec::default().encode(request.to_frame(1), &mut wire).unwrap();
+        crate::FrameCodec::default()
+            .encode(request.to_frame(1), &mut wire)
+            .unwrap();
         let expected = "1d 00 00 00 53 50 01 00 01 00 00 00 01 00 00 00 \
                         01 00 01 00 00 00 00 00 00 00 00 00 03 00 63 6c 69";
         let hex: Vec<String> = wire.iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(hex.join(" "), expected.split_whitespace().collect::<Vec<_>>().join(" "));
+        assert_eq!(
+            hex.join(" "),
+            expected.split_whitespace().collect::<Vec<_>>().join(" ")
+        );
     }
 
     #[test]

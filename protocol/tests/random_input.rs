@@ -120,7 +120,9 @@ fn frame_decoder_survives_random_and_mutated_input() {
     let started = Instant::now();
     let mut runs = 0u64;
     while started.elapsed() < BUDGET {
-        let noise: Vec<u8> = (0..rng.random_range(0..128)).map(|_| rng.random()).collect();
+        let noise: Vec<u8> = (0..rng.random_range(0..128))
+            .map(|_| rng.random())
+            .collect();
         exercise_frame_decoder(&noise);
         let mut data = valid_frames(&mut rng);
         for _ in 0..rng.random_range(0..4) {

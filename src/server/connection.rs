@@ -136,7 +136,7 @@ pub async fn serve(stream: TcpStream, ctx: Arc<ServerContext>, shutdown: Cancell
                     let _ = tx
                         .send(
                             error(ErrorCode::HandshakeRequired, "no handshake in time")
-                                .to_frame(kind::HANDSHAKE, 0)
+                                .to_frame(0, 0)
                                 .into(),
                         )
                         .await;

@@ -19,12 +19,12 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Broker, TopicConfig};
 use crate::metrics;
 
 pub use connection::ConnectionLimits;
+pub use tokio_util::sync::CancellationToken;
 
 /// Server settings.
 #[derive(Clone, Debug)]
