@@ -180,3 +180,47 @@ fn errors_have_actionable_messages_and_exit_codes() {
     let out = spool(&["topics", "create", "t", "--sync", "sometimes"], None);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn serve_reads_a_config_file_and_flags_override_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("spool.toml");
+    std::fs::write(
+        &config,
+        "max_connections = 8\n[topic_defaults]\npartitions = 3\nsync = \"always\"\nretention_ms = 0\n",
+    )
+    .unwrap();
+    let config_arg = config.to_str().unwrap();
+    let server = SpoolServer::start_with(
+        &dir.path().join("data"),
+        &["--config", config_arg, "--default-segment-bytes", "65536"],
+    );
+    let addr = server.addr.to_string();
+    let out = spool(&["topics", "create", "defaults", "--addr", &addr], None);
+    assert_eq!(
+        stdout(&out).trim(),
+        "created topic defaults with 3 partitions"
+    );
+    let described = stdout(&spool(
+        &["topics", "describe", "defaults", "--addr", &addr],
+        None,
+    ));
+    assert!(described.contains("sync: always"), "{described}");
+    assert!(described.contains("segment_bytes: 65536"), "{described}");
+    assert!(described.contains("retention_ms: none"), "{described}");
+
+    // A misspelt key is refused, not ignored.
+    std::fs::write(&config, "listen_addr = \"127.0.0.1:1\"\n").unwrap();
+    let out = spool(
+        &[
+            "serve",
+            "--config",
+            config_arg,
+            "--data",
+            dir.path().join("d2").to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field"));
+}

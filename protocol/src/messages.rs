@@ -147,7 +147,7 @@ pub enum Request {
     CreateTopic {
         /// Name.
         name: String,
-        /// Partition count.
+        /// Partition count; 0 takes the server's default.
         partitions: u32,
         /// Settings; unset ones take the server's defaults.
         settings: TopicSettings,

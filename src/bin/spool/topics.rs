@@ -11,9 +11,9 @@ pub enum TopicsCommand {
     Create {
         /// Topic name.
         name: String,
-        /// Number of partitions.
-        #[arg(long, default_value_t = 1)]
-        partitions: u32,
+        /// Number of partitions [default: the server's].
+        #[arg(long)]
+        partitions: Option<u32>,
         /// always, interval, interval:MS or never [default: the server's].
         #[arg(long)]
         sync: Option<SyncPolicy>,
@@ -72,8 +72,14 @@ pub async fn run(command: TopicsCommand) -> Result<(), Failure> {
                 retention_ms,
                 retention_bytes,
             };
-            client.create_topic(&name, partitions, settings).await?;
-            println!("created topic {name} with {partitions} partitions");
+            client
+                .create_topic(&name, partitions.unwrap_or(0), settings)
+                .await?;
+            let created = client.describe_topic(&name).await?;
+            println!(
+                "created topic {name} with {} partitions",
+                created.partitions.len()
+            );
         }
         TopicsCommand::List { addr } => {
             let client = Client::connect(resolve(&addr)?).await?;

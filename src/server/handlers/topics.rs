@@ -16,7 +16,9 @@ pub fn create(
     settings: &TopicSettings,
 ) -> Result<Response, ErrorResponse> {
     let mut config = defaults.clone();
-    config.partitions = partitions;
+    if partitions != 0 {
+        config.partitions = partitions;
+    }
     if let Some(sync) = settings.sync {
         config.log.sync = from_wire_sync(sync);
     }
