@@ -5,6 +5,7 @@
 
 #[allow(clippy::module_inception)]
 mod broker;
+pub mod queue;
 pub mod topic;
 
 use std::path::PathBuf;
