@@ -3,6 +3,7 @@
 //! The broker never sees a socket; the server (and an embedding
 //! application) call [`Broker`] directly.
 
+pub mod ack_log;
 #[allow(clippy::module_inception)]
 mod broker;
 pub mod queue;
