@@ -27,6 +27,14 @@ pub enum ErrorCode {
     PartitionNotFound = 13,
     /// A configuration value is out of range.
     InvalidConfig = 14,
+    /// No such consumer group.
+    GroupNotFound = 15,
+    /// The group exists for another topic or mode.
+    GroupMismatch = 16,
+    /// The member is not (or no longer) in the group: join again.
+    UnknownMember = 17,
+    /// The group has members; the operation needs it idle.
+    GroupHasMembers = 18,
     /// The batch failed validation (length, CRC or structure); nothing was stored.
     InvalidBatch = 20,
     /// The batch is larger than the server accepts; nothing was stored.
@@ -62,6 +70,10 @@ impl ErrorCode {
             12 => InvalidTopicName,
             13 => PartitionNotFound,
             14 => InvalidConfig,
+            15 => GroupNotFound,
+            16 => GroupMismatch,
+            17 => UnknownMember,
+            18 => GroupHasMembers,
             20 => InvalidBatch,
             21 => BatchTooLarge,
             22 => OffsetOutOfRange,

@@ -14,7 +14,7 @@
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -22,6 +22,8 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use spool_protocol::{Batch, BatchBuilder, Offset, PartitionId};
 
+use super::group::{self, Group};
+use super::queue::MemberId;
 use super::topic::{self, PartitionOffsets, Topic, TopicConfig, TopicInfo};
 use super::BrokerError;
 use crate::storage::{AppendInfo, Fetched, Flusher, PartitionLog, StorageError, SyncPolicy};
@@ -29,6 +31,7 @@ use crate::storage::{AppendInfo, Fetched, Flusher, PartitionLog, StorageError, S
 const LOCK_FILE: &str = "LOCK";
 const CLEAN_SHUTDOWN_FILE: &str = "clean-shutdown";
 const TOPICS_DIR: &str = "topics";
+const GROUPS_DIR: &str = "groups";
 
 /// Broker-wide settings.
 #[derive(Clone, Debug)]
@@ -141,6 +144,10 @@ struct Inner {
     dir: PathBuf,
     config: BrokerConfig,
     topics: DashMap<String, Arc<Topic>>,
+    groups: DashMap<String, Arc<Group>>,
+    /// Member ids start from the open time in nanoseconds, so an id never
+    /// repeats across restarts and a client holding a stale one is told so.
+    next_member: AtomicU64,
     flusher: Mutex<Flusher>,
     closed: AtomicBool,
     /// Holds the directory's flock until the broker is closed.
@@ -203,12 +210,24 @@ impl Broker {
             }
             topics.insert(name, Arc::new(topic));
         }
-        tracing::info!(dir = %dir.display(), topics = topics.len(), clean_shutdown, "broker opened");
+        let groups = DashMap::new();
+        for g in group::open_all(&dir.join(GROUPS_DIR), |name| {
+            topics.get(name).map(|t| t.value().clone())
+        })? {
+            groups.insert(g.name.clone(), Arc::new(g));
+        }
+        tracing::info!(dir = %dir.display(), topics = topics.len(), groups = groups.len(), clean_shutdown, "broker opened");
+        let epoch_ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
         Ok(Broker {
             inner: Arc::new(Inner {
                 dir,
                 config,
                 topics,
+                groups,
+                next_member: AtomicU64::new(epoch_ns),
                 flusher: Mutex::new(flusher),
                 closed: AtomicBool::new(false),
                 lock: Mutex::new(Some(lock)),
@@ -249,6 +268,21 @@ impl Broker {
             .remove(name)
             .ok_or_else(|| BrokerError::TopicNotFound(name.to_string()))?;
         topic::remove_topic_dir(&self.inner.dir.join(TOPICS_DIR), &topic.name)?;
+        // Groups of a deleted topic go with it.
+        let orphans: Vec<String> = self
+            .inner
+            .groups
+            .iter()
+            .filter(|g| g.topic == name)
+            .map(|g| g.key().clone())
+            .collect();
+        for g in orphans {
+            self.inner.groups.remove(&g);
+            let dir = self.groups_dir().join(&g);
+            if let Err(e) = fs::remove_dir_all(&dir) {
+                tracing::warn!(group = %g, error = %e, "could not remove the group of a deleted topic");
+            }
+        }
         tracing::info!(topic = name, "topic deleted");
         Ok(())
     }
@@ -441,7 +475,19 @@ impl Broker {
         self.inner.close()
     }
 
-    fn check_open(&self) -> Result<(), BrokerError> {
+    pub(super) fn groups(&self) -> &DashMap<String, Arc<Group>> {
+        &self.inner.groups
+    }
+
+    pub(super) fn groups_dir(&self) -> PathBuf {
+        self.inner.dir.join(GROUPS_DIR)
+    }
+
+    pub(super) fn next_member_id(&self) -> MemberId {
+        self.inner.next_member.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(super) fn check_open(&self) -> Result<(), BrokerError> {
         if self.inner.closed.load(Ordering::Acquire) {
             Err(BrokerError::Closed)
         } else {
@@ -449,7 +495,7 @@ impl Broker {
         }
     }
 
-    fn topic(&self, name: &str) -> Result<Arc<Topic>, BrokerError> {
+    pub(super) fn topic(&self, name: &str) -> Result<Arc<Topic>, BrokerError> {
         self.inner
             .topics
             .get(name)

@@ -6,6 +6,7 @@
 pub mod ack_log;
 #[allow(clippy::module_inception)]
 mod broker;
+pub mod group;
 pub mod queue;
 pub mod topic;
 
@@ -17,6 +18,10 @@ use thiserror::Error;
 use crate::storage::StorageError;
 
 pub use self::broker::{Broker, BrokerConfig, Message, PendingAppend, StorageStats};
+pub use self::group::{
+    DeliveredMessage, GroupConfig, GroupInfo, GroupMode, GroupPartitionInfo, ResetTo,
+};
+pub use self::queue::{MemberId, SettleResult};
 pub use self::topic::{PartitionOffsets, TopicConfig, TopicInfo};
 
 /// Everything a broker call can fail with.
@@ -60,6 +65,28 @@ pub enum BrokerError {
         /// The configured maximum.
         max: usize,
     },
+    /// No consumer group by that name.
+    #[error("consumer group {0:?} does not exist")]
+    GroupNotFound(String),
+    /// The group exists for another topic or mode.
+    #[error("consumer group {group:?}: {reason}")]
+    GroupMismatch {
+        /// The group.
+        group: String,
+        /// What does not match.
+        reason: String,
+    },
+    /// The member id is not (or no longer) in the group.
+    #[error("member {member} is not in consumer group {group:?} (join again)")]
+    UnknownMember {
+        /// The group.
+        group: String,
+        /// The member id.
+        member: u64,
+    },
+    /// A reset needs the group to have no members.
+    #[error("consumer group {0:?} has members; stop its consumers before resetting it")]
+    GroupHasMembers(String),
     /// Another process has this data directory open.
     #[error("data directory {0} is in use by another process")]
     DirectoryLocked(PathBuf),

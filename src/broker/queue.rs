@@ -347,6 +347,20 @@ impl QueueState {
         }
     }
 
+    /// Settles everything below `offset` (retention removed those messages
+    /// before the group consumed them). Returns true if anything changed.
+    pub fn drop_below(&mut self, offset: u64) -> bool {
+        if offset <= self.lwm {
+            return false;
+        }
+        self.in_flight.retain(|&o, _| o >= offset);
+        self.pending = self.pending.split_off(&offset);
+        self.settled = self.settled.split_off(&offset);
+        self.lwm = offset;
+        self.advance_lwm();
+        true
+    }
+
     /// Forgets everything and restarts at `offset` (group reset).
     pub fn reset(&mut self, offset: u64) {
         *self = QueueState {

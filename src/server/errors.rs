@@ -16,6 +16,10 @@ pub fn code_for(err: &BrokerError) -> ErrorCode {
         BrokerError::InvalidBatch(_) => ErrorCode::InvalidBatch,
         BrokerError::BatchTooLarge { .. } => ErrorCode::BatchTooLarge,
         BrokerError::Closed => ErrorCode::ShuttingDown,
+        BrokerError::GroupNotFound(_) => ErrorCode::GroupNotFound,
+        BrokerError::GroupMismatch { .. } => ErrorCode::GroupMismatch,
+        BrokerError::UnknownMember { .. } => ErrorCode::UnknownMember,
+        BrokerError::GroupHasMembers(_) => ErrorCode::GroupHasMembers,
         BrokerError::DirectoryLocked(_) | BrokerError::Metadata { .. } => ErrorCode::StorageError,
         BrokerError::Storage { source, .. } => match source {
             StorageError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,

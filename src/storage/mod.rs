@@ -147,7 +147,7 @@ impl StorageError {
 
 /// Milliseconds on a monotonic clock local to this process; used for idle
 /// tracking, never stored.
-pub(crate) fn monotonic_ms() -> u64 {
+pub fn monotonic_ms() -> u64 {
     use std::sync::OnceLock;
     use std::time::Instant;
     static START: OnceLock<Instant> = OnceLock::new();

@@ -1,0 +1,262 @@
+//! Consumer groups through the embedded API: queue deliveries, acks, nacks,
+//! deadlines, dead letters, restarts; stream commits and assignment.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use spool::broker::{GroupConfig, GroupMode, ResetTo, SettleResult};
+use spool::{Broker, BrokerConfig, Message, Offset, PartitionId, SyncPolicy, TopicConfig};
+
+const NO_WAIT: Duration = Duration::ZERO;
+
+fn config(ack_wait_ms: u64, max_deliveries: u32) -> GroupConfig {
+    GroupConfig {
+        ack_wait_ms,
+        max_deliveries,
+        max_in_flight: 1000,
+    }
+}
+
+async fn fill(broker: &Broker, topic: &str, partitions: u32, per_partition: u32) {
+    broker
+        .create_topic(topic, TopicConfig::new(partitions).sync(SyncPolicy::Never))
+        .unwrap();
+    for p in 0..partitions {
+        let msgs: Vec<_> = (0..per_partition)
+            .map(|i| Message::new(format!("{p}-{i}")))
+            .collect();
+        broker.produce(topic, PartitionId(p), &msgs).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn several_members_ack_every_message_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::open(dir.path(), BrokerConfig::default()).unwrap();
+    fill(&broker, "jobs", 3, 200).await;
+    let members: Vec<_> = (0..3)
+        .map(|_| {
+            broker
+                .join_group("workers", "jobs", GroupMode::Queue, config(5000, 5))
+                .unwrap()
+        })
+        .collect();
+    let mut acked = BTreeSet::new();
+    'outer: loop {
+        for &m in &members {
+            let got = broker.deliver("workers", m, 37, NO_WAIT).await.unwrap();
+            if got.is_empty() && acked.len() == 600 {
+                break 'outer;
+            }
+            let items: Vec<_> = got.iter().map(|d| (d.partition, d.offset)).collect();
+            for (r, d) in broker
+                .ack("workers", m, &items)
+                .unwrap()
+                .into_iter()
+                .zip(&got)
+            {
+                assert_eq!(r, SettleResult::Ok);
+                assert_eq!(
+                    d.value,
+                    format!("{}-{}", d.partition.0, d.offset.0).into_bytes()
+                );
+                assert!(
+                    acked.insert((d.partition, d.offset)),
+                    "delivered twice: {d:?}"
+                );
+            }
+        }
+    }
+    let info = broker.describe_group("workers").unwrap();
+    assert!(info
+        .partitions
+        .iter()
+        .all(|p| p.lag == 0 && p.in_flight == 0));
+}
+
+#[tokio::test]
+async fn nack_delay_touch_deadline_and_dead_letters() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::open(dir.path(), BrokerConfig::default()).unwrap();
+    fill(&broker, "t", 1, 3).await;
+    let m = broker
+        .join_group("g", "t", GroupMode::Queue, config(300, 2))
+        .unwrap();
+    let got = broker.deliver("g", m, 3, NO_WAIT).await.unwrap();
+    assert_eq!(got.len(), 3);
+    let (p, o0, o1, o2) = (PartitionId(0), Offset(0), Offset(1), Offset(2));
+
+    // Nack 0 with a 500 ms delay; keep 1 alive by touching it; let 2's
+    // 300 ms deadline pass.
+    assert_eq!(
+        broker
+            .nack("g", m, &[(p, o0)], Duration::from_millis(500))
+            .unwrap(),
+        [SettleResult::Ok]
+    );
+    let started = Instant::now();
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            broker.touch("g", m, &[(p, o1)]).unwrap(),
+            [SettleResult::Ok]
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "machine too slow for this test's timing"
+    );
+    // Only 2 is due: expired, back with its count up. 0 is still delayed, 1 touched.
+    let due = broker.deliver("g", m, 10, NO_WAIT).await.unwrap();
+    assert_eq!(
+        due.iter()
+            .map(|d| (d.offset, d.deliveries))
+            .collect::<Vec<_>>(),
+        [(o2, 2)]
+    );
+    // 0 comes back once its delay is over, not before.
+    let delayed = broker
+        .deliver("g", m, 10, Duration::from_secs(3))
+        .await
+        .unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    assert_eq!(
+        delayed
+            .iter()
+            .map(|d| (d.offset, d.deliveries))
+            .collect::<Vec<_>>(),
+        [(o0, 2)]
+    );
+    broker.ack("g", m, &[(p, o1)]).unwrap();
+
+    // 0 and 2 now had their 2 deliveries: after the next deadline they go to the DLQ.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert!(broker
+        .deliver("g", m, 10, NO_WAIT)
+        .await
+        .unwrap()
+        .is_empty());
+    let dlq = broker
+        .read("g.dlq", PartitionId(0), Offset(0), 1 << 20)
+        .unwrap();
+    let dead: Vec<_> = dlq.records().map(|r| r.unwrap()).collect();
+    assert_eq!(dead.len(), 2);
+    for r in &dead {
+        assert_eq!(r.header(b"spool.dlq.topic"), Some(&b"t"[..]));
+        assert_eq!(r.header(b"spool.dlq.group"), Some(&b"g"[..]));
+        assert_eq!(r.header(b"spool.dlq.deliveries"), Some(&b"2"[..]));
+        assert_eq!(
+            r.header(b"spool.dlq.reason"),
+            Some(&b"max_deliveries_exceeded"[..])
+        );
+        let offset = std::str::from_utf8(r.header(b"spool.dlq.offset").unwrap()).unwrap();
+        assert_eq!(r.value, format!("0-{offset}").as_bytes());
+    }
+    let info = broker.describe_group("g").unwrap();
+    assert_eq!(info.partitions[0].dead_letters, 2);
+    assert_eq!(info.partitions[0].lag, 0);
+}
+
+#[tokio::test]
+async fn a_leaving_member_frees_its_messages_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::open(dir.path(), BrokerConfig::default()).unwrap();
+    fill(&broker, "t", 1, 5).await;
+    let a = broker
+        .join_group("g", "t", GroupMode::Queue, config(60_000, 5))
+        .unwrap();
+    let b = broker
+        .join_group("g", "t", GroupMode::Queue, config(60_000, 5))
+        .unwrap();
+    assert_eq!(broker.deliver("g", a, 5, NO_WAIT).await.unwrap().len(), 5);
+    assert!(broker.deliver("g", b, 5, NO_WAIT).await.unwrap().is_empty());
+    broker.leave_group("g", a).unwrap();
+    let got = broker.deliver("g", b, 5, NO_WAIT).await.unwrap();
+    assert_eq!(got.len(), 5);
+    assert!(got.iter().all(|d| d.deliveries == 2));
+    assert!(matches!(
+        broker.deliver("g", a, 1, NO_WAIT).await,
+        Err(spool::BrokerError::UnknownMember { .. })
+    ));
+}
+
+#[tokio::test]
+async fn acks_survive_a_restart_and_unacked_messages_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let broker = Broker::open(dir.path(), BrokerConfig::default()).unwrap();
+        fill(&broker, "t", 2, 50).await;
+        let m = broker
+            .join_group("g", "t", GroupMode::Queue, config(60_000, 5))
+            .unwrap();
+        let got = broker.deliver("g", m, 100, NO_WAIT).await.unwrap();
+        assert_eq!(got.len(), 100);
+        // Ack the even offsets only; the odd ones are in flight at the "crash".
+        let evens: Vec<_> = got
+            .iter()
+            .filter(|d| d.offset.0 % 2 == 0)
+            .map(|d| (d.partition, d.offset))
+            .collect();
+        broker.ack("g", m, &evens).unwrap();
+        // Dropped without close: the ack log alone must carry the acks.
+        std::mem::drop(broker);
+    }
+    let broker = Broker::open(dir.path(), BrokerConfig::default()).unwrap();
+    let m = broker
+        .join_group("g", "t", GroupMode::Queue, config(60_000, 5))
+        .unwrap();
+    let got = broker.deliver("g", m, 1000, NO_WAIT).await.unwrap();
+    let offsets: BTreeSet<_> = got.iter().map(|d| (d.partition.0, d.offset.0)).collect();
+    let expected: BTreeSet<_> = (0..2)
+        .flat_map(|p| (0..50).filter(|o| o % 2 == 1).map(move |o| (p, o)))
+        .collect();
+    assert_eq!(offsets, expected);
+}
+
+#[tokio::test]
+async fn stream_groups_commit_and_share_partitions() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::open(dir.path(), BrokerConfig::default()).unwrap();
+    fill(&broker, "s", 5, 10).await;
+    let a = broker
+        .join_group("readers", "s", GroupMode::Stream, GroupConfig::default())
+        .unwrap();
+    let (gen_a, only_a) = broker.group_assignment("readers", a).unwrap();
+    assert_eq!(only_a.len(), 5);
+    let b = broker
+        .join_group("readers", "s", GroupMode::Stream, GroupConfig::default())
+        .unwrap();
+    let (gen, pa) = broker.group_assignment("readers", a).unwrap();
+    let (_, pb) = broker.group_assignment("readers", b).unwrap();
+    assert!(gen > gen_a, "a join must bump the generation");
+    assert_eq!(pa.len() + pb.len(), 5);
+    assert!(pa.iter().all(|p| !pb.contains(p)));
+    broker
+        .commit_offset("readers", PartitionId(3), Offset(7))
+        .unwrap();
+    // Same name, other mode: refused.
+    assert!(broker
+        .join_group("readers", "s", GroupMode::Queue, GroupConfig::default())
+        .is_err());
+    broker.leave_group("readers", b).unwrap();
+    assert_eq!(broker.group_assignment("readers", a).unwrap().1.len(), 5);
+    broker.leave_group("readers", a).unwrap();
+    broker.close().unwrap();
+
+    let broker = Broker::open(dir.path(), BrokerConfig::default()).unwrap();
+    let committed = broker.committed_offsets("readers").unwrap();
+    assert_eq!(committed[3], (PartitionId(3), Some(Offset(7))));
+    assert_eq!(committed[0].1, None);
+    broker.reset_group("readers", ResetTo::Latest).unwrap();
+    assert!(broker
+        .committed_offsets("readers")
+        .unwrap()
+        .iter()
+        .all(|(_, c)| *c == Some(Offset(10))));
+    assert_eq!(
+        broker.describe_group("readers").unwrap().partitions[0].lag,
+        0
+    );
+}
