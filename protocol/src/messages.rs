@@ -33,6 +33,30 @@ pub mod kind {
     pub const LIST_TOPICS: u16 = 6;
     /// Describe one topic.
     pub const DESCRIBE_TOPIC: u16 = 7;
+    /// Join (or create) a consumer group.
+    pub const JOIN_GROUP: u16 = 10;
+    /// Leave a consumer group.
+    pub const LEAVE_GROUP: u16 = 11;
+    /// Stream mode: this member's partitions.
+    pub const GROUP_ASSIGNMENT: u16 = 12;
+    /// Queue mode: hand out messages.
+    pub const DELIVER: u16 = 13;
+    /// Queue mode: settle deliveries.
+    pub const ACK: u16 = 14;
+    /// Queue mode: return deliveries for redelivery.
+    pub const NACK: u16 = 15;
+    /// Queue mode: extend ack deadlines.
+    pub const TOUCH: u16 = 16;
+    /// Stream mode: commit an offset.
+    pub const COMMIT_OFFSET: u16 = 17;
+    /// Stream mode: read committed offsets.
+    pub const COMMITTED_OFFSETS: u16 = 18;
+    /// List consumer groups.
+    pub const LIST_GROUPS: u16 = 19;
+    /// Describe one consumer group.
+    pub const DESCRIBE_GROUP: u16 = 20;
+    /// Reset a consumer group's position.
+    pub const RESET_GROUP: u16 = 21;
 }
 
 /// A body that does not parse.
@@ -107,6 +131,65 @@ pub struct WireTopic {
     pub partitions: Vec<WirePartition>,
 }
 
+/// A message handed out by a queue-mode group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WireDelivery {
+    /// Partition.
+    pub partition: u32,
+    /// Offset.
+    pub offset: u64,
+    /// Deliveries so far, this one included.
+    pub deliveries: u32,
+    /// Milliseconds since the Unix epoch.
+    pub timestamp_ms: i64,
+    /// Key.
+    pub key: Option<Bytes>,
+    /// Value.
+    pub value: Bytes,
+    /// Headers.
+    pub headers: Vec<(Bytes, Bytes)>,
+}
+
+/// One partition of a group description.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WireGroupPartition {
+    /// Partition.
+    pub partition: u32,
+    /// Queue: all below is settled. Stream: committed offset.
+    pub position: u64,
+    /// End of the partition.
+    pub end: u64,
+    /// Delivered and unsettled.
+    pub in_flight: u32,
+    /// Waiting for redelivery.
+    pub pending: u32,
+    /// Dead-lettered, ever.
+    pub dead_letters: u64,
+}
+
+/// A consumer group's description.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WireGroup {
+    /// Name.
+    pub name: String,
+    /// Topic it consumes.
+    pub topic: String,
+    /// 1 stream, 2 queue.
+    pub mode: u8,
+    /// Ack deadline.
+    pub ack_wait_ms: u64,
+    /// Deliveries before dead-lettering.
+    pub max_deliveries: u32,
+    /// Unsettled messages per member.
+    pub max_in_flight: u32,
+    /// Members now.
+    pub members: u32,
+    /// Redeliveries since the server started.
+    pub redeliveries: u64,
+    /// Per partition.
+    pub partitions: Vec<WireGroupPartition>,
+}
+
 /// A request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
@@ -164,6 +247,105 @@ pub enum Request {
         /// Name.
         name: String,
     },
+    /// Join (creating if needed) a group bound to `topic` in `mode`.
+    JoinGroup {
+        /// Group.
+        group: String,
+        /// Topic.
+        topic: String,
+        /// 1 stream, 2 queue.
+        mode: u8,
+        /// Ack deadline for a new group (0: default 30 s).
+        ack_wait_ms: u64,
+        /// Deliveries before dead-lettering for a new group (0: default 5).
+        max_deliveries: u32,
+        /// Unsettled messages per member for a new group (0: default 1000).
+        max_in_flight: u32,
+    },
+    /// Leave a group.
+    LeaveGroup {
+        /// Group.
+        group: String,
+        /// Member.
+        member: u64,
+    },
+    /// Stream mode: the member's partitions.
+    GroupAssignment {
+        /// Group.
+        group: String,
+        /// Member.
+        member: u64,
+    },
+    /// Queue mode: up to `max_messages`, waiting up to `max_wait_ms`.
+    Deliver {
+        /// Group.
+        group: String,
+        /// Member.
+        member: u64,
+        /// Most messages.
+        max_messages: u32,
+        /// Longest wait.
+        max_wait_ms: u32,
+    },
+    /// Queue mode: settle.
+    Ack {
+        /// Group.
+        group: String,
+        /// Member.
+        member: u64,
+        /// (partition, offset) pairs.
+        items: Vec<(u32, u64)>,
+    },
+    /// Queue mode: redeliver after a delay.
+    Nack {
+        /// Group.
+        group: String,
+        /// Member.
+        member: u64,
+        /// Delay before redelivery.
+        delay_ms: u32,
+        /// (partition, offset) pairs.
+        items: Vec<(u32, u64)>,
+    },
+    /// Queue mode: extend deadlines.
+    Touch {
+        /// Group.
+        group: String,
+        /// Member.
+        member: u64,
+        /// (partition, offset) pairs.
+        items: Vec<(u32, u64)>,
+    },
+    /// Stream mode: commit `offset` (the next to consume).
+    CommitOffset {
+        /// Group.
+        group: String,
+        /// Partition.
+        partition: u32,
+        /// Offset.
+        offset: u64,
+    },
+    /// Stream mode: committed offsets.
+    CommittedOffsets {
+        /// Group.
+        group: String,
+    },
+    /// List groups.
+    ListGroups,
+    /// Describe a group.
+    DescribeGroup {
+        /// Group.
+        group: String,
+    },
+    /// Reset a group: `to` 1 earliest, 2 latest, 3 `offset`.
+    ResetGroup {
+        /// Group.
+        group: String,
+        /// Where to.
+        to: u8,
+        /// With `to` 3.
+        offset: u64,
+    },
 }
 
 /// A successful response.
@@ -206,6 +388,38 @@ pub enum Response {
     ListTopics(Vec<WireTopic>),
     /// One topic.
     DescribeTopic(WireTopic),
+    /// Joined.
+    JoinGroup {
+        /// The new member's id.
+        member: u64,
+        /// Assignment generation.
+        generation: u32,
+        /// Stream mode: assigned partitions.
+        partitions: Vec<u32>,
+    },
+    /// Left.
+    LeaveGroup,
+    /// Stream mode assignment.
+    GroupAssignment {
+        /// Generation.
+        generation: u32,
+        /// Partitions.
+        partitions: Vec<u32>,
+    },
+    /// Messages handed out (may be empty).
+    Deliver(Vec<WireDelivery>),
+    /// One result per item: 0 ok, 1 already settled, 2 not in flight.
+    Settle(Vec<u8>),
+    /// Committed.
+    CommitOffset,
+    /// Per partition, the committed offset if any.
+    CommittedOffsets(Vec<(u32, Option<u64>)>),
+    /// All groups.
+    ListGroups(Vec<WireGroup>),
+    /// One group.
+    DescribeGroup(WireGroup),
+    /// Reset done.
+    ResetGroup,
 }
 
 /// An error response.
@@ -235,6 +449,18 @@ impl Request {
             Request::DeleteTopic { .. } => kind::DELETE_TOPIC,
             Request::ListTopics => kind::LIST_TOPICS,
             Request::DescribeTopic { .. } => kind::DESCRIBE_TOPIC,
+            Request::JoinGroup { .. } => kind::JOIN_GROUP,
+            Request::LeaveGroup { .. } => kind::LEAVE_GROUP,
+            Request::GroupAssignment { .. } => kind::GROUP_ASSIGNMENT,
+            Request::Deliver { .. } => kind::DELIVER,
+            Request::Ack { .. } => kind::ACK,
+            Request::Nack { .. } => kind::NACK,
+            Request::Touch { .. } => kind::TOUCH,
+            Request::CommitOffset { .. } => kind::COMMIT_OFFSET,
+            Request::CommittedOffsets { .. } => kind::COMMITTED_OFFSETS,
+            Request::ListGroups => kind::LIST_GROUPS,
+            Request::DescribeGroup { .. } => kind::DESCRIBE_GROUP,
+            Request::ResetGroup { .. } => kind::RESET_GROUP,
         }
     }
 
@@ -296,7 +522,79 @@ impl Request {
             Request::DeleteTopic { name } | Request::DescribeTopic { name } => {
                 put_string(&mut b, name)
             }
-            Request::ListTopics => {}
+            Request::ListTopics | Request::ListGroups => {}
+            Request::JoinGroup {
+                group,
+                topic,
+                mode,
+                ack_wait_ms,
+                max_deliveries,
+                max_in_flight,
+            } => {
+                put_string(&mut b, group);
+                put_string(&mut b, topic);
+                b.put_u8(*mode);
+                b.put_u64_le(*ack_wait_ms);
+                b.put_u32_le(*max_deliveries);
+                b.put_u32_le(*max_in_flight);
+            }
+            Request::LeaveGroup { group, member } | Request::GroupAssignment { group, member } => {
+                put_string(&mut b, group);
+                b.put_u64_le(*member);
+            }
+            Request::Deliver {
+                group,
+                member,
+                max_messages,
+                max_wait_ms,
+            } => {
+                put_string(&mut b, group);
+                b.put_u64_le(*member);
+                b.put_u32_le(*max_messages);
+                b.put_u32_le(*max_wait_ms);
+            }
+            Request::Ack {
+                group,
+                member,
+                items,
+            }
+            | Request::Touch {
+                group,
+                member,
+                items,
+            } => {
+                put_string(&mut b, group);
+                b.put_u64_le(*member);
+                put_items(&mut b, items);
+            }
+            Request::Nack {
+                group,
+                member,
+                delay_ms,
+                items,
+            } => {
+                put_string(&mut b, group);
+                b.put_u64_le(*member);
+                b.put_u32_le(*delay_ms);
+                put_items(&mut b, items);
+            }
+            Request::CommitOffset {
+                group,
+                partition,
+                offset,
+            } => {
+                put_string(&mut b, group);
+                b.put_u32_le(*partition);
+                b.put_u64_le(*offset);
+            }
+            Request::CommittedOffsets { group } | Request::DescribeGroup { group } => {
+                put_string(&mut b, group)
+            }
+            Request::ResetGroup { group, to, offset } => {
+                put_string(&mut b, group);
+                b.put_u8(*to);
+                b.put_u64_le(*offset);
+            }
         }
         Frame {
             kind: self.kind(),
@@ -354,6 +652,61 @@ impl Request {
             kind::DESCRIBE_TOPIC => Request::DescribeTopic {
                 name: r.string("name")?,
             },
+            kind::JOIN_GROUP => Request::JoinGroup {
+                group: r.string("group")?,
+                topic: r.string("topic")?,
+                mode: r.u8("mode")?,
+                ack_wait_ms: r.u64("ack_wait_ms")?,
+                max_deliveries: r.u32("max_deliveries")?,
+                max_in_flight: r.u32("max_in_flight")?,
+            },
+            kind::LEAVE_GROUP => Request::LeaveGroup {
+                group: r.string("group")?,
+                member: r.u64("member")?,
+            },
+            kind::GROUP_ASSIGNMENT => Request::GroupAssignment {
+                group: r.string("group")?,
+                member: r.u64("member")?,
+            },
+            kind::DELIVER => Request::Deliver {
+                group: r.string("group")?,
+                member: r.u64("member")?,
+                max_messages: r.u32("max_messages")?,
+                max_wait_ms: r.u32("max_wait_ms")?,
+            },
+            kind::ACK => Request::Ack {
+                group: r.string("group")?,
+                member: r.u64("member")?,
+                items: r.items()?,
+            },
+            kind::NACK => Request::Nack {
+                group: r.string("group")?,
+                member: r.u64("member")?,
+                delay_ms: r.u32("delay_ms")?,
+                items: r.items()?,
+            },
+            kind::TOUCH => Request::Touch {
+                group: r.string("group")?,
+                member: r.u64("member")?,
+                items: r.items()?,
+            },
+            kind::COMMIT_OFFSET => Request::CommitOffset {
+                group: r.string("group")?,
+                partition: r.u32("partition")?,
+                offset: r.u64("offset")?,
+            },
+            kind::COMMITTED_OFFSETS => Request::CommittedOffsets {
+                group: r.string("group")?,
+            },
+            kind::LIST_GROUPS => Request::ListGroups,
+            kind::DESCRIBE_GROUP => Request::DescribeGroup {
+                group: r.string("group")?,
+            },
+            kind::RESET_GROUP => Request::ResetGroup {
+                group: r.string("group")?,
+                to: r.u8("to")?,
+                offset: r.u64("offset")?,
+            },
             other => return Err(DecodeError::UnknownKind(other)),
         };
         r.finish()?;
@@ -404,6 +757,60 @@ impl Response {
                 }
             }
             Response::DescribeTopic(topic) => put_topic(&mut b, topic),
+            Response::JoinGroup {
+                member,
+                generation,
+                partitions,
+            } => {
+                b.put_u64_le(*member);
+                b.put_u32_le(*generation);
+                put_u32s(&mut b, partitions);
+            }
+            Response::GroupAssignment {
+                generation,
+                partitions,
+            } => {
+                b.put_u32_le(*generation);
+                put_u32s(&mut b, partitions);
+            }
+            Response::LeaveGroup | Response::CommitOffset | Response::ResetGroup => {}
+            Response::Deliver(messages) => {
+                b.put_u32_le(messages.len() as u32);
+                for m in messages {
+                    b.put_u32_le(m.partition);
+                    b.put_u64_le(m.offset);
+                    b.put_u32_le(m.deliveries);
+                    b.put_i64_le(m.timestamp_ms);
+                    match &m.key {
+                        None => b.put_u8(0),
+                        Some(k) => {
+                            b.put_u8(1);
+                            put_bytes(&mut b, k);
+                        }
+                    }
+                    put_bytes(&mut b, &m.value);
+                    b.put_u32_le(m.headers.len() as u32);
+                    for (n, v) in &m.headers {
+                        put_bytes(&mut b, n);
+                        put_bytes(&mut b, v);
+                    }
+                }
+            }
+            Response::Settle(results) => put_bytes(&mut b, results),
+            Response::CommittedOffsets(offsets) => {
+                b.put_u32_le(offsets.len() as u32);
+                for (p, o) in offsets {
+                    b.put_u32_le(*p);
+                    put_option(&mut b, *o);
+                }
+            }
+            Response::ListGroups(groups) => {
+                b.put_u32_le(groups.len() as u32);
+                for g in groups {
+                    put_group(&mut b, g);
+                }
+            }
+            Response::DescribeGroup(g) => put_group(&mut b, g),
         }
         Frame {
             kind: kind_,
@@ -446,6 +853,67 @@ impl Response {
                 Response::ListTopics(topics)
             }
             kind::DESCRIBE_TOPIC => Response::DescribeTopic(r.topic()?),
+            kind::JOIN_GROUP => Response::JoinGroup {
+                member: r.u64("member")?,
+                generation: r.u32("generation")?,
+                partitions: r.u32s("partitions")?,
+            },
+            kind::LEAVE_GROUP => Response::LeaveGroup,
+            kind::GROUP_ASSIGNMENT => Response::GroupAssignment {
+                generation: r.u32("generation")?,
+                partitions: r.u32s("partitions")?,
+            },
+            kind::DELIVER => {
+                let n = r.u32("message count")?;
+                let mut messages = Vec::with_capacity((n as usize).min(r.0.len() / 33));
+                for _ in 0..n {
+                    let partition = r.u32("partition")?;
+                    let offset = r.u64("offset")?;
+                    let deliveries = r.u32("deliveries")?;
+                    let timestamp_ms = r.u64("timestamp")? as i64;
+                    let key = match r.u8("key present")? {
+                        0 => None,
+                        1 => Some(r.bytes("key")?),
+                        _ => return Err(DecodeError::BadValue("key present")),
+                    };
+                    let value = r.bytes("value")?;
+                    let h = r.u32("header count")?;
+                    let mut headers = Vec::with_capacity((h as usize).min(r.0.len() / 8));
+                    for _ in 0..h {
+                        headers.push((r.bytes("header name")?, r.bytes("header value")?));
+                    }
+                    messages.push(WireDelivery {
+                        partition,
+                        offset,
+                        deliveries,
+                        timestamp_ms,
+                        key,
+                        value,
+                        headers,
+                    });
+                }
+                Response::Deliver(messages)
+            }
+            kind::ACK | kind::NACK | kind::TOUCH => Response::Settle(r.bytes("results")?.to_vec()),
+            kind::COMMIT_OFFSET => Response::CommitOffset,
+            kind::COMMITTED_OFFSETS => {
+                let n = r.u32("partition count")?;
+                let mut offsets = Vec::with_capacity((n as usize).min(r.0.len() / 5));
+                for _ in 0..n {
+                    offsets.push((r.u32("partition")?, r.option("committed")?));
+                }
+                Response::CommittedOffsets(offsets)
+            }
+            kind::LIST_GROUPS => {
+                let n = r.u32("group count")?;
+                let mut groups = Vec::with_capacity((n as usize).min(r.0.len() / 32));
+                for _ in 0..n {
+                    groups.push(r.group()?);
+                }
+                Response::ListGroups(groups)
+            }
+            kind::DESCRIBE_GROUP => Response::DescribeGroup(r.group()?),
+            kind::RESET_GROUP => Response::ResetGroup,
             other => return Err(DecodeError::UnknownKind(other)),
         };
         r.finish()?;
@@ -513,6 +981,41 @@ fn put_sync(b: &mut BytesMut, sync: WireSync) {
     };
     b.put_u8(tag);
     b.put_u64_le(ms);
+}
+
+fn put_items(b: &mut BytesMut, items: &[(u32, u64)]) {
+    b.put_u32_le(items.len() as u32);
+    for (p, o) in items {
+        b.put_u32_le(*p);
+        b.put_u64_le(*o);
+    }
+}
+
+fn put_u32s(b: &mut BytesMut, values: &[u32]) {
+    b.put_u32_le(values.len() as u32);
+    for v in values {
+        b.put_u32_le(*v);
+    }
+}
+
+fn put_group(b: &mut BytesMut, g: &WireGroup) {
+    put_string(b, &g.name);
+    put_string(b, &g.topic);
+    b.put_u8(g.mode);
+    b.put_u64_le(g.ack_wait_ms);
+    b.put_u32_le(g.max_deliveries);
+    b.put_u32_le(g.max_in_flight);
+    b.put_u32_le(g.members);
+    b.put_u64_le(g.redeliveries);
+    b.put_u32_le(g.partitions.len() as u32);
+    for p in &g.partitions {
+        b.put_u32_le(p.partition);
+        b.put_u64_le(p.position);
+        b.put_u64_le(p.end);
+        b.put_u32_le(p.in_flight);
+        b.put_u32_le(p.pending);
+        b.put_u64_le(p.dead_letters);
+    }
 }
 
 fn put_topic(b: &mut BytesMut, t: &WireTopic) {
@@ -618,6 +1121,58 @@ impl Reader {
         })
     }
 
+    fn items(&mut self) -> Result<Vec<(u32, u64)>, DecodeError> {
+        let n = self.u32("item count")?;
+        let mut items = Vec::with_capacity((n as usize).min(self.0.len() / 12));
+        for _ in 0..n {
+            items.push((self.u32("partition")?, self.u64("offset")?));
+        }
+        Ok(items)
+    }
+
+    fn u32s(&mut self, field: &'static str) -> Result<Vec<u32>, DecodeError> {
+        let n = self.u32(field)?;
+        let mut values = Vec::with_capacity((n as usize).min(self.0.len() / 4));
+        for _ in 0..n {
+            values.push(self.u32(field)?);
+        }
+        Ok(values)
+    }
+
+    fn group(&mut self) -> Result<WireGroup, DecodeError> {
+        let name = self.string("name")?;
+        let topic = self.string("topic")?;
+        let mode = self.u8("mode")?;
+        let ack_wait_ms = self.u64("ack_wait_ms")?;
+        let max_deliveries = self.u32("max_deliveries")?;
+        let max_in_flight = self.u32("max_in_flight")?;
+        let members = self.u32("members")?;
+        let redeliveries = self.u64("redeliveries")?;
+        let n = self.u32("partition count")?;
+        let mut partitions = Vec::with_capacity((n as usize).min(self.0.len() / 36));
+        for _ in 0..n {
+            partitions.push(WireGroupPartition {
+                partition: self.u32("partition")?,
+                position: self.u64("position")?,
+                end: self.u64("end")?,
+                in_flight: self.u32("in_flight")?,
+                pending: self.u32("pending")?,
+                dead_letters: self.u64("dead_letters")?,
+            });
+        }
+        Ok(WireGroup {
+            name,
+            topic,
+            mode,
+            ack_wait_ms,
+            max_deliveries,
+            max_in_flight,
+            members,
+            redeliveries,
+            partitions,
+        })
+    }
+
     fn finish(self) -> Result<(), DecodeError> {
         match self.0.remaining() {
             0 => Ok(()),
@@ -679,6 +1234,57 @@ mod tests {
             Request::DeleteTopic { name: "n".into() },
             Request::ListTopics,
             Request::DescribeTopic { name: "n".into() },
+            Request::JoinGroup {
+                group: "g".into(),
+                topic: "t".into(),
+                mode: 2,
+                ack_wait_ms: 500,
+                max_deliveries: 3,
+                max_in_flight: 10,
+            },
+            Request::LeaveGroup {
+                group: "g".into(),
+                member: 9,
+            },
+            Request::GroupAssignment {
+                group: "g".into(),
+                member: 9,
+            },
+            Request::Deliver {
+                group: "g".into(),
+                member: 9,
+                max_messages: 100,
+                max_wait_ms: 5,
+            },
+            Request::Ack {
+                group: "g".into(),
+                member: 9,
+                items: vec![(0, 1), (2, 3)],
+            },
+            Request::Nack {
+                group: "g".into(),
+                member: 9,
+                delay_ms: 50,
+                items: vec![(1, 1)],
+            },
+            Request::Touch {
+                group: "g".into(),
+                member: 9,
+                items: vec![],
+            },
+            Request::CommitOffset {
+                group: "g".into(),
+                partition: 1,
+                offset: 99,
+            },
+            Request::CommittedOffsets { group: "g".into() },
+            Request::ListGroups,
+            Request::DescribeGroup { group: "g".into() },
+            Request::ResetGroup {
+                group: "g".into(),
+                to: 3,
+                offset: 7,
+            },
         ];
         for req in requests {
             let frame = req.to_frame(7);
@@ -720,6 +1326,52 @@ mod tests {
             ),
             (kind::DESCRIBE_TOPIC, Response::DescribeTopic(topic())),
             (kind::CREATE_TOPIC, Response::CreateTopic),
+            (
+                kind::JOIN_GROUP,
+                Response::JoinGroup {
+                    member: 5,
+                    generation: 2,
+                    partitions: vec![0, 3],
+                },
+            ),
+            (
+                kind::DELIVER,
+                Response::Deliver(vec![WireDelivery {
+                    partition: 1,
+                    offset: 2,
+                    deliveries: 3,
+                    timestamp_ms: -4,
+                    key: Some(Bytes::from_static(b"k")),
+                    value: Bytes::from_static(b"v"),
+                    headers: vec![(Bytes::from_static(b"h"), Bytes::from_static(b"x"))],
+                }]),
+            ),
+            (kind::ACK, Response::Settle(vec![0, 1, 2])),
+            (
+                kind::COMMITTED_OFFSETS,
+                Response::CommittedOffsets(vec![(0, Some(4)), (1, None)]),
+            ),
+            (
+                kind::DESCRIBE_GROUP,
+                Response::DescribeGroup(WireGroup {
+                    name: "g".into(),
+                    topic: "t".into(),
+                    mode: 2,
+                    ack_wait_ms: 1,
+                    max_deliveries: 2,
+                    max_in_flight: 3,
+                    members: 4,
+                    redeliveries: 5,
+                    partitions: vec![WireGroupPartition {
+                        partition: 0,
+                        position: 1,
+                        end: 2,
+                        in_flight: 3,
+                        pending: 4,
+                        dead_letters: 5,
+                    }],
+                }),
+            ),
         ];
         for (k, resp) in responses {
             let frame = resp.to_frame(k, 1);
