@@ -117,6 +117,9 @@ pub async fn serve(stream: TcpStream, ctx: Arc<ServerContext>, shutdown: Cancell
     let request_budget = Arc::new(Semaphore::new(limits.max_in_flight_requests));
     let mut tasks = JoinSet::new();
     let mut handshaken = false;
+    // Group members joined over this connection: they leave with it, so a
+    // consumer that dies hands its unacked messages back at once.
+    let mut joined: Vec<(String, crate::broker::MemberId)> = Vec::new();
     let mut last_frame = Instant::now();
 
     loop {
@@ -262,6 +265,20 @@ pub async fn serve(stream: TcpStream, ctx: Arc<ServerContext>, shutdown: Cancell
                     respond(&tx, reply, frame_kind, correlation_id, started, permits).await;
                 });
             }
+            request @ Request::JoinGroup { .. } => {
+                // Joined here, so the member is on this connection's list
+                // before any later request can use it.
+                let reply = match handlers::groups::join(&ctx.broker, &request) {
+                    Ok((response, group, member)) => {
+                        joined.push((group, member));
+                        Ok(response)
+                    }
+                    Err(e) => Err(e),
+                };
+                tasks.spawn(async move {
+                    respond(&tx, reply, frame_kind, correlation_id, started, permits).await;
+                });
+            }
             request => {
                 tasks.spawn(async move {
                     let reply = dispatch(&ctx, request).await;
@@ -275,6 +292,11 @@ pub async fn serve(stream: TcpStream, ctx: Arc<ServerContext>, shutdown: Cancell
     // close the writer, which flushes what is queued.
     drop(frames);
     while tasks.join_next().await.is_some() {}
+    for (group, member) in joined {
+        if let Err(err) = ctx.broker.leave_group(&group, member) {
+            tracing::debug!(group, member, error = %err, "leaving group at disconnect");
+        }
+    }
     drop(tx);
     let _ = writer.await;
 }
@@ -315,9 +337,25 @@ async fn dispatch(ctx: &ServerContext, request: Request) -> Result<Response, Err
         Request::DeleteTopic { name } => handlers::topics::delete(&ctx.broker, &name),
         Request::ListTopics => Ok(handlers::topics::list(&ctx.broker)),
         Request::DescribeTopic { name } => handlers::topics::describe(&ctx.broker, &name),
-        Request::Handshake { .. } => {
-            Err(error(ErrorCode::MalformedFrame, "handshake already done"))
+        request @ Request::Deliver { .. } => {
+            // Like a fetch: a waiting delivery answers at once at shutdown.
+            tokio::select! {
+                reply = handlers::groups::handle(&ctx.broker, request.clone(), ctx.shutdown.is_cancelled()) => reply,
+                _ = ctx.shutdown.cancelled() => handlers::groups::handle(&ctx.broker, request, true).await,
+            }
         }
+        request @ (Request::LeaveGroup { .. }
+        | Request::GroupAssignment { .. }
+        | Request::Ack { .. }
+        | Request::Nack { .. }
+        | Request::Touch { .. }
+        | Request::CommitOffset { .. }
+        | Request::CommittedOffsets { .. }
+        | Request::ListGroups
+        | Request::DescribeGroup { .. }
+        | Request::ResetGroup { .. }) => handlers::groups::handle(&ctx.broker, request, false).await,
+        Request::JoinGroup { .. } => Err(error(ErrorCode::Internal, "join is dispatched in order, not here")),
+        Request::Handshake { .. } => Err(error(ErrorCode::MalformedFrame, "handshake already done")),
         Request::Produce { .. } => Err(error(
             ErrorCode::Internal,
             "produce is dispatched in order, not here",
@@ -330,6 +368,8 @@ async fn dispatch(ctx: &ServerContext, request: Request) -> Result<Response, Err
 fn request_cost(request: &Request, body_len: usize) -> usize {
     let response = match request {
         Request::Fetch { max_bytes, .. } => *max_bytes as usize,
+        // Message sizes are unknown up front; budget a typical batch.
+        Request::Deliver { .. } => 1 << 20,
         _ => 0,
     };
     (body_len + response).max(1)
@@ -370,6 +410,18 @@ fn kind_name(k: u16) -> &'static str {
         kind::DELETE_TOPIC => "delete_topic",
         kind::LIST_TOPICS => "list_topics",
         kind::DESCRIBE_TOPIC => "describe_topic",
+        kind::JOIN_GROUP => "join_group",
+        kind::LEAVE_GROUP => "leave_group",
+        kind::GROUP_ASSIGNMENT => "group_assignment",
+        kind::DELIVER => "deliver",
+        kind::ACK => "ack",
+        kind::NACK => "nack",
+        kind::TOUCH => "touch",
+        kind::COMMIT_OFFSET => "commit_offset",
+        kind::COMMITTED_OFFSETS => "committed_offsets",
+        kind::LIST_GROUPS => "list_groups",
+        kind::DESCRIBE_GROUP => "describe_group",
+        kind::RESET_GROUP => "reset_group",
         _ => "unknown",
     }
 }

@@ -2,6 +2,7 @@
 //! response using the broker, and knows nothing of sockets.
 
 pub mod fetch;
+pub mod groups;
 pub mod handshake;
 pub mod produce;
 pub mod topics;
