@@ -89,35 +89,60 @@ impl Consumer {
         config: ConsumerConfig,
     ) -> Result<Consumer, ClientError> {
         let described = client.describe_topic(topic).await?;
+        let positions = described
+            .partitions
+            .iter()
+            .filter(|p| {
+                config
+                    .partitions
+                    .as_ref()
+                    .is_none_or(|only| only.contains(&p.partition))
+            })
+            .map(|p| {
+                let offset = match start {
+                    StartAt::Earliest => p.start,
+                    StartAt::Latest => p.end,
+                    StartAt::Offset(o) => o,
+                };
+                (p.partition, offset)
+            })
+            .collect();
+        Ok(Consumer::from_positions(client, topic, positions, config))
+    }
+
+    /// Starts fetching each listed `(partition, offset)`.
+    pub fn from_positions(
+        client: Client,
+        topic: &str,
+        positions: Vec<(u32, u64)>,
+        config: ConsumerConfig,
+    ) -> Consumer {
         let (tx, rx) = mpsc::channel(config.prefetch_chunks.max(1));
         let mut fetchers = JoinSet::new();
-        for p in &described.partitions {
-            if config
-                .partitions
-                .as_ref()
-                .is_some_and(|only| !only.contains(&p.partition))
-            {
-                continue;
-            }
-            let offset = match start {
-                StartAt::Earliest => p.start,
-                StartAt::Latest => p.end,
-                StartAt::Offset(o) => o,
-            };
+        for (partition, offset) in positions {
             fetchers.spawn(fetch_loop(
                 client.clone(),
                 topic.to_string(),
-                p.partition,
+                partition,
                 offset,
                 config.clone(),
                 tx.clone(),
             ));
         }
-        Ok(Consumer {
+        Consumer {
             rx,
             ready: VecDeque::new(),
             _fetchers: fetchers,
-        })
+        }
+    }
+
+    /// The next message if one arrives within `wait`; `None` if not (or if
+    /// every fetch loop has stopped).
+    pub async fn next_within(
+        &mut self,
+        wait: Duration,
+    ) -> Option<Result<ConsumedMessage, ClientError>> {
+        tokio::time::timeout(wait, self.next()).await.ok().flatten()
     }
 
     /// The next message; `None` only if every fetch loop has stopped.

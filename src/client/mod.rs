@@ -24,7 +24,9 @@
 
 pub mod connection;
 pub mod consumer;
+pub mod group;
 pub mod producer;
+pub mod queue;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,7 +39,9 @@ use tokio::sync::Mutex;
 
 pub use self::connection::{ConnectOptions, Connection};
 pub use self::consumer::{ConsumedMessage, Consumer, ConsumerConfig, StartAt};
+pub use self::group::GroupConsumer;
 pub use self::producer::{Delivery, Producer, ProducerConfig};
+pub use self::queue::{QueueConsumer, QueueOptions, QueuedMessage, Settled};
 pub use spool_protocol::messages::{
     TopicSettings as TopicOptions, WireSync, WireTopic as TopicDescription,
 };

@@ -353,9 +353,16 @@ async fn dispatch(ctx: &ServerContext, request: Request) -> Result<Response, Err
         | Request::CommittedOffsets { .. }
         | Request::ListGroups
         | Request::DescribeGroup { .. }
-        | Request::ResetGroup { .. }) => handlers::groups::handle(&ctx.broker, request, false).await,
-        Request::JoinGroup { .. } => Err(error(ErrorCode::Internal, "join is dispatched in order, not here")),
-        Request::Handshake { .. } => Err(error(ErrorCode::MalformedFrame, "handshake already done")),
+        | Request::ResetGroup { .. }) => {
+            handlers::groups::handle(&ctx.broker, request, false).await
+        }
+        Request::JoinGroup { .. } => Err(error(
+            ErrorCode::Internal,
+            "join is dispatched in order, not here",
+        )),
+        Request::Handshake { .. } => {
+            Err(error(ErrorCode::MalformedFrame, "handshake already done"))
+        }
         Request::Produce { .. } => Err(error(
             ErrorCode::Internal,
             "produce is dispatched in order, not here",

@@ -111,11 +111,20 @@ fn render(broker: &Broker) -> Result<Vec<u8>, String> {
     storage
         .with_label_values(&["flushes"])
         .set(stats.flushes as i64);
-    let group_gauge = |name: &str, help: &str| IntGaugeVec::new(Opts::new(name, help), &["group", "partition"]);
-    let lag = group_gauge("spool_group_lag", "Messages not yet settled (queue) or committed (stream)").map_err(|e| e.to_string())?;
-    let in_flight = group_gauge("spool_group_in_flight", "Delivered and not yet settled").map_err(|e| e.to_string())?;
+    let group_gauge =
+        |name: &str, help: &str| IntGaugeVec::new(Opts::new(name, help), &["group", "partition"]);
+    let lag = group_gauge(
+        "spool_group_lag",
+        "Messages not yet settled (queue) or committed (stream)",
+    )
+    .map_err(|e| e.to_string())?;
+    let in_flight = group_gauge("spool_group_in_flight", "Delivered and not yet settled")
+        .map_err(|e| e.to_string())?;
     let counters = prometheus::IntCounterVec::new(
-        Opts::new("spool_group_events_total", "Queue-mode events since start: deliveries, redeliveries, acks, dead_letters"),
+        Opts::new(
+            "spool_group_events_total",
+            "Queue-mode events since start: deliveries, redeliveries, acks, dead_letters",
+        ),
         &["group", "event"],
     )
     .map_err(|e| e.to_string())?;
@@ -126,8 +135,13 @@ fn render(broker: &Broker) -> Result<Vec<u8>, String> {
             in_flight.with_label_values(&labels).set(p.in_flight as i64);
         }
         if let Ok(values) = broker.group_counters(&g.name) {
-            for (event, value) in ["deliveries", "redeliveries", "acks", "dead_letters"].iter().zip(values) {
-                counters.with_label_values(&[g.name.as_str(), event]).inc_by(value);
+            for (event, value) in ["deliveries", "redeliveries", "acks", "dead_letters"]
+                .iter()
+                .zip(values)
+            {
+                counters
+                    .with_label_values(&[g.name.as_str(), event])
+                    .inc_by(value);
             }
         }
     }

@@ -14,7 +14,10 @@ pub const MAX_WAIT_CAP_MS: u32 = 30_000;
 
 /// Joins; the caller remembers `(group, member)` to leave when the
 /// connection closes.
-pub fn join(broker: &Broker, request: &Request) -> Result<(Response, String, MemberId), ErrorResponse> {
+pub fn join(
+    broker: &Broker,
+    request: &Request,
+) -> Result<(Response, String, MemberId), ErrorResponse> {
     let Request::JoinGroup {
         group,
         topic,
@@ -24,22 +27,46 @@ pub fn join(broker: &Broker, request: &Request) -> Result<(Response, String, Mem
         max_in_flight,
     } = request
     else {
-        return Err(error(ErrorCode::Internal, "join handler got another request"));
+        return Err(error(
+            ErrorCode::Internal,
+            "join handler got another request",
+        ));
     };
     let mode = match mode {
         1 => GroupMode::Stream,
         2 => GroupMode::Queue,
-        other => return Err(error(ErrorCode::InvalidConfig, format!("unknown group mode {other}"))),
+        other => {
+            return Err(error(
+                ErrorCode::InvalidConfig,
+                format!("unknown group mode {other}"),
+            ))
+        }
     };
     let defaults = GroupConfig::default();
     let config = GroupConfig {
-        ack_wait_ms: if *ack_wait_ms == 0 { defaults.ack_wait_ms } else { *ack_wait_ms },
-        max_deliveries: if *max_deliveries == 0 { defaults.max_deliveries } else { *max_deliveries },
-        max_in_flight: if *max_in_flight == 0 { defaults.max_in_flight } else { *max_in_flight },
+        ack_wait_ms: if *ack_wait_ms == 0 {
+            defaults.ack_wait_ms
+        } else {
+            *ack_wait_ms
+        },
+        max_deliveries: if *max_deliveries == 0 {
+            defaults.max_deliveries
+        } else {
+            *max_deliveries
+        },
+        max_in_flight: if *max_in_flight == 0 {
+            defaults.max_in_flight
+        } else {
+            *max_in_flight
+        },
     };
-    let member = broker.join_group(group, topic, mode, config).map_err(|e| response_for(&e))?;
+    let member = broker
+        .join_group(group, topic, mode, config)
+        .map_err(|e| response_for(&e))?;
     let (generation, partitions) = match mode {
-        GroupMode::Stream => broker.group_assignment(group, member).map_err(|e| response_for(&e))?,
+        GroupMode::Stream => broker
+            .group_assignment(group, member)
+            .map_err(|e| response_for(&e))?,
         GroupMode::Queue => (0, Vec::new()),
     };
     let response = Response::JoinGroup {
@@ -51,7 +78,11 @@ pub fn join(broker: &Broker, request: &Request) -> Result<(Response, String, Mem
 }
 
 /// Everything else about groups.
-pub async fn handle(broker: &Broker, request: Request, shutting_down: bool) -> Result<Response, ErrorResponse> {
+pub async fn handle(
+    broker: &Broker,
+    request: Request,
+    shutting_down: bool,
+) -> Result<Response, ErrorResponse> {
     let fail = |e: crate::BrokerError| response_for(&e);
     match request {
         Request::LeaveGroup { group, member } => {
@@ -71,9 +102,18 @@ pub async fn handle(broker: &Broker, request: Request, shutting_down: bool) -> R
             max_messages,
             max_wait_ms,
         } => {
-            let wait_ms = if shutting_down { 0 } else { max_wait_ms.min(MAX_WAIT_CAP_MS) };
+            let wait_ms = if shutting_down {
+                0
+            } else {
+                max_wait_ms.min(MAX_WAIT_CAP_MS)
+            };
             let messages = broker
-                .deliver(&group, member, max_messages as usize, Duration::from_millis(u64::from(wait_ms)))
+                .deliver(
+                    &group,
+                    member,
+                    max_messages as usize,
+                    Duration::from_millis(u64::from(wait_ms)),
+                )
                 .await
                 .map_err(fail)?;
             Ok(Response::Deliver(
@@ -91,14 +131,27 @@ pub async fn handle(broker: &Broker, request: Request, shutting_down: bool) -> R
                     .collect(),
             ))
         }
-        Request::Ack { group, member, items } => settle(broker.ack(&group, member, &to_items(&items))),
+        Request::Ack {
+            group,
+            member,
+            items,
+        } => settle(broker.ack(&group, member, &to_items(&items))),
         Request::Nack {
             group,
             member,
             delay_ms,
             items,
-        } => settle(broker.nack(&group, member, &to_items(&items), Duration::from_millis(u64::from(delay_ms)))),
-        Request::Touch { group, member, items } => settle(broker.touch(&group, member, &to_items(&items))),
+        } => settle(broker.nack(
+            &group,
+            member,
+            &to_items(&items),
+            Duration::from_millis(u64::from(delay_ms)),
+        )),
+        Request::Touch {
+            group,
+            member,
+            items,
+        } => settle(broker.touch(&group, member, &to_items(&items))),
         Request::CommitOffset {
             group,
             partition,
@@ -117,29 +170,48 @@ pub async fn handle(broker: &Broker, request: Request, shutting_down: bool) -> R
                 .map(|(p, o)| (p.0, o.map(|o| o.0)))
                 .collect(),
         )),
-        Request::ListGroups => Ok(Response::ListGroups(broker.list_groups().iter().map(to_wire).collect())),
-        Request::DescribeGroup { group } => Ok(Response::DescribeGroup(to_wire(&broker.describe_group(&group).map_err(fail)?))),
+        Request::ListGroups => Ok(Response::ListGroups(
+            broker.list_groups().iter().map(to_wire).collect(),
+        )),
+        Request::DescribeGroup { group } => Ok(Response::DescribeGroup(to_wire(
+            &broker.describe_group(&group).map_err(fail)?,
+        ))),
         Request::ResetGroup { group, to, offset } => {
             let to = match to {
                 1 => ResetTo::Earliest,
                 2 => ResetTo::Latest,
                 3 => ResetTo::Offset(offset),
-                other => return Err(error(ErrorCode::InvalidConfig, format!("unknown reset target {other}"))),
+                other => {
+                    return Err(error(
+                        ErrorCode::InvalidConfig,
+                        format!("unknown reset target {other}"),
+                    ))
+                }
             };
             broker.reset_group(&group, to).map_err(fail)?;
             Ok(Response::ResetGroup)
         }
-        _ => Err(error(ErrorCode::Internal, "group handler got another request")),
+        _ => Err(error(
+            ErrorCode::Internal,
+            "group handler got another request",
+        )),
     }
 }
 
 fn to_items(items: &[(u32, u64)]) -> Vec<(PartitionId, Offset)> {
-    items.iter().map(|&(p, o)| (PartitionId(p), Offset(o))).collect()
+    items
+        .iter()
+        .map(|&(p, o)| (PartitionId(p), Offset(o)))
+        .collect()
 }
 
-fn settle(results: Result<Vec<SettleResult>, crate::BrokerError>) -> Result<Response, ErrorResponse> {
+fn settle(
+    results: Result<Vec<SettleResult>, crate::BrokerError>,
+) -> Result<Response, ErrorResponse> {
     let results = results.map_err(|e| response_for(&e))?;
-    Ok(Response::Settle(results.into_iter().map(|r| r as u8).collect()))
+    Ok(Response::Settle(
+        results.into_iter().map(|r| r as u8).collect(),
+    ))
 }
 
 /// The wire form of a group description.

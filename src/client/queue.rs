@@ -1,0 +1,261 @@
+//! Queue-mode consumption: the broker hands messages out to the group's
+//! members; each is acked, nacked (redelivered, optionally after a delay) or
+//! touched (deadline extended) by the member that got it.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use bytes::Bytes;
+use spool_protocol::{ErrorCode, Request, Response};
+
+use super::{expect, Client, ClientError};
+
+/// Queue consumer settings. The group settings apply when the first member
+/// creates the group; later members get the group's.
+#[derive(Clone, Debug)]
+pub struct QueueOptions {
+    /// Time to ack a delivery before it is redelivered.
+    pub ack_wait: Duration,
+    /// Deliveries before a message goes to `<group>.dlq`.
+    pub max_deliveries: u32,
+    /// Unacked messages this consumer may hold.
+    pub max_in_flight: u32,
+    /// Messages asked for per request.
+    pub prefetch: u32,
+    /// How long one request waits for messages.
+    pub max_wait: Duration,
+    /// Ack every message as it is received (fire and forget).
+    pub auto_ack: bool,
+}
+
+impl Default for QueueOptions {
+    fn default() -> Self {
+        QueueOptions {
+            ack_wait: Duration::from_secs(30),
+            max_deliveries: 5,
+            max_in_flight: 1000,
+            prefetch: 256,
+            max_wait: Duration::from_millis(500),
+            auto_ack: false,
+        }
+    }
+}
+
+/// A message handed to this consumer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueuedMessage {
+    /// Its partition.
+    pub partition: u32,
+    /// Its offset.
+    pub offset: u64,
+    /// Deliveries so far, this one included (more than 1: a redelivery).
+    pub deliveries: u32,
+    /// Milliseconds since the Unix epoch.
+    pub timestamp_ms: i64,
+    /// Its key.
+    pub key: Option<Bytes>,
+    /// Its value.
+    pub value: Bytes,
+    /// Its headers.
+    pub headers: Vec<(Bytes, Bytes)>,
+}
+
+/// What an ack, nack or touch did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settled {
+    /// Done.
+    Ok,
+    /// The message was already settled (acked, possibly by someone it was
+    /// redelivered to, or dead-lettered).
+    AlreadySettled,
+    /// The message is not in flight for this consumer (its deadline passed).
+    NotInFlight,
+}
+
+/// A member of a queue-mode group. Dropping it leaves the group, which makes
+/// its unacked messages deliverable to the others at once (so does losing
+/// its connection).
+pub struct QueueConsumer {
+    client: Client,
+    group: String,
+    topic: String,
+    options: QueueOptions,
+    member: u64,
+    buffer: VecDeque<QueuedMessage>,
+}
+
+impl QueueConsumer {
+    /// Joins `group` (created on `topic` if new).
+    pub async fn join(
+        client: Client,
+        group: &str,
+        topic: &str,
+        options: QueueOptions,
+    ) -> Result<QueueConsumer, ClientError> {
+        let mut consumer = QueueConsumer {
+            client,
+            group: group.to_string(),
+            topic: topic.to_string(),
+            options,
+            member: 0,
+            buffer: VecDeque::new(),
+        };
+        consumer.rejoin().await?;
+        Ok(consumer)
+    }
+
+    async fn rejoin(&mut self) -> Result<(), ClientError> {
+        let request = Request::JoinGroup {
+            group: self.group.clone(),
+            topic: self.topic.clone(),
+            mode: 2,
+            ack_wait_ms: self.options.ack_wait.as_millis().max(1) as u64,
+            max_deliveries: self.options.max_deliveries,
+            max_in_flight: self.options.max_in_flight,
+        };
+        self.member = expect(self.client.call(&request).await?, |r| match r {
+            Response::JoinGroup { member, .. } => Ok(member),
+            other => Err(other),
+        })?;
+        Ok(())
+    }
+
+    /// The next message, or `Ok(None)` if none arrived within `max_wait`.
+    /// After a broker restart or a lost connection it joins again by itself.
+    pub async fn receive(&mut self) -> Result<Option<QueuedMessage>, ClientError> {
+        if let Some(m) = self.buffer.pop_front() {
+            return Ok(Some(m));
+        }
+        let mut response = self.client.call(&self.deliver_request()).await;
+        if matches!(&response, Err(e) if e.code() == Some(ErrorCode::UnknownMember) || matches!(e, ClientError::Disconnected(_)))
+        {
+            self.rejoin().await?;
+            response = self.client.call(&self.deliver_request()).await;
+        }
+        let messages = expect(response?, |r| match r {
+            Response::Deliver(m) => Ok(m),
+            other => Err(other),
+        })?;
+        if self.options.auto_ack && !messages.is_empty() {
+            let items: Vec<(u32, u64)> = messages.iter().map(|m| (m.partition, m.offset)).collect();
+            self.settle(Request::Ack {
+                group: self.group.clone(),
+                member: self.member,
+                items,
+            })
+            .await?;
+        }
+        self.buffer
+            .extend(messages.into_iter().map(|m| QueuedMessage {
+                partition: m.partition,
+                offset: m.offset,
+                deliveries: m.deliveries,
+                timestamp_ms: m.timestamp_ms,
+                key: m.key,
+                value: m.value,
+                headers: m.headers,
+            }));
+        Ok(self.buffer.pop_front())
+    }
+
+    fn deliver_request(&self) -> Request {
+        Request::Deliver {
+            group: self.group.clone(),
+            member: self.member,
+            max_messages: self.options.prefetch.max(1),
+            max_wait_ms: self.options.max_wait.as_millis().min(u128::from(u32::MAX)) as u32,
+        }
+    }
+
+    /// Acks a message: it will not be delivered again. Durable on return.
+    pub async fn ack(&self, message: &QueuedMessage) -> Result<Settled, ClientError> {
+        Ok(self.ack_many(std::slice::from_ref(message)).await?[0])
+    }
+
+    /// Acks several messages in one request.
+    pub async fn ack_many(&self, messages: &[QueuedMessage]) -> Result<Vec<Settled>, ClientError> {
+        self.settle(Request::Ack {
+            group: self.group.clone(),
+            member: self.member,
+            items: messages.iter().map(|m| (m.partition, m.offset)).collect(),
+        })
+        .await
+    }
+
+    /// Hands a message back for redelivery after `delay`.
+    pub async fn nack(
+        &self,
+        message: &QueuedMessage,
+        delay: Duration,
+    ) -> Result<Settled, ClientError> {
+        let results = self
+            .settle(Request::Nack {
+                group: self.group.clone(),
+                member: self.member,
+                delay_ms: delay.as_millis().min(u128::from(u32::MAX)) as u32,
+                items: vec![(message.partition, message.offset)],
+            })
+            .await?;
+        Ok(results[0])
+    }
+
+    /// Extends a message's ack deadline by the group's ack wait (work in
+    /// progress).
+    pub async fn touch(&self, message: &QueuedMessage) -> Result<Settled, ClientError> {
+        let results = self
+            .settle(Request::Touch {
+                group: self.group.clone(),
+                member: self.member,
+                items: vec![(message.partition, message.offset)],
+            })
+            .await?;
+        Ok(results[0])
+    }
+
+    async fn settle(&self, request: Request) -> Result<Vec<Settled>, ClientError> {
+        let expected = match &request {
+            Request::Ack { items, .. }
+            | Request::Nack { items, .. }
+            | Request::Touch { items, .. } => items.len(),
+            _ => 0,
+        };
+        let codes = expect(self.client.call(&request).await?, |r| match r {
+            Response::Settle(codes) => Ok(codes),
+            other => Err(other),
+        })?;
+        if codes.len() != expected {
+            return Err(ClientError::Protocol(format!(
+                "{} results for {expected} items",
+                codes.len()
+            )));
+        }
+        Ok(codes
+            .into_iter()
+            .map(|c| match c {
+                0 => Settled::Ok,
+                1 => Settled::AlreadySettled,
+                _ => Settled::NotInFlight,
+            })
+            .collect())
+    }
+
+    /// This consumer's member id.
+    pub fn member(&self) -> u64 {
+        self.member
+    }
+}
+
+impl Drop for QueueConsumer {
+    fn drop(&mut self) {
+        let client = self.client.clone();
+        let request = Request::LeaveGroup {
+            group: self.group.clone(),
+            member: self.member,
+        };
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let _ = client.call(&request).await;
+            });
+        }
+    }
+}
