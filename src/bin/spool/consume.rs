@@ -24,6 +24,15 @@ pub struct ConsumeArgs {
     /// Keep waiting for new messages instead of exiting at the end of the log.
     #[arg(long)]
     follow: bool,
+    /// Consume as a member of this queue-mode group: the broker shares the
+    /// messages out among the group's consumers.
+    #[arg(long)]
+    group: Option<String>,
+    /// With --group: ack each message after printing it (a killed consumer's
+    /// unprinted messages are redelivered). Without it, messages are acked
+    /// as they are received.
+    #[arg(long, requires = "group")]
+    ack: bool,
 }
 
 pub async fn run(args: ConsumeArgs) -> Result<(), Failure> {
@@ -37,6 +46,9 @@ pub async fn run(args: ConsumeArgs) -> Result<(), Failure> {
         })?),
     };
     let client = Client::connect(resolve(&args.addr)?).await?;
+    if let Some(group) = &args.group {
+        return consume_group(client, group, &args).await;
+    }
     let topic = client.describe_topic(&args.topic).await?;
     // Without --follow, stop at the end each partition had when we started.
     let mut remaining: HashMap<u32, u64> = HashMap::new();
@@ -92,4 +104,48 @@ pub async fn run(args: ConsumeArgs) -> Result<(), Failure> {
         }
         _ => Ok(()),
     }
+}
+
+/// `--group`: queue-mode consumption, printing then acking each message.
+async fn consume_group(client: Client, group: &str, args: &ConsumeArgs) -> Result<(), Failure> {
+    use spool::client::{QueueConsumer, QueueOptions};
+    client.describe_topic(&args.topic).await?;
+    let options = QueueOptions {
+        auto_ack: !args.ack,
+        // Hold only what one print-and-ack needs, so a killed consumer
+        // strands as little as possible.
+        // (and never more than --count: leftovers would be redelivered,
+        // counting toward max_deliveries).
+        prefetch: (if args.ack { 16 } else { 256 })
+            .min(args.count.unwrap_or(u64::MAX).clamp(1, 256) as u32),
+        max_wait: std::time::Duration::from_millis(1000),
+        ..QueueOptions::default()
+    };
+    let mut consumer = QueueConsumer::join(client, group, &args.topic, options).await?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut printed = 0u64;
+    while args.count.is_none_or(|n| printed < n) {
+        let Some(message) = consumer.receive().await? else {
+            if args.follow {
+                continue;
+            }
+            break; // nothing to deliver: the group is caught up
+        };
+        let write = out
+            .write_all(&message.value)
+            .and_then(|()| out.write_all(b"\n"))
+            .and_then(|()| out.flush());
+        match write {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            Err(e) => return Err(Failure::io("writing output", e)),
+        }
+        // Printed (and flushed) first, acked second: at least once.
+        if args.ack {
+            consumer.ack(&message).await?;
+        }
+        printed += 1;
+    }
+    Ok(())
 }

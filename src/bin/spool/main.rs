@@ -6,6 +6,7 @@
 //! or output.
 
 mod consume;
+mod groups;
 mod inspect;
 mod produce;
 mod serve;
@@ -36,6 +37,11 @@ enum Command {
     Topics {
         #[command(subcommand)]
         command: topics::TopicsCommand,
+    },
+    /// List, describe and reset consumer groups.
+    Groups {
+        #[command(subcommand)]
+        command: groups::GroupsCommand,
     },
     /// Send each line of stdin (or a file) as one message.
     Produce(produce::ProduceArgs),
@@ -129,6 +135,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
             Command::Topics { command } => topics::run(command).await,
+            Command::Groups { command } => groups::run(command).await,
             Command::Produce(args) => produce::run(args).await,
             Command::Consume(args) => consume::run(args).await,
             Command::Inspect(args) => inspect::run(args),

@@ -1,0 +1,137 @@
+//! `spool groups list|describe|reset`.
+
+use spool::client::Client;
+use spool::protocol::messages::WireGroup;
+use spool::protocol::{Request, Response};
+
+use crate::{resolve, Failure, DEFAULT_ADDR};
+
+#[derive(clap::Subcommand)]
+pub enum GroupsCommand {
+    /// List consumer groups with their lag.
+    List {
+        #[arg(long, default_value = DEFAULT_ADDR)]
+        addr: String,
+    },
+    /// Show a group: settings, members, and per partition its position,
+    /// lag, in-flight count and dead letters.
+    Describe {
+        /// Group name.
+        name: String,
+        #[arg(long, default_value = DEFAULT_ADDR)]
+        addr: String,
+    },
+    /// Move a group (with no members) to earliest, latest or an offset.
+    Reset {
+        /// Group name.
+        name: String,
+        /// earliest, latest or an offset.
+        #[arg(long)]
+        to: String,
+        #[arg(long, default_value = DEFAULT_ADDR)]
+        addr: String,
+    },
+}
+
+pub async fn run(command: GroupsCommand) -> Result<(), Failure> {
+    match command {
+        GroupsCommand::List { addr } => {
+            let client = Client::connect(resolve(&addr)?).await?;
+            match client.call(&Request::ListGroups).await? {
+                Response::ListGroups(groups) => {
+                    for g in groups {
+                        let lag: u64 = g
+                            .partitions
+                            .iter()
+                            .map(|p| p.end.saturating_sub(p.position))
+                            .sum();
+                        println!(
+                            "{}\ttopic={}\tmode={}\tmembers={}\tlag={lag}",
+                            g.name,
+                            g.topic,
+                            mode(g.mode),
+                            g.members
+                        );
+                    }
+                }
+                other => return Err(Failure::refused(format!("unexpected answer {other:?}"))),
+            }
+        }
+        GroupsCommand::Describe { name, addr } => {
+            let client = Client::connect(resolve(&addr)?).await?;
+            match client.call(&Request::DescribeGroup { group: name }).await? {
+                Response::DescribeGroup(g) => print_group(&g),
+                other => return Err(Failure::refused(format!("unexpected answer {other:?}"))),
+            }
+        }
+        GroupsCommand::Reset { name, to, addr } => {
+            let (to_code, offset) = match to.as_str() {
+                "earliest" => (1, 0),
+                "latest" => (2, 0),
+                other => (
+                    3,
+                    other.parse().map_err(|_| {
+                        Failure::usage(format!(
+                            "--to takes earliest, latest or an offset, not {other:?}"
+                        ))
+                    })?,
+                ),
+            };
+            let client = Client::connect(resolve(&addr)?).await?;
+            let request = Request::ResetGroup {
+                group: name.clone(),
+                to: to_code,
+                offset,
+            };
+            client.call(&request).await?;
+            println!("reset group {name} to {to}");
+        }
+    }
+    Ok(())
+}
+
+fn mode(m: u8) -> &'static str {
+    if m == 1 {
+        "stream"
+    } else {
+        "queue"
+    }
+}
+
+fn print_group(g: &WireGroup) {
+    let dead: u64 = g.partitions.iter().map(|p| p.dead_letters).sum();
+    let in_flight: u32 = g.partitions.iter().map(|p| p.in_flight).sum();
+    let lag: u64 = g
+        .partitions
+        .iter()
+        .map(|p| p.end.saturating_sub(p.position))
+        .sum();
+    println!(
+        "group {}\n  topic: {}\n  mode: {}",
+        g.name,
+        g.topic,
+        mode(g.mode)
+    );
+    if g.mode == 2 {
+        println!(
+            "  ack_wait_ms: {}\n  max_deliveries: {}\n  max_in_flight: {}\n  dead_letter_topic: {}.dlq",
+            g.ack_wait_ms, g.max_deliveries, g.max_in_flight, g.name
+        );
+    }
+    println!(
+        "  members: {}\n  lag: {lag}\n  in_flight: {in_flight}\n  redeliveries: {}\n  dead_letters: {dead}\n  partitions:",
+        g.members, g.redeliveries
+    );
+    for p in &g.partitions {
+        println!(
+            "    {}\tposition={}\tend={}\tlag={}\tin_flight={}\tpending={}\tdead_letters={}",
+            p.partition,
+            p.position,
+            p.end,
+            p.end.saturating_sub(p.position),
+            p.in_flight,
+            p.pending,
+            p.dead_letters
+        );
+    }
+}
