@@ -19,15 +19,16 @@ impl SpoolServer {
     /// Starts `spool serve` on `dir` with extra flags, waiting until it
     /// reports its addresses.
     pub fn start_with(dir: &Path, extra: &[&str]) -> SpoolServer {
+        // A test may pin the port (to restart on the same address).
+        let listen: &[&str] = if extra.contains(&"--listen") {
+            &[]
+        } else {
+            &["--listen", "127.0.0.1:0"]
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_spool"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--metrics",
-                "127.0.0.1:0",
-                "--data",
-            ])
+            .arg("serve")
+            .args(listen)
+            .args(["--metrics", "127.0.0.1:0", "--data"])
             .arg(dir)
             .args(extra)
             .env(
