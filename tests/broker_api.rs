@@ -313,3 +313,44 @@ async fn long_poll_wakes_on_append_and_times_out_empty() {
         assert!(started.elapsed() >= std::time::Duration::from_millis(150));
     }
 }
+
+#[tokio::test]
+async fn offsets_can_be_found_by_timestamp() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::open(dir.path(), BrokerConfig::default()).unwrap();
+    broker
+        .create_topic("ts", small_topic(1, SyncPolicy::Never))
+        .unwrap();
+    // Timestamps 1000, 1010, ..., across many batches and segments.
+    for b in 0..100i64 {
+        let msgs: Vec<_> = (0..10i64)
+            .map(|i| Message {
+                timestamp_ms: Some(1000 + (b * 10 + i) * 10),
+                ..Message::new(format!("{:0100}", b * 10 + i))
+            })
+            .collect();
+        broker.produce("ts", PartitionId(0), &msgs).await.unwrap();
+    }
+    let p = PartitionId(0);
+    assert_eq!(broker.offset_for_timestamp("ts", p, 0).unwrap(), Offset(0));
+    assert_eq!(
+        broker.offset_for_timestamp("ts", p, 1000).unwrap(),
+        Offset(0)
+    );
+    assert_eq!(
+        broker.offset_for_timestamp("ts", p, 1001).unwrap(),
+        Offset(1)
+    );
+    assert_eq!(
+        broker.offset_for_timestamp("ts", p, 5550).unwrap(),
+        Offset(455)
+    );
+    assert_eq!(
+        broker.offset_for_timestamp("ts", p, 10_990).unwrap(),
+        Offset(999)
+    );
+    assert_eq!(
+        broker.offset_for_timestamp("ts", p, 11_000).unwrap(),
+        Offset(1000)
+    );
+}

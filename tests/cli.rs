@@ -289,3 +289,41 @@ fn a_killed_group_consumer_loses_nothing_it_did_not_print() {
     let describe = stdout(&spool(&["groups", "describe", "g", "--addr", a], None));
     assert!(describe.contains("lag: 0"), "{describe}");
 }
+
+#[test]
+fn consume_from_a_timestamp() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = SpoolServer::start(dir.path());
+    let addr = server.addr.to_string();
+    let a = addr.as_str();
+    assert!(spool(
+        &["topics", "create", "t", "--partitions", "2", "--addr", a],
+        None
+    )
+    .status
+    .success());
+    assert!(spool(
+        &["produce", "--addr", a, "--topic", "t"],
+        Some("old 1\nold 2\n")
+    )
+    .status
+    .success());
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert!(spool(
+        &["produce", "--addr", a, "--topic", "t"],
+        Some("new 1\nnew 2\n")
+    )
+    .status
+    .success());
+    let from = format!("time:{now_ms}");
+    let out = spool(
+        &["consume", "--addr", a, "--topic", "t", "--from", &from],
+        None,
+    );
+    assert_eq!(stdout(&out), "new 1\nnew 2\n");
+}

@@ -57,6 +57,8 @@ pub mod kind {
     pub const DESCRIBE_GROUP: u16 = 20;
     /// Reset a consumer group's position.
     pub const RESET_GROUP: u16 = 21;
+    /// First offset at or after a timestamp.
+    pub const OFFSET_FOR_TIMESTAMP: u16 = 22;
 }
 
 /// A body that does not parse.
@@ -337,6 +339,15 @@ pub enum Request {
         /// Group.
         group: String,
     },
+    /// First offset of a partition at or after a timestamp.
+    OffsetForTimestamp {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// Milliseconds since the Unix epoch.
+        timestamp_ms: i64,
+    },
     /// Reset a group: `to` 1 earliest, 2 latest, 3 `offset`.
     ResetGroup {
         /// Group.
@@ -420,6 +431,8 @@ pub enum Response {
     DescribeGroup(WireGroup),
     /// Reset done.
     ResetGroup,
+    /// The offset found.
+    OffsetForTimestamp(u64),
 }
 
 /// An error response.
@@ -461,6 +474,7 @@ impl Request {
             Request::ListGroups => kind::LIST_GROUPS,
             Request::DescribeGroup { .. } => kind::DESCRIBE_GROUP,
             Request::ResetGroup { .. } => kind::RESET_GROUP,
+            Request::OffsetForTimestamp { .. } => kind::OFFSET_FOR_TIMESTAMP,
         }
     }
 
@@ -595,6 +609,15 @@ impl Request {
                 b.put_u8(*to);
                 b.put_u64_le(*offset);
             }
+            Request::OffsetForTimestamp {
+                topic,
+                partition,
+                timestamp_ms,
+            } => {
+                put_string(&mut b, topic);
+                b.put_u32_le(*partition);
+                b.put_i64_le(*timestamp_ms);
+            }
         }
         Frame {
             kind: self.kind(),
@@ -707,6 +730,11 @@ impl Request {
                 to: r.u8("to")?,
                 offset: r.u64("offset")?,
             },
+            kind::OFFSET_FOR_TIMESTAMP => Request::OffsetForTimestamp {
+                topic: r.string("topic")?,
+                partition: r.u32("partition")?,
+                timestamp_ms: r.u64("timestamp_ms")? as i64,
+            },
             other => return Err(DecodeError::UnknownKind(other)),
         };
         r.finish()?;
@@ -811,6 +839,7 @@ impl Response {
                 }
             }
             Response::DescribeGroup(g) => put_group(&mut b, g),
+            Response::OffsetForTimestamp(offset) => b.put_u64_le(*offset),
         }
         Frame {
             kind: kind_,
@@ -914,6 +943,7 @@ impl Response {
             }
             kind::DESCRIBE_GROUP => Response::DescribeGroup(r.group()?),
             kind::RESET_GROUP => Response::ResetGroup,
+            kind::OFFSET_FOR_TIMESTAMP => Response::OffsetForTimestamp(r.u64("offset")?),
             other => return Err(DecodeError::UnknownKind(other)),
         };
         r.finish()?;
@@ -1284,6 +1314,11 @@ mod tests {
                 group: "g".into(),
                 to: 3,
                 offset: 7,
+            },
+            Request::OffsetForTimestamp {
+                topic: "t".into(),
+                partition: 2,
+                timestamp_ms: -5,
             },
         ];
         for req in requests {

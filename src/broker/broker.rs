@@ -313,6 +313,22 @@ impl Broker {
         })
     }
 
+    /// The first offset of a partition whose record timestamp is at or after
+    /// `timestamp_ms` (the end offset if there is none).
+    pub fn offset_for_timestamp(
+        &self,
+        topic: &str,
+        partition: PartitionId,
+        timestamp_ms: i64,
+    ) -> Result<Offset, BrokerError> {
+        self.log(topic, partition)?
+            .offset_for_timestamp(timestamp_ms)
+            .map_err(|source| BrokerError::Storage {
+                context: format!("looking up a timestamp in {topic}/{partition}"),
+                source,
+            })
+    }
+
     /// The partition a key maps to: CRC-32 (IEEE) of the key modulo the
     /// partition count. Stable across restarts and versions, so a key's
     /// messages stay in order in one partition.

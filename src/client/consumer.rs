@@ -27,6 +27,39 @@ pub enum StartAt {
     Latest,
     /// This offset in every partition.
     Offset(u64),
+    /// In each partition, the first message at or after this time
+    /// (milliseconds since the Unix epoch).
+    Timestamp(i64),
+}
+
+impl StartAt {
+    /// Resolves to an offset in one partition whose offsets are
+    /// `start..end`.
+    pub async fn resolve(
+        self,
+        client: &Client,
+        topic: &str,
+        partition: u32,
+        start: u64,
+        end: u64,
+    ) -> Result<u64, ClientError> {
+        Ok(match self {
+            StartAt::Earliest => start,
+            StartAt::Latest => end,
+            StartAt::Offset(o) => o,
+            StartAt::Timestamp(timestamp_ms) => {
+                let request = Request::OffsetForTimestamp {
+                    topic: topic.to_string(),
+                    partition,
+                    timestamp_ms,
+                };
+                expect(client.call(&request).await?, |r| match r {
+                    Response::OffsetForTimestamp(o) => Ok(o),
+                    other => Err(other),
+                })?
+            }
+        })
+    }
 }
 
 /// Consumer settings.
@@ -89,24 +122,22 @@ impl Consumer {
         config: ConsumerConfig,
     ) -> Result<Consumer, ClientError> {
         let described = client.describe_topic(topic).await?;
-        let positions = described
-            .partitions
-            .iter()
-            .filter(|p| {
-                config
-                    .partitions
-                    .as_ref()
-                    .is_none_or(|only| only.contains(&p.partition))
-            })
-            .map(|p| {
-                let offset = match start {
-                    StartAt::Earliest => p.start,
-                    StartAt::Latest => p.end,
-                    StartAt::Offset(o) => o,
-                };
-                (p.partition, offset)
-            })
-            .collect();
+        let mut positions = Vec::new();
+        for p in &described.partitions {
+            if config
+                .partitions
+                .as_ref()
+                .is_some_and(|only| !only.contains(&p.partition))
+            {
+                continue;
+            }
+            positions.push((
+                p.partition,
+                start
+                    .resolve(&client, topic, p.partition, p.start, p.end)
+                    .await?,
+            ));
+        }
         Ok(Consumer::from_positions(client, topic, positions, config))
     }
 

@@ -168,22 +168,25 @@ async fn start_consumer(
         },
     )?;
     let described = client.describe_topic(topic).await?;
-    let positions = partitions
-        .iter()
-        .filter_map(|&p| {
-            let info = described.partitions.iter().find(|d| d.partition == p)?;
-            let committed = committed
-                .iter()
-                .find(|(cp, _)| *cp == p)
-                .and_then(|(_, c)| *c);
-            let offset = committed.unwrap_or(match start {
-                StartAt::Earliest => info.start,
-                StartAt::Latest => info.end,
-                StartAt::Offset(o) => o,
-            });
-            Some((p, offset))
-        })
-        .collect();
+    let mut positions = Vec::new();
+    for &p in partitions {
+        let Some(info) = described.partitions.iter().find(|d| d.partition == p) else {
+            continue;
+        };
+        let committed = committed
+            .iter()
+            .find(|(cp, _)| *cp == p)
+            .and_then(|(_, c)| *c);
+        let offset = match committed {
+            Some(c) => c,
+            None => {
+                start
+                    .resolve(client, topic, p, info.start, info.end)
+                    .await?
+            }
+        };
+        positions.push((p, offset));
+    }
     Ok(Consumer::from_positions(
         client.clone(),
         topic,

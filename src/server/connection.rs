@@ -356,6 +356,11 @@ async fn dispatch(ctx: &ServerContext, request: Request) -> Result<Response, Err
         | Request::ResetGroup { .. }) => {
             handlers::groups::handle(&ctx.broker, request, false).await
         }
+        Request::OffsetForTimestamp {
+            topic,
+            partition,
+            timestamp_ms,
+        } => handlers::fetch::offset_for_timestamp(&ctx.broker, &topic, partition, timestamp_ms),
         Request::JoinGroup { .. } => Err(error(
             ErrorCode::Internal,
             "join is dispatched in order, not here",
@@ -429,6 +434,7 @@ fn kind_name(k: u16) -> &'static str {
         kind::LIST_GROUPS => "list_groups",
         kind::DESCRIBE_GROUP => "describe_group",
         kind::RESET_GROUP => "reset_group",
+        kind::OFFSET_FOR_TIMESTAMP => "offset_for_timestamp",
         _ => "unknown",
     }
 }

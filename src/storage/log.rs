@@ -407,6 +407,36 @@ impl PartitionLog {
         Ok(empty(offset))
     }
 
+    /// The first offset whose record timestamp is at or after
+    /// `timestamp_ms`, or the visible end if there is none. Scans batch
+    /// headers from the start of the log, skipping every batch whose largest
+    /// timestamp is earlier (no time index yet: cost grows with the log).
+    pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Offset, StorageError> {
+        let end = self.visible_end();
+        let mut next = self.start_offset();
+        while next < end {
+            let fetched = self.read(next, 1 << 20)?;
+            if fetched.batches.is_empty() {
+                break;
+            }
+            let mut rest: &[u8] = &fetched.batches;
+            while let Ok(header) = spool_protocol::BatchHeader::parse(rest) {
+                if header.max_timestamp_ms >= timestamp_ms {
+                    let batch = Batch::validate(rest)?;
+                    if let Some(r) = batch
+                        .records()
+                        .find(|r| r.timestamp_ms >= timestamp_ms && r.offset >= next)
+                    {
+                        return Ok(r.offset);
+                    }
+                }
+                rest = &rest[(header.batch_len as usize).min(rest.len())..];
+            }
+            next = fetched.next_offset;
+        }
+        Ok(end)
+    }
+
     /// Group commit: returns once everything before `target` is on disk.
     pub fn flush_until(&self, target: Offset) -> Result<(), StorageError> {
         if self.durable_offset() >= target {

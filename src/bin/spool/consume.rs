@@ -15,7 +15,8 @@ pub struct ConsumeArgs {
     /// Topic to consume.
     #[arg(long)]
     topic: String,
-    /// earliest, latest, or an offset (in every partition).
+    /// earliest, latest, an offset (in every partition), or time:MS (the
+    /// first message at or after MS milliseconds since the Unix epoch).
     #[arg(long, default_value = "earliest")]
     from: String,
     /// Exit after this many messages.
@@ -39,11 +40,16 @@ pub async fn run(args: ConsumeArgs) -> Result<(), Failure> {
     let start = match args.from.as_str() {
         "earliest" => StartAt::Earliest,
         "latest" => StartAt::Latest,
-        other => StartAt::Offset(other.parse().map_err(|_| {
-            Failure::usage(format!(
-                "--from takes earliest, latest or an offset, not {other:?}"
-            ))
-        })?),
+        other => match other.strip_prefix("time:") {
+            Some(ms) => StartAt::Timestamp(ms.parse().map_err(|_| {
+                Failure::usage(format!("--from time: takes milliseconds, not {ms:?}"))
+            })?),
+            None => StartAt::Offset(other.parse().map_err(|_| {
+                Failure::usage(format!(
+                    "--from takes earliest, latest, an offset or time:MS, not {other:?}"
+                ))
+            })?),
+        },
     };
     let client = Client::connect(resolve(&args.addr)?).await?;
     if let Some(group) = &args.group {
@@ -52,20 +58,21 @@ pub async fn run(args: ConsumeArgs) -> Result<(), Failure> {
     let topic = client.describe_topic(&args.topic).await?;
     // Without --follow, stop at the end each partition had when we started.
     let mut remaining: HashMap<u32, u64> = HashMap::new();
+    let mut positions = Vec::new();
     for p in &topic.partitions {
-        let from = match start {
-            StartAt::Earliest => p.start,
-            StartAt::Latest => p.end,
-            StartAt::Offset(o) => o,
-        };
+        let from = start
+            .resolve(&client, &args.topic, p.partition, p.start, p.end)
+            .await?;
         if from < p.end {
             remaining.insert(p.partition, p.end);
         }
+        positions.push((p.partition, from));
     }
     if args.count == Some(0) || (!args.follow && remaining.is_empty()) {
         return Ok(());
     }
-    let mut consumer = Consumer::new(client, &args.topic, start, ConsumerConfig::default()).await?;
+    let mut consumer =
+        Consumer::from_positions(client, &args.topic, positions, ConsumerConfig::default());
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut printed = 0u64;

@@ -48,6 +48,19 @@ pub async fn handle(
     })
 }
 
+/// The first offset at or after a timestamp.
+pub fn offset_for_timestamp(
+    broker: &Broker,
+    topic: &str,
+    partition: u32,
+    timestamp_ms: i64,
+) -> Result<Response, ErrorResponse> {
+    broker
+        .offset_for_timestamp(topic, PartitionId(partition), timestamp_ms)
+        .map(|o| Response::OffsetForTimestamp(o.0))
+        .map_err(|e| response_for(&e))
+}
+
 /// Records in back-to-back batches, from their headers alone.
 fn count_records(mut batches: &[u8]) -> u64 {
     let mut count = 0;
