@@ -905,7 +905,9 @@ fn read_records(
     let mut found: Vec<Option<OwnedRecord>> = (0..offsets.len()).map(|_| None).collect();
     let mut i = 0;
     while i < wanted.len() {
-        let fetched = log.read(Offset(wanted[i].0), 1 << 20)?;
+        // One batch per read (storage returns at least one whole batch):
+        // reading ahead would CRC and walk records nobody asked for.
+        let fetched = log.read(Offset(wanted[i].0), 1)?;
         if fetched.batches.is_empty() {
             break;
         }

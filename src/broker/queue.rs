@@ -19,7 +19,9 @@
 //! can overtake later ones that were already delivered: consumers that need
 //! strict order should process one message at a time (max in flight 1).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 
 /// Identifies a group member.
 pub type MemberId = u64;
@@ -39,7 +41,7 @@ pub struct Delivery {
 pub enum SettleResult {
     /// Done.
     Ok = 0,
-    /// The offset was already settled (acked or dead-lettered).
+    /// The offset was already settled (acked, or dead-lettered).
     AlreadySettled = 1,
     /// The offset is not in flight (never delivered, or given to someone
     /// else after its deadline).
@@ -59,14 +61,47 @@ struct Pending {
     deliveries: u32,
 }
 
+/// Hashes offsets (dense, sequential integers) with one multiplication:
+/// SipHash's DoS resistance buys nothing here and costs most of an ack.
+#[derive(Default)]
+struct OffsetHasher(u64);
+
+impl Hasher for OffsetHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type OffsetMap<V> = HashMap<u64, V, BuildHasherDefault<OffsetHasher>>;
+
 /// The state. See the module docs.
 #[derive(Clone, Debug, Default)]
 pub struct QueueState {
     lwm: u64,
     settled: BTreeSet<u64>,
     next_new: u64,
-    in_flight: HashMap<u64, InFlight>,
+    in_flight: OffsetMap<InFlight>,
     pending: BTreeMap<u64, Pending>,
+    /// (deadline, offset) of deliveries, earliest first. An entry whose
+    /// offset is no longer in flight with that deadline is stale and skipped;
+    /// the heap is rebuilt when stale entries pile up.
+    deadlines: BinaryHeap<Reverse<(u64, u64)>>,
+    /// In-flight count per member, so the max-in-flight check is O(1).
+    per_member: OffsetMap<usize>,
+    /// Offsets from here on were never delivered, settled or pending, so
+    /// handing them out needs no lookups (only a restore puts state above
+    /// `next_new`).
+    clean_from: u64,
 }
 
 impl QueueState {
@@ -97,6 +132,14 @@ impl QueueState {
                 );
             }
         }
+        let highest = state
+            .settled
+            .last()
+            .into_iter()
+            .chain(state.pending.keys().last())
+            .max()
+            .copied();
+        state.clean_from = highest.map_or(lwm, |h| h + 1).max(lwm);
         state.advance_lwm();
         state
     }
@@ -126,10 +169,7 @@ impl QueueState {
 
     /// Messages of `member` in flight.
     pub fn in_flight_of(&self, member: MemberId) -> usize {
-        self.in_flight
-            .values()
-            .filter(|f| f.member == member)
-            .count()
+        self.per_member.get(&member).copied().unwrap_or(0)
     }
 
     /// Messages waiting for redelivery.
@@ -142,32 +182,69 @@ impl QueueState {
         self.next_new
     }
 
+    fn fly(&mut self, offset: u64, flight: InFlight) {
+        *self.per_member.entry(flight.member).or_insert(0) += 1;
+        self.deadlines.push(Reverse((flight.deadline_ms, offset)));
+        if let Some(old) = self.in_flight.insert(offset, flight) {
+            self.unfly_member(old.member);
+        }
+    }
+
+    fn land(&mut self, offset: u64) -> Option<InFlight> {
+        let flight = self.in_flight.remove(&offset)?;
+        self.unfly_member(flight.member);
+        if self.deadlines.len() > 2 * self.in_flight.len() + 1024 {
+            self.deadlines = self
+                .in_flight
+                .iter()
+                .map(|(&o, f)| Reverse((f.deadline_ms, o)))
+                .collect();
+        }
+        Some(flight)
+    }
+
+    fn unfly_member(&mut self, member: MemberId) {
+        if let Some(n) = self.per_member.get_mut(&member) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_member.remove(&member);
+            }
+        }
+    }
+
     /// Moves deliveries whose deadline passed to pending. Returns how many.
     pub fn expire(&mut self, now_ms: u64) -> usize {
-        let expired: Vec<u64> = self
-            .in_flight
-            .iter()
-            .filter(|(_, f)| f.deadline_ms <= now_ms)
-            .map(|(&o, _)| o)
-            .collect();
-        for offset in &expired {
-            if let Some(f) = self.in_flight.remove(offset) {
+        let mut expired = 0;
+        while let Some(&Reverse((deadline, offset))) = self.deadlines.peek() {
+            if deadline > now_ms {
+                break;
+            }
+            self.deadlines.pop();
+            let live = self
+                .in_flight
+                .get(&offset)
+                .is_some_and(|f| f.deadline_ms == deadline);
+            if !live {
+                continue; // settled, nacked or touched since
+            }
+            if let Some(f) = self.land(offset) {
                 self.pending.insert(
-                    *offset,
+                    offset,
                     Pending {
                         not_before_ms: now_ms,
                         deliveries: f.deliveries,
                     },
                 );
+                expired += 1;
             }
         }
-        expired.len()
+        expired
     }
 
-    /// The earliest time something in flight expires or something pending
-    /// becomes deliverable.
+    /// The earliest time something in flight may expire or something
+    /// pending becomes deliverable (a hint: waking early is harmless).
     pub fn next_event_ms(&self) -> Option<u64> {
-        let deadline = self.in_flight.values().map(|f| f.deadline_ms).min();
+        let deadline = self.deadlines.peek().map(|Reverse((d, _))| *d);
         let pending = self.pending.values().map(|p| p.not_before_ms).min();
         deadline.into_iter().chain(pending).min()
     }
@@ -199,41 +276,45 @@ impl QueueState {
         log_end: u64,
     ) -> Vec<Delivery> {
         let mut out = Vec::new();
-        let due: Vec<u64> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| p.not_before_ms <= now_ms && p.deliveries < max_deliveries)
-            .map(|(&o, _)| o)
-            .take(max)
-            .collect();
-        for offset in due {
-            if let Some(p) = self.pending.remove(&offset) {
-                let deliveries = p.deliveries + 1;
-                self.in_flight.insert(
-                    offset,
-                    InFlight {
-                        member,
-                        deadline_ms: now_ms + ack_wait_ms,
-                        deliveries,
-                    },
-                );
-                out.push(Delivery { offset, deliveries });
+        let deadline_ms = now_ms + ack_wait_ms;
+        if !self.pending.is_empty() {
+            let due: Vec<u64> = self
+                .pending
+                .iter()
+                .filter(|(_, p)| p.not_before_ms <= now_ms && p.deliveries < max_deliveries)
+                .map(|(&o, _)| o)
+                .take(max)
+                .collect();
+            for offset in due {
+                if let Some(p) = self.pending.remove(&offset) {
+                    let deliveries = p.deliveries + 1;
+                    self.fly(
+                        offset,
+                        InFlight {
+                            member,
+                            deadline_ms,
+                            deliveries,
+                        },
+                    );
+                    out.push(Delivery { offset, deliveries });
+                }
             }
         }
         while out.len() < max && self.next_new < log_end {
             let offset = self.next_new;
             self.next_new += 1;
-            if self.settled.contains(&offset)
-                || self.pending.contains_key(&offset)
-                || self.in_flight.contains_key(&offset)
-            {
+            let known = offset < self.clean_from
+                && (self.settled.contains(&offset)
+                    || self.pending.contains_key(&offset)
+                    || self.in_flight.contains_key(&offset));
+            if known {
                 continue;
             }
-            self.in_flight.insert(
+            self.fly(
                 offset,
                 InFlight {
                     member,
-                    deadline_ms: now_ms + ack_wait_ms,
+                    deadline_ms,
                     deliveries: 1,
                 },
             );
@@ -250,12 +331,16 @@ impl QueueState {
         if offset < self.lwm || self.settled.contains(&offset) {
             return SettleResult::AlreadySettled;
         }
-        let was_out =
-            self.in_flight.remove(&offset).is_some() | self.pending.remove(&offset).is_some();
+        let was_out = self.land(offset).is_some() | self.pending.remove(&offset).is_some();
         if !was_out && offset >= self.next_new {
             return SettleResult::NotInFlight;
         }
-        self.settled.insert(offset);
+        if offset == self.lwm {
+            // The common case, acks in order: no set to touch.
+            self.lwm += 1;
+        } else {
+            self.settled.insert(offset);
+        }
         self.advance_lwm();
         SettleResult::Ok
     }
@@ -282,7 +367,7 @@ impl QueueState {
         match self.in_flight.get(&offset) {
             Some(f) if f.member == member => {
                 let deliveries = f.deliveries;
-                self.in_flight.remove(&offset);
+                self.land(offset);
                 self.pending.insert(
                     offset,
                     Pending {
@@ -310,6 +395,9 @@ impl QueueState {
         match self.in_flight.get_mut(&offset) {
             Some(f) if f.member == member => {
                 f.deadline_ms = now_ms + ack_wait_ms;
+                let deadline = f.deadline_ms;
+                // The old heap entry goes stale; this one is live.
+                self.deadlines.push(Reverse((deadline, offset)));
                 SettleResult::Ok
             }
             _ => SettleResult::NotInFlight,
@@ -326,7 +414,7 @@ impl QueueState {
             .map(|(&o, _)| o)
             .collect();
         for offset in &held {
-            if let Some(f) = self.in_flight.remove(offset) {
+            if let Some(f) = self.land(*offset) {
                 self.pending.insert(
                     *offset,
                     Pending {
@@ -353,7 +441,15 @@ impl QueueState {
         if offset <= self.lwm {
             return false;
         }
-        self.in_flight.retain(|&o, _| o >= offset);
+        let gone: Vec<u64> = self
+            .in_flight
+            .keys()
+            .copied()
+            .filter(|&o| o < offset)
+            .collect();
+        for o in gone {
+            self.land(o);
+        }
         self.pending = self.pending.split_off(&offset);
         self.settled = self.settled.split_off(&offset);
         self.lwm = offset;
@@ -366,12 +462,14 @@ impl QueueState {
         *self = QueueState {
             lwm: offset,
             next_new: offset,
+            clean_from: offset,
             ..QueueState::default()
         };
     }
 
     fn advance_lwm(&mut self) {
-        while self.settled.remove(&self.lwm) {
+        while self.settled.first() == Some(&self.lwm) {
+            self.settled.pop_first();
             self.lwm += 1;
         }
         self.next_new = self.next_new.max(self.lwm);

@@ -167,6 +167,19 @@ impl QueueConsumer {
         }
     }
 
+    /// Everything one delivery brings (up to `prefetch` messages), or an
+    /// empty vector if nothing arrived within `max_wait`. Pair it with
+    /// [`QueueConsumer::ack_many`] for high throughput: one request to get a
+    /// batch, one to ack every message in it.
+    pub async fn receive_batch(&mut self) -> Result<Vec<QueuedMessage>, ClientError> {
+        if self.buffer.is_empty() {
+            if let Some(first) = self.receive().await? {
+                self.buffer.push_front(first);
+            }
+        }
+        Ok(self.buffer.drain(..).collect())
+    }
+
     /// Acks a message: it will not be delivered again. Durable on return.
     pub async fn ack(&self, message: &QueuedMessage) -> Result<Settled, ClientError> {
         Ok(self.ack_many(std::slice::from_ref(message)).await?[0])
@@ -180,6 +193,27 @@ impl QueueConsumer {
             items: messages.iter().map(|m| (m.partition, m.offset)).collect(),
         })
         .await
+    }
+
+    /// Sends acks for `messages` and returns at once; the returned future
+    /// resolves to their results. The request leaves before this returns, so
+    /// a consumer can ask for its next batch while the acks are in flight
+    /// (acks and deliveries share one pipelined connection).
+    pub async fn send_acks(
+        &self,
+        messages: &[QueuedMessage],
+    ) -> Result<
+        impl std::future::Future<Output = Result<Vec<Settled>, ClientError>> + Send + 'static,
+        ClientError,
+    > {
+        let expected = messages.len();
+        let request = Request::Ack {
+            group: self.group.clone(),
+            member: self.member,
+            items: messages.iter().map(|m| (m.partition, m.offset)).collect(),
+        };
+        let response = self.client.connection().await?.start(&request)?;
+        Ok(async move { settled_from(response.await?, expected) })
     }
 
     /// Hands a message back for redelivery after `delay`.
@@ -219,30 +253,34 @@ impl QueueConsumer {
             | Request::Touch { items, .. } => items.len(),
             _ => 0,
         };
-        let codes = expect(self.client.call(&request).await?, |r| match r {
-            Response::Settle(codes) => Ok(codes),
-            other => Err(other),
-        })?;
-        if codes.len() != expected {
-            return Err(ClientError::Protocol(format!(
-                "{} results for {expected} items",
-                codes.len()
-            )));
-        }
-        Ok(codes
-            .into_iter()
-            .map(|c| match c {
-                0 => Settled::Ok,
-                1 => Settled::AlreadySettled,
-                _ => Settled::NotInFlight,
-            })
-            .collect())
+        settled_from(self.client.call(&request).await?, expected)
     }
 
     /// This consumer's member id.
     pub fn member(&self) -> u64 {
         self.member
     }
+}
+
+fn settled_from(response: Response, expected: usize) -> Result<Vec<Settled>, ClientError> {
+    let codes = expect(response, |r| match r {
+        Response::Settle(codes) => Ok(codes),
+        other => Err(other),
+    })?;
+    if codes.len() != expected {
+        return Err(ClientError::Protocol(format!(
+            "{} results for {expected} items",
+            codes.len()
+        )));
+    }
+    Ok(codes
+        .into_iter()
+        .map(|c| match c {
+            0 => Settled::Ok,
+            1 => Settled::AlreadySettled,
+            _ => Settled::NotInFlight,
+        })
+        .collect())
 }
 
 impl Drop for QueueConsumer {
