@@ -258,6 +258,13 @@ async fn metrics_endpoint_counts_traffic() {
     let dir = tempfile::tempdir().unwrap();
     let server = SpoolServer::start(dir.path());
     assert!(server.http_get("/health").contains("ok"));
+    // A fresh broker (no topics, no groups) still renders its metrics.
+    let empty = server.http_get("/metrics");
+    assert!(
+        empty.starts_with("HTTP/1.0 200") || empty.starts_with("HTTP/1.1 200"),
+        "{empty}"
+    );
+    assert!(empty.contains("spool_connections"), "{empty}");
     let client = Client::connect(server.addr).await.unwrap();
     client
         .create_topic("m", 1, TopicOptions::default())

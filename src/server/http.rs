@@ -152,6 +152,8 @@ fn render(broker: &Broker) -> Result<Vec<u8>, String> {
     families.extend(start.collect());
     families.extend(end.collect());
     families.extend(storage.collect());
+    // The encoder refuses a family without samples (no topics or groups yet).
+    families.retain(|f| !f.get_metric().is_empty());
     let mut out = Vec::new();
     TextEncoder::new()
         .encode(&families, &mut out)
