@@ -5,6 +5,7 @@
 //! why); 2 bad usage; 3 cannot reach the server; 4 I/O error on local input
 //! or output.
 
+mod bench;
 mod consume;
 mod groups;
 mod inspect;
@@ -47,6 +48,8 @@ enum Command {
     Produce(produce::ProduceArgs),
     /// Print message values, one per line.
     Consume(consume::ConsumeArgs),
+    /// Measure produce and consume throughput and latency, verifying every message.
+    Bench(bench::BenchArgs),
     /// Open a data directory offline (recovering it like the broker would)
     /// and print its topics and offsets.
     Inspect(inspect::InspectArgs),
@@ -139,6 +142,7 @@ fn main() -> ExitCode {
             Command::Produce(args) => produce::run(args).await,
             Command::Consume(args) => consume::run(args).await,
             Command::Inspect(args) => inspect::run(args),
+            Command::Bench(args) => bench::run(args).await,
         }
     });
     match result {

@@ -1,0 +1,638 @@
+//! `spool bench`: produce and consume through a broker and measure it.
+//!
+//! Every producer and consumer is a task with its own connection. Each
+//! payload carries its send time, producer id and sequence number, and a
+//! CRC of its filler, so the consumers check every message: none missing,
+//! none twice, order per partition (stream mode) and payload intact. A run
+//! that does not verify fails with exit code 1, whatever its speed.
+//!
+//! Without `--addr` the bench starts a broker and server in this process on
+//! a loopback port (data in a temporary directory, or `--data`): the client
+//! path is the same as against a remote broker.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use hdrhistogram::Histogram;
+use spool::client::{
+    Client, Consumer, ConsumerConfig, Producer, ProducerConfig, QueueConsumer, QueueOptions,
+    TopicOptions, WireSync,
+};
+use spool::server::{CancellationToken, Server, ServerConfig};
+use spool::{Broker, BrokerConfig, SyncPolicy};
+
+use crate::{resolve, Failure};
+
+/// Bytes of the header every payload starts with.
+const PAYLOAD_HEADER: usize = 24;
+/// Verification state of one producer's sequence numbers, as a bitset.
+type SeenSet = Vec<u64>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Consumers read partitions (split among them) from the start.
+    Stream,
+    /// Consumers share a queue-mode group and ack every message.
+    Queue,
+}
+
+/// Arguments of `spool bench`.
+#[derive(clap::Args, Clone)]
+pub struct BenchArgs {
+    /// Benchmark a running broker instead of starting one.
+    #[arg(long)]
+    addr: Option<String>,
+    /// Messages to produce in all (ignored with --duration-secs).
+    #[arg(long, default_value_t = 1_000_000)]
+    messages: u64,
+    /// Produce for this long instead of a fixed count.
+    #[arg(long)]
+    duration_secs: Option<f64>,
+    /// Bytes per message (at least 24).
+    #[arg(long, default_value_t = 100)]
+    size: usize,
+    /// Producer tasks, each on its own connection.
+    #[arg(long, default_value_t = 1)]
+    producers: u32,
+    /// Consumer tasks, each on its own connection (0: produce only).
+    #[arg(long, default_value_t = 1)]
+    consumers: u32,
+    /// Partitions of the benchmark topic.
+    #[arg(long, default_value_t = 1)]
+    partitions: u32,
+    /// stream (read partitions) or queue (group deliveries, every message acked).
+    #[arg(long, value_enum, default_value_t = Mode::Stream)]
+    mode: Mode,
+    /// Sync policy of the benchmark topic: always, interval, interval:MS, never.
+    #[arg(long, default_value = "interval")]
+    sync: SyncPolicy,
+    /// Producer batch size in bytes.
+    #[arg(long, default_value_t = 256 * 1024)]
+    batch_bytes: usize,
+    /// Producer linger in milliseconds.
+    #[arg(long, default_value_t = 1)]
+    linger_ms: u64,
+    /// Offered load in messages per second, over all producers (default: as fast as possible).
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Seconds at the start excluded from throughput and latency figures.
+    #[arg(long, default_value_t = 1.0)]
+    warmup_secs: f64,
+    /// Print one JSON object at the end instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Data directory of the embedded broker (default: a temporary one).
+    #[arg(long)]
+    data: Option<PathBuf>,
+}
+
+/// Counters shared by all tasks.
+struct Shared {
+    epoch: Instant,
+    warmup_ns: u64,
+    acked: AtomicU64,
+    consumed: AtomicU64,
+    /// Messages that arrived damaged: they will never verify, so waiting
+    /// for them would only end in a stall.
+    damaged: AtomicU64,
+    ack_latency: Mutex<Histogram<u64>>,
+    e2e_latency: Mutex<Histogram<u64>>,
+    errors: Mutex<Vec<String>>,
+}
+
+impl Shared {
+    fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    fn error(&self, message: String) {
+        if let Ok(mut errors) = self.errors.lock() {
+            if errors.len() < 20 {
+                errors.push(message);
+            }
+        }
+    }
+}
+
+/// What one consumer saw.
+#[derive(Default)]
+struct Seen {
+    /// Per producer, which sequence numbers arrived.
+    per_producer: HashMap<u32, SeenSet>,
+    duplicates: u64,
+    corrupt: u64,
+    out_of_order: u64,
+    /// Stream mode: last sequence per (partition, producer).
+    last: HashMap<(u32, u32), u64>,
+}
+
+pub async fn run(args: BenchArgs) -> Result<(), Failure> {
+    if args.size < PAYLOAD_HEADER {
+        return Err(Failure::usage(format!(
+            "--size must be at least {PAYLOAD_HEADER}"
+        )));
+    }
+    if args.producers == 0 || args.partitions == 0 {
+        return Err(Failure::usage(
+            "--producers and --partitions must be at least 1",
+        ));
+    }
+    // An embedded broker and server, unless told where one runs.
+    let mut embedded = None;
+    let addr = match &args.addr {
+        Some(addr) => resolve(addr)?,
+        None => {
+            let (dir, path) = match &args.data {
+                Some(path) => (None, path.clone()),
+                None => {
+                    let dir = tempfile::tempdir()
+                        .map_err(|e| Failure::io("creating a temporary directory", e))?;
+                    let path = dir.path().to_path_buf();
+                    (Some(dir), path)
+                }
+            };
+            let broker = Broker::open(&path, BrokerConfig::default())?;
+            let server = Server::bind(([127, 0, 0, 1], 0).into(), broker, ServerConfig::default())
+                .await
+                .map_err(|e| Failure::io("binding the embedded server", e))?;
+            let addr = server
+                .local_addr()
+                .map_err(|e| Failure::io("embedded server", e))?;
+            let shutdown = CancellationToken::new();
+            let handle = tokio::spawn(server.run(shutdown.clone()));
+            embedded = Some((shutdown, handle, dir));
+            addr
+        }
+    };
+
+    let admin = Client::connect(addr).await?;
+    let topic = format!(
+        "bench-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0)
+    );
+    let sync = match args.sync {
+        SyncPolicy::Always => WireSync::Always,
+        SyncPolicy::Interval { ms } => WireSync::Interval(ms),
+        SyncPolicy::Never => WireSync::Never,
+    };
+    let options = TopicOptions {
+        sync: Some(sync),
+        retention_ms: Some(0),
+        ..TopicOptions::default()
+    };
+    admin.create_topic(&topic, args.partitions, options).await?;
+
+    let shared = Arc::new(Shared {
+        epoch: Instant::now(),
+        warmup_ns: (args.warmup_secs.max(0.0) * 1e9) as u64,
+        acked: AtomicU64::new(0),
+        consumed: AtomicU64::new(0),
+        damaged: AtomicU64::new(0),
+        ack_latency: Mutex::new(histogram()?),
+        e2e_latency: Mutex::new(histogram()?),
+        errors: Mutex::new(Vec::new()),
+    });
+    let progress = spawn_progress(shared.clone());
+
+    // Consumers first, so nothing they should see is missed.
+    let stop = CancellationToken::new();
+    let mut consumers = Vec::new();
+    for c in 0..args.consumers {
+        let client = Client::connect(addr).await?;
+        let (args, shared, topic, stop) =
+            (args.clone(), shared.clone(), topic.clone(), stop.clone());
+        consumers.push(tokio::spawn(async move {
+            consume(c, client, &args, &topic, &shared, stop).await
+        }));
+    }
+
+    let produce_started = Instant::now();
+    let mut producers = Vec::new();
+    for p in 0..args.producers {
+        let client = Client::connect(addr).await?;
+        let (args, shared, topic) = (args.clone(), shared.clone(), topic.clone());
+        producers.push(tokio::spawn(async move {
+            produce(p, client, &args, &topic, &shared).await
+        }));
+    }
+    let mut produced = 0u64;
+    let mut produced_per_producer = HashMap::new();
+    for (p, handle) in producers.into_iter().enumerate() {
+        match handle.await {
+            Ok(Ok(n)) => {
+                produced += n;
+                produced_per_producer.insert(p as u32, n);
+            }
+            Ok(Err(e)) => shared.error(format!("producer {p}: {e}")),
+            Err(e) => shared.error(format!("producer {p} panicked: {e}")),
+        }
+    }
+    let produce_elapsed = produce_started.elapsed();
+    let acked_at_end = shared.acked.load(Ordering::Relaxed);
+
+    // Wait for the consumers to see everything (or to stall).
+    let mut last_progress = (shared.consumed.load(Ordering::Relaxed), Instant::now());
+    let arrived =
+        || shared.consumed.load(Ordering::Relaxed) + shared.damaged.load(Ordering::Relaxed);
+    while args.consumers > 0 && arrived() < produced {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = shared.consumed.load(Ordering::Relaxed);
+        if now != last_progress.0 {
+            last_progress = (now, Instant::now());
+        } else if last_progress.1.elapsed() > Duration::from_secs(30) {
+            shared.error(format!("consumers stalled at {now} of {produced} messages"));
+            break;
+        }
+    }
+    let consume_elapsed = produce_started.elapsed();
+    stop.cancel();
+    let mut seen: Vec<Seen> = Vec::new();
+    for (c, handle) in consumers.into_iter().enumerate() {
+        match handle.await {
+            Ok(Ok(s)) => seen.push(s),
+            Ok(Err(e)) => shared.error(format!("consumer {c}: {e}")),
+            Err(e) => shared.error(format!("consumer {c} panicked: {e}")),
+        }
+    }
+    progress.abort();
+    eprintln!();
+
+    // Verify: every (producer, seq) exactly once, intact, in order.
+    let mut verified = 0u64;
+    let mut duplicates: u64 = seen.iter().map(|s| s.duplicates).sum();
+    let corrupt: u64 = seen.iter().map(|s| s.corrupt).sum();
+    let out_of_order: u64 = seen.iter().map(|s| s.out_of_order).sum();
+    if args.consumers > 0 {
+        for (&p, &n) in &produced_per_producer {
+            let mut union: SeenSet = vec![0; (n as usize).div_ceil(64)];
+            for s in &seen {
+                if let Some(bits) = s.per_producer.get(&p) {
+                    for (i, word) in bits.iter().enumerate().take(union.len()) {
+                        duplicates += u64::from((union[i] & word).count_ones());
+                        union[i] |= word;
+                    }
+                }
+            }
+            verified += union.iter().map(|w| u64::from(w.count_ones())).sum::<u64>();
+        }
+        if verified != produced {
+            shared.error(format!(
+                "{} of {produced} messages never arrived",
+                produced - verified
+            ));
+        }
+        if corrupt > 0 {
+            shared.error(format!("{corrupt} messages arrived damaged"));
+        }
+        if out_of_order > 0 {
+            shared.error(format!(
+                "{out_of_order} messages arrived out of order within their partition"
+            ));
+        }
+        if duplicates > 0 && args.mode == Mode::Stream {
+            shared.error(format!("{duplicates} messages arrived more than once"));
+        }
+    }
+
+    let warmup = Duration::from_nanos(shared.warmup_ns);
+    let rate = |count: u64, elapsed: Duration| {
+        // Exclude the warm-up when the run is long enough to have one.
+        let (count, elapsed) = if elapsed > warmup * 2 {
+            let share = (elapsed - warmup).as_secs_f64() / elapsed.as_secs_f64();
+            ((count as f64 * share) as u64, elapsed - warmup)
+        } else {
+            (count, elapsed)
+        };
+        count as f64 / elapsed.as_secs_f64().max(1e-9)
+    };
+    let produce_rate = rate(acked_at_end, produce_elapsed);
+    let consume_rate = if args.consumers > 0 {
+        rate(verified, consume_elapsed)
+    } else {
+        0.0
+    };
+    let mb = |msgs: f64| msgs * args.size as f64 / 1e6;
+    let ack = shared
+        .ack_latency
+        .lock()
+        .map(|h| h.clone())
+        .map_err(|_| Failure::refused("poisoned"))?;
+    let e2e = shared
+        .e2e_latency
+        .lock()
+        .map(|h| h.clone())
+        .map_err(|_| Failure::refused("poisoned"))?;
+    let us = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) / 1000;
+    let errors = shared.errors.lock().map(|e| e.clone()).unwrap_or_default();
+
+    if args.json {
+        let report = serde_json::json!({
+            "mode": format!("{:?}", args.mode).to_lowercase(),
+            "sync": args.sync.to_string(),
+            "size": args.size,
+            "producers": args.producers,
+            "consumers": args.consumers,
+            "partitions": args.partitions,
+            "messages_produced": produced,
+            "messages_verified": verified,
+            "duplicates": duplicates,
+            "produce_secs": produce_elapsed.as_secs_f64(),
+            "produce_msgs_per_sec": produce_rate,
+            "produce_mb_per_sec": mb(produce_rate),
+            "consume_msgs_per_sec": consume_rate,
+            "consume_mb_per_sec": mb(consume_rate),
+            "ack_p50_us": us(&ack, 0.5), "ack_p90_us": us(&ack, 0.9), "ack_p99_us": us(&ack, 0.99),
+            "ack_p999_us": us(&ack, 0.999), "ack_max_us": ack.max() / 1000,
+            "e2e_p50_us": us(&e2e, 0.5), "e2e_p90_us": us(&e2e, 0.9), "e2e_p99_us": us(&e2e, 0.99),
+            "e2e_p999_us": us(&e2e, 0.999), "e2e_max_us": e2e.max() / 1000,
+            "errors": errors,
+        });
+        println!("{report}");
+    } else {
+        println!(
+            "spool bench: {} msgs of {} B, {} producers, {} consumers, {} partitions, mode {:?}, sync {}",
+            produced, args.size, args.producers, args.consumers, args.partitions, args.mode, args.sync
+        );
+        println!(
+            "  produce  {:>12.0} msg/s  {:>9.1} MB/s",
+            produce_rate,
+            mb(produce_rate)
+        );
+        println!(
+            "  consume  {:>12.0} msg/s  {:>9.1} MB/s",
+            consume_rate,
+            mb(consume_rate)
+        );
+        println!("  latency (us)      p50      p90      p99    p99.9      max");
+        for (name, h) in [("ack", &ack), ("end-to-end", &e2e)] {
+            println!(
+                "  {name:<12} {:>8} {:>8} {:>8} {:>8} {:>8}",
+                us(h, 0.5),
+                us(h, 0.9),
+                us(h, 0.99),
+                us(h, 0.999),
+                h.max() / 1000
+            );
+        }
+        println!("  verified {verified} of {produced} messages, {duplicates} duplicates");
+    }
+
+    // Leave a remote broker as we found it.
+    if let Err(e) = admin.delete_topic(&topic).await {
+        eprintln!("spool bench: could not delete topic {topic}: {e}");
+    }
+    if let Some((shutdown, handle, _dir)) = embedded {
+        shutdown.cancel();
+        let _ = handle.await;
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::refused(format!(
+            "benchmark failed verification: {}",
+            errors.join("; ")
+        )))
+    }
+}
+
+fn histogram() -> Result<Histogram<u64>, Failure> {
+    // 1 us to 1 min in ns, 3 significant digits.
+    Histogram::new_with_bounds(1_000, 60_000_000_000, 3).map_err(|e| Failure::usage(e.to_string()))
+}
+
+fn spawn_progress(shared: Arc<Shared>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut last = (0u64, 0u64, Instant::now());
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let (acked, consumed) = (
+                shared.acked.load(Ordering::Relaxed),
+                shared.consumed.load(Ordering::Relaxed),
+            );
+            let secs = last.2.elapsed().as_secs_f64();
+            eprint!(
+                "\r[{:>5.1}s] produced {acked} ({:.0}/s)  consumed {consumed} ({:.0}/s)    ",
+                shared.epoch.elapsed().as_secs_f64(),
+                (acked - last.0) as f64 / secs,
+                (consumed - last.1) as f64 / secs
+            );
+            last = (acked, consumed, Instant::now());
+        }
+    })
+}
+
+async fn produce(
+    id: u32,
+    client: Client,
+    args: &BenchArgs,
+    topic: &str,
+    shared: &Arc<Shared>,
+) -> Result<u64, String> {
+    let config = ProducerConfig {
+        batch_bytes: args.batch_bytes,
+        linger: Duration::from_millis(args.linger_ms),
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::new(client, config);
+    let share = args.messages / u64::from(args.producers)
+        + u64::from(u64::from(id) < args.messages % u64::from(args.producers));
+    let deadline = args
+        .duration_secs
+        .map(|s| Instant::now() + Duration::from_secs_f64(s));
+    let interval = args
+        .rate
+        .map(|r| Duration::from_secs_f64(f64::from(args.producers) / r.max(1) as f64));
+    let started = tokio::time::Instant::now();
+
+    // Acks are awaited concurrently as they resolve, so each latency is the
+    // message's own and not the head of a queue's.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let collector = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut pending = FuturesUnordered::new();
+            let mut open = true;
+            loop {
+                tokio::select! {
+                    item = rx.recv(), if open => match item {
+                        Some((sent_ns, delivery)) => pending.push(async move { (sent_ns, delivery.await) }),
+                        None => open = false,
+                    },
+                    Some((sent_ns, result)) = pending.next(), if !pending.is_empty() => {
+                        let sent_ns: u64 = sent_ns;
+                        match result {
+                            Ok(_) => {
+                                shared.acked.fetch_add(1, Ordering::Relaxed);
+                                if sent_ns >= shared.warmup_ns {
+                                    if let Ok(mut h) = shared.ack_latency.lock() {
+                                        let _ = h.record(shared.now_ns().saturating_sub(sent_ns).max(1_000));
+                                    }
+                                }
+                            }
+                            Err(e) => shared.error(format!("a produce failed: {e}")),
+                        }
+                    }
+                    else => break,
+                }
+            }
+        })
+    };
+
+    let mut seq = 0u64;
+    loop {
+        match deadline {
+            Some(d) if Instant::now() >= d => break,
+            None if seq >= share => break,
+            _ => {}
+        }
+        if let Some(interval) = interval {
+            tokio::time::sleep_until(started + interval * seq as u32).await;
+        }
+        let sent_ns = shared.now_ns();
+        let payload = payload(args.size, sent_ns, id, seq);
+        let delivery = producer
+            .send(topic, None, payload)
+            .await
+            .map_err(|e| e.to_string())?;
+        if tx.send((sent_ns, delivery)).is_err() {
+            return Err("ack collector stopped".into());
+        }
+        seq += 1;
+    }
+    producer.flush().await.map_err(|e| e.to_string())?;
+    drop(tx);
+    collector.await.map_err(|e| e.to_string())?;
+    Ok(seq)
+}
+
+/// `[send ns][producer][seq][crc of filler][filler]`; the filler depends on
+/// the sequence number, so a message swapped for another fails the check.
+fn payload(size: usize, sent_ns: u64, producer: u32, seq: u64) -> Bytes {
+    let mut b = BytesMut::with_capacity(size);
+    b.put_u64_le(sent_ns);
+    b.put_u32_le(producer);
+    b.put_u64_le(seq);
+    let filler: Vec<u8> = (0..size - PAYLOAD_HEADER)
+        .map(|i| (seq as u8).wrapping_add(i as u8))
+        .collect();
+    b.put_u32_le(crc32fast::hash(&filler));
+    b.put_slice(&filler);
+    b.freeze()
+}
+
+async fn consume(
+    id: u32,
+    client: Client,
+    args: &BenchArgs,
+    topic: &str,
+    shared: &Arc<Shared>,
+    stop: CancellationToken,
+) -> Result<Seen, String> {
+    let mut seen = Seen::default();
+    match args.mode {
+        Mode::Stream => {
+            let positions = (0..args.partitions)
+                .filter(|p| p % args.consumers == id)
+                .map(|p| (p, 0))
+                .collect();
+            let mut consumer =
+                Consumer::from_positions(client, topic, positions, ConsumerConfig::default());
+            loop {
+                let next = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    next = consumer.next() => next,
+                };
+                match next {
+                    Some(Ok(m)) => check(&mut seen, shared, m.partition, &m.value, true),
+                    Some(Err(e)) => return Err(e.to_string()),
+                    None => break,
+                }
+            }
+        }
+        Mode::Queue => {
+            let options = QueueOptions {
+                prefetch: 1000,
+                max_in_flight: 4000,
+                max_wait: Duration::from_millis(100),
+                ..QueueOptions::default()
+            };
+            let mut consumer = QueueConsumer::join(client, "bench", topic, options)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut acks = None;
+            while !stop.is_cancelled() {
+                let batch = consumer.receive_batch().await.map_err(|e| e.to_string())?;
+                for m in &batch {
+                    check(&mut seen, shared, m.partition, &m.value, false);
+                }
+                // Every message acked, the acks pipelined with the next delivery.
+                let sent = consumer
+                    .send_acks(&batch)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if let Some(previous) = acks.replace(sent) {
+                    previous.await.map_err(|e| e.to_string())?;
+                }
+            }
+            if let Some(last) = acks {
+                last.await.map_err(|e| e.to_string())?;
+            }
+        }
+    }
+    Ok(seen)
+}
+
+fn check(seen: &mut Seen, shared: &Shared, partition: u32, value: &[u8], ordered: bool) {
+    let now = shared.now_ns();
+    if value.len() < PAYLOAD_HEADER {
+        seen.corrupt += 1;
+        shared.damaged.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let u64_at = |p: usize| u64::from_le_bytes(value[p..p + 8].try_into().unwrap_or([0; 8]));
+    let sent_ns = u64_at(0);
+    let producer = u32::from_le_bytes(value[8..12].try_into().unwrap_or([0; 4]));
+    let seq = u64_at(12);
+    let crc = u32::from_le_bytes(value[20..24].try_into().unwrap_or([0; 4]));
+    let filler = &value[PAYLOAD_HEADER..];
+    let pattern_ok = filler
+        .iter()
+        .enumerate()
+        .all(|(i, &b)| b == (seq as u8).wrapping_add(i as u8));
+    if crc32fast::hash(filler) != crc || !pattern_ok {
+        seen.corrupt += 1;
+        shared.damaged.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let bits = seen.per_producer.entry(producer).or_default();
+    let (word, bit) = ((seq / 64) as usize, seq % 64);
+    if bits.len() <= word {
+        bits.resize(word + 1, 0);
+    }
+    if bits[word] & (1 << bit) != 0 {
+        seen.duplicates += 1;
+        return;
+    }
+    bits[word] |= 1 << bit;
+    if ordered {
+        if let Some(last) = seen.last.insert((partition, producer), seq) {
+            if last >= seq {
+                seen.out_of_order += 1;
+            }
+        }
+    }
+    shared.consumed.fetch_add(1, Ordering::Relaxed);
+    if sent_ns >= shared.warmup_ns {
+        if let Ok(mut h) = shared.e2e_latency.lock() {
+            let _ = h.record(now.saturating_sub(sent_ns).max(1_000));
+        }
+    }
+}

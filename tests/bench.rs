@@ -1,0 +1,83 @@
+//! `spool bench` runs against an embedded broker, reports throughput and
+//! verifies every message (the figures themselves are not asserted).
+
+use std::process::Command;
+
+fn bench(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_spool"))
+        .arg("bench")
+        .args(args)
+        .args(["--json", "--warmup-secs", "0"])
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "spool bench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("bad JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[test]
+fn stream_bench_reports_throughput_and_verifies_every_message() {
+    let r = bench(&[
+        "--messages",
+        "50000",
+        "--size",
+        "100",
+        "--producers",
+        "2",
+        "--consumers",
+        "2",
+        "--partitions",
+        "4",
+    ]);
+    assert_eq!(r["messages_produced"], 50000);
+    assert_eq!(r["messages_verified"], 50000);
+    assert_eq!(r["duplicates"], 0);
+    for key in [
+        "produce_msgs_per_sec",
+        "consume_msgs_per_sec",
+        "produce_mb_per_sec",
+    ] {
+        assert!(r[key].as_f64().unwrap() > 0.0, "{key}: {}", r[key]);
+    }
+    for key in ["e2e_p50_us", "e2e_p99_us", "ack_p99_us"] {
+        assert!(r[key].as_u64().is_some(), "{key} missing");
+    }
+}
+
+#[test]
+fn queue_bench_acks_every_message_for_a_few_seconds() {
+    let r = bench(&[
+        "--duration-secs",
+        "2",
+        "--size",
+        "256",
+        "--producers",
+        "1",
+        "--consumers",
+        "2",
+        "--partitions",
+        "2",
+        "--mode",
+        "queue",
+        "--sync",
+        "always",
+    ]);
+    let produced = r["messages_produced"].as_u64().unwrap();
+    assert!(produced > 0);
+    assert_eq!(r["messages_verified"].as_u64().unwrap(), produced);
+    assert!(r["consume_msgs_per_sec"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn a_bad_run_is_refused_not_reported() {
+    let out = Command::new(env!("CARGO_BIN_EXE_spool"))
+        .args(["bench", "--size", "8", "--messages", "10"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
