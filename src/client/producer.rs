@@ -64,13 +64,26 @@ pub struct Delivery {
     pub offset: u64,
 }
 
-/// The future of one message's delivery.
-pub type DeliveryFuture =
-    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Delivery, ClientError>> + Send>>;
+/// The future of one message's delivery (no allocation beyond its channel).
+pub struct DeliveryFuture(oneshot::Receiver<Result<Delivery, ClientError>>);
+
+impl std::future::Future for DeliveryFuture {
+    type Output = Result<Delivery, ClientError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx).map(|r| match r {
+            Ok(result) => result,
+            Err(_) => Err(ClientError::Disconnected("producer stopped".into())),
+        })
+    }
+}
 
 enum Command {
     Send {
-        topic: String,
+        topic: Arc<str>,
         key: Option<Bytes>,
         value: Bytes,
         timestamp_ms: i64,
@@ -83,6 +96,9 @@ enum Command {
 #[derive(Clone)]
 pub struct Producer {
     tx: mpsc::Sender<Command>,
+    /// The last topic sent to, shared so that sending to the same topic
+    /// again allocates nothing.
+    last_topic: Arc<std::sync::Mutex<Option<Arc<str>>>>,
 }
 
 struct Open {
@@ -101,7 +117,10 @@ impl Producer {
     pub fn new(client: Client, config: ProducerConfig) -> Producer {
         let (tx, rx) = mpsc::channel(config.queue_messages.max(1));
         tokio::spawn(run(client, config, rx));
-        Producer { tx }
+        Producer {
+            tx,
+            last_topic: Arc::new(std::sync::Mutex::new(None)),
+        }
     }
 
     /// Queues a message; the returned future resolves once it is stored.
@@ -117,9 +136,10 @@ impl Producer {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
             .unwrap_or(0);
+        let topic = self.topic_handle(topic);
         self.tx
             .send(Command::Send {
-                topic: topic.to_string(),
+                topic,
                 key,
                 value,
                 timestamp_ms,
@@ -127,10 +147,21 @@ impl Producer {
             })
             .await
             .map_err(|_| ClientError::Disconnected("producer stopped".into()))?;
-        Ok(Box::pin(async move {
-            wait.await
-                .map_err(|_| ClientError::Disconnected("producer stopped".into()))?
-        }))
+        Ok(DeliveryFuture(wait))
+    }
+
+    fn topic_handle(&self, topic: &str) -> Arc<str> {
+        let Ok(mut last) = self.last_topic.lock() else {
+            return Arc::from(topic);
+        };
+        match last.as_ref() {
+            Some(t) if &**t == topic => t.clone(),
+            _ => {
+                let t: Arc<str> = Arc::from(topic);
+                *last = Some(t.clone());
+                t
+            }
+        }
     }
 
     /// Sends every open batch now and waits until all messages sent before
@@ -148,8 +179,8 @@ impl Producer {
 
 async fn run(client: Client, config: ProducerConfig, mut rx: mpsc::Receiver<Command>) {
     let in_flight = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
-    let mut topics: HashMap<String, TopicState> = HashMap::new();
-    let mut open: HashMap<(String, u32), Open> = HashMap::new();
+    let mut topics: HashMap<Arc<str>, TopicState> = HashMap::new();
+    let mut open: HashMap<(Arc<str>, u32), Open> = HashMap::new();
     loop {
         let next_deadline = open.values().map(|o| o.deadline).min();
         let command = tokio::select! {
@@ -258,8 +289,8 @@ async fn sleep_until(deadline: Option<Instant>) {
 
 async fn topic_state<'a>(
     client: &Client,
-    topics: &'a mut HashMap<String, TopicState>,
-    topic: &str,
+    topics: &'a mut HashMap<Arc<str>, TopicState>,
+    topic: &Arc<str>,
 ) -> Result<&'a mut TopicState, ClientError> {
     if !topics.contains_key(topic) {
         let described = client.describe_topic(topic).await?;
@@ -270,7 +301,7 @@ async fn topic_state<'a>(
             )));
         }
         topics.insert(
-            topic.to_string(),
+            topic.clone(),
             TopicState {
                 partitions,
                 sticky: 0,
@@ -288,8 +319,8 @@ async fn dispatch(
     client: &Client,
     config: &ProducerConfig,
     in_flight: &Arc<Semaphore>,
-    topics: &mut HashMap<String, TopicState>,
-    (topic, partition): (String, u32),
+    topics: &mut HashMap<Arc<str>, TopicState>,
+    (topic, partition): (Arc<str>, u32),
     batch: Open,
 ) {
     if let Some(state) = topics.get_mut(&topic) {
@@ -314,7 +345,7 @@ async fn dispatch(
         );
     };
     let request = Request::Produce {
-        topic,
+        topic: topic.to_string(),
         partition,
         batch: bytes,
     };

@@ -520,11 +520,10 @@ fn payload(size: usize, sent_ns: u64, producer: u32, seq: u64) -> Bytes {
     b.put_u64_le(sent_ns);
     b.put_u32_le(producer);
     b.put_u64_le(seq);
-    let filler: Vec<u8> = (0..size - PAYLOAD_HEADER)
-        .map(|i| (seq as u8).wrapping_add(i as u8))
-        .collect();
-    b.put_u32_le(crc32fast::hash(&filler));
-    b.put_slice(&filler);
+    b.put_u32_le(0);
+    b.extend((0..size - PAYLOAD_HEADER).map(|i| (seq as u8).wrapping_add(i as u8)));
+    let crc = crc32fast::hash(&b[PAYLOAD_HEADER..]);
+    b[20..24].copy_from_slice(&crc.to_le_bytes());
     b.freeze()
 }
 
