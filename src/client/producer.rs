@@ -33,7 +33,8 @@ use super::{expect, Client, ClientError};
 pub struct ProducerConfig {
     /// A batch is sent once it holds this many bytes.
     pub batch_bytes: usize,
-    /// ...or once its first message has waited this long.
+    /// ...or once its first message has waited this long. Zero: send as
+    /// soon as the producer has nothing else queued.
     pub linger: Duration,
     /// Batches on the wire at once (backpressure beyond that).
     pub max_in_flight: usize,
@@ -47,7 +48,7 @@ impl Default for ProducerConfig {
     fn default() -> Self {
         ProducerConfig {
             batch_bytes: 256 * 1024,
-            linger: Duration::from_millis(2),
+            linger: Duration::ZERO,
             max_in_flight: 64,
             retries: 3,
             queue_messages: 64 * 1024,
@@ -256,6 +257,15 @@ async fn run(client: Client, config: ProducerConfig, mut rx: mpsc::Receiver<Comm
                 if entry.builder.len_bytes() >= config.batch_bytes {
                     if let Some(batch) = open.remove(&slot) {
                         dispatch(&client, &config, &in_flight, &mut topics, slot, batch).await;
+                    }
+                }
+                // No linger: send as soon as nothing more is waiting. Under
+                // load messages keep arriving while batches are sent, so
+                // batches still fill; when idle, one message goes at once
+                // (a zero-length timer would wait for tokio's 1 ms tick).
+                if config.linger.is_zero() && rx.is_empty() {
+                    for (key, batch) in std::mem::take(&mut open) {
+                        dispatch(&client, &config, &in_flight, &mut topics, key, batch).await;
                     }
                 }
             }

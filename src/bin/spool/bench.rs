@@ -74,8 +74,9 @@ pub struct BenchArgs {
     /// Producer batch size in bytes.
     #[arg(long, default_value_t = 256 * 1024)]
     batch_bytes: usize,
-    /// Producer linger in milliseconds.
-    #[arg(long, default_value_t = 1)]
+    /// Producer linger in milliseconds (0: send whenever the producer's
+    /// queue runs empty).
+    #[arg(long, default_value_t = 0)]
     linger_ms: u64,
     /// Offered load in messages per second, over all producers (default: as fast as possible).
     #[arg(long)]
