@@ -26,6 +26,9 @@ use spool_protocol::{Batch, BatchError, Offset, Record};
 use super::segment::{self, ActiveFile, Segment};
 use super::{monotonic_ms, LogConfig, StorageError, SyncPolicy};
 
+/// Newest bytes of an active segment kept mapped (the tail consumers read).
+const ACTIVE_RESIDENT_BYTES: u64 = 64 * 1024;
+
 /// Where an appended batch landed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AppendInfo {
@@ -544,12 +547,16 @@ impl PartitionLog {
         Ok(dropped.len())
     }
 
-    /// Unmaps sealed segments nobody has read for `idle_ms`.
+    /// Unmaps sealed segments nobody has read for `idle_ms`, and releases
+    /// the resident pages of the active segment but its newest 64 KiB.
     pub fn unmap_idle(&self, now_ms: u64, idle_ms: u64) -> usize {
         let segments = match self.segments.read() {
             Ok(s) => s.clone(),
             Err(_) => return 0,
         };
+        if let Some(active) = segments.last() {
+            active.release_resident(ACTIVE_RESIDENT_BYTES);
+        }
         segments
             .iter()
             .filter(|s| s.evict_if_idle(now_ms, idle_ms))

@@ -68,6 +68,9 @@ pub struct Segment {
     map: Mutex<Option<Arc<MmapRaw>>>,
     index: RwLock<Vec<IndexEntry>>,
     last_access_ms: AtomicU64,
+    /// Bytes below this were handed back to the page cache with
+    /// `MADV_DONTNEED` (active segment only).
+    released: AtomicU64,
 }
 
 /// The writer's half of the active segment: only the partition's append
@@ -137,6 +140,7 @@ impl Segment {
             map: Mutex::new(None),
             index: RwLock::new(Vec::new()),
             last_access_ms: AtomicU64::new(monotonic_ms()),
+            released: AtomicU64::new(0),
         }
     }
 
@@ -514,6 +518,40 @@ impl Segment {
             );
         }
         entries
+    }
+
+    /// Drops this process's page mappings of the written part of the
+    /// active segment except its newest `keep_bytes`, so that resident
+    /// memory does not grow with every byte a partition takes. The data
+    /// stays in the page cache (dirty pages included: this is a shared file
+    /// mapping), and readers fault pages back in from there. Returns the
+    /// bytes released.
+    pub fn release_resident(&self, keep_bytes: u64) -> u64 {
+        let Ok(slot) = self.map.lock() else { return 0 };
+        let Some(map) = slot.as_ref() else { return 0 };
+        let upto = self.len().saturating_sub(keep_bytes) & !(PAGE_BYTES - 1);
+        let from = self.released.load(Ordering::Relaxed);
+        if upto <= from || upto > map.len() as u64 {
+            return 0;
+        }
+        // SAFETY: the range lies inside this shared file mapping; on such a
+        // mapping MADV_DONTNEED only unmaps pages (their contents, dirty or
+        // not, remain in the page cache and are read back on the next
+        // access), so bytes published to readers do not change.
+        let released = unsafe {
+            map.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                from as usize,
+                (upto - from) as usize,
+            )
+        };
+        match released {
+            Ok(()) => {
+                self.released.store(upto, Ordering::Relaxed);
+                upto - from
+            }
+            Err(_) => 0,
+        }
     }
 
     /// Unmaps a cold sealed segment. Returns true if it was unmapped.
