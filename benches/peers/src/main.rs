@@ -62,7 +62,10 @@ fn parse(p: &[u8]) -> Option<(u64, u64)> {
     if p.len() < 16 {
         return None;
     }
-    Some((u64::from_le_bytes(p[0..8].try_into().ok()?), u64::from_le_bytes(p[8..16].try_into().ok()?)))
+    Some((
+        u64::from_le_bytes(p[0..8].try_into().ok()?),
+        u64::from_le_bytes(p[8..16].try_into().ok()?),
+    ))
 }
 
 struct Tally {
@@ -74,6 +77,16 @@ struct Tally {
 }
 
 impl Tally {
+    fn new(epoch: Instant) -> Result<Tally> {
+        Ok(Tally {
+            epoch,
+            e2e: hist()?,
+            next_seq: 0,
+            received: 0,
+            out_of_order: 0,
+        })
+    }
+
     fn see(&mut self, p: &[u8]) {
         if let Some((sent, seq)) = parse(p) {
             let now = self.epoch.elapsed().as_nanos() as u64;
@@ -127,7 +140,10 @@ async fn main() -> Result<()> {
 async fn redis_run(args: &Args, epoch: Instant) -> Result<(f64, f64, Histogram<u64>, Tally)> {
     let client = redis::Client::open(args.url.as_str())?;
     let mut admin = client.get_multiplexed_async_connection().await?;
-    let key = format!("bench-{}", epoch.elapsed().as_nanos() ^ u128::from(std::process::id()));
+    let key = format!(
+        "bench-{}",
+        epoch.elapsed().as_nanos() ^ u128::from(std::process::id())
+    );
     if args.mode == Mode::Queue {
         redis::cmd("XGROUP")
             .arg("CREATE")
@@ -150,7 +166,11 @@ async fn redis_run(args: &Args, epoch: Instant) -> Result<(f64, f64, Histogram<u
                 let n = (args.messages - seq).min(args.batch as u64);
                 let sent = epoch.elapsed().as_nanos() as u64;
                 for i in 0..n {
-                    pipe.cmd("XADD").arg(&key).arg("*").arg("d").arg(payload(args.size, sent, seq + i));
+                    pipe.cmd("XADD").arg(&key).arg("*").arg("d").arg(payload(
+                        args.size,
+                        sent,
+                        seq + i,
+                    ));
                 }
                 let _: Vec<String> = pipe.query_async(&mut con).await?;
                 let now = epoch.elapsed().as_nanos() as u64;
@@ -163,13 +183,7 @@ async fn redis_run(args: &Args, epoch: Instant) -> Result<(f64, f64, Histogram<u
         })
     };
     let mut con = client.get_multiplexed_async_connection().await?;
-    let mut tally = Tally {
-        epoch,
-        e2e: hist()?,
-        next_seq: 0,
-        received: 0,
-        out_of_order: 0,
-    };
+    let mut tally = Tally::new(epoch)?;
     let mut last_id = "0".to_string();
     let deadline = Instant::now() + Duration::from_secs(600);
     while tally.received < args.messages {
@@ -179,16 +193,28 @@ async fn redis_run(args: &Args, epoch: Instant) -> Result<(f64, f64, Histogram<u
         let reply: redis::streams::StreamReadReply = match args.mode {
             Mode::Queue => {
                 redis::cmd("XREADGROUP")
-                    .arg("GROUP").arg("g").arg("c")
-                    .arg("COUNT").arg(args.batch).arg("BLOCK").arg(100)
-                    .arg("STREAMS").arg(&key).arg(">")
+                    .arg("GROUP")
+                    .arg("g")
+                    .arg("c")
+                    .arg("COUNT")
+                    .arg(args.batch)
+                    .arg("BLOCK")
+                    .arg(100)
+                    .arg("STREAMS")
+                    .arg(&key)
+                    .arg(">")
                     .query_async(&mut con)
                     .await?
             }
             Mode::Stream => {
                 redis::cmd("XREAD")
-                    .arg("COUNT").arg(args.batch).arg("BLOCK").arg(100)
-                    .arg("STREAMS").arg(&key).arg(&last_id)
+                    .arg("COUNT")
+                    .arg(args.batch)
+                    .arg("BLOCK")
+                    .arg(100)
+                    .arg("STREAMS")
+                    .arg(&key)
+                    .arg(&last_id)
                     .query_async(&mut con)
                     .await?
             }
@@ -204,7 +230,12 @@ async fn redis_run(args: &Args, epoch: Instant) -> Result<(f64, f64, Histogram<u
         }
         if args.mode == Mode::Queue && !ids.is_empty() {
             // Every message acked: one XACK naming each id.
-            let _: u64 = redis::cmd("XACK").arg(&key).arg("g").arg(&ids).query_async(&mut con).await?;
+            let _: u64 = redis::cmd("XACK")
+                .arg(&key)
+                .arg("g")
+                .arg(&ids)
+                .query_async(&mut con)
+                .await?;
         }
     }
     let consume_secs = start.elapsed().as_secs_f64();
@@ -217,7 +248,10 @@ async fn nats_run(args: &Args, epoch: Instant) -> Result<(f64, f64, Histogram<u6
     use async_nats::jetstream::{self, consumer, stream};
     let client = async_nats::connect(args.url.as_str()).await?;
     let js = jetstream::new(client);
-    let name = format!("BENCH{}", epoch.elapsed().as_nanos() ^ u128::from(std::process::id()));
+    let name = format!(
+        "BENCH{}",
+        epoch.elapsed().as_nanos() ^ u128::from(std::process::id())
+    );
     let subject = format!("bench.{name}");
     let stream = js
         .create_stream(stream::Config {
@@ -246,29 +280,33 @@ async fn nats_run(args: &Args, epoch: Instant) -> Result<(f64, f64, Histogram<u6
             let mut window = VecDeque::new();
             for seq in 0..args.messages {
                 let sent = epoch.elapsed().as_nanos() as u64;
-                let future = js.publish(subject.clone(), payload(args.size, sent, seq).into()).await?;
+                let future = js
+                    .publish(subject.clone(), payload(args.size, sent, seq).into())
+                    .await?;
                 window.push_back((sent, future));
                 if window.len() >= args.batch {
                     if let Some((sent, f)) = window.pop_front() {
                         f.await?;
-                        let _ = ack.record((epoch.elapsed().as_nanos() as u64).saturating_sub(sent).max(1000));
+                        let _ = ack.record(
+                            (epoch.elapsed().as_nanos() as u64)
+                                .saturating_sub(sent)
+                                .max(1000),
+                        );
                     }
                 }
             }
             while let Some((sent, f)) = window.pop_front() {
                 f.await?;
-                let _ = ack.record((epoch.elapsed().as_nanos() as u64).saturating_sub(sent).max(1000));
+                let _ = ack.record(
+                    (epoch.elapsed().as_nanos() as u64)
+                        .saturating_sub(sent)
+                        .max(1000),
+                );
             }
             anyhow::Ok((start.elapsed().as_secs_f64(), ack))
         })
     };
-    let mut tally = Tally {
-        epoch,
-        e2e: hist()?,
-        next_seq: 0,
-        received: 0,
-        out_of_order: 0,
-    };
+    let mut tally = Tally::new(epoch)?;
     let mut messages = consumer.messages().await?;
     while tally.received < args.messages {
         let message = tokio::time::timeout(Duration::from_secs(60), messages.next())
