@@ -533,6 +533,21 @@ impl Broker {
                 m.as_mut().enable();
             }
             let (out, next_event_ms) = self.deliver_once(&g, &topic, member, max).await?;
+            if !out.is_empty() && g.check_member(member).is_err() {
+                // The member left while we were taking messages for it (its
+                // connection closed): hand them back at once.
+                let now = monotonic_ms();
+                for p in &g.partitions {
+                    if let Ok(mut p) = p.lock() {
+                        p.queue.release_member(member, now);
+                    }
+                }
+                g.changed.notify_waiters();
+                return Err(BrokerError::UnknownMember {
+                    group: group.to_string(),
+                    member,
+                });
+            }
             if !out.is_empty() || tokio::time::Instant::now() >= deadline {
                 return Ok(out);
             }

@@ -291,12 +291,14 @@ pub async fn serve(stream: TcpStream, ctx: Arc<ServerContext>, shutdown: Cancell
     // Let what was accepted finish (bounded: fetches wait at most 30 s), then
     // close the writer, which flushes what is queued.
     drop(frames);
-    while tasks.join_next().await.is_some() {}
+    // Leave groups first: a client that is gone must not hold messages
+    // while its in-flight requests (a long-polling delivery, say) finish.
     for (group, member) in joined {
         if let Err(err) = ctx.broker.leave_group(&group, member) {
             tracing::debug!(group, member, error = %err, "leaving group at disconnect");
         }
     }
+    while tasks.join_next().await.is_some() {}
     drop(tx);
     let _ = writer.await;
 }
