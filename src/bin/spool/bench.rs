@@ -181,11 +181,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
             .map(|d| d.as_millis())
             .unwrap_or(0)
     );
-    let sync = match args.sync {
-        SyncPolicy::Always => WireSync::Always,
-        SyncPolicy::Interval { ms } => WireSync::Interval(ms),
-        SyncPolicy::Never => WireSync::Never,
-    };
+    let sync: WireSync = args.sync.into();
     let options = TopicOptions {
         sync: Some(sync),
         retention_ms: Some(0),

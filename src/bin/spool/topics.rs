@@ -1,6 +1,6 @@
 //! `spool topics create|list|describe|delete`.
 
-use spool::client::{Client, TopicDescription, TopicOptions, WireSync};
+use spool::client::{Client, TopicDescription, TopicOptions};
 use spool::SyncPolicy;
 
 use crate::{resolve, Failure, DEFAULT_ADDR};
@@ -63,11 +63,7 @@ pub async fn run(command: TopicsCommand) -> Result<(), Failure> {
         } => {
             let client = Client::connect(resolve(&addr)?).await?;
             let settings = TopicOptions {
-                sync: sync.map(|s| match s {
-                    SyncPolicy::Always => WireSync::Always,
-                    SyncPolicy::Interval { ms } => WireSync::Interval(ms),
-                    SyncPolicy::Never => WireSync::Never,
-                }),
+                sync: sync.map(Into::into),
                 segment_size_bytes: segment_bytes,
                 retention_ms,
                 retention_bytes,
@@ -106,11 +102,7 @@ pub async fn run(command: TopicsCommand) -> Result<(), Failure> {
 }
 
 fn print_topic(t: &TopicDescription) {
-    let sync = match t.sync {
-        WireSync::Always => "always".to_string(),
-        WireSync::Interval(ms) => format!("interval:{ms}"),
-        WireSync::Never => "never".to_string(),
-    };
+    let sync = SyncPolicy::from(t.sync);
     let or_none = |v: u64| {
         if v == 0 {
             "none".to_string()

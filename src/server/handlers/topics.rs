@@ -20,7 +20,7 @@ pub fn create(
         config.partitions = partitions;
     }
     if let Some(sync) = settings.sync {
-        config.log.sync = from_wire_sync(sync);
+        config.log.sync = sync.into();
     }
     if let Some(size) = settings.segment_size_bytes {
         config.log.segment_size_bytes = size;
@@ -58,28 +58,32 @@ pub fn describe(broker: &Broker, name: &str) -> Result<Response, ErrorResponse> 
         .map_err(|e| response_for(&e))
 }
 
-/// The wire form of a sync policy.
-pub fn to_wire_sync(sync: SyncPolicy) -> WireSync {
-    match sync {
-        SyncPolicy::Always => WireSync::Always,
-        SyncPolicy::Interval { ms } => WireSync::Interval(ms),
-        SyncPolicy::Never => WireSync::Never,
+// The one conversion between the wire's and storage's sync policies; the
+// client and the command line use it too (`.into()`).
+impl From<SyncPolicy> for WireSync {
+    fn from(sync: SyncPolicy) -> WireSync {
+        match sync {
+            SyncPolicy::Always => WireSync::Always,
+            SyncPolicy::Interval { ms } => WireSync::Interval(ms),
+            SyncPolicy::Never => WireSync::Never,
+        }
     }
 }
 
-/// The storage form of a wire sync policy.
-pub fn from_wire_sync(sync: WireSync) -> SyncPolicy {
-    match sync {
-        WireSync::Always => SyncPolicy::Always,
-        WireSync::Interval(ms) => SyncPolicy::Interval { ms },
-        WireSync::Never => SyncPolicy::Never,
+impl From<WireSync> for SyncPolicy {
+    fn from(sync: WireSync) -> SyncPolicy {
+        match sync {
+            WireSync::Always => SyncPolicy::Always,
+            WireSync::Interval(ms) => SyncPolicy::Interval { ms },
+            WireSync::Never => SyncPolicy::Never,
+        }
     }
 }
 
 fn to_wire(t: &TopicInfo) -> WireTopic {
     WireTopic {
         name: t.name.clone(),
-        sync: to_wire_sync(t.config.log.sync),
+        sync: t.config.log.sync.into(),
         segment_size_bytes: t.config.log.segment_size_bytes,
         retention_ms: t.config.log.retention_ms.unwrap_or(0),
         retention_bytes: t.config.log.retention_bytes.unwrap_or(0),
