@@ -427,14 +427,6 @@ impl QueueState {
         held.len()
     }
 
-    /// Records a delivery count learned from the ack log (a nack or expiry
-    /// before a restart).
-    pub fn remember_count(&mut self, offset: u64, deliveries: u32) {
-        if let Some(p) = self.pending.get_mut(&offset) {
-            p.deliveries = p.deliveries.max(deliveries);
-        }
-    }
-
     /// Settles everything below `offset` (retention removed those messages
     /// before the group consumed them). Returns true if anything changed.
     pub fn drop_below(&mut self, offset: u64) -> bool {

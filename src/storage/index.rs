@@ -30,10 +30,14 @@ const FOOTER_VERSION: u32 = 1;
 /// magic u32, version u32, segment_len u64, entry_count u32, crc u32.
 const FOOTER_LEN: usize = 24;
 
-/// Finds the entry with the greatest relative offset `<= relative`, i.e. the
-/// batch to start scanning from. `None` means scan from position 0.
-pub fn lookup(entries: &[IndexEntry], relative: u32) -> Option<IndexEntry> {
-    let idx = entries.partition_point(|e| e.relative_offset <= relative);
+/// Finds the entry with the greatest relative offset `<= relative` whose
+/// batch starts below byte `limit` (entries of the active segment may run
+/// ahead of the length a reader was allowed to see), i.e. the batch to start
+/// scanning from. `None` means scan from position 0. Both conditions are
+/// monotone over the entries, so one binary search serves.
+pub fn lookup(entries: &[IndexEntry], relative: u32, limit: u64) -> Option<IndexEntry> {
+    let idx =
+        entries.partition_point(|e| e.relative_offset <= relative && u64::from(e.position) < limit);
     idx.checked_sub(1).map(|i| entries[i])
 }
 
@@ -138,10 +142,13 @@ mod tests {
     #[test]
     fn lookup_finds_floor_entry() {
         let e = entries();
-        assert_eq!(lookup(&e, 0), Some(e[0]));
-        assert_eq!(lookup(&e, 6), Some(e[0]));
-        assert_eq!(lookup(&e, 7), Some(e[1]));
-        assert_eq!(lookup(&e, 1000), Some(e[9]));
-        assert_eq!(lookup(&[], 5), None);
+        assert_eq!(lookup(&e, 0, u64::MAX), Some(e[0]));
+        assert_eq!(lookup(&e, 6, u64::MAX), Some(e[0]));
+        assert_eq!(lookup(&e, 7, u64::MAX), Some(e[1]));
+        assert_eq!(lookup(&e, 1000, u64::MAX), Some(e[9]));
+        assert_eq!(lookup(&[], 5, u64::MAX), None);
+        // An entry at or past the readable limit is not used.
+        assert_eq!(lookup(&e, 1000, 3 * 4096), Some(e[2]));
+        assert_eq!(lookup(&e, 1000, 0), None);
     }
 }

@@ -373,10 +373,7 @@ impl Segment {
         let relative = u32::try_from(offset.0 - self.base.0).unwrap_or(u32::MAX);
         let start = {
             let entries = self.index.read().map_err(|_| poisoned(&self.log_path))?;
-            let idx = entries.partition_point(|e| {
-                e.relative_offset <= relative && u64::from(e.position) < limit
-            });
-            idx.checked_sub(1).map(|i| entries[i])
+            index::lookup(&entries, relative, limit)
         };
         let (mut pos, mut expected) = match start {
             Some(e) => (
