@@ -135,16 +135,7 @@ impl GroupConsumer {
 
 impl Drop for GroupConsumer {
     fn drop(&mut self) {
-        let client = self.client.clone();
-        let request = Request::LeaveGroup {
-            group: self.group.clone(),
-            member: self.member,
-        };
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                let _ = client.call(&request).await;
-            });
-        }
+        self.client.leave_in_background(&self.group, self.member);
     }
 }
 

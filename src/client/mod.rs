@@ -151,6 +151,22 @@ impl Client {
         self.connection().await?.call(request).await
     }
 
+    /// Leaves a group without waiting (for `Drop`, which cannot await). The
+    /// server also drops a member when its connection closes; this makes it
+    /// leave at once on a connection that stays open.
+    pub(crate) fn leave_in_background(&self, group: &str, member: u64) {
+        let client = self.clone();
+        let request = Request::LeaveGroup {
+            group: group.to_string(),
+            member,
+        };
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let _ = client.call(&request).await;
+            });
+        }
+    }
+
     /// Creates a topic; unset settings take the server's defaults.
     pub async fn create_topic(
         &self,

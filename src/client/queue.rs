@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use bytes::Bytes;
+use spool_protocol::messages::WireDelivery;
 use spool_protocol::{ErrorCode, Request, Response};
 
 use super::{expect, Client, ClientError};
@@ -41,24 +41,10 @@ impl Default for QueueOptions {
     }
 }
 
-/// A message handed to this consumer.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct QueuedMessage {
-    /// Its partition.
-    pub partition: u32,
-    /// Its offset.
-    pub offset: u64,
-    /// Deliveries so far, this one included (more than 1: a redelivery).
-    pub deliveries: u32,
-    /// Milliseconds since the Unix epoch.
-    pub timestamp_ms: i64,
-    /// Its key.
-    pub key: Option<Bytes>,
-    /// Its value.
-    pub value: Bytes,
-    /// Its headers.
-    pub headers: Vec<(Bytes, Bytes)>,
-}
+/// A message handed to this consumer: `deliveries` above 1 means a
+/// redelivery. The wire form as it arrives (keys and values are slices of
+/// the received frame, no copy).
+pub type QueuedMessage = WireDelivery;
 
 /// What an ack, nack or touch did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -145,16 +131,7 @@ impl QueueConsumer {
             })
             .await?;
         }
-        self.buffer
-            .extend(messages.into_iter().map(|m| QueuedMessage {
-                partition: m.partition,
-                offset: m.offset,
-                deliveries: m.deliveries,
-                timestamp_ms: m.timestamp_ms,
-                key: m.key,
-                value: m.value,
-                headers: m.headers,
-            }));
+        self.buffer.extend(messages);
         Ok(self.buffer.pop_front())
     }
 
@@ -285,15 +262,6 @@ fn settled_from(response: Response, expected: usize) -> Result<Vec<Settled>, Cli
 
 impl Drop for QueueConsumer {
     fn drop(&mut self) {
-        let client = self.client.clone();
-        let request = Request::LeaveGroup {
-            group: self.group.clone(),
-            member: self.member,
-        };
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                let _ = client.call(&request).await;
-            });
-        }
+        self.client.leave_in_background(&self.group, self.member);
     }
 }
