@@ -142,6 +142,16 @@ async fn topic_admin_and_clear_errors() {
         Err(BrokerError::InvalidBatch(_))
     ));
     assert_eq!(broker.offsets("a", PartitionId(0)).unwrap().end, Offset(0));
+    // A valid batch with bytes after it is refused whole, not truncated.
+    let mut good = spool::BatchBuilder::new();
+    good.push(1, None, b"payload", &[]).unwrap();
+    let mut trailing = good.finish().unwrap().to_vec();
+    trailing.extend_from_slice(b"extra");
+    assert!(matches!(
+        broker.append("a", PartitionId(0), &trailing).await,
+        Err(BrokerError::InvalidBatch(_))
+    ));
+    assert_eq!(broker.offsets("a", PartitionId(0)).unwrap().end, Offset(0));
     // Reading past the end is a clear error.
     assert!(broker.read("a", PartitionId(0), Offset(5), 1024).is_err());
 

@@ -370,10 +370,12 @@ impl Broker {
                 max: self.inner.config.max_batch_bytes,
             });
         }
+        let input_len = batch.len();
         let batch = Batch::validate(batch)?;
-        if batch.bytes().len() != batch.header().batch_len as usize {
+        // One append is one batch: bytes after it are refused, not dropped.
+        if batch.bytes().len() != input_len {
             return Err(BrokerError::InvalidBatch(
-                spool_protocol::BatchError::BadLength(batch.bytes().len() as u64),
+                spool_protocol::BatchError::BadLength(input_len as u64),
             ));
         }
         let log = self.log(topic, partition)?;

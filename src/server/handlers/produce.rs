@@ -1,7 +1,6 @@
 //! Produce: validate and append a batch; acknowledge once durable.
 
 use bytes::Bytes;
-use spool_protocol::batch::BatchHeader;
 use spool_protocol::{ErrorResponse, PartitionId, Response};
 
 use crate::broker::{Broker, PendingAppend};
@@ -19,14 +18,13 @@ pub fn start(
     let pending = broker
         .append_pending(topic, PartitionId(partition), batch)
         .map_err(|e| response_for(&e))?;
-    if let Ok(header) = BatchHeader::parse(batch) {
-        metrics::MESSAGES_IN
-            .with_label_values(&[topic])
-            .inc_by(u64::from(header.record_count));
-        metrics::BYTES_IN
-            .with_label_values(&[topic])
-            .inc_by(batch.len() as u64);
-    }
+    let info = pending.info();
+    metrics::MESSAGES_IN
+        .with_label_values(&[topic])
+        .inc_by(info.next_offset.0 - info.base_offset.0);
+    metrics::BYTES_IN
+        .with_label_values(&[topic])
+        .inc_by(batch.len() as u64);
     Ok(pending)
 }
 
