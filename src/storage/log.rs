@@ -437,7 +437,7 @@ impl PartitionLog {
             let mut rest: &[u8] = &fetched.batches;
             while let Ok(header) = spool_protocol::BatchHeader::parse(rest) {
                 if header.max_timestamp_ms >= timestamp_ms {
-                    let batch = Batch::validate(rest)?;
+                    let batch = Batch::from_stored(rest)?;
                     if let Some(r) = batch
                         .records()
                         .find(|r| r.timestamp_ms >= timestamp_ms && r.offset >= next)
