@@ -526,7 +526,15 @@ impl Segment {
     pub fn release_resident(&self, keep_bytes: u64) -> u64 {
         let Ok(slot) = self.map.lock() else { return 0 };
         let Some(map) = slot.as_ref() else { return 0 };
-        let upto = self.len().saturating_sub(keep_bytes) & !(PAGE_BYTES - 1);
+        self.release_below(map, self.len().saturating_sub(keep_bytes))
+    }
+
+    /// Unmaps this process's pages of `released..upto` (rounded down to a
+    /// page). Besides bounding resident memory, this makes flushes cheap:
+    /// writeback write-protects every dirty page that is still mapped, one
+    /// TLB-shootdown IPI per page, while unmapping a range costs one.
+    fn release_below(&self, map: &MmapRaw, upto: u64) -> u64 {
+        let upto = upto & !(PAGE_BYTES - 1);
         let from = self.released.load(Ordering::Relaxed);
         if upto <= from || upto > map.len() as u64 {
             return 0;
@@ -544,7 +552,7 @@ impl Segment {
         };
         match released {
             Ok(()) => {
-                self.released.store(upto, Ordering::Relaxed);
+                self.released.fetch_max(upto, Ordering::Relaxed);
                 upto - from
             }
             Err(_) => 0,
@@ -581,6 +589,7 @@ impl Segment {
             "writer and published length disagree"
         );
         if durable && active.pos > self.flushed_len() {
+            self.release_below(&active.map, active.pos);
             active.map.flush_range(0, active.pos as usize).map_err(io)?;
         }
         active.file.set_len(active.pos).map_err(io)?;
@@ -628,6 +637,8 @@ impl Segment {
             .map_err(|_| poisoned(&self.log_path))?
             .clone();
         if let Some(map) = map {
+            // Whole pages below `len` are never written again.
+            self.release_below(&map, len);
             map.flush_range(flushed as usize, (len - flushed) as usize)
                 .map_err(|e| StorageError::io(&self.log_path, e))?;
         }
