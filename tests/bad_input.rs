@@ -41,7 +41,7 @@ impl Raw {
         self.send_frame(
             frame.kind,
             correlation_id,
-            &frame.body,
+            &frame.full_body(),
             MAGIC,
             FRAME_VERSION,
         );
@@ -167,7 +167,9 @@ async fn truncated_frames_and_early_hangups_are_harmless() {
     for cut in [1usize, 3, 4, 10, 15] {
         let mut raw = Raw::connect(&server);
         let frame = Request::ListTopics.to_frame(1);
-        let mut bytes = (12u32 + frame.body.len() as u32).to_le_bytes().to_vec();
+        let mut bytes = (12u32 + frame.full_body().len() as u32)
+            .to_le_bytes()
+            .to_vec();
         bytes.extend_from_slice(&MAGIC.to_le_bytes());
         bytes.extend_from_slice(&[
             FRAME_VERSION,
@@ -323,13 +325,15 @@ async fn a_client_that_never_reads_slows_only_itself() {
             max_wait_ms: 0,
         };
         let frame = request.to_frame(i + 10);
-        let mut bytes = (12u32 + frame.body.len() as u32).to_le_bytes().to_vec();
+        let mut bytes = (12u32 + frame.full_body().len() as u32)
+            .to_le_bytes()
+            .to_vec();
         bytes.extend_from_slice(&MAGIC.to_le_bytes());
         bytes.extend_from_slice(&[FRAME_VERSION, 0]);
         bytes.extend_from_slice(&frame.kind.to_le_bytes());
         bytes.extend_from_slice(&[0, 0]);
         bytes.extend_from_slice(&frame.correlation_id.to_le_bytes());
-        bytes.extend_from_slice(&frame.body);
+        bytes.extend_from_slice(&frame.full_body());
         // Once the server stops reading us, our writes time out: stop there.
         if greedy.0.write_all(&bytes).is_err() {
             break;

@@ -12,6 +12,11 @@
 //! 16  ...  body
 //! ```
 //!
+//! The encoder copies the whole frame into the codec's buffer; the
+//! connections of the server and the client write through
+//! [`FrameWriter`](crate::FrameWriter) instead, which passes large parts to
+//! the socket without copying them.
+//!
 //! The decoder checks `frame_len` against the configured maximum *before*
 //! reserving any memory, so a header announcing 4 GiB costs nothing.
 
@@ -44,6 +49,11 @@ pub struct Frame {
     pub correlation_id: u32,
     /// The kind-specific body.
     pub body: Bytes,
+    /// More body, sent right after `body`: a large payload (a batch, a
+    /// fetched range of a segment) that [`FrameWriter`](crate::FrameWriter)
+    /// writes from its own buffer instead of copying it. On the wire the
+    /// two are one body; decoded frames always have an empty tail.
+    pub tail: Bytes,
 }
 
 impl Frame {
@@ -55,6 +65,21 @@ impl Frame {
     /// True for error responses.
     pub fn is_error(&self) -> bool {
         self.flags & FLAG_ERROR != 0
+    }
+
+    /// The whole body as one buffer (`body` then `tail`; copies only when
+    /// both are non-empty).
+    pub fn full_body(&self) -> Bytes {
+        if self.tail.is_empty() {
+            self.body.clone()
+        } else if self.body.is_empty() {
+            self.tail.clone()
+        } else {
+            let mut all = BytesMut::with_capacity(self.body.len() + self.tail.len());
+            all.extend_from_slice(&self.body);
+            all.extend_from_slice(&self.tail);
+            all.freeze()
+        }
     }
 }
 
@@ -150,6 +175,7 @@ impl Decoder for FrameCodec {
             flags,
             correlation_id,
             body: frame.freeze(),
+            tail: Bytes::new(),
         }))
     }
 }
@@ -158,7 +184,7 @@ impl Encoder<Frame> for FrameCodec {
     type Error = FrameError;
 
     fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), FrameError> {
-        let len = HEADER_LEN + frame.body.len();
+        let len = HEADER_LEN + frame.body.len() + frame.tail.len();
         if len > self.max_frame_bytes {
             return Err(FrameError::TooLarge {
                 len,
@@ -174,6 +200,7 @@ impl Encoder<Frame> for FrameCodec {
         dst.put_u16_le(0);
         dst.put_u32_le(frame.correlation_id);
         dst.put_slice(&frame.body);
+        dst.put_slice(&frame.tail);
         Ok(())
     }
 }
@@ -190,6 +217,7 @@ mod tests {
                 flags: (i % 2) as u8,
                 correlation_id: 1000 + u32::from(i),
                 body: Bytes::from(vec![i as u8; usize::from(i) * 7]),
+                tail: Bytes::new(),
             })
             .collect();
         let mut codec = FrameCodec::default();

@@ -51,7 +51,7 @@ pub fn exercise_frame_decoder(data: &[u8]) {
                 if let Ok(request) = Request::decode(frame.kind, frame.body.clone()) {
                     let again = request.to_frame(frame.correlation_id);
                     assert_eq!(
-                        Request::decode(again.kind, again.body).as_ref(),
+                        Request::decode(again.kind, again.full_body()).as_ref(),
                         Ok(&request)
                     );
                 }

@@ -1,6 +1,6 @@
 //! `spool-protocol`: the formats Spool's processes agree on.
 //!
-//! This crate does no I/O besides the tokio-util codec. It holds the record
+//! This crate does no I/O besides the tokio-util codec and the frame writer. It holds the record
 //! batch format (shared by the wire and the on-disk segments, so a batch is
 //! never re-encoded between a producer and a consumer), the frame envelope and
 //! its codec, typed requests and responses, the wire error codes, and the
@@ -12,6 +12,7 @@
 pub mod batch;
 pub mod error_code;
 pub mod frame;
+pub mod frame_writer;
 pub mod fuzzing;
 pub mod messages;
 pub mod types;
@@ -20,5 +21,6 @@ pub mod varint;
 pub use batch::{Batch, BatchBuilder, BatchError, BatchHeader, Record};
 pub use error_code::ErrorCode;
 pub use frame::{Frame, FrameCodec, FrameError};
+pub use frame_writer::FrameWriter;
 pub use messages::{ErrorResponse, Request, Response};
 pub use types::{Offset, PartitionId};

@@ -481,6 +481,7 @@ impl Request {
     /// Encodes the request as a frame.
     pub fn to_frame(&self, correlation_id: u32) -> Frame {
         let mut b = BytesMut::new();
+        let mut tail = Bytes::new();
         match self {
             Request::Handshake {
                 min_version,
@@ -500,7 +501,10 @@ impl Request {
             } => {
                 put_string(&mut b, topic);
                 b.put_u32_le(*partition);
-                put_bytes(&mut b, batch);
+                // The batch is the body's last field: sent from its own
+                // buffer, not copied.
+                b.put_u32_le(batch.len() as u32);
+                tail = batch.clone();
             }
             Request::Fetch {
                 topic,
@@ -624,6 +628,7 @@ impl Request {
             flags: 0,
             correlation_id,
             body: b.freeze(),
+            tail,
         }
     }
 
@@ -746,6 +751,7 @@ impl Response {
     /// Encodes the response to the request `kind` as a frame.
     pub fn to_frame(&self, kind_: u16, correlation_id: u32) -> Frame {
         let mut b = BytesMut::new();
+        let mut tail = Bytes::new();
         match self {
             Response::Handshake {
                 version,
@@ -771,11 +777,13 @@ impl Response {
                 next_offset,
                 batches,
             } => {
-                b.reserve(28 + batches.len());
                 b.put_u64_le(*log_start);
                 b.put_u64_le(*log_end);
                 b.put_u64_le(*next_offset);
-                put_bytes(&mut b, batches);
+                // Usually a slice of a segment's map: written to the socket
+                // from there, not copied.
+                b.put_u32_le(batches.len() as u32);
+                tail = batches.clone();
             }
             Response::CreateTopic | Response::DeleteTopic => {}
             Response::ListTopics(topics) => {
@@ -846,6 +854,7 @@ impl Response {
             flags: FLAG_RESPONSE,
             correlation_id,
             body: b.freeze(),
+            tail,
         }
     }
 
@@ -962,6 +971,7 @@ impl ErrorResponse {
             flags: FLAG_RESPONSE | FLAG_ERROR,
             correlation_id,
             body: b.freeze(),
+            tail: Bytes::new(),
         }
     }
 
@@ -1323,13 +1333,11 @@ mod tests {
         ];
         for req in requests {
             let frame = req.to_frame(7);
-            assert_eq!(
-                Request::decode(frame.kind, frame.body.clone()),
-                Ok(req.clone())
-            );
-            for cut in 0..frame.body.len() {
+            let body = frame.full_body();
+            assert_eq!(Request::decode(frame.kind, body.clone()), Ok(req.clone()));
+            for cut in 0..body.len() {
                 assert!(
-                    Request::decode(frame.kind, frame.body.slice(..cut)).is_err(),
+                    Request::decode(frame.kind, body.slice(..cut)).is_err(),
                     "{req:?} cut at {cut}"
                 );
             }
@@ -1411,7 +1419,7 @@ mod tests {
         for (k, resp) in responses {
             let frame = resp.to_frame(k, 1);
             assert!(frame.is_response() && !frame.is_error());
-            assert_eq!(Response::decode(k, frame.body), Ok(resp));
+            assert_eq!(Response::decode(k, frame.full_body()), Ok(resp));
         }
         let err = ErrorResponse {
             code: ErrorCode::TopicNotFound as u16,

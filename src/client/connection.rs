@@ -12,12 +12,12 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use spool_protocol::messages::{PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
-use spool_protocol::{ErrorResponse, Frame, FrameCodec, Request, Response};
+use spool_protocol::{ErrorResponse, Frame, FrameCodec, FrameWriter, Request, Response};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::codec::FramedRead;
 
 use super::ClientError;
 
@@ -98,11 +98,12 @@ impl Connection {
         let closed = Arc::new(AtomicBool::new(false));
 
         tokio::spawn(async move {
-            let mut sink = FramedWrite::new(wr, FrameCodec::new(usize::MAX));
+            let mut sink = FrameWriter::new(wr, usize::MAX);
             while let Some(frame) = rx.recv().await {
                 if sink.feed(frame).await.is_err() {
                     return;
                 }
+                // Whatever else is ready goes out in the same write.
                 while let Ok(frame) = rx.try_recv() {
                     if sink.feed(frame).await.is_err() {
                         return;

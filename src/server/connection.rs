@@ -21,13 +21,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use spool_protocol::messages::{kind, DecodeError};
-use spool_protocol::{ErrorCode, ErrorResponse, Frame, FrameCodec, FrameError, Request, Response};
+use spool_protocol::{
+    ErrorCode, ErrorResponse, Frame, FrameCodec, FrameError, FrameWriter, Request, Response,
+};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use super::errors::error;
@@ -71,14 +73,14 @@ const RESPONSE_QUEUE: usize = 1024;
 /// responses without bound.
 struct Outgoing {
     frame: Frame,
-    _permits: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
+    permits: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
 }
 
 impl From<Frame> for Outgoing {
     fn from(frame: Frame) -> Outgoing {
         Outgoing {
             frame,
-            _permits: None,
+            permits: None,
         }
     }
 }
@@ -94,15 +96,19 @@ pub async fn serve(stream: TcpStream, ctx: Arc<ServerContext>, shutdown: Cancell
     let (tx, mut rx) = mpsc::channel::<Outgoing>(RESPONSE_QUEUE);
 
     let writer = tokio::spawn(async move {
-        let mut sink = FramedWrite::new(wr, FrameCodec::new(usize::MAX));
-        // `feed` writes through once its buffer passes a few KiB, so a
-        // response's permits are dropped only when the socket took it.
+        let mut sink = FrameWriter::new(wr, usize::MAX);
+        // The writer holds large response parts (fetched segment slices)
+        // without copying them, so their permits are kept until the socket
+        // took every byte queued with them.
+        let mut written_with = Vec::new();
         while let Some(out) = rx.recv().await {
             // Batch whatever else is ready into one write.
+            written_with.push(out.permits);
             if sink.feed(out.frame).await.is_err() {
                 return;
             }
             while let Ok(out) = rx.try_recv() {
+                written_with.push(out.permits);
                 if sink.feed(out.frame).await.is_err() {
                     return;
                 }
@@ -110,6 +116,7 @@ pub async fn serve(stream: TcpStream, ctx: Arc<ServerContext>, shutdown: Cancell
             if sink.flush().await.is_err() {
                 return;
             }
+            written_with.clear();
         }
     });
 
@@ -410,7 +417,7 @@ async fn respond(
     // A closed channel means the client is gone; nothing to do.
     let out = Outgoing {
         frame: to_frame(reply, kind_, correlation_id),
-        _permits: Some(permits),
+        permits: Some(permits),
     };
     let _ = tx.send(out).await;
 }
