@@ -19,7 +19,7 @@ async fn produce(client: &Client, topic: &str, n: u32) {
     for i in 0..n {
         acks.push(
             producer
-                .send(topic, Some(format!("k{i}").into()), format!("m{i}").into())
+                .send(topic, Some(format!("k{i}").as_bytes()), format!("m{i}"))
                 .await
                 .unwrap(),
         );

@@ -62,7 +62,7 @@ async fn produce_and_consume_across_partitions_in_order() {
         let value = format!("{key}:{i}");
         deliveries.push(
             producer
-                .send("orders", Some(key.into()), value.into())
+                .send("orders", Some(key.as_bytes()), value)
                 .await
                 .unwrap(),
         );
@@ -106,6 +106,74 @@ async fn produce_and_consume_across_partitions_in_order() {
         }
     }
     assert_eq!(last_seq.len(), 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_name_where_each_message_landed_and_dropping_the_producer_sends_what_is_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = SpoolServer::start(dir.path());
+    let client = Client::connect(server.addr).await.unwrap();
+    client
+        .create_topic("acc", 3, options(WireSync::Interval(50)))
+        .await
+        .unwrap();
+    // Small batches so that some fill and leave while others stay open, a
+    // linger nothing will wait out, and a queue small enough that `send`
+    // waits for space.
+    let producer = Producer::new(
+        client.clone(),
+        ProducerConfig {
+            batch_bytes: 4096,
+            linger: Duration::from_secs(600),
+            queue_messages: 64,
+            ..ProducerConfig::default()
+        },
+    );
+    let mut deliveries = Vec::new();
+    for i in 0..3_000u32 {
+        let value = format!("v{i}");
+        let key = format!("k{}", i % 7);
+        let key = (i % 3 != 0).then_some(key.as_bytes());
+        deliveries.push((
+            value.clone(),
+            producer.send("acc", key, value).await.unwrap(),
+        ));
+        if i == 1_000 {
+            // Too large for any batch: refused at once, and its queue slot
+            // is given back (or the sends after it would stall).
+            let huge = vec![0u8; spool::protocol::batch::MAX_BATCH_LEN];
+            let refused = producer.send("acc", None, &huge).await;
+            assert!(
+                matches!(refused, Err(spool::client::ClientError::Invalid(_))),
+                "{:?}",
+                refused.err()
+            );
+        }
+    }
+    let unknown = producer.send("no-such-topic", None, "x").await;
+    assert!(unknown.is_err(), "a send to a missing topic must fail");
+    // No flush: dropping the last handle sends the open batches.
+    drop(producer);
+    let mut landed = HashMap::new();
+    for (value, delivery) in deliveries {
+        let d = tokio::time::timeout(Duration::from_secs(30), delivery)
+            .await
+            .expect("delivery never resolved")
+            .unwrap();
+        assert!(
+            landed.insert((d.partition, d.offset), value).is_none(),
+            "two messages delivered to one offset"
+        );
+    }
+    for m in consume_all(&client, "acc", 3_000).await {
+        assert_eq!(
+            landed.get(&(m.partition, m.offset)).map(|v| v.as_bytes()),
+            Some(&m.value[..]),
+            "the delivery of the message at {}/{} named another place",
+            m.partition,
+            m.offset
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,12 +224,7 @@ async fn restart_between_produce_and_consume_loses_nothing() {
         let producer = Producer::new(client, ProducerConfig::default());
         let mut deliveries = Vec::new();
         for i in 0..5_000u32 {
-            deliveries.push(
-                producer
-                    .send("keep", None, format!("m{i}").into())
-                    .await
-                    .unwrap(),
-            );
+            deliveries.push(producer.send("keep", None, format!("m{i}")).await.unwrap());
         }
         producer.flush().await.unwrap();
         for d in deliveries {
@@ -201,10 +264,7 @@ async fn sigkill_under_load_loses_no_acknowledged_message() {
         tasks.push(tokio::spawn(async move {
             for i in 0u64.. {
                 let value = format!("{t}-{i}");
-                let Ok(delivery) = producer
-                    .send("load", None, Bytes::from(value.clone()))
-                    .await
-                else {
+                let Ok(delivery) = producer.send("load", None, value.as_bytes()).await else {
                     return;
                 };
                 let acked = acked.clone();

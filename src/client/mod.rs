@@ -9,7 +9,7 @@
 //! client.create_topic("events", 4, Default::default()).await?;
 //!
 //! let producer = Producer::new(client.clone(), ProducerConfig::default());
-//! let delivery = producer.send("events", Some("user-1".into()), "signed up".into()).await?;
+//! let delivery = producer.send("events", Some(b"user-1".as_slice()), "signed up").await?;
 //! producer.flush().await?;
 //! let stored = delivery.await?; // partition and offset of the message
 //! println!("stored at {}/{}", stored.partition, stored.offset);
@@ -40,7 +40,7 @@ use tokio::sync::Mutex;
 pub use self::connection::{ConnectOptions, Connection};
 pub use self::consumer::{ConsumedMessage, Consumer, ConsumerConfig, StartAt};
 pub use self::group::GroupConsumer;
-pub use self::producer::{Delivery, Producer, ProducerConfig};
+pub use self::producer::{Delivery, DeliveryFuture, Producer, ProducerConfig};
 pub use self::queue::{QueueConsumer, QueueOptions, QueuedMessage, Settled};
 pub use spool_protocol::messages::{
     TopicSettings as TopicOptions, WireSync, WireTopic as TopicDescription,

@@ -16,12 +16,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use hdrhistogram::Histogram;
 use spool::client::{
-    Client, Consumer, ConsumerConfig, Producer, ProducerConfig, QueueConsumer, QueueOptions,
-    TopicOptions, WireSync,
+    Client, Consumer, ConsumerConfig, DeliveryFuture, Producer, ProducerConfig, QueueConsumer,
+    QueueOptions, TopicOptions, WireSync,
 };
 use spool::server::{CancellationToken, Server, ServerConfig};
 use spool::{Broker, BrokerConfig, SyncPolicy};
@@ -455,8 +454,10 @@ async fn produce(
     let started = tokio::time::Instant::now();
 
     // Acks are awaited concurrently as they resolve, so each latency is the
-    // message's own and not the head of a queue's.
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    // message's own and not the head of a queue's. Messages of one batch
+    // resolve together, so they are awaited as one group: one future and
+    // one clock read per batch, not per message.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(DeliveryFuture, Vec<u64>)>();
     let collector = {
         let shared = shared.clone();
         tokio::spawn(async move {
@@ -465,17 +466,18 @@ async fn produce(
             loop {
                 tokio::select! {
                     item = rx.recv(), if open => match item {
-                        Some((sent_ns, delivery)) => pending.push(async move { (sent_ns, delivery.await) }),
+                        Some((delivery, sent)) => pending.push(async move { (sent, delivery.await) }),
                         None => open = false,
                     },
-                    Some((sent_ns, result)) = pending.next(), if !pending.is_empty() => {
-                        let sent_ns: u64 = sent_ns;
+                    Some((sent, result)) = pending.next(), if !pending.is_empty() => {
+                        let sent: Vec<u64> = sent;
                         match result {
                             Ok(_) => {
-                                shared.acked.fetch_add(1, Ordering::Relaxed);
-                                if sent_ns >= shared.warmup_ns {
-                                    if let Ok(mut h) = shared.ack_latency.lock() {
-                                        let _ = h.record(shared.now_ns().saturating_sub(sent_ns).max(1_000));
+                                shared.acked.fetch_add(sent.len() as u64, Ordering::Relaxed);
+                                let now = shared.now_ns();
+                                if let Ok(mut h) = shared.ack_latency.lock() {
+                                    for sent_ns in sent.into_iter().filter(|&s| s >= shared.warmup_ns) {
+                                        let _ = h.record(now.saturating_sub(sent_ns).max(1_000));
                                     }
                                 }
                             }
@@ -489,6 +491,9 @@ async fn produce(
     };
 
     let mut seq = 0u64;
+    let mut payload = Vec::with_capacity(args.size);
+    // The batch the latest messages went to, and their send times.
+    let mut group: Option<(DeliveryFuture, Vec<u64>)> = None;
     loop {
         match deadline {
             Some(d) if Instant::now() >= d => break,
@@ -496,18 +501,34 @@ async fn produce(
             _ => {}
         }
         if let Some(interval) = interval {
+            // Hand the group over before idling, so its acks are timed
+            // when they arrive.
+            if let Some(g) = group.take() {
+                tx.send(g)
+                    .map_err(|_| "ack collector stopped".to_string())?;
+            }
             tokio::time::sleep_until(started + interval * seq as u32).await;
         }
         let sent_ns = shared.now_ns();
-        let payload = payload(shared, sent_ns, id, seq);
+        write_payload(&mut payload, shared, sent_ns, id, seq);
         let delivery = producer
-            .send(topic, None, payload)
+            .send(topic, None, &payload)
             .await
             .map_err(|e| e.to_string())?;
-        if tx.send((sent_ns, delivery)).is_err() {
-            return Err("ack collector stopped".into());
+        match &mut group {
+            Some((current, sent)) if current.shares_batch_with(&delivery) => sent.push(sent_ns),
+            _ => {
+                if let Some(g) = group.replace((delivery, vec![sent_ns])) {
+                    tx.send(g)
+                        .map_err(|_| "ack collector stopped".to_string())?;
+                }
+            }
         }
         seq += 1;
+    }
+    if let Some(g) = group.take() {
+        tx.send(g)
+            .map_err(|_| "ack collector stopped".to_string())?;
     }
     producer.flush().await.map_err(|e| e.to_string())?;
     drop(tx);
@@ -520,16 +541,14 @@ async fn produce(
 /// swapped for another fails the check. The 256 possible fillers and their
 /// CRCs are computed once, so neither generating nor checking a message
 /// touches it byte by byte: the bench must not be what limits the broker.
-fn payload(shared: &Shared, sent_ns: u64, producer: u32, seq: u64) -> Bytes {
+fn write_payload(b: &mut Vec<u8>, shared: &Shared, sent_ns: u64, producer: u32, seq: u64) {
     let k = (seq % 256) as usize;
-    let filler = &shared.fillers[k];
-    let mut b = BytesMut::with_capacity(PAYLOAD_HEADER + filler.len());
-    b.put_u64_le(sent_ns);
-    b.put_u32_le(producer);
-    b.put_u64_le(seq);
-    b.put_u32_le(shared.filler_crcs[k]);
-    b.put_slice(filler);
-    b.freeze()
+    b.clear();
+    b.extend_from_slice(&sent_ns.to_le_bytes());
+    b.extend_from_slice(&producer.to_le_bytes());
+    b.extend_from_slice(&seq.to_le_bytes());
+    b.extend_from_slice(&shared.filler_crcs[k].to_le_bytes());
+    b.extend_from_slice(&shared.fillers[k]);
 }
 
 /// The filler of every `seq % 256` for messages of `size` bytes, and CRCs.

@@ -69,11 +69,7 @@ pub async fn run(args: ProduceArgs) -> Result<(), Failure> {
     let mut first_error = None;
     while let Some(line) = lines_rx.recv().await {
         let line = line.map_err(|e| Failure::io("reading input", e))?;
-        pending.push_back(
-            producer
-                .send(&args.topic, key.clone(), Bytes::from(line))
-                .await?,
-        );
+        pending.push_back(producer.send(&args.topic, key.as_deref(), line).await?);
         if pending.len() >= MAX_PENDING {
             if let Some(delivery) = pending.pop_front() {
                 settle(delivery.await, &mut acked, &mut first_error);
