@@ -58,7 +58,7 @@ impl Default for ProducerConfig {
         ProducerConfig {
             batch_bytes: 256 * 1024,
             linger: Duration::ZERO,
-            max_in_flight: 8,
+            max_in_flight: 64,
             retries: 3,
             queue_messages: 64 * 1024,
         }
