@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Spool against Redis Streams and NATS JetStream, same machine, same run.
 #
-#   benches/compare.sh            # MESSAGES=500000 SIZE=100 by default
+#   benches/compare.sh            # MESSAGES=500000 SIZE=100 REPEAT=3 by default
 #   MESSAGES=1000000 SIZE=1024 benches/compare.sh
 #
 # Installs redis-server and nats-server from the machine's Debian packages if
@@ -9,14 +9,15 @@
 # table (Redis: appendonly with appendfsync everysec, and always; NATS:
 # JetStream file storage, whose fsync policy 2.9 does not let us set), runs
 # one producer and one consumer of SIZE-byte messages on each (queue mode:
-# every message acked; stream mode: plain reads), and prints one table with
-# Spool's ratio to each peer. The peers are driven by the `redis` and
+# every message acked; stream mode: plain reads) REPEAT times, and prints one
+# table of the medians with Spool's ratio to each peer. The peers are driven by the `redis` and
 # `async-nats` crates (benches/peers). Every server it started is stopped on
 # exit, whatever happens.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MESSAGES=${MESSAGES:-500000}
 SIZE=${SIZE:-100}
+REPEAT=${REPEAT:-3}
 
 if ! command -v redis-server >/dev/null || ! command -v nats-server >/dev/null; then
     apt-get update -qq
@@ -52,6 +53,8 @@ run() { # label, command...
     echo "running: $label" >&2
     "$@" | python3 -c "import json,sys; r=json.load(sys.stdin); r['label']='$label'; print(json.dumps(r))" >>"$RESULTS"
 }
+for rep in $(seq "$REPEAT"); do
+echo "pass $rep of $REPEAT" >&2
 for mode in queue stream; do
     run "spool $mode interval:100" env RUST_LOG=error target/release/spool bench --json --warmup-secs 0 \
         --messages "$MESSAGES" --size "$SIZE" --partitions 1 --mode "$mode" --sync interval:100
@@ -61,12 +64,18 @@ for mode in queue stream; do
     run "redis $mode always" "$PEERS" --peer redis --url redis://127.0.0.1:6392 --messages "$MESSAGES" --size "$SIZE" --mode "$mode" --durability always
     run "nats $mode file" "$PEERS" --peer nats --url nats://127.0.0.1:4333 --messages "$MESSAGES" --size "$SIZE" --mode "$mode" --durability file
 done
+done
 
-python3 - "$RESULTS" "$MESSAGES" "$SIZE" <<'PY'
-import json, sys
+python3 - "$RESULTS" "$MESSAGES" "$SIZE" "$REPEAT" <<'PY'
+import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-by = {r["label"]: r for r in rows}
-print(f"\n{sys.argv[2]} messages of {sys.argv[3]} B, 1 producer + 1 consumer, loopback\n")
+# Median of the passes, field by field (these machines are noisy).
+runs = {}
+for r in rows:
+    runs.setdefault(r["label"], []).append(r)
+fields = ["produce_msgs_per_sec", "consume_msgs_per_sec", "e2e_p50_us", "e2e_p99_us"]
+by = {label: {f: statistics.median(r[f] for r in rs) for f in fields} for label, rs in runs.items()}
+print(f"\n{sys.argv[2]} messages of {sys.argv[3]} B, 1 producer + 1 consumer, loopback, median of {sys.argv[4]} passes\n")
 print(f"| system | mode | durability | produce msg/s | consume msg/s | e2e p50 us | e2e p99 us | Spool consume / this |")
 print(f"|---|---|---|---:|---:|---:|---:|---:|")
 for mode in ["queue", "stream"]:
@@ -78,5 +87,5 @@ for mode in ["queue", "stream"]:
         # Compare like with like: Spool interval vs everysec/file, always vs always.
         spool = by.get(f"spool {mode} always" if durability == "always" else f"spool {mode} interval:100")
         ratio = "" if system == "spool" or spool is None else f"{spool['consume_msgs_per_sec'] / r['consume_msgs_per_sec']:.1f}x"
-        print(f"| {system} | {mode} | {durability} | {r['produce_msgs_per_sec']:,.0f} | {r['consume_msgs_per_sec']:,.0f} | {r['e2e_p50_us']:,} | {r['e2e_p99_us']:,} | {ratio} |")
+        print(f"| {system} | {mode} | {durability} | {r['produce_msgs_per_sec']:,.0f} | {r['consume_msgs_per_sec']:,.0f} | {r['e2e_p50_us']:,.0f} | {r['e2e_p99_us']:,.0f} | {ratio} |")
 PY
