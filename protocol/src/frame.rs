@@ -192,17 +192,23 @@ impl Encoder<Frame> for FrameCodec {
             });
         }
         dst.reserve(4 + len);
-        dst.put_u32_le(len as u32);
-        dst.put_u16_le(MAGIC);
-        dst.put_u8(FRAME_VERSION);
-        dst.put_u8(frame.flags);
-        dst.put_u16_le(frame.kind);
-        dst.put_u16_le(0);
-        dst.put_u32_le(frame.correlation_id);
+        put_header(dst, &frame, len);
         dst.put_slice(&frame.body);
         dst.put_slice(&frame.tail);
         Ok(())
     }
+}
+
+/// Writes the length field and header of `frame`, whose length field is
+/// `len` (checked by the caller).
+pub(crate) fn put_header(dst: &mut BytesMut, frame: &Frame, len: usize) {
+    dst.put_u32_le(len as u32);
+    dst.put_u16_le(MAGIC);
+    dst.put_u8(FRAME_VERSION);
+    dst.put_u8(frame.flags);
+    dst.put_u16_le(frame.kind);
+    dst.put_u16_le(0);
+    dst.put_u32_le(frame.correlation_id);
 }
 
 #[cfg(test)]

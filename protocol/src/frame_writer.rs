@@ -11,10 +11,10 @@
 use std::collections::VecDeque;
 use std::io::IoSlice;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use crate::frame::{Frame, FrameError, FRAME_VERSION, HEADER_LEN, MAGIC};
+use crate::frame::{put_header, Frame, FrameError, HEADER_LEN};
 
 /// Parts at least this large are written from their own buffer instead of
 /// being copied; below it a copy is cheaper than an extra I/O vector.
@@ -62,13 +62,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             });
         }
         self.buf.reserve(4 + HEADER_LEN);
-        self.buf.put_u32_le(len as u32);
-        self.buf.put_u16_le(MAGIC);
-        self.buf.put_u8(FRAME_VERSION);
-        self.buf.put_u8(frame.flags);
-        self.buf.put_u16_le(frame.kind);
-        self.buf.put_u16_le(0);
-        self.buf.put_u32_le(frame.correlation_id);
+        put_header(&mut self.buf, &frame, len);
         self.queued_bytes += 4 + HEADER_LEN;
         self.put_part(frame.body);
         self.put_part(frame.tail);
