@@ -22,8 +22,10 @@
 //! # Ok(()) }
 //! ```
 
+mod accumulator;
 pub mod connection;
 pub mod consumer;
+pub mod delivery;
 pub mod group;
 pub mod producer;
 pub mod queue;

@@ -24,17 +24,16 @@
 //! retriable error may land after batches sent later (as in Kafka without
 //! idempotence); use `max_in_flight = 1` where that matters.
 
-use std::collections::{HashMap, VecDeque};
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::task::{Context, Poll, Waker};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use spool_protocol::{BatchBuilder, Request, Response};
+use spool_protocol::{Request, Response};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio::time::Instant;
 
+use super::accumulator::{Accumulator, Ready};
+use super::delivery::BatchOutcome;
+pub use super::delivery::{Delivery, DeliveryFuture};
 use super::{expect, Client, ClientError};
 
 /// Producer settings.
@@ -61,249 +60,6 @@ impl Default for ProducerConfig {
             max_in_flight: 64,
             retries: 3,
             queue_messages: 64 * 1024,
-        }
-    }
-}
-
-/// Where a message was stored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Delivery {
-    /// Its partition.
-    pub partition: u32,
-    /// Its offset.
-    pub offset: u64,
-}
-
-/// The outcome of one batch, shared by the futures of its messages.
-struct BatchOutcome {
-    /// The base offset the broker gave the batch, or why it failed.
-    result: OnceLock<Result<u64, ClientError>>,
-    wakers: Mutex<Vec<Waker>>,
-}
-
-impl BatchOutcome {
-    fn new() -> Arc<BatchOutcome> {
-        Arc::new(BatchOutcome {
-            result: OnceLock::new(),
-            wakers: Mutex::new(Vec::new()),
-        })
-    }
-
-    fn is_done(&self) -> bool {
-        self.result.get().is_some()
-    }
-
-    fn complete(&self, result: Result<u64, ClientError>) {
-        if self.result.set(result).is_err() {
-            return;
-        }
-        // Set before the wakers are taken: a poll that registers after this
-        // lock sees the result under the same lock.
-        let wakers = match self.wakers.lock() {
-            Ok(mut w) => std::mem::take(&mut *w),
-            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
-        };
-        for waker in wakers {
-            waker.wake();
-        }
-    }
-
-    /// Resolves once the batch has an outcome, whatever it is.
-    async fn settled(self: Arc<Self>) {
-        DeliveryFuture {
-            outcome: self,
-            partition: 0,
-            index: 0,
-            waker_slot: None,
-        }
-        .await
-        .ok();
-    }
-}
-
-/// Resolves a batch's outcome exactly once: with the broker's answer, or,
-/// if the batch is dropped unsent (the producer's tasks stopped), with an
-/// error, so no [`DeliveryFuture`] waits forever.
-struct Completer(Arc<BatchOutcome>);
-
-impl Completer {
-    fn complete(self, result: Result<u64, ClientError>) {
-        self.0.complete(result);
-    }
-}
-
-impl Drop for Completer {
-    fn drop(&mut self) {
-        self.0
-            .complete(Err(ClientError::Disconnected("producer stopped".into())));
-    }
-}
-
-/// The future of one message's delivery: a share of its batch's outcome
-/// and the message's place in the batch.
-pub struct DeliveryFuture {
-    outcome: Arc<BatchOutcome>,
-    partition: u32,
-    index: u32,
-    /// Where this future's waker sits in the outcome's list.
-    waker_slot: Option<usize>,
-}
-
-impl DeliveryFuture {
-    /// True if both messages are in the same batch: their futures resolve
-    /// at the same moment, with the same outcome. Lets a caller that tracks
-    /// many messages wait once per batch.
-    pub fn shares_batch_with(&self, other: &DeliveryFuture) -> bool {
-        Arc::ptr_eq(&self.outcome, &other.outcome)
-    }
-
-    fn resolve(&self, result: &Result<u64, ClientError>) -> Result<Delivery, ClientError> {
-        match result {
-            Ok(base) => Ok(Delivery {
-                partition: self.partition,
-                offset: base + u64::from(self.index),
-            }),
-            Err(err) => Err(err.clone()),
-        }
-    }
-}
-
-impl Future for DeliveryFuture {
-    type Output = Result<Delivery, ClientError>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if let Some(result) = self.outcome.result.get() {
-            return Poll::Ready(self.resolve(result));
-        }
-        let outcome = self.outcome.clone();
-        let mut wakers = match outcome.wakers.lock() {
-            Ok(w) => w,
-            Err(_) => {
-                return Poll::Ready(Err(ClientError::Disconnected(
-                    "producer state poisoned".into(),
-                )))
-            }
-        };
-        if let Some(result) = outcome.result.get() {
-            return Poll::Ready(self.resolve(result));
-        }
-        match self.waker_slot {
-            Some(i) if i < wakers.len() => {
-                if !wakers[i].will_wake(cx.waker()) {
-                    wakers[i] = cx.waker().clone();
-                }
-            }
-            _ => {
-                self.waker_slot = Some(wakers.len());
-                wakers.push(cx.waker().clone());
-            }
-        }
-        Poll::Pending
-    }
-}
-
-/// A batch being filled.
-struct Open {
-    id: u64,
-    builder: BatchBuilder,
-    messages: u32,
-    outcome: Completer,
-    deadline: Instant,
-}
-
-/// A batch ready for the wire, in the order batches became ready.
-struct Ready {
-    topic: Arc<str>,
-    partition: u32,
-    builder: BatchBuilder,
-    messages: u32,
-    outcome: Completer,
-}
-
-struct TopicBatches {
-    name: Arc<str>,
-    sticky: u32,
-    /// The open batch of each partition.
-    open: Vec<Option<Open>>,
-}
-
-#[derive(Default)]
-struct Accumulator {
-    topics: Vec<TopicBatches>,
-    by_name: HashMap<Arc<str>, usize>,
-    /// Batches in the order they must be sent.
-    ready: VecDeque<Ready>,
-    /// Open batches in the order they were opened (so by deadline):
-    /// (topic, partition, batch id); entries of batches that left are
-    /// skipped.
-    opened: VecDeque<(usize, u32, u64)>,
-    next_batch_id: u64,
-    /// Outcomes of batches on the wire, for `flush`.
-    in_flight: Vec<Arc<BatchOutcome>>,
-    closed: bool,
-}
-
-impl Accumulator {
-    fn topic_index(&self, topic: &str) -> Option<usize> {
-        // Most producers write one topic: compare before hashing.
-        match self.topics.last() {
-            Some(t) if &*t.name == topic => Some(self.topics.len() - 1),
-            _ => self.by_name.get(topic).copied(),
-        }
-    }
-
-    /// Moves partition `partition`'s open batch of topic `t` to the ready
-    /// queue, moving the topic's sticky partition on if it was that one.
-    fn seal(&mut self, t: usize, partition: u32) {
-        let topic = &mut self.topics[t];
-        let Some(open) = topic.open[partition as usize].take() else {
-            return;
-        };
-        if topic.sticky == partition {
-            topic.sticky = (topic.sticky + 1) % topic.open.len() as u32;
-        }
-        self.ready.push_back(Ready {
-            topic: topic.name.clone(),
-            partition,
-            builder: open.builder,
-            messages: open.messages,
-            outcome: open.outcome,
-        });
-    }
-
-    /// Seals every open batch (flush, close).
-    fn seal_all(&mut self) {
-        while let Some((t, partition, _)) = self.opened.pop_front() {
-            self.seal(t, partition);
-        }
-    }
-
-    /// The next batch to send: ready ones first (they are older than any
-    /// open batch of their partition), then open ones that are due. Returns
-    /// the deadline of the first open batch not yet due otherwise.
-    fn next_batch(&mut self, now: Instant, hurry: bool) -> (Option<Ready>, Option<Instant>) {
-        loop {
-            if let Some(ready) = self.ready.pop_front() {
-                return (Some(ready), None);
-            }
-            let Some(&(t, partition, id)) = self.opened.front() else {
-                return (None, None);
-            };
-            let current = self.topics[t].open[partition as usize]
-                .as_ref()
-                .filter(|o| o.id == id)
-                .map(|o| o.deadline);
-            match current {
-                // That batch already left (it filled up).
-                None => {
-                    self.opened.pop_front();
-                }
-                Some(deadline) if hurry || deadline <= now => {
-                    self.opened.pop_front();
-                    self.seal(t, partition);
-                }
-                Some(deadline) => return (None, Some(deadline)),
-            }
         }
     }
 }
@@ -422,71 +178,25 @@ impl Producer {
         if acc.closed {
             return Err(ClientError::Disconnected("producer stopped".into()));
         }
-        let topic = &mut acc.topics[t];
-        let partition = match key {
-            Some(key) => crc32fast::hash(key) % topic.open.len() as u32,
-            None => topic.sticky,
-        };
-        let record_len = BatchBuilder::encoded_record_len(0, 0, key, value, &[]);
-        let mut wake = false;
-        if topic.open[partition as usize]
-            .as_ref()
-            .is_some_and(|o| o.builder.len_bytes() + record_len > batch_bytes)
-        {
-            acc.seal(t, partition);
-            wake = true;
-        }
-        let id = acc.next_batch_id;
-        let topic = &mut acc.topics[t];
-        let open = match &mut topic.open[partition as usize] {
-            Some(open) => open,
-            slot @ None => {
-                wake = true;
-                slot.insert(Open {
-                    id,
-                    builder: BatchBuilder::with_capacity(batch_bytes.min(1 << 20) + 64),
-                    messages: 0,
-                    outcome: Completer(BatchOutcome::new()),
-                    deadline: Instant::now() + shared.config.linger,
-                })
-            }
-        };
-        let pushed = open.builder.push(timestamp_ms, key, value, &[]);
-        let (index, outcome, is_new, full) = (
-            open.messages,
-            open.outcome.0.clone(),
-            open.messages == 0,
-            open.builder.len_bytes() >= batch_bytes,
-        );
-        if let Err(err) = pushed {
-            // Only a record too large for any batch gets here (a full
-            // batch was sealed above); drop the batch it would have opened.
-            if is_new {
-                topic.open[partition as usize] = None;
-            }
-            return Err(ClientError::Invalid(format!(
-                "message does not fit a batch: {err}"
-            )));
-        }
-        open.messages += 1;
-        if is_new {
-            acc.next_batch_id += 1;
-            acc.opened.push_back((t, partition, id));
-        }
-        if full {
-            acc.seal(t, partition);
-            wake = true;
-        }
+        let appended = acc
+            .append(
+                t,
+                key,
+                value,
+                timestamp_ms,
+                batch_bytes,
+                Instant::now() + shared.config.linger,
+            )
+            .map_err(|err| ClientError::Invalid(format!("message does not fit a batch: {err}")))?;
         drop(acc);
-        if wake {
+        if appended.wake_sender {
             shared.wake.notify_one();
         }
-        Ok(DeliveryFuture {
-            outcome,
-            partition,
-            index,
-            waker_slot: None,
-        })
+        Ok(DeliveryFuture::new(
+            appended.outcome,
+            appended.partition,
+            appended.index,
+        ))
     }
 
     /// Looks up a topic's partitions (outside the lock) and registers it.
@@ -499,34 +209,14 @@ impl Producer {
                 "topic {topic} has no partitions"
             )));
         }
-        let mut acc = shared.lock()?;
-        if let Some(t) = acc.topic_index(topic) {
-            return Ok(t);
-        }
-        let name: Arc<str> = Arc::from(topic);
-        acc.topics.push(TopicBatches {
-            name: name.clone(),
-            sticky: 0,
-            open: (0..partitions).map(|_| None).collect(),
-        });
-        let t = acc.topics.len() - 1;
-        acc.by_name.insert(name, t);
-        Ok(t)
+        Ok(shared.lock()?.add_topic(topic, partitions))
     }
 
     /// Sends every open batch now and waits until all messages sent before
     /// this call are acknowledged or failed.
     pub async fn flush(&self) -> Result<(), ClientError> {
         let shared = &self.handle.0;
-        let waiting: Vec<Arc<BatchOutcome>> = {
-            let mut acc = shared.lock()?;
-            acc.seal_all();
-            acc.ready
-                .iter()
-                .map(|r| r.outcome.0.clone())
-                .chain(acc.in_flight.iter().cloned())
-                .collect()
-        };
+        let waiting: Vec<Arc<BatchOutcome>> = { shared.lock()?.unsettled() };
         shared.wake.notify_one();
         for outcome in waiting {
             outcome.settled().await;
@@ -552,10 +242,6 @@ async fn run_sender(shared: Arc<Shared>) {
         let (next, deadline, closed) = match shared.lock() {
             Ok(mut acc) => {
                 let (next, deadline) = acc.next_batch(Instant::now(), hurry);
-                if let Some(batch) = &next {
-                    acc.in_flight.retain(|o| !o.is_done());
-                    acc.in_flight.push(batch.outcome.0.clone());
-                }
                 (next, deadline, acc.closed)
             }
             Err(_) => return,

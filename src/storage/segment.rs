@@ -4,7 +4,7 @@
 //!
 //! The active segment is created sparse at its full capacity and mapped
 //! once; blocks are reserved a chunk ahead of the write position by writing
-//! zeros (see [`allocate`] for why not `fallocate`). A full disk therefore
+//! zeros (see `allocate` for why not `fallocate`). A full disk therefore
 //! fails the reservation with `ENOSPC`, a clean error before any byte is
 //! copied, and never a SIGBUS on a store into an unbacked page. Reserving in
 //! chunks instead of the whole segment keeps a broker with a thousand mostly
