@@ -25,7 +25,7 @@
 mod accumulator;
 pub mod connection;
 pub mod consumer;
-pub mod delivery;
+mod delivery;
 pub mod group;
 pub mod producer;
 pub mod queue;
