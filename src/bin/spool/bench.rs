@@ -445,9 +445,11 @@ async fn produce(
     let producer = Producer::new(client, config);
     let share = args.messages / u64::from(args.producers)
         + u64::from(u64::from(id) < args.messages % u64::from(args.producers));
-    let deadline = args
+    // In the bench clock's nanoseconds, so the send time read for each
+    // message also serves the deadline check (clock reads are not free).
+    let deadline_ns = args
         .duration_secs
-        .map(|s| Instant::now() + Duration::from_secs_f64(s));
+        .map(|s| shared.now_ns() + Duration::from_secs_f64(s).as_nanos() as u64);
     let interval = args
         .rate
         .map(|r| Duration::from_secs_f64(f64::from(args.producers) / r.max(1) as f64));
@@ -495,10 +497,8 @@ async fn produce(
     // The batch the latest messages went to, and their send times.
     let mut group: Option<(DeliveryFuture, Vec<u64>)> = None;
     loop {
-        match deadline {
-            Some(d) if Instant::now() >= d => break,
-            None if seq >= share => break,
-            _ => {}
+        if deadline_ns.is_none() && seq >= share {
+            break;
         }
         if let Some(interval) = interval {
             // Hand the group over before idling, so its acks are timed
@@ -510,6 +510,9 @@ async fn produce(
             tokio::time::sleep_until(started + interval * seq as u32).await;
         }
         let sent_ns = shared.now_ns();
+        if deadline_ns.is_some_and(|d| sent_ns >= d) {
+            break;
+        }
         write_payload(&mut payload, shared, sent_ns, id, seq);
         let delivery = producer
             .send(topic, None, &payload)
