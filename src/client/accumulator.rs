@@ -24,7 +24,6 @@ pub(super) struct Appended {
 struct Open {
     id: u64,
     builder: BatchBuilder,
-    messages: u32,
     outcome: Completer,
     deadline: Instant,
 }
@@ -34,7 +33,6 @@ pub(super) struct Ready {
     pub(super) topic: Arc<str>,
     pub(super) partition: u32,
     pub(super) builder: BatchBuilder,
-    pub(super) messages: u32,
     pub(super) outcome: Completer,
 }
 
@@ -127,20 +125,14 @@ impl Accumulator {
                 slot.insert(Open {
                     id,
                     builder: BatchBuilder::with_capacity(batch_bytes.min(1 << 20) + 64),
-                    messages: 0,
                     outcome: Completer(BatchOutcome::new()),
                     deadline,
                 })
             }
         };
-        let pushed = open.builder.push(timestamp_ms, key, value, &[]);
-        let (index, outcome, is_new, full) = (
-            open.messages,
-            open.outcome.0.clone(),
-            open.messages == 0,
-            open.builder.len_bytes() >= batch_bytes,
-        );
-        if let Err(err) = pushed {
+        let index = open.builder.record_count();
+        let is_new = index == 0;
+        if let Err(err) = open.builder.push(timestamp_ms, key, value, &[]) {
             // Only a record too large for any batch gets here (a full
             // batch was sealed above); drop the batch it would have opened.
             if is_new {
@@ -148,7 +140,8 @@ impl Accumulator {
             }
             return Err(err);
         }
-        open.messages += 1;
+        let outcome = open.outcome.0.clone();
+        let full = open.builder.len_bytes() >= batch_bytes;
         if is_new {
             self.next_batch_id += 1;
             self.opened.push_back((t, partition, id));
@@ -179,7 +172,6 @@ impl Accumulator {
             topic: topic.name.clone(),
             partition,
             builder: open.builder,
-            messages: open.messages,
             outcome: open.outcome,
         });
     }
@@ -276,7 +268,7 @@ mod tests {
         for expected in [0, 1, 2] {
             let (next, _) = acc.next_batch(now, false);
             let next = next.expect("a full batch");
-            assert_eq!((next.partition, next.messages), (expected, 9));
+            assert_eq!((next.partition, next.builder.record_count()), (expected, 9));
             taken.push(next);
         }
         let (next, deadline) = acc.next_batch(now, false);
@@ -285,7 +277,7 @@ mod tests {
         // Hurrying (zero linger, or a full queue) takes it anyway.
         let (next, _) = acc.next_batch(now, true);
         let next = next.expect("the open batch");
-        assert_eq!((next.partition, next.messages), (0, 3));
+        assert_eq!((next.partition, next.builder.record_count()), (0, 3));
         taken.push(next);
         assert!(acc.next_batch(now, true).0.is_none());
         // Four batches on their way, none settled: a flush waits for all.
@@ -317,7 +309,7 @@ mod tests {
             .is_err());
         // Only the user-1 batch exists.
         let (next, _) = acc.next_batch(Instant::now(), true);
-        assert_eq!(next.map(|n| n.messages), Some(2));
+        assert_eq!(next.map(|n| n.builder.record_count()), Some(2));
         assert!(acc.next_batch(Instant::now(), true).0.is_none());
     }
 }

@@ -119,12 +119,14 @@ impl DeliveryFuture {
 impl Future for DeliveryFuture {
     type Output = Result<Delivery, ClientError>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if let Some(result) = self.outcome.result.get() {
-            return Poll::Ready(self.resolve(result));
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // Every field is Unpin; borrowing them apart saves an `Arc` clone
+        // per poll.
+        let this = self.get_mut();
+        if let Some(result) = this.outcome.result.get() {
+            return Poll::Ready(this.resolve(result));
         }
-        let outcome = self.outcome.clone();
-        let mut wakers = match outcome.wakers.lock() {
+        let mut wakers = match this.outcome.wakers.lock() {
             Ok(w) => w,
             Err(_) => {
                 return Poll::Ready(Err(ClientError::Disconnected(
@@ -132,17 +134,17 @@ impl Future for DeliveryFuture {
                 )))
             }
         };
-        if let Some(result) = outcome.result.get() {
-            return Poll::Ready(self.resolve(result));
+        if let Some(result) = this.outcome.result.get() {
+            return Poll::Ready(this.resolve(result));
         }
-        match self.waker_slot {
+        match this.waker_slot {
             Some(i) if i < wakers.len() => {
                 if !wakers[i].will_wake(cx.waker()) {
                     wakers[i] = cx.waker().clone();
                 }
             }
             _ => {
-                self.waker_slot = Some(wakers.len());
+                this.waker_slot = Some(wakers.len());
                 wakers.push(cx.waker().clone());
             }
         }

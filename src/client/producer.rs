@@ -32,7 +32,6 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio::time::Instant;
 
 use super::accumulator::{Accumulator, Ready};
-use super::delivery::BatchOutcome;
 pub use super::delivery::{Delivery, DeliveryFuture};
 use super::{expect, Client, ClientError};
 
@@ -175,9 +174,6 @@ impl Producer {
         };
         let batch_bytes = shared.config.batch_bytes;
         let mut acc = shared.lock()?;
-        if acc.closed {
-            return Err(ClientError::Disconnected("producer stopped".into()));
-        }
         let appended = acc
             .append(
                 t,
@@ -216,7 +212,7 @@ impl Producer {
     /// this call are acknowledged or failed.
     pub async fn flush(&self) -> Result<(), ClientError> {
         let shared = &self.handle.0;
-        let waiting: Vec<Arc<BatchOutcome>> = { shared.lock()?.unsettled() };
+        let waiting = shared.lock()?.unsettled();
         shared.wake.notify_one();
         for outcome in waiting {
             outcome.settled().await;
@@ -248,7 +244,9 @@ async fn run_sender(shared: Arc<Shared>) {
         };
         match next {
             Some(batch) => {
-                shared.queue_space.add_permits(batch.messages as usize);
+                shared
+                    .queue_space
+                    .add_permits(batch.builder.record_count() as usize);
                 dispatch(&shared, batch, permit).await;
             }
             None if closed => return,

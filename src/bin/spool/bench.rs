@@ -492,6 +492,10 @@ async fn produce(
         })
     };
 
+    let hand_over = |group: (DeliveryFuture, Vec<u64>)| {
+        tx.send(group)
+            .map_err(|_| "ack collector stopped".to_string())
+    };
     let mut seq = 0u64;
     let mut payload = Vec::with_capacity(args.size);
     // The batch the latest messages went to, and their send times.
@@ -504,8 +508,7 @@ async fn produce(
             // Hand the group over before idling, so its acks are timed
             // when they arrive.
             if let Some(g) = group.take() {
-                tx.send(g)
-                    .map_err(|_| "ack collector stopped".to_string())?;
+                hand_over(g)?;
             }
             tokio::time::sleep_until(started + interval * seq as u32).await;
         }
@@ -522,16 +525,14 @@ async fn produce(
             Some((current, sent)) if current.shares_batch_with(&delivery) => sent.push(sent_ns),
             _ => {
                 if let Some(g) = group.replace((delivery, vec![sent_ns])) {
-                    tx.send(g)
-                        .map_err(|_| "ack collector stopped".to_string())?;
+                    hand_over(g)?;
                 }
             }
         }
         seq += 1;
     }
     if let Some(g) = group.take() {
-        tx.send(g)
-            .map_err(|_| "ack collector stopped".to_string())?;
+        hand_over(g)?;
     }
     producer.flush().await.map_err(|e| e.to_string())?;
     drop(tx);
