@@ -75,6 +75,10 @@ pub enum BatchError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// The base offset plus the record count passes `u64::MAX`. The base
+    /// offset lies outside the CRC, so only this check catches a corrupt one.
+    #[error("batch base offset {0} leaves no room for its records")]
+    OffsetOverflow(u64),
     /// A builder was asked to exceed [`MAX_BATCH_LEN`].
     #[error("batch would exceed {MAX_BATCH_LEN} bytes")]
     TooLarge,
@@ -124,8 +128,14 @@ impl BatchHeader {
         if record_count == 0 {
             return Err(BatchError::Empty);
         }
+        let base_offset = read_u64(buf, OFFSET_POS);
+        // `next_offset` must be representable: every offset computed from
+        // this header (records, next batch) then is too.
+        if base_offset.checked_add(u64::from(record_count)).is_none() {
+            return Err(BatchError::OffsetOverflow(base_offset));
+        }
         Ok(BatchHeader {
-            base_offset: Offset(read_u64(buf, OFFSET_POS)),
+            base_offset: Offset(base_offset),
             batch_len,
             crc: read_u32(buf, CRC_POS),
             record_count,
@@ -646,6 +656,25 @@ mod tests {
             builder.push(*ts, key.as_deref(), value, &headers).unwrap();
         }
         builder.finish().unwrap()
+    }
+
+    /// The base offset lies outside the CRC, so a corrupt or hostile one
+    /// reaches the reader intact: it must be refused, not overflow later.
+    #[test]
+    fn a_base_offset_whose_records_overflow_is_refused() {
+        let batch = build(&[(1, None, b"a".to_vec(), vec![]), (2, None, b"b".to_vec(), vec![])]);
+        let mut bytes = batch.to_vec();
+        for base in [u64::MAX, u64::MAX - 1] {
+            set_base_offset(&mut bytes, Offset(base));
+            assert_eq!(Batch::validate(&bytes).unwrap_err(), BatchError::OffsetOverflow(base));
+            assert_eq!(Batch::from_stored(&bytes).unwrap_err(), BatchError::OffsetOverflow(base));
+            assert!(Batches::new(&bytes).next().unwrap().is_err());
+        }
+        // The last offset that still fits is fine, and iterating it does not panic.
+        set_base_offset(&mut bytes, Offset(u64::MAX - 2));
+        let valid = Batch::validate(&bytes).unwrap();
+        assert_eq!(valid.records().count(), 2);
+        assert_eq!(valid.header().next_offset(), Offset(u64::MAX));
     }
 
     fn record_strategy() -> impl Strategy<Value = OwnedRecord> {
