@@ -662,12 +662,21 @@ mod tests {
     /// reaches the reader intact: it must be refused, not overflow later.
     #[test]
     fn a_base_offset_whose_records_overflow_is_refused() {
-        let batch = build(&[(1, None, b"a".to_vec(), vec![]), (2, None, b"b".to_vec(), vec![])]);
+        let batch = build(&[
+            (1, None, b"a".to_vec(), vec![]),
+            (2, None, b"b".to_vec(), vec![]),
+        ]);
         let mut bytes = batch.to_vec();
         for base in [u64::MAX, u64::MAX - 1] {
             set_base_offset(&mut bytes, Offset(base));
-            assert_eq!(Batch::validate(&bytes).unwrap_err(), BatchError::OffsetOverflow(base));
-            assert_eq!(Batch::from_stored(&bytes).unwrap_err(), BatchError::OffsetOverflow(base));
+            assert_eq!(
+                Batch::validate(&bytes).unwrap_err(),
+                BatchError::OffsetOverflow(base)
+            );
+            assert_eq!(
+                Batch::from_stored(&bytes).unwrap_err(),
+                BatchError::OffsetOverflow(base)
+            );
             assert!(Batches::new(&bytes).next().unwrap().is_err());
         }
         // The last offset that still fits is fine, and iterating it does not panic.

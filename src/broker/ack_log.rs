@@ -3,12 +3,18 @@
 //! committed offsets, resets), compacted now and then into a snapshot
 //! (bincode, replaced atomically) after which the log starts empty.
 //!
-//! Replaying a record twice changes nothing (settling is a set insert,
-//! counts take the maximum, a reset or commit overwrites), so a crash between
-//! writing a snapshot and truncating the log is harmless. A torn record at
+//! Replay is not idempotent (a reset re-opens settled offsets, so a dead
+//! letter replayed after it counts again). So the log and the snapshot carry
+//! a *generation*: compaction writes the snapshot with generation g+1, then
+//! empties the log and starts it with a header naming g+1. A log whose
+//! generation is below the snapshot's was folded into it before a crash cut
+//! the compaction short, and is dropped instead of replayed. A torn record at
 //! the end of the log (crash mid-write) fails its CRC and is cut on open.
 //!
-//! Record: u8 kind, u64 offset, u32 value, u32 CRC-32 of the first 13 bytes.
+//! Log header (20 bytes): magic `SPAL`, u32 format version, u64 generation,
+//! u32 CRC-32 of the first 16 bytes. Record: u8 kind, u64 offset, u32 value,
+//! u32 CRC-32 of the first 13 bytes. All little-endian. The snapshot
+//! (`.ackstate`) is a metadata file (see `storage::meta_file`), magic `SPAS`.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
@@ -17,11 +23,18 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::storage::atomic_file::{write_atomic, Durability};
+use crate::storage::atomic_file::Durability;
+use crate::storage::meta_file::{self, MetaKind};
 use crate::storage::StorageError;
 
 const RECORD_LEN: usize = 17;
-const SNAPSHOT_VERSION: u32 = 1;
+const LOG_MAGIC: [u8; 4] = *b"SPAL";
+const LOG_VERSION: u32 = 1;
+const LOG_HEADER_LEN: usize = 20;
+const SNAPSHOT_KIND: MetaKind = MetaKind {
+    magic: *b"SPAS",
+    version: 1,
+};
 /// The log is compacted into a snapshot after this many records.
 pub const COMPACT_AFTER_RECORDS: u64 = 16 * 1024;
 
@@ -45,7 +58,6 @@ pub enum AckRecord {
 /// What the log and snapshot say.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AckState {
-    version: u32,
     /// Every offset below this is settled.
     pub floor: u64,
     /// Settled offsets at or above `floor`.
@@ -68,7 +80,6 @@ impl AckState {
         dead_letters: u64,
     ) -> AckState {
         AckState {
-            version: SNAPSHOT_VERSION,
             floor,
             settled,
             counts,
@@ -130,6 +141,8 @@ pub struct AckLog {
     log_path: PathBuf,
     snapshot_path: PathBuf,
     file: File,
+    /// Named by the log's header; the snapshot names the same one.
+    generation: u64,
     records_since_snapshot: u64,
     sync: bool,
 }
@@ -146,21 +159,9 @@ impl AckLog {
         fs::create_dir_all(dir).map_err(|e| StorageError::io(dir, e))?;
         let log_path = dir.join(format!("{partition}.acklog"));
         let snapshot_path = dir.join(format!("{partition}.ackstate"));
-        let mut state = match fs::read(&snapshot_path) {
-            Ok(bytes) => {
-                let (state, _): (AckState, usize) =
-                    bincode::serde::decode_from_slice(&bytes, bincode::config::standard())
-                        .map_err(|e| StorageError::Corrupt {
-                            path: snapshot_path.clone(),
-                            position: 0,
-                            offset: spool_protocol::Offset(0),
-                            reason: format!("ack snapshot does not decode: {e}"),
-                        })?;
-                state
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => AckState::default(),
-            Err(e) => return Err(StorageError::io(&snapshot_path, e)),
-        };
+        // The snapshot is (generation of the log that follows it, state).
+        let (generation, mut state): (u64, AckState) =
+            meta_file::read(&snapshot_path, SNAPSHOT_KIND)?.unwrap_or_default();
         let mut file = OpenOptions::new()
             .create(true)
             .read(true)
@@ -170,34 +171,78 @@ impl AckLog {
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)
             .map_err(|e| StorageError::io(&log_path, e))?;
+        let mut log = AckLog {
+            log_path,
+            snapshot_path,
+            file,
+            generation,
+            records_since_snapshot: 0,
+            sync,
+        };
+        let log_generation = match parse_header(&log.log_path, &bytes)? {
+            Some(generation) => generation,
+            // Empty, or a header torn by a crash right after a compaction
+            // emptied the log: nothing to replay.
+            None => {
+                log.restart(generation)?;
+                return Ok((log, state));
+            }
+        };
+        if log_generation < generation {
+            tracing::info!(path = %log.log_path.display(), "ack log was already folded into the snapshot; dropping it");
+            log.restart(generation)?;
+            return Ok((log, state));
+        }
+        if log_generation > generation {
+            return Err(StorageError::Metadata {
+                path: log.log_path.clone(),
+                reason: format!(
+                    "ack log generation {log_generation} is newer than its snapshot's ({}): the snapshot is missing or stale",
+                    generation
+                ),
+            });
+        }
+        let records = &bytes[LOG_HEADER_LEN..];
         let mut valid = 0usize;
-        let mut records = 0u64;
-        for chunk in bytes.chunks(RECORD_LEN) {
+        for chunk in records.chunks(RECORD_LEN) {
             match decode(chunk) {
                 Some(record) => {
                     state.apply(record);
                     valid += RECORD_LEN;
-                    records += 1;
+                    log.records_since_snapshot += 1;
                 }
                 None => break,
             }
         }
-        if valid < bytes.len() {
-            tracing::warn!(path = %log_path.display(), valid, len = bytes.len(), "cutting torn tail of ack log");
-            file.set_len(valid as u64)
-                .map_err(|e| StorageError::io(&log_path, e))?;
-            file.sync_all()
-                .map_err(|e| StorageError::io(&log_path, e))?;
+        if valid < records.len() {
+            tracing::warn!(path = %log.log_path.display(), valid, len = records.len(), "cutting torn tail of ack log");
+            let io = |e| StorageError::io(&log.log_path, e);
+            log.file
+                .set_len((LOG_HEADER_LEN + valid) as u64)
+                .map_err(io)?;
+            log.file.sync_all().map_err(io)?;
         }
-        state.version = SNAPSHOT_VERSION;
-        let log = AckLog {
-            log_path,
-            snapshot_path,
-            file,
-            records_since_snapshot: records,
-            sync,
-        };
         Ok((log, state))
+    }
+
+    /// Empties the log and starts it with the header of `generation`.
+    fn restart(&mut self, generation: u64) -> Result<(), StorageError> {
+        let io = |e| StorageError::io(&self.log_path, e);
+        self.file.set_len(0).map_err(io)?;
+        let mut header = Vec::with_capacity(LOG_HEADER_LEN);
+        header.extend_from_slice(&LOG_MAGIC);
+        header.extend_from_slice(&LOG_VERSION.to_le_bytes());
+        header.extend_from_slice(&generation.to_le_bytes());
+        let crc = crc32fast::hash(&header);
+        header.extend_from_slice(&crc.to_le_bytes());
+        self.file.write_all(&header).map_err(io)?;
+        if self.sync {
+            // Records are only ever appended after a durable header.
+            self.file.sync_data().map_err(io)?;
+        }
+        self.generation = generation;
+        self.records_since_snapshot = 0;
+        Ok(())
     }
 
     /// True once enough records have piled up that the caller should hand
@@ -230,22 +275,41 @@ impl AckLog {
     /// Writes `state` (which must include every record appended so far) as
     /// the snapshot and empties the log.
     pub fn compact(&mut self, state: &AckState) -> Result<(), StorageError> {
-        let mut state = state.clone();
-        state.version = SNAPSHOT_VERSION;
-        let bytes =
-            bincode::serde::encode_to_vec(&state, bincode::config::standard()).map_err(|e| {
-                StorageError::Io {
-                    path: self.snapshot_path.clone(),
-                    source: std::io::Error::other(e.to_string()),
-                }
-            })?;
-        write_atomic(&self.snapshot_path, &bytes, Durability::Synced)?;
-        self.file
-            .set_len(0)
-            .map_err(|e| StorageError::io(&self.log_path, e))?;
-        self.records_since_snapshot = 0;
-        Ok(())
+        let generation = self.generation + 1;
+        meta_file::write(
+            &self.snapshot_path,
+            SNAPSHOT_KIND,
+            &(generation, state),
+            Durability::Synced,
+        )?;
+        self.restart(generation)
     }
+}
+
+/// The generation named by the log's header; `None` for an empty log or a
+/// header torn before it was complete.
+fn parse_header(path: &Path, bytes: &[u8]) -> Result<Option<u64>, StorageError> {
+    if bytes.len() < LOG_HEADER_LEN {
+        return Ok(None);
+    }
+    let bad = |reason: String| StorageError::Metadata {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let header = &bytes[..LOG_HEADER_LEN];
+    let crc = u32::from_le_bytes([header[16], header[17], header[18], header[19]]);
+    if header[..4] != LOG_MAGIC || crc32fast::hash(&header[..16]) != crc {
+        return Err(bad("not an ack log (bad magic or header CRC)".into()));
+    }
+    let version = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    if version != LOG_VERSION {
+        return Err(bad(format!(
+            "ack log format version {version} is not supported (this Spool reads version {LOG_VERSION})"
+        )));
+    }
+    let mut generation = [0u8; 8];
+    generation.copy_from_slice(&header[8..16]);
+    Ok(Some(u64::from_le_bytes(generation)))
 }
 
 fn encode(record: AckRecord, buf: &mut Vec<u8>) {
@@ -323,26 +387,42 @@ mod tests {
         assert_eq!(s.settled.iter().copied().collect::<Vec<_>>(), [5]);
         assert!(s.counts.is_empty());
         assert_eq!((s.committed, s.dead_letters), (Some(9), 1));
-        assert_eq!(fs::metadata(&path).unwrap().len(), 3 * RECORD_LEN as u64);
+        assert_eq!(
+            fs::metadata(&path).unwrap().len(),
+            (LOG_HEADER_LEN + 3 * RECORD_LEN) as u64
+        );
     }
 
+    /// A crash between writing the snapshot and emptying the log leaves
+    /// records that the snapshot already holds. Replaying them again must not
+    /// count anything twice, even across a reset (which re-opens settled
+    /// offsets, so "settling is a set insert" does not make replay harmless).
     #[test]
-    fn replaying_the_log_over_a_newer_snapshot_is_harmless() {
+    fn a_log_already_folded_into_the_snapshot_is_not_replayed_again() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut log, mut expected) = AckLog::open(dir.path(), 3, false).unwrap();
+        let log_path = dir.path().join("0.acklog");
+        let (mut log, mut state) = AckLog::open(dir.path(), 0, false).unwrap();
         let records = [
-            AckRecord::Acked(0),
-            AckRecord::Reset(10),
-            AckRecord::Acked(10),
-            AckRecord::Delivered(12, 2),
+            AckRecord::DeadLettered(5),
+            AckRecord::Reset(0),
+            AckRecord::Delivered(3, 2),
         ];
         log.append(&records).unwrap();
-        records.iter().for_each(|r| expected.apply(*r));
-        // Snapshot written but the log not truncated (crash in between).
-        let bytes = bincode::serde::encode_to_vec(&expected, bincode::config::standard()).unwrap();
-        fs::write(dir.path().join("3.ackstate"), bytes).unwrap();
+        records.iter().for_each(|r| state.apply(*r));
+        assert_eq!(state.dead_letters, 1);
+        let unfolded_log = fs::read(&log_path).unwrap();
+        log.compact(&state).unwrap();
         drop(log);
-        let (_log, state) = AckLog::open(dir.path(), 3, false).unwrap();
-        assert_eq!(state, expected);
+        // The crash: the snapshot is in place, the log still holds its records.
+        fs::write(&log_path, &unfolded_log).unwrap();
+        let (mut log, reopened) = AckLog::open(dir.path(), 0, false).unwrap();
+        assert_eq!(reopened, state);
+        assert_eq!(reopened.dead_letters, 1);
+        // Records appended after the recovery are replayed once.
+        log.append(&[AckRecord::DeadLettered(7)]).unwrap();
+        drop(log);
+        let (_log, again) = AckLog::open(dir.path(), 0, false).unwrap();
+        assert_eq!(again.dead_letters, 2);
+        assert!(again.settled.contains(&7));
     }
 }

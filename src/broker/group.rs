@@ -35,10 +35,15 @@ use super::ack_log::{AckLog, AckRecord, AckState};
 use super::queue::{MemberId, QueueState, SettleResult};
 use super::topic::{self, Topic, TopicConfig};
 use super::{Broker, BrokerError};
+use crate::storage::meta_file::{self, MetaKind};
 use crate::storage::{atomic_file, monotonic_ms, PartitionLog, StorageError, SyncPolicy};
 
 const META_FILE: &str = "group.meta";
-const META_VERSION: u32 = 1;
+/// `group.meta`: the group's name, topic, mode and configuration.
+const META_KIND: MetaKind = MetaKind {
+    magic: *b"SPGM",
+    version: 1,
+};
 /// Largest number of messages one delivery hands out.
 pub const MAX_DELIVER_MESSAGES: usize = 10_000;
 
@@ -142,7 +147,6 @@ pub struct GroupInfo {
 
 #[derive(Serialize, Deserialize)]
 struct GroupMeta {
-    version: u32,
     name: String,
     topic: String,
     mode: GroupMode,
@@ -231,19 +235,15 @@ impl Group {
         fs::create_dir_all(&dir)
             .map_err(|e| storage_error("creating group", StorageError::io(&dir, e)))?;
         let meta = GroupMeta {
-            version: META_VERSION,
             name: name.to_string(),
             topic: topic.name.clone(),
             mode,
             config,
         };
-        let bytes =
-            bincode::serde::encode_to_vec(&meta, bincode::config::standard()).map_err(|e| {
-                BrokerError::InvalidConfig(format!("cannot encode group metadata: {e}"))
-            })?;
-        atomic_file::write_atomic(
+        meta_file::write(
             &dir.join(META_FILE),
-            &bytes,
+            META_KIND,
+            &meta,
             atomic_file::Durability::Synced,
         )
         .map_err(|e| storage_error("creating group", e))?;
@@ -255,16 +255,8 @@ impl Group {
         topic_of: impl Fn(&str) -> Option<Arc<Topic>>,
     ) -> Result<Option<Group>, BrokerError> {
         let meta_path = dir.join(META_FILE);
-        let bytes = fs::read(&meta_path).map_err(|e| {
-            storage_error("reading group metadata", StorageError::io(&meta_path, e))
-        })?;
-        let (meta, _): (GroupMeta, usize) =
-            bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).map_err(
-                |e| BrokerError::Metadata {
-                    path: meta_path.clone(),
-                    reason: e.to_string(),
-                },
-            )?;
+        let meta: GroupMeta = meta_file::read_existing(&meta_path, META_KIND)
+            .map_err(|e| storage_error("reading group metadata", e))?;
         let Some(topic) = topic_of(&meta.topic) else {
             tracing::warn!(group = %meta.name, topic = %meta.topic, "group's topic is gone; ignoring the group");
             return Ok(None);

@@ -93,14 +93,6 @@ pub enum BrokerError {
     /// The broker was closed.
     #[error("the broker is closed")]
     Closed,
-    /// Metadata on disk could not be decoded.
-    #[error("bad metadata in {path}: {reason}")]
-    Metadata {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
     /// A storage operation failed.
     #[error("{context}: {source}")]
     Storage {

@@ -14,12 +14,17 @@ use serde::{Deserialize, Serialize};
 use spool_protocol::{Offset, PartitionId};
 
 use super::BrokerError;
+use crate::storage::meta_file::{self, MetaKind};
 use crate::storage::{atomic_file, LogConfig, PartitionLog, StorageError, SyncPolicy};
 
 /// Name of the metadata file inside a topic directory.
 const META_FILE: &str = "topic.meta";
 /// Version of the metadata encoding; bumped on incompatible change.
-const META_VERSION: u32 = 1;
+/// `topic.meta`: the topic's name and configuration.
+const META_KIND: MetaKind = MetaKind {
+    magic: *b"SPTM",
+    version: 1,
+};
 /// Longest topic name accepted.
 pub const MAX_TOPIC_NAME_LEN: usize = 200;
 /// Most partitions one topic may have.
@@ -82,7 +87,6 @@ impl TopicConfig {
 
 #[derive(Serialize, Deserialize)]
 struct TopicMeta {
-    version: u32,
     name: String,
     config: TopicConfig,
 }
@@ -133,17 +137,13 @@ impl Topic {
         };
         fs::create_dir_all(&staging).map_err(|e| io(&staging, e))?;
         let meta = TopicMeta {
-            version: META_VERSION,
             name: name.to_string(),
             config: config.clone(),
         };
-        let bytes =
-            bincode::serde::encode_to_vec(&meta, bincode::config::standard()).map_err(|e| {
-                BrokerError::InvalidConfig(format!("cannot encode topic metadata: {e}"))
-            })?;
-        atomic_file::write_atomic(
+        meta_file::write(
             &staging.join(META_FILE),
-            &bytes,
+            META_KIND,
+            &meta,
             atomic_file::Durability::Synced,
         )
         .map_err(|source| BrokerError::Storage {
@@ -161,23 +161,13 @@ impl Topic {
     /// Opens an existing topic directory.
     pub(crate) fn open(dir: PathBuf, clean_shutdown: bool) -> Result<Topic, BrokerError> {
         let meta_path = dir.join(META_FILE);
-        let bytes = fs::read(&meta_path).map_err(|e| BrokerError::Storage {
-            context: "reading topic metadata".into(),
-            source: StorageError::io(&meta_path, e),
-        })?;
-        let (meta, _): (TopicMeta, usize) =
-            bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).map_err(
-                |e| BrokerError::Metadata {
-                    path: meta_path.clone(),
-                    reason: e.to_string(),
-                },
-            )?;
-        if meta.version != META_VERSION {
-            return Err(BrokerError::Metadata {
-                path: meta_path,
-                reason: format!("unsupported metadata version {}", meta.version),
-            });
-        }
+        let meta: TopicMeta =
+            meta_file::read_existing(&meta_path, META_KIND).map_err(|source| {
+                BrokerError::Storage {
+                    context: "reading topic metadata".into(),
+                    source,
+                }
+            })?;
         meta.config.validate()?;
         Topic::open_partitions(dir, meta.name, meta.config, clean_shutdown)
     }

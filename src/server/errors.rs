@@ -20,14 +20,14 @@ pub fn code_for(err: &BrokerError) -> ErrorCode {
         BrokerError::GroupMismatch { .. } => ErrorCode::GroupMismatch,
         BrokerError::UnknownMember { .. } => ErrorCode::UnknownMember,
         BrokerError::GroupHasMembers(_) => ErrorCode::GroupHasMembers,
-        BrokerError::DirectoryLocked(_) | BrokerError::Metadata { .. } => ErrorCode::StorageError,
+        BrokerError::DirectoryLocked(_) => ErrorCode::StorageError,
         BrokerError::Storage { source, .. } => match source {
             StorageError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
             StorageError::Corrupt { .. } => ErrorCode::CorruptData,
             StorageError::NoSpace { .. } => ErrorCode::NoSpace,
             StorageError::InvalidBatch(_) => ErrorCode::InvalidBatch,
             StorageError::InvalidConfig(_) => ErrorCode::InvalidConfig,
-            StorageError::Io { .. } => ErrorCode::StorageError,
+            StorageError::Io { .. } | StorageError::Metadata { .. } => ErrorCode::StorageError,
         },
     }
 }

@@ -8,6 +8,7 @@
 pub mod atomic_file;
 pub mod index;
 pub mod log;
+pub mod meta_file;
 pub mod segment;
 pub mod sync;
 
@@ -128,6 +129,14 @@ pub enum StorageError {
     /// The batch handed to storage is not valid.
     #[error("invalid batch: {0}")]
     InvalidBatch(#[from] BatchError),
+    /// A metadata file is of another kind or version, or does not decode.
+    #[error("bad metadata in {path}: {reason}")]
+    Metadata {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// A configuration value is out of range.
     #[error("invalid log configuration: {0}")]
     InvalidConfig(String),
