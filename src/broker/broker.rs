@@ -15,7 +15,9 @@
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -248,7 +250,7 @@ impl Broker {
             dashmap::Entry::Occupied(_) => Err(BrokerError::TopicExists(name.to_string())),
             dashmap::Entry::Vacant(slot) => {
                 let topic = Topic::create(&topics_dir, name, config)?;
-                let flusher = self.inner.flusher.lock().map_err(|_| BrokerError::Closed)?;
+                let flusher = self.inner.flusher.lock();
                 for log in &topic.partitions {
                     flusher.watch(log);
                 }
@@ -385,7 +387,7 @@ impl Broker {
             source,
         })?;
         let wait = if log.config().sync == SyncPolicy::Always {
-            let flusher = self.inner.flusher.lock().map_err(|_| BrokerError::Closed)?;
+            let flusher = self.inner.flusher.lock();
             Some((
                 Box::pin(flusher.request_sync(log.clone(), info.next_offset)) as DurableWait,
                 context(),
@@ -543,9 +545,7 @@ impl Inner {
                 }
             }
         }
-        if let Ok(mut flusher) = self.flusher.lock() {
-            flusher.shutdown();
-        }
+        self.flusher.lock().shutdown();
         if let Some(err) = first_error {
             // No marker: the next open rescans, as after a crash.
             self.release_lock();
@@ -569,10 +569,8 @@ impl Inner {
 
 impl Inner {
     fn release_lock(&self) {
-        if let Ok(mut lock) = self.lock.lock() {
-            // Closing the file drops the flock.
-            lock.take();
-        }
+        // Closing the file drops the flock.
+        self.lock.lock().take();
     }
 }
 

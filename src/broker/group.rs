@@ -23,7 +23,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -303,11 +305,11 @@ impl Group {
                     partition: p,
                     partitions: self.partitions.len() as u32,
                 })?;
-        slot.lock().map_err(|_| BrokerError::Closed)
+        Ok(slot.lock())
     }
 
     fn check_member(&self, member: MemberId) -> Result<(), BrokerError> {
-        let members = self.members.lock().map_err(|_| BrokerError::Closed)?;
+        let members = self.members.lock();
         if members.ids.contains(&member) {
             Ok(())
         } else {
@@ -321,7 +323,7 @@ impl Group {
     fn in_flight_of(&self, member: MemberId) -> usize {
         self.partitions
             .iter()
-            .filter_map(|p| p.lock().ok().map(|p| p.queue.in_flight_of(member)))
+            .map(|p| p.lock().queue.in_flight_of(member))
             .sum()
     }
 }
@@ -406,7 +408,7 @@ impl Broker {
             });
         }
         let member = self.next_member_id();
-        let mut members = g.members.lock().map_err(|_| BrokerError::Closed)?;
+        let mut members = g.members.lock();
         members.ids.insert(member);
         members.generation += 1;
         Ok(member)
@@ -417,7 +419,7 @@ impl Broker {
     pub fn leave_group(&self, group: &str, member: MemberId) -> Result<(), BrokerError> {
         let g = self.group(group)?;
         {
-            let mut members = g.members.lock().map_err(|_| BrokerError::Closed)?;
+            let mut members = g.members.lock();
             if !members.ids.remove(&member) {
                 return Ok(());
             }
@@ -425,9 +427,7 @@ impl Broker {
         }
         let now = monotonic_ms();
         for p in &g.partitions {
-            if let Ok(mut p) = p.lock() {
-                p.queue.release_member(member, now);
-            }
+            p.lock().queue.release_member(member, now);
         }
         g.changed.notify_waiters();
         Ok(())
@@ -441,7 +441,7 @@ impl Broker {
         member: MemberId,
     ) -> Result<(u32, Vec<PartitionId>), BrokerError> {
         let g = self.group(group)?;
-        let members = g.members.lock().map_err(|_| BrokerError::Closed)?;
+        let members = g.members.lock();
         if !members.ids.contains(&member) {
             return Err(BrokerError::UnknownMember {
                 group: group.to_string(),
@@ -530,9 +530,7 @@ impl Broker {
                 // connection closed): hand them back at once.
                 let now = monotonic_ms();
                 for p in &g.partitions {
-                    if let Ok(mut p) = p.lock() {
-                        p.queue.release_member(member, now);
-                    }
+                    p.lock().queue.release_member(member, now);
                 }
                 g.changed.notify_waiters();
                 return Err(BrokerError::UnknownMember {
@@ -798,13 +796,7 @@ impl Broker {
     pub fn reset_group(&self, group: &str, to: ResetTo) -> Result<(), BrokerError> {
         self.check_open()?;
         let g = self.group(group)?;
-        if !g
-            .members
-            .lock()
-            .map_err(|_| BrokerError::Closed)?
-            .ids
-            .is_empty()
-        {
+        if !g.members.lock().ids.is_empty() {
             return Err(BrokerError::GroupHasMembers(group.to_string()));
         }
         let topic = self.topic(&g.topic)?;
@@ -859,7 +851,7 @@ impl Broker {
                 dead_letters: gp.dead_letters,
             });
         }
-        let members = g.members.lock().map_err(|_| BrokerError::Closed)?.ids.len();
+        let members = g.members.lock().ids.len();
         Ok(GroupInfo {
             name: g.name.clone(),
             topic: g.topic.clone(),

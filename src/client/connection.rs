@@ -9,7 +9,9 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -122,10 +124,7 @@ impl Connection {
                 let reason = loop {
                     match frames.next().await {
                         Some(Ok(frame)) => {
-                            let waiter = pending
-                                .lock()
-                                .ok()
-                                .and_then(|mut p| p.remove(&frame.correlation_id));
+                            let waiter = pending.lock().remove(&frame.correlation_id);
                             match waiter {
                                 Some(waiter) => {
                                     let _ = waiter.send(Ok(frame));
@@ -148,10 +147,7 @@ impl Connection {
                     }
                 };
                 closed.store(true, Ordering::Release);
-                let waiters: Vec<_> = pending
-                    .lock()
-                    .map(|mut p| p.drain().collect())
-                    .unwrap_or_default();
+                let waiters: Vec<_> = pending.lock().drain().collect();
                 for (_, waiter) in waiters {
                     let _ = waiter.send(Err(ClientError::Disconnected(reason.clone())));
                 }
@@ -205,16 +201,11 @@ impl Connection {
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed).max(1);
         let (done, wait) = oneshot::channel();
-        self.pending
-            .lock()
-            .map_err(|_| ClientError::Disconnected("connection state poisoned".into()))?
-            .insert(id, done);
+        self.pending.lock().insert(id, done);
         let frame = request.to_frame(id);
         let kind = frame.kind;
         if self.tx.send(frame).is_err() {
-            if let Ok(mut p) = self.pending.lock() {
-                p.remove(&id);
-            }
+            self.pending.lock().remove(&id);
             return Err(ClientError::Disconnected(
                 "connection writer stopped".into(),
             ));

@@ -4,7 +4,9 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::Mutex;
 use std::task::{Context, Poll, Waker};
 
 use super::ClientError;
@@ -43,10 +45,7 @@ impl BatchOutcome {
         }
         // Set before the wakers are taken: a poll that registers after this
         // lock sees the result under the same lock.
-        let wakers = match self.wakers.lock() {
-            Ok(mut w) => std::mem::take(&mut *w),
-            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
-        };
+        let wakers = std::mem::take(&mut *self.wakers.lock());
         for waker in wakers {
             waker.wake();
         }
@@ -126,14 +125,7 @@ impl Future for DeliveryFuture {
         if let Some(result) = this.outcome.result.get() {
             return Poll::Ready(this.resolve(result));
         }
-        let mut wakers = match this.outcome.wakers.lock() {
-            Ok(w) => w,
-            Err(_) => {
-                return Poll::Ready(Err(ClientError::Disconnected(
-                    "producer state poisoned".into(),
-                )))
-            }
-        };
+        let mut wakers = this.outcome.wakers.lock();
         if let Some(result) = this.outcome.result.get() {
             return Poll::Ready(this.resolve(result));
         }

@@ -24,7 +24,9 @@
 //! retriable error may land after batches sent later (as in Kafka without
 //! idempotence); use `max_in_flight = 1` where that matters.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use spool_protocol::{Request, Response};
@@ -75,10 +77,8 @@ struct Shared {
 }
 
 impl Shared {
-    fn lock(&self) -> Result<MutexGuard<'_, Accumulator>, ClientError> {
-        self.acc
-            .lock()
-            .map_err(|_| ClientError::Disconnected("producer state poisoned".into()))
+    fn lock(&self) -> MutexGuard<'_, Accumulator> {
+        self.acc.lock()
     }
 }
 
@@ -88,10 +88,10 @@ struct Handle(Arc<Shared>);
 
 impl Drop for Handle {
     fn drop(&mut self) {
-        if let Ok(mut acc) = self.0.acc.lock() {
-            acc.closed = true;
-            acc.seal_all();
-        }
+        let mut acc = self.0.acc.lock();
+        acc.closed = true;
+        acc.seal_all();
+        drop(acc);
         self.0.wake.notify_one();
     }
 }
@@ -167,13 +167,13 @@ impl Producer {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
             .unwrap_or(0);
-        let known = shared.lock()?.topic_index(topic);
+        let known = shared.lock().topic_index(topic);
         let t = match known {
             Some(t) => t,
             None => self.add_topic(topic).await?,
         };
         let batch_bytes = shared.config.batch_bytes;
-        let mut acc = shared.lock()?;
+        let mut acc = shared.lock();
         let appended = acc
             .append(
                 t,
@@ -205,14 +205,14 @@ impl Producer {
                 "topic {topic} has no partitions"
             )));
         }
-        Ok(shared.lock()?.add_topic(topic, partitions))
+        Ok(shared.lock().add_topic(topic, partitions))
     }
 
     /// Sends every open batch now and waits until all messages sent before
     /// this call are acknowledged or failed.
     pub async fn flush(&self) -> Result<(), ClientError> {
         let shared = &self.handle.0;
-        let waiting = shared.lock()?.unsettled();
+        let waiting = shared.lock().unsettled();
         shared.wake.notify_one();
         for outcome in waiting {
             outcome.settled().await;
@@ -235,12 +235,10 @@ async fn run_sender(shared: Arc<Shared>) {
         // A full queue makes every open batch due, as in Kafka: senders
         // are waiting for the space those batches hold.
         let hurry = linger_zero || shared.queue_space.available_permits() == 0;
-        let (next, deadline, closed) = match shared.lock() {
-            Ok(mut acc) => {
-                let (next, deadline) = acc.next_batch(Instant::now(), hurry);
-                (next, deadline, acc.closed)
-            }
-            Err(_) => return,
+        let (next, deadline, closed) = {
+            let mut acc = shared.lock();
+            let (next, deadline) = acc.next_batch(Instant::now(), hurry);
+            (next, deadline, acc.closed)
         };
         match next {
             Some(batch) => {

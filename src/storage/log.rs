@@ -16,7 +16,9 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard, RwLock};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -262,23 +264,26 @@ impl PartitionLog {
 
     /// Number of segment files.
     pub fn segment_count(&self) -> usize {
-        self.segments.read().map(|s| s.len()).unwrap_or(0)
+        {
+            let s = self.segments.read();
+            s.len()
+        }
     }
 
     /// Number of segments currently memory-mapped.
     pub fn mapped_segment_count(&self) -> usize {
-        self.segments
-            .read()
-            .map(|s| s.iter().filter(|seg| seg.is_mapped()).count())
-            .unwrap_or(0)
+        {
+            let s = self.segments.read();
+            s.iter().filter(|seg| seg.is_mapped()).count()
+        }
     }
 
     /// Total bytes of batches in all segments.
     pub fn size_bytes(&self) -> u64 {
-        self.segments
-            .read()
-            .map(|s| s.iter().map(|seg| seg.len()).sum())
-            .unwrap_or(0)
+        {
+            let s = self.segments.read();
+            s.iter().map(|seg| seg.len()).sum()
+        }
     }
 
     /// Appends a validated batch, assigning it the next offsets. The bytes
@@ -290,7 +295,7 @@ impl PartitionLog {
         }
         let bytes = batch.bytes();
         let len = bytes.len() as u64;
-        let mut writer = self.lock_writer()?;
+        let mut writer = self.lock_writer();
         if writer.file.position() > 0
             && writer.file.position() + len > self.config.segment_size_bytes
         {
@@ -332,7 +337,7 @@ impl PartitionLog {
         let sealed = {
             // Sealing flushes under the flush lock, so the durable offset
             // it publishes never runs ahead of a concurrent group commit.
-            let _flush = self.flush_lock.lock().map_err(|_| self.poisoned())?;
+            let _flush = self.flush_lock.lock();
             let sealed = old_active.seal(old_file, durable).and_then(|()| {
                 if durable {
                     sync_dir(&self.dir)
@@ -354,10 +359,7 @@ impl PartitionLog {
         }
         // Published only after the old segment is sealed, so a flush that
         // finds the new segment last knows the old one is on disk.
-        self.segments
-            .write()
-            .map_err(|_| self.poisoned())?
-            .push(active);
+        self.segments.write().push(active);
         tracing::debug!(dir = %self.dir.display(), base = %base, "rolled segment");
         sealed
     }
@@ -385,7 +387,7 @@ impl PartitionLog {
             return Ok(empty(offset));
         }
         let candidates: Vec<Arc<Segment>> = {
-            let segments = self.segments.read().map_err(|_| self.poisoned())?;
+            let segments = self.segments.read();
             let idx = segments
                 .partition_point(|s| s.base() <= offset)
                 .saturating_sub(1);
@@ -457,7 +459,7 @@ impl PartitionLog {
         if self.durable_offset() >= target {
             return Ok(());
         }
-        let _flush = self.flush_lock.lock().map_err(|_| self.poisoned())?;
+        let _flush = self.flush_lock.lock();
         if self.durable_offset() >= target {
             return Ok(());
         }
@@ -466,7 +468,7 @@ impl PartitionLog {
 
     /// Flushes everything appended so far.
     pub fn flush(&self) -> Result<(), StorageError> {
-        let _flush = self.flush_lock.lock().map_err(|_| self.poisoned())?;
+        let _flush = self.flush_lock.lock();
         self.flush_locked()
     }
 
@@ -475,7 +477,7 @@ impl PartitionLog {
             return Err(self.failed_error());
         }
         let active = {
-            let segments = self.segments.read().map_err(|_| self.poisoned())?;
+            let segments = self.segments.read();
             segments.last().cloned()
         };
         let Some(active) = active else { return Ok(()) };
@@ -520,7 +522,7 @@ impl PartitionLog {
         }
         let mut dropped = Vec::new();
         {
-            let mut segments = self.segments.write().map_err(|_| self.poisoned())?;
+            let mut segments = self.segments.write();
             let mut total: u64 = segments.iter().map(|s| s.len()).sum();
             while segments.len() > 1 && segments[0].is_sealed() {
                 let oldest = &segments[0];
@@ -550,10 +552,7 @@ impl PartitionLog {
     /// Unmaps sealed segments nobody has read for `idle_ms`, and releases
     /// the resident pages of the active segment but its newest 64 KiB.
     pub fn unmap_idle(&self, now_ms: u64, idle_ms: u64) -> usize {
-        let segments = match self.segments.read() {
-            Ok(s) => s.clone(),
-            Err(_) => return 0,
-        };
+        let segments = self.segments.read().clone();
         if let Some(active) = segments.last() {
             active.release_resident(ACTIVE_RESIDENT_BYTES);
         }
@@ -567,19 +566,12 @@ impl PartitionLog {
     /// open can skip the rescan.
     pub fn close(&self) -> Result<(), StorageError> {
         self.flush()?;
-        let writer = self.lock_writer()?;
+        let writer = self.lock_writer();
         writer.active.checkpoint_index()
     }
 
-    fn lock_writer(&self) -> Result<MutexGuard<'_, Writer>, StorageError> {
-        self.writer.lock().map_err(|_| self.poisoned())
-    }
-
-    fn poisoned(&self) -> StorageError {
-        StorageError::Io {
-            path: self.dir.clone(),
-            source: std::io::Error::other("lock poisoned by a panicked thread"),
-        }
+    fn lock_writer(&self) -> MutexGuard<'_, Writer> {
+        self.writer.lock()
     }
 
     fn failed_error(&self) -> StorageError {

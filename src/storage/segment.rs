@@ -22,7 +22,9 @@ use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
 
 use bytes::Bytes;
 use memmap2::{MmapOptions, MmapRaw};
@@ -181,7 +183,7 @@ impl Segment {
 
     /// Whether the segment currently holds a memory map.
     pub fn is_mapped(&self) -> bool {
-        self.map.lock().map(|m| m.is_some()).unwrap_or(false)
+        self.map.lock().is_some()
     }
 
     /// Last modification time of the file, for retention by age.
@@ -249,7 +251,7 @@ impl Segment {
             bytes_since_index: u64::MAX,
             index_interval_bytes: u64::from(index_interval_bytes),
         };
-        *segment.map.lock().map_err(|_| poisoned(&path))? = Some(active.map.clone());
+        *segment.map.lock() = Some(active.map.clone());
         Ok((Arc::new(segment), active))
     }
 
@@ -332,8 +334,8 @@ impl Segment {
         segment
             .end_offset
             .store(scan.next_offset.0, Ordering::Release);
-        *segment.index.write().map_err(|_| poisoned(&path))? = entries;
-        *segment.map.lock().map_err(|_| poisoned(&path))? = Some(map.clone());
+        *segment.index.write() = entries;
+        *segment.map.lock() = Some(map.clone());
         let _ = fs::remove_file(&segment.index_path);
 
         let active = ActiveFile {
@@ -372,7 +374,7 @@ impl Segment {
         let limit = limit_len.min(self.len()).min(map.len() as u64);
         let relative = u32::try_from(offset.0 - self.base.0).unwrap_or(u32::MAX);
         let start = {
-            let entries = self.index.read().map_err(|_| poisoned(&self.log_path))?;
+            let entries = self.index.read();
             index::lookup(&entries, relative, limit)
         };
         let (mut pos, mut expected) = match start {
@@ -467,7 +469,7 @@ impl Segment {
     /// The segment's map, mapping the file (and loading or rebuilding its
     /// index) on first use after open or eviction.
     fn mapped(&self) -> Result<Arc<MmapRaw>, StorageError> {
-        let mut slot = self.map.lock().map_err(|_| poisoned(&self.log_path))?;
+        let mut slot = self.map.lock();
         if let Some(map) = slot.as_ref() {
             return Ok(map.clone());
         }
@@ -487,7 +489,7 @@ impl Segment {
             Some(entries) => entries,
             None => self.rebuild_index(&map, len),
         };
-        *self.index.write().map_err(|_| poisoned(path))? = entries;
+        *self.index.write() = entries;
         *slot = Some(map.clone());
         Ok(map)
     }
@@ -524,7 +526,7 @@ impl Segment {
     /// mapping), and readers fault pages back in from there. Returns the
     /// bytes released.
     pub fn release_resident(&self, keep_bytes: u64) -> u64 {
-        let Ok(slot) = self.map.lock() else { return 0 };
+        let slot = self.map.lock();
         let Some(map) = slot.as_ref() else { return 0 };
         self.release_below(map, self.len().saturating_sub(keep_bytes))
     }
@@ -566,15 +568,11 @@ impl Segment {
         {
             return false;
         }
-        let Ok(mut slot) = self.map.lock() else {
-            return false;
-        };
+        let mut slot = self.map.lock();
         if slot.take().is_none() {
             return false;
         }
-        if let Ok(mut index) = self.index.write() {
-            *index = Vec::new();
-        }
+        *self.index.write() = Vec::new();
         true
     }
 
@@ -597,7 +595,7 @@ impl Segment {
             active.file.sync_all().map_err(io)?;
         }
         self.flushed_len.store(active.pos, Ordering::Release);
-        let entries = self.index.read().map_err(|_| poisoned(path))?.clone();
+        let entries = self.index.read().clone();
         if let Err(err) = index::store(&self.index_path, &entries, active.pos) {
             // The index is only an accelerator: it is rebuilt when missing.
             tracing::warn!(path = %self.index_path.display(), error = %err, "could not write index");
@@ -609,17 +607,8 @@ impl Segment {
     /// Writes the active segment's index at a clean shutdown so the next open
     /// need not rescan the segment.
     pub fn checkpoint_index(&self) -> Result<(), StorageError> {
-        let entries = self
-            .index
-            .read()
-            .map_err(|_| poisoned(&self.log_path))?
-            .clone();
-        let capacity = self
-            .map
-            .lock()
-            .map_err(|_| poisoned(&self.log_path))?
-            .as_ref()
-            .map_or(0, |m| m.len());
+        let entries = self.index.read().clone();
+        let capacity = self.map.lock().as_ref().map_or(0, |m| m.len());
         index::store(&self.index_path, &entries, capacity as u64)
     }
 
@@ -631,11 +620,7 @@ impl Segment {
         if len <= flushed {
             return Ok(());
         }
-        let map = self
-            .map
-            .lock()
-            .map_err(|_| poisoned(&self.log_path))?
-            .clone();
+        let map = self.map.lock().clone();
         if let Some(map) = map {
             // Whole pages below `len` are never written again.
             self.release_below(&map, len);
@@ -729,11 +714,7 @@ impl ActiveFile {
                 relative_offset: (base.0 - segment.base.0) as u32,
                 position: self.pos as u32,
             };
-            segment
-                .index
-                .write()
-                .map_err(|_| poisoned(&segment.log_path))?
-                .push(entry);
+            segment.index.write().push(entry);
             self.bytes_since_index = 0;
         }
         self.bytes_since_index = self.bytes_since_index.saturating_add(len);
@@ -866,13 +847,6 @@ fn allocate(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
         at += n as u64;
     }
     Ok(())
-}
-
-fn poisoned(path: &Path) -> StorageError {
-    StorageError::Io {
-        path: path.to_path_buf(),
-        source: std::io::Error::other("lock poisoned by a panicked thread"),
-    }
 }
 
 #[cfg(test)]

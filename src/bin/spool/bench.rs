@@ -13,7 +13,9 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -113,10 +115,9 @@ impl Shared {
     }
 
     fn error(&self, message: String) {
-        if let Ok(mut errors) = self.errors.lock() {
-            if errors.len() < 20 {
-                errors.push(message);
-            }
+        let mut errors = self.errors.lock();
+        if errors.len() < 20 {
+            errors.push(message);
         }
     }
 }
@@ -321,18 +322,10 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
         0.0
     };
     let mb = |msgs: f64| msgs * args.size as f64 / 1e6;
-    let ack = shared
-        .ack_latency
-        .lock()
-        .map(|h| h.clone())
-        .map_err(|_| Failure::refused("poisoned"))?;
-    let e2e = shared
-        .e2e_latency
-        .lock()
-        .map(|h| h.clone())
-        .map_err(|_| Failure::refused("poisoned"))?;
+    let ack = shared.ack_latency.lock().clone();
+    let e2e = shared.e2e_latency.lock().clone();
     let us = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) / 1000;
-    let errors = shared.errors.lock().map(|e| e.clone()).unwrap_or_default();
+    let errors = shared.errors.lock().clone();
 
     if args.json {
         let report = serde_json::json!({
@@ -477,10 +470,9 @@ async fn produce(
                             Ok(_) => {
                                 shared.acked.fetch_add(sent.len() as u64, Ordering::Relaxed);
                                 let now = shared.now_ns();
-                                if let Ok(mut h) = shared.ack_latency.lock() {
-                                    for sent_ns in sent.into_iter().filter(|&s| s >= shared.warmup_ns) {
-                                        let _ = h.record(now.saturating_sub(sent_ns).max(1_000));
-                                    }
+                                let mut h = shared.ack_latency.lock();
+                                for sent_ns in sent.into_iter().filter(|&s| s >= shared.warmup_ns) {
+                                    let _ = h.record(now.saturating_sub(sent_ns).max(1_000));
                                 }
                             }
                             Err(e) => shared.error(format!("a produce failed: {e}")),
@@ -667,8 +659,9 @@ fn check(seen: &mut Seen, shared: &Shared, partition: u32, value: &[u8], ordered
     }
     shared.consumed.fetch_add(1, Ordering::Relaxed);
     if sent_ns >= shared.warmup_ns {
-        if let Ok(mut h) = shared.e2e_latency.lock() {
-            let _ = h.record(now.saturating_sub(sent_ns).max(1_000));
-        }
+        let _ = shared
+            .e2e_latency
+            .lock()
+            .record(now.saturating_sub(sent_ns).max(1_000));
     }
 }
