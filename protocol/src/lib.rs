@@ -22,5 +22,7 @@ pub use batch::{Batch, BatchBuilder, BatchError, BatchHeader, Record};
 pub use error_code::ErrorCode;
 pub use frame::{Frame, FrameCodec, FrameError};
 pub use frame_writer::FrameWriter;
-pub use messages::{ErrorResponse, Request, Response};
+pub use messages::{
+    ErrorResponse, Request, Response, WireGroupMode, WireResetTarget, WireSettle, WireSync,
+};
 pub use types::{Offset, PartitionId};

@@ -92,6 +92,62 @@ pub enum WireSync {
     Never,
 }
 
+/// How a consumer group consumes, as carried on the wire (u8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum WireGroupMode {
+    /// Offsets committed by the consumer (Kafka style).
+    Stream = 1,
+    /// The broker hands out messages and tracks acks.
+    Queue = 2,
+}
+
+impl WireGroupMode {
+    fn from_u8(v: u8) -> Result<WireGroupMode, DecodeError> {
+        match v {
+            1 => Ok(WireGroupMode::Stream),
+            2 => Ok(WireGroupMode::Queue),
+            _ => Err(DecodeError::BadValue("mode")),
+        }
+    }
+}
+
+/// Where a group reset moves every partition's position to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WireResetTarget {
+    /// The first stored offset (u8 1 on the wire).
+    Earliest,
+    /// The end of the log (u8 2).
+    Latest,
+    /// This offset, clamped to each partition's range (u8 3).
+    Offset(u64),
+}
+
+/// The outcome of settling (ack, nack, touch) one delivery, as carried on
+/// the wire (u8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum WireSettle {
+    /// Done.
+    Ok = 0,
+    /// Already settled (acked or dead-lettered), possibly by another member.
+    AlreadySettled = 1,
+    /// Not in flight to this member (never delivered, or redelivered to
+    /// someone else after its deadline).
+    NotInFlight = 2,
+}
+
+impl WireSettle {
+    fn from_u8(v: u8) -> Result<WireSettle, DecodeError> {
+        match v {
+            0 => Ok(WireSettle::Ok),
+            1 => Ok(WireSettle::AlreadySettled),
+            2 => Ok(WireSettle::NotInFlight),
+            _ => Err(DecodeError::BadValue("settle result")),
+        }
+    }
+}
+
 /// Optional topic settings; `None` means "the server's default".
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TopicSettings {
@@ -176,8 +232,8 @@ pub struct WireGroup {
     pub name: String,
     /// Topic it consumes.
     pub topic: String,
-    /// 1 stream, 2 queue.
-    pub mode: u8,
+    /// How it consumes.
+    pub mode: WireGroupMode,
     /// Ack deadline.
     pub ack_wait_ms: u64,
     /// Deliveries before dead-lettering.
@@ -256,7 +312,7 @@ pub enum Request {
         /// Topic.
         topic: String,
         /// 1 stream, 2 queue.
-        mode: u8,
+        mode: WireGroupMode,
         /// Ack deadline for a new group (0: default 30 s).
         ack_wait_ms: u64,
         /// Deliveries before dead-lettering for a new group (0: default 5).
@@ -348,14 +404,12 @@ pub enum Request {
         /// Milliseconds since the Unix epoch.
         timestamp_ms: i64,
     },
-    /// Reset a group: `to` 1 earliest, 2 latest, 3 `offset`.
+    /// Reset a group (it must have no members).
     ResetGroup {
         /// Group.
         group: String,
-        /// Where to.
-        to: u8,
-        /// With `to` 3.
-        offset: u64,
+        /// Where to (u8 tag, then u64 offset, 0 unless the tag is 3).
+        to: WireResetTarget,
     },
 }
 
@@ -419,8 +473,8 @@ pub enum Response {
     },
     /// Messages handed out (may be empty).
     Deliver(Vec<WireDelivery>),
-    /// One result per item: 0 ok, 1 already settled, 2 not in flight.
-    Settle(Vec<u8>),
+    /// One result per item, in the request's order.
+    Settle(Vec<WireSettle>),
     /// Committed.
     CommitOffset,
     /// Per partition, the committed offset if any.
@@ -551,7 +605,7 @@ impl Request {
             } => {
                 put_string(&mut b, group);
                 put_string(&mut b, topic);
-                b.put_u8(*mode);
+                b.put_u8(*mode as u8);
                 b.put_u64_le(*ack_wait_ms);
                 b.put_u32_le(*max_deliveries);
                 b.put_u32_le(*max_in_flight);
@@ -608,10 +662,15 @@ impl Request {
             Request::CommittedOffsets { group } | Request::DescribeGroup { group } => {
                 put_string(&mut b, group)
             }
-            Request::ResetGroup { group, to, offset } => {
+            Request::ResetGroup { group, to } => {
                 put_string(&mut b, group);
-                b.put_u8(*to);
-                b.put_u64_le(*offset);
+                let (tag, offset) = match *to {
+                    WireResetTarget::Earliest => (1, 0),
+                    WireResetTarget::Latest => (2, 0),
+                    WireResetTarget::Offset(o) => (3, o),
+                };
+                b.put_u8(tag);
+                b.put_u64_le(offset);
             }
             Request::OffsetForTimestamp {
                 topic,
@@ -683,7 +742,7 @@ impl Request {
             kind::JOIN_GROUP => Request::JoinGroup {
                 group: r.string("group")?,
                 topic: r.string("topic")?,
-                mode: r.u8("mode")?,
+                mode: WireGroupMode::from_u8(r.u8("mode")?)?,
                 ack_wait_ms: r.u64("ack_wait_ms")?,
                 max_deliveries: r.u32("max_deliveries")?,
                 max_in_flight: r.u32("max_in_flight")?,
@@ -732,8 +791,12 @@ impl Request {
             },
             kind::RESET_GROUP => Request::ResetGroup {
                 group: r.string("group")?,
-                to: r.u8("to")?,
-                offset: r.u64("offset")?,
+                to: match (r.u8("to")?, r.u64("offset")?) {
+                    (1, _) => WireResetTarget::Earliest,
+                    (2, _) => WireResetTarget::Latest,
+                    (3, o) => WireResetTarget::Offset(o),
+                    _ => return Err(DecodeError::BadValue("to")),
+                },
             },
             kind::OFFSET_FOR_TIMESTAMP => Request::OffsetForTimestamp {
                 topic: r.string("topic")?,
@@ -832,7 +895,10 @@ impl Response {
                     }
                 }
             }
-            Response::Settle(results) => put_bytes(&mut b, results),
+            Response::Settle(results) => {
+                b.put_u32_le(results.len() as u32);
+                b.extend(results.iter().map(|r| *r as u8));
+            }
             Response::CommittedOffsets(offsets) => {
                 b.put_u32_le(offsets.len() as u32);
                 for (p, o) in offsets {
@@ -932,7 +998,12 @@ impl Response {
                 }
                 Response::Deliver(messages)
             }
-            kind::ACK | kind::NACK | kind::TOUCH => Response::Settle(r.bytes("results")?.to_vec()),
+            kind::ACK | kind::NACK | kind::TOUCH => Response::Settle(
+                r.bytes("results")?
+                    .iter()
+                    .map(|&v| WireSettle::from_u8(v))
+                    .collect::<Result<_, _>>()?,
+            ),
             kind::COMMIT_OFFSET => Response::CommitOffset,
             kind::COMMITTED_OFFSETS => {
                 let n = r.u32("partition count")?;
@@ -1041,7 +1112,7 @@ fn put_u32s(b: &mut BytesMut, values: &[u32]) {
 fn put_group(b: &mut BytesMut, g: &WireGroup) {
     put_string(b, &g.name);
     put_string(b, &g.topic);
-    b.put_u8(g.mode);
+    b.put_u8(g.mode as u8);
     b.put_u64_le(g.ack_wait_ms);
     b.put_u32_le(g.max_deliveries);
     b.put_u32_le(g.max_in_flight);
@@ -1182,7 +1253,7 @@ impl Reader {
     fn group(&mut self) -> Result<WireGroup, DecodeError> {
         let name = self.string("name")?;
         let topic = self.string("topic")?;
-        let mode = self.u8("mode")?;
+        let mode = WireGroupMode::from_u8(self.u8("mode")?)?;
         let ack_wait_ms = self.u64("ack_wait_ms")?;
         let max_deliveries = self.u32("max_deliveries")?;
         let max_in_flight = self.u32("max_in_flight")?;
@@ -1277,7 +1348,7 @@ mod tests {
             Request::JoinGroup {
                 group: "g".into(),
                 topic: "t".into(),
-                mode: 2,
+                mode: WireGroupMode::Queue,
                 ack_wait_ms: 500,
                 max_deliveries: 3,
                 max_in_flight: 10,
@@ -1322,8 +1393,11 @@ mod tests {
             Request::DescribeGroup { group: "g".into() },
             Request::ResetGroup {
                 group: "g".into(),
-                to: 3,
-                offset: 7,
+                to: WireResetTarget::Offset(7),
+            },
+            Request::ResetGroup {
+                group: "g".into(),
+                to: WireResetTarget::Latest,
             },
             Request::OffsetForTimestamp {
                 topic: "t".into(),
@@ -1389,7 +1463,14 @@ mod tests {
                     headers: vec![(Bytes::from_static(b"h"), Bytes::from_static(b"x"))],
                 }]),
             ),
-            (kind::ACK, Response::Settle(vec![0, 1, 2])),
+            (
+                kind::ACK,
+                Response::Settle(vec![
+                    WireSettle::Ok,
+                    WireSettle::AlreadySettled,
+                    WireSettle::NotInFlight,
+                ]),
+            ),
             (
                 kind::COMMITTED_OFFSETS,
                 Response::CommittedOffsets(vec![(0, Some(4)), (1, None)]),
@@ -1399,7 +1480,7 @@ mod tests {
                 Response::DescribeGroup(WireGroup {
                     name: "g".into(),
                     topic: "t".into(),
-                    mode: 2,
+                    mode: WireGroupMode::Queue,
                     ack_wait_ms: 1,
                     max_deliveries: 2,
                     max_in_flight: 3,
@@ -1458,6 +1539,49 @@ mod tests {
         assert_eq!(
             Request::decode(999, Bytes::new()),
             Err(DecodeError::UnknownKind(999))
+        );
+    }
+
+    /// A code this side does not know is a decode error, never mapped to a
+    /// neighbouring value (an unknown settle code used to read as NotInFlight).
+    #[test]
+    fn unknown_settle_codes_modes_and_reset_targets_are_refused() {
+        let mut settle = BytesMut::new();
+        settle.put_u32_le(2);
+        settle.put_slice(&[0, 7]);
+        assert_eq!(
+            Response::decode(kind::ACK, settle.freeze()),
+            Err(DecodeError::BadValue("settle result"))
+        );
+
+        let join = Request::JoinGroup {
+            group: "g".into(),
+            topic: "t".into(),
+            mode: WireGroupMode::Queue,
+            ack_wait_ms: 1,
+            max_deliveries: 1,
+            max_in_flight: 1,
+        }
+        .to_frame(1);
+        let mut body = join.body.to_vec();
+        let mode_at = 2 + 1 + 2 + 1; // after the u16-prefixed strings "g" and "t"
+        assert_eq!(body[mode_at], 2);
+        body[mode_at] = 3;
+        assert_eq!(
+            Request::decode(kind::JOIN_GROUP, Bytes::from(body)),
+            Err(DecodeError::BadValue("mode"))
+        );
+
+        let reset = Request::ResetGroup {
+            group: "g".into(),
+            to: WireResetTarget::Earliest,
+        }
+        .to_frame(1);
+        let mut body = reset.body.to_vec();
+        body[3] = 4; // the tag after the u16-prefixed "g"
+        assert_eq!(
+            Request::decode(kind::RESET_GROUP, Bytes::from(body)),
+            Err(DecodeError::BadValue("to"))
         );
     }
 }

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use spool_protocol::{Request, Response};
+use spool_protocol::{Request, Response, WireGroupMode};
 
 use super::consumer::{ConsumedMessage, Consumer, ConsumerConfig, StartAt};
 use super::{expect, Client, ClientError};
@@ -42,7 +42,7 @@ impl GroupConsumer {
         let request = Request::JoinGroup {
             group: group.to_string(),
             topic: topic.to_string(),
-            mode: 1,
+            mode: WireGroupMode::Stream,
             ack_wait_ms: 0,
             max_deliveries: 0,
             max_in_flight: 0,

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use spool_protocol::messages::WireDelivery;
-use spool_protocol::{ErrorCode, Request, Response};
+use spool_protocol::{ErrorCode, Request, Response, WireGroupMode};
 
 use super::{expect, Client, ClientError};
 
@@ -46,17 +46,9 @@ impl Default for QueueOptions {
 /// the received frame, no copy).
 pub type QueuedMessage = WireDelivery;
 
-/// What an ack, nack or touch did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Settled {
-    /// Done.
-    Ok,
-    /// The message was already settled (acked, possibly by someone it was
-    /// redelivered to, or dead-lettered).
-    AlreadySettled,
-    /// The message is not in flight for this consumer (its deadline passed).
-    NotInFlight,
-}
+/// What an ack, nack or touch did. An answer with a code this client does
+/// not know fails to decode (a protocol error) instead of being guessed.
+pub use spool_protocol::WireSettle as Settled;
 
 /// A member of a queue-mode group. Dropping it leaves the group, which makes
 /// its unacked messages deliverable to the others at once (so does losing
@@ -94,7 +86,7 @@ impl QueueConsumer {
         let request = Request::JoinGroup {
             group: self.group.clone(),
             topic: self.topic.clone(),
-            mode: 2,
+            mode: WireGroupMode::Queue,
             ack_wait_ms: self.options.ack_wait.as_millis().max(1) as u64,
             max_deliveries: self.options.max_deliveries,
             max_in_flight: self.options.max_in_flight,
@@ -250,14 +242,7 @@ fn settled_from(response: Response, expected: usize) -> Result<Vec<Settled>, Cli
             codes.len()
         )));
     }
-    Ok(codes
-        .into_iter()
-        .map(|c| match c {
-            0 => Settled::Ok,
-            1 => Settled::AlreadySettled,
-            _ => Settled::NotInFlight,
-        })
-        .collect())
+    Ok(codes)
 }
 
 impl Drop for QueueConsumer {

@@ -2,7 +2,7 @@
 
 use spool::client::Client;
 use spool::protocol::messages::WireGroup;
-use spool::protocol::{Request, Response};
+use spool::protocol::{Request, Response, WireGroupMode, WireResetTarget};
 
 use crate::{resolve, Failure, DEFAULT_ADDR};
 
@@ -65,23 +65,19 @@ pub async fn run(command: GroupsCommand) -> Result<(), Failure> {
             }
         }
         GroupsCommand::Reset { name, to, addr } => {
-            let (to_code, offset) = match to.as_str() {
-                "earliest" => (1, 0),
-                "latest" => (2, 0),
-                other => (
-                    3,
-                    other.parse().map_err(|_| {
-                        Failure::usage(format!(
-                            "--to takes earliest, latest or an offset, not {other:?}"
-                        ))
-                    })?,
-                ),
+            let target = match to.as_str() {
+                "earliest" => WireResetTarget::Earliest,
+                "latest" => WireResetTarget::Latest,
+                other => WireResetTarget::Offset(other.parse().map_err(|_| {
+                    Failure::usage(format!(
+                        "--to takes earliest, latest or an offset, not {other:?}"
+                    ))
+                })?),
             };
             let client = Client::connect(resolve(&addr)?).await?;
             let request = Request::ResetGroup {
                 group: name.clone(),
-                to: to_code,
-                offset,
+                to: target,
             };
             client.call(&request).await?;
             println!("reset group {name} to {to}");
@@ -90,11 +86,10 @@ pub async fn run(command: GroupsCommand) -> Result<(), Failure> {
     Ok(())
 }
 
-fn mode(m: u8) -> &'static str {
-    if m == 1 {
-        "stream"
-    } else {
-        "queue"
+fn mode(m: WireGroupMode) -> &'static str {
+    match m {
+        WireGroupMode::Stream => "stream",
+        WireGroupMode::Queue => "queue",
     }
 }
 
@@ -112,7 +107,7 @@ fn print_group(g: &WireGroup) {
         g.topic,
         mode(g.mode)
     );
-    if g.mode == 2 {
+    if g.mode == WireGroupMode::Queue {
         println!(
             "  ack_wait_ms: {}\n  max_deliveries: {}\n  max_in_flight: {}\n  dead_letter_topic: {}.dlq",
             g.ack_wait_ms, g.max_deliveries, g.max_in_flight, g.name

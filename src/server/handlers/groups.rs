@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use spool_protocol::messages::{WireDelivery, WireGroup, WireGroupPartition};
 use spool_protocol::{ErrorCode, ErrorResponse, Offset, PartitionId, Request, Response};
+use spool_protocol::{WireGroupMode, WireResetTarget, WireSettle};
 
 use crate::broker::{Broker, GroupConfig, GroupInfo, GroupMode, MemberId, ResetTo, SettleResult};
 use crate::server::errors::{error, response_for};
@@ -32,16 +33,7 @@ pub fn join(
             "join handler got another request",
         ));
     };
-    let mode = match mode {
-        1 => GroupMode::Stream,
-        2 => GroupMode::Queue,
-        other => {
-            return Err(error(
-                ErrorCode::InvalidConfig,
-                format!("unknown group mode {other}"),
-            ))
-        }
-    };
+    let mode = GroupMode::from(*mode);
     let defaults = GroupConfig::default();
     let config = GroupConfig {
         ack_wait_ms: if *ack_wait_ms == 0 {
@@ -176,19 +168,8 @@ pub async fn handle(
         Request::DescribeGroup { group } => Ok(Response::DescribeGroup(to_wire(
             &broker.describe_group(&group).map_err(fail)?,
         ))),
-        Request::ResetGroup { group, to, offset } => {
-            let to = match to {
-                1 => ResetTo::Earliest,
-                2 => ResetTo::Latest,
-                3 => ResetTo::Offset(offset),
-                other => {
-                    return Err(error(
-                        ErrorCode::InvalidConfig,
-                        format!("unknown reset target {other}"),
-                    ))
-                }
-            };
-            broker.reset_group(&group, to).map_err(fail)?;
+        Request::ResetGroup { group, to } => {
+            broker.reset_group(&group, to.into()).map_err(fail)?;
             Ok(Response::ResetGroup)
         }
         _ => Err(error(
@@ -210,8 +191,47 @@ fn settle(
 ) -> Result<Response, ErrorResponse> {
     let results = results.map_err(|e| response_for(&e))?;
     Ok(Response::Settle(
-        results.into_iter().map(|r| r as u8).collect(),
+        results.into_iter().map(WireSettle::from).collect(),
     ))
+}
+
+// The one conversion each between the wire's and the broker's group types.
+impl From<WireGroupMode> for GroupMode {
+    fn from(mode: WireGroupMode) -> GroupMode {
+        match mode {
+            WireGroupMode::Stream => GroupMode::Stream,
+            WireGroupMode::Queue => GroupMode::Queue,
+        }
+    }
+}
+
+impl From<GroupMode> for WireGroupMode {
+    fn from(mode: GroupMode) -> WireGroupMode {
+        match mode {
+            GroupMode::Stream => WireGroupMode::Stream,
+            GroupMode::Queue => WireGroupMode::Queue,
+        }
+    }
+}
+
+impl From<WireResetTarget> for ResetTo {
+    fn from(to: WireResetTarget) -> ResetTo {
+        match to {
+            WireResetTarget::Earliest => ResetTo::Earliest,
+            WireResetTarget::Latest => ResetTo::Latest,
+            WireResetTarget::Offset(o) => ResetTo::Offset(o),
+        }
+    }
+}
+
+impl From<SettleResult> for WireSettle {
+    fn from(result: SettleResult) -> WireSettle {
+        match result {
+            SettleResult::Ok => WireSettle::Ok,
+            SettleResult::AlreadySettled => WireSettle::AlreadySettled,
+            SettleResult::NotInFlight => WireSettle::NotInFlight,
+        }
+    }
 }
 
 /// The wire form of a group description.
@@ -219,10 +239,7 @@ pub fn to_wire(g: &GroupInfo) -> WireGroup {
     WireGroup {
         name: g.name.clone(),
         topic: g.topic.clone(),
-        mode: match g.mode {
-            GroupMode::Stream => 1,
-            GroupMode::Queue => 2,
-        },
+        mode: g.mode.into(),
         ack_wait_ms: g.config.ack_wait_ms,
         max_deliveries: g.config.max_deliveries,
         max_in_flight: g.config.max_in_flight,
