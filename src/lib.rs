@@ -2,10 +2,17 @@
 #![deny(missing_docs)]
 
 pub mod broker;
-pub mod client;
-pub mod metrics;
+#[cfg(feature = "server")]
+pub(crate) mod metrics;
+#[cfg(feature = "server")]
 pub mod server;
 pub mod storage;
+
+/// The bundled client (crate `spool-client`), re-exported so that one
+/// dependency gives both ends. A client-only application depends on
+/// `spool-client` alone and compiles no broker.
+#[cfg(feature = "server")]
+pub use spool_client as client;
 
 pub use broker::{
     Broker, BrokerConfig, BrokerError, Message, PartitionOffsets, TopicConfig, TopicInfo,

@@ -13,6 +13,7 @@ pub mod batch;
 pub mod error_code;
 pub mod frame;
 pub mod frame_writer;
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod messages;
 pub mod types;
@@ -25,4 +26,4 @@ pub use frame_writer::FrameWriter;
 pub use messages::{
     ErrorResponse, Request, Response, WireGroupMode, WireResetTarget, WireSettle, WireSync,
 };
-pub use types::{Offset, PartitionId};
+pub use types::{partition_for_key, Offset, PartitionId};

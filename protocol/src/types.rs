@@ -29,6 +29,17 @@ impl fmt::Display for Offset {
     }
 }
 
+/// The partition a keyed record goes to: CRC-32 (IEEE) of the key modulo
+/// the partition count. The broker and every client use this one function,
+/// so a key lands in the same partition whoever routes it.
+///
+/// `partitions` must be at least 1.
+#[inline]
+pub fn partition_for_key(key: &[u8], partitions: u32) -> PartitionId {
+    debug_assert!(partitions > 0, "a topic has at least one partition");
+    PartitionId(crc32fast::hash(key) % partitions.max(1))
+}
+
 /// The index of a partition within its topic, counted from 0.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PartitionId(pub u32);

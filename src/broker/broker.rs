@@ -178,7 +178,7 @@ impl Broker {
             // leave the marker behind.
             fs::remove_file(&marker)
                 .map_err(|e| storage("removing shutdown marker", StorageError::io(&marker, e)))?;
-            crate::storage::log::sync_dir(&dir)
+            crate::storage::atomic_file::sync_dir(&dir)
                 .map_err(|e| storage("removing shutdown marker", e))?;
         }
 
@@ -336,7 +336,10 @@ impl Broker {
     /// messages stay in order in one partition.
     pub fn partition_for_key(&self, topic: &str, key: &[u8]) -> Result<PartitionId, BrokerError> {
         let topic = self.topic(topic)?;
-        Ok(PartitionId(crc32fast::hash(key) % topic.config.partitions))
+        Ok(spool_protocol::partition_for_key(
+            key,
+            topic.config.partitions,
+        ))
     }
 
     /// Appends a record batch (built with [`BatchBuilder`]) to a partition.

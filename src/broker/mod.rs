@@ -3,12 +3,12 @@
 //! The broker never sees a socket; the server (and an embedding
 //! application) call [`Broker`] directly.
 
-pub mod ack_log;
+mod ack_log;
 #[allow(clippy::module_inception)]
 mod broker;
-pub mod group;
-pub mod queue;
-pub mod topic;
+mod group;
+mod queue;
+mod topic;
 
 use std::path::PathBuf;
 

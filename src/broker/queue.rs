@@ -177,11 +177,6 @@ impl QueueState {
         self.pending.len()
     }
 
-    /// First offset never delivered.
-    pub fn next_new(&self) -> u64 {
-        self.next_new
-    }
-
     fn fly(&mut self, offset: u64, flight: InFlight) {
         *self.per_member.entry(flight.member).or_insert(0) += 1;
         self.deadlines.push(Reverse((flight.deadline_ms, offset)));

@@ -151,9 +151,11 @@ impl Topic {
             source,
         })?;
         fs::rename(&staging, &final_dir).map_err(|e| io(&final_dir, e))?;
-        crate::storage::log::sync_dir(topics_dir).map_err(|source| BrokerError::Storage {
-            context: format!("creating topic {name}"),
-            source,
+        crate::storage::atomic_file::sync_dir(topics_dir).map_err(|source| {
+            BrokerError::Storage {
+                context: format!("creating topic {name}"),
+                source,
+            }
         })?;
         Topic::open_partitions(final_dir, name.to_string(), config, true)
     }
@@ -262,7 +264,7 @@ pub(crate) fn remove_topic_dir(topics_dir: &Path, name: &str) -> Result<(), Brok
         source,
     };
     fs::rename(&dir, &trash).map_err(|e| storage(StorageError::io(&dir, e)))?;
-    crate::storage::log::sync_dir(topics_dir).map_err(storage)?;
+    crate::storage::atomic_file::sync_dir(topics_dir).map_err(storage)?;
     fs::remove_dir_all(&trash).map_err(|e| storage(StorageError::io(&trash, e)))?;
     Ok(())
 }

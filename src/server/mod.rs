@@ -2,14 +2,14 @@
 //! [`crate::Broker`], plus an HTTP endpoint for `/metrics` and `/health`.
 //!
 //! Shape (after mini-redis): [`Server::run`] accepts connections up to a
-//! limit and spawns one [`connection`] task each; [`handlers`] turn requests
+//! limit and spawns one `connection` task each; `handlers` turn requests
 //! into responses; shutdown is a cancellation token that stops accepting,
 //! lets every connection finish what it accepted, then closes the broker
 //! (flushing every partition).
 
-pub mod connection;
-pub mod errors;
-pub mod handlers;
+mod connection;
+mod errors;
+mod handlers;
 pub mod http;
 
 use std::net::SocketAddr;

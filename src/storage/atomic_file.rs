@@ -34,9 +34,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8], durability: Durability) -> Result
     }
     fs::rename(&tmp, path).map_err(io)?;
     if let (Durability::Synced, Some(dir)) = (durability, path.parent()) {
-        super::log::sync_dir(dir)?;
+        sync_dir(dir)?;
     }
     Ok(())
+}
+
+/// Makes a directory's entries (new or renamed files) durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StorageError::io(dir, e))
 }
 
 #[cfg(test)]

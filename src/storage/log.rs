@@ -169,7 +169,7 @@ impl PartitionLog {
                     config.segment_size_bytes,
                     config.index_interval_bytes,
                 )?;
-                sync_dir(dir)?;
+                super::atomic_file::sync_dir(dir)?;
                 (seg, file)
             }
             Some(&last) => {
@@ -340,7 +340,7 @@ impl PartitionLog {
             let _flush = self.flush_lock.lock();
             let sealed = old_active.seal(old_file, durable).and_then(|()| {
                 if durable {
-                    sync_dir(&self.dir)
+                    super::atomic_file::sync_dir(&self.dir)
                 } else {
                     Ok(())
                 }
@@ -484,8 +484,11 @@ impl PartitionLog {
         // Read the end offset before flushing: the length the flush covers
         // is at least the one that belongs to this offset.
         let end = active.end_offset();
+        #[cfg(feature = "server")]
         let started = std::time::Instant::now();
         let flushed = active.flush();
+        // The one metric storage feeds directly: flush time is only known here.
+        #[cfg(feature = "server")]
         crate::metrics::FLUSH_SECONDS.observe(started.elapsed().as_secs_f64());
         if let Err(err) = flushed {
             self.failed.store(true, Ordering::Release);
@@ -587,11 +590,4 @@ impl PartitionLog {
 /// and an oversized batch still fits an empty segment.
 fn capacity_for(config: &LogConfig) -> u64 {
     config.segment_size_bytes + MAX_BATCH_LEN as u64
-}
-
-/// Makes a directory's entries (new or renamed files) durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| StorageError::io(dir, e))
 }

@@ -3,14 +3,14 @@
 //! Storage knows nothing of topics or the network. It is handed validated
 //! record batches and stores them byte for byte; it hands back slices of its
 //! memory maps. The layout and the recovery rules are in `PROTOCOL.md`
-//! ("Segment files") and in the module docs of [`segment`] and [`log`].
+//! ("Segment files") and in the module docs of `segment` and `log`.
 
-pub mod atomic_file;
-pub mod index;
-pub mod log;
-pub mod meta_file;
-pub mod segment;
-pub mod sync;
+pub(crate) mod atomic_file;
+mod index;
+mod log;
+pub(crate) mod meta_file;
+mod segment;
+mod sync;
 
 use std::io;
 use std::path::PathBuf;

@@ -161,11 +161,6 @@ impl Segment {
         self.len.load(Ordering::Acquire)
     }
 
-    /// True if the segment holds no batch.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Bytes known to be on stable storage.
     pub fn flushed_len(&self) -> u64 {
         self.flushed_len.load(Ordering::Acquire)

@@ -1,10 +1,10 @@
-//! The async client for a Spool server: admin calls, a batching
+//! `spool-client`: the async client for a Spool server: admin calls, a batching
 //! [`Producer`] and a prefetching [`Consumer`].
 //!
 //! ```no_run
-//! use spool::client::{Client, Producer, ProducerConfig, Consumer, ConsumerConfig, StartAt};
+//! use spool_client::{Client, Producer, ProducerConfig, Consumer, ConsumerConfig, StartAt};
 //!
-//! # async fn demo() -> Result<(), spool::client::ClientError> {
+//! # async fn demo() -> Result<(), spool_client::ClientError> {
 //! let client = Client::connect("127.0.0.1:7070".parse().unwrap()).await?;
 //! client.create_topic("events", 4, Default::default()).await?;
 //!
@@ -23,12 +23,12 @@
 //! ```
 
 mod accumulator;
-pub mod connection;
-pub mod consumer;
+mod connection;
+mod consumer;
 mod delivery;
-pub mod group;
-pub mod producer;
-pub mod queue;
+mod group;
+mod producer;
+mod queue;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

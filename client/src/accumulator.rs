@@ -98,7 +98,7 @@ impl Accumulator {
     ) -> Result<Appended, BatchError> {
         let topic = &self.topics[t];
         let mut partition = match key {
-            Some(key) => crc32fast::hash(key) % topic.open.len() as u32,
+            Some(key) => spool_protocol::partition_for_key(key, topic.open.len() as u32).0,
             None => topic.sticky,
         };
         let record_len = BatchBuilder::encoded_record_len(0, 0, key, value, &[]);
@@ -295,7 +295,10 @@ mod tests {
         let a = acc
             .append(t, Some(b"user-1"), b"v", 0, 1_000, later)
             .unwrap();
-        assert_eq!(a.partition, crc32fast::hash(b"user-1") % 4);
+        assert_eq!(
+            a.partition,
+            spool_protocol::partition_for_key(b"user-1", 4).0
+        );
         assert!(a.wake_sender, "opening a batch wakes the sender");
         let b = acc
             .append(t, Some(b"user-1"), b"w", 0, 1_000, later)
