@@ -388,3 +388,81 @@ async fn connection_limit_and_idle_timeout() {
     b.expect_closed();
     still_serving(&server).await;
 }
+
+/// A hostile (or broken) server announcing a 4 GiB response: the client
+/// refuses the frame at its header, before reserving anything or waiting for
+/// the rest, and says why.
+#[tokio::test]
+async fn a_client_refuses_a_response_frame_over_its_limit_at_once() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut hello = [0u8; 64];
+        let _ = socket.read(&mut hello).await.unwrap();
+        let mut header = Vec::new();
+        header.extend_from_slice(&u32::MAX.to_le_bytes());
+        header.extend_from_slice(&MAGIC.to_le_bytes());
+        header.extend_from_slice(&[FRAME_VERSION, 1]);
+        header.extend_from_slice(&kind::HANDSHAKE.to_le_bytes());
+        header.extend_from_slice(&[0, 0]);
+        header.extend_from_slice(&1u32.to_le_bytes());
+        socket.write_all(&header).await.unwrap();
+        // Keep the socket open: a client that waits for the body hangs.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    });
+    let options = spool::client::ConnectOptions {
+        connect_attempts: 1,
+        connect_timeout: Duration::from_secs(20),
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let err = Client::connect_with(addr, options)
+        .await
+        .err()
+        .expect("a 4 GiB response frame must be refused");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(err.to_string().contains("exceeds the limit"), "{err}");
+    server.abort();
+}
+
+/// The metrics endpoint serves a bounded number of connections: 64 idle
+/// ones do not grow the server further, a 65th is closed at once, and once
+/// they go the endpoint answers again.
+#[test]
+fn the_metrics_endpoint_bounds_its_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = SpoolServer::start(dir.path());
+    let idle: Vec<TcpStream> = (0..64)
+        .map(|_| TcpStream::connect(server.metrics).unwrap())
+        .collect();
+    // Let the server accept all of them.
+    std::thread::sleep(Duration::from_millis(50));
+    let health = || {
+        let mut s = TcpStream::connect(server.metrics).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = s.write_all(b"GET /health HTTP/1.0\r\n\r\n");
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        answer
+    };
+    let answer = health();
+    assert!(
+        !answer.contains("200"),
+        "a connection over the limit was served: {answer:?}"
+    );
+    drop(idle);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if health().contains("200 OK") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the endpoint did not recover");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -300,3 +300,102 @@ async fn group_files_of_another_format_version_are_refused_by_name() {
         );
     }
 }
+
+/// Topics, groups and members of a group are bounded; the bound is exact
+/// and frees up again when something is removed.
+#[tokio::test]
+async fn topics_groups_and_members_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = BrokerConfig {
+        max_topics: 2,
+        max_groups: 1,
+        max_members_per_group: 2,
+        ..BrokerConfig::default()
+    };
+    let broker = Broker::open(dir.path(), limits).unwrap();
+    let topic = || TopicConfig::new(1).sync(SyncPolicy::Never);
+    broker.create_topic("a", topic()).unwrap();
+    broker.create_topic("b", topic()).unwrap();
+    let err = broker.create_topic("c", topic()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            spool::BrokerError::LimitReached {
+                what: "topics",
+                limit: 2
+            }
+        ),
+        "{err}"
+    );
+    // An existing name is still "exists", not "limit".
+    assert!(matches!(
+        broker.create_topic("a", topic()),
+        Err(spool::BrokerError::TopicExists(_))
+    ));
+    broker.delete_topic("b").unwrap();
+    broker.create_topic("c", topic()).unwrap();
+
+    let join = |group: &str| broker.join_group(group, "a", GroupMode::Queue, config(5000, 5));
+    join("g").unwrap();
+    join("g").unwrap();
+    let err = join("g").unwrap_err();
+    assert!(
+        matches!(
+            err,
+            spool::BrokerError::LimitReached {
+                what: "members of one group",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = broker
+        .join_group("h", "c", GroupMode::Queue, config(5000, 5))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            spool::BrokerError::LimitReached {
+                what: "consumer groups",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+/// `max_in_flight` bounds what one member holds even when it has many
+/// delivers outstanding at once (a pipelining client does exactly that).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_in_flight_holds_for_concurrent_delivers_of_one_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::open(dir.path(), BrokerConfig::default()).unwrap();
+    fill(&broker, "jobs", 64, 20).await;
+    let group_config = GroupConfig {
+        ack_wait_ms: 60_000,
+        max_deliveries: 5,
+        max_in_flight: 300,
+    };
+    for round in 0..50 {
+        let group = format!("g{round}");
+        let member = broker
+            .join_group(&group, "jobs", GroupMode::Queue, group_config)
+            .unwrap();
+        let calls: Vec<_> = (0..16)
+            .map(|_| {
+                let broker = broker.clone();
+                let group = group.clone();
+                tokio::spawn(async move { broker.deliver(&group, member, 1000, NO_WAIT).await })
+            })
+            .collect();
+        let mut held = 0;
+        for call in calls {
+            held += call.await.unwrap().unwrap().len();
+        }
+        assert!(
+            held <= 300,
+            "round {round}: one member holds {held} > max_in_flight 300"
+        );
+        broker.leave_group(&group, member).unwrap();
+    }
+}

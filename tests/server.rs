@@ -196,7 +196,7 @@ async fn thousands_of_pipelined_requests_are_applied_in_order() {
             partition: 0,
             batch: b.finish().unwrap(),
         };
-        calls.push(conn.start(&request).unwrap());
+        calls.push(conn.start(&request).await.unwrap());
     }
     for (i, call) in calls.into_iter().enumerate() {
         match call.await.unwrap() {
@@ -396,6 +396,7 @@ async fn sigterm_answers_in_flight_requests_then_exits_cleanly() {
             max_bytes: 1024,
             max_wait_ms: 25_000,
         })
+        .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = std::time::Instant::now();

@@ -5,6 +5,12 @@
 //! for the response, which the reader task routes back by correlation id.
 //! When the connection breaks, every pending request fails with
 //! [`ClientError::Disconnected`].
+//!
+//! Bounds: at most [`ConnectOptions::max_pending_requests`] requests are
+//! queued or awaiting their response at once ([`Connection::start`] waits
+//! for a slot), which also bounds the outgoing queue; a response frame
+//! larger than [`ConnectOptions::max_frame_bytes`] breaks the connection
+//! before any memory is reserved for it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,15 +21,23 @@ use parking_lot::Mutex;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use spool_protocol::frame::DEFAULT_MAX_FRAME_BYTES;
 use spool_protocol::messages::{PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
 use spool_protocol::{ErrorResponse, Frame, FrameCodec, FrameWriter, Request, Response};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::codec::FramedRead;
 
 use super::ClientError;
 
-type Pending = Arc<Mutex<HashMap<u32, oneshot::Sender<Result<Frame, ClientError>>>>>;
+/// A request awaiting its response, holding one of the connection's slots
+/// until the response (or the disconnect) is delivered.
+struct Waiter {
+    done: oneshot::Sender<Result<Frame, ClientError>>,
+    _slot: OwnedSemaphorePermit,
+}
+
+type Pending = Arc<Mutex<HashMap<u32, Waiter>>>;
 
 /// How a client connects.
 #[derive(Clone, Debug)]
@@ -36,6 +50,11 @@ pub struct ConnectOptions {
     pub connect_timeout: Duration,
     /// Name sent in the handshake, for the server's logs.
     pub client_id: String,
+    /// Largest response frame accepted (the length field's value); a larger
+    /// one is a protocol error that closes the connection.
+    pub max_frame_bytes: usize,
+    /// Requests queued or awaiting a response at once; more wait.
+    pub max_pending_requests: usize,
 }
 
 impl Default for ConnectOptions {
@@ -45,6 +64,8 @@ impl Default for ConnectOptions {
             retry_backoff: Duration::from_millis(100),
             connect_timeout: Duration::from_secs(5),
             client_id: format!("spool-client {}", env!("CARGO_PKG_VERSION")),
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            max_pending_requests: 4096,
         }
     }
 }
@@ -53,6 +74,7 @@ impl Default for ConnectOptions {
 pub struct Connection {
     tx: mpsc::UnboundedSender<Frame>,
     pending: Pending,
+    slots: Arc<Semaphore>,
     next_id: AtomicU32,
     closed: Arc<AtomicBool>,
     /// Largest frame the server accepts.
@@ -95,11 +117,16 @@ impl Connection {
     ) -> Result<Connection, ClientError> {
         let _ = stream.set_nodelay(true);
         let (rd, wr) = stream.into_split();
+        // Unbounded in type, bounded in fact: a frame is queued only by a
+        // request that holds one of `slots`.
         let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
+        let slots = Arc::new(Semaphore::new(options.max_pending_requests.max(1)));
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
         let closed = Arc::new(AtomicBool::new(false));
 
         tokio::spawn(async move {
+            // Requests were sized by `Request::to_frame`; the server's own
+            // limit, learned in the handshake, is enforced by the server.
             let mut sink = FrameWriter::new(wr, usize::MAX);
             while let Some(frame) = rx.recv().await {
                 if sink.feed(frame).await.is_err() {
@@ -119,15 +146,16 @@ impl Connection {
         {
             let pending = pending.clone();
             let closed = closed.clone();
+            let max_frame_bytes = options.max_frame_bytes;
             tokio::spawn(async move {
-                let mut frames = FramedRead::new(rd, FrameCodec::new(usize::MAX));
+                let mut frames = FramedRead::new(rd, FrameCodec::new(max_frame_bytes));
                 let reason = loop {
                     match frames.next().await {
                         Some(Ok(frame)) => {
                             let waiter = pending.lock().remove(&frame.correlation_id);
                             match waiter {
                                 Some(waiter) => {
-                                    let _ = waiter.send(Ok(frame));
+                                    let _ = waiter.done.send(Ok(frame));
                                 }
                                 None if frame.is_error() => {
                                     // Correlation 0: the server is closing us.
@@ -149,7 +177,9 @@ impl Connection {
                 closed.store(true, Ordering::Release);
                 let waiters: Vec<_> = pending.lock().drain().collect();
                 for (_, waiter) in waiters {
-                    let _ = waiter.send(Err(ClientError::Disconnected(reason.clone())));
+                    let _ = waiter
+                        .done
+                        .send(Err(ClientError::Disconnected(reason.clone())));
                 }
             });
         }
@@ -157,6 +187,7 @@ impl Connection {
         let mut conn = Connection {
             tx,
             pending,
+            slots,
             next_id: AtomicU32::new(1),
             closed,
             max_frame_bytes: 0,
@@ -167,9 +198,11 @@ impl Connection {
             features: 0,
             client_id: options.client_id.clone(),
         };
-        let reply = tokio::time::timeout(options.connect_timeout, conn.start(&hello)?)
-            .await
-            .map_err(|_| ClientError::Disconnected("handshake timed out".into()))??;
+        let reply = tokio::time::timeout(options.connect_timeout, async {
+            conn.start(&hello).await?.await
+        })
+        .await
+        .map_err(|_| ClientError::Disconnected("handshake timed out".into()))??;
         match reply {
             Response::Handshake {
                 max_frame_bytes, ..
@@ -188,20 +221,28 @@ impl Connection {
         self.closed.load(Ordering::Acquire)
     }
 
-    /// Sends `request` now and returns a future for its response.
-    pub fn start(
+    /// Sends `request` as soon as one of the connection's request slots is
+    /// free, and returns a future for its response. Requests started one
+    /// after another leave in that order.
+    pub async fn start(
         &self,
         request: &Request,
     ) -> Result<
         impl std::future::Future<Output = Result<Response, ClientError>> + Send + 'static,
         ClientError,
     > {
+        let slot = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ClientError::Disconnected("connection is closed".into()))?;
         if self.is_closed() {
             return Err(ClientError::Disconnected("connection is closed".into()));
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed).max(1);
         let (done, wait) = oneshot::channel();
-        self.pending.lock().insert(id, done);
+        self.pending.lock().insert(id, Waiter { done, _slot: slot });
         let frame = request.to_frame(id);
         let kind = frame.kind;
         if self.tx.send(frame).is_err() {
@@ -229,6 +270,6 @@ impl Connection {
 
     /// Sends `request` and waits for its response.
     pub async fn call(&self, request: &Request) -> Result<Response, ClientError> {
-        self.start(request)?.await
+        self.start(request).await?.await
     }
 }

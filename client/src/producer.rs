@@ -285,7 +285,7 @@ async fn dispatch(shared: &Shared, batch: Ready, permit: OwnedSemaphorePermit) {
     };
     let client = shared.client.clone();
     let first = match client.connection().await {
-        Ok(conn) => conn.start(&request),
+        Ok(conn) => conn.start(&request).await,
         Err(err) => Err(err),
     };
     let retries = shared.config.retries;

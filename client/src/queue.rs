@@ -181,7 +181,7 @@ impl QueueConsumer {
             member: self.member,
             items: messages.iter().map(|m| (m.partition, m.offset)).collect(),
         };
-        let response = self.client.connection().await?.start(&request)?;
+        let response = self.client.connection().await?.start(&request).await?;
         Ok(async move { settled_from(response.await?, expected) })
     }
 

@@ -51,6 +51,9 @@ pub enum ErrorCode {
     ShuttingDown = 30,
     /// The server has too many connections.
     TooManyConnections = 31,
+    /// A configured bound (topics, groups, members of a group) would be
+    /// passed; the message names it.
+    LimitReached = 32,
     /// A bug on the server side.
     Internal = 99,
 }
@@ -82,6 +85,7 @@ impl ErrorCode {
             25 => StorageError,
             30 => ShuttingDown,
             31 => TooManyConnections,
+            32 => LimitReached,
             99 => Internal,
             _ => return None,
         })

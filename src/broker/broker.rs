@@ -43,6 +43,13 @@ pub struct BrokerConfig {
     /// Sealed segments nobody read for this long are unmapped, so resident
     /// memory follows what is being read, not what is stored.
     pub unmap_idle_segments_ms: u64,
+    /// Most topics at once; creating one more fails with
+    /// [`BrokerError::LimitReached`].
+    pub max_topics: usize,
+    /// Most consumer groups at once.
+    pub max_groups: usize,
+    /// Most members of one consumer group at once.
+    pub max_members_per_group: usize,
 }
 
 impl Default for BrokerConfig {
@@ -50,6 +57,9 @@ impl Default for BrokerConfig {
         BrokerConfig {
             max_batch_bytes: 16 * 1024 * 1024,
             unmap_idle_segments_ms: 10_000,
+            max_topics: 10_000,
+            max_groups: 10_000,
+            max_members_per_group: 1_000,
         }
     }
 }
@@ -151,6 +161,10 @@ struct Inner {
     /// repeats across restarts and a client holding a stale one is told so.
     next_member: AtomicU64,
     flusher: Mutex<Flusher>,
+    /// Serialises creating and deleting topics and groups, so the limits
+    /// above are exact (a DashMap's `len` cannot be read under one of its
+    /// entry locks). Never held on a data path.
+    admin: Mutex<()>,
     closed: AtomicBool,
     /// Holds the directory's flock until the broker is closed.
     lock: Mutex<Option<File>>,
@@ -231,6 +245,7 @@ impl Broker {
                 groups,
                 next_member: AtomicU64::new(epoch_ns),
                 flusher: Mutex::new(flusher),
+                admin: Mutex::new(()),
                 closed: AtomicBool::new(false),
                 lock: Mutex::new(Some(lock)),
             }),
@@ -246,6 +261,14 @@ impl Broker {
     pub fn create_topic(&self, name: &str, config: TopicConfig) -> Result<(), BrokerError> {
         self.check_open()?;
         let topics_dir = self.inner.dir.join(TOPICS_DIR);
+        let _admin = self.inner.admin.lock();
+        let limit = self.inner.config.max_topics;
+        if self.inner.topics.len() >= limit && !self.inner.topics.contains_key(name) {
+            return Err(BrokerError::LimitReached {
+                what: "topics",
+                limit,
+            });
+        }
         match self.inner.topics.entry(name.to_string()) {
             dashmap::Entry::Occupied(_) => Err(BrokerError::TopicExists(name.to_string())),
             dashmap::Entry::Vacant(slot) => {
@@ -264,6 +287,7 @@ impl Broker {
     /// Deletes a topic and all its data.
     pub fn delete_topic(&self, name: &str) -> Result<(), BrokerError> {
         self.check_open()?;
+        let _admin = self.inner.admin.lock();
         let (_, topic) = self
             .inner
             .topics
@@ -500,6 +524,15 @@ impl Broker {
 
     pub(super) fn groups(&self) -> &DashMap<String, Arc<Group>> {
         &self.inner.groups
+    }
+
+    /// Held while topics or groups are created or deleted.
+    pub(super) fn admin_lock(&self) -> parking_lot::MutexGuard<'_, ()> {
+        self.inner.admin.lock()
+    }
+
+    pub(super) fn config(&self) -> &BrokerConfig {
+        &self.inner.config
     }
 
     pub(super) fn groups_dir(&self) -> PathBuf {

@@ -190,6 +190,30 @@ impl GroupPartition {
 struct Members {
     ids: BTreeSet<MemberId>,
     generation: u32,
+    /// Deliveries that concurrent delivers of a member may still take: a
+    /// member's pipelined delivers each reserve their share here, under
+    /// this lock, so together they never pass `max_in_flight`.
+    reserved: HashMap<MemberId, usize>,
+}
+
+/// A member's share of `max_in_flight` claimed by one deliver; handed back
+/// on drop (by then what it took is counted as in flight).
+struct Reservation<'a> {
+    group: &'a Group,
+    member: MemberId,
+    count: usize,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        let mut members = self.group.members.lock();
+        if let Some(r) = members.reserved.get_mut(&self.member) {
+            *r -= self.count;
+            if *r == 0 {
+                members.reserved.remove(&self.member);
+            }
+        }
+    }
 }
 
 /// Counters since the broker started, for metrics and describe.
@@ -320,6 +344,23 @@ impl Group {
         }
     }
 
+    /// Claims up to `max` deliveries of `member`'s `max_in_flight`.
+    fn reserve(&self, member: MemberId, max: usize) -> Reservation<'_> {
+        // Partition locks are taken under the members lock here and nowhere
+        // the other way round.
+        let mut members = self.members.lock();
+        let held = self.in_flight_of(member) + members.reserved.get(&member).copied().unwrap_or(0);
+        let count = max.min((self.config.max_in_flight as usize).saturating_sub(held));
+        if count > 0 {
+            *members.reserved.entry(member).or_insert(0) += count;
+        }
+        Reservation {
+            group: self,
+            member,
+            count,
+        }
+    }
+
     fn in_flight_of(&self, member: MemberId) -> usize {
         self.partitions
             .iter()
@@ -385,7 +426,47 @@ impl Broker {
         config: GroupConfig,
     ) -> Result<MemberId, BrokerError> {
         self.check_open()?;
-        let g = match self.groups().entry(group.to_string()) {
+        let existing = self.groups().get(group).map(|g| g.clone());
+        let g = match existing {
+            Some(g) => g,
+            None => self.create_group(group, topic, mode, config)?,
+        };
+        if g.topic != topic || g.mode != mode {
+            return Err(BrokerError::GroupMismatch {
+                group: group.to_string(),
+                reason: format!("the group consumes {} in {:?} mode", g.topic, g.mode),
+            });
+        }
+        let member = self.next_member_id();
+        let mut members = g.members.lock();
+        let limit = self.config().max_members_per_group;
+        if members.ids.len() >= limit {
+            return Err(BrokerError::LimitReached {
+                what: "members of one group",
+                limit,
+            });
+        }
+        members.ids.insert(member);
+        members.generation += 1;
+        Ok(member)
+    }
+
+    fn create_group(
+        &self,
+        group: &str,
+        topic: &str,
+        mode: GroupMode,
+        config: GroupConfig,
+    ) -> Result<Arc<Group>, BrokerError> {
+        let _admin = self.admin_lock();
+        let limit = self.config().max_groups;
+        if self.groups().len() >= limit && !self.groups().contains_key(group) {
+            return Err(BrokerError::LimitReached {
+                what: "consumer groups",
+                limit,
+            });
+        }
+        Ok(match self.groups().entry(group.to_string()) {
             dashmap::Entry::Occupied(g) => g.get().clone(),
             dashmap::Entry::Vacant(slot) => {
                 let topic = self.topic(topic)?;
@@ -400,18 +481,7 @@ impl Broker {
                 slot.insert(created.clone());
                 created
             }
-        };
-        if g.topic != topic || g.mode != mode {
-            return Err(BrokerError::GroupMismatch {
-                group: group.to_string(),
-                reason: format!("the group consumes {} in {:?} mode", g.topic, g.mode),
-            });
-        }
-        let member = self.next_member_id();
-        let mut members = g.members.lock();
-        members.ids.insert(member);
-        members.generation += 1;
-        Ok(member)
+        })
     }
 
     /// Leaves a group. In queue mode whatever the member held becomes
@@ -563,8 +633,8 @@ impl Broker {
         member: MemberId,
         max: usize,
     ) -> Result<(Vec<DeliveredMessage>, Option<u64>), BrokerError> {
-        let mut remaining =
-            max.min((g.config.max_in_flight as usize).saturating_sub(g.in_flight_of(member)));
+        let reservation = g.reserve(member, max);
+        let mut remaining = reservation.count;
         let mut out = Vec::new();
         let mut next_event: Option<u64> = None;
         let n = topic.partitions.len();

@@ -90,6 +90,14 @@ pub enum BrokerError {
     /// Another process has this data directory open.
     #[error("data directory {0} is in use by another process")]
     DirectoryLocked(PathBuf),
+    /// A configured bound (see [`BrokerConfig`]) would be passed.
+    #[error("limit reached: at most {limit} {what}")]
+    LimitReached {
+        /// What is counted.
+        what: &'static str,
+        /// The bound.
+        limit: usize,
+    },
     /// The broker was closed.
     #[error("the broker is closed")]
     Closed,

@@ -20,6 +20,7 @@ pub fn code_for(err: &BrokerError) -> ErrorCode {
         BrokerError::GroupMismatch { .. } => ErrorCode::GroupMismatch,
         BrokerError::UnknownMember { .. } => ErrorCode::UnknownMember,
         BrokerError::GroupHasMembers(_) => ErrorCode::GroupHasMembers,
+        BrokerError::LimitReached { .. } => ErrorCode::LimitReached,
         BrokerError::DirectoryLocked(_) => ErrorCode::StorageError,
         BrokerError::Storage { source, .. } => match source {
             StorageError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,

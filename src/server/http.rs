@@ -10,14 +10,25 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use prometheus::{Encoder, IntGaugeVec, Opts, TextEncoder};
+use std::sync::Arc;
+
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::Broker;
 use crate::metrics::REGISTRY;
 
+/// Most HTTP connections served at once. A scraper needs one; the bound
+/// keeps a flood of idle connections from holding memory and tasks.
+pub const MAX_HTTP_CONNECTIONS: usize = 64;
+
+/// Longest one HTTP connection is kept open.
+const HTTP_CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Serves the endpoint on `listener` until `shutdown`.
 pub async fn serve(listener: TcpListener, broker: Broker, shutdown: CancellationToken) {
+    let slots = Arc::new(Semaphore::new(MAX_HTTP_CONNECTIONS));
     loop {
         let stream = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -29,16 +40,28 @@ pub async fn serve(listener: TcpListener, broker: Broker, shutdown: Cancellation
                 }
             },
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(
+                limit = MAX_HTTP_CONNECTIONS,
+                "metrics endpoint at its connection limit; closing a new connection"
+            );
+            drop(stream);
+            continue;
+        };
         let broker = broker.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = hyper::service::service_fn(move |req| {
                 let broker = broker.clone();
                 async move { Ok::<_, Infallible>(route(&req, &broker)) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service);
-            if let Err(err) = conn.await {
-                tracing::debug!(error = %err, "metrics connection ended");
+            // A connection may not keep its slot for ever (idle keep-alive).
+            match tokio::time::timeout(HTTP_CONNECTION_LIFETIME, conn).await {
+                Ok(Err(err)) => tracing::debug!(error = %err, "metrics connection ended"),
+                Ok(Ok(())) => {}
+                Err(_) => tracing::debug!("metrics connection closed after its lifetime"),
             }
         });
     }
