@@ -66,23 +66,28 @@ fn consume(c: &mut Criterion) {
                 .collect();
             let start = Instant::now();
             for name in &names {
-                let mut seen = 0u64;
-                for p in 0..PARTITIONS {
-                    let mut next = Offset(0);
-                    loop {
-                        let fetched = broker.read("t", PartitionId(p), next, 1 << 20).unwrap();
-                        if fetched.batches.is_empty() {
-                            break;
+                rt.block_on(async {
+                    let mut seen = 0u64;
+                    for p in 0..PARTITIONS {
+                        let mut next = Offset(0);
+                        loop {
+                            let fetched = broker.read("t", PartitionId(p), next, 1 << 20).unwrap();
+                            if fetched.batches.is_empty() {
+                                break;
+                            }
+                            seen += fetched
+                                .records()
+                                .map(|r| r.unwrap().value.len() as u64 / 100)
+                                .sum::<u64>();
+                            next = fetched.next_offset;
+                            broker
+                                .commit_offset(name, PartitionId(p), next)
+                                .await
+                                .unwrap();
                         }
-                        seen += fetched
-                            .records()
-                            .map(|r| r.unwrap().value.len() as u64 / 100)
-                            .sum::<u64>();
-                        next = fetched.next_offset;
-                        broker.commit_offset(name, PartitionId(p), next).unwrap();
                     }
-                }
-                assert_eq!(seen, MESSAGES);
+                    assert_eq!(seen, MESSAGES);
+                });
             }
             start.elapsed()
         })
@@ -124,12 +129,13 @@ fn consume(c: &mut Criterion) {
                                 for m in &got {
                                     broker
                                         .ack(name, member, &[(m.partition, m.offset)])
+                                        .await
                                         .unwrap();
                                 }
                             } else {
                                 let items: Vec<_> =
                                     got.iter().map(|m| (m.partition, m.offset)).collect();
-                                broker.ack(name, member, &items).unwrap();
+                                broker.ack(name, member, &items).await.unwrap();
                             }
                             acked += got.len() as u64;
                         }

@@ -4,7 +4,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use spool::broker::{GroupConfig, GroupMode, ResetTo, SettleResult};
 use spool::{Broker, BrokerConfig, Message, Offset, PartitionId, SyncPolicy, TopicConfig};
@@ -53,6 +53,7 @@ async fn several_members_ack_every_message_exactly_once() {
             let items: Vec<_> = got.iter().map(|d| (d.partition, d.offset)).collect();
             for (r, d) in broker
                 .ack("workers", m, &items)
+                .await
                 .unwrap()
                 .into_iter()
                 .zip(&got)
@@ -76,10 +77,17 @@ async fn several_members_ack_every_message_exactly_once() {
         .all(|p| p.lag == 0 && p.in_flight == 0));
 }
 
+/// Deadlines, delays and touches on a manual clock: exact to the
+/// millisecond, and no sleeping.
 #[tokio::test]
 async fn nack_delay_touch_deadline_and_dead_letters() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::open(dir.path(), BrokerConfig::default()).unwrap();
+    let clock = spool::broker::Clock::manual(1_000_000);
+    let broker_config = BrokerConfig {
+        clock: clock.clone(),
+        ..BrokerConfig::default()
+    };
+    let broker = Broker::open(dir.path(), broker_config).unwrap();
     fill(&broker, "t", 1, 3).await;
     let m = broker
         .join_group("g", "t", GroupMode::Queue, config(1200, 2))
@@ -87,52 +95,79 @@ async fn nack_delay_touch_deadline_and_dead_letters() {
     let got = broker.deliver("g", m, 3, NO_WAIT).await.unwrap();
     assert_eq!(got.len(), 3);
     let (p, o0, o1, o2) = (PartitionId(0), Offset(0), Offset(1), Offset(2));
+    let due_now = |offsets: &[(Offset, u32)]| offsets.to_vec();
 
-    // Nack 0 with a 500 ms delay; keep 1 alive by touching it; let 2's
-    // 300 ms deadline pass.
+    // Nack 0 with a 2000 ms delay; keep 1 alive by touching it; let 2's
+    // 1200 ms deadline pass.
     assert_eq!(
         broker
             .nack("g", m, &[(p, o0)], Duration::from_millis(2000))
             .unwrap(),
         [SettleResult::Ok]
     );
-    let started = Instant::now();
     for _ in 0..14 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        clock.advance(100);
         assert_eq!(
             broker.touch("g", m, &[(p, o1)]).unwrap(),
             [SettleResult::Ok]
         );
     }
-    assert!(
-        started.elapsed() < Duration::from_millis(2000),
-        "machine too slow for this test's timing"
-    );
-    // Only 2 is due: expired, back with its count up. 0 is still delayed, 1 touched.
+    // At 1400 ms only 2 is due: expired, back with its count up. 0 is still
+    // delayed, 1 touched.
     let due = broker.deliver("g", m, 10, NO_WAIT).await.unwrap();
     assert_eq!(
         due.iter()
             .map(|d| (d.offset, d.deliveries))
             .collect::<Vec<_>>(),
-        [(o2, 2)]
+        due_now(&[(o2, 2)])
     );
-    // 0 comes back once its delay is over, not before.
-    let delayed = broker
-        .deliver("g", m, 10, Duration::from_secs(3))
+    // 0 comes back once its delay is over, not a millisecond before.
+    clock.advance(599);
+    assert!(broker
+        .deliver("g", m, 10, NO_WAIT)
         .await
-        .unwrap();
-    assert!(started.elapsed() >= Duration::from_millis(2000));
+        .unwrap()
+        .is_empty());
+    clock.advance(1);
+    let delayed = broker.deliver("g", m, 10, NO_WAIT).await.unwrap();
     assert_eq!(
         delayed
             .iter()
             .map(|d| (d.offset, d.deliveries))
             .collect::<Vec<_>>(),
-        [(o0, 2)]
+        due_now(&[(o0, 2)])
     );
-    broker.ack("g", m, &[(p, o1)]).unwrap();
+    broker.ack("g", m, &[(p, o1)]).await.unwrap();
 
-    // 0 and 2 now had their 2 deliveries: after the next deadline they go to the DLQ.
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    // 0 and 2 now had their 2 deliveries: each goes to the DLQ at its next
+    // deadline, 2 at 2600 ms and 0 at 3200 ms, not a millisecond before.
+    let dead_letters = |broker: &Broker| {
+        broker
+            .read("g.dlq", PartitionId(0), Offset(0), 1 << 20)
+            .map_or(0, |f| f.records().count())
+    };
+    clock.advance(599);
+    assert!(broker
+        .deliver("g", m, 10, NO_WAIT)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(dead_letters(&broker), 0);
+    clock.advance(1);
+    assert!(broker
+        .deliver("g", m, 10, NO_WAIT)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(dead_letters(&broker), 1);
+    clock.advance(599);
+    assert!(broker
+        .deliver("g", m, 10, NO_WAIT)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(dead_letters(&broker), 1);
+    clock.advance(1);
     assert!(broker
         .deliver("g", m, 10, NO_WAIT)
         .await
@@ -199,7 +234,7 @@ async fn acks_survive_a_restart_and_unacked_messages_come_back() {
             .filter(|d| d.offset.0 % 2 == 0)
             .map(|d| (d.partition, d.offset))
             .collect();
-        broker.ack("g", m, &evens).unwrap();
+        broker.ack("g", m, &evens).await.unwrap();
         // Dropped without close: the ack log alone must carry the acks.
         std::mem::drop(broker);
     }
@@ -235,6 +270,7 @@ async fn stream_groups_commit_and_share_partitions() {
     assert!(pa.iter().all(|p| !pb.contains(p)));
     broker
         .commit_offset("readers", PartitionId(3), Offset(7))
+        .await
         .unwrap();
     // Same name, other mode: refused.
     assert!(broker
@@ -276,7 +312,7 @@ async fn group_files_of_another_format_version_are_refused_by_name() {
                 .unwrap();
             let got = broker.deliver("workers", m, 3, NO_WAIT).await.unwrap();
             let items: Vec<_> = got.iter().map(|d| (d.partition, d.offset)).collect();
-            broker.ack("workers", m, &items).unwrap();
+            broker.ack("workers", m, &items).await.unwrap();
             broker.close().unwrap();
         }
         let group_dir = dir.path().join("groups").join("workers");
@@ -398,4 +434,52 @@ async fn max_in_flight_holds_for_concurrent_delivers_of_one_member() {
         );
         broker.leave_group(&group, member).unwrap();
     }
+}
+
+/// Acks of an `always` topic are synced by the flusher thread, not on the
+/// acking task, and concurrent acks share syncs (group commit). Every ack
+/// still holds after a reopen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_acks_of_an_always_topic_share_ack_log_syncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::open(dir.path(), BrokerConfig::default()).unwrap();
+    broker
+        .create_topic("jobs", TopicConfig::new(1).sync(SyncPolicy::Always))
+        .unwrap();
+    let msgs: Vec<_> = (0..400).map(|i| Message::new(format!("{i}"))).collect();
+    broker.produce("jobs", PartitionId(0), &msgs).await.unwrap();
+    let m = broker
+        .join_group("g", "jobs", GroupMode::Queue, config(60_000, 5))
+        .unwrap();
+    let got = broker.deliver("g", m, 400, NO_WAIT).await.unwrap();
+    assert_eq!(got.len(), 400);
+    let before = broker.storage_stats().ack_log_syncs;
+    let acks: Vec<_> = got
+        .iter()
+        .map(|d| {
+            let broker = broker.clone();
+            let item = (d.partition, d.offset);
+            tokio::spawn(async move { broker.ack("g", m, &[item]).await })
+        })
+        .collect();
+    for ack in acks {
+        assert_eq!(ack.await.unwrap().unwrap(), [SettleResult::Ok]);
+    }
+    let syncs = broker.storage_stats().ack_log_syncs - before;
+    assert!(syncs >= 1, "acks of an always topic were never synced");
+    assert!(
+        syncs < 400,
+        "{syncs} syncs for 400 concurrent acks: no group commit"
+    );
+    broker.leave_group("g", m).unwrap();
+    broker.close().unwrap();
+    let broker = Broker::open(dir.path(), BrokerConfig::default()).unwrap();
+    let m = broker
+        .join_group("g", "jobs", GroupMode::Queue, config(60_000, 5))
+        .unwrap();
+    assert!(broker
+        .deliver("g", m, 400, NO_WAIT)
+        .await
+        .unwrap()
+        .is_empty());
 }

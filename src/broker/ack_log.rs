@@ -20,12 +20,13 @@ use std::collections::{BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::storage::atomic_file::Durability;
 use crate::storage::meta_file::{self, MetaKind};
-use crate::storage::StorageError;
+use crate::storage::{FileSync, StorageError};
 
 const RECORD_LEN: usize = 17;
 const LOG_MAGIC: [u8; 4] = *b"SPAL";
@@ -140,7 +141,7 @@ impl AckState {
 pub struct AckLog {
     log_path: PathBuf,
     snapshot_path: PathBuf,
-    file: File,
+    file: Arc<File>,
     /// Named by the log's header; the snapshot names the same one.
     generation: u64,
     records_since_snapshot: u64,
@@ -174,7 +175,7 @@ impl AckLog {
         let mut log = AckLog {
             log_path,
             snapshot_path,
-            file,
+            file: Arc::new(file),
             generation,
             records_since_snapshot: 0,
             sync,
@@ -235,7 +236,7 @@ impl AckLog {
         header.extend_from_slice(&generation.to_le_bytes());
         let crc = crc32fast::hash(&header);
         header.extend_from_slice(&crc.to_le_bytes());
-        self.file.write_all(&header).map_err(io)?;
+        (&*self.file).write_all(&header).map_err(io)?;
         if self.sync {
             // Records are only ever appended after a durable header.
             self.file.sync_data().map_err(io)?;
@@ -251,25 +252,26 @@ impl AckLog {
         self.records_since_snapshot >= COMPACT_AFTER_RECORDS
     }
 
-    /// Appends records in one write.
-    pub fn append(&mut self, records: &[AckRecord]) -> Result<(), StorageError> {
+    /// Appends records in one write. For a log that must be synced, returns
+    /// the sync to wait for before acknowledging what the records say: the
+    /// caller hands it to the flusher once it holds no lock, so no lock and
+    /// no async worker waits on the disk, and concurrent acks share a sync.
+    pub fn append(&mut self, records: &[AckRecord]) -> Result<Option<FileSync>, StorageError> {
         if records.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let mut buf = Vec::with_capacity(records.len() * RECORD_LEN);
         for r in records {
             encode(*r, &mut buf);
         }
-        self.file
+        (&*self.file)
             .write_all(&buf)
             .map_err(|e| StorageError::io(&self.log_path, e))?;
-        if self.sync {
-            self.file
-                .sync_data()
-                .map_err(|e| StorageError::io(&self.log_path, e))?;
-        }
         self.records_since_snapshot += records.len() as u64;
-        Ok(())
+        Ok(self.sync.then(|| FileSync {
+            file: self.file.clone(),
+            path: self.log_path.clone(),
+        }))
     }
 
     /// Writes `state` (which must include every record appended so far) as

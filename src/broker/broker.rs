@@ -24,11 +24,14 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use spool_protocol::{Batch, BatchBuilder, Offset, PartitionId};
 
+use super::clock::Clock;
 use super::group::{self, Group};
 use super::queue::MemberId;
 use super::topic::{self, PartitionOffsets, Topic, TopicConfig, TopicInfo};
 use super::BrokerError;
-use crate::storage::{AppendInfo, Fetched, Flusher, PartitionLog, StorageError, SyncPolicy};
+use crate::storage::{
+    AppendInfo, Fetched, FileSync, Flusher, PartitionLog, StorageError, SyncPolicy,
+};
 
 const LOCK_FILE: &str = "LOCK";
 const CLEAN_SHUTDOWN_FILE: &str = "clean-shutdown";
@@ -50,6 +53,9 @@ pub struct BrokerConfig {
     pub max_groups: usize,
     /// Most members of one consumer group at once.
     pub max_members_per_group: usize,
+    /// The clock of consumer-group timing (deadlines, delays); tests pass
+    /// [`Clock::manual`].
+    pub clock: Clock,
 }
 
 impl Default for BrokerConfig {
@@ -60,6 +66,7 @@ impl Default for BrokerConfig {
             max_topics: 10_000,
             max_groups: 10_000,
             max_members_per_group: 1_000,
+            clock: Clock::system(),
         }
     }
 }
@@ -78,6 +85,9 @@ pub struct StorageStats {
     pub size_bytes: u64,
     /// Group-commit flushes done since open.
     pub flushes: u64,
+    /// Syncs of consumer groups' ack logs since open (`always` topics;
+    /// concurrent acks share one).
+    pub ack_log_syncs: u64,
 }
 
 type DurableWait =
@@ -511,6 +521,7 @@ impl Broker {
                 stats.flushes += log.flush_count();
             }
         }
+        stats.ack_log_syncs = self.inner.flusher.lock().file_sync_count();
         stats
     }
 
@@ -524,6 +535,27 @@ impl Broker {
 
     pub(super) fn groups(&self) -> &DashMap<String, Arc<Group>> {
         &self.inner.groups
+    }
+
+    /// Waits until the flusher has synced these ack logs (none: at once).
+    pub(super) async fn sync_ack_logs(
+        &self,
+        syncs: impl IntoIterator<Item = FileSync>,
+    ) -> Result<(), BrokerError> {
+        let waits: Vec<_> = {
+            let flusher = self.inner.flusher.lock();
+            syncs
+                .into_iter()
+                .map(|s| flusher.request_file_sync(s))
+                .collect()
+        };
+        for wait in waits {
+            wait.await.map_err(|source| BrokerError::Storage {
+                context: "syncing a consumer group's ack log".into(),
+                source,
+            })?;
+        }
+        Ok(())
     }
 
     /// Held while topics or groups are created or deleted.

@@ -38,7 +38,7 @@ use super::queue::{MemberId, QueueState, SettleResult};
 use super::topic::{self, Topic, TopicConfig};
 use super::{Broker, BrokerError};
 use crate::storage::meta_file::{self, MetaKind};
-use crate::storage::{atomic_file, monotonic_ms, PartitionLog, StorageError, SyncPolicy};
+use crate::storage::{atomic_file, FileSync, PartitionLog, StorageError, SyncPolicy};
 
 const META_FILE: &str = "group.meta";
 /// `group.meta`: the group's name, topic, mode and configuration.
@@ -176,13 +176,18 @@ impl GroupPartition {
         )
     }
 
-    fn append(&mut self, records: &[AckRecord]) -> Result<(), StorageError> {
-        self.log.append(records)?;
+    /// Appends to the ack log; the returned sync (for `always` topics) must
+    /// be waited for, with no lock held, before the records are acknowledged
+    /// ([`Broker::sync_ack_logs`]).
+    fn append(&mut self, records: &[AckRecord]) -> Result<Option<FileSync>, StorageError> {
+        let sync = self.log.append(records)?;
         if self.log.wants_compaction() {
+            // Compaction writes its snapshot durably itself (rare: every
+            // `COMPACT_AFTER_RECORDS` records).
             let snapshot = self.snapshot();
             self.log.compact(&snapshot)?;
         }
-        Ok(())
+        Ok(sync)
     }
 }
 
@@ -495,7 +500,7 @@ impl Broker {
             }
             members.generation += 1;
         }
-        let now = monotonic_ms();
+        let now = self.config().clock.now_ms();
         for p in &g.partitions {
             p.lock().queue.release_member(member, now);
         }
@@ -526,7 +531,7 @@ impl Broker {
 
     /// Stream mode: records `offset` as the next offset the group will
     /// consume in `partition`. Durable when this returns.
-    pub fn commit_offset(
+    pub async fn commit_offset(
         &self,
         group: &str,
         partition: PartitionId,
@@ -534,11 +539,15 @@ impl Broker {
     ) -> Result<(), BrokerError> {
         self.check_open()?;
         let g = self.group(group)?;
-        let mut p = g.partition(partition)?;
-        p.append(&[AckRecord::Committed(offset.0)])
-            .map_err(|e| storage_error(&format!("committing {group}/{partition}"), e))?;
-        p.committed = Some(offset.0);
-        Ok(())
+        let sync = {
+            let mut p = g.partition(partition)?;
+            let sync = p
+                .append(&[AckRecord::Committed(offset.0)])
+                .map_err(|e| storage_error(&format!("committing {group}/{partition}"), e))?;
+            p.committed = Some(offset.0);
+            sync
+        };
+        self.sync_ack_logs(sync).await
     }
 
     /// Stream mode: the committed offset of every partition (`None`: never
@@ -598,7 +607,7 @@ impl Broker {
             if !out.is_empty() && g.check_member(member).is_err() {
                 // The member left while we were taking messages for it (its
                 // connection closed): hand them back at once.
-                let now = monotonic_ms();
+                let now = self.config().clock.now_ms();
                 for p in &g.partitions {
                     p.lock().queue.release_member(member, now);
                 }
@@ -614,7 +623,7 @@ impl Broker {
             let wake = match next_event_ms {
                 Some(at) => deadline.min(
                     tokio::time::Instant::now()
-                        + Duration::from_millis(at.saturating_sub(monotonic_ms())),
+                        + Duration::from_millis(at.saturating_sub(self.config().clock.now_ms())),
                 ),
                 None => deadline,
             };
@@ -635,6 +644,7 @@ impl Broker {
     ) -> Result<(Vec<DeliveredMessage>, Option<u64>), BrokerError> {
         let reservation = g.reserve(member, max);
         let mut remaining = reservation.count;
+        let mut syncs = Vec::new();
         let mut out = Vec::new();
         let mut next_event: Option<u64> = None;
         let n = topic.partitions.len();
@@ -642,13 +652,15 @@ impl Broker {
         for i in 0..n {
             let p = (start + i) % n;
             let log = &topic.partitions[p];
-            let now = monotonic_ms();
+            let now = self.config().clock.now_ms();
             let (took, exhausted) = {
                 let mut gp = g.partition(PartitionId(p as u32))?;
                 if gp.queue.drop_below(log.start_offset().0) {
                     let floor = log.start_offset().0;
-                    gp.append(&[AckRecord::Floor(floor)])
-                        .map_err(|e| storage_error("recording retention floor", e))?;
+                    syncs.extend(
+                        gp.append(&[AckRecord::Floor(floor)])
+                            .map_err(|e| storage_error("recording retention floor", e))?,
+                    );
                 }
                 gp.queue.expire(now);
                 let exhausted = gp.queue.exhausted(now, g.config.max_deliveries);
@@ -669,8 +681,10 @@ impl Broker {
                     .filter(|d| d.deliveries > 1)
                     .map(|d| AckRecord::Delivered(d.offset, d.deliveries))
                     .collect();
-                gp.append(&counts)
-                    .map_err(|e| storage_error("recording delivery counts", e))?;
+                syncs.extend(
+                    gp.append(&counts)
+                        .map_err(|e| storage_error("recording delivery counts", e))?,
+                );
                 if let Some(at) = gp.queue.next_event_ms() {
                     next_event = Some(next_event.map_or(at, |e| e.min(at)));
                 }
@@ -710,7 +724,7 @@ impl Broker {
                     // Hand them back before reporting: nothing is lost.
                     if let Ok(mut gp) = g.partition(PartitionId(p as u32)) {
                         for o in &offsets {
-                            gp.queue.nack(member, *o, monotonic_ms(), 0);
+                            gp.queue.nack(member, *o, self.config().clock.now_ms(), 0);
                         }
                     }
                     return Err(storage_error(
@@ -720,6 +734,9 @@ impl Broker {
                 }
             }
         }
+        // Delivery counts must be durable before the messages go out, or a
+        // power loss could hand a message out more than max_deliveries times.
+        self.sync_ack_logs(syncs).await?;
         Ok((out, next_event))
     }
 
@@ -734,7 +751,16 @@ impl Broker {
         let dlq = format!("{}.dlq", g.name);
         if self.topic(&dlq).is_err() {
             let config = TopicConfig::new(1).sync(topic.config.log.sync);
-            match self.create_topic(&dlq, config) {
+            // Creating a topic writes and fsyncs files: not on an async worker.
+            let (broker, name) = (self.clone(), dlq.clone());
+            let created = tokio::task::spawn_blocking(move || broker.create_topic(&name, config))
+                .await
+                .unwrap_or_else(|join| {
+                    Err(BrokerError::InvalidConfig(format!(
+                        "creating the dead-letter topic failed: {join}"
+                    )))
+                });
+            match created {
                 Ok(()) | Err(BrokerError::TopicExists(_)) => {}
                 Err(e) => return Err(e),
             }
@@ -765,37 +791,46 @@ impl Broker {
         }
         let batch = builder.finish()?;
         self.append(&dlq, PartitionId(0), &batch).await?;
-        let mut gp = g.partition(partition)?;
-        let mut settled = Vec::new();
-        for d in exhausted {
-            if gp.queue.settle(d.offset) == SettleResult::Ok {
-                settled.push(AckRecord::DeadLettered(d.offset));
+        let (count, sync) = {
+            let mut gp = g.partition(partition)?;
+            let mut settled = Vec::new();
+            for d in exhausted {
+                if gp.queue.settle(d.offset) == SettleResult::Ok {
+                    settled.push(AckRecord::DeadLettered(d.offset));
+                }
             }
-        }
-        gp.dead_letters += settled.len() as u64;
-        gp.append(&settled)
-            .map_err(|e| storage_error("recording dead letters", e))?;
+            gp.dead_letters += settled.len() as u64;
+            let sync = gp
+                .append(&settled)
+                .map_err(|e| storage_error("recording dead letters", e))?;
+            (settled.len(), sync)
+        };
+        self.sync_ack_logs(sync).await?;
         g.stats
             .dead_letters
-            .fetch_add(settled.len() as u64, Ordering::Relaxed);
-        tracing::info!(group = %g.name, topic = %topic.name, %partition, count = settled.len(), "moved messages to the dead-letter topic");
+            .fetch_add(count as u64, Ordering::Relaxed);
+        tracing::info!(group = %g.name, topic = %topic.name, %partition, count, "moved messages to the dead-letter topic");
         Ok(())
     }
 
-    /// Queue mode: acks deliveries. An ack is durable when this returns.
-    pub fn ack(
+    /// Queue mode: acks deliveries. An ack is durable when this returns
+    /// (for topics whose sync policy is `always`, concurrent acks share one
+    /// sync of the group's ack log).
+    pub async fn ack(
         &self,
         group: &str,
         member: MemberId,
         items: &[(PartitionId, Offset)],
     ) -> Result<Vec<SettleResult>, BrokerError> {
-        self.settle_many(group, items, |gp, offset| {
+        let (results, syncs) = self.settle_many(group, items, |gp, offset| {
             let r = gp.queue.ack(member, offset);
             (
                 r,
                 (r == SettleResult::Ok).then_some(AckRecord::Acked(offset)),
             )
-        })
+        })?;
+        self.sync_ack_logs(syncs).await?;
+        Ok(results)
     }
 
     /// Queue mode: hands deliveries back for redelivery after `delay`.
@@ -806,11 +841,13 @@ impl Broker {
         items: &[(PartitionId, Offset)],
         delay: Duration,
     ) -> Result<Vec<SettleResult>, BrokerError> {
-        let now = monotonic_ms();
+        let now = self.config().clock.now_ms();
         let delay_ms = delay.as_millis().min(u128::from(u64::MAX)) as u64;
+        // A nack writes nothing: no sync to wait for.
         self.settle_many(group, items, |gp, offset| {
             (gp.queue.nack(member, offset, now, delay_ms), None)
         })
+        .map(|(results, _)| results)
     }
 
     /// Queue mode: extends the ack deadline of deliveries (work in progress).
@@ -820,12 +857,13 @@ impl Broker {
         member: MemberId,
         items: &[(PartitionId, Offset)],
     ) -> Result<Vec<SettleResult>, BrokerError> {
-        let now = monotonic_ms();
+        let now = self.config().clock.now_ms();
         let g = self.group(group)?;
         let wait = g.config.ack_wait_ms;
         self.settle_many(group, items, |gp, offset| {
             (gp.queue.touch(member, offset, now, wait), None)
         })
+        .map(|(results, _)| results)
     }
 
     fn settle_many(
@@ -833,7 +871,7 @@ impl Broker {
         group: &str,
         items: &[(PartitionId, Offset)],
         mut apply: impl FnMut(&mut GroupPartition, u64) -> (SettleResult, Option<AckRecord>),
-    ) -> Result<Vec<SettleResult>, BrokerError> {
+    ) -> Result<(Vec<SettleResult>, Vec<FileSync>), BrokerError> {
         self.check_open()?;
         let g = self.group(group)?;
         let mut results = vec![SettleResult::NotInFlight; items.len()];
@@ -842,6 +880,7 @@ impl Broker {
             by_partition.entry(*p).or_default().push(i);
         }
         let mut acked = 0u64;
+        let mut syncs = Vec::new();
         for (p, indexes) in by_partition {
             let mut gp = g.partition(p)?;
             let mut records = Vec::new();
@@ -853,13 +892,15 @@ impl Broker {
                 }
             }
             acked += records.len() as u64;
-            gp.append(&records)
-                .map_err(|e| storage_error(&format!("recording acks of {group}/{p}"), e))?;
+            syncs.extend(
+                gp.append(&records)
+                    .map_err(|e| storage_error(&format!("recording acks of {group}/{p}"), e))?,
+            );
         }
         g.stats.acks.fetch_add(acked, Ordering::Relaxed);
         // Acks free in-flight capacity; nacks make messages deliverable.
         g.changed.notify_waiters();
-        Ok(results)
+        Ok((results, syncs))
     }
 
     /// Moves every partition of a group with no members to `to`.
@@ -878,8 +919,15 @@ impl Broker {
                 ResetTo::Offset(o) => o.clamp(start, end),
             };
             let mut gp = g.partition(PartitionId(p as u32))?;
-            gp.append(&[AckRecord::Reset(target)])
+            let sync = gp
+                .append(&[AckRecord::Reset(target)])
                 .map_err(|e| storage_error(&format!("resetting {group}/{p}"), e))?;
+            // An admin call: it waits for the disk on the caller's thread
+            // (the server runs it on a blocking thread).
+            if let Some(sync) = sync {
+                sync.sync_now()
+                    .map_err(|e| storage_error(&format!("resetting {group}/{p}"), e))?;
+            }
             gp.queue.reset(target);
             gp.committed = Some(target);
         }
@@ -901,7 +949,7 @@ impl Broker {
     pub fn describe_group(&self, group: &str) -> Result<GroupInfo, BrokerError> {
         let g = self.group(group)?;
         let topic = self.topic(&g.topic)?;
-        let now = monotonic_ms();
+        let now = self.config().clock.now_ms();
         let mut partitions = Vec::new();
         for (p, log) in topic.partitions.iter().enumerate() {
             let mut gp = g.partition(PartitionId(p as u32))?;

@@ -6,6 +6,7 @@
 mod ack_log;
 #[allow(clippy::module_inception)]
 mod broker;
+mod clock;
 mod group;
 mod queue;
 mod topic;
@@ -18,6 +19,7 @@ use thiserror::Error;
 use crate::storage::StorageError;
 
 pub use self::broker::{Broker, BrokerConfig, Message, PendingAppend, StorageStats};
+pub use self::clock::Clock;
 pub use self::group::{
     DeliveredMessage, GroupConfig, GroupInfo, GroupMode, GroupPartitionInfo, ResetTo,
 };

@@ -275,7 +275,12 @@ pub async fn serve(stream: TcpStream, ctx: Arc<ServerContext>, shutdown: Cancell
             request @ Request::JoinGroup { .. } => {
                 // Joined here, so the member is on this connection's list
                 // before any later request can use it.
-                let reply = match handlers::groups::join(&ctx.broker, &request) {
+                // Joining may create the group (files, fsync): off the async
+                // workers, but awaited here so later requests see the member.
+                let join = handlers::on_blocking_thread(&ctx.broker, move |broker| {
+                    handlers::groups::join(broker, &request)
+                });
+                let reply = match join.await {
                     Ok((response, group, member)) => {
                         joined.push((group, member));
                         Ok(response)
@@ -336,14 +341,19 @@ async fn dispatch(ctx: &ServerContext, request: Request) -> Result<Response, Err
             name,
             partitions,
             settings,
-        } => handlers::topics::create(
-            &ctx.broker,
-            &ctx.topic_defaults,
-            &name,
-            partitions,
-            &settings,
-        ),
-        Request::DeleteTopic { name } => handlers::topics::delete(&ctx.broker, &name),
+        } => {
+            let defaults = ctx.topic_defaults.clone();
+            handlers::on_blocking_thread(&ctx.broker, move |broker| {
+                handlers::topics::create(broker, &defaults, &name, partitions, &settings)
+            })
+            .await
+        }
+        Request::DeleteTopic { name } => {
+            handlers::on_blocking_thread(&ctx.broker, move |broker| {
+                handlers::topics::delete(broker, &name)
+            })
+            .await
+        }
         Request::ListTopics => Ok(handlers::topics::list(&ctx.broker)),
         Request::DescribeTopic { name } => handlers::topics::describe(&ctx.broker, &name),
         request @ Request::Deliver { .. } => {
@@ -361,15 +371,26 @@ async fn dispatch(ctx: &ServerContext, request: Request) -> Result<Response, Err
         | Request::CommitOffset { .. }
         | Request::CommittedOffsets { .. }
         | Request::ListGroups
-        | Request::DescribeGroup { .. }
-        | Request::ResetGroup { .. }) => {
+        | Request::DescribeGroup { .. }) => {
             handlers::groups::handle(&ctx.broker, request, false).await
+        }
+        Request::ResetGroup { group, to } => {
+            handlers::on_blocking_thread(&ctx.broker, move |broker| {
+                handlers::groups::reset(broker, &group, to)
+            })
+            .await
         }
         Request::OffsetForTimestamp {
             topic,
             partition,
             timestamp_ms,
-        } => handlers::fetch::offset_for_timestamp(&ctx.broker, &topic, partition, timestamp_ms),
+        } => {
+            // Scans batch headers of the partition's segments.
+            handlers::on_blocking_thread(&ctx.broker, move |broker| {
+                handlers::fetch::offset_for_timestamp(broker, &topic, partition, timestamp_ms)
+            })
+            .await
+        }
         Request::JoinGroup { .. } => Err(error(
             ErrorCode::Internal,
             "join is dispatched in order, not here",

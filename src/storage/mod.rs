@@ -20,7 +20,7 @@ use spool_protocol::{BatchError, Offset};
 use thiserror::Error;
 
 pub use self::log::{AppendInfo, Fetched, FetchedRecords, PartitionLog};
-pub use self::sync::{Flusher, SyncPolicy};
+pub use self::sync::{FileSync, Flusher, SyncPolicy};
 
 /// Largest segment a log may be configured with: positions in the sparse
 /// index are 32-bit.

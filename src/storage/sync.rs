@@ -86,19 +86,50 @@ impl FromStr for SyncPolicy {
     }
 }
 
+/// Where a sync's outcome goes.
+type Done = oneshot::Sender<Result<(), StorageError>>;
+
 enum Request {
     Sync {
         log: Arc<PartitionLog>,
         target: Offset,
         done: oneshot::Sender<Result<(), StorageError>>,
     },
+    SyncFile {
+        file: FileSync,
+        done: oneshot::Sender<Result<(), StorageError>>,
+    },
     Watch(Weak<PartitionLog>),
     Shutdown,
+}
+
+/// A small append-only file (a consumer group's ack log) whose written
+/// bytes must reach the disk before something is acknowledged. The flusher
+/// syncs it once for every request about it in the same burst (group commit
+/// for acks).
+#[derive(Clone, Debug)]
+#[must_use = "what the records say is not durable until this sync is done"]
+pub struct FileSync {
+    /// The open file.
+    pub file: Arc<std::fs::File>,
+    /// Its path, for errors.
+    pub path: std::path::PathBuf,
+}
+
+impl FileSync {
+    /// Syncs on the calling thread (admin paths that may block).
+    pub fn sync_now(&self) -> Result<(), StorageError> {
+        self.file
+            .sync_data()
+            .map_err(|e| StorageError::io(&self.path, e))
+    }
 }
 
 /// The broker's flushing and housekeeping thread.
 pub struct Flusher {
     tx: mpsc::Sender<Request>,
+    /// Ack-log syncs done (one per file per burst, however many asked).
+    file_syncs: Arc<std::sync::atomic::AtomicU64>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -107,11 +138,14 @@ impl Flusher {
     /// unmapped by its housekeeping.
     pub fn start(unmap_idle_ms: u64) -> std::io::Result<Flusher> {
         let (tx, rx) = mpsc::channel();
+        let file_syncs = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = file_syncs.clone();
         let thread = std::thread::Builder::new()
             .name("spool-flusher".into())
-            .spawn(move || run(rx, unmap_idle_ms))?;
+            .spawn(move || run(rx, unmap_idle_ms, &counter))?;
         Ok(Flusher {
             tx,
+            file_syncs,
             thread: Some(thread),
         })
     }
@@ -154,6 +188,30 @@ impl Flusher {
         }
     }
 
+    /// Asks for everything written to `file` so far to be synced; the
+    /// returned future resolves when it is. Sent before this returns.
+    pub fn request_file_sync(
+        &self,
+        file: FileSync,
+    ) -> impl Future<Output = Result<(), StorageError>> + Send + 'static {
+        let path = file.path.clone();
+        let (done, wait) = oneshot::channel();
+        let sent = self.tx.send(Request::SyncFile { file, done });
+        async move {
+            let stopped = || StorageError::Io {
+                path: path.clone(),
+                source: std::io::Error::other("flusher thread has stopped"),
+            };
+            sent.map_err(|_| stopped())?;
+            wait.await.map_err(|_| stopped())?
+        }
+    }
+
+    /// Ack-log syncs done since the flusher started.
+    pub fn file_sync_count(&self) -> u64 {
+        self.file_syncs.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Stops the thread after it has served every request already sent.
     pub fn shutdown(&mut self) {
         let _ = self.tx.send(Request::Shutdown);
@@ -169,7 +227,7 @@ impl Drop for Flusher {
     }
 }
 
-fn run(rx: mpsc::Receiver<Request>, unmap_idle_ms: u64) {
+fn run(rx: mpsc::Receiver<Request>, unmap_idle_ms: u64, file_syncs: &std::sync::atomic::AtomicU64) {
     let mut watched: Vec<Weak<PartitionLog>> = Vec::new();
     let mut next_housekeeping_ms = monotonic_ms() + HOUSEKEEPING_INTERVAL_MS;
     loop {
@@ -193,6 +251,8 @@ fn run(rx: mpsc::Receiver<Request>, unmap_idle_ms: u64) {
             Err(RecvTimeoutError::Disconnected) => return,
         }
         let mut shutdown = false;
+        // One sync per file per burst, answered to every request about it.
+        let mut files: Vec<(FileSync, Vec<Done>)> = Vec::new();
         for request in requests {
             match request {
                 // The first request of a burst flushes everything written so
@@ -200,8 +260,31 @@ fn run(rx: mpsc::Receiver<Request>, unmap_idle_ms: u64) {
                 Request::Sync { log, target, done } => {
                     let _ = done.send(log.flush_until(target));
                 }
+                Request::SyncFile { file, done } => {
+                    match files
+                        .iter_mut()
+                        .find(|(f, _)| Arc::ptr_eq(&f.file, &file.file))
+                    {
+                        Some((_, waiters)) => waiters.push(done),
+                        None => files.push((file, vec![done])),
+                    }
+                }
                 Request::Watch(log) => watched.push(log),
                 Request::Shutdown => shutdown = true,
+            }
+        }
+        for (file, waiters) in files {
+            let synced = file.file.sync_data();
+            file_syncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            for done in waiters {
+                let _ = done.send(match &synced {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(StorageError::io(
+                        &file.path,
+                        // io::Error is not Clone: the kind and text go to each waiter.
+                        std::io::Error::new(e.kind(), e.to_string()),
+                    )),
+                });
             }
         }
         if shutdown {

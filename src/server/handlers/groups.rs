@@ -127,7 +127,7 @@ pub async fn handle(
             group,
             member,
             items,
-        } => settle(broker.ack(&group, member, &to_items(&items))),
+        } => settle(broker.ack(&group, member, &to_items(&items)).await),
         Request::Nack {
             group,
             member,
@@ -151,6 +151,7 @@ pub async fn handle(
         } => {
             broker
                 .commit_offset(&group, PartitionId(partition), Offset(offset))
+                .await
                 .map_err(fail)?;
             Ok(Response::CommitOffset)
         }
@@ -168,15 +169,19 @@ pub async fn handle(
         Request::DescribeGroup { group } => Ok(Response::DescribeGroup(to_wire(
             &broker.describe_group(&group).map_err(fail)?,
         ))),
-        Request::ResetGroup { group, to } => {
-            broker.reset_group(&group, to.into()).map_err(fail)?;
-            Ok(Response::ResetGroup)
-        }
         _ => Err(error(
             ErrorCode::Internal,
             "group handler got another request",
         )),
     }
+}
+
+/// Resets a group (blocking: the server runs it on a blocking thread).
+pub fn reset(broker: &Broker, group: &str, to: WireResetTarget) -> Result<Response, ErrorResponse> {
+    broker
+        .reset_group(group, to.into())
+        .map(|()| Response::ResetGroup)
+        .map_err(|e| response_for(&e))
 }
 
 fn to_items(items: &[(u32, u64)]) -> Vec<(PartitionId, Offset)> {
