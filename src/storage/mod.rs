@@ -6,6 +6,7 @@
 //! ("Segment files") and in the module docs of `segment` and `log`.
 
 pub(crate) mod atomic_file;
+pub mod faults;
 mod index;
 mod log;
 pub(crate) mod meta_file;

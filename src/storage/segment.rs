@@ -19,7 +19,6 @@
 //! makes handing out `Bytes` that borrow the map sound.
 
 use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -31,6 +30,7 @@ use memmap2::{MmapOptions, MmapRaw};
 use spool_protocol::batch::{self, BatchHeader, HEADER_LEN};
 use spool_protocol::Offset;
 
+use super::faults;
 use super::index::{self, IndexEntry};
 use super::{monotonic_ms, StorageError};
 
@@ -224,7 +224,7 @@ impl Segment {
                 .map_err(|e| StorageError::io(&path, e))?;
             // Reserve the first chunk now, so that a full disk stops the roll
             // before the new segment becomes active.
-            allocate(&file, 0, reserved).map_err(|e| StorageError::io(&path, e))?;
+            allocate(&file, &path, 0, reserved).map_err(|e| StorageError::io(&path, e))?;
             map_rw(&file, capacity, &path)
         })();
         let map = match mapped {
@@ -583,11 +583,11 @@ impl Segment {
         );
         if durable && active.pos > self.flushed_len() {
             self.release_below(&active.map, active.pos);
-            active.map.flush_range(0, active.pos as usize).map_err(io)?;
+            faults::flush_map(&active.map, path, 0, active.pos as usize).map_err(io)?;
         }
         active.file.set_len(active.pos).map_err(io)?;
         if durable {
-            active.file.sync_all().map_err(io)?;
+            faults::sync_all(&active.file, path).map_err(io)?;
         }
         self.flushed_len.store(active.pos, Ordering::Release);
         let entries = self.index.read().clone();
@@ -619,8 +619,13 @@ impl Segment {
         if let Some(map) = map {
             // Whole pages below `len` are never written again.
             self.release_below(&map, len);
-            map.flush_range(flushed as usize, (len - flushed) as usize)
-                .map_err(|e| StorageError::io(&self.log_path, e))?;
+            faults::flush_map(
+                &map,
+                &self.log_path,
+                flushed as usize,
+                (len - flushed) as usize,
+            )
+            .map_err(|e| StorageError::io(&self.log_path, e))?;
         }
         self.flushed_len.fetch_max(len, Ordering::AcqRel);
         Ok(())
@@ -664,7 +669,7 @@ impl ActiveFile {
             .div_ceil(self.chunk_bytes)
             .saturating_mul(self.chunk_bytes)
             .min(self.capacity);
-        allocate(&self.file, self.allocated, target - self.allocated)
+        allocate(&self.file, path, self.allocated, target - self.allocated)
             .map_err(|e| StorageError::io(path, e))?;
         self.allocated = target;
         Ok(())
@@ -833,12 +838,12 @@ fn empty_map_placeholder(path: &Path) -> Result<MmapRaw, StorageError> {
 /// blocks just as well (delayed allocation reserves at write time, so a full
 /// disk fails here, before any data is copied), and leaves the pages in the
 /// page cache, where the append's copy overwrites them before write-back.
-fn allocate(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+fn allocate(file: &File, path: &Path, offset: u64, len: u64) -> std::io::Result<()> {
     static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
     let mut at = offset;
     while at < offset + len {
         let n = ZEROS.len().min((offset + len - at) as usize);
-        file.write_all_at(&ZEROS[..n], at)?;
+        faults::write_all_at(file, path, &ZEROS[..n], at)?;
         at += n as u64;
     }
     Ok(())

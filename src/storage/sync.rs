@@ -119,8 +119,7 @@ pub struct FileSync {
 impl FileSync {
     /// Syncs on the calling thread (admin paths that may block).
     pub fn sync_now(&self) -> Result<(), StorageError> {
-        self.file
-            .sync_data()
+        super::faults::sync_data(&self.file, &self.path)
             .map_err(|e| StorageError::io(&self.path, e))
     }
 }
@@ -274,7 +273,7 @@ fn run(rx: mpsc::Receiver<Request>, unmap_idle_ms: u64, file_syncs: &std::sync::
             }
         }
         for (file, waiters) in files {
-            let synced = file.file.sync_data();
+            let synced = super::faults::sync_data(&file.file, &file.path);
             file_syncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             for done in waiters {
                 let _ = done.send(match &synced {

@@ -1,0 +1,199 @@
+//! A broken disk, through the storage I/O seam (`spool::storage::faults`):
+//! a failing fsync, a full disk and a short write. In each case the producer
+//! gets an error, nothing is acknowledged that was not made durable, reads of
+//! what was stored keep working, and the broker recovers as documented.
+//!
+//! Faults are process-wide but match a path fragment: every test arms them
+//! on its own temporary directory only.
+
+mod common;
+
+use common::{init_tracing, read_all};
+use spool::broker::{GroupConfig, GroupMode};
+use spool::storage::faults::{self, Fault, FaultKind, Operation};
+use spool::{
+    Broker, BrokerConfig, BrokerError, Message, PartitionId, StorageError, SyncPolicy, TopicConfig,
+};
+
+fn arm(dir: &std::path::Path, operation: Operation, kind: FaultKind, times: u32) {
+    faults::arm(Fault {
+        path_contains: dir.to_string_lossy().into_owned(),
+        operation,
+        kind,
+        times,
+    });
+}
+
+fn disarm(dir: &std::path::Path) {
+    // Other tests' faults name other directories and stay armed.
+    faults::disarm_matching(&dir.to_string_lossy());
+}
+
+fn values(broker: &Broker, topic: &str) -> Vec<String> {
+    read_all(broker, topic, 0)
+        .into_iter()
+        .map(|r| String::from_utf8(r.value).unwrap())
+        .collect()
+}
+
+fn batch(i: usize) -> Vec<Message> {
+    vec![Message::new(format!("m{i}"))]
+}
+
+/// fsyncgate: a failed flush is never retried as if it had worked. Under
+/// `always` the produce that needed it fails, readers never see its batch,
+/// the partition refuses appends until it is reopened, and everything
+/// acknowledged before is still served.
+#[tokio::test]
+async fn a_failing_fsync_fails_the_produce_and_poisons_the_partition_until_reopen() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::open(dir.path(), BrokerConfig::default()).unwrap();
+    broker
+        .create_topic("t", TopicConfig::new(1).sync(SyncPolicy::Always))
+        .unwrap();
+    for i in 0..5 {
+        broker
+            .produce("t", PartitionId(0), &batch(i))
+            .await
+            .unwrap();
+    }
+    arm(dir.path(), Operation::Sync, FaultKind::Eio, u32::MAX);
+    let err = broker
+        .produce("t", PartitionId(0), &batch(5))
+        .await
+        .expect_err("a produce whose fsync failed must not be acknowledged");
+    assert!(
+        matches!(
+            err,
+            BrokerError::Storage {
+                source: StorageError::Io { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // Reads go on, and show only what was durable.
+    assert_eq!(values(&broker, "t"), ["m0", "m1", "m2", "m3", "m4"]);
+    assert_eq!(broker.offsets("t", PartitionId(0)).unwrap().end.0, 5);
+
+    disarm(dir.path());
+    let err = broker
+        .produce("t", PartitionId(0), &batch(6))
+        .await
+        .expect_err("the partition must refuse appends after a failed flush");
+    assert!(err.to_string().contains("reopen"), "{err}");
+    assert_eq!(values(&broker, "t"), ["m0", "m1", "m2", "m3", "m4"]);
+    drop(broker);
+
+    let broker = Broker::open(dir.path(), BrokerConfig::default()).unwrap();
+    let acked = values(&broker, "t");
+    assert_eq!(&acked[..5], ["m0", "m1", "m2", "m3", "m4"]);
+    broker
+        .produce("t", PartitionId(0), &batch(7))
+        .await
+        .unwrap();
+    assert_eq!(values(&broker, "t").last().map(String::as_str), Some("m7"));
+}
+
+/// A full disk (ENOSPC) or a short write while reserving segment space: the
+/// produce fails before any of its bytes are copied, reads go on, and once
+/// the disk has room again appends work without a reopen. Every acknowledged
+/// message is there exactly once.
+#[tokio::test]
+async fn a_full_disk_or_short_write_fails_the_produce_and_appends_resume_after() {
+    init_tracing();
+    for (kind, expect_no_space) in [(FaultKind::NoSpace, true), (FaultKind::ShortWrite, false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::open(dir.path(), BrokerConfig::default()).unwrap();
+        // Small segments: every roll reserves space for the next one.
+        let config = TopicConfig::new(1)
+            .sync(SyncPolicy::Interval { ms: 10 })
+            .segment_size_bytes(4096);
+        broker.create_topic("t", config).unwrap();
+        let value = "x".repeat(1000);
+        let mut acked = Vec::new();
+        for i in 0..3 {
+            let m = format!("{i}{value}");
+            broker
+                .produce("t", PartitionId(0), &[Message::new(m.clone())])
+                .await
+                .unwrap();
+            acked.push(m);
+        }
+        arm(dir.path(), Operation::Write, kind, u32::MAX);
+        let mut failures = 0;
+        for i in 3..12 {
+            let m = format!("{i}{value}");
+            match broker
+                .produce("t", PartitionId(0), &[Message::new(m.clone())])
+                .await
+            {
+                Ok(_) => acked.push(m),
+                Err(BrokerError::Storage { source, .. }) => {
+                    failures += 1;
+                    if expect_no_space {
+                        assert!(matches!(source, StorageError::NoSpace { .. }), "{source}");
+                    } else {
+                        assert!(matches!(source, StorageError::Io { .. }), "{source}");
+                    }
+                }
+                Err(other) => panic!("unexpected error {other}"),
+            }
+        }
+        assert!(failures > 0, "{kind:?}: no produce needed new space");
+        assert_eq!(
+            values(&broker, "t"),
+            acked,
+            "{kind:?}: reads during the fault"
+        );
+
+        disarm(dir.path());
+        for i in 12..20 {
+            let m = format!("{i}{value}");
+            broker
+                .produce("t", PartitionId(0), &[Message::new(m.clone())])
+                .await
+                .unwrap_or_else(|e| panic!("{kind:?}: appends did not resume: {e}"));
+            acked.push(m);
+        }
+        assert_eq!(values(&broker, "t"), acked);
+        broker.close().unwrap();
+        let broker = Broker::open(dir.path(), BrokerConfig::default()).unwrap();
+        assert_eq!(values(&broker, "t"), acked, "{kind:?}: after reopen");
+    }
+}
+
+/// An ack whose ack-log sync fails is answered with an error, never as done.
+#[tokio::test]
+async fn an_ack_whose_sync_fails_is_not_acknowledged() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::open(dir.path(), BrokerConfig::default()).unwrap();
+    broker
+        .create_topic("t", TopicConfig::new(1).sync(SyncPolicy::Always))
+        .unwrap();
+    broker
+        .produce("t", PartitionId(0), &[Message::new("a"), Message::new("b")])
+        .await
+        .unwrap();
+    let m = broker
+        .join_group("g", "t", GroupMode::Queue, GroupConfig::default())
+        .unwrap();
+    let got = broker
+        .deliver("g", m, 2, std::time::Duration::ZERO)
+        .await
+        .unwrap();
+    let groups_dir = dir.path().join("groups");
+    arm(&groups_dir, Operation::Sync, FaultKind::Eio, 1);
+    let err = broker
+        .ack("g", m, &[(got[0].partition, got[0].offset)])
+        .await
+        .expect_err("an ack that could not be synced must not be acknowledged");
+    assert!(err.to_string().contains("ack log"), "{err}");
+    // The fault was for one sync: the next ack is synced and done.
+    broker
+        .ack("g", m, &[(got[1].partition, got[1].offset)])
+        .await
+        .unwrap();
+}
