@@ -460,6 +460,17 @@ impl QueueState {
             self.lwm += 1;
         }
         self.next_new = self.next_new.max(self.lwm);
+        // Everything below the low-water mark is settled: the mark never
+        // passes a message still out or waiting. Pending is ordered, so its
+        // check is O(1); in-flight is checked only in small states.
+        debug_assert!(
+            self.pending.keys().next().is_none_or(|&o| o >= self.lwm),
+            "the low-water mark passed a pending message"
+        );
+        debug_assert!(
+            self.in_flight.len() > 64 || self.in_flight.keys().all(|&o| o >= self.lwm),
+            "the low-water mark passed a message in flight"
+        );
     }
 }
 

@@ -302,8 +302,15 @@ impl PartitionLog {
             self.roll(&mut writer)?;
         }
         let writer = &mut *writer;
+        let previous_next = writer.file.next_offset();
         let base_offset = writer.file.append(&writer.active, bytes, batch.header())?;
         let next_offset = writer.file.next_offset();
+        // Offsets only grow, with no gap: each batch starts where the last ended.
+        assert_eq!(
+            base_offset, previous_next,
+            "a batch must start at the log's end"
+        );
+        debug_assert!(next_offset > base_offset);
         self.next_offset.store(next_offset.0, Ordering::Release);
         if self.config.sync == SyncPolicy::Never {
             // Nothing will ever flush explicitly; durable means "in the page
@@ -496,6 +503,10 @@ impl PartitionLog {
             return Err(err);
         }
         self.durable_offset.fetch_max(end.0, Ordering::AcqRel);
+        debug_assert!(
+            self.durable_offset() <= self.next_offset(),
+            "durable past the log's end"
+        );
         self.last_flush_ms.store(monotonic_ms(), Ordering::Relaxed);
         self.flushes.fetch_add(1, Ordering::Relaxed);
         if self.config.sync == SyncPolicy::Always {

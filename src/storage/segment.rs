@@ -628,6 +628,10 @@ impl Segment {
             .map_err(|e| StorageError::io(&self.log_path, e))?;
         }
         self.flushed_len.fetch_max(len, Ordering::AcqRel);
+        debug_assert!(
+            self.flushed_len() <= self.len(),
+            "durable past the written length"
+        );
         Ok(())
     }
 
@@ -685,7 +689,13 @@ impl ActiveFile {
     ) -> Result<Offset, StorageError> {
         let len = batch_bytes.len() as u64;
         assert!(len <= self.remaining(), "append past segment capacity");
+        // A sealed segment never changes again: readers hold slices of it.
+        assert!(!segment.is_sealed(), "append to a sealed segment");
         self.reserve(&segment.log_path, len)?;
+        debug_assert!(
+            self.pos + len <= self.allocated,
+            "copy into unreserved blocks"
+        );
         if len >= PREFAULT_MIN_BYTES {
             // Fault the batch's pages in with one call instead of one fault
             // per 4 KiB during the copy (about twice the append throughput
@@ -720,6 +730,7 @@ impl ActiveFile {
         self.bytes_since_index = self.bytes_since_index.saturating_add(len);
         self.pos += len;
         self.next_offset = base.plus(u64::from(header.record_count));
+        debug_assert!(self.next_offset > base, "offsets only grow");
         // Publish the length first: whoever sees the new end offset (with
         // Acquire) then also sees a length covering its bytes, which is what
         // the flush path relies on.
