@@ -1,8 +1,6 @@
-//! Unsigned LEB128 varints and zigzag encoding, as used inside record batches.
-//!
-//! Kept separate from the batch code because the wire frames (and their fuzz
-//! targets) will use the same primitives; one decoder means one place to get
-//! the overflow checks right.
+//! Unsigned LEB128 varints and zigzag encoding, as used inside record
+//! batches (record lengths, deltas, keys, values, headers). Frames and
+//! request bodies use fixed-width little-endian integers, not varints.
 
 use bytes::BufMut;
 

@@ -14,9 +14,10 @@
 //!   budget for it.
 //! - requests in flight, idle time, and the handshake deadline.
 //!
-//! Malformed input (bad frame header, undecodable body) gets an error
-//! response with correlation id 0 when possible and the connection is
-//! closed; other connections are unaffected.
+//! Malformed input gets an error response and the connection is closed;
+//! other connections are unaffected. A bad frame header answers with
+//! correlation id 0 (the header, and so the id, cannot be trusted); an
+//! undecodable body answers with the request's own correlation id and kind.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
