@@ -113,3 +113,91 @@ fn damaged_segments_never_panic_and_never_serve_garbage() {
     }
     eprintln!("{cases} damaged logs checked");
 }
+
+/// The `segment_recovery` fuzz target's checks, run for a bounded time over
+/// random files and over mutations of real segments and indexes.
+#[test]
+fn recovery_of_random_and_mutated_directories_never_panics_or_serves_garbage() {
+    use spool::storage::fuzzing::exercise_recovery;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5e9_4ec0);
+    // Real files to mutate: a closed log (so it has index files) of a few segments.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = PartitionLog::open(dir.path(), config(), false).unwrap();
+        let mut next = 0u64;
+        for _ in 0..40 {
+            let mut b = BatchBuilder::new();
+            for _ in 0..3 {
+                b.push(0, None, &value(next), &[]).unwrap();
+                next += 1;
+            }
+            let bytes = b.finish().unwrap();
+            log.append(Batch::validate(&bytes).unwrap()).unwrap();
+        }
+        log.close().unwrap();
+    }
+    let mut seeds = Vec::new();
+    for entry in fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let (digits, kind) = match name.split_once('.') {
+            Some((d, "log")) => (d.to_string(), 0u8),
+            Some((d, "index")) => (d.to_string(), 1u8),
+            _ => continue,
+        };
+        let base: u16 = digits.parse::<u64>().unwrap().try_into().unwrap();
+        let bytes = fs::read(&path).unwrap();
+        let len = bytes.len().min(u16::MAX as usize);
+        seeds.push((kind, base, bytes[..len].to_vec()));
+    }
+    let encode = |files: &[(u8, u16, Vec<u8>)], clean: bool| {
+        let mut out = vec![u8::from(clean)];
+        for (kind, base, bytes) in files {
+            out.push(*kind);
+            out.extend_from_slice(&base.to_le_bytes());
+            out.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
+            out.extend_from_slice(bytes);
+        }
+        out
+    };
+    // The unmutated directory recovers whole: the input encoding reaches
+    // recovery, so the mutated cases below test something.
+    assert_eq!(exercise_recovery(&encode(&seeds, true)), 120);
+    assert_eq!(exercise_recovery(&encode(&seeds, false)), 120);
+    let started = std::time::Instant::now();
+    let mut cases = 0u32;
+    while started.elapsed() < std::time::Duration::from_secs(2) {
+        cases += 1;
+        let mut files = seeds.clone();
+        for _ in 0..rng.random_range(1..4) {
+            let i = rng.random_range(0..files.len());
+            let bytes = &mut files[i].2;
+            if bytes.is_empty() {
+                continue;
+            }
+            match rng.random_range(0..4) {
+                0 => {
+                    let at = rng.random_range(0..bytes.len());
+                    bytes[at] ^= 1 << rng.random_range(0..8);
+                }
+                1 => bytes.truncate(rng.random_range(0..bytes.len())),
+                2 => {
+                    let at = rng.random_range(0..bytes.len());
+                    let n = rng.random_range(1..64).min(bytes.len() - at);
+                    for b in &mut bytes[at..at + n] {
+                        *b = rng.random();
+                    }
+                }
+                _ => files[i].1 = rng.random_range(0..400),
+            }
+        }
+        if rng.random_bool(0.1) {
+            let junk: Vec<u8> = (0..rng.random_range(0..2000))
+                .map(|_| rng.random())
+                .collect();
+            exercise_recovery(&junk);
+        }
+        let _ = exercise_recovery(&encode(&files, rng.random_bool(0.5)));
+    }
+    eprintln!("{cases} mutated directories recovered");
+}

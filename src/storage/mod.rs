@@ -7,6 +7,8 @@
 
 pub(crate) mod atomic_file;
 pub mod faults;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod index;
 mod log;
 pub(crate) mod meta_file;
