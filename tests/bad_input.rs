@@ -128,8 +128,7 @@ async fn still_serving(server: &SpoolServer) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_gets_an_error_and_a_closed_connection() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = SpoolServer::start(dir.path());
+    let server = SpoolServer::temporary();
     let mut raw = Raw::connect(&server);
     raw.send_raw(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     // "GET " read as a length is ~540 MB: refused as too large before anything else.
@@ -145,8 +144,7 @@ async fn garbage_gets_an_error_and_a_closed_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frame_announcing_4_gib_is_refused_without_allocating() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = SpoolServer::start(dir.path());
+    let server = SpoolServer::temporary();
     let rss_before = server.rss_kib();
     let mut raw = Raw::connect(&server);
     let mut header = vec![0xff, 0xff, 0xff, 0xff];
@@ -162,8 +160,7 @@ async fn a_frame_announcing_4_gib_is_refused_without_allocating() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncated_frames_and_early_hangups_are_harmless() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = SpoolServer::start(dir.path());
+    let server = SpoolServer::temporary();
     for cut in [1usize, 3, 4, 10, 15] {
         let mut raw = Raw::connect(&server);
         let frame = Request::ListTopics.to_frame(1);
@@ -195,8 +192,7 @@ async fn truncated_frames_and_early_hangups_are_harmless() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn protocol_violations_get_specific_codes() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = SpoolServer::start(dir.path());
+    let server = SpoolServer::temporary();
 
     // Anything before the handshake.
     let mut raw = Raw::connect(&server);
@@ -243,13 +239,10 @@ async fn protocol_violations_get_specific_codes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_with_a_wrong_crc_stores_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = SpoolServer::start(dir.path());
-    let client = Client::connect(server.addr).await.unwrap();
-    client
-        .create_topic("t", 1, TopicOptions::default())
-        .await
-        .unwrap();
+    let server = SpoolServer::temporary();
+    let client = server
+        .client_with_topic("t", 1, TopicOptions::default())
+        .await;
     let mut b = BatchBuilder::new();
     b.push(0, None, b"precious", &[]).unwrap();
     let mut batch = b.finish().unwrap().to_vec();
@@ -290,13 +283,10 @@ async fn a_batch_with_a_wrong_crc_stores_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_slows_only_itself() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = SpoolServer::start(dir.path());
-    let client = Client::connect(server.addr).await.unwrap();
-    client
-        .create_topic("big", 1, TopicOptions::default())
-        .await
-        .unwrap();
+    let server = SpoolServer::temporary();
+    let client = server
+        .client_with_topic("big", 1, TopicOptions::default())
+        .await;
     for _ in 0..4 {
         let mut b = BatchBuilder::new();
         for _ in 0..1024 {
@@ -341,7 +331,7 @@ async fn a_client_that_never_reads_slows_only_itself() {
     }
     // Everyone else is served normally meanwhile.
     let started = Instant::now();
-    let other = Client::connect(server.addr).await.unwrap();
+    let other = server.client().await;
     other
         .create_topic("small", 1, TopicOptions::default())
         .await
@@ -370,11 +360,8 @@ async fn a_client_that_never_reads_slows_only_itself() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_limit_and_idle_timeout() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = SpoolServer::start_with(
-        dir.path(),
-        &["--max-connections", "2", "--idle-timeout-secs", "1"],
-    );
+    let server =
+        SpoolServer::temporary_with(&["--max-connections", "2", "--idle-timeout-secs", "1"]);
     let mut a = Raw::connect(&server);
     a.handshake();
     let mut b = Raw::connect(&server);
@@ -436,8 +423,7 @@ async fn a_client_refuses_a_response_frame_over_its_limit_at_once() {
 /// they go the endpoint answers again.
 #[test]
 fn the_metrics_endpoint_bounds_its_connections() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = SpoolServer::start(dir.path());
+    let server = SpoolServer::temporary();
     let idle: Vec<TcpStream> = (0..64)
         .map(|_| TcpStream::connect(server.metrics).unwrap())
         .collect();

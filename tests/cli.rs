@@ -37,8 +37,7 @@ fn stdout(o: &Output) -> String {
 
 #[test]
 fn topics_produce_consume_round_trip() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = SpoolServer::start(dir.path());
+    let server = SpoolServer::temporary();
     let addr = server.addr.to_string();
     let a = addr.as_str();
 
@@ -141,8 +140,7 @@ fn topics_produce_consume_round_trip() {
 
 #[test]
 fn errors_have_actionable_messages_and_exit_codes() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = SpoolServer::start(dir.path());
+    let server = SpoolServer::temporary();
     let addr = server.addr.to_string();
 
     let out = spool(&["consume", "--addr", &addr, "--topic", "missing"], None);
@@ -228,8 +226,7 @@ fn serve_reads_a_config_file_and_flags_override_it() {
 #[test]
 fn a_killed_group_consumer_loses_nothing_it_did_not_print() {
     use std::io::BufRead;
-    let dir = tempfile::tempdir().unwrap();
-    let server = SpoolServer::start(dir.path());
+    let server = SpoolServer::temporary();
     let addr = server.addr.to_string();
     let a = addr.as_str();
     assert!(spool(
@@ -292,8 +289,7 @@ fn a_killed_group_consumer_loses_nothing_it_did_not_print() {
 
 #[test]
 fn consume_from_a_timestamp() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = SpoolServer::start(dir.path());
+    let server = SpoolServer::temporary();
     let addr = server.addr.to_string();
     let a = addr.as_str();
     assert!(spool(

@@ -60,8 +60,7 @@ struct Ledger {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_message_is_acked_exactly_once_through_crashes() {
     const MESSAGES: u32 = 3000;
-    let dir = tempfile::tempdir().unwrap();
-    let mut server = SpoolServer::start(dir.path());
+    let mut server = SpoolServer::temporary();
     let addr = server.addr;
     let admin = Client::connect(addr).await.unwrap();
     admin
@@ -131,7 +130,7 @@ async fn every_message_is_acked_exactly_once_through_crashes() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     server.kill();
-    let server = SpoolServer::start_with(dir.path(), &["--listen", &addr.to_string()]);
+    let server = server.restart(&["--listen", &addr.to_string()]);
     assert_eq!(server.addr, addr);
 
     let admin = Client::connect(addr).await.unwrap();
@@ -191,13 +190,10 @@ async fn every_message_is_acked_exactly_once_through_crashes() {
 /// one past its deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_nack_delay_and_touch_over_the_wire() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = SpoolServer::start(dir.path());
-    let client = Client::connect(server.addr).await.unwrap();
-    client
-        .create_topic("t", 1, TopicOptions::default())
-        .await
-        .unwrap();
+    let server = SpoolServer::temporary();
+    let client = server
+        .client_with_topic("t", 1, TopicOptions::default())
+        .await;
     produce(&client, "t", 3).await;
     let options = QueueOptions {
         ack_wait: Duration::from_millis(1000),
@@ -303,16 +299,13 @@ async fn dead_letters_nack_delay_and_touch_over_the_wire() {
 /// hands its partitions over; committed offsets are where the others resume.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_group_members_share_partitions_and_resume_from_commits() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = SpoolServer::start(dir.path());
-    let client = Client::connect(server.addr).await.unwrap();
-    client
-        .create_topic("s", 4, TopicOptions::default())
-        .await
-        .unwrap();
+    let server = SpoolServer::temporary();
+    let client = server
+        .client_with_topic("s", 4, TopicOptions::default())
+        .await;
     produce(&client, "s", 400).await;
 
-    let c1 = Client::connect(server.addr).await.unwrap();
+    let c1 = server.client().await;
     let mut a = GroupConsumer::join(
         c1,
         "readers",
@@ -322,7 +315,7 @@ async fn stream_group_members_share_partitions_and_resume_from_commits() {
     )
     .await
     .unwrap();
-    let c2 = Client::connect(server.addr).await.unwrap();
+    let c2 = server.client().await;
     let mut b = GroupConsumer::join(
         c2,
         "readers",

@@ -47,13 +47,10 @@ async fn consume_all(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn produce_and_consume_across_partitions_in_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = SpoolServer::start(dir.path());
-    let client = Client::connect(server.addr).await.unwrap();
-    client
-        .create_topic("orders", 4, options(WireSync::Interval(50)))
-        .await
-        .unwrap();
+    let server = SpoolServer::temporary();
+    let client = server
+        .client_with_topic("orders", 4, options(WireSync::Interval(50)))
+        .await;
 
     let producer = Producer::new(client.clone(), ProducerConfig::default());
     let mut deliveries = Vec::new();
@@ -110,13 +107,10 @@ async fn produce_and_consume_across_partitions_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliveries_name_where_each_message_landed_and_dropping_the_producer_sends_what_is_open() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = SpoolServer::start(dir.path());
-    let client = Client::connect(server.addr).await.unwrap();
-    client
-        .create_topic("acc", 3, options(WireSync::Interval(50)))
-        .await
-        .unwrap();
+    let server = SpoolServer::temporary();
+    let client = server
+        .client_with_topic("acc", 3, options(WireSync::Interval(50)))
+        .await;
     // Small batches so that some fill and leave while others stay open, a
     // linger nothing will wait out, and a queue small enough that `send`
     // waits for space.
@@ -178,13 +172,10 @@ async fn deliveries_name_where_each_message_landed_and_dropping_the_producer_sen
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_pipelined_requests_are_applied_in_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = SpoolServer::start(dir.path());
-    let client = Client::connect(server.addr).await.unwrap();
-    client
-        .create_topic("pipe", 1, options(WireSync::Always))
-        .await
-        .unwrap();
+    let server = SpoolServer::temporary();
+    let client = server
+        .client_with_topic("pipe", 1, options(WireSync::Always))
+        .await;
     let conn = client.connection().await.unwrap();
     // 5,000 produce requests on the wire before the first answer is awaited.
     let mut calls = Vec::new();
@@ -213,14 +204,11 @@ async fn thousands_of_pipelined_requests_are_applied_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_between_produce_and_consume_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut server = SpoolServer::start(dir.path());
+    let mut server = SpoolServer::temporary();
     {
-        let client = Client::connect(server.addr).await.unwrap();
-        client
-            .create_topic("keep", 3, options(WireSync::Interval(1000)))
-            .await
-            .unwrap();
+        let client = server
+            .client_with_topic("keep", 3, options(WireSync::Interval(1000)))
+            .await;
         let producer = Producer::new(client, ProducerConfig::default());
         let mut deliveries = Vec::new();
         for i in 0..5_000u32 {
@@ -232,8 +220,8 @@ async fn restart_between_produce_and_consume_loses_nothing() {
         }
     }
     server.terminate();
-    let server = SpoolServer::start(dir.path());
-    let client = Client::connect(server.addr).await.unwrap();
+    let server = server.restart(&[]);
+    let client = server.client().await;
     let messages = consume_all(&client, "keep", 5_000).await;
     let mut values: Vec<_> = messages
         .iter()
@@ -247,13 +235,10 @@ async fn restart_between_produce_and_consume_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_under_load_loses_no_acknowledged_message() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut server = SpoolServer::start(dir.path());
-    let client = Client::connect(server.addr).await.unwrap();
-    client
-        .create_topic("load", 2, options(WireSync::Never))
-        .await
-        .unwrap();
+    let mut server = SpoolServer::temporary();
+    let client = server
+        .client_with_topic("load", 2, options(WireSync::Never))
+        .await;
     let producer = Producer::new(client.clone(), ProducerConfig::default());
     // Producers run flat out; every acknowledged delivery is recorded.
     let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -292,8 +277,8 @@ async fn sigkill_under_load_loses_no_acknowledged_message() {
         acked.len()
     );
 
-    let server = SpoolServer::start(dir.path());
-    let client = Client::connect(server.addr).await.unwrap();
+    let server = server.restart(&[]);
+    let client = server.client().await;
     let topic = client.describe_topic("load").await.unwrap();
     let total: u64 = topic.partitions.iter().map(|p| p.end).sum();
     let messages = consume_all(&client, "load", total as usize).await;
@@ -315,8 +300,7 @@ async fn sigkill_under_load_loses_no_acknowledged_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_endpoint_counts_traffic() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = SpoolServer::start(dir.path());
+    let server = SpoolServer::temporary();
     assert!(server.http_get("/health").contains("ok"));
     // A fresh broker (no topics, no groups) still renders its metrics.
     let empty = server.http_get("/metrics");
@@ -325,11 +309,9 @@ async fn metrics_endpoint_counts_traffic() {
         "{empty}"
     );
     assert!(empty.contains("spool_connections"), "{empty}");
-    let client = Client::connect(server.addr).await.unwrap();
-    client
-        .create_topic("m", 1, TopicOptions::default())
-        .await
-        .unwrap();
+    let client = server
+        .client_with_topic("m", 1, TopicOptions::default())
+        .await;
     let value = |text: &str, name: &str| -> f64 {
         text.lines()
             .find(|l| l.starts_with(name))
@@ -373,13 +355,10 @@ async fn metrics_endpoint_counts_traffic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_answers_in_flight_requests_then_exits_cleanly() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut server = SpoolServer::start(dir.path());
-    let client = Client::connect(server.addr).await.unwrap();
-    client
-        .create_topic("t", 1, options(WireSync::Interval(60_000)))
-        .await
-        .unwrap();
+    let mut server = SpoolServer::temporary();
+    let client = server
+        .client_with_topic("t", 1, options(WireSync::Interval(60_000)))
+        .await;
     let mut b = BatchBuilder::new();
     b.push(0, None, b"before shutdown", &[]).unwrap();
     client
@@ -411,9 +390,9 @@ async fn sigterm_answers_in_flight_requests_then_exits_cleanly() {
     }
     // Closed cleanly: the data (written with a 60 s sync interval) was flushed
     // and the next start trusts the shutdown marker.
-    assert!(dir.path().join("clean-shutdown").exists());
-    let server = SpoolServer::start(dir.path());
-    let client = Client::connect(server.addr).await.unwrap();
+    assert!(server.dir.join("clean-shutdown").exists());
+    let server = server.restart(&[]);
+    let client = server.client().await;
     assert_eq!(
         consume_all(&client, "t", 1).await[0].value,
         "before shutdown".as_bytes()

@@ -1,5 +1,13 @@
 //! Starting and stopping the real `spool` binary for integration tests.
+//!
+//! The usual fixture is `SpoolServer::temporary()` (a fresh data directory
+//! that lives as long as the server, and its restarts) with
+//! `server.client().await` or `server.client_with_topic(..).await`.
 #![allow(dead_code)]
+
+use std::sync::Arc;
+
+use spool::client::{Client, TopicOptions};
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -13,6 +21,8 @@ pub struct SpoolServer {
     pub addr: SocketAddr,
     pub metrics: SocketAddr,
     pub dir: PathBuf,
+    /// The temporary data directory this server (and its restarts) owns.
+    temp: Option<Arc<tempfile::TempDir>>,
 }
 
 impl SpoolServer {
@@ -59,11 +69,56 @@ impl SpoolServer {
             addr: words[2].parse().unwrap(),
             metrics: words[5].parse().unwrap(),
             dir: dir.to_path_buf(),
+            temp: None,
         }
     }
 
     pub fn start(dir: &Path) -> SpoolServer {
         SpoolServer::start_with(dir, &[])
+    }
+
+    /// A server on a fresh temporary data directory.
+    pub fn temporary() -> SpoolServer {
+        SpoolServer::temporary_with(&[])
+    }
+
+    /// A server on a fresh temporary data directory, with extra flags.
+    pub fn temporary_with(extra: &[&str]) -> SpoolServer {
+        let temp = Arc::new(tempfile::tempdir().expect("temporary directory"));
+        let mut server = SpoolServer::start_with(temp.path(), extra);
+        server.temp = Some(temp);
+        server
+    }
+
+    /// Starts the server again on the same data directory (killing it first
+    /// if it still runs), with extra flags.
+    pub fn restart(mut self, extra: &[&str]) -> SpoolServer {
+        self.kill();
+        let mut next = SpoolServer::start_with(&self.dir, extra);
+        next.temp = self.temp.take();
+        next
+    }
+
+    /// A client connected to the server.
+    pub async fn client(&self) -> Client {
+        Client::connect(self.addr)
+            .await
+            .expect("connect to spool serve")
+    }
+
+    /// A client connected to the server, and a topic created through it.
+    pub async fn client_with_topic(
+        &self,
+        topic: &str,
+        partitions: u32,
+        options: TopicOptions,
+    ) -> Client {
+        let client = self.client().await;
+        client
+            .create_topic(topic, partitions, options)
+            .await
+            .expect("create topic");
+        client
     }
 
     pub fn pid(&self) -> u32 {
