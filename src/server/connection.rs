@@ -27,6 +27,9 @@ use spool_protocol::messages::{kind, DecodeError};
 use spool_protocol::{
     ErrorCode, ErrorResponse, Frame, FrameCodec, FrameError, FrameWriter, Request, Response,
 };
+use std::net::SocketAddr;
+
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -36,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 use super::errors::error;
 use super::handlers;
 use super::ServerContext;
+use crate::broker::MemberId;
 use crate::metrics;
 
 /// Per-connection bounds.
@@ -91,172 +95,263 @@ impl From<Frame> for Outgoing {
 pub async fn serve(stream: TcpStream, ctx: Arc<ServerContext>, shutdown: CancellationToken) {
     let peer = stream.peer_addr().ok();
     let _ = stream.set_nodelay(true);
-    let limits = ctx.limits.clone();
     let (rd, wr) = stream.into_split();
-    let mut frames = FramedRead::new(rd, FrameCodec::new(limits.max_frame_bytes));
-    let (tx, mut rx) = mpsc::channel::<Outgoing>(RESPONSE_QUEUE);
+    let mut frames = FramedRead::new(rd, FrameCodec::new(ctx.limits.max_frame_bytes));
+    let (tx, rx) = mpsc::channel::<Outgoing>(RESPONSE_QUEUE);
+    let writer = tokio::spawn(write_responses(wr, rx));
+    let mut handler = Handler::new(ctx, shutdown, peer, tx);
+    handler.run(&mut frames).await;
+    // Let what was accepted finish (bounded: fetches wait at most 30 s), then
+    // close the writer, which flushes what is queued.
+    drop(frames);
+    handler.finish().await;
+    let _ = writer.await;
+}
 
-    let writer = tokio::spawn(async move {
-        let mut sink = FrameWriter::new(wr, usize::MAX);
-        // The writer holds large response parts (fetched segment slices)
-        // without copying them, so their permits are kept until the socket
-        // took every byte queued with them.
-        let mut written_with = Vec::new();
-        while let Some(out) = rx.recv().await {
-            // Batch whatever else is ready into one write.
+/// Writes responses in the order they complete, batching whatever is ready
+/// into one write.
+async fn write_responses(wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Outgoing>) {
+    let mut sink = FrameWriter::new(wr, usize::MAX);
+    // The writer holds large response parts (fetched segment slices)
+    // without copying them, so their permits are kept until the socket
+    // took every byte queued with them.
+    let mut written_with = Vec::new();
+    while let Some(out) = rx.recv().await {
+        written_with.push(out.permits);
+        if sink.feed(out.frame).await.is_err() {
+            return;
+        }
+        while let Ok(out) = rx.try_recv() {
             written_with.push(out.permits);
             if sink.feed(out.frame).await.is_err() {
                 return;
             }
-            while let Ok(out) = rx.try_recv() {
-                written_with.push(out.permits);
-                if sink.feed(out.frame).await.is_err() {
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+        written_with.clear();
+    }
+}
+
+/// What to do with a frame that arrived.
+enum Decoded {
+    /// Serve it.
+    Request(Request),
+    /// Refused on its own (unknown kind); the connection goes on.
+    Refused,
+    /// The connection is done.
+    Close,
+}
+
+/// One connection's state, with a small method per step of serving it (as
+/// mini-redis's `Handler`): read the next frame, decode it, handshake, admit
+/// it against the budgets, dispatch it.
+struct Handler {
+    ctx: Arc<ServerContext>,
+    shutdown: CancellationToken,
+    peer: Option<SocketAddr>,
+    tx: mpsc::Sender<Outgoing>,
+    bytes_budget: Arc<Semaphore>,
+    request_budget: Arc<Semaphore>,
+    tasks: JoinSet<()>,
+    handshaken: bool,
+    /// Group members joined over this connection: they leave with it, so a
+    /// consumer that dies hands its unacked messages back at once.
+    joined: Vec<(String, MemberId)>,
+    last_frame: Instant,
+}
+
+type Frames = FramedRead<OwnedReadHalf, FrameCodec>;
+type Permits = (OwnedSemaphorePermit, OwnedSemaphorePermit);
+
+impl Handler {
+    fn new(
+        ctx: Arc<ServerContext>,
+        shutdown: CancellationToken,
+        peer: Option<SocketAddr>,
+        tx: mpsc::Sender<Outgoing>,
+    ) -> Handler {
+        Handler {
+            bytes_budget: Arc::new(Semaphore::new(ctx.limits.max_in_flight_bytes)),
+            request_budget: Arc::new(Semaphore::new(ctx.limits.max_in_flight_requests)),
+            ctx,
+            shutdown,
+            peer,
+            tx,
+            tasks: JoinSet::new(),
+            handshaken: false,
+            joined: Vec::new(),
+            last_frame: Instant::now(),
+        }
+    }
+
+    async fn run(&mut self, frames: &mut Frames) {
+        loop {
+            while self.tasks.try_join_next().is_some() {}
+            let Some(frame) = self.next_frame(frames).await else {
+                return;
+            };
+            let (kind_, correlation_id) = (frame.kind, frame.correlation_id);
+            let body_len = frame.body.len();
+            let request = match self.decode(frame).await {
+                Decoded::Request(request) => request,
+                Decoded::Refused => continue,
+                Decoded::Close => return,
+            };
+            if !self.handshaken {
+                if !self.handshake(request, kind_, correlation_id).await {
                     return;
                 }
-            }
-            if sink.flush().await.is_err() {
-                return;
-            }
-            written_with.clear();
-        }
-    });
-
-    let bytes_budget = Arc::new(Semaphore::new(limits.max_in_flight_bytes));
-    let request_budget = Arc::new(Semaphore::new(limits.max_in_flight_requests));
-    let mut tasks = JoinSet::new();
-    let mut handshaken = false;
-    // Group members joined over this connection: they leave with it, so a
-    // consumer that dies hands its unacked messages back at once.
-    let mut joined: Vec<(String, crate::broker::MemberId)> = Vec::new();
-    let mut last_frame = Instant::now();
-
-    loop {
-        while tasks.try_join_next().is_some() {}
-        let deadline = if handshaken {
-            limits.idle_timeout
-        } else {
-            limits.handshake_timeout
-        };
-        let next = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            next = tokio::time::timeout(deadline.saturating_sub(last_frame.elapsed()), frames.next()) => next,
-        };
-        let frame = match next {
-            Err(_elapsed) => {
-                if !handshaken {
-                    let _ = tx
-                        .send(
-                            error(ErrorCode::HandshakeRequired, "no handshake in time")
-                                .to_frame(0, 0)
-                                .into(),
-                        )
-                        .await;
-                    break;
-                }
-                if tasks.is_empty() {
-                    tracing::debug!(?peer, "closing idle connection");
-                    break;
-                }
-                // Long polls are still running: not idle.
-                last_frame = Instant::now();
                 continue;
             }
-            Ok(None) => break,
-            Ok(Some(Err(err))) => {
-                metrics::PROTOCOL_ERRORS.inc();
-                tracing::info!(?peer, error = %err, "closing connection: bad frame");
-                let code = match err {
-                    FrameError::TooLarge { .. } => ErrorCode::FrameTooLarge,
-                    FrameError::Io(_) => break,
-                    _ => ErrorCode::MalformedFrame,
-                };
-                let _ = tx
-                    .send(error(code, err.to_string()).to_frame(0, 0).into())
-                    .await;
-                break;
+            let Some(permits) = self.admit(&request, body_len).await else {
+                return;
+            };
+            self.dispatch(request, kind_, correlation_id, permits).await;
+        }
+    }
+
+    /// The next frame, or `None` when the connection should close (the
+    /// client left, idled out, skipped the handshake, or sent a bad frame,
+    /// which is answered first).
+    async fn next_frame(&mut self, frames: &mut Frames) -> Option<Frame> {
+        loop {
+            let limits = &self.ctx.limits;
+            let deadline = if self.handshaken {
+                limits.idle_timeout
+            } else {
+                limits.handshake_timeout
+            };
+            let wait = deadline.saturating_sub(self.last_frame.elapsed());
+            let next = tokio::select! {
+                _ = self.shutdown.cancelled() => return None,
+                next = tokio::time::timeout(wait, frames.next()) => next,
+            };
+            match next {
+                Err(_elapsed) => {
+                    if !self.handshaken {
+                        let reply = error(ErrorCode::HandshakeRequired, "no handshake in time");
+                        let _ = self.tx.send(reply.to_frame(0, 0).into()).await;
+                        return None;
+                    }
+                    if self.tasks.is_empty() {
+                        tracing::debug!(peer = ?self.peer, "closing idle connection");
+                        return None;
+                    }
+                    // Long polls are still running: not idle.
+                    self.last_frame = Instant::now();
+                }
+                Ok(None) => return None,
+                Ok(Some(Err(err))) => {
+                    metrics::PROTOCOL_ERRORS.inc();
+                    tracing::info!(peer = ?self.peer, error = %err, "closing connection: bad frame");
+                    let code = match err {
+                        FrameError::TooLarge { .. } => ErrorCode::FrameTooLarge,
+                        FrameError::Io(_) => return None,
+                        _ => ErrorCode::MalformedFrame,
+                    };
+                    // The header cannot be trusted: correlation id 0.
+                    let reply = error(code, err.to_string());
+                    let _ = self.tx.send(reply.to_frame(0, 0).into()).await;
+                    return None;
+                }
+                Ok(Some(Ok(frame))) => {
+                    self.last_frame = Instant::now();
+                    return Some(frame);
+                }
             }
-            Ok(Some(Ok(frame))) => frame,
-        };
-        last_frame = Instant::now();
-        let (frame_kind, correlation_id) = (frame.kind, frame.correlation_id);
-        let request = match Request::decode(frame.kind, frame.body.clone()) {
-            Ok(request) => request,
+        }
+    }
+
+    async fn decode(&self, frame: Frame) -> Decoded {
+        let (kind_, correlation_id) = (frame.kind, frame.correlation_id);
+        match Request::decode(frame.kind, frame.body) {
+            Ok(request) => Decoded::Request(request),
             Err(DecodeError::UnknownKind(k)) => {
                 // The frame boundary is intact: refuse this request only.
                 let reply = error(
                     ErrorCode::UnknownRequest,
                     format!("unknown request kind {k}"),
                 );
-                if tx
-                    .send(reply.to_frame(frame_kind, correlation_id).into())
+                match self
+                    .tx
+                    .send(reply.to_frame(kind_, correlation_id).into())
                     .await
-                    .is_err()
                 {
-                    break;
+                    Ok(()) => Decoded::Refused,
+                    Err(_) => Decoded::Close,
                 }
-                continue;
             }
             Err(err) => {
                 metrics::PROTOCOL_ERRORS.inc();
-                tracing::info!(?peer, error = %err, "closing connection: malformed request body");
+                tracing::info!(peer = ?self.peer, error = %err, "closing connection: malformed request body");
                 let reply = error(ErrorCode::MalformedFrame, err.to_string());
-                let _ = tx
-                    .send(reply.to_frame(frame_kind, correlation_id).into())
+                let _ = self
+                    .tx
+                    .send(reply.to_frame(kind_, correlation_id).into())
                     .await;
-                break;
+                Decoded::Close
             }
-        };
-
-        if !handshaken {
-            let reply = match request {
-                Request::Handshake {
-                    min_version,
-                    max_version,
-                    features,
-                    ..
-                } => handlers::handshake::handle(
-                    min_version,
-                    max_version,
-                    features,
-                    limits.max_frame_bytes,
-                ),
-                _ => Err(error(
-                    ErrorCode::HandshakeRequired,
-                    "the first request must be a handshake",
-                )),
-            };
-            let ok = reply.is_ok();
-            if tx
-                .send(to_frame(reply, frame_kind, correlation_id).into())
-                .await
-                .is_err()
-                || !ok
-            {
-                break;
-            }
-            handshaken = true;
-            continue;
         }
+    }
 
-        // Take the request's share of the budgets before dispatching it; this
-        // await is the backpressure on a client that does not read.
-        let cost = request_cost(&request, frame.body.len()).min(limits.max_in_flight_bytes) as u32;
+    /// Answers the first request, which must be a handshake. False: close.
+    async fn handshake(&mut self, request: Request, kind_: u16, correlation_id: u32) -> bool {
+        let reply = match request {
+            Request::Handshake {
+                min_version,
+                max_version,
+                features,
+                ..
+            } => handlers::handshake::handle(
+                min_version,
+                max_version,
+                features,
+                self.ctx.limits.max_frame_bytes,
+            ),
+            _ => Err(error(
+                ErrorCode::HandshakeRequired,
+                "the first request must be a handshake",
+            )),
+        };
+        let ok = reply.is_ok();
+        let sent = self
+            .tx
+            .send(to_frame(reply, kind_, correlation_id).into())
+            .await;
+        self.handshaken = ok;
+        ok && sent.is_ok()
+    }
+
+    /// Takes the request's share of the budgets; this wait is the
+    /// backpressure on a client that does not read. `None`: shutting down.
+    async fn admit(&self, request: &Request, body_len: usize) -> Option<Permits> {
+        let cost = request_cost(request, body_len).min(self.ctx.limits.max_in_flight_bytes) as u32;
         let permits = tokio::select! {
-            _ = shutdown.cancelled() => break,
+            _ = self.shutdown.cancelled() => return None,
             permits = async {
-                let bytes = bytes_budget.clone().acquire_many_owned(cost).await;
-                let request = request_budget.clone().acquire_owned().await;
+                let bytes = self.bytes_budget.clone().acquire_many_owned(cost).await;
+                let request = self.request_budget.clone().acquire_owned().await;
                 (bytes, request)
             } => permits,
         };
-        let (Ok(bytes_permit), Ok(request_permit)) = permits else {
-            break;
-        };
-        let permits = (bytes_permit, request_permit);
+        match permits {
+            (Ok(bytes), Ok(request)) => Some((bytes, request)),
+            _ => None,
+        }
+    }
 
+    async fn dispatch(
+        &mut self,
+        request: Request,
+        kind_: u16,
+        correlation_id: u32,
+        permits: Permits,
+    ) {
         let started = Instant::now();
-        let tx = tx.clone();
-        let ctx = ctx.clone();
+        let tx = self.tx.clone();
+        let ctx = self.ctx.clone();
         match request {
             Request::Produce {
                 topic,
@@ -265,55 +360,52 @@ pub async fn serve(stream: TcpStream, ctx: Arc<ServerContext>, shutdown: Cancell
             } => {
                 // Appended here, in arrival order; only the wait is async.
                 let pending = handlers::produce::start(&ctx.broker, &topic, partition, &batch);
-                tasks.spawn(async move {
+                self.tasks.spawn(async move {
                     let reply = match pending {
                         Ok(pending) => handlers::produce::finish(pending).await,
                         Err(e) => Err(e),
                     };
-                    respond(&tx, reply, frame_kind, correlation_id, started, permits).await;
+                    respond(&tx, reply, kind_, correlation_id, started, permits).await;
                 });
             }
             request @ Request::JoinGroup { .. } => {
                 // Joined here, so the member is on this connection's list
-                // before any later request can use it.
-                // Joining may create the group (files, fsync): off the async
-                // workers, but awaited here so later requests see the member.
+                // before any later request can use it. Joining may create the
+                // group (files, fsync): off the async workers, but awaited.
                 let join = handlers::on_blocking_thread(&ctx.broker, move |broker| {
                     handlers::groups::join(broker, &request)
                 });
                 let reply = match join.await {
                     Ok((response, group, member)) => {
-                        joined.push((group, member));
+                        self.joined.push((group, member));
                         Ok(response)
                     }
                     Err(e) => Err(e),
                 };
-                tasks.spawn(async move {
-                    respond(&tx, reply, frame_kind, correlation_id, started, permits).await;
+                self.tasks.spawn(async move {
+                    respond(&tx, reply, kind_, correlation_id, started, permits).await;
                 });
             }
             request => {
-                tasks.spawn(async move {
+                self.tasks.spawn(async move {
                     let reply = dispatch(&ctx, request).await;
-                    respond(&tx, reply, frame_kind, correlation_id, started, permits).await;
+                    respond(&tx, reply, kind_, correlation_id, started, permits).await;
                 });
             }
         }
     }
 
-    // Let what was accepted finish (bounded: fetches wait at most 30 s), then
-    // close the writer, which flushes what is queued.
-    drop(frames);
-    // Leave groups first: a client that is gone must not hold messages
-    // while its in-flight requests (a long-polling delivery, say) finish.
-    for (group, member) in joined {
-        if let Err(err) = ctx.broker.leave_group(&group, member) {
-            tracing::debug!(group, member, error = %err, "leaving group at disconnect");
+    /// Leaves the connection's groups, then waits for its requests.
+    async fn finish(mut self) {
+        // Leave groups first: a client that is gone must not hold messages
+        // while its in-flight requests (a long-polling delivery, say) finish.
+        for (group, member) in self.joined.drain(..) {
+            if let Err(err) = self.ctx.broker.leave_group(&group, member) {
+                tracing::debug!(group, member, error = %err, "leaving group at disconnect");
+            }
         }
+        while self.tasks.join_next().await.is_some() {}
     }
-    while tasks.join_next().await.is_some() {}
-    drop(tx);
-    let _ = writer.await;
 }
 
 async fn dispatch(ctx: &ServerContext, request: Request) -> Result<Response, ErrorResponse> {
