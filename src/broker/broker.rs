@@ -25,8 +25,8 @@ use dashmap::DashMap;
 use spool_protocol::{Batch, BatchBuilder, Offset, PartitionId};
 
 use super::clock::Clock;
+use super::group::queue::MemberId;
 use super::group::{self, Group};
-use super::queue::MemberId;
 use super::topic::{self, PartitionOffsets, Topic, TopicConfig, TopicInfo};
 use super::BrokerError;
 use crate::storage::{

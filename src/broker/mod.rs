@@ -3,12 +3,10 @@
 //! The broker never sees a socket; the server (and an embedding
 //! application) call [`Broker`] directly.
 
-mod ack_log;
 #[allow(clippy::module_inception)]
 mod broker;
 mod clock;
 mod group;
-mod queue;
 mod topic;
 
 use std::path::PathBuf;
@@ -20,10 +18,10 @@ use crate::storage::StorageError;
 
 pub use self::broker::{Broker, BrokerConfig, Message, PendingAppend, StorageStats};
 pub use self::clock::Clock;
+pub use self::group::queue::{MemberId, SettleResult};
 pub use self::group::{
     DeliveredMessage, GroupConfig, GroupInfo, GroupMode, GroupPartitionInfo, ResetTo,
 };
-pub use self::queue::{MemberId, SettleResult};
 pub use self::topic::{PartitionOffsets, TopicConfig, TopicInfo};
 
 /// Everything a broker call can fail with.
