@@ -11,6 +11,7 @@ pub mod faults;
 pub mod fuzzing;
 mod index;
 mod log;
+mod mapping;
 pub(crate) mod meta_file;
 mod segment;
 mod sync;

@@ -26,12 +26,12 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 
 use bytes::Bytes;
-use memmap2::{MmapOptions, MmapRaw};
 use spool_protocol::batch::{self, BatchHeader, HEADER_LEN};
 use spool_protocol::Offset;
 
 use super::faults;
 use super::index::{self, IndexEntry};
+use super::mapping::SegmentMap;
 use super::{monotonic_ms, StorageError};
 
 /// Blocks are reserved this far ahead of the write position.
@@ -67,7 +67,7 @@ pub struct Segment {
     /// Offset after the last batch.
     end_offset: AtomicU64,
     sealed: AtomicBool,
-    map: Mutex<Option<Arc<MmapRaw>>>,
+    map: Mutex<Option<Arc<SegmentMap>>>,
     index: RwLock<Vec<IndexEntry>>,
     last_access_ms: AtomicU64,
     /// Bytes below this were handed back to the page cache with
@@ -79,7 +79,7 @@ pub struct Segment {
 /// path, holding the log's writer lock, touches it.
 pub struct ActiveFile {
     file: File,
-    map: Arc<MmapRaw>,
+    map: Arc<SegmentMap>,
     capacity: u64,
     allocated: u64,
     /// Reservation step: never more than a segment holds, so sealing a
@@ -107,24 +107,6 @@ pub struct Recovered {
     pub next_offset: Offset,
     /// Where and why the tail was cut, if it was.
     pub truncated: Option<(u64, String)>,
-}
-
-/// A slice of a segment's map, owned so that `Bytes` can borrow it.
-struct MapSlice {
-    map: Arc<MmapRaw>,
-    start: usize,
-    len: usize,
-}
-
-impl AsRef<[u8]> for MapSlice {
-    fn as_ref(&self) -> &[u8] {
-        // SAFETY: `start..start + len` lies below the segment's published
-        // length when the slice was made (checked by `Segment::read`), so it
-        // is inside the map, and those bytes are never written again: the
-        // log only appends above the published length, and a sealed file is
-        // trimmed to exactly that length. The `Arc` keeps the map alive.
-        unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(self.start), self.len) }
-    }
 }
 
 impl Segment {
@@ -225,7 +207,7 @@ impl Segment {
             // Reserve the first chunk now, so that a full disk stops the roll
             // before the new segment becomes active.
             allocate(&file, &path, 0, reserved).map_err(|e| StorageError::io(&path, e))?;
-            map_rw(&file, capacity, &path)
+            SegmentMap::map_rw(&file, capacity, &path)
         })();
         let map = match mapped {
             Ok(map) => Arc::new(map),
@@ -278,10 +260,9 @@ impl Segment {
         if file_len < capacity {
             file.set_len(capacity).map_err(io)?;
         }
-        let map = map_rw(&file, capacity, &path)?;
-        // SAFETY: the file is not shared with any reader yet and nothing else
-        // writes it while we scan.
-        let bytes = unsafe { std::slice::from_raw_parts(map.as_ptr(), capacity as usize) };
+        let map = SegmentMap::map_rw(&file, capacity, &path)?;
+        // No reader sees this file yet and nothing else writes it while we scan.
+        let bytes = map.prefix(capacity as usize);
 
         let mut entries = if trust_index {
             let stored = index::load(&segment.index_path, capacity).unwrap_or_default();
@@ -322,7 +303,7 @@ impl Segment {
             file.set_len(capacity).map_err(io)?;
             file.sync_all().map_err(io)?;
         }
-        let map = Arc::new(map_rw(&file, capacity, &path)?);
+        let map = Arc::new(SegmentMap::map_rw(&file, capacity, &path)?);
 
         segment.len.store(scan.end_pos, Ordering::Release);
         segment.flushed_len.store(scan.end_pos, Ordering::Release);
@@ -379,9 +360,8 @@ impl Segment {
             ),
             None => (0, self.base),
         };
-        // SAFETY: `limit` is at most the published length and the map's
-        // length; see `MapSlice`.
-        let bytes = unsafe { std::slice::from_raw_parts(map.as_ptr(), limit as usize) };
+        // `limit` is at most the published length and the map's length.
+        let bytes = map.prefix(limit as usize);
 
         let mut first: Option<u64> = None;
         while pos < limit {
@@ -425,14 +405,7 @@ impl Segment {
                 ),
             });
         }
-        Ok(first.map(|begin| {
-            let slice = MapSlice {
-                map: map.clone(),
-                start: begin as usize,
-                len: (pos - begin) as usize,
-            };
-            (Bytes::from_owner(slice), expected)
-        }))
+        Ok(first.map(|begin| (map.bytes(begin as usize, (pos - begin) as usize), expected)))
     }
 
     /// Parses and CRC-checks the batch at `pos`, which must start at
@@ -463,7 +436,7 @@ impl Segment {
 
     /// The segment's map, mapping the file (and loading or rebuilding its
     /// index) on first use after open or eviction.
-    fn mapped(&self) -> Result<Arc<MmapRaw>, StorageError> {
+    fn mapped(&self) -> Result<Arc<SegmentMap>, StorageError> {
         let mut slot = self.map.lock();
         if let Some(map) = slot.as_ref() {
             return Ok(map.clone());
@@ -472,12 +445,9 @@ impl Segment {
         let file = File::open(path).map_err(|e| StorageError::io(path, e))?;
         let len = self.len();
         let map = if len == 0 {
-            empty_map_placeholder(path)?
+            SegmentMap::empty(path)?
         } else {
-            MmapOptions::new()
-                .len(len as usize)
-                .map_raw_read_only(&file)
-                .map_err(|e| StorageError::io(path, e))?
+            SegmentMap::map_ro(&file, len, path)?
         };
         let map = Arc::new(map);
         let entries = match index::load(&self.index_path, len) {
@@ -490,10 +460,10 @@ impl Segment {
     }
 
     /// Scans a sealed segment to rebuild its missing or stale index.
-    fn rebuild_index(&self, map: &MmapRaw, len: u64) -> Vec<IndexEntry> {
-        // SAFETY: a sealed segment's bytes never change; `len` is the file
-        // length the map was made with.
-        let bytes = unsafe { std::slice::from_raw_parts(map.as_ptr(), len as usize) };
+    fn rebuild_index(&self, map: &SegmentMap, len: u64) -> Vec<IndexEntry> {
+        // A sealed segment's bytes never change; `len` is the file length
+        // the map was made with.
+        let bytes = map.prefix(len as usize);
         let mut entries = Vec::new();
         let scan = scan(bytes, 0, self.base, self.base, 4096, &mut entries);
         if scan.next_offset == self.end_offset() {
@@ -530,24 +500,13 @@ impl Segment {
     /// page). Besides bounding resident memory, this makes flushes cheap:
     /// writeback write-protects every dirty page that is still mapped, one
     /// TLB-shootdown IPI per page, while unmapping a range costs one.
-    fn release_below(&self, map: &MmapRaw, upto: u64) -> u64 {
+    fn release_below(&self, map: &SegmentMap, upto: u64) -> u64 {
         let upto = upto & !(PAGE_BYTES - 1);
         let from = self.released.load(Ordering::Relaxed);
         if upto <= from || upto > map.len() as u64 {
             return 0;
         }
-        // SAFETY: the range lies inside this shared file mapping; on such a
-        // mapping MADV_DONTNEED only unmaps pages (their contents, dirty or
-        // not, remain in the page cache and are read back on the next
-        // access), so bytes published to readers do not change.
-        let released = unsafe {
-            map.unchecked_advise_range(
-                memmap2::UncheckedAdvice::DontNeed,
-                from as usize,
-                (upto - from) as usize,
-            )
-        };
-        match released {
+        match map.release(from as usize, (upto - from) as usize) {
             Ok(()) => {
                 self.released.fetch_max(upto, Ordering::Relaxed);
                 upto - from
@@ -583,7 +542,7 @@ impl Segment {
         );
         if durable && active.pos > self.flushed_len() {
             self.release_below(&active.map, active.pos);
-            faults::flush_map(&active.map, path, 0, active.pos as usize).map_err(io)?;
+            active.map.flush(path, 0, active.pos as usize).map_err(io)?;
         }
         active.file.set_len(active.pos).map_err(io)?;
         if durable {
@@ -619,13 +578,8 @@ impl Segment {
         if let Some(map) = map {
             // Whole pages below `len` are never written again.
             self.release_below(&map, len);
-            faults::flush_map(
-                &map,
-                &self.log_path,
-                flushed as usize,
-                (len - flushed) as usize,
-            )
-            .map_err(|e| StorageError::io(&self.log_path, e))?;
+            map.flush(&self.log_path, flushed as usize, (len - flushed) as usize)
+                .map_err(|e| StorageError::io(&self.log_path, e))?;
         }
         self.flushed_len.fetch_max(len, Ordering::AcqRel);
         debug_assert!(
@@ -703,22 +657,12 @@ impl ActiveFile {
             // partitions hold no extra memory. A hint: kernels before 5.14
             // refuse it and the copy faults the pages in as usual.
             let page_start = self.pos & !(PAGE_BYTES - 1);
-            let _ = self.map.advise_range(
-                memmap2::Advice::PopulateWrite,
-                page_start as usize,
-                (self.pos + len - page_start) as usize,
-            );
+            self.map
+                .prefault_for_write(page_start as usize, (self.pos + len - page_start) as usize);
         }
         let base = self.next_offset;
-        // SAFETY: `pos..pos + len` is inside the map (checked above), is above
-        // the published length so no reader looks at it, and only this
-        // writer (serialised by the log's writer lock) writes it.
-        unsafe {
-            let dst = self.map.as_mut_ptr().add(self.pos as usize);
-            std::ptr::copy_nonoverlapping(batch_bytes.as_ptr(), dst, batch_bytes.len());
-            let stamped = std::slice::from_raw_parts_mut(dst, HEADER_LEN);
-            batch::set_base_offset(stamped, base);
-        }
+        // Above the published length, by the log's single writer.
+        self.map.write_batch(self.pos as usize, batch_bytes, base);
         if self.bytes_since_index >= self.index_interval_bytes {
             let entry = IndexEntry {
                 relative_offset: (base.0 - segment.base.0) as u32,
@@ -821,23 +765,6 @@ fn entry_matches(bytes: &[u8], base: Offset, entry: &IndexEntry) -> bool {
         }
         Err(_) => false,
     }
-}
-
-fn map_rw(file: &File, len: u64, path: &Path) -> Result<MmapRaw, StorageError> {
-    MmapOptions::new()
-        .len(len as usize)
-        .map_raw(file)
-        .map_err(|e| StorageError::io(path, e))
-}
-
-/// memmap2 cannot map zero bytes; an empty segment gets an anonymous
-/// one-page map that no read ever looks into (its length bound is 0).
-fn empty_map_placeholder(path: &Path) -> Result<MmapRaw, StorageError> {
-    MmapOptions::new()
-        .len(1)
-        .map_anon()
-        .map(MmapRaw::from)
-        .map_err(|e| StorageError::io(path, e))
 }
 
 /// Reserves disk blocks for `offset..offset + len` by writing zeros there.
