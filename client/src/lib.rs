@@ -28,7 +28,7 @@ mod consumer;
 mod delivery;
 mod group;
 mod producer;
-mod queue;
+mod queue_consumer;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,7 +43,7 @@ pub use self::connection::{ConnectOptions, Connection};
 pub use self::consumer::{ConsumedMessage, Consumer, ConsumerConfig, StartAt};
 pub use self::group::GroupConsumer;
 pub use self::producer::{Delivery, DeliveryFuture, Producer, ProducerConfig};
-pub use self::queue::{QueueConsumer, QueueOptions, QueuedMessage, Settled};
+pub use self::queue_consumer::{QueueConsumer, QueueOptions, QueuedMessage, Settled};
 pub use spool_protocol::messages::{
     TopicSettings as TopicOptions, WireSync, WireTopic as TopicDescription,
 };

@@ -25,7 +25,7 @@ use dashmap::DashMap;
 use spool_protocol::{Batch, BatchBuilder, Offset, PartitionId};
 
 use super::clock::Clock;
-use super::group::queue::MemberId;
+use super::group::queue_state::MemberId;
 use super::group::{self, Group};
 use super::topic::{self, PartitionOffsets, Topic, TopicConfig, TopicInfo};
 use super::BrokerError;

@@ -18,7 +18,7 @@ use crate::storage::StorageError;
 
 pub use self::broker::{Broker, BrokerConfig, Message, PendingAppend, StorageStats};
 pub use self::clock::Clock;
-pub use self::group::queue::{MemberId, SettleResult};
+pub use self::group::queue_state::{MemberId, SettleResult};
 pub use self::group::{
     DeliveredMessage, GroupConfig, GroupInfo, GroupMode, GroupPartitionInfo, ResetTo,
 };

@@ -7,6 +7,7 @@
 
 pub(crate) mod atomic_file;
 pub mod faults;
+mod flusher;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod index;
@@ -14,7 +15,6 @@ mod log;
 mod mapping;
 pub(crate) mod meta_file;
 mod segment;
-mod sync;
 
 use std::io;
 use std::path::PathBuf;
@@ -23,8 +23,8 @@ use std::time::Duration;
 use spool_protocol::{BatchError, Offset};
 use thiserror::Error;
 
+pub use self::flusher::{FileSync, Flusher, SyncPolicy};
 pub use self::log::{AppendInfo, Fetched, FetchedRecords, PartitionLog};
-pub use self::sync::{FileSync, Flusher, SyncPolicy};
 
 /// Largest segment a log may be configured with: positions in the sparse
 /// index are 32-bit.

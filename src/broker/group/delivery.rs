@@ -10,7 +10,7 @@ use bytes::Bytes;
 use spool_protocol::{BatchBuilder, Offset, PartitionId};
 
 use super::ack_log::AckRecord;
-use super::queue::{MemberId, SettleResult};
+use super::queue_state::{MemberId, SettleResult};
 use super::{storage_error, DeliveredMessage, Group, GroupMode, MAX_DELIVER_MESSAGES};
 use crate::broker::topic::{Topic, TopicConfig};
 use crate::broker::{Broker, BrokerError};
@@ -196,7 +196,7 @@ impl Broker {
         g: &Group,
         topic: &Topic,
         partition: PartitionId,
-        exhausted: &[super::queue::Delivery],
+        exhausted: &[super::queue_state::Delivery],
     ) -> Result<(), BrokerError> {
         let dlq = format!("{}.dlq", g.name);
         if self.topic(&dlq).is_err() {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use spool_protocol::PartitionId;
 
-use super::queue::MemberId;
+use super::queue_state::MemberId;
 use super::{Group, GroupConfig, GroupMode};
 use crate::broker::{Broker, BrokerError};
 

@@ -43,11 +43,11 @@ mod ack_log;
 mod admin;
 mod delivery;
 mod membership;
-pub(crate) mod queue;
+pub(crate) mod queue_state;
 mod settle;
 
 use self::ack_log::{AckLog, AckRecord, AckState};
-use self::queue::{MemberId, QueueState};
+use self::queue_state::{MemberId, QueueState};
 use super::topic::{self, Topic};
 use super::{Broker, BrokerError};
 use crate::storage::meta_file::{self, MetaKind};

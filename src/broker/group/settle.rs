@@ -7,7 +7,7 @@ use std::time::Duration;
 use spool_protocol::{Offset, PartitionId};
 
 use super::ack_log::AckRecord;
-use super::queue::{MemberId, SettleResult};
+use super::queue_state::{MemberId, SettleResult};
 use super::{storage_error, GroupPartition};
 use crate::broker::{Broker, BrokerError};
 use crate::storage::FileSync;
