@@ -27,12 +27,12 @@ use spool::client::{
 use spool::server::{CancellationToken, Server, ServerConfig};
 use spool::{Broker, BrokerConfig, SyncPolicy};
 
+use self::payload::{check, fillers, write_payload, Seen, PAYLOAD_HEADER};
+use self::report::{Latency, Report};
 use crate::{resolve, Failure};
 
-/// Bytes of the header every payload starts with.
-const PAYLOAD_HEADER: usize = 24;
-/// Verification state of one producer's sequence numbers, as a bitset.
-type SeenSet = Vec<u64>;
+mod payload;
+mod report;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
@@ -122,18 +122,6 @@ impl Shared {
     }
 }
 
-/// What one consumer saw.
-#[derive(Default)]
-struct Seen {
-    /// Per producer, which sequence numbers arrived.
-    per_producer: HashMap<u32, SeenSet>,
-    duplicates: u64,
-    corrupt: u64,
-    out_of_order: u64,
-    /// Stream mode: last sequence per (partition, producer).
-    last: HashMap<(u32, u32), u64>,
-}
-
 pub async fn run(args: BenchArgs) -> Result<(), Failure> {
     if args.size < PAYLOAD_HEADER {
         return Err(Failure::usage(format!(
@@ -145,31 +133,11 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
             "--producers and --partitions must be at least 1",
         ));
     }
-    // An embedded broker and server, unless told where one runs.
-    let mut embedded = None;
-    let addr = match &args.addr {
-        Some(addr) => resolve(addr)?,
+    let (addr, embedded) = match &args.addr {
+        Some(addr) => (resolve(addr)?, None),
         None => {
-            let (dir, path) = match &args.data {
-                Some(path) => (None, path.clone()),
-                None => {
-                    let dir = tempfile::tempdir()
-                        .map_err(|e| Failure::io("creating a temporary directory", e))?;
-                    let path = dir.path().to_path_buf();
-                    (Some(dir), path)
-                }
-            };
-            let broker = Broker::open(&path, BrokerConfig::default())?;
-            let server = Server::bind(([127, 0, 0, 1], 0).into(), broker, ServerConfig::default())
-                .await
-                .map_err(|e| Failure::io("binding the embedded server", e))?;
-            let addr = server
-                .local_addr()
-                .map_err(|e| Failure::io("embedded server", e))?;
-            let shutdown = CancellationToken::new();
-            let handle = tokio::spawn(server.run(shutdown.clone()));
-            embedded = Some((shutdown, handle, dir));
-            addr
+            let embedded = Embedded::start(args.data.as_deref()).await?;
+            (embedded.addr, Some(embedded))
         }
     };
 
@@ -268,41 +236,11 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
     eprintln!();
 
     // Verify: every (producer, seq) exactly once, intact, in order.
-    let mut verified = 0u64;
-    let mut duplicates: u64 = seen.iter().map(|s| s.duplicates).sum();
-    let corrupt: u64 = seen.iter().map(|s| s.corrupt).sum();
-    let out_of_order: u64 = seen.iter().map(|s| s.out_of_order).sum();
+    let verification = payload::verify(&seen, &produced_per_producer);
     if args.consumers > 0 {
-        for (&p, &n) in &produced_per_producer {
-            let mut union: SeenSet = vec![0; (n as usize).div_ceil(64)];
-            for s in &seen {
-                if let Some(bits) = s.per_producer.get(&p) {
-                    for (i, word) in bits.iter().enumerate().take(union.len()) {
-                        duplicates += u64::from((union[i] & word).count_ones());
-                        union[i] |= word;
-                    }
-                }
-            }
-            verified += union.iter().map(|w| u64::from(w.count_ones())).sum::<u64>();
-        }
-        if verified != produced {
-            shared.error(format!(
-                "{} of {produced} messages never arrived",
-                produced - verified
-            ));
-        }
-        if corrupt > 0 {
-            shared.error(format!("{corrupt} messages arrived damaged"));
-        }
-        if out_of_order > 0 {
-            shared.error(format!(
-                "{out_of_order} messages arrived out of order within their partition"
-            ));
-        }
-        if duplicates > 0 && args.mode == Mode::Stream {
-            shared.error(format!("{duplicates} messages arrived more than once"));
-        }
+        verification.report_errors(produced, args.mode, &shared);
     }
+    let (verified, duplicates) = (verification.verified, verification.duplicates);
 
     let warmup = Duration::from_nanos(shared.warmup_ns);
     let rate = |count: u64, elapsed: Duration| {
@@ -321,71 +259,45 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
     } else {
         0.0
     };
-    let mb = |msgs: f64| msgs * args.size as f64 / 1e6;
     let ack = shared.ack_latency.lock().clone();
     let e2e = shared.e2e_latency.lock().clone();
-    let us = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) / 1000;
     let errors = shared.errors.lock().clone();
-
+    let report = Report {
+        mode: format!("{:?}", args.mode).to_lowercase(),
+        sync: args.sync.to_string(),
+        size: args.size,
+        producers: args.producers,
+        consumers: args.consumers,
+        partitions: args.partitions,
+        messages_produced: produced,
+        messages_verified: verified,
+        duplicates,
+        produce_secs: produce_elapsed.as_secs_f64(),
+        produce_msgs_per_sec: produce_rate,
+        produce_mb_per_sec: produce_rate * args.size as f64 / 1e6,
+        consume_msgs_per_sec: consume_rate,
+        consume_mb_per_sec: consume_rate * args.size as f64 / 1e6,
+        ack: Latency::of(&ack),
+        e2e: Latency::of(&e2e),
+        errors: errors.clone(),
+    };
     if args.json {
-        let report = serde_json::json!({
-            "mode": format!("{:?}", args.mode).to_lowercase(),
-            "sync": args.sync.to_string(),
-            "size": args.size,
-            "producers": args.producers,
-            "consumers": args.consumers,
-            "partitions": args.partitions,
-            "messages_produced": produced,
-            "messages_verified": verified,
-            "duplicates": duplicates,
-            "produce_secs": produce_elapsed.as_secs_f64(),
-            "produce_msgs_per_sec": produce_rate,
-            "produce_mb_per_sec": mb(produce_rate),
-            "consume_msgs_per_sec": consume_rate,
-            "consume_mb_per_sec": mb(consume_rate),
-            "ack_p50_us": us(&ack, 0.5), "ack_p90_us": us(&ack, 0.9), "ack_p99_us": us(&ack, 0.99),
-            "ack_p999_us": us(&ack, 0.999), "ack_max_us": ack.max() / 1000,
-            "e2e_p50_us": us(&e2e, 0.5), "e2e_p90_us": us(&e2e, 0.9), "e2e_p99_us": us(&e2e, 0.99),
-            "e2e_p999_us": us(&e2e, 0.999), "e2e_max_us": e2e.max() / 1000,
-            "errors": errors,
-        });
-        println!("{report}");
+        println!(
+            "{}",
+            report
+                .to_json()
+                .map_err(|e| Failure::refused(e.to_string()))?
+        );
     } else {
-        println!(
-            "spool bench: {} msgs of {} B, {} producers, {} consumers, {} partitions, mode {:?}, sync {}",
-            produced, args.size, args.producers, args.consumers, args.partitions, args.mode, args.sync
-        );
-        println!(
-            "  produce  {:>12.0} msg/s  {:>9.1} MB/s",
-            produce_rate,
-            mb(produce_rate)
-        );
-        println!(
-            "  consume  {:>12.0} msg/s  {:>9.1} MB/s",
-            consume_rate,
-            mb(consume_rate)
-        );
-        println!("  latency (us)      p50      p90      p99    p99.9      max");
-        for (name, h) in [("ack", &ack), ("end-to-end", &e2e)] {
-            println!(
-                "  {name:<12} {:>8} {:>8} {:>8} {:>8} {:>8}",
-                us(h, 0.5),
-                us(h, 0.9),
-                us(h, 0.99),
-                us(h, 0.999),
-                h.max() / 1000
-            );
-        }
-        println!("  verified {verified} of {produced} messages, {duplicates} duplicates");
+        report.print_table();
     }
 
     // Leave a remote broker as we found it.
     if let Err(e) = admin.delete_topic(&topic).await {
         eprintln!("spool bench: could not delete topic {topic}: {e}");
     }
-    if let Some((shutdown, handle, _dir)) = embedded {
-        shutdown.cancel();
-        let _ = handle.await;
+    if let Some(embedded) = embedded {
+        embedded.stop().await;
     }
     if errors.is_empty() {
         Ok(())
@@ -394,6 +306,50 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
             "benchmark failed verification: {}",
             errors.join("; ")
         )))
+    }
+}
+
+/// A broker and server in this process on a loopback port, for a bench
+/// without `--addr`: the client path is the same as against a remote one.
+struct Embedded {
+    addr: std::net::SocketAddr,
+    shutdown: CancellationToken,
+    server: tokio::task::JoinHandle<Result<(), spool::BrokerError>>,
+    /// Removed when the bench ends (unless `--data` named a directory).
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Embedded {
+    async fn start(data: Option<&std::path::Path>) -> Result<Embedded, Failure> {
+        let (dir, path) = match data {
+            Some(path) => (None, path.to_path_buf()),
+            None => {
+                let dir = tempfile::tempdir()
+                    .map_err(|e| Failure::io("creating a temporary directory", e))?;
+                let path = dir.path().to_path_buf();
+                (Some(dir), path)
+            }
+        };
+        let broker = Broker::open(&path, BrokerConfig::default())?;
+        let server = Server::bind(([127, 0, 0, 1], 0).into(), broker, ServerConfig::default())
+            .await
+            .map_err(|e| Failure::io("binding the embedded server", e))?;
+        let addr = server
+            .local_addr()
+            .map_err(|e| Failure::io("embedded server", e))?;
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(server.run(shutdown.clone()));
+        Ok(Embedded {
+            addr,
+            shutdown,
+            server,
+            _dir: dir,
+        })
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.server.await;
     }
 }
 
@@ -532,34 +488,6 @@ async fn produce(
     Ok(seq)
 }
 
-/// `[send ns][producer][seq][crc of filler][filler]`; the filler depends on
-/// the sequence number (byte `i` is `seq + i`, wrapping), so a message
-/// swapped for another fails the check. The 256 possible fillers and their
-/// CRCs are computed once, so neither generating nor checking a message
-/// touches it byte by byte: the bench must not be what limits the broker.
-fn write_payload(b: &mut Vec<u8>, shared: &Shared, sent_ns: u64, producer: u32, seq: u64) {
-    let k = (seq % 256) as usize;
-    b.clear();
-    b.extend_from_slice(&sent_ns.to_le_bytes());
-    b.extend_from_slice(&producer.to_le_bytes());
-    b.extend_from_slice(&seq.to_le_bytes());
-    b.extend_from_slice(&shared.filler_crcs[k].to_le_bytes());
-    b.extend_from_slice(&shared.fillers[k]);
-}
-
-/// The filler of every `seq % 256` for messages of `size` bytes, and CRCs.
-fn fillers(size: usize) -> (Vec<Vec<u8>>, Vec<u32>) {
-    let fillers: Vec<Vec<u8>> = (0..256usize)
-        .map(|k| {
-            (0..size - PAYLOAD_HEADER)
-                .map(|i| (k as u8).wrapping_add(i as u8))
-                .collect()
-        })
-        .collect();
-    let crcs = fillers.iter().map(|f| crc32fast::hash(f)).collect();
-    (fillers, crcs)
-}
-
 async fn consume(
     id: u32,
     client: Client,
@@ -620,48 +548,4 @@ async fn consume(
         }
     }
     Ok(seen)
-}
-
-fn check(seen: &mut Seen, shared: &Shared, partition: u32, value: &[u8], ordered: bool) {
-    let now = shared.now_ns();
-    if value.len() < PAYLOAD_HEADER {
-        seen.corrupt += 1;
-        shared.damaged.fetch_add(1, Ordering::Relaxed);
-        return;
-    }
-    let u64_at = |p: usize| u64::from_le_bytes(value[p..p + 8].try_into().unwrap_or([0; 8]));
-    let sent_ns = u64_at(0);
-    let producer = u32::from_le_bytes(value[8..12].try_into().unwrap_or([0; 4]));
-    let seq = u64_at(12);
-    let crc = u32::from_le_bytes(value[20..24].try_into().unwrap_or([0; 4]));
-    let k = (seq % 256) as usize;
-    if crc != shared.filler_crcs[k] || value[PAYLOAD_HEADER..] != shared.fillers[k][..] {
-        seen.corrupt += 1;
-        shared.damaged.fetch_add(1, Ordering::Relaxed);
-        return;
-    }
-    let bits = seen.per_producer.entry(producer).or_default();
-    let (word, bit) = ((seq / 64) as usize, seq % 64);
-    if bits.len() <= word {
-        bits.resize(word + 1, 0);
-    }
-    if bits[word] & (1 << bit) != 0 {
-        seen.duplicates += 1;
-        return;
-    }
-    bits[word] |= 1 << bit;
-    if ordered {
-        if let Some(last) = seen.last.insert((partition, producer), seq) {
-            if last >= seq {
-                seen.out_of_order += 1;
-            }
-        }
-    }
-    shared.consumed.fetch_add(1, Ordering::Relaxed);
-    if sent_ns >= shared.warmup_ns {
-        let _ = shared
-            .e2e_latency
-            .lock()
-            .record(now.saturating_sub(sent_ns).max(1_000));
-    }
 }

@@ -1,0 +1,104 @@
+//! The bench's result: one serializable report, printed as a table or as
+//! one JSON object (`--json`, what `benches/compare.sh` reads).
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Latency percentiles in microseconds.
+#[derive(Serialize)]
+pub(super) struct Latency {
+    p50_us: u64,
+    p90_us: u64,
+    p99_us: u64,
+    p999_us: u64,
+    max_us: u64,
+}
+
+impl Latency {
+    /// From a histogram of nanoseconds.
+    pub(super) fn of(h: &Histogram<u64>) -> Latency {
+        let us = |q: f64| h.value_at_quantile(q) / 1000;
+        Latency {
+            p50_us: us(0.5),
+            p90_us: us(0.9),
+            p99_us: us(0.99),
+            p999_us: us(0.999),
+            max_us: h.max() / 1000,
+        }
+    }
+}
+
+/// Everything a run measured and checked.
+#[derive(Serialize)]
+pub(super) struct Report {
+    pub mode: String,
+    pub sync: String,
+    pub size: usize,
+    pub producers: u32,
+    pub consumers: u32,
+    pub partitions: u32,
+    pub messages_produced: u64,
+    pub messages_verified: u64,
+    pub duplicates: u64,
+    pub produce_secs: f64,
+    pub produce_msgs_per_sec: f64,
+    pub produce_mb_per_sec: f64,
+    pub consume_msgs_per_sec: f64,
+    pub consume_mb_per_sec: f64,
+    #[serde(skip)]
+    pub ack: Latency,
+    #[serde(skip)]
+    pub e2e: Latency,
+    pub errors: Vec<String>,
+}
+
+impl Report {
+    /// One flat JSON object: latencies as `ack_p50_us`, `e2e_p99_us`, ...
+    /// (the field names `benches/compare.sh` and the tests read).
+    pub(super) fn to_json(&self) -> Result<String, serde_json::Error> {
+        let mut value = serde_json::to_value(self)?;
+        if let Some(object) = value.as_object_mut() {
+            for (prefix, latency) in [("ack", &self.ack), ("e2e", &self.e2e)] {
+                if let serde_json::Value::Object(fields) = serde_json::to_value(latency)? {
+                    for (name, v) in fields {
+                        object.insert(format!("{prefix}_{name}"), v);
+                    }
+                }
+            }
+        }
+        serde_json::to_string(&value)
+    }
+
+    /// The human-readable table.
+    pub(super) fn print_table(&self) {
+        println!(
+            "spool bench: {} msgs of {} B, {} producers, {} consumers, {} partitions, mode {}, sync {}",
+            self.messages_produced,
+            self.size,
+            self.producers,
+            self.consumers,
+            self.partitions,
+            self.mode,
+            self.sync
+        );
+        println!(
+            "  produce  {:>12.0} msg/s  {:>9.1} MB/s",
+            self.produce_msgs_per_sec, self.produce_mb_per_sec
+        );
+        println!(
+            "  consume  {:>12.0} msg/s  {:>9.1} MB/s",
+            self.consume_msgs_per_sec, self.consume_mb_per_sec
+        );
+        println!("  latency (us)      p50      p90      p99    p99.9      max");
+        for (name, l) in [("ack", &self.ack), ("end-to-end", &self.e2e)] {
+            println!(
+                "  {name:<12} {:>8} {:>8} {:>8} {:>8} {:>8}",
+                l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us
+            );
+        }
+        println!(
+            "  verified {} of {} messages, {} duplicates",
+            self.messages_verified, self.messages_produced, self.duplicates
+        );
+    }
+}
