@@ -92,8 +92,7 @@ impl Broker {
         member: MemberId,
         max: usize,
     ) -> Result<(Vec<DeliveredMessage>, Option<u64>), BrokerError> {
-        let reservation = g.reserve(member, max);
-        let mut remaining = reservation.count;
+        let mut reservation = g.reserve(member, max);
         let mut syncs = Vec::new();
         let mut out = Vec::new();
         let mut next_event: Option<u64> = None;
@@ -114,12 +113,12 @@ impl Broker {
                 }
                 gp.queue.expire(now);
                 let exhausted = gp.queue.exhausted(now, g.config.max_deliveries);
-                let took = if remaining > 0 {
+                let took = if reservation.count > 0 {
                     gp.queue.take(
                         member,
                         now,
                         g.config.ack_wait_ms,
-                        remaining,
+                        reservation.count,
                         g.config.max_deliveries,
                         log.visible_end().0,
                     )
@@ -147,7 +146,7 @@ impl Broker {
             if took.is_empty() {
                 continue;
             }
-            remaining -= took.len();
+            reservation.taken(took.len());
             let redeliveries = took.iter().filter(|d| d.deliveries > 1).count() as u64;
             g.stats
                 .deliveries

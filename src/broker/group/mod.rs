@@ -222,15 +222,30 @@ struct Reservation<'a> {
     count: usize,
 }
 
-impl Drop for Reservation<'_> {
-    fn drop(&mut self) {
+impl Reservation<'_> {
+    /// Hands back `n` of the claim: they were just taken, so the member's
+    /// in-flight count holds them now (counting them twice would starve the
+    /// member's other delivers).
+    fn taken(&mut self, n: usize) {
+        let n = n.min(self.count);
+        if n == 0 {
+            return;
+        }
+        self.count -= n;
         let mut members = self.group.members.lock();
         if let Some(r) = members.reserved.get_mut(&self.member) {
-            *r -= self.count;
+            *r -= n;
             if *r == 0 {
                 members.reserved.remove(&self.member);
             }
         }
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        let rest = self.count;
+        self.taken(rest);
     }
 }
 
