@@ -31,6 +31,17 @@ async fn fill(broker: &Broker, topic: &str, partitions: u32, per_partition: u32)
     }
 }
 
+/// What a member is handed right now (no waiting): (offset, deliveries).
+async fn due(broker: &Broker, member: u64) -> Vec<(Offset, u32)> {
+    broker
+        .deliver("g", member, 10, NO_WAIT)
+        .await
+        .unwrap()
+        .iter()
+        .map(|d| (d.offset, d.deliveries))
+        .collect()
+}
+
 #[tokio::test]
 async fn several_members_ack_every_message_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -95,7 +106,6 @@ async fn nack_delay_touch_deadline_and_dead_letters() {
     let got = broker.deliver("g", m, 3, NO_WAIT).await.unwrap();
     assert_eq!(got.len(), 3);
     let (p, o0, o1, o2) = (PartitionId(0), Offset(0), Offset(1), Offset(2));
-    let due_now = |offsets: &[(Offset, u32)]| offsets.to_vec();
 
     // Nack 0 with a 2000 ms delay; keep 1 alive by touching it; let 2's
     // 1200 ms deadline pass.
@@ -114,29 +124,12 @@ async fn nack_delay_touch_deadline_and_dead_letters() {
     }
     // At 1400 ms only 2 is due: expired, back with its count up. 0 is still
     // delayed, 1 touched.
-    let due = broker.deliver("g", m, 10, NO_WAIT).await.unwrap();
-    assert_eq!(
-        due.iter()
-            .map(|d| (d.offset, d.deliveries))
-            .collect::<Vec<_>>(),
-        due_now(&[(o2, 2)])
-    );
+    assert_eq!(due(&broker, m).await, [(o2, 2)]);
     // 0 comes back once its delay is over, not a millisecond before.
     clock.advance(599);
-    assert!(broker
-        .deliver("g", m, 10, NO_WAIT)
-        .await
-        .unwrap()
-        .is_empty());
+    assert_eq!(due(&broker, m).await, []);
     clock.advance(1);
-    let delayed = broker.deliver("g", m, 10, NO_WAIT).await.unwrap();
-    assert_eq!(
-        delayed
-            .iter()
-            .map(|d| (d.offset, d.deliveries))
-            .collect::<Vec<_>>(),
-        due_now(&[(o0, 2)])
-    );
+    assert_eq!(due(&broker, m).await, [(o0, 2)]);
     broker.ack("g", m, &[(p, o1)]).await.unwrap();
 
     // 0 and 2 now had their 2 deliveries: each goes to the DLQ at its next
@@ -146,33 +139,11 @@ async fn nack_delay_touch_deadline_and_dead_letters() {
             .read("g.dlq", PartitionId(0), Offset(0), 1 << 20)
             .map_or(0, |f| f.records().count())
     };
-    clock.advance(599);
-    assert!(broker
-        .deliver("g", m, 10, NO_WAIT)
-        .await
-        .unwrap()
-        .is_empty());
-    assert_eq!(dead_letters(&broker), 0);
-    clock.advance(1);
-    assert!(broker
-        .deliver("g", m, 10, NO_WAIT)
-        .await
-        .unwrap()
-        .is_empty());
-    assert_eq!(dead_letters(&broker), 1);
-    clock.advance(599);
-    assert!(broker
-        .deliver("g", m, 10, NO_WAIT)
-        .await
-        .unwrap()
-        .is_empty());
-    assert_eq!(dead_letters(&broker), 1);
-    clock.advance(1);
-    assert!(broker
-        .deliver("g", m, 10, NO_WAIT)
-        .await
-        .unwrap()
-        .is_empty());
+    for (advance_ms, dead) in [(599, 0), (1, 1), (599, 1), (1, 2)] {
+        clock.advance(advance_ms);
+        assert_eq!(due(&broker, m).await, []);
+        assert_eq!(dead_letters(&broker), dead);
+    }
     let dlq = broker
         .read("g.dlq", PartitionId(0), Offset(0), 1 << 20)
         .unwrap();
