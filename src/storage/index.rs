@@ -3,6 +3,13 @@
 //! to its byte position, so a read seeks close to its offset and scans only a
 //! few batches.
 //!
+//! Each entry also carries the largest record timestamp of the batches
+//! *before* it in the segment. That running maximum never decreases, so a
+//! timestamp lookup binary-searches it for the last entry before which no
+//! record can match, and scans at most one index interval from there: the
+//! sparse offset index doubles as a time index (Kafka keeps a separate
+//! `.timeindex`; one file is enough here).
+//!
 //! On disk (`<base>.index`) the entries are followed by a footer that records
 //! the segment length they describe and a CRC. An index whose footer does not
 //! check out, or that describes a different segment length, is stale and is
@@ -22,11 +29,16 @@ pub struct IndexEntry {
     pub relative_offset: u32,
     /// Byte position of the batch within the segment file.
     pub position: u32,
+    /// Largest record timestamp of every batch before this one in the
+    /// segment (`i64::MIN` if none).
+    pub max_timestamp_before_ms: i64,
 }
 
-const ENTRY_LEN: usize = 8;
+const ENTRY_LEN: usize = 16;
 const FOOTER_MAGIC: u32 = 0x5850_5349; // "ISPX" little-endian
-const FOOTER_VERSION: u32 = 1;
+/// Version 2 added `max_timestamp_before_ms`; a version-1 file is stale
+/// and rebuilt from its segment like any other.
+const FOOTER_VERSION: u32 = 2;
 /// magic u32, version u32, segment_len u64, entry_count u32, crc u32.
 const FOOTER_LEN: usize = 24;
 
@@ -38,6 +50,17 @@ const FOOTER_LEN: usize = 24;
 pub fn lookup(entries: &[IndexEntry], relative: u32, limit: u64) -> Option<IndexEntry> {
     let idx =
         entries.partition_point(|e| e.relative_offset <= relative && u64::from(e.position) < limit);
+    idx.checked_sub(1).map(|i| entries[i])
+}
+
+/// Where a search for the first record at or after `timestamp_ms` starts:
+/// the last entry before which every batch's timestamps are smaller (the
+/// running maximum is monotone, so one binary search), among the entries
+/// whose batch starts below byte `limit`. `None`: from the segment's start.
+pub fn lookup_time(entries: &[IndexEntry], timestamp_ms: i64, limit: u64) -> Option<IndexEntry> {
+    let idx = entries.partition_point(|e| {
+        e.max_timestamp_before_ms < timestamp_ms && u64::from(e.position) < limit
+    });
     idx.checked_sub(1).map(|i| entries[i])
 }
 
@@ -74,16 +97,24 @@ fn decode(bytes: &[u8], segment_len: u64) -> Option<Vec<IndexEntry>> {
     }
     let entries: Vec<IndexEntry> = body
         .chunks_exact(ENTRY_LEN)
-        .map(|c| IndexEntry {
-            relative_offset: u32_at(c, 0),
-            position: u32_at(c, 4),
+        .map(|c| {
+            let mut ts = [0u8; 8];
+            ts.copy_from_slice(&c[8..16]);
+            IndexEntry {
+                relative_offset: u32_at(c, 0),
+                position: u32_at(c, 4),
+                max_timestamp_before_ms: i64::from_le_bytes(ts),
+            }
         })
         .collect();
-    // Entries must grow strictly and point inside the segment; anything
-    // else is a bug or corruption, and rebuilding is always safe.
-    let ordered = entries
-        .windows(2)
-        .all(|w| w[0].relative_offset < w[1].relative_offset && w[0].position < w[1].position);
+    // Entries must grow (offsets and positions strictly, the running
+    // timestamp maximum never shrinks) and point inside the segment;
+    // anything else is a bug or corruption, and rebuilding is always safe.
+    let ordered = entries.windows(2).all(|w| {
+        w[0].relative_offset < w[1].relative_offset
+            && w[0].position < w[1].position
+            && w[0].max_timestamp_before_ms <= w[1].max_timestamp_before_ms
+    });
     let in_bounds = entries.iter().all(|e| u64::from(e.position) < segment_len);
     (ordered && in_bounds).then_some(entries)
 }
@@ -94,6 +125,7 @@ pub fn store(path: &Path, entries: &[IndexEntry], segment_len: u64) -> Result<()
     for e in entries {
         bytes.extend_from_slice(&e.relative_offset.to_le_bytes());
         bytes.extend_from_slice(&e.position.to_le_bytes());
+        bytes.extend_from_slice(&e.max_timestamp_before_ms.to_le_bytes());
     }
     let body_len = bytes.len();
     bytes.extend_from_slice(&FOOTER_MAGIC.to_le_bytes());
@@ -117,6 +149,7 @@ mod tests {
             .map(|i| IndexEntry {
                 relative_offset: i * 7,
                 position: i * 4096,
+                max_timestamp_before_ms: i64::from(i) * 1000 - 3000,
             })
             .collect()
     }

@@ -437,8 +437,33 @@ impl PartitionLog {
     /// timestamp is earlier (no time index yet: cost grows with the log).
     pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Offset, StorageError> {
         let end = self.visible_end();
-        let mut next = self.start_offset();
-        while next < end {
+        let start = self.start_offset();
+        let segments = self.segments.read().clone();
+        // Segment by segment, scanning only from where the time index says a
+        // match can begin (at most one index interval before it).
+        for segment in &segments {
+            let segment_end = segment.end_offset().min(end);
+            let from = segment.time_search_start(timestamp_ms)?.max(start);
+            if from >= segment_end {
+                continue;
+            }
+            if let Some(found) = self.first_at_or_after(timestamp_ms, from, segment_end)? {
+                return Ok(found);
+            }
+        }
+        Ok(end)
+    }
+
+    /// The first record in `from..until` whose timestamp is at least
+    /// `timestamp_ms`.
+    fn first_at_or_after(
+        &self,
+        timestamp_ms: i64,
+        from: Offset,
+        until: Offset,
+    ) -> Result<Option<Offset>, StorageError> {
+        let mut next = from;
+        while next < until {
             let fetched = self.read(next, 1 << 20)?;
             if fetched.batches.is_empty() {
                 break;
@@ -447,18 +472,17 @@ impl PartitionLog {
             while let Ok(header) = spool_protocol::BatchHeader::parse(rest) {
                 if header.max_timestamp_ms >= timestamp_ms {
                     let batch = Batch::from_stored(rest)?;
-                    if let Some(r) = batch
-                        .records()
-                        .find(|r| r.timestamp_ms >= timestamp_ms && r.offset >= next)
-                    {
-                        return Ok(r.offset);
+                    if let Some(r) = batch.records().find(|r| {
+                        r.timestamp_ms >= timestamp_ms && r.offset >= next && r.offset < until
+                    }) {
+                        return Ok(Some(r.offset));
                     }
                 }
                 rest = &rest[(header.batch_len as usize).min(rest.len())..];
             }
             next = fetched.next_offset;
         }
-        Ok(end)
+        Ok(None)
     }
 
     /// Group commit: returns once everything before `target` is on disk.

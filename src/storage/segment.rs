@@ -90,6 +90,8 @@ pub struct ActiveFile {
     next_offset: Offset,
     bytes_since_index: u64,
     index_interval_bytes: u64,
+    /// Largest record timestamp appended to the segment so far.
+    max_timestamp_ms: i64,
 }
 
 /// Reservation step for segments of `segment_size_bytes`.
@@ -227,6 +229,7 @@ impl Segment {
             next_offset: base,
             bytes_since_index: u64::MAX,
             index_interval_bytes: u64::from(index_interval_bytes),
+            max_timestamp_ms: i64::MIN,
         };
         *segment.map.lock() = Some(active.map.clone());
         Ok((Arc::new(segment), active))
@@ -275,17 +278,21 @@ impl Segment {
         } else {
             Vec::new()
         };
-        let (start_pos, start_offset) = match entries.pop() {
+        let (start_pos, start_offset, max_before) = match entries.pop() {
             Some(e) => (
                 u64::from(e.position),
                 base.plus(u64::from(e.relative_offset)),
+                e.max_timestamp_before_ms,
             ),
-            None => (0, base),
+            None => (0, base, i64::MIN),
         };
         let scan = scan(
             bytes,
-            start_pos,
-            start_offset,
+            ScanFrom {
+                pos: start_pos,
+                expected: start_offset,
+                max_timestamp_ms: max_before,
+            },
             base,
             index_interval_bytes,
             &mut entries,
@@ -324,6 +331,7 @@ impl Segment {
             next_offset: scan.next_offset,
             bytes_since_index: scan.bytes_since_index,
             index_interval_bytes: u64::from(index_interval_bytes),
+            max_timestamp_ms: scan.max_timestamp_ms,
         };
         let recovered = Recovered {
             next_offset: scan.next_offset,
@@ -408,6 +416,20 @@ impl Segment {
         Ok(first.map(|begin| (map.bytes(begin as usize, (pos - begin) as usize), expected)))
     }
 
+    /// The offset from which a search for the first record at or after
+    /// `timestamp_ms` must scan this segment: no record before it can match
+    /// (see `index::lookup_time`). Maps the segment if needed.
+    pub fn time_search_start(&self, timestamp_ms: i64) -> Result<Offset, StorageError> {
+        self.mapped()?;
+        let entries = self.index.read();
+        Ok(
+            match index::lookup_time(&entries, timestamp_ms, self.len()) {
+                Some(e) => self.base.plus(u64::from(e.relative_offset)),
+                None => self.base,
+            },
+        )
+    }
+
     /// Parses and CRC-checks the batch at `pos`, which must start at
     /// `expected`.
     fn checked_header(
@@ -465,7 +487,12 @@ impl Segment {
         // the map was made with.
         let bytes = map.prefix(len as usize);
         let mut entries = Vec::new();
-        let scan = scan(bytes, 0, self.base, self.base, 4096, &mut entries);
+        let from = ScanFrom {
+            pos: 0,
+            expected: self.base,
+            max_timestamp_ms: i64::MIN,
+        };
+        let scan = scan(bytes, from, self.base, 4096, &mut entries);
         if scan.next_offset == self.end_offset() {
             if let Err(err) = index::store(&self.index_path, &entries, len) {
                 tracing::warn!(path = %self.index_path.display(), error = %err, "could not write rebuilt index");
@@ -667,12 +694,14 @@ impl ActiveFile {
             let entry = IndexEntry {
                 relative_offset: (base.0 - segment.base.0) as u32,
                 position: self.pos as u32,
+                max_timestamp_before_ms: self.max_timestamp_ms,
             };
             segment.index.write().push(entry);
             self.bytes_since_index = 0;
         }
         self.bytes_since_index = self.bytes_since_index.saturating_add(len);
         self.pos += len;
+        self.max_timestamp_ms = self.max_timestamp_ms.max(header.max_timestamp_ms);
         self.next_offset = base.plus(u64::from(header.record_count));
         debug_assert!(self.next_offset > base, "offsets only grow");
         // Publish the length first: whoever sees the new end offset (with
@@ -691,6 +720,8 @@ struct Scan {
     end_pos: u64,
     next_offset: Offset,
     bytes_since_index: u64,
+    /// Largest record timestamp of the batches scanned (and before them).
+    max_timestamp_ms: i64,
     /// Why the scan stopped before the end, if it hit something other than
     /// the zeroed tail of a preallocated file or the end of the bytes.
     stop: Option<String>,
@@ -701,12 +732,16 @@ struct Scan {
 /// fails or an all-zero header.
 fn scan(
     bytes: &[u8],
-    mut pos: u64,
-    mut expected: Offset,
+    from: ScanFrom,
     base: Offset,
     interval: u32,
     entries: &mut Vec<IndexEntry>,
 ) -> Scan {
+    let ScanFrom {
+        mut pos,
+        mut expected,
+        mut max_timestamp_ms,
+    } = from;
     let interval = u64::from(interval);
     let mut since_index = u64::MAX;
     let end = bytes.len() as u64;
@@ -736,19 +771,30 @@ fn scan(
             entries.push(IndexEntry {
                 relative_offset: (expected.0 - base.0) as u32,
                 position: pos as u32,
+                max_timestamp_before_ms: max_timestamp_ms,
             });
             since_index = 0;
         }
         since_index = since_index.saturating_add(u64::from(header.batch_len));
         pos += u64::from(header.batch_len);
         expected = header.next_offset();
+        max_timestamp_ms = max_timestamp_ms.max(header.max_timestamp_ms);
     };
     Scan {
         end_pos: pos,
         next_offset: expected,
         bytes_since_index: since_index,
+        max_timestamp_ms,
         stop,
     }
+}
+
+/// Where a scan starts: a batch boundary, the offset expected there, and the
+/// largest timestamp of the batches before it.
+struct ScanFrom {
+    pos: u64,
+    expected: Offset,
+    max_timestamp_ms: i64,
 }
 
 /// True if the index entry points at a valid batch with the right offset.
