@@ -36,6 +36,16 @@ fn values(broker: &Broker, topic: &str) -> Vec<String> {
         .collect()
 }
 
+/// A fresh broker with one single-partition `always` topic, "t".
+fn always_topic() -> (tempfile::TempDir, Broker) {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::open(dir.path(), BrokerConfig::default()).unwrap();
+    broker
+        .create_topic("t", TopicConfig::new(1).sync(SyncPolicy::Always))
+        .unwrap();
+    (dir, broker)
+}
+
 fn batch(i: usize) -> Vec<Message> {
     vec![Message::new(format!("m{i}"))]
 }
@@ -47,11 +57,7 @@ fn batch(i: usize) -> Vec<Message> {
 #[tokio::test]
 async fn a_failing_fsync_fails_the_produce_and_poisons_the_partition_until_reopen() {
     init_tracing();
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::open(dir.path(), BrokerConfig::default()).unwrap();
-    broker
-        .create_topic("t", TopicConfig::new(1).sync(SyncPolicy::Always))
-        .unwrap();
+    let (dir, broker) = always_topic();
     for i in 0..5 {
         broker
             .produce("t", PartitionId(0), &batch(i))
@@ -168,11 +174,7 @@ async fn a_full_disk_or_short_write_fails_the_produce_and_appends_resume_after()
 #[tokio::test]
 async fn an_ack_whose_sync_fails_is_not_acknowledged() {
     init_tracing();
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::open(dir.path(), BrokerConfig::default()).unwrap();
-    broker
-        .create_topic("t", TopicConfig::new(1).sync(SyncPolicy::Always))
-        .unwrap();
+    let (dir, broker) = always_topic();
     broker
         .produce("t", PartitionId(0), &[Message::new("a"), Message::new("b")])
         .await

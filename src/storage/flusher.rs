@@ -280,8 +280,13 @@ fn run(rx: mpsc::Receiver<Request>, unmap_idle_ms: u64, file_syncs: &std::sync::
                     Ok(()) => Ok(()),
                     Err(e) => Err(StorageError::io(
                         &file.path,
-                        // io::Error is not Clone: the kind and text go to each waiter.
-                        std::io::Error::new(e.kind(), e.to_string()),
+                        // io::Error is not Clone: each waiter gets the OS
+                        // error number (so ENOSPC stays `NoSpace`), or the
+                        // kind and text.
+                        match e.raw_os_error() {
+                            Some(code) => std::io::Error::from_raw_os_error(code),
+                            None => std::io::Error::new(e.kind(), e.to_string()),
+                        },
                     )),
                 });
             }
