@@ -86,6 +86,14 @@ impl FromStr for SyncPolicy {
     }
 }
 
+/// What a sync request gets when the flusher thread is gone.
+fn stopped(path: std::path::PathBuf) -> StorageError {
+    StorageError::Io {
+        path,
+        source: std::io::Error::other("flusher thread has stopped"),
+    }
+}
+
 /// Where a sync's outcome goes.
 type Done = oneshot::Sender<Result<(), StorageError>>;
 
@@ -175,10 +183,7 @@ impl Flusher {
             )
         };
         async move {
-            let stopped = || StorageError::Io {
-                path,
-                source: std::io::Error::other("flusher thread has stopped"),
-            };
+            let stopped = || stopped(path);
             match waiter {
                 None => Ok(()),
                 Some(Err(_)) => Err(stopped()),
@@ -197,10 +202,7 @@ impl Flusher {
         let (done, wait) = oneshot::channel();
         let sent = self.tx.send(Request::SyncFile { file, done });
         async move {
-            let stopped = || StorageError::Io {
-                path: path.clone(),
-                source: std::io::Error::other("flusher thread has stopped"),
-            };
+            let stopped = || stopped(path.clone());
             sent.map_err(|_| stopped())?;
             wait.await.map_err(|_| stopped())?
         }
