@@ -183,11 +183,11 @@ impl Flusher {
             )
         };
         async move {
-            let stopped = || stopped(path);
+            let gone = || stopped(path);
             match waiter {
                 None => Ok(()),
-                Some(Err(_)) => Err(stopped()),
-                Some(Ok(wait)) => wait.await.map_err(|_| stopped())?,
+                Some(Err(_)) => Err(gone()),
+                Some(Ok(wait)) => wait.await.map_err(|_| gone())?,
             }
         }
     }
@@ -202,9 +202,9 @@ impl Flusher {
         let (done, wait) = oneshot::channel();
         let sent = self.tx.send(Request::SyncFile { file, done });
         async move {
-            let stopped = || stopped(path.clone());
-            sent.map_err(|_| stopped())?;
-            wait.await.map_err(|_| stopped())?
+            let gone = || stopped(path.clone());
+            sent.map_err(|_| gone())?;
+            wait.await.map_err(|_| gone())?
         }
     }
 
