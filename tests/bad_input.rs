@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use common::server::SpoolServer;
 use spool::client::{Client, TopicOptions};
 use spool::protocol::frame::{FLAG_ERROR, FRAME_VERSION, MAGIC};
-use spool::protocol::messages::kind;
+use spool::protocol::requests::*;
+use spool::protocol::Wire;
 use spool::protocol::{BatchBuilder, ErrorCode, ErrorResponse, Request};
 
 struct Raw(TcpStream);
@@ -102,12 +103,12 @@ impl Raw {
 
     fn handshake(&mut self) {
         self.send(
-            &Request::Handshake {
+            &Request::Handshake(HandshakeRequest {
                 min_version: 1,
                 max_version: 1,
                 features: 0,
                 client_id: "raw".into(),
-            },
+            }),
             1,
         );
         let frame = self.recv().unwrap();
@@ -163,7 +164,7 @@ async fn truncated_frames_and_early_hangups_are_harmless() {
     let server = SpoolServer::temporary();
     for cut in [1usize, 3, 4, 10, 15] {
         let mut raw = Raw::connect(&server);
-        let frame = Request::ListTopics.to_frame(1);
+        let frame = Request::ListTopics(ListTopicsRequest).to_frame(1);
         let mut bytes = (12u32 + frame.full_body().len() as u32)
             .to_le_bytes()
             .to_vec();
@@ -196,19 +197,19 @@ async fn protocol_violations_get_specific_codes() {
 
     // Anything before the handshake.
     let mut raw = Raw::connect(&server);
-    raw.send(&Request::ListTopics, 5);
+    raw.send(&Request::ListTopics(ListTopicsRequest), 5);
     raw.expect_error(ErrorCode::HandshakeRequired);
     raw.expect_closed();
 
     // A client that only speaks a future protocol version.
     let mut raw = Raw::connect(&server);
     raw.send(
-        &Request::Handshake {
+        &Request::Handshake(HandshakeRequest {
             min_version: 7,
             max_version: 9,
             features: 0,
             client_id: "future".into(),
-        },
+        }),
         1,
     );
     raw.expect_error(ErrorCode::UnsupportedVersion);
@@ -220,7 +221,7 @@ async fn protocol_violations_get_specific_codes() {
     raw.send_frame(999, 42, b"whatever", MAGIC, FRAME_VERSION);
     let frame = raw.expect_error(ErrorCode::UnknownRequest);
     assert_eq!((frame.kind, frame.correlation_id), (999, 42));
-    raw.send(&Request::ListTopics, 43);
+    raw.send(&Request::ListTopics(ListTopicsRequest), 43);
     let frame = raw.recv().unwrap();
     assert_eq!((frame.flags & FLAG_ERROR, frame.correlation_id), (0, 43));
 
@@ -251,11 +252,11 @@ async fn a_batch_with_a_wrong_crc_stores_nothing() {
     let mut raw = Raw::connect(&server);
     raw.handshake();
     raw.send(
-        &Request::Produce {
+        &Request::Produce(ProduceRequest {
             topic: "t".into(),
             partition: 0,
             batch: batch.into(),
-        },
+        }),
         2,
     );
     raw.expect_error(ErrorCode::InvalidBatch);
@@ -267,11 +268,11 @@ async fn a_batch_with_a_wrong_crc_stores_nothing() {
     let mut b = BatchBuilder::new();
     b.push(0, None, b"fine", &[]).unwrap();
     raw.send(
-        &Request::Produce {
+        &Request::Produce(ProduceRequest {
             topic: "t".into(),
             partition: 0,
             batch: b.finish().unwrap(),
-        },
+        }),
         3,
     );
     assert_eq!(raw.recv().unwrap().flags & FLAG_ERROR, 0);
@@ -307,13 +308,13 @@ async fn a_client_that_never_reads_slows_only_itself() {
         .set_write_timeout(Some(Duration::from_millis(200)))
         .unwrap();
     for i in 0..2000u32 {
-        let request = Request::Fetch {
+        let request = Request::Fetch(FetchRequest {
             topic: "big".into(),
             partition: 0,
             offset: 0,
             max_bytes: 1 << 20,
             max_wait_ms: 0,
-        };
+        });
         let frame = request.to_frame(i + 10);
         let mut bytes = (12u32 + frame.full_body().len() as u32)
             .to_le_bytes()

@@ -11,7 +11,7 @@ use spool::client::{
     Client, Consumer, ConsumerConfig, GroupConsumer, Producer, ProducerConfig, QueueConsumer,
     QueueOptions, Settled, StartAt, TopicOptions,
 };
-use spool::protocol::{Request, Response};
+use spool::protocol::requests::DescribeGroupRequest;
 
 async fn produce(client: &Client, topic: &str, n: u32) {
     let producer = Producer::new(client.clone(), ProducerConfig::default());
@@ -31,18 +31,16 @@ async fn produce(client: &Client, topic: &str, n: u32) {
 }
 
 async fn group_lag(client: &Client, group: &str) -> (u64, u32) {
-    match client
-        .call(&Request::DescribeGroup {
+    let g = client
+        .call(&DescribeGroupRequest {
             group: group.into(),
         })
         .await
-    {
-        Ok(Response::DescribeGroup(g)) => (
-            g.partitions.iter().map(|p| p.end - p.position).sum(),
-            g.partitions.iter().map(|p| p.in_flight).sum(),
-        ),
-        other => panic!("describe failed: {other:?}"),
-    }
+        .expect("describe group");
+    (
+        g.partitions.iter().map(|p| p.end - p.position).sum(),
+        g.partitions.iter().map(|p| p.in_flight).sum(),
+    )
 }
 
 #[derive(Default)]

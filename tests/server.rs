@@ -10,7 +10,8 @@ use common::server::SpoolServer;
 use spool::client::{
     Client, Consumer, ConsumerConfig, Producer, ProducerConfig, StartAt, TopicOptions, WireSync,
 };
-use spool::protocol::{BatchBuilder, Request, Response};
+use spool::protocol::requests::{FetchRequest, ProduceRequest};
+use spool::protocol::BatchBuilder;
 
 fn options(sync: WireSync) -> TopicOptions {
     TopicOptions {
@@ -182,7 +183,7 @@ async fn thousands_of_pipelined_requests_are_applied_in_order() {
     for i in 0..5_000u32 {
         let mut b = BatchBuilder::new();
         b.push(0, None, format!("{i}").as_bytes(), &[]).unwrap();
-        let request = Request::Produce {
+        let request = ProduceRequest {
             topic: "pipe".into(),
             partition: 0,
             batch: b.finish().unwrap(),
@@ -190,11 +191,8 @@ async fn thousands_of_pipelined_requests_are_applied_in_order() {
         calls.push(conn.start(&request).await.unwrap());
     }
     for (i, call) in calls.into_iter().enumerate() {
-        match call.await.unwrap() {
-            // Offsets follow the order the requests were sent in.
-            Response::Produce { base_offset, .. } => assert_eq!(base_offset, i as u64),
-            other => panic!("unexpected {other:?}"),
-        }
+        // Offsets follow the order the requests were sent in.
+        assert_eq!(call.await.unwrap().base_offset, i as u64);
     }
     let messages = consume_all(&client, "pipe", 5_000).await;
     for (i, m) in messages.iter().enumerate() {
@@ -368,7 +366,7 @@ async fn sigterm_answers_in_flight_requests_then_exits_cleanly() {
     // A long poll at the end of the log is in flight when SIGTERM arrives.
     let conn = client.connection().await.unwrap();
     let poll = conn
-        .start(&Request::Fetch {
+        .start(&FetchRequest {
             topic: "t".into(),
             partition: 0,
             offset: 1,
@@ -385,8 +383,8 @@ async fn sigterm_answers_in_flight_requests_then_exits_cleanly() {
         "shutdown waited for the long poll"
     );
     match poll.await {
-        Ok(Response::Fetch { batches, .. }) => assert!(batches.is_empty()),
-        other => panic!("the in-flight fetch was not answered: {other:?}"),
+        Ok(fetched) => assert!(fetched.batches.is_empty()),
+        Err(err) => panic!("the in-flight fetch was not answered: {err}"),
     }
     // Closed cleanly: the data (written with a 60 s sync interval) was flushed
     // and the next start trusts the shutdown marker.

@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use spool_protocol::frame::DEFAULT_MAX_FRAME_BYTES;
-use spool_protocol::messages::{PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
-use spool_protocol::{ErrorResponse, Frame, FrameCodec, FrameWriter, Request, Response};
+use spool_protocol::requests::{HandshakeRequest, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
+use spool_protocol::{Call, ErrorResponse, Frame, FrameCodec, FrameWriter, Wire};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::codec::FramedRead;
@@ -125,7 +125,7 @@ impl Connection {
         let closed = Arc::new(AtomicBool::new(false));
 
         tokio::spawn(async move {
-            // Requests were sized by `Request::to_frame`; the server's own
+            // Requests were sized by `Call::to_frame`; the server's own
             // limit, learned in the handshake, is enforced by the server.
             let mut sink = FrameWriter::new(wr, usize::MAX);
             while let Some(frame) = rx.recv().await {
@@ -192,7 +192,7 @@ impl Connection {
             closed,
             max_frame_bytes: 0,
         };
-        let hello = Request::Handshake {
+        let hello = HandshakeRequest {
             min_version: PROTOCOL_VERSION_MIN,
             max_version: PROTOCOL_VERSION_MAX,
             features: 0,
@@ -203,17 +203,8 @@ impl Connection {
         })
         .await
         .map_err(|_| ClientError::Disconnected("handshake timed out".into()))??;
-        match reply {
-            Response::Handshake {
-                max_frame_bytes, ..
-            } => {
-                conn.max_frame_bytes = max_frame_bytes;
-                Ok(conn)
-            }
-            other => Err(ClientError::Protocol(format!(
-                "unexpected handshake reply {other:?}"
-            ))),
-        }
+        conn.max_frame_bytes = reply.max_frame_bytes;
+        Ok(conn)
     }
 
     /// True once the connection has broken.
@@ -224,11 +215,11 @@ impl Connection {
     /// Sends `request` as soon as one of the connection's request slots is
     /// free, and returns a future for its response. Requests started one
     /// after another leave in that order.
-    pub async fn start(
+    pub async fn start<C: Call>(
         &self,
-        request: &Request,
+        request: &C,
     ) -> Result<
-        impl std::future::Future<Output = Result<Response, ClientError>> + Send + 'static,
+        impl std::future::Future<Output = Result<C::Reply, ClientError>> + Send + 'static,
         ClientError,
     > {
         let slot = self
@@ -244,7 +235,6 @@ impl Connection {
         let (done, wait) = oneshot::channel();
         self.pending.lock().insert(id, Waiter { done, _slot: slot });
         let frame = request.to_frame(id);
-        let kind = frame.kind;
         if self.tx.send(frame).is_err() {
             self.pending.lock().remove(&id);
             return Err(ClientError::Disconnected(
@@ -264,12 +254,12 @@ impl Connection {
                     message: err.message,
                 });
             }
-            Response::decode(kind, frame.body).map_err(|e| ClientError::Protocol(e.to_string()))
+            C::Reply::decode(frame.body).map_err(|e| ClientError::Protocol(e.to_string()))
         })
     }
 
     /// Sends `request` and waits for its response.
-    pub async fn call(&self, request: &Request) -> Result<Response, ClientError> {
+    pub async fn call<C: Call>(&self, request: &C) -> Result<C::Reply, ClientError> {
         self.start(request).await?.await
     }
 }

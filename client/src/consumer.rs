@@ -12,11 +12,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use spool_protocol::batch::Batches;
-use spool_protocol::{Request, Response};
+use spool_protocol::requests::{FetchRequest, OffsetForTimestampRequest};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::{expect, Client, ClientError};
+use super::{Client, ClientError};
 
 /// Where a consumer starts in each partition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,15 +48,12 @@ impl StartAt {
             StartAt::Latest => end,
             StartAt::Offset(o) => o,
             StartAt::Timestamp(timestamp_ms) => {
-                let request = Request::OffsetForTimestamp {
+                let request = OffsetForTimestampRequest {
                     topic: topic.to_string(),
                     partition,
                     timestamp_ms,
                 };
-                expect(client.call(&request).await?, |r| match r {
-                    Response::OffsetForTimestamp(o) => Ok(o),
-                    other => Err(other),
-                })?
+                client.call(&request).await?.offset
             }
         })
     }
@@ -200,23 +197,17 @@ async fn fetch_loop(
 ) {
     let mut failures = 0u32;
     loop {
-        let request = Request::Fetch {
+        let request = FetchRequest {
             topic: topic.clone(),
             partition,
             offset,
             max_bytes: config.fetch_max_bytes,
             max_wait_ms: config.fetch_max_wait.as_millis().min(u128::from(u32::MAX)) as u32,
         };
-        let response = client.call(&request).await.and_then(|r| {
-            expect(r, |r| match r {
-                Response::Fetch {
-                    next_offset,
-                    batches,
-                    ..
-                } => Ok((next_offset, batches)),
-                other => Err(other),
-            })
-        });
+        let response = client
+            .call(&request)
+            .await
+            .map(|r| (r.next_offset, r.batches));
         let (next_offset, batches) = match response {
             Ok(ok) => {
                 failures = 0;

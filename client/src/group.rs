@@ -7,10 +7,13 @@
 
 use std::time::{Duration, Instant};
 
-use spool_protocol::{Request, Response, WireGroupMode};
+use spool_protocol::requests::{
+    CommitOffsetRequest, CommittedOffsetsRequest, GroupAssignmentRequest, JoinGroupRequest,
+};
+use spool_protocol::WireGroupMode;
 
 use super::consumer::{ConsumedMessage, Consumer, ConsumerConfig, StartAt};
-use super::{expect, Client, ClientError};
+use super::{Client, ClientError};
 
 /// How often a member checks whether the group was rebalanced.
 const ASSIGNMENT_CHECK: Duration = Duration::from_secs(1);
@@ -39,7 +42,7 @@ impl GroupConsumer {
         start: StartAt,
         config: ConsumerConfig,
     ) -> Result<GroupConsumer, ClientError> {
-        let request = Request::JoinGroup {
+        let request = JoinGroupRequest {
             group: group.to_string(),
             topic: topic.to_string(),
             mode: WireGroupMode::Stream,
@@ -47,14 +50,9 @@ impl GroupConsumer {
             max_deliveries: 0,
             max_in_flight: 0,
         };
-        let (member, generation, partitions) = expect(client.call(&request).await?, |r| match r {
-            Response::JoinGroup {
-                member,
-                generation,
-                partitions,
-            } => Ok((member, generation, partitions)),
-            other => Err(other),
-        })?;
+        let joined = client.call(&request).await?;
+        let (member, generation, partitions) =
+            (joined.member, joined.generation, joined.partitions);
         let inner = start_consumer(&client, group, topic, &partitions, start, &config).await?;
         Ok(GroupConsumer {
             client,
@@ -91,30 +89,22 @@ impl GroupConsumer {
 
     /// Commits `message` as consumed: the group resumes after it.
     pub async fn commit(&self, message: &ConsumedMessage) -> Result<(), ClientError> {
-        let request = Request::CommitOffset {
+        let request = CommitOffsetRequest {
             group: self.group.clone(),
             partition: message.partition,
             offset: message.offset + 1,
         };
-        expect(self.client.call(&request).await?, |r| match r {
-            Response::CommitOffset => Ok(()),
-            other => Err(other),
-        })
+        self.client.call(&request).await
     }
 
     async fn refresh(&mut self) -> Result<(), ClientError> {
         self.checked = Instant::now();
-        let request = Request::GroupAssignment {
+        let request = GroupAssignmentRequest {
             group: self.group.clone(),
             member: self.member,
         };
-        let (generation, partitions) = expect(self.client.call(&request).await?, |r| match r {
-            Response::GroupAssignment {
-                generation,
-                partitions,
-            } => Ok((generation, partitions)),
-            other => Err(other),
-        })?;
+        let assigned = self.client.call(&request).await?;
+        let (generation, partitions) = (assigned.generation, assigned.partitions);
         if generation != self.generation {
             tracing::debug!(group = %self.group, generation, ?partitions, "rebalanced");
             self.inner = start_consumer(
@@ -147,17 +137,12 @@ async fn start_consumer(
     start: StartAt,
     config: &ConsumerConfig,
 ) -> Result<Consumer, ClientError> {
-    let committed = expect(
-        client
-            .call(&Request::CommittedOffsets {
-                group: group.to_string(),
-            })
-            .await?,
-        |r| match r {
-            Response::CommittedOffsets(c) => Ok(c),
-            other => Err(other),
-        },
-    )?;
+    let committed = client
+        .call(&CommittedOffsetsRequest {
+            group: group.to_string(),
+        })
+        .await?
+        .offsets;
     let described = client.describe_topic(topic).await?;
     let mut positions = Vec::new();
     for &p in partitions {

@@ -34,8 +34,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use spool_protocol::messages::{TopicSettings, WireTopic};
-use spool_protocol::{ErrorCode, Request, Response};
+use spool_protocol::requests::{
+    CreateTopicRequest, DeleteTopicRequest, DescribeTopicRequest, LeaveGroupRequest,
+    ListTopicsRequest, ProduceRequest, TopicSettings, WireTopic,
+};
+use spool_protocol::{Call, ErrorCode};
 use thiserror::Error;
 use tokio::sync::Mutex;
 
@@ -44,7 +47,7 @@ pub use self::consumer::{ConsumedMessage, Consumer, ConsumerConfig, StartAt};
 pub use self::group::GroupConsumer;
 pub use self::producer::{Delivery, DeliveryFuture, Producer, ProducerConfig};
 pub use self::queue_consumer::{QueueConsumer, QueueOptions, QueuedMessage, Settled};
-pub use spool_protocol::messages::{
+pub use spool_protocol::requests::{
     TopicSettings as TopicOptions, WireSync, WireTopic as TopicDescription,
 };
 
@@ -148,8 +151,9 @@ impl Client {
         Ok(conn.clone())
     }
 
-    /// Sends one request and waits for the answer.
-    pub async fn call(&self, request: &Request) -> Result<Response, ClientError> {
+    /// Sends one request and waits for its reply (for requests this client
+    /// has no method for).
+    pub async fn call<C: Call>(&self, request: &C) -> Result<C::Reply, ClientError> {
         self.connection().await?.call(request).await
     }
 
@@ -158,7 +162,7 @@ impl Client {
     /// leave at once on a connection that stays open.
     pub(crate) fn leave_in_background(&self, group: &str, member: u64) {
         let client = self.clone();
-        let request = Request::LeaveGroup {
+        let request = LeaveGroupRequest {
             group: group.to_string(),
             member,
         };
@@ -176,45 +180,33 @@ impl Client {
         partitions: u32,
         settings: TopicSettings,
     ) -> Result<(), ClientError> {
-        let request = Request::CreateTopic {
+        let request = CreateTopicRequest {
             name: name.to_string(),
             partitions,
             settings,
         };
-        expect(self.call(&request).await?, |r| match r {
-            Response::CreateTopic => Ok(()),
-            other => Err(other),
-        })
+        self.call(&request).await
     }
 
     /// Deletes a topic.
     pub async fn delete_topic(&self, name: &str) -> Result<(), ClientError> {
-        let request = Request::DeleteTopic {
+        let request = DeleteTopicRequest {
             name: name.to_string(),
         };
-        expect(self.call(&request).await?, |r| match r {
-            Response::DeleteTopic => Ok(()),
-            other => Err(other),
-        })
+        self.call(&request).await
     }
 
     /// Lists topics with their partitions' offsets.
     pub async fn list_topics(&self) -> Result<Vec<WireTopic>, ClientError> {
-        expect(self.call(&Request::ListTopics).await?, |r| match r {
-            Response::ListTopics(t) => Ok(t),
-            other => Err(other),
-        })
+        Ok(self.call(&ListTopicsRequest).await?.topics)
     }
 
     /// Describes one topic.
     pub async fn describe_topic(&self, name: &str) -> Result<WireTopic, ClientError> {
-        let request = Request::DescribeTopic {
+        let request = DescribeTopicRequest {
             name: name.to_string(),
         };
-        expect(self.call(&request).await?, |r| match r {
-            Response::DescribeTopic(t) => Ok(t),
-            other => Err(other),
-        })
+        self.call(&request).await
     }
 
     /// Appends one prebuilt batch; returns `(base_offset, next_offset)`.
@@ -224,25 +216,12 @@ impl Client {
         partition: u32,
         batch: Bytes,
     ) -> Result<(u64, u64), ClientError> {
-        let request = Request::Produce {
+        let request = ProduceRequest {
             topic: topic.to_string(),
             partition,
             batch,
         };
-        expect(self.call(&request).await?, |r| match r {
-            Response::Produce {
-                base_offset,
-                next_offset,
-            } => Ok((base_offset, next_offset)),
-            other => Err(other),
-        })
+        let stored = self.call(&request).await?;
+        Ok((stored.base_offset, stored.next_offset))
     }
-}
-
-/// Unwraps the expected response variant; anything else is a protocol error.
-pub(crate) fn expect<T>(
-    response: Response,
-    pick: impl FnOnce(Response) -> Result<T, Response>,
-) -> Result<T, ClientError> {
-    pick(response).map_err(|other| ClientError::Protocol(format!("unexpected response {other:?}")))
 }

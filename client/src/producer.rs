@@ -29,13 +29,13 @@ use std::sync::Arc;
 use parking_lot::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use spool_protocol::{Request, Response};
+use spool_protocol::requests::ProduceRequest;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio::time::Instant;
 
 use super::accumulator::{Accumulator, Ready};
 pub use super::delivery::{Delivery, DeliveryFuture};
-use super::{expect, Client, ClientError};
+use super::{Client, ClientError};
 
 /// Producer settings.
 #[derive(Clone, Debug)]
@@ -278,7 +278,7 @@ async fn dispatch(shared: &Shared, batch: Ready, permit: OwnedSemaphorePermit) {
         Ok(bytes) => bytes,
         Err(err) => return outcome.complete(Err(ClientError::Invalid(err.to_string()))),
     };
-    let request = Request::Produce {
+    let request = ProduceRequest {
         topic: topic.to_string(),
         partition,
         batch: bytes,
@@ -303,12 +303,7 @@ async fn dispatch(shared: &Shared, batch: Ready, permit: OwnedSemaphorePermit) {
             tokio::time::sleep(Duration::from_millis(50 << attempt.min(5))).await;
             result = client.call(&request).await;
         }
-        let result = result.and_then(|r| {
-            expect(r, |r| match r {
-                Response::Produce { base_offset, .. } => Ok(base_offset),
-                other => Err(other),
-            })
-        });
+        let result = result.map(|stored| stored.base_offset);
         outcome.complete(result);
         drop(permit);
     });

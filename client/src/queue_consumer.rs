@@ -5,10 +5,13 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use spool_protocol::messages::WireDelivery;
-use spool_protocol::{ErrorCode, Request, Response, WireGroupMode};
+use spool_protocol::requests::{
+    AckRequest, DeliverRequest, JoinGroupRequest, NackRequest, SettleResponse, TouchRequest,
+    WireDelivery,
+};
+use spool_protocol::{Call, ErrorCode, WireGroupMode};
 
-use super::{expect, Client, ClientError};
+use super::{Client, ClientError};
 
 /// Queue consumer settings. The group settings apply when the first member
 /// creates the group; later members get the group's.
@@ -83,7 +86,7 @@ impl QueueConsumer {
     }
 
     async fn rejoin(&mut self) -> Result<(), ClientError> {
-        let request = Request::JoinGroup {
+        let request = JoinGroupRequest {
             group: self.group.clone(),
             topic: self.topic.clone(),
             mode: WireGroupMode::Queue,
@@ -91,10 +94,7 @@ impl QueueConsumer {
             max_deliveries: self.options.max_deliveries,
             max_in_flight: self.options.max_in_flight,
         };
-        self.member = expect(self.client.call(&request).await?, |r| match r {
-            Response::JoinGroup { member, .. } => Ok(member),
-            other => Err(other),
-        })?;
+        self.member = self.client.call(&request).await?.member;
         Ok(())
     }
 
@@ -110,13 +110,10 @@ impl QueueConsumer {
             self.rejoin().await?;
             response = self.client.call(&self.deliver_request()).await;
         }
-        let messages = expect(response?, |r| match r {
-            Response::Deliver(m) => Ok(m),
-            other => Err(other),
-        })?;
+        let messages = response?.messages;
         if self.options.auto_ack && !messages.is_empty() {
             let items: Vec<(u32, u64)> = messages.iter().map(|m| (m.partition, m.offset)).collect();
-            self.settle(Request::Ack {
+            self.settle(AckRequest {
                 group: self.group.clone(),
                 member: self.member,
                 items,
@@ -127,8 +124,8 @@ impl QueueConsumer {
         Ok(self.buffer.pop_front())
     }
 
-    fn deliver_request(&self) -> Request {
-        Request::Deliver {
+    fn deliver_request(&self) -> DeliverRequest {
+        DeliverRequest {
             group: self.group.clone(),
             member: self.member,
             max_messages: self.options.prefetch.max(1),
@@ -156,7 +153,7 @@ impl QueueConsumer {
 
     /// Acks several messages in one request.
     pub async fn ack_many(&self, messages: &[QueuedMessage]) -> Result<Vec<Settled>, ClientError> {
-        self.settle(Request::Ack {
+        self.settle(AckRequest {
             group: self.group.clone(),
             member: self.member,
             items: messages.iter().map(|m| (m.partition, m.offset)).collect(),
@@ -176,7 +173,7 @@ impl QueueConsumer {
         ClientError,
     > {
         let expected = messages.len();
-        let request = Request::Ack {
+        let request = AckRequest {
             group: self.group.clone(),
             member: self.member,
             items: messages.iter().map(|m| (m.partition, m.offset)).collect(),
@@ -192,7 +189,7 @@ impl QueueConsumer {
         delay: Duration,
     ) -> Result<Settled, ClientError> {
         let results = self
-            .settle(Request::Nack {
+            .settle(NackRequest {
                 group: self.group.clone(),
                 member: self.member,
                 delay_ms: delay.as_millis().min(u128::from(u32::MAX)) as u32,
@@ -206,7 +203,7 @@ impl QueueConsumer {
     /// progress).
     pub async fn touch(&self, message: &QueuedMessage) -> Result<Settled, ClientError> {
         let results = self
-            .settle(Request::Touch {
+            .settle(TouchRequest {
                 group: self.group.clone(),
                 member: self.member,
                 items: vec![(message.partition, message.offset)],
@@ -215,13 +212,8 @@ impl QueueConsumer {
         Ok(results[0])
     }
 
-    async fn settle(&self, request: Request) -> Result<Vec<Settled>, ClientError> {
-        let expected = match &request {
-            Request::Ack { items, .. }
-            | Request::Nack { items, .. }
-            | Request::Touch { items, .. } => items.len(),
-            _ => 0,
-        };
+    async fn settle<C: Settle>(&self, request: C) -> Result<Vec<Settled>, ClientError> {
+        let expected = request.items().len();
         settled_from(self.client.call(&request).await?, expected)
     }
 
@@ -231,11 +223,31 @@ impl QueueConsumer {
     }
 }
 
-fn settled_from(response: Response, expected: usize) -> Result<Vec<Settled>, ClientError> {
-    let codes = expect(response, |r| match r {
-        Response::Settle(codes) => Ok(codes),
-        other => Err(other),
-    })?;
+/// The requests that settle deliveries: one result per item comes back.
+trait Settle: Call<Reply = SettleResponse> {
+    fn items(&self) -> &[(u32, u64)];
+}
+
+impl Settle for AckRequest {
+    fn items(&self) -> &[(u32, u64)] {
+        &self.items
+    }
+}
+
+impl Settle for NackRequest {
+    fn items(&self) -> &[(u32, u64)] {
+        &self.items
+    }
+}
+
+impl Settle for TouchRequest {
+    fn items(&self) -> &[(u32, u64)] {
+        &self.items
+    }
+}
+
+fn settled_from(response: SettleResponse, expected: usize) -> Result<Vec<Settled>, ClientError> {
+    let codes = response.results;
     if codes.len() != expected {
         return Err(ClientError::Protocol(format!(
             "{} results for {expected} items",

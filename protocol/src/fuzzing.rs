@@ -36,7 +36,7 @@ pub fn exercise_frame_decoder(data: &[u8]) {
     use tokio_util::codec::Decoder;
 
     use crate::frame::FrameCodec;
-    use crate::messages::{ErrorResponse, Request, Response};
+    use crate::requests::{ErrorResponse, Request, Response, Wire};
 
     const LIMIT: usize = 1 << 16;
     let mut codec = FrameCodec::new(LIMIT);

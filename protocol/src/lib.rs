@@ -10,20 +10,22 @@
 #![deny(missing_docs)]
 
 pub mod batch;
+pub mod codec;
 pub mod error_code;
 pub mod frame;
 pub mod frame_writer;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
-pub mod messages;
+pub mod requests;
 pub mod types;
 pub mod varint;
 
 pub use batch::{Batch, BatchBuilder, BatchError, BatchHeader, Record};
+pub use codec::{DecodeError, Wire};
 pub use error_code::ErrorCode;
 pub use frame::{Frame, FrameCodec, FrameError};
 pub use frame_writer::FrameWriter;
-pub use messages::{
-    ErrorResponse, Request, Response, WireGroupMode, WireResetTarget, WireSettle, WireSync,
+pub use requests::{
+    Call, ErrorResponse, Request, Response, WireGroupMode, WireResetTarget, WireSettle, WireSync,
 };
 pub use types::{partition_for_key, Offset, PartitionId};

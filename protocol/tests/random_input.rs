@@ -82,31 +82,31 @@ fn batch_reader_survives_random_and_mutated_input() {
 }
 
 fn valid_frames(rng: &mut impl Rng) -> Vec<u8> {
-    use spool_protocol::messages::{Request, TopicSettings};
+    use spool_protocol::requests::*;
     use spool_protocol::FrameCodec;
     use tokio_util::codec::Encoder;
     let mut out = bytes::BytesMut::new();
     let mut codec = FrameCodec::default();
     for i in 0..rng.random_range(1..4u32) {
         let request = match rng.random_range(0..4) {
-            0 => Request::Produce {
+            0 => Request::Produce(ProduceRequest {
                 topic: "t".into(),
                 partition: rng.random(),
                 batch: valid_batch(rng).into(),
-            },
-            1 => Request::Fetch {
+            }),
+            1 => Request::Fetch(FetchRequest {
                 topic: "topic".into(),
                 partition: 1,
                 offset: rng.random(),
                 max_bytes: rng.random(),
                 max_wait_ms: 5,
-            },
-            2 => Request::CreateTopic {
+            }),
+            2 => Request::CreateTopic(CreateTopicRequest {
                 name: "n".into(),
                 partitions: 3,
                 settings: TopicSettings::default(),
-            },
-            _ => Request::ListTopics,
+            }),
+            _ => Request::ListTopics(ListTopicsRequest),
         };
         codec.encode(request.to_frame(i), &mut out).unwrap();
     }

@@ -5,10 +5,8 @@
 use bytes::Bytes;
 use proptest::collection::vec;
 use proptest::prelude::*;
-use spool_protocol::messages::{
-    kind, TopicSettings, WireDelivery, WireGroup, WireGroupPartition, WirePartition, WireTopic,
-};
-use spool_protocol::{Request, Response, WireGroupMode, WireResetTarget, WireSettle, WireSync};
+use spool_protocol::requests::*;
+use spool_protocol::{Request, Response};
 
 fn name() -> impl Strategy<Value = String> {
     "[a-zA-Z0-9._é-]{0,24}"
@@ -37,18 +35,20 @@ fn items() -> impl Strategy<Value = Vec<(u32, u64)>> {
 fn request() -> impl Strategy<Value = Request> {
     prop_oneof![
         (any::<u16>(), any::<u16>(), any::<u64>(), name()).prop_map(|(a, b, f, c)| {
-            Request::Handshake {
+            Request::Handshake(HandshakeRequest {
                 min_version: a,
                 max_version: b,
                 features: f,
                 client_id: c,
+            })
+        }),
+        (name(), any::<u32>(), blob()).prop_map(|(topic, partition, batch)| Request::Produce(
+            ProduceRequest {
+                topic,
+                partition,
+                batch
             }
-        }),
-        (name(), any::<u32>(), blob()).prop_map(|(topic, partition, batch)| Request::Produce {
-            topic,
-            partition,
-            batch
-        }),
+        )),
         (
             name(),
             any::<u32>(),
@@ -57,13 +57,13 @@ fn request() -> impl Strategy<Value = Request> {
             any::<u32>()
         )
             .prop_map(|(topic, partition, offset, max_bytes, max_wait_ms)| {
-                Request::Fetch {
+                Request::Fetch(FetchRequest {
                     topic,
                     partition,
                     offset,
                     max_bytes,
                     max_wait_ms,
-                }
+                })
             }),
         (
             name(),
@@ -74,20 +74,22 @@ fn request() -> impl Strategy<Value = Request> {
             proptest::option::of(any::<u64>())
         )
             .prop_map(
-                |(name, partitions, sync, seg, ms, bytes)| Request::CreateTopic {
-                    name,
-                    partitions,
-                    settings: TopicSettings {
-                        sync,
-                        segment_size_bytes: seg,
-                        retention_ms: ms,
-                        retention_bytes: bytes,
-                    },
-                }
+                |(name, partitions, sync, seg, ms, bytes)| Request::CreateTopic(
+                    CreateTopicRequest {
+                        name,
+                        partitions,
+                        settings: TopicSettings {
+                            sync,
+                            segment_size_bytes: seg,
+                            retention_ms: ms,
+                            retention_bytes: bytes,
+                        },
+                    }
+                )
             ),
-        name().prop_map(|name| Request::DeleteTopic { name }),
-        Just(Request::ListTopics),
-        name().prop_map(|name| Request::DescribeTopic { name }),
+        name().prop_map(|name| Request::DeleteTopic(DeleteTopicRequest { name })),
+        Just(Request::ListTopics(ListTopicsRequest)),
+        name().prop_map(|name| Request::DescribeTopic(DescribeTopicRequest { name })),
         (
             name(),
             name(),
@@ -98,55 +100,61 @@ fn request() -> impl Strategy<Value = Request> {
         )
             .prop_map(
                 |(group, topic, mode, ack_wait_ms, max_deliveries, max_in_flight)| {
-                    Request::JoinGroup {
+                    Request::JoinGroup(JoinGroupRequest {
                         group,
                         topic,
                         mode,
                         ack_wait_ms,
                         max_deliveries,
                         max_in_flight,
-                    }
+                    })
                 }
             ),
-        (name(), any::<u64>()).prop_map(|(group, member)| Request::LeaveGroup { group, member }),
         (name(), any::<u64>())
-            .prop_map(|(group, member)| Request::GroupAssignment { group, member }),
+            .prop_map(|(group, member)| Request::LeaveGroup(LeaveGroupRequest { group, member })),
+        (name(), any::<u64>()).prop_map(|(group, member)| Request::GroupAssignment(
+            GroupAssignmentRequest { group, member }
+        )),
         (name(), any::<u64>(), any::<u32>(), any::<u32>()).prop_map(
-            |(group, member, max_messages, max_wait_ms)| Request::Deliver {
+            |(group, member, max_messages, max_wait_ms)| Request::Deliver(DeliverRequest {
                 group,
                 member,
                 max_messages,
                 max_wait_ms
-            }
+            })
         ),
-        (name(), any::<u64>(), items()).prop_map(|(group, member, items)| Request::Ack {
-            group,
-            member,
-            items
-        }),
+        (name(), any::<u64>(), items()).prop_map(|(group, member, items)| Request::Ack(
+            AckRequest {
+                group,
+                member,
+                items
+            }
+        )),
         (name(), any::<u64>(), any::<u32>(), items()).prop_map(
-            |(group, member, delay_ms, items)| Request::Nack {
+            |(group, member, delay_ms, items)| Request::Nack(NackRequest {
                 group,
                 member,
                 delay_ms,
                 items
-            }
+            })
         ),
-        (name(), any::<u64>(), items()).prop_map(|(group, member, items)| Request::Touch {
-            group,
-            member,
-            items
-        }),
+        (name(), any::<u64>(), items()).prop_map(|(group, member, items)| Request::Touch(
+            TouchRequest {
+                group,
+                member,
+                items
+            }
+        )),
         (name(), any::<u32>(), any::<u64>()).prop_map(|(group, partition, offset)| {
-            Request::CommitOffset {
+            Request::CommitOffset(CommitOffsetRequest {
                 group,
                 partition,
                 offset,
-            }
+            })
         }),
-        name().prop_map(|group| Request::CommittedOffsets { group }),
-        Just(Request::ListGroups),
-        name().prop_map(|group| Request::DescribeGroup { group }),
+        name().prop_map(|group| Request::CommittedOffsets(CommittedOffsetsRequest { group })),
+        Just(Request::ListGroups(ListGroupsRequest)),
+        name().prop_map(|group| Request::DescribeGroup(DescribeGroupRequest { group })),
         (
             name(),
             prop_oneof![
@@ -155,13 +163,13 @@ fn request() -> impl Strategy<Value = Request> {
                 any::<u64>().prop_map(WireResetTarget::Offset)
             ]
         )
-            .prop_map(|(group, to)| Request::ResetGroup { group, to }),
+            .prop_map(|(group, to)| Request::ResetGroup(ResetGroupRequest { group, to })),
         (name(), any::<u32>(), any::<i64>()).prop_map(|(topic, partition, timestamp_ms)| {
-            Request::OffsetForTimestamp {
+            Request::OffsetForTimestamp(OffsetForTimestampRequest {
                 topic,
                 partition,
                 timestamp_ms,
-            }
+            })
         }),
     ]
 }
@@ -279,62 +287,76 @@ fn response() -> impl Strategy<Value = (u16, Response)> {
     prop_oneof![
         (any::<u16>(), any::<u64>(), any::<u32>(), name()).prop_map(|(v, f, m, s)| (
             kind::HANDSHAKE,
-            Response::Handshake {
+            Response::Handshake(HandshakeResponse {
                 version: v,
                 features: f,
                 max_frame_bytes: m,
                 server_id: s
-            }
+            })
         )),
         (any::<u64>(), any::<u64>()).prop_map(|(b, n)| (
             kind::PRODUCE,
-            Response::Produce {
+            Response::Produce(ProduceResponse {
                 base_offset: b,
                 next_offset: n
-            }
+            })
         )),
         (any::<u64>(), any::<u64>(), any::<u64>(), blob()).prop_map(|(s, e, n, b)| (
             kind::FETCH,
-            Response::Fetch {
+            Response::Fetch(FetchResponse {
                 log_start: s,
                 log_end: e,
                 next_offset: n,
                 batches: b
-            }
+            })
         )),
-        Just((kind::CREATE_TOPIC, Response::CreateTopic)),
-        Just((kind::DELETE_TOPIC, Response::DeleteTopic)),
-        vec(topic(), 0..3).prop_map(|t| (kind::LIST_TOPICS, Response::ListTopics(t))),
+        Just((kind::CREATE_TOPIC, Response::Done)),
+        Just((kind::DELETE_TOPIC, Response::Done)),
+        vec(topic(), 0..3).prop_map(|t| (
+            kind::LIST_TOPICS,
+            Response::ListTopics(ListTopicsResponse { topics: t })
+        )),
         topic().prop_map(|t| (kind::DESCRIBE_TOPIC, Response::DescribeTopic(t))),
         (any::<u64>(), any::<u32>(), vec(any::<u32>(), 0..6)).prop_map(|(m, g, p)| (
             kind::JOIN_GROUP,
-            Response::JoinGroup {
+            Response::JoinGroup(JoinGroupResponse {
                 member: m,
                 generation: g,
                 partitions: p
-            }
+            })
         )),
-        Just((kind::LEAVE_GROUP, Response::LeaveGroup)),
+        Just((kind::LEAVE_GROUP, Response::Done)),
         (any::<u32>(), vec(any::<u32>(), 0..6)).prop_map(|(g, p)| (
             kind::GROUP_ASSIGNMENT,
-            Response::GroupAssignment {
+            Response::GroupAssignment(GroupAssignmentResponse {
                 generation: g,
                 partitions: p
-            }
+            })
         )),
-        vec(delivery(), 0..3).prop_map(|d| (kind::DELIVER, Response::Deliver(d))),
+        vec(delivery(), 0..3).prop_map(|d| (
+            kind::DELIVER,
+            Response::Deliver(DeliverResponse { messages: d })
+        )),
         (
             prop_oneof![Just(kind::ACK), Just(kind::NACK), Just(kind::TOUCH)],
             vec(settle(), 0..6)
         )
-            .prop_map(|(k, s)| (k, Response::Settle(s))),
-        Just((kind::COMMIT_OFFSET, Response::CommitOffset)),
-        vec((any::<u32>(), proptest::option::of(any::<u64>())), 0..4)
-            .prop_map(|c| (kind::COMMITTED_OFFSETS, Response::CommittedOffsets(c))),
-        vec(group(), 0..3).prop_map(|g| (kind::LIST_GROUPS, Response::ListGroups(g))),
+            .prop_map(|(k, s)| (k, Response::Settle(SettleResponse { results: s }))),
+        Just((kind::COMMIT_OFFSET, Response::Done)),
+        vec((any::<u32>(), proptest::option::of(any::<u64>())), 0..4).prop_map(|c| (
+            kind::COMMITTED_OFFSETS,
+            Response::CommittedOffsets(CommittedOffsetsResponse { offsets: c })
+        )),
+        vec(group(), 0..3).prop_map(|g| (
+            kind::LIST_GROUPS,
+            Response::ListGroups(ListGroupsResponse { groups: g })
+        )),
         group().prop_map(|g| (kind::DESCRIBE_GROUP, Response::DescribeGroup(g))),
-        Just((kind::RESET_GROUP, Response::ResetGroup)),
-        any::<u64>().prop_map(|o| (kind::OFFSET_FOR_TIMESTAMP, Response::OffsetForTimestamp(o))),
+        Just((kind::RESET_GROUP, Response::Done)),
+        any::<u64>().prop_map(|o| (
+            kind::OFFSET_FOR_TIMESTAMP,
+            Response::OffsetForTimestamp(OffsetForTimestampResponse { offset: o })
+        )),
     ]
 }
 
@@ -388,7 +410,7 @@ fn the_strategies_cover_every_kind() {
     let all: std::collections::BTreeSet<u16> = (0..=u16::from(u8::MAX))
         .filter(|k| {
             Request::decode(*k, Bytes::new()).err()
-                != Some(spool_protocol::messages::DecodeError::UnknownKind(*k))
+                != Some(spool_protocol::DecodeError::UnknownKind(*k))
         })
         .collect();
     assert_eq!(requests, all, "request kinds without a strategy");

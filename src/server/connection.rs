@@ -23,7 +23,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use spool_protocol::messages::{kind, DecodeError};
+use spool_protocol::requests::kind;
+use spool_protocol::DecodeError;
 use spool_protocol::{
     ErrorCode, ErrorResponse, Frame, FrameCodec, FrameError, FrameWriter, Request, Response,
 };
@@ -299,17 +300,10 @@ impl Handler {
     /// Answers the first request, which must be a handshake. False: close.
     async fn handshake(&mut self, request: Request, kind_: u16, correlation_id: u32) -> bool {
         let reply = match request {
-            Request::Handshake {
-                min_version,
-                max_version,
-                features,
-                ..
-            } => handlers::handshake::handle(
-                min_version,
-                max_version,
-                features,
-                self.ctx.limits.max_frame_bytes,
-            ),
+            Request::Handshake(hello) => {
+                handlers::handshake::handle(&hello, self.ctx.limits.max_frame_bytes)
+                    .map(Response::from)
+            }
             _ => Err(error(
                 ErrorCode::HandshakeRequired,
                 "the first request must be a handshake",
@@ -353,32 +347,30 @@ impl Handler {
         let tx = self.tx.clone();
         let ctx = self.ctx.clone();
         match request {
-            Request::Produce {
-                topic,
-                partition,
-                batch,
-            } => {
+            Request::Produce(r) => {
                 // Appended here, in arrival order; only the wait is async.
-                let pending = handlers::produce::start(&ctx.broker, &topic, partition, &batch);
+                let pending =
+                    handlers::produce::start(&ctx.broker, &r.topic, r.partition, &r.batch);
                 self.tasks.spawn(async move {
                     let reply = match pending {
-                        Ok(pending) => handlers::produce::finish(pending).await,
+                        Ok(pending) => handlers::produce::finish(pending).await.map(Response::from),
                         Err(e) => Err(e),
                     };
                     respond(&tx, reply, kind_, correlation_id, started, permits).await;
                 });
             }
-            request @ Request::JoinGroup { .. } => {
+            Request::JoinGroup(r) => {
                 // Joined here, so the member is on this connection's list
                 // before any later request can use it. Joining may create the
                 // group (files, fsync): off the async workers, but awaited.
                 let join = handlers::on_blocking_thread(&ctx.broker, move |broker| {
-                    handlers::groups::join(broker, &request)
+                    let joined = handlers::groups::join(broker, &r);
+                    joined.map(|(response, member)| (response, r.group, member))
                 });
                 let reply = match join.await {
                     Ok((response, group, member)) => {
                         self.joined.push((group, member));
-                        Ok(response)
+                        Ok(response.into())
                     }
                     Err(e) => Err(e),
                 };
@@ -409,89 +401,71 @@ impl Handler {
 }
 
 async fn dispatch(ctx: &ServerContext, request: Request) -> Result<Response, ErrorResponse> {
+    let broker = &ctx.broker;
+    // A long poll (fetch, delivery) answers at once at shutdown with what
+    // there is.
+    let stopping = || ctx.shutdown.is_cancelled();
     match request {
-        Request::Fetch {
-            topic,
-            partition,
-            offset,
-            max_bytes,
-            max_wait_ms,
-        } => {
-            // At shutdown a long poll answers at once with what there is.
-            let wait_ms = if ctx.shutdown.is_cancelled() {
-                0
-            } else {
-                max_wait_ms
-            };
+        Request::Fetch(r) => {
+            let wait_ms = if stopping() { 0 } else { r.max_wait_ms };
             tokio::select! {
-                reply = handlers::fetch::handle(&ctx.broker, &topic, partition, offset, max_bytes, wait_ms) => reply,
-                _ = ctx.shutdown.cancelled() => {
-                    handlers::fetch::handle(&ctx.broker, &topic, partition, offset, max_bytes, 0).await
-                }
+                reply = handlers::fetch::handle(broker, &r, wait_ms) => reply,
+                _ = ctx.shutdown.cancelled() => handlers::fetch::handle(broker, &r, 0).await,
             }
+            .map(Response::from)
         }
-        Request::CreateTopic {
-            name,
-            partitions,
-            settings,
-        } => {
+        Request::Deliver(r) => tokio::select! {
+            reply = handlers::groups::deliver(broker, &r, stopping()) => reply,
+            _ = ctx.shutdown.cancelled() => handlers::groups::deliver(broker, &r, true).await,
+        }
+        .map(Response::from),
+        Request::CreateTopic(r) => {
             let defaults = ctx.topic_defaults.clone();
-            handlers::on_blocking_thread(&ctx.broker, move |broker| {
-                handlers::topics::create(broker, &defaults, &name, partitions, &settings)
+            handlers::on_blocking_thread(broker, move |broker| {
+                handlers::topics::create(broker, &defaults, &r).map(Response::from)
             })
             .await
         }
-        Request::DeleteTopic { name } => {
-            handlers::on_blocking_thread(&ctx.broker, move |broker| {
-                handlers::topics::delete(broker, &name)
+        Request::DeleteTopic(r) => {
+            handlers::on_blocking_thread(broker, move |broker| {
+                handlers::topics::delete(broker, &r).map(Response::from)
             })
             .await
         }
-        Request::ListTopics => Ok(handlers::topics::list(&ctx.broker)),
-        Request::DescribeTopic { name } => handlers::topics::describe(&ctx.broker, &name),
-        request @ Request::Deliver { .. } => {
-            // Like a fetch: a waiting delivery answers at once at shutdown.
-            tokio::select! {
-                reply = handlers::groups::handle(&ctx.broker, request.clone(), ctx.shutdown.is_cancelled()) => reply,
-                _ = ctx.shutdown.cancelled() => handlers::groups::handle(&ctx.broker, request, true).await,
-            }
+        Request::ListTopics(_) => Ok(handlers::topics::list(broker).into()),
+        Request::DescribeTopic(r) => handlers::topics::describe(broker, &r).map(Response::from),
+        Request::LeaveGroup(r) => handlers::groups::leave(broker, &r).map(Response::from),
+        Request::GroupAssignment(r) => handlers::groups::assignment(broker, &r).map(Response::from),
+        Request::Ack(r) => handlers::groups::ack(broker, &r).await.map(Response::from),
+        Request::Nack(r) => handlers::groups::nack(broker, &r).map(Response::from),
+        Request::Touch(r) => handlers::groups::touch(broker, &r).map(Response::from),
+        Request::CommitOffset(r) => handlers::groups::commit_offset(broker, &r)
+            .await
+            .map(Response::from),
+        Request::CommittedOffsets(r) => {
+            handlers::groups::committed_offsets(broker, &r).map(Response::from)
         }
-        request @ (Request::LeaveGroup { .. }
-        | Request::GroupAssignment { .. }
-        | Request::Ack { .. }
-        | Request::Nack { .. }
-        | Request::Touch { .. }
-        | Request::CommitOffset { .. }
-        | Request::CommittedOffsets { .. }
-        | Request::ListGroups
-        | Request::DescribeGroup { .. }) => {
-            handlers::groups::handle(&ctx.broker, request, false).await
-        }
-        Request::ResetGroup { group, to } => {
-            handlers::on_blocking_thread(&ctx.broker, move |broker| {
-                handlers::groups::reset(broker, &group, to)
+        Request::ListGroups(_) => Ok(handlers::groups::list(broker).into()),
+        Request::DescribeGroup(r) => handlers::groups::describe(broker, &r).map(Response::from),
+        Request::ResetGroup(r) => {
+            handlers::on_blocking_thread(broker, move |broker| {
+                handlers::groups::reset(broker, &r).map(Response::from)
             })
             .await
         }
-        Request::OffsetForTimestamp {
-            topic,
-            partition,
-            timestamp_ms,
-        } => {
-            // Scans batch headers of the partition's segments.
-            handlers::on_blocking_thread(&ctx.broker, move |broker| {
-                handlers::fetch::offset_for_timestamp(broker, &topic, partition, timestamp_ms)
+        Request::OffsetForTimestamp(r) => {
+            // Reads index files and batch headers.
+            handlers::on_blocking_thread(broker, move |broker| {
+                handlers::fetch::offset_for_timestamp(broker, &r).map(Response::from)
             })
             .await
         }
-        Request::JoinGroup { .. } => Err(error(
+        Request::JoinGroup(_) => Err(error(
             ErrorCode::Internal,
             "join is dispatched in order, not here",
         )),
-        Request::Handshake { .. } => {
-            Err(error(ErrorCode::MalformedFrame, "handshake already done"))
-        }
-        Request::Produce { .. } => Err(error(
+        Request::Handshake(_) => Err(error(ErrorCode::MalformedFrame, "handshake already done")),
+        Request::Produce(_) => Err(error(
             ErrorCode::Internal,
             "produce is dispatched in order, not here",
         )),
@@ -502,9 +476,9 @@ async fn dispatch(ctx: &ServerContext, request: Request) -> Result<Response, Err
 /// for a fetch the response it may build.
 fn request_cost(request: &Request, body_len: usize) -> usize {
     let response = match request {
-        Request::Fetch { max_bytes, .. } => *max_bytes as usize,
+        Request::Fetch(r) => r.max_bytes as usize,
         // Message sizes are unknown up front; budget a typical batch.
-        Request::Deliver { .. } => 1 << 20,
+        Request::Deliver(_) => 1 << 20,
         _ => 0,
     };
     (body_len + response).max(1)

@@ -1,8 +1,10 @@
 //! `spool groups list|describe|reset`.
 
 use spool::client::Client;
-use spool::protocol::messages::WireGroup;
-use spool::protocol::{Request, Response, WireGroupMode, WireResetTarget};
+use spool::protocol::requests::{
+    DescribeGroupRequest, ListGroupsRequest, ResetGroupRequest, WireGroup,
+};
+use spool::protocol::{WireGroupMode, WireResetTarget};
 
 use crate::{resolve, Failure, DEFAULT_ADDR};
 
@@ -37,32 +39,24 @@ pub async fn run(command: GroupsCommand) -> Result<(), Failure> {
     match command {
         GroupsCommand::List { addr } => {
             let client = Client::connect(resolve(&addr)?).await?;
-            match client.call(&Request::ListGroups).await? {
-                Response::ListGroups(groups) => {
-                    for g in groups {
-                        let lag: u64 = g
-                            .partitions
-                            .iter()
-                            .map(|p| p.end.saturating_sub(p.position))
-                            .sum();
-                        println!(
-                            "{}\ttopic={}\tmode={}\tmembers={}\tlag={lag}",
-                            g.name,
-                            g.topic,
-                            mode(g.mode),
-                            g.members
-                        );
-                    }
-                }
-                other => return Err(Failure::refused(format!("unexpected answer {other:?}"))),
+            for g in client.call(&ListGroupsRequest).await?.groups {
+                let lag: u64 = g
+                    .partitions
+                    .iter()
+                    .map(|p| p.end.saturating_sub(p.position))
+                    .sum();
+                println!(
+                    "{}\ttopic={}\tmode={}\tmembers={}\tlag={lag}",
+                    g.name,
+                    g.topic,
+                    mode(g.mode),
+                    g.members
+                );
             }
         }
         GroupsCommand::Describe { name, addr } => {
             let client = Client::connect(resolve(&addr)?).await?;
-            match client.call(&Request::DescribeGroup { group: name }).await? {
-                Response::DescribeGroup(g) => print_group(&g),
-                other => return Err(Failure::refused(format!("unexpected answer {other:?}"))),
-            }
+            print_group(&client.call(&DescribeGroupRequest { group: name }).await?);
         }
         GroupsCommand::Reset { name, to, addr } => {
             let target = match to.as_str() {
@@ -75,7 +69,7 @@ pub async fn run(command: GroupsCommand) -> Result<(), Failure> {
                 })?),
             };
             let client = Client::connect(resolve(&addr)?).await?;
-            let request = Request::ResetGroup {
+            let request = ResetGroupRequest {
                 group: name.clone(),
                 to: target,
             };

@@ -3,7 +3,10 @@
 use std::time::Duration;
 
 use spool_protocol::batch::BatchHeader;
-use spool_protocol::{ErrorResponse, Offset, PartitionId, Response};
+use spool_protocol::requests::{
+    FetchRequest, FetchResponse, OffsetForTimestampRequest, OffsetForTimestampResponse,
+};
+use spool_protocol::{ErrorResponse, Offset, PartitionId};
 
 use crate::broker::Broker;
 use crate::metrics;
@@ -12,22 +15,21 @@ use crate::server::errors::response_for;
 /// Longest a fetch may wait for data, whatever the client asks.
 pub const MAX_WAIT_CAP_MS: u32 = 30_000;
 
-/// Reads (and, at the end of the log, waits up to `max_wait_ms`).
+/// Reads (and, at the end of the log, waits up to `max_wait_ms`: the
+/// request's, or 0 at shutdown).
 pub async fn handle(
     broker: &Broker,
-    topic: &str,
-    partition: u32,
-    offset: u64,
-    max_bytes: u32,
+    request: &FetchRequest,
     max_wait_ms: u32,
-) -> Result<Response, ErrorResponse> {
+) -> Result<FetchResponse, ErrorResponse> {
+    let topic = request.topic.as_str();
     let max_wait = Duration::from_millis(u64::from(max_wait_ms.min(MAX_WAIT_CAP_MS)));
     let fetched = broker
         .read_wait(
             topic,
-            PartitionId(partition),
-            Offset(offset),
-            u64::from(max_bytes.max(1)),
+            PartitionId(request.partition),
+            Offset(request.offset),
+            u64::from(request.max_bytes.max(1)),
             max_wait,
         )
         .await
@@ -40,7 +42,7 @@ pub async fn handle(
             .with_label_values(&[topic])
             .inc_by(fetched.batches.len() as u64);
     }
-    Ok(Response::Fetch {
+    Ok(FetchResponse {
         log_start: fetched.log_start.0,
         log_end: fetched.log_end.0,
         next_offset: fetched.next_offset.0,
@@ -51,13 +53,15 @@ pub async fn handle(
 /// The first offset at or after a timestamp.
 pub fn offset_for_timestamp(
     broker: &Broker,
-    topic: &str,
-    partition: u32,
-    timestamp_ms: i64,
-) -> Result<Response, ErrorResponse> {
+    request: &OffsetForTimestampRequest,
+) -> Result<OffsetForTimestampResponse, ErrorResponse> {
     broker
-        .offset_for_timestamp(topic, PartitionId(partition), timestamp_ms)
-        .map(|o| Response::OffsetForTimestamp(o.0))
+        .offset_for_timestamp(
+            &request.topic,
+            PartitionId(request.partition),
+            request.timestamp_ms,
+        )
+        .map(|o| OffsetForTimestampResponse { offset: o.0 })
         .map_err(|e| response_for(&e))
 }
 

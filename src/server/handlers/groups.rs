@@ -3,12 +3,19 @@
 
 use std::time::Duration;
 
-use spool_protocol::messages::{WireDelivery, WireGroup, WireGroupPartition};
-use spool_protocol::{ErrorCode, ErrorResponse, Offset, PartitionId, Request, Response};
-use spool_protocol::{WireGroupMode, WireResetTarget, WireSettle};
+use spool_protocol::requests::{
+    AckRequest, CommitOffsetRequest, CommittedOffsetsRequest, CommittedOffsetsResponse,
+    DeliverRequest, DeliverResponse, DescribeGroupRequest, GroupAssignmentRequest,
+    GroupAssignmentResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
+    ListGroupsResponse, NackRequest, ResetGroupRequest, SettleResponse, TouchRequest, WireDelivery,
+    WireGroup, WireGroupPartition,
+};
+use spool_protocol::{
+    ErrorResponse, Offset, PartitionId, WireGroupMode, WireResetTarget, WireSettle,
+};
 
 use crate::broker::{Broker, GroupConfig, GroupInfo, GroupMode, MemberId, ResetTo, SettleResult};
-use crate::server::errors::{error, response_for};
+use crate::server::errors::response_for;
 
 /// Longest a delivery may wait, whatever the client asks.
 pub const MAX_WAIT_CAP_MS: u32 = 30_000;
@@ -17,171 +24,178 @@ pub const MAX_WAIT_CAP_MS: u32 = 30_000;
 /// connection closes.
 pub fn join(
     broker: &Broker,
-    request: &Request,
-) -> Result<(Response, String, MemberId), ErrorResponse> {
-    let Request::JoinGroup {
-        group,
-        topic,
-        mode,
-        ack_wait_ms,
-        max_deliveries,
-        max_in_flight,
-    } = request
-    else {
-        return Err(error(
-            ErrorCode::Internal,
-            "join handler got another request",
-        ));
-    };
-    let mode = GroupMode::from(*mode);
+    request: &JoinGroupRequest,
+) -> Result<(JoinGroupResponse, MemberId), ErrorResponse> {
+    let mode = GroupMode::from(request.mode);
     let defaults = GroupConfig::default();
+    // Zero on the wire asks for the default.
     let config = GroupConfig {
-        ack_wait_ms: if *ack_wait_ms == 0 {
-            defaults.ack_wait_ms
-        } else {
-            *ack_wait_ms
-        },
-        max_deliveries: if *max_deliveries == 0 {
-            defaults.max_deliveries
-        } else {
-            *max_deliveries
-        },
-        max_in_flight: if *max_in_flight == 0 {
-            defaults.max_in_flight
-        } else {
-            *max_in_flight
-        },
+        ack_wait_ms: nonzero_or(request.ack_wait_ms, defaults.ack_wait_ms),
+        max_deliveries: nonzero_or(request.max_deliveries, defaults.max_deliveries),
+        max_in_flight: nonzero_or(request.max_in_flight, defaults.max_in_flight),
     };
     let member = broker
-        .join_group(group, topic, mode, config)
-        .map_err(|e| response_for(&e))?;
+        .join_group(&request.group, &request.topic, mode, config)
+        .map_err(fail)?;
     let (generation, partitions) = match mode {
         GroupMode::Stream => broker
-            .group_assignment(group, member)
-            .map_err(|e| response_for(&e))?,
+            .group_assignment(&request.group, member)
+            .map_err(fail)?,
         GroupMode::Queue => (0, Vec::new()),
     };
-    let response = Response::JoinGroup {
+    let response = JoinGroupResponse {
         member,
         generation,
         partitions: partitions.iter().map(|p| p.0).collect(),
     };
-    Ok((response, group.clone(), member))
+    Ok((response, member))
 }
 
-/// Everything else about groups.
-pub async fn handle(
+/// Leaves.
+pub fn leave(broker: &Broker, request: &LeaveGroupRequest) -> Result<(), ErrorResponse> {
+    broker
+        .leave_group(&request.group, request.member)
+        .map_err(fail)
+}
+
+/// Stream mode: the member's partitions.
+pub fn assignment(
     broker: &Broker,
-    request: Request,
+    request: &GroupAssignmentRequest,
+) -> Result<GroupAssignmentResponse, ErrorResponse> {
+    let (generation, partitions) = broker
+        .group_assignment(&request.group, request.member)
+        .map_err(fail)?;
+    Ok(GroupAssignmentResponse {
+        generation,
+        partitions: partitions.iter().map(|p| p.0).collect(),
+    })
+}
+
+/// Queue mode: hands out messages, waiting for some unless `shutting_down`.
+pub async fn deliver(
+    broker: &Broker,
+    request: &DeliverRequest,
     shutting_down: bool,
-) -> Result<Response, ErrorResponse> {
-    let fail = |e: crate::BrokerError| response_for(&e);
-    match request {
-        Request::LeaveGroup { group, member } => {
-            broker.leave_group(&group, member).map_err(fail)?;
-            Ok(Response::LeaveGroup)
-        }
-        Request::GroupAssignment { group, member } => {
-            let (generation, partitions) = broker.group_assignment(&group, member).map_err(fail)?;
-            Ok(Response::GroupAssignment {
-                generation,
-                partitions: partitions.iter().map(|p| p.0).collect(),
+) -> Result<DeliverResponse, ErrorResponse> {
+    let wait_ms = if shutting_down {
+        0
+    } else {
+        request.max_wait_ms.min(MAX_WAIT_CAP_MS)
+    };
+    let messages = broker
+        .deliver(
+            &request.group,
+            request.member,
+            request.max_messages as usize,
+            Duration::from_millis(u64::from(wait_ms)),
+        )
+        .await
+        .map_err(fail)?;
+    Ok(DeliverResponse {
+        messages: messages
+            .into_iter()
+            .map(|m| WireDelivery {
+                partition: m.partition.0,
+                offset: m.offset.0,
+                deliveries: m.deliveries,
+                timestamp_ms: m.timestamp_ms,
+                key: m.key,
+                value: m.value,
+                headers: m.headers,
             })
-        }
-        Request::Deliver {
-            group,
-            member,
-            max_messages,
-            max_wait_ms,
-        } => {
-            let wait_ms = if shutting_down {
-                0
-            } else {
-                max_wait_ms.min(MAX_WAIT_CAP_MS)
-            };
-            let messages = broker
-                .deliver(
-                    &group,
-                    member,
-                    max_messages as usize,
-                    Duration::from_millis(u64::from(wait_ms)),
-                )
-                .await
-                .map_err(fail)?;
-            Ok(Response::Deliver(
-                messages
-                    .into_iter()
-                    .map(|m| WireDelivery {
-                        partition: m.partition.0,
-                        offset: m.offset.0,
-                        deliveries: m.deliveries,
-                        timestamp_ms: m.timestamp_ms,
-                        key: m.key,
-                        value: m.value,
-                        headers: m.headers,
-                    })
-                    .collect(),
-            ))
-        }
-        Request::Ack {
-            group,
-            member,
-            items,
-        } => settle(broker.ack(&group, member, &to_items(&items)).await),
-        Request::Nack {
-            group,
-            member,
-            delay_ms,
-            items,
-        } => settle(broker.nack(
-            &group,
-            member,
-            &to_items(&items),
-            Duration::from_millis(u64::from(delay_ms)),
-        )),
-        Request::Touch {
-            group,
-            member,
-            items,
-        } => settle(broker.touch(&group, member, &to_items(&items))),
-        Request::CommitOffset {
-            group,
-            partition,
-            offset,
-        } => {
-            broker
-                .commit_offset(&group, PartitionId(partition), Offset(offset))
-                .await
-                .map_err(fail)?;
-            Ok(Response::CommitOffset)
-        }
-        Request::CommittedOffsets { group } => Ok(Response::CommittedOffsets(
-            broker
-                .committed_offsets(&group)
-                .map_err(fail)?
-                .into_iter()
-                .map(|(p, o)| (p.0, o.map(|o| o.0)))
-                .collect(),
-        )),
-        Request::ListGroups => Ok(Response::ListGroups(
-            broker.list_groups().iter().map(to_wire).collect(),
-        )),
-        Request::DescribeGroup { group } => Ok(Response::DescribeGroup(to_wire(
-            &broker.describe_group(&group).map_err(fail)?,
-        ))),
-        _ => Err(error(
-            ErrorCode::Internal,
-            "group handler got another request",
-        )),
+            .collect(),
+    })
+}
+
+/// Queue mode: acks (durable before the reply).
+pub async fn ack(broker: &Broker, request: &AckRequest) -> Result<SettleResponse, ErrorResponse> {
+    settled(
+        broker
+            .ack(&request.group, request.member, &to_items(&request.items))
+            .await,
+    )
+}
+
+/// Queue mode: hands deliveries back for redelivery after the delay.
+pub fn nack(broker: &Broker, request: &NackRequest) -> Result<SettleResponse, ErrorResponse> {
+    settled(broker.nack(
+        &request.group,
+        request.member,
+        &to_items(&request.items),
+        Duration::from_millis(u64::from(request.delay_ms)),
+    ))
+}
+
+/// Queue mode: extends deadlines.
+pub fn touch(broker: &Broker, request: &TouchRequest) -> Result<SettleResponse, ErrorResponse> {
+    settled(broker.touch(&request.group, request.member, &to_items(&request.items)))
+}
+
+/// Stream mode: commits an offset.
+pub async fn commit_offset(
+    broker: &Broker,
+    request: &CommitOffsetRequest,
+) -> Result<(), ErrorResponse> {
+    broker
+        .commit_offset(
+            &request.group,
+            PartitionId(request.partition),
+            Offset(request.offset),
+        )
+        .await
+        .map_err(fail)
+}
+
+/// Stream mode: the committed offsets.
+pub fn committed_offsets(
+    broker: &Broker,
+    request: &CommittedOffsetsRequest,
+) -> Result<CommittedOffsetsResponse, ErrorResponse> {
+    Ok(CommittedOffsetsResponse {
+        offsets: broker
+            .committed_offsets(&request.group)
+            .map_err(fail)?
+            .into_iter()
+            .map(|(p, o)| (p.0, o.map(|o| o.0)))
+            .collect(),
+    })
+}
+
+/// Every group.
+pub fn list(broker: &Broker) -> ListGroupsResponse {
+    ListGroupsResponse {
+        groups: broker.list_groups().iter().map(to_wire).collect(),
     }
 }
 
+/// One group.
+pub fn describe(
+    broker: &Broker,
+    request: &DescribeGroupRequest,
+) -> Result<WireGroup, ErrorResponse> {
+    Ok(to_wire(
+        &broker.describe_group(&request.group).map_err(fail)?,
+    ))
+}
+
 /// Resets a group (blocking: the server runs it on a blocking thread).
-pub fn reset(broker: &Broker, group: &str, to: WireResetTarget) -> Result<Response, ErrorResponse> {
+pub fn reset(broker: &Broker, request: &ResetGroupRequest) -> Result<(), ErrorResponse> {
     broker
-        .reset_group(group, to.into())
-        .map(|()| Response::ResetGroup)
-        .map_err(|e| response_for(&e))
+        .reset_group(&request.group, request.to.into())
+        .map_err(fail)
+}
+
+fn nonzero_or<T: PartialEq + Default>(asked: T, default: T) -> T {
+    if asked == T::default() {
+        default
+    } else {
+        asked
+    }
+}
+
+fn fail(err: crate::BrokerError) -> ErrorResponse {
+    response_for(&err)
 }
 
 fn to_items(items: &[(u32, u64)]) -> Vec<(PartitionId, Offset)> {
@@ -191,13 +205,16 @@ fn to_items(items: &[(u32, u64)]) -> Vec<(PartitionId, Offset)> {
         .collect()
 }
 
-fn settle(
+fn settled(
     results: Result<Vec<SettleResult>, crate::BrokerError>,
-) -> Result<Response, ErrorResponse> {
-    let results = results.map_err(|e| response_for(&e))?;
-    Ok(Response::Settle(
-        results.into_iter().map(WireSettle::from).collect(),
-    ))
+) -> Result<SettleResponse, ErrorResponse> {
+    Ok(SettleResponse {
+        results: results
+            .map_err(fail)?
+            .into_iter()
+            .map(WireSettle::from)
+            .collect(),
+    })
 }
 
 // The one conversion each between the wire's and the broker's group types.

@@ -1,7 +1,9 @@
 //! Handshake: version negotiation, the first request on every connection.
 
-use spool_protocol::messages::{PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
-use spool_protocol::{ErrorCode, ErrorResponse, Response};
+use spool_protocol::requests::{
+    HandshakeRequest, HandshakeResponse, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN,
+};
+use spool_protocol::{ErrorCode, ErrorResponse};
 
 use crate::server::errors::error;
 
@@ -11,11 +13,10 @@ pub const SERVER_FEATURES: u64 = 0;
 /// Picks the highest protocol version both sides speak, or explains why
 /// there is none.
 pub fn handle(
-    min_version: u16,
-    max_version: u16,
-    features: u64,
+    request: &HandshakeRequest,
     max_frame_bytes: usize,
-) -> Result<Response, ErrorResponse> {
+) -> Result<HandshakeResponse, ErrorResponse> {
+    let (min_version, max_version) = (request.min_version, request.max_version);
     let version = max_version.min(PROTOCOL_VERSION_MAX);
     if version < min_version.max(PROTOCOL_VERSION_MIN) {
         return Err(error(
@@ -25,9 +26,9 @@ pub fn handle(
             ),
         ));
     }
-    Ok(Response::Handshake {
+    Ok(HandshakeResponse {
         version,
-        features: features & SERVER_FEATURES,
+        features: request.features & SERVER_FEATURES,
         max_frame_bytes: u32::try_from(max_frame_bytes).unwrap_or(u32::MAX),
         server_id: format!("spool {}", env!("CARGO_PKG_VERSION")),
     })
@@ -37,13 +38,22 @@ pub fn handle(
 mod tests {
     use super::*;
 
+    fn hello(min_version: u16, max_version: u16) -> HandshakeRequest {
+        HandshakeRequest {
+            min_version,
+            max_version,
+            features: 0,
+            client_id: "test".into(),
+        }
+    }
+
     #[test]
     fn negotiates_or_refuses() {
         assert!(matches!(
-            handle(1, 5, 0, 1024),
-            Ok(Response::Handshake { version: 1, .. })
+            handle(&hello(1, 5), 1024),
+            Ok(HandshakeResponse { version: 1, .. })
         ));
-        let err = handle(2, 3, 0, 1024).unwrap_err();
+        let err = handle(&hello(2, 3), 1024).unwrap_err();
         assert_eq!(err.code, ErrorCode::UnsupportedVersion as u16);
     }
 }

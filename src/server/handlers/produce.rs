@@ -1,7 +1,8 @@
 //! Produce: validate and append a batch; acknowledge once durable.
 
 use bytes::Bytes;
-use spool_protocol::{ErrorResponse, PartitionId, Response};
+use spool_protocol::requests::ProduceResponse;
+use spool_protocol::{ErrorResponse, PartitionId};
 
 use crate::broker::{Broker, PendingAppend};
 use crate::metrics;
@@ -29,9 +30,9 @@ pub fn start(
 }
 
 /// Waits for durability and builds the response.
-pub async fn finish(pending: PendingAppend) -> Result<Response, ErrorResponse> {
+pub async fn finish(pending: PendingAppend) -> Result<ProduceResponse, ErrorResponse> {
     let info = pending.durable().await.map_err(|e| response_for(&e))?;
-    Ok(Response::Produce {
+    Ok(ProduceResponse {
         base_offset: info.base_offset.0,
         next_offset: info.next_offset.0,
     })

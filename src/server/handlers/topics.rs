@@ -1,7 +1,10 @@
 //! Topic administration: create, delete, list, describe.
 
-use spool_protocol::messages::{TopicSettings, WirePartition, WireSync, WireTopic};
-use spool_protocol::{ErrorResponse, Response};
+use spool_protocol::requests::{
+    CreateTopicRequest, DeleteTopicRequest, DescribeTopicRequest, ListTopicsResponse,
+    WirePartition, WireSync, WireTopic,
+};
+use spool_protocol::ErrorResponse;
 
 use crate::broker::{Broker, TopicConfig, TopicInfo};
 use crate::server::errors::response_for;
@@ -11,13 +14,12 @@ use crate::storage::SyncPolicy;
 pub fn create(
     broker: &Broker,
     defaults: &TopicConfig,
-    name: &str,
-    partitions: u32,
-    settings: &TopicSettings,
-) -> Result<Response, ErrorResponse> {
+    request: &CreateTopicRequest,
+) -> Result<(), ErrorResponse> {
+    let settings = &request.settings;
     let mut config = defaults.clone();
-    if partitions != 0 {
-        config.partitions = partitions;
+    if request.partitions != 0 {
+        config.partitions = request.partitions;
     }
     if let Some(sync) = settings.sync {
         config.log.sync = sync.into();
@@ -32,29 +34,32 @@ pub fn create(
         config.log.retention_bytes = (bytes != 0).then_some(bytes);
     }
     broker
-        .create_topic(name, config)
-        .map(|()| Response::CreateTopic)
+        .create_topic(&request.name, config)
         .map_err(|e| response_for(&e))
 }
 
 /// Deletes a topic.
-pub fn delete(broker: &Broker, name: &str) -> Result<Response, ErrorResponse> {
+pub fn delete(broker: &Broker, request: &DeleteTopicRequest) -> Result<(), ErrorResponse> {
     broker
-        .delete_topic(name)
-        .map(|()| Response::DeleteTopic)
+        .delete_topic(&request.name)
         .map_err(|e| response_for(&e))
 }
 
 /// Lists all topics.
-pub fn list(broker: &Broker) -> Response {
-    Response::ListTopics(broker.list_topics().iter().map(to_wire).collect())
+pub fn list(broker: &Broker) -> ListTopicsResponse {
+    ListTopicsResponse {
+        topics: broker.list_topics().iter().map(to_wire).collect(),
+    }
 }
 
 /// Describes one topic.
-pub fn describe(broker: &Broker, name: &str) -> Result<Response, ErrorResponse> {
+pub fn describe(
+    broker: &Broker,
+    request: &DescribeTopicRequest,
+) -> Result<WireTopic, ErrorResponse> {
     broker
-        .describe_topic(name)
-        .map(|t| Response::DescribeTopic(to_wire(&t)))
+        .describe_topic(&request.name)
+        .map(|t| to_wire(&t))
         .map_err(|e| response_for(&e))
 }
 
