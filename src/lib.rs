@@ -3,6 +3,8 @@
 
 pub mod broker;
 #[cfg(feature = "server")]
+pub mod cluster;
+#[cfg(feature = "server")]
 pub(crate) mod metrics;
 #[cfg(feature = "server")]
 pub mod server;

@@ -1,0 +1,271 @@
+//! Raft's messages between brokers: one TCP connection per peer, each
+//! message a length-prefixed bincode frame, one request and its answer at a
+//! time (openraft sends to each peer in order anyway).
+//!
+//! This is the peer port (`--peer-listen`); clients never speak it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::BasicNode;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio_util::sync::CancellationToken;
+
+use super::{Raft, TypeConfig};
+
+type NodeIdRaw = u64;
+
+/// Largest peer frame: a snapshot of the cluster state travels in one.
+const MAX_PEER_FRAME: usize = 64 << 20;
+/// How long one peer call may take before the peer counts as unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+#[derive(Serialize, Deserialize)]
+enum PeerRequest {
+    Append(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<NodeIdRaw>),
+    Snapshot(InstallSnapshotRequest<TypeConfig>),
+}
+
+#[derive(Serialize, Deserialize)]
+enum PeerResponse {
+    Append(Result<AppendEntriesResponse<NodeIdRaw>, RaftError<NodeIdRaw>>),
+    Vote(Result<VoteResponse<NodeIdRaw>, RaftError<NodeIdRaw>>),
+    Snapshot(
+        Result<InstallSnapshotResponse<NodeIdRaw>, RaftError<NodeIdRaw, InstallSnapshotError>>,
+    ),
+}
+
+fn codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .max_frame_length(MAX_PEER_FRAME)
+        .new_codec()
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<bytes::Bytes, String> {
+    bincode::serde::encode_to_vec(value, bincode::config::standard())
+        .map(bytes::Bytes::from)
+        .map_err(|e| e.to_string())
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    match bincode::serde::decode_from_slice(bytes, bincode::config::standard()) {
+        Ok((value, used)) if used == bytes.len() => Ok(value),
+        Ok((_, used)) => Err(format!("{} bytes after the message", bytes.len() - used)),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Makes connections to peers.
+#[derive(Clone, Default)]
+pub struct Network;
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: NodeIdRaw, node: &BasicNode) -> PeerConnection {
+        PeerConnection {
+            target,
+            addr: node.addr.clone(),
+            framed: None,
+        }
+    }
+}
+
+/// One peer, connected on first use and again after any failure.
+pub struct PeerConnection {
+    target: NodeIdRaw,
+    addr: String,
+    framed: Option<Framed<TcpStream, LengthDelimitedCodec>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct PeerIoError(String);
+
+impl PeerConnection {
+    async fn call<E>(
+        &mut self,
+        request: PeerRequest,
+        timeout: Duration,
+    ) -> Result<PeerResponse, RPCError<NodeIdRaw, BasicNode, RaftError<NodeIdRaw, E>>>
+    where
+        E: std::error::Error,
+    {
+        let unreachable = |e: String| RPCError::Unreachable(Unreachable::new(&PeerIoError(e)));
+        let network = |e: String| RPCError::Network(NetworkError::new(&PeerIoError(e)));
+        if self.framed.is_none() {
+            let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.addr))
+                .await
+                .map_err(|_| unreachable(format!("connecting to {} timed out", self.addr)))?
+                .map_err(|e| unreachable(format!("cannot connect to {}: {e}", self.addr)))?;
+            let _ = stream.set_nodelay(true);
+            self.framed = Some(Framed::new(stream, codec()));
+        }
+        let bytes = encode(&request).map_err(network)?;
+        let exchange = async {
+            let framed = self
+                .framed
+                .as_mut()
+                .ok_or_else(|| "not connected".to_string())?;
+            framed.send(bytes).await.map_err(|e| e.to_string())?;
+            match framed.next().await {
+                Some(Ok(frame)) => decode::<PeerResponse>(&frame),
+                Some(Err(e)) => Err(e.to_string()),
+                None => Err("peer closed the connection".to_string()),
+            }
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(e)) => {
+                self.framed = None;
+                Err(network(format!(
+                    "peer {} at {}: {e}",
+                    self.target, self.addr
+                )))
+            }
+            Err(_) => {
+                self.framed = None;
+                Err(network(format!(
+                    "peer {} at {} did not answer within {timeout:?}",
+                    self.target, self.addr
+                )))
+            }
+        }
+    }
+
+    fn remote<E: std::error::Error>(
+        &self,
+        e: RaftError<NodeIdRaw, E>,
+    ) -> RPCError<NodeIdRaw, BasicNode, RaftError<NodeIdRaw, E>> {
+        RPCError::RemoteError(RemoteError::new(self.target, e))
+    }
+}
+
+fn mismatch<E: std::error::Error>() -> RPCError<NodeIdRaw, BasicNode, RaftError<NodeIdRaw, E>> {
+    RPCError::Network(NetworkError::new(&PeerIoError(
+        "peer answered a different request kind".into(),
+    )))
+}
+
+impl RaftNetwork<TypeConfig> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        AppendEntriesResponse<NodeIdRaw>,
+        RPCError<NodeIdRaw, BasicNode, RaftError<NodeIdRaw>>,
+    > {
+        match self
+            .call(PeerRequest::Append(rpc), option.hard_ttl())
+            .await?
+        {
+            PeerResponse::Append(r) => r.map_err(|e| self.remote(e)),
+            _ => Err(mismatch()),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeIdRaw>,
+        RPCError<NodeIdRaw, BasicNode, RaftError<NodeIdRaw, InstallSnapshotError>>,
+    > {
+        match self
+            .call(PeerRequest::Snapshot(rpc), option.hard_ttl())
+            .await?
+        {
+            PeerResponse::Snapshot(r) => r.map_err(|e| self.remote(e)),
+            _ => Err(mismatch()),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeIdRaw>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeIdRaw>, RPCError<NodeIdRaw, BasicNode, RaftError<NodeIdRaw>>> {
+        match self.call(PeerRequest::Vote(rpc), option.hard_ttl()).await? {
+            PeerResponse::Vote(r) => r.map_err(|e| self.remote(e)),
+            _ => Err(mismatch()),
+        }
+    }
+}
+
+/// Answers peers' Raft messages on `listener` until `stop` is cancelled.
+pub async fn serve_peers(listener: TcpListener, raft: Raft, stop: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(ok) => ok,
+            Err(e) => {
+                tracing::warn!(error = %e, "peer accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let raft = raft.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = serve_peer(stream, peer, raft) => {}
+            }
+        });
+    }
+}
+
+async fn serve_peer(stream: TcpStream, peer: SocketAddr, raft: Raft) {
+    let mut framed = Framed::new(stream, codec());
+    while let Some(frame) = framed.next().await {
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "peer connection broke");
+                return;
+            }
+        };
+        let request = match decode::<PeerRequest>(&frame) {
+            Ok(request) => request,
+            Err(e) => {
+                // Not a Spool peer, or another version: drop this connection.
+                tracing::warn!(%peer, error = %e, "malformed peer message; closing");
+                return;
+            }
+        };
+        let response = match request {
+            PeerRequest::Append(rpc) => PeerResponse::Append(raft.append_entries(rpc).await),
+            PeerRequest::Vote(rpc) => PeerResponse::Vote(raft.vote(rpc).await),
+            PeerRequest::Snapshot(rpc) => PeerResponse::Snapshot(raft.install_snapshot(rpc).await),
+        };
+        let bytes = match encode(&response) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                tracing::error!(%peer, error = %e, "cannot encode a peer response");
+                return;
+            }
+        };
+        if framed.send(bytes).await.is_err() {
+            return;
+        }
+    }
+}
