@@ -2,6 +2,7 @@
 //! alive, where each partition lives. Built on openraft; see
 //! `docs/cluster.md`.
 
+pub mod leases;
 pub mod placement;
 pub mod raft;
 pub mod state;

@@ -1,0 +1,192 @@
+//! Lease timing on the Raft leader: when to commit a lease's expiry, and
+//! when a returning holder's renewal.
+//!
+//! Only the Raft leader keeps these deadlines, on its own monotonic clock;
+//! they are never replicated (a follower's clock says nothing about when
+//! the leader heard a heartbeat). What the leader decides is committed as
+//! `ExpireLease` / `RenewLease` and applied by every broker alike. Rules, as
+//! in `docs/cluster.md`:
+//!
+//! - A heartbeat pushes the holder's deadline to *now + TTL*.
+//! - A lease whose deadline passed is expired by committing `ExpireLease`
+//!   with the generation the leader timed out.
+//! - A new leader (or a holder the leader has not timed yet) starts at
+//!   *now + TTL*: leadership changing hands never expels a healthy holder,
+//!   because each holder gets a whole TTL to reach the new leader.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::cluster::state::{ClusterState, Command, LeaseHolder};
+
+/// The leader's deadlines for every lease in the committed state.
+#[derive(Debug, Default)]
+pub struct LeaseTracker {
+    deadlines: HashMap<LeaseHolder, Instant>,
+    /// Expiries proposed and not yet seen applied, so a slow commit is not
+    /// proposed again every tick.
+    proposed: HashMap<LeaseHolder, u64>,
+}
+
+impl LeaseTracker {
+    /// This node has just become leader: every lease starts a fresh TTL
+    /// now, whatever the previous leader had timed.
+    pub fn on_leadership(&mut self, now: Instant, state: &ClusterState) {
+        self.deadlines = state
+            .leases
+            .iter()
+            .map(|(holder, lease)| (*holder, now + Duration::from_millis(lease.ttl_ms)))
+            .collect();
+        self.proposed.clear();
+    }
+
+    /// A heartbeat from `holder` arrived at `now`. Returns the renewal to
+    /// commit if the committed state has it expired.
+    pub fn heartbeat(
+        &mut self,
+        holder: LeaseHolder,
+        now: Instant,
+        state: &ClusterState,
+    ) -> Option<Command> {
+        let lease = state.leases.get(&holder)?;
+        self.deadlines
+            .insert(holder, now + Duration::from_millis(lease.ttl_ms));
+        (!lease.alive).then_some(Command::RenewLease(holder))
+    }
+
+    /// The expiries to commit at `now`: every alive lease whose deadline has
+    /// passed. A lease the tracker has not seen before (added since it
+    /// became leader) starts its TTL now instead.
+    pub fn due(&mut self, now: Instant, state: &ClusterState) -> Vec<Command> {
+        self.deadlines
+            .retain(|holder, _| state.leases.contains_key(holder));
+        self.proposed.retain(|holder, generation| {
+            state
+                .leases
+                .get(holder)
+                .is_some_and(|l| l.alive && l.generation == *generation)
+        });
+        let mut due = Vec::new();
+        for (holder, lease) in &state.leases {
+            let deadline = *self
+                .deadlines
+                .entry(*holder)
+                .or_insert_with(|| now + Duration::from_millis(lease.ttl_ms));
+            if lease.alive && now >= deadline && !self.proposed.contains_key(holder) {
+                self.proposed.insert(*holder, lease.generation);
+                due.push(Command::ExpireLease {
+                    holder: *holder,
+                    generation: lease.generation,
+                });
+            }
+        }
+        due
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::state::{Member, Outcome};
+    use crate::cluster::NodeId;
+
+    const TTL: Duration = Duration::from_millis(1500);
+
+    fn cluster() -> ClusterState {
+        let mut s = ClusterState::new(TTL.as_millis() as u64);
+        for id in 1..=3 {
+            s.apply(&Command::AddMember(Member {
+                id: NodeId(id),
+                client_addr: String::new(),
+                peer_addr: String::new(),
+            }));
+        }
+        s
+    }
+
+    fn broker(id: u64) -> LeaseHolder {
+        LeaseHolder::Broker(NodeId(id))
+    }
+
+    #[test]
+    fn a_silent_holder_is_expired_after_one_ttl_and_only_once() {
+        let mut state = cluster();
+        let mut t = LeaseTracker::default();
+        let start = Instant::now();
+        t.on_leadership(start, &state);
+        let beat = Duration::from_millis(300);
+        let mut now = start;
+        let mut expired = Vec::new();
+        while now < start + Duration::from_secs(3) {
+            now += Duration::from_millis(100);
+            // Brokers 1 and 2 heartbeat every 300 ms; broker 3 is silent.
+            if (now - start).as_millis() % beat.as_millis() == 0 {
+                for id in [1, 2] {
+                    assert_eq!(t.heartbeat(broker(id), now, &state), None);
+                }
+            }
+            for command in t.due(now, &state) {
+                expired.push((now - start, command.clone()));
+                assert_eq!(state.apply(&command), Outcome::Applied);
+            }
+        }
+        assert_eq!(expired.len(), 1, "{expired:?}");
+        let (at, command) = &expired[0];
+        assert_eq!(
+            *command,
+            Command::ExpireLease {
+                holder: broker(3),
+                generation: 0
+            }
+        );
+        assert!(
+            *at >= TTL && *at < TTL + Duration::from_millis(200),
+            "{at:?}"
+        );
+        assert!(state.is_alive(NodeId(1)) && state.is_alive(NodeId(2)));
+    }
+
+    #[test]
+    fn a_new_leader_gives_everyone_a_fresh_ttl() {
+        let state = cluster();
+        let mut t = LeaseTracker::default();
+        let start = Instant::now();
+        // The old leader last heard broker 2 long ago; the new leader does
+        // not know that and must not act on it.
+        t.on_leadership(start, &state);
+        assert!(t
+            .due(start + TTL - Duration::from_millis(1), &state)
+            .is_empty());
+        assert_eq!(t.due(start + TTL, &state).len(), 3);
+    }
+
+    #[test]
+    fn an_expiry_not_yet_committed_is_not_proposed_again_and_a_renewal_wins() {
+        let mut state = cluster();
+        let mut t = LeaseTracker::default();
+        let start = Instant::now();
+        t.on_leadership(start, &state);
+        let later = start + TTL + Duration::from_millis(10);
+        let first = t.due(later, &state);
+        assert_eq!(first.len(), 3);
+        assert!(t.due(later + Duration::from_millis(100), &state).is_empty());
+        for c in &first {
+            state.apply(c);
+        }
+        // Broker 3 comes back: its heartbeat asks for a renewal, and the
+        // renewed lease (generation 1) is timed afresh.
+        let back = later + Duration::from_millis(500);
+        let renew = t.heartbeat(broker(3), back, &state).expect("renewal");
+        assert_eq!(state.apply(&renew), Outcome::Applied);
+        assert!(t
+            .due(back + TTL - Duration::from_millis(1), &state)
+            .is_empty());
+        assert_eq!(
+            t.due(back + TTL, &state),
+            vec![Command::ExpireLease {
+                holder: broker(3),
+                generation: 1
+            }]
+        );
+    }
+}
