@@ -130,6 +130,23 @@ async fn three_nodes_commit_survive_the_leader_and_recover_from_disk() {
         })
         .await;
     }
+    // Heartbeats keep every lease alive well past its 1.5 s TTL, and each
+    // broker knows its own lease is good.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for node in &nodes {
+        let state = node.state.borrow().clone();
+        for id in 1..=3 {
+            assert!(
+                state.is_alive(NodeId(id)),
+                "broker {id} expired while heartbeating"
+            );
+        }
+        assert!(
+            node.lease_valid(),
+            "broker {} thinks its lease lapsed",
+            node.id
+        );
+    }
 
     // Lose the leader: the other two elect a new one and commit again.
     let old = nodes.remove(first);
@@ -140,17 +157,39 @@ async fn three_nodes_commit_survive_the_leader_and_recover_from_disk() {
     // From here on it is as gone as a SIGKILLed process.
     let lost_at = Instant::now();
     let second = leader_of(&nodes.iter().collect::<Vec<_>>(), Duration::from_secs(10)).await;
-    let expire = Command::ExpireLease {
-        holder: spool::cluster::state::LeaseHolder::Broker(old_id),
-        generation: 0,
+    let after = Command::CreateTopic {
+        name: "after".into(),
+        spec: TopicSpec {
+            config: TopicConfig::new(1),
+            replication: 1,
+        },
     };
     assert_eq!(
-        nodes[second].propose(expire).await.expect("expire"),
+        nodes[second].propose(after).await.expect("create"),
         Outcome::Applied
     );
     let recovered = lost_at.elapsed();
     eprintln!("new leader committing {recovered:?} after the old one stopped");
     assert!(recovered < Duration::from_secs(3), "took {recovered:?}");
+    // The new leader times every lease afresh and expires the silent one's
+    // after one TTL; the two live brokers keep theirs.
+    wait_for(&nodes[second], "the stopped broker's lease expiring", |s| {
+        !s.is_alive(old_id)
+    })
+    .await;
+    let expired = lost_at.elapsed();
+    eprintln!("stopped broker's lease expired {expired:?} after it stopped");
+    assert!(
+        expired < recovered + Duration::from_millis(1500 + 1000),
+        "took {expired:?}"
+    );
+    let state = nodes[second].state.borrow().clone();
+    assert_eq!(state.members.len(), 3);
+    assert_eq!(
+        state.leases.values().filter(|l| l.alive).count(),
+        2,
+        "a live broker was expired"
+    );
 
     // The old leader restarts from its files, whose log ends in a torn
     // record (a crash mid-append): the tail is cut, it has everything it
@@ -170,10 +209,18 @@ async fn three_nodes_commit_survive_the_leader_and_recover_from_disk() {
         f.write_all(&[200, 0, 0, 0, 1, 2, 3, 4, 5]).expect("tear");
     }
     let back = start(old_id.0, root.path(), &voters).await;
-    wait_for(&back, "catching up on the expiry", |s| {
-        s.members.len() == 3 && s.topics.contains_key("orders") && !s.is_alive(old_id)
+    wait_for(&back, "catching up and renewing its lease", |s| {
+        s.members.len() == 3 && s.topics.contains_key("after") && s.is_alive(old_id)
     })
     .await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !back.lease_valid() {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted broker never got its lease back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     for node in nodes {
         node.shutdown().await;
     }

@@ -26,8 +26,9 @@ pub use log_store::LogStore;
 pub use network::Network;
 pub use state_machine::StateMachine;
 
+use crate::cluster::leases::LeaseTracker;
 use crate::cluster::placement::NodeId;
-use crate::cluster::state::{ClusterState, Command, Outcome};
+use crate::cluster::state::{ClusterState, Command, LeaseHolder, Outcome};
 
 openraft::declare_raft_types!(
     /// Spool's Raft types: entries carry a [`Command`], applying one yields
@@ -66,8 +67,14 @@ impl Default for RaftTimings {
     }
 }
 
+/// How often a broker heartbeats the Raft leader.
+pub const LEASE_HEARTBEAT: Duration = Duration::from_millis(300);
+/// How much earlier than the leader a broker counts its own lease out.
+pub const LEASE_SAFETY_MARGIN: Duration = Duration::from_millis(300);
+
 /// One broker's part of the control plane: its Raft node, the committed
-/// cluster state, and the task answering peers.
+/// cluster state, and the tasks answering peers, keeping leases and
+/// heartbeating.
 pub struct ControlPlane {
     /// This broker.
     pub id: NodeId,
@@ -75,7 +82,140 @@ pub struct ControlPlane {
     pub raft: Raft,
     /// The committed cluster state, updated as entries apply.
     pub state: watch::Receiver<Arc<ClusterState>>,
+    desk: Arc<LeaseDesk>,
     stop: CancellationToken,
+}
+
+/// The lease side of a broker: the leader's lease clock when it leads, and
+/// its own lease as acknowledged by the leader.
+pub(crate) struct LeaseDesk {
+    id: NodeId,
+    raft: Raft,
+    state: watch::Receiver<Arc<ClusterState>>,
+    tracker: parking_lot::Mutex<LeaseTracker>,
+    /// The Raft term this node leads in, once its lease clock started.
+    leading_term: parking_lot::Mutex<Option<u64>>,
+    /// Until when this broker may act on its own lease.
+    own_lease_until: parking_lot::Mutex<Option<std::time::Instant>>,
+}
+
+impl LeaseDesk {
+    fn leading(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.current_leader == Some(self.id.0) && m.state == openraft::ServerState::Leader
+    }
+
+    /// A heartbeat from `holder`, counted if this node leads.
+    pub(crate) fn heartbeat(&self, holder: LeaseHolder) -> Result<(), String> {
+        if !self.leading() || self.leading_term.lock().is_none() {
+            return Err(format!("broker {} is not the Raft leader", self.id));
+        }
+        let state = self.state.borrow().clone();
+        let renew = self
+            .tracker
+            .lock()
+            .heartbeat(holder, std::time::Instant::now(), &state);
+        match (renew, state.leases.contains_key(&holder)) {
+            (Some(renew), _) => {
+                let raft = self.raft.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = raft.client_write(renew).await {
+                        tracing::debug!(error = %e, "lease renewal not committed");
+                    }
+                });
+                Ok(())
+            }
+            (None, true) => Ok(()),
+            (None, false) => Err(format!("{holder:?} holds no lease")),
+        }
+    }
+
+    /// Every 100 ms: start the lease clock on becoming leader, and commit
+    /// the expiries that are due.
+    async fn keep_leases(self: Arc<Self>, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let term = self.raft.metrics().borrow().current_term;
+            if !self.leading() {
+                *self.leading_term.lock() = None;
+                continue;
+            }
+            let now = std::time::Instant::now();
+            let state = self.state.borrow().clone();
+            let due = {
+                let mut leading = self.leading_term.lock();
+                let mut tracker = self.tracker.lock();
+                if *leading != Some(term) {
+                    tracker.on_leadership(now, &state);
+                    *leading = Some(term);
+                    tracing::info!(node = %self.id, term, leases = state.leases.len(), "leading: every lease starts a fresh TTL");
+                }
+                tracker.due(now, &state)
+            };
+            for command in due {
+                tracing::info!(?command, "lease expired: no heartbeat for a whole TTL");
+                if let Err(e) = self.raft.client_write(command).await {
+                    tracing::warn!(error = %e, "lease expiry not committed");
+                }
+            }
+        }
+    }
+
+    /// Heartbeats the leader every [`LEASE_HEARTBEAT`] and records how long
+    /// this broker's own lease lasts.
+    async fn heartbeat_leader(self: Arc<Self>, stop: CancellationToken) {
+        let mut conn = None;
+        let mut conn_to = String::new();
+        let mut tick = tokio::time::interval(LEASE_HEARTBEAT);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let holder = LeaseHolder::Broker(self.id);
+            let Some(ttl) = self.state.borrow().leases.get(&holder).map(|l| l.ttl_ms) else {
+                continue;
+            };
+            let (leader, addr) = {
+                let m = self.raft.metrics();
+                let m = m.borrow();
+                let leader = m.current_leader;
+                let addr = leader.and_then(|l| {
+                    m.membership_config
+                        .nodes()
+                        .find(|(id, _)| **id == l)
+                        .map(|(_, n)| n.addr.clone())
+                });
+                (leader, addr)
+            };
+            let sent = std::time::Instant::now();
+            let counted = match (leader, addr) {
+                (Some(l), _) if l == self.id.0 => self.heartbeat(holder),
+                (Some(_), Some(addr)) => {
+                    if addr != conn_to {
+                        conn = None;
+                        conn_to = addr.clone();
+                    }
+                    network::send_heartbeat(&mut conn, &addr, holder, LEASE_HEARTBEAT).await
+                }
+                _ => Err("no Raft leader known".to_string()),
+            };
+            match counted {
+                Ok(()) => {
+                    let until = (sent + Duration::from_millis(ttl))
+                        .checked_sub(LEASE_SAFETY_MARGIN)
+                        .unwrap_or(sent);
+                    *self.own_lease_until.lock() = Some(until);
+                }
+                Err(e) => tracing::debug!(node = %self.id, error = %e, "heartbeat not counted"),
+            }
+        }
+    }
 }
 
 /// Why the control plane did not start or a write did not commit.
@@ -140,7 +280,22 @@ impl ControlPlane {
             .await
             .map_err(|e| ControlPlaneError::Raft(e.to_string()))?;
         let stop = CancellationToken::new();
-        tokio::spawn(network::serve_peers(listener, raft.clone(), stop.clone()));
+        let desk = Arc::new(LeaseDesk {
+            id,
+            raft: raft.clone(),
+            state: state.clone(),
+            tracker: parking_lot::Mutex::new(LeaseTracker::default()),
+            leading_term: parking_lot::Mutex::new(None),
+            own_lease_until: parking_lot::Mutex::new(None),
+        });
+        tokio::spawn(network::serve_peers(
+            listener,
+            raft.clone(),
+            desk.clone(),
+            stop.clone(),
+        ));
+        tokio::spawn(desk.clone().keep_leases(stop.clone()));
+        tokio::spawn(desk.clone().heartbeat_leader(stop.clone()));
 
         let fresh = raft.metrics().borrow().last_log_index.is_none();
         if fresh {
@@ -163,6 +318,7 @@ impl ControlPlane {
             id,
             raft,
             state,
+            desk,
             stop,
         })
     }
@@ -180,6 +336,18 @@ impl ControlPlane {
     /// The current Raft leader, if this node knows one.
     pub fn leader(&self) -> Option<NodeId> {
         self.raft.metrics().borrow().current_leader.map(NodeId)
+    }
+
+    /// True while this broker may act on its lease (serve writes): the
+    /// leader acknowledged a heartbeat sent less than TTL minus the safety
+    /// margin ago. The leader counts from when it received that heartbeat,
+    /// later than it was sent, so this turns false before the leader can
+    /// expire the lease.
+    pub fn lease_valid(&self) -> bool {
+        self.desk
+            .own_lease_until
+            .lock()
+            .is_some_and(|until| std::time::Instant::now() < until)
     }
 
     /// Stops the node and its peer listener.

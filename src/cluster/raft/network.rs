@@ -23,7 +23,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 
-use super::{Raft, TypeConfig};
+use super::{LeaseDesk, Raft, TypeConfig};
+use crate::cluster::state::LeaseHolder;
 
 type NodeIdRaw = u64;
 
@@ -37,6 +38,8 @@ enum PeerRequest {
     Append(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<NodeIdRaw>),
     Snapshot(InstallSnapshotRequest<TypeConfig>),
+    /// A lease holder's heartbeat, for the Raft leader's lease clock.
+    Heartbeat(LeaseHolder),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -46,6 +49,8 @@ enum PeerResponse {
     Snapshot(
         Result<InstallSnapshotResponse<NodeIdRaw>, RaftError<NodeIdRaw, InstallSnapshotError>>,
     ),
+    /// Counted by the leader, or why not (not the leader; no such lease).
+    Heartbeat(Result<(), String>),
 }
 
 fn codec() -> LengthDelimitedCodec {
@@ -207,8 +212,52 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
     }
 }
 
+/// Sends one heartbeat to the peer at `addr` over the connection kept in
+/// `conn` (made on first use and after a failure); `Ok` once that peer, as
+/// Raft leader, has counted it.
+pub(super) async fn send_heartbeat(
+    conn: &mut Option<Framed<TcpStream, LengthDelimitedCodec>>,
+    addr: &str,
+    holder: LeaseHolder,
+    timeout: Duration,
+) -> Result<(), String> {
+    let exchange = async {
+        if conn.is_none() {
+            let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+            let _ = stream.set_nodelay(true);
+            *conn = Some(Framed::new(stream, codec()));
+        }
+        let framed = conn.as_mut().ok_or_else(|| "not connected".to_string())?;
+        framed
+            .send(encode(&PeerRequest::Heartbeat(holder))?)
+            .await
+            .map_err(|e| e.to_string())?;
+        match framed.next().await {
+            Some(Ok(frame)) => match decode::<PeerResponse>(&frame)? {
+                PeerResponse::Heartbeat(result) => result,
+                _ => Err("peer answered a different request kind".to_string()),
+            },
+            Some(Err(e)) => Err(e.to_string()),
+            None => Err("peer closed the connection".to_string()),
+        }
+    };
+    let result = match tokio::time::timeout(timeout, exchange).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("no answer within {timeout:?}")),
+    };
+    if result.is_err() {
+        *conn = None;
+    }
+    result
+}
+
 /// Answers peers' Raft messages on `listener` until `stop` is cancelled.
-pub async fn serve_peers(listener: TcpListener, raft: Raft, stop: CancellationToken) {
+pub(super) async fn serve_peers(
+    listener: TcpListener,
+    raft: Raft,
+    desk: std::sync::Arc<LeaseDesk>,
+    stop: CancellationToken,
+) {
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => return,
@@ -224,17 +273,23 @@ pub async fn serve_peers(listener: TcpListener, raft: Raft, stop: CancellationTo
         };
         let _ = stream.set_nodelay(true);
         let raft = raft.clone();
+        let desk = desk.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
             tokio::select! {
                 _ = stop.cancelled() => {}
-                _ = serve_peer(stream, peer, raft) => {}
+                _ = serve_peer(stream, peer, raft, desk) => {}
             }
         });
     }
 }
 
-async fn serve_peer(stream: TcpStream, peer: SocketAddr, raft: Raft) {
+async fn serve_peer(
+    stream: TcpStream,
+    peer: SocketAddr,
+    raft: Raft,
+    desk: std::sync::Arc<LeaseDesk>,
+) {
     let mut framed = Framed::new(stream, codec());
     while let Some(frame) = framed.next().await {
         let frame = match frame {
@@ -256,6 +311,7 @@ async fn serve_peer(stream: TcpStream, peer: SocketAddr, raft: Raft) {
             PeerRequest::Append(rpc) => PeerResponse::Append(raft.append_entries(rpc).await),
             PeerRequest::Vote(rpc) => PeerResponse::Vote(raft.vote(rpc).await),
             PeerRequest::Snapshot(rpc) => PeerResponse::Snapshot(raft.install_snapshot(rpc).await),
+            PeerRequest::Heartbeat(holder) => PeerResponse::Heartbeat(desk.heartbeat(holder)),
         };
         let bytes = match encode(&response) {
             Ok(bytes) => bytes,
