@@ -25,7 +25,11 @@ async fn start(id: u64, root: &Path, voters: &BTreeMap<NodeId, String>) -> Contr
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         match ControlPlane::start(
-            NodeId(id),
+            Member {
+                id: NodeId(id),
+                client_addr: format!("127.0.0.1:{}", 7000 + id),
+                peer_addr: addr.to_string(),
+            },
             &root.join(format!("node-{id}")),
             addr,
             voters,
@@ -107,8 +111,9 @@ async fn three_nodes_commit_survive_the_leader_and_recover_from_disk() {
         start(2, root.path(), &voters).await,
         start(3, root.path(), &voters).await,
     ];
-    for id in 1..=3 {
-        assert_eq!(commit(&nodes, member(id)).await, Outcome::Applied);
+    // Every broker adds itself as a member by heartbeating the leader.
+    for node in &nodes {
+        wait_for(node, "3 members", |s| s.members.len() == 3).await;
     }
     let topic = Command::CreateTopic {
         name: "orders".into(),
@@ -124,9 +129,26 @@ async fn three_nodes_commit_survive_the_leader_and_recover_from_disk() {
     let first = leader_of(&nodes.iter().collect::<Vec<_>>(), Duration::from_secs(10)).await;
     let follower = (first + 1) % 3;
     assert!(nodes[follower].propose(member(9)).await.is_err());
+    // Submitted through a follower, a command is forwarded to the leader.
+    let forwarded = Command::CreateTopic {
+        name: "forwarded".into(),
+        spec: TopicSpec {
+            config: TopicConfig::new(2),
+            replication: 1,
+        },
+    };
+    assert_eq!(
+        nodes[follower]
+            .submit(forwarded, Duration::from_secs(5))
+            .await
+            .expect("forwarded"),
+        Outcome::Applied
+    );
     for node in &nodes {
         wait_for(node, "3 members and the topic", |s| {
-            s.members.len() == 3 && s.topics.contains_key("orders")
+            s.members.len() == 3
+                && s.topics.contains_key("orders")
+                && s.topics.contains_key("forwarded")
         })
         .await;
     }

@@ -28,7 +28,7 @@ pub use state_machine::StateMachine;
 
 use crate::cluster::leases::LeaseTracker;
 use crate::cluster::placement::NodeId;
-use crate::cluster::state::{ClusterState, Command, LeaseHolder, Outcome};
+use crate::cluster::state::{ClusterState, Command, LeaseHolder, Member, Outcome};
 
 openraft::declare_raft_types!(
     /// Spool's Raft types: entries carry a [`Command`], applying one yields
@@ -90,6 +90,8 @@ pub struct ControlPlane {
 /// its own lease as acknowledged by the leader.
 pub(crate) struct LeaseDesk {
     id: NodeId,
+    /// How others reach this broker, sent with every heartbeat.
+    me: Member,
     raft: Raft,
     state: watch::Receiver<Arc<ClusterState>>,
     tracker: parking_lot::Mutex<LeaseTracker>,
@@ -106,29 +108,56 @@ impl LeaseDesk {
         m.current_leader == Some(self.id.0) && m.state == openraft::ServerState::Leader
     }
 
-    /// A heartbeat from `holder`, counted if this node leads.
-    pub(crate) fn heartbeat(&self, holder: LeaseHolder) -> Result<(), String> {
+    /// A broker's heartbeat, counted if this node leads. A broker that is
+    /// not a member yet (or moved) is added first; its lease starts alive.
+    pub(crate) fn heartbeat(&self, member: Member) -> Result<(), String> {
         if !self.leading() || self.leading_term.lock().is_none() {
             return Err(format!("broker {} is not the Raft leader", self.id));
         }
         let state = self.state.borrow().clone();
-        let renew = self
-            .tracker
-            .lock()
-            .heartbeat(holder, std::time::Instant::now(), &state);
-        match (renew, state.leases.contains_key(&holder)) {
-            (Some(renew), _) => {
-                let raft = self.raft.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = raft.client_write(renew).await {
-                        tracing::debug!(error = %e, "lease renewal not committed");
-                    }
-                });
-                Ok(())
-            }
-            (None, true) => Ok(()),
-            (None, false) => Err(format!("{holder:?} holds no lease")),
+        let holder = LeaseHolder::Broker(member.id);
+        let command = if state.members.get(&member.id) != Some(&member) {
+            tracing::info!(broker = %member.id, client = %member.client_addr, "adding a member that heartbeats");
+            Some(Command::AddMember(member))
+        } else {
+            self.tracker
+                .lock()
+                .heartbeat(holder, std::time::Instant::now(), &state)
+        };
+        if let Some(command) = command {
+            let raft = self.raft.clone();
+            tokio::spawn(async move {
+                if let Err(e) = raft.client_write(command).await {
+                    tracing::debug!(error = %e, "membership or renewal not committed");
+                }
+            });
         }
+        Ok(())
+    }
+
+    /// Commits `command` if this node leads.
+    pub(crate) async fn propose_here(&self, command: Command) -> Result<Outcome, String> {
+        if !self.leading() {
+            return Err(format!("broker {} is not the Raft leader", self.id));
+        }
+        self.raft
+            .client_write(command)
+            .await
+            .map(|r| r.data)
+            .map_err(|e| e.to_string())
+    }
+
+    /// The Raft leader and its peer address, if known.
+    fn leader_peer(&self) -> Option<(NodeId, String)> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let leader = m.current_leader?;
+        let addr = m
+            .membership_config
+            .nodes()
+            .find(|(id, _)| **id == leader)
+            .map(|(_, n)| n.addr.clone());
+        addr.map(|addr| (NodeId(leader), addr))
     }
 
     /// Every 100 ms: start the lease clock on becoming leader, and commit
@@ -169,8 +198,7 @@ impl LeaseDesk {
     /// Heartbeats the leader every [`LEASE_HEARTBEAT`] and records how long
     /// this broker's own lease lasts.
     async fn heartbeat_leader(self: Arc<Self>, stop: CancellationToken) {
-        let mut conn = None;
-        let mut conn_to = String::new();
+        let mut peer = network::PeerClient::default();
         let mut tick = tokio::time::interval(LEASE_HEARTBEAT);
         loop {
             tokio::select! {
@@ -178,41 +206,32 @@ impl LeaseDesk {
                 _ = tick.tick() => {}
             }
             let holder = LeaseHolder::Broker(self.id);
-            let Some(ttl) = self.state.borrow().leases.get(&holder).map(|l| l.ttl_ms) else {
-                continue;
-            };
-            let (leader, addr) = {
-                let m = self.raft.metrics();
-                let m = m.borrow();
-                let leader = m.current_leader;
-                let addr = leader.and_then(|l| {
-                    m.membership_config
-                        .nodes()
-                        .find(|(id, _)| **id == l)
-                        .map(|(_, n)| n.addr.clone())
-                });
-                (leader, addr)
-            };
+            let ttl = self.state.borrow().leases.get(&holder).map(|l| l.ttl_ms);
             let sent = std::time::Instant::now();
-            let counted = match (leader, addr) {
-                (Some(l), _) if l == self.id.0 => self.heartbeat(holder),
-                (Some(_), Some(addr)) => {
-                    if addr != conn_to {
-                        conn = None;
-                        conn_to = addr.clone();
+            let counted = match self.leader_peer() {
+                Some((leader, _)) if leader == self.id => self.heartbeat(self.me.clone()),
+                Some((_, addr)) => {
+                    let request = network::PeerRequest::Heartbeat(self.me.clone());
+                    match peer.call(&addr, &request, LEASE_HEARTBEAT).await {
+                        Ok(network::PeerResponse::Heartbeat(result)) => result,
+                        Ok(_) => Err("peer answered a different request kind".to_string()),
+                        Err(e) => Err(e),
                     }
-                    network::send_heartbeat(&mut conn, &addr, holder, LEASE_HEARTBEAT).await
                 }
-                _ => Err("no Raft leader known".to_string()),
+                None => Err("no Raft leader known".to_string()),
             };
-            match counted {
-                Ok(()) => {
+            match (counted, ttl) {
+                // Only a lease the cluster has committed can be acted on.
+                (Ok(()), Some(ttl)) => {
                     let until = (sent + Duration::from_millis(ttl))
                         .checked_sub(LEASE_SAFETY_MARGIN)
                         .unwrap_or(sent);
                     *self.own_lease_until.lock() = Some(until);
                 }
-                Err(e) => tracing::debug!(node = %self.id, error = %e, "heartbeat not counted"),
+                (Ok(()), None) => {}
+                (Err(e), _) => {
+                    tracing::debug!(node = %self.id, error = %e, "heartbeat not counted")
+                }
             }
         }
     }
@@ -244,13 +263,14 @@ impl ControlPlane {
     /// initial membership (every voter may propose the same one: openraft
     /// accepts it once).
     pub async fn start(
-        id: NodeId,
+        me: Member,
         dir: &Path,
         peer_listen: SocketAddr,
         voters: &BTreeMap<NodeId, String>,
         initial: ClusterState,
         timings: &RaftTimings,
     ) -> Result<ControlPlane, ControlPlaneError> {
+        let id = me.id;
         let log = LogStore::open(dir)?;
         let (machine, state) = StateMachine::open(dir, initial)?;
         let config = openraft::Config {
@@ -282,6 +302,7 @@ impl ControlPlane {
         let stop = CancellationToken::new();
         let desk = Arc::new(LeaseDesk {
             id,
+            me,
             raft: raft.clone(),
             state: state.clone(),
             tracker: parking_lot::Mutex::new(LeaseTracker::default()),
@@ -323,8 +344,50 @@ impl ControlPlane {
         })
     }
 
-    /// Commits `command` through the Raft leader. Only the leader can
-    /// write; elsewhere this fails with the leader's id in the message.
+    /// Commits `command` through the Raft leader, wherever it is: here, or
+    /// forwarded over the peer port. Rides out an election under way, up to
+    /// `within`.
+    pub async fn submit(
+        &self,
+        command: Command,
+        within: Duration,
+    ) -> Result<Outcome, ControlPlaneError> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut peer = network::PeerClient::default();
+        loop {
+            let attempt = match self.desk.leader_peer() {
+                Some((leader, _)) if leader == self.id => {
+                    self.desk.propose_here(command.clone()).await
+                }
+                Some((_, addr)) => {
+                    let request = network::PeerRequest::Propose(command.clone());
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    match peer
+                        .call(&addr, &request, left.max(Duration::from_millis(1)))
+                        .await
+                    {
+                        Ok(network::PeerResponse::Propose(result)) => result,
+                        Ok(_) => Err("peer answered a different request kind".to_string()),
+                        Err(e) => Err(e),
+                    }
+                }
+                None => Err("no Raft leader known (an election is under way)".to_string()),
+            };
+            match attempt {
+                Ok(outcome) => return Ok(outcome),
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    return Err(ControlPlaneError::Raft(e))
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "command not committed yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    /// Commits `command` here, which only works on the Raft leader;
+    /// elsewhere it fails with the leader's id in the message.
     pub async fn propose(&self, command: Command) -> Result<Outcome, ControlPlaneError> {
         self.raft
             .client_write(command)

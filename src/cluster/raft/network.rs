@@ -24,7 +24,7 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 
 use super::{LeaseDesk, Raft, TypeConfig};
-use crate::cluster::state::LeaseHolder;
+use crate::cluster::state::{Command, Member, Outcome};
 
 type NodeIdRaw = u64;
 
@@ -34,16 +34,19 @@ const MAX_PEER_FRAME: usize = 64 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
 #[derive(Serialize, Deserialize)]
-enum PeerRequest {
+pub(super) enum PeerRequest {
     Append(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<NodeIdRaw>),
     Snapshot(InstallSnapshotRequest<TypeConfig>),
-    /// A lease holder's heartbeat, for the Raft leader's lease clock.
-    Heartbeat(LeaseHolder),
+    /// A broker's heartbeat, for the Raft leader's lease clock, with how
+    /// to reach it (the leader adds it as a member if it is not one).
+    Heartbeat(Member),
+    /// A command for the Raft leader to commit.
+    Propose(Command),
 }
 
 #[derive(Serialize, Deserialize)]
-enum PeerResponse {
+pub(super) enum PeerResponse {
     Append(Result<AppendEntriesResponse<NodeIdRaw>, RaftError<NodeIdRaw>>),
     Vote(Result<VoteResponse<NodeIdRaw>, RaftError<NodeIdRaw>>),
     Snapshot(
@@ -51,6 +54,8 @@ enum PeerResponse {
     ),
     /// Counted by the leader, or why not (not the leader; no such lease).
     Heartbeat(Result<(), String>),
+    /// Committed, or why not (not the leader, no quorum).
+    Propose(Result<Outcome, String>),
 }
 
 fn codec() -> LengthDelimitedCodec {
@@ -212,43 +217,57 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
     }
 }
 
-/// Sends one heartbeat to the peer at `addr` over the connection kept in
-/// `conn` (made on first use and after a failure); `Ok` once that peer, as
-/// Raft leader, has counted it.
-pub(super) async fn send_heartbeat(
-    conn: &mut Option<Framed<TcpStream, LengthDelimitedCodec>>,
-    addr: &str,
-    holder: LeaseHolder,
-    timeout: Duration,
-) -> Result<(), String> {
-    let exchange = async {
-        if conn.is_none() {
-            let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-            let _ = stream.set_nodelay(true);
-            *conn = Some(Framed::new(stream, codec()));
+/// A connection to one peer for the control plane's own requests
+/// (heartbeats, forwarded commands), made on first use and again after a
+/// failure.
+#[derive(Default)]
+pub(super) struct PeerClient {
+    addr: String,
+    conn: Option<Framed<TcpStream, LengthDelimitedCodec>>,
+}
+
+impl PeerClient {
+    /// Sends `request` to the peer at `addr` and waits up to `timeout` for
+    /// its answer.
+    pub(super) async fn call(
+        &mut self,
+        addr: &str,
+        request: &PeerRequest,
+        timeout: Duration,
+    ) -> Result<PeerResponse, String> {
+        if self.addr != addr {
+            self.addr = addr.to_string();
+            self.conn = None;
         }
-        let framed = conn.as_mut().ok_or_else(|| "not connected".to_string())?;
-        framed
-            .send(encode(&PeerRequest::Heartbeat(holder))?)
-            .await
-            .map_err(|e| e.to_string())?;
-        match framed.next().await {
-            Some(Ok(frame)) => match decode::<PeerResponse>(&frame)? {
-                PeerResponse::Heartbeat(result) => result,
-                _ => Err("peer answered a different request kind".to_string()),
-            },
-            Some(Err(e)) => Err(e.to_string()),
-            None => Err("peer closed the connection".to_string()),
+        let exchange = async {
+            if self.conn.is_none() {
+                let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+                let _ = stream.set_nodelay(true);
+                self.conn = Some(Framed::new(stream, codec()));
+            }
+            let framed = self
+                .conn
+                .as_mut()
+                .ok_or_else(|| "not connected".to_string())?;
+            framed
+                .send(encode(request)?)
+                .await
+                .map_err(|e| e.to_string())?;
+            match framed.next().await {
+                Some(Ok(frame)) => decode::<PeerResponse>(&frame),
+                Some(Err(e)) => Err(e.to_string()),
+                None => Err("peer closed the connection".to_string()),
+            }
+        };
+        let result = match tokio::time::timeout(timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("no answer from {addr} within {timeout:?}")),
+        };
+        if result.is_err() {
+            self.conn = None;
         }
-    };
-    let result = match tokio::time::timeout(timeout, exchange).await {
-        Ok(result) => result,
-        Err(_) => Err(format!("no answer within {timeout:?}")),
-    };
-    if result.is_err() {
-        *conn = None;
+        result
     }
-    result
 }
 
 /// Answers peers' Raft messages on `listener` until `stop` is cancelled.
@@ -311,7 +330,10 @@ async fn serve_peer(
             PeerRequest::Append(rpc) => PeerResponse::Append(raft.append_entries(rpc).await),
             PeerRequest::Vote(rpc) => PeerResponse::Vote(raft.vote(rpc).await),
             PeerRequest::Snapshot(rpc) => PeerResponse::Snapshot(raft.install_snapshot(rpc).await),
-            PeerRequest::Heartbeat(holder) => PeerResponse::Heartbeat(desk.heartbeat(holder)),
+            PeerRequest::Heartbeat(member) => PeerResponse::Heartbeat(desk.heartbeat(member)),
+            PeerRequest::Propose(command) => {
+                PeerResponse::Propose(desk.propose_here(command).await)
+            }
         };
         let bytes = match encode(&response) {
             Ok(bytes) => bytes,
