@@ -56,6 +56,12 @@ metric!(CONNECTIONS_REJECTED: IntCounter = register_int_counter_with_registry!(
     "spool_connections_rejected_total", "Connections refused at the connection limit", REGISTRY));
 metric!(PROTOCOL_ERRORS: IntCounter = register_int_counter_with_registry!(
     "spool_protocol_errors_total", "Connections closed for malformed input", REGISTRY));
+metric!(NOT_LEADER: IntCounter = register_int_counter_with_registry!(
+    "spool_not_leader_total", "Requests answered NotLeader (the client was sent elsewhere)", REGISTRY));
+metric!(LEASE_EXPIRIES: IntCounter = register_int_counter_with_registry!(
+    "spool_lease_expiries_total", "Lease expiries this broker committed as Raft leader", REGISTRY));
+metric!(PLACEMENT_CHANGES: IntCounter = register_int_counter_with_registry!(
+    "spool_placement_changes_total", "Placement epochs applied by this broker", REGISTRY));
 
 /// Registers every metric now, so a scrape shows them all (at zero) before
 /// their first event.
@@ -71,4 +77,7 @@ pub fn register_all() {
     LazyLock::force(&CONNECTIONS_TOTAL);
     LazyLock::force(&CONNECTIONS_REJECTED);
     LazyLock::force(&PROTOCOL_ERRORS);
+    LazyLock::force(&NOT_LEADER);
+    LazyLock::force(&LEASE_EXPIRIES);
+    LazyLock::force(&PLACEMENT_CHANGES);
 }

@@ -53,7 +53,10 @@ impl StartAt {
                     partition,
                     timestamp_ms,
                 };
-                client.call(&request).await?.offset
+                client
+                    .call_partition(topic, partition, &request)
+                    .await?
+                    .offset
             }
         })
     }
@@ -118,6 +121,7 @@ impl Consumer {
         start: StartAt,
         config: ConsumerConfig,
     ) -> Result<Consumer, ClientError> {
+        client.learn_routes().await;
         let described = client.describe_topic(topic).await?;
         let mut positions = Vec::new();
         for p in &described.partitions {
@@ -205,7 +209,7 @@ async fn fetch_loop(
             max_wait_ms: config.fetch_max_wait.as_millis().min(u128::from(u32::MAX)) as u32,
         };
         let response = client
-            .call(&request)
+            .call_partition(&topic, partition, &request)
             .await
             .map(|r| (r.next_offset, r.batches));
         let (next_offset, batches) = match response {

@@ -29,6 +29,7 @@ mod delivery;
 mod group;
 mod producer;
 mod queue_consumer;
+mod routing;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,7 +37,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use spool_protocol::requests::{
     CreateTopicRequest, DeleteTopicRequest, DescribeTopicRequest, LeaveGroupRequest,
-    ListTopicsRequest, ProduceRequest, TopicSettings, WireTopic,
+    ListTopicsRequest, MetadataRequest, ProduceRequest, TopicSettings, WireTopic,
 };
 use spool_protocol::{Call, ErrorCode};
 use thiserror::Error;
@@ -109,13 +110,21 @@ impl From<std::io::Error> for ClientError {
     }
 }
 
-/// A handle to a server. Cheap to clone; clones share one pipelined
-/// connection, which is re-established on the next call after it breaks.
+/// A handle to a server or a cluster. Cheap to clone; clones share one
+/// pipelined connection per broker, re-established on the next call after
+/// it breaks. In a cluster it sends each partition's requests to the
+/// partition's leader, learning where that is from the brokers.
 #[derive(Clone)]
 pub struct Client {
     addr: SocketAddr,
     options: ConnectOptions,
     conn: Arc<Mutex<Arc<Connection>>>,
+    /// Where partitions live, once a broker said it is not this one.
+    routes: Arc<parking_lot::RwLock<Option<Arc<routing::Routes>>>>,
+    /// Connections to other brokers, by address.
+    brokers: Arc<Mutex<std::collections::HashMap<String, Arc<Connection>>>>,
+    /// Set once metadata was asked for (a single-node server has no routes).
+    routes_checked: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Client {
@@ -134,7 +143,119 @@ impl Client {
             addr,
             options,
             conn: Arc::new(Mutex::new(Arc::new(conn))),
+            routes: Arc::default(),
+            brokers: Arc::default(),
+            routes_checked: Arc::default(),
         })
+    }
+
+    /// Connects to the first of `addrs` that answers (a cluster's
+    /// bootstrap list: any broker will do, it tells the client the rest).
+    pub async fn connect_any(
+        addrs: &[SocketAddr],
+        options: ConnectOptions,
+    ) -> Result<Client, ClientError> {
+        let mut last = ClientError::Invalid("no address given".into());
+        for &addr in addrs {
+            match Client::connect_with(addr, options.clone()).await {
+                Ok(client) => return Ok(client),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// The connection for `(topic, partition)`: its leader's, if a broker
+    /// has told this client where that is, else the default one.
+    pub async fn partition_connection(
+        &self,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Arc<Connection>, ClientError> {
+        let leader = self
+            .routes
+            .read()
+            .as_ref()
+            .and_then(|r| r.leader(topic, partition).map(str::to_string));
+        match leader {
+            Some(addr) if addr != self.addr.to_string() => self.broker_connection(&addr).await,
+            _ => self.connection().await,
+        }
+    }
+
+    async fn broker_connection(&self, addr: &str) -> Result<Arc<Connection>, ClientError> {
+        let mut brokers = self.brokers.lock().await;
+        if let Some(conn) = brokers.get(addr).filter(|c| !c.is_closed()) {
+            return Ok(conn.clone());
+        }
+        let sock: SocketAddr = addr.parse().map_err(|_| {
+            ClientError::Protocol(format!("broker address {addr:?} is not an address"))
+        })?;
+        let conn = Arc::new(Connection::connect(sock, &self.options).await?);
+        brokers.insert(addr.to_string(), conn.clone());
+        Ok(conn)
+    }
+
+    /// Sends a request about `(topic, partition)` to the broker that serves
+    /// it. A broker that says it does not serve it makes the client refresh
+    /// its routes and try once more at once; what still fails is returned
+    /// (retriable, if the partition is only unavailable for now).
+    pub async fn call_partition<C: Call>(
+        &self,
+        topic: &str,
+        partition: u32,
+        request: &C,
+    ) -> Result<C::Reply, ClientError> {
+        let first = self
+            .partition_connection(topic, partition)
+            .await?
+            .call(request)
+            .await;
+        match first {
+            Err(e) if routing::is_routing_error(&e) => {
+                self.refresh_routes().await;
+                self.partition_connection(topic, partition)
+                    .await?
+                    .call(request)
+                    .await
+            }
+            other => other,
+        }
+    }
+
+    /// Asks a broker where every partition is now. Errors are logged and
+    /// leave the old routes in place (the next failure asks again).
+    pub async fn refresh_routes(&self) {
+        match self.call(&MetadataRequest).await {
+            Ok(metadata) => {
+                let routes = routing::Routes::from_metadata(&metadata);
+                tracing::debug!(epoch = ?routes.as_ref().map(|r| r.epoch), "routes refreshed");
+                *self.routes.write() = routes;
+            }
+            Err(e) => tracing::debug!(error = %e, "metadata refresh failed"),
+        }
+    }
+
+    /// Learns where partitions live before a producer or consumer starts on
+    /// a topic, so its first requests already go to the right brokers (a
+    /// retried first batch could otherwise overtake another). One metadata
+    /// request the first time; nothing after.
+    pub(crate) async fn learn_routes(&self) {
+        let known = self.routes.read().is_some()
+            || self
+                .routes_checked
+                .swap(true, std::sync::atomic::Ordering::AcqRel);
+        if !known {
+            self.refresh_routes().await;
+        }
+    }
+
+    /// Refreshes the routes if `err` says a partition is served elsewhere;
+    /// for retry loops that sent a request some other way.
+    pub async fn note_error(&self, err: &ClientError) {
+        if routing::is_routing_error(err) {
+            self.refresh_routes().await;
+        }
     }
 
     /// The server's address.
@@ -142,11 +263,35 @@ impl Client {
         self.addr
     }
 
-    /// The current connection, reconnecting if it broke.
+    /// The current connection, reconnecting if it broke. In a cluster, if
+    /// the broker it was made to is gone, any other known broker will do
+    /// (admin requests are forwarded; partition requests are routed).
     pub async fn connection(&self) -> Result<Arc<Connection>, ClientError> {
         let mut conn = self.conn.lock().await;
         if conn.is_closed() {
-            *conn = Arc::new(Connection::connect(self.addr, &self.options).await?);
+            let fresh = match Connection::connect(self.addr, &self.options).await {
+                Ok(fresh) => fresh,
+                Err(first) => {
+                    let others: Vec<String> = self
+                        .routes
+                        .read()
+                        .as_ref()
+                        .map(|r| r.brokers.clone())
+                        .unwrap_or_default();
+                    let mut found = None;
+                    for addr in others.iter().filter(|a| **a != self.addr.to_string()) {
+                        let Ok(sock) = addr.parse::<SocketAddr>() else {
+                            continue;
+                        };
+                        if let Ok(c) = Connection::connect(sock, &self.options).await {
+                            found = Some(c);
+                            break;
+                        }
+                    }
+                    found.ok_or(first)?
+                }
+            };
+            *conn = Arc::new(fresh);
         }
         Ok(conn.clone())
     }
@@ -221,7 +366,7 @@ impl Client {
             partition,
             batch,
         };
-        let stored = self.call(&request).await?;
+        let stored = self.call_partition(topic, partition, &request).await?;
         Ok((stored.base_offset, stored.next_offset))
     }
 }

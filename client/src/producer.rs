@@ -198,6 +198,7 @@ impl Producer {
     /// Looks up a topic's partitions (outside the lock) and registers it.
     async fn add_topic(&self, topic: &str) -> Result<usize, ClientError> {
         let shared = &self.handle.0;
+        shared.client.learn_routes().await;
         let described = shared.client.describe_topic(topic).await?;
         let partitions = described.partitions.len();
         if partitions == 0 {
@@ -284,7 +285,7 @@ async fn dispatch(shared: &Shared, batch: Ready, permit: OwnedSemaphorePermit) {
         batch: bytes,
     };
     let client = shared.client.clone();
-    let first = match client.connection().await {
+    let first = match client.partition_connection(&topic, partition).await {
         Ok(conn) => conn.start(&request).await,
         Err(err) => Err(err),
     };
@@ -300,8 +301,9 @@ async fn dispatch(shared: &Shared, batch: Ready, permit: OwnedSemaphorePermit) {
                 break;
             }
             attempt += 1;
+            client.note_error(err).await;
             tokio::time::sleep(Duration::from_millis(50 << attempt.min(5))).await;
-            result = client.call(&request).await;
+            result = client.call_partition(&topic, partition, &request).await;
         }
         let result = result.map(|stored| stored.base_offset);
         outcome.complete(result);

@@ -54,6 +54,17 @@ pub enum ErrorCode {
     /// A configured bound (topics, groups, members of a group) would be
     /// passed; the message names it.
     LimitReached = 32,
+    /// Cluster: this broker does not lead the partition. The message is
+    /// `leader <id> at <client address>` when the leader is known; refresh
+    /// metadata and send there.
+    NotLeader = 40,
+    /// Cluster: no broker may serve the partition now (its broker's lease
+    /// lapsed, or this broker's own lease did). Retry after a metadata
+    /// refresh.
+    PartitionUnavailable = 41,
+    /// Cluster: the control plane could not commit the change in time (no
+    /// Raft leader, no quorum). Retry.
+    ClusterUnavailable = 42,
     /// A bug on the server side.
     Internal = 99,
 }
@@ -86,6 +97,9 @@ impl ErrorCode {
             30 => ShuttingDown,
             31 => TooManyConnections,
             32 => LimitReached,
+            40 => NotLeader,
+            41 => PartitionUnavailable,
+            42 => ClusterUnavailable,
             99 => Internal,
             _ => return None,
         })
@@ -95,7 +109,12 @@ impl ErrorCode {
     pub fn is_retriable(self) -> bool {
         matches!(
             self,
-            ErrorCode::NoSpace | ErrorCode::ShuttingDown | ErrorCode::TooManyConnections
+            ErrorCode::NoSpace
+                | ErrorCode::ShuttingDown
+                | ErrorCode::TooManyConnections
+                | ErrorCode::NotLeader
+                | ErrorCode::PartitionUnavailable
+                | ErrorCode::ClusterUnavailable
         )
     }
 }

@@ -171,7 +171,41 @@ fn request() -> impl Strategy<Value = Request> {
                 timestamp_ms,
             })
         }),
+        Just(Request::Metadata(MetadataRequest)),
     ]
+}
+
+fn metadata() -> impl Strategy<Value = MetadataResponse> {
+    (
+        any::<u64>(),
+        proptest::option::of(any::<u64>()),
+        vec((any::<u64>(), name(), any::<bool>()), 0..4),
+        vec(
+            (
+                name(),
+                vec((any::<u32>(), proptest::option::of(any::<u64>())), 0..4),
+            ),
+            0..3,
+        ),
+    )
+        .prop_map(|(epoch, controller, brokers, topics)| MetadataResponse {
+            epoch,
+            controller,
+            brokers: brokers
+                .into_iter()
+                .map(|(id, addr, alive)| WireBroker { id, addr, alive })
+                .collect(),
+            topics: topics
+                .into_iter()
+                .map(|(name, parts)| WireTopicLeaders {
+                    name,
+                    partitions: parts
+                        .into_iter()
+                        .map(|(partition, leader)| WirePartitionLeader { partition, leader })
+                        .collect(),
+                })
+                .collect(),
+        })
 }
 
 fn topic() -> impl Strategy<Value = WireTopic> {
@@ -357,6 +391,7 @@ fn response() -> impl Strategy<Value = (u16, Response)> {
             kind::OFFSET_FOR_TIMESTAMP,
             Response::OffsetForTimestamp(OffsetForTimestampResponse { offset: o })
         )),
+        metadata().prop_map(|m| (kind::METADATA, Response::Metadata(m))),
     ]
 }
 

@@ -3,6 +3,7 @@
 //! `docs/cluster.md`.
 
 pub mod leases;
+pub mod node;
 pub mod placement;
 pub mod raft;
 pub mod state;

@@ -349,13 +349,24 @@ impl Handler {
         match request {
             Request::Produce(r) => {
                 // Appended here, in arrival order; only the wait is async.
-                let pending =
-                    handlers::produce::start(&ctx.broker, &r.topic, r.partition, &r.batch);
+                let pending = match &ctx.cluster {
+                    Some(node) => handlers::cluster::check_serves(node, &r.topic, r.partition),
+                    None => Ok(()),
+                }
+                .and_then(|()| {
+                    handlers::produce::start(&ctx.broker, &r.topic, r.partition, &r.batch)
+                });
                 self.tasks.spawn(async move {
                     let reply = match pending {
                         Ok(pending) => handlers::produce::finish(pending).await.map(Response::from),
                         Err(e) => Err(e),
                     };
+                    respond(&tx, reply, kind_, correlation_id, started, permits).await;
+                });
+            }
+            Request::JoinGroup(_) if ctx.cluster.is_some() => {
+                let reply = Err(handlers::cluster::groups_unsupported());
+                self.tasks.spawn(async move {
                     respond(&tx, reply, kind_, correlation_id, started, permits).await;
                 });
             }
@@ -405,6 +416,35 @@ async fn dispatch(ctx: &ServerContext, request: Request) -> Result<Response, Err
     // A long poll (fetch, delivery) answers at once at shutdown with what
     // there is.
     let stopping = || ctx.shutdown.is_cancelled();
+    if let Some(node) = &ctx.cluster {
+        match &request {
+            Request::Fetch(r) => handlers::cluster::check_serves(node, &r.topic, r.partition)?,
+            Request::OffsetForTimestamp(r) => {
+                handlers::cluster::check_serves(node, &r.topic, r.partition)?
+            }
+            Request::CreateTopic(r) => {
+                return handlers::cluster::create_topic(node, &ctx.topic_defaults, r)
+                    .await
+                    .map(Response::from)
+            }
+            Request::DeleteTopic(r) => {
+                return handlers::cluster::delete_topic(node, r)
+                    .await
+                    .map(Response::from)
+            }
+            Request::Metadata(_) => return Ok(handlers::cluster::metadata(node).into()),
+            Request::LeaveGroup(_)
+            | Request::GroupAssignment(_)
+            | Request::Deliver(_)
+            | Request::Ack(_)
+            | Request::Nack(_)
+            | Request::Touch(_)
+            | Request::CommitOffset(_)
+            | Request::CommittedOffsets(_)
+            | Request::ResetGroup(_) => return Err(handlers::cluster::groups_unsupported()),
+            _ => {}
+        }
+    }
     match request {
         Request::Fetch(r) => {
             let wait_ms = if stopping() { 0 } else { r.max_wait_ms };
@@ -464,6 +504,9 @@ async fn dispatch(ctx: &ServerContext, request: Request) -> Result<Response, Err
             ErrorCode::Internal,
             "join is dispatched in order, not here",
         )),
+        Request::Metadata(_) => {
+            Ok(handlers::cluster::single_node_metadata(broker, &ctx.advertised).into())
+        }
         Request::Handshake(_) => Err(error(ErrorCode::MalformedFrame, "handshake already done")),
         Request::Produce(_) => Err(error(
             ErrorCode::Internal,

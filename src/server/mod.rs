@@ -12,6 +12,7 @@ mod errors;
 mod handlers;
 pub mod http;
 
+use crate::cluster::node::ClusterNode;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +38,8 @@ pub struct ServerConfig {
     pub topic_defaults: TopicConfig,
     /// How long shutdown waits for connections to finish.
     pub shutdown_grace: Duration,
+    /// This broker's part in a cluster; `None` for a single-node server.
+    pub cluster: Option<Arc<ClusterNode>>,
 }
 
 impl Default for ServerConfig {
@@ -46,6 +49,7 @@ impl Default for ServerConfig {
             limits: ConnectionLimits::default(),
             topic_defaults: TopicConfig::new(1),
             shutdown_grace: Duration::from_secs(30),
+            cluster: None,
         }
     }
 }
@@ -60,6 +64,10 @@ pub struct ServerContext {
     pub topic_defaults: TopicConfig,
     /// Cancelled when the server shuts down.
     pub shutdown: CancellationToken,
+    /// This broker's part in a cluster; `None` for a single-node server.
+    pub cluster: Option<Arc<ClusterNode>>,
+    /// The address clients reach this server at (single-node metadata).
+    pub advertised: String,
 }
 
 /// A bound, not yet running, server.
@@ -83,6 +91,8 @@ impl Server {
             limits: config.limits.clone(),
             topic_defaults: config.topic_defaults.clone(),
             shutdown: CancellationToken::new(),
+            cluster: config.cluster.clone(),
+            advertised: listener.local_addr()?.to_string(),
         });
         Ok(Server {
             listener,

@@ -11,6 +11,7 @@
 mod fetch;
 mod groups;
 mod handshake;
+mod metadata;
 mod produce;
 mod queue;
 mod topics;
@@ -32,6 +33,9 @@ pub use groups::{
     WireGroupMode, WireGroupPartition, WireResetTarget,
 };
 pub use handshake::{HandshakeRequest, HandshakeResponse};
+pub use metadata::{
+    MetadataRequest, MetadataResponse, WireBroker, WirePartitionLeader, WireTopicLeaders,
+};
 pub use produce::{ProduceRequest, ProduceResponse};
 pub use queue::{
     AckRequest, DeliverRequest, DeliverResponse, NackRequest, SettleResponse, TouchRequest,
@@ -90,6 +94,8 @@ pub mod kind {
     pub const RESET_GROUP: u16 = 21;
     /// First offset at or after a timestamp.
     pub const OFFSET_FOR_TIMESTAMP: u16 = 22;
+    /// The cluster's brokers and partition leaders.
+    pub const METADATA: u16 = 23;
 }
 
 /// A request body: its kind number and the type of its successful reply.
@@ -219,6 +225,8 @@ requests! {
     ResetGroup(ResetGroupRequest) = RESET_GROUP => (),
     /// First offset at or after a timestamp.
     OffsetForTimestamp(OffsetForTimestampRequest) = OFFSET_FOR_TIMESTAMP => OffsetForTimestampResponse,
+    /// The cluster's brokers and partition leaders.
+    Metadata(MetadataRequest) = METADATA => MetadataResponse,
 }
 
 /// Declares the successful replies: one variant per reply type, with the
@@ -289,6 +297,8 @@ responses! {
     DescribeGroup(WireGroup),
     /// The offset found.
     OffsetForTimestamp(OffsetForTimestampResponse),
+    /// Brokers and partition leaders.
+    Metadata(MetadataResponse),
 }
 
 /// An error response.

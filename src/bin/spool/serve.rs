@@ -5,6 +5,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
+use spool::cluster::node::ClusterNode;
+use spool::cluster::raft::{ControlPlane, RaftTimings};
+use spool::cluster::state::Member;
+use spool::cluster::{ClusterState, NodeId};
 use spool::server::{http, Server, ServerConfig};
 use spool::{Broker, BrokerConfig, SyncPolicy, TopicConfig};
 use tokio_util::sync::CancellationToken;
@@ -43,6 +47,46 @@ pub struct ServeArgs {
     /// Default segment size of new topics [default: 268435456].
     #[arg(long)]
     default_segment_bytes: Option<u64>,
+    /// Cluster: this broker's id (1 or more). With --peer-listen and
+    /// --peers it joins a cluster; without them Spool is a single node.
+    #[arg(long, requires_all = ["peer_listen", "peers"])]
+    node_id: Option<u64>,
+    /// Cluster: address for the other brokers (Raft, heartbeats).
+    #[arg(long, requires = "node_id")]
+    peer_listen: Option<SocketAddr>,
+    /// Cluster: the voting brokers, as ID=PEER_ADDR,... (3 or 5 of them,
+    /// the same list on every voter).
+    #[arg(long, requires = "node_id")]
+    peers: Option<String>,
+    /// Cluster: the address clients are sent to for this broker
+    /// [default: the --listen address].
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Cluster: broker lease time to live in milliseconds [default: 1500].
+    #[arg(long)]
+    lease_ttl_ms: Option<u64>,
+}
+
+/// Parses `1=127.0.0.1:7170,2=...`.
+fn parse_peers(text: &str) -> Result<std::collections::BTreeMap<NodeId, String>, Failure> {
+    let mut peers = std::collections::BTreeMap::new();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (id, addr) = item
+            .split_once('=')
+            .ok_or_else(|| Failure::usage(format!("--peers: {item:?} is not ID=ADDRESS")))?;
+        let id: u64 = id
+            .parse()
+            .map_err(|_| Failure::usage(format!("--peers: {id:?} is not a node id")))?;
+        if id == 0 {
+            return Err(Failure::usage("--peers: node ids start at 1"));
+        }
+        addr.parse::<SocketAddr>()
+            .map_err(|_| Failure::usage(format!("--peers: {addr:?} is not an address")))?;
+        if peers.insert(NodeId(id), addr.to_string()).is_some() {
+            return Err(Failure::usage(format!("--peers: node {id} is named twice")));
+        }
+    }
+    Ok(peers)
 }
 
 #[derive(Deserialize, Default)]
@@ -121,6 +165,44 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     config.topic_defaults = topic;
 
     let broker = Broker::open(&data, BrokerConfig::default())?;
+    let cluster = match (args.node_id, args.peer_listen, &args.peers) {
+        (Some(id), Some(peer_listen), Some(peers)) => {
+            if id == 0 {
+                return Err(Failure::usage("--node-id starts at 1"));
+            }
+            let voters = parse_peers(peers)?;
+            if !voters.contains_key(&NodeId(id)) {
+                return Err(Failure::usage(format!(
+                    "--peers must name this broker ({id}) too"
+                )));
+            }
+            let me = Member {
+                id: NodeId(id),
+                client_addr: args.advertise.clone().unwrap_or_else(|| listen.to_string()),
+                peer_addr: voters[&NodeId(id)].clone(),
+            };
+            let ttl = args.lease_ttl_ms.unwrap_or(1500);
+            let control = ControlPlane::start(
+                me,
+                &data.join("cluster"),
+                peer_listen,
+                &voters,
+                ClusterState::new(ttl),
+                &RaftTimings::default(),
+            )
+            .await
+            .map_err(|e| Failure::refused(format!("cluster: {e}")))?;
+            tracing::info!(node = id, peers = %peers, "joining the cluster");
+            Some(ClusterNode::new(control, broker.clone()))
+        }
+        (None, None, None) => None,
+        _ => {
+            return Err(Failure::usage(
+                "a cluster needs --node-id, --peer-listen and --peers together",
+            ))
+        }
+    };
+    config.cluster = cluster.clone();
     let server = Server::bind(listen, broker.clone(), config)
         .await
         .map_err(|e| Failure::io(&format!("binding {listen}"), e))?;
@@ -149,6 +231,9 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         });
     }
     server.run(shutdown).await?;
+    if let Some(node) = cluster {
+        node.shutdown().await;
+    }
     Ok(())
 }
 

@@ -188,6 +188,7 @@ impl LeaseDesk {
             };
             for command in due {
                 tracing::info!(?command, "lease expired: no heartbeat for a whole TTL");
+                crate::metrics::LEASE_EXPIRIES.inc();
                 if let Err(e) = self.raft.client_write(command).await {
                     tracing::warn!(error = %e, "lease expiry not committed");
                 }

@@ -139,6 +139,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Normal(command) => {
                     let outcome = self.applied.state.apply(command);
                     if outcome == Outcome::Applied {
+                        crate::metrics::PLACEMENT_CHANGES.inc();
                         tracing::info!(
                             index = entry.log_id.index,
                             ?command,

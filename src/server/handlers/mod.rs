@@ -24,6 +24,7 @@ pub async fn on_blocking_thread<T: Send + 'static>(
         })
 }
 
+pub mod cluster;
 pub mod fetch;
 pub mod groups;
 pub mod handshake;

@@ -16,6 +16,14 @@ pub fn create(
     defaults: &TopicConfig,
     request: &CreateTopicRequest,
 ) -> Result<(), ErrorResponse> {
+    broker
+        .create_topic(&request.name, config_for(defaults, request))
+        .map_err(|e| response_for(&e))
+}
+
+/// The configuration a create request asks for: its settings over
+/// `defaults`.
+pub fn config_for(defaults: &TopicConfig, request: &CreateTopicRequest) -> TopicConfig {
     let settings = &request.settings;
     let mut config = defaults.clone();
     if request.partitions != 0 {
@@ -33,9 +41,7 @@ pub fn create(
     if let Some(bytes) = settings.retention_bytes {
         config.log.retention_bytes = (bytes != 0).then_some(bytes);
     }
-    broker
-        .create_topic(&request.name, config)
-        .map_err(|e| response_for(&e))
+    config
 }
 
 /// Deletes a topic.

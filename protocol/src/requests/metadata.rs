@@ -1,0 +1,137 @@
+//! Metadata: the brokers of the cluster and who leads each partition, so a
+//! client sends each request to the right broker. A single-node server
+//! answers with itself as the only broker and the leader of everything.
+
+use bytes::{BufMut, BytesMut};
+
+use crate::codec::{put_list, put_option_u64, put_string, DecodeError, Reader, Wire};
+
+/// Ask for the cluster's brokers and partition leaders (an empty body).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MetadataRequest;
+
+/// One broker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WireBroker {
+    /// Its node id (0 for a single-node server).
+    pub id: u64,
+    /// Where clients reach it.
+    pub addr: String,
+    /// False once its lease has lapsed.
+    pub alive: bool,
+}
+
+/// One partition's placement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WirePartitionLeader {
+    /// Partition.
+    pub partition: u32,
+    /// The broker that serves it now; none while it is unavailable.
+    pub leader: Option<u64>,
+}
+
+/// One topic's placement.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WireTopicLeaders {
+    /// Name.
+    pub name: String,
+    /// Every partition.
+    pub partitions: Vec<WirePartitionLeader>,
+}
+
+/// The cluster as the answering broker knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetadataResponse {
+    /// Placement epoch the answer was computed at; a newer one supersedes.
+    pub epoch: u64,
+    /// The Raft leader of the control plane, if known.
+    pub controller: Option<u64>,
+    /// Every broker.
+    pub brokers: Vec<WireBroker>,
+    /// Every topic.
+    pub topics: Vec<WireTopicLeaders>,
+}
+
+impl Wire for MetadataRequest {
+    const MIN_LEN: usize = 0;
+
+    fn put(&self, _: &mut BytesMut) {}
+
+    fn get(_: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(MetadataRequest)
+    }
+}
+
+impl Wire for WireBroker {
+    const MIN_LEN: usize = 11;
+
+    fn put(&self, b: &mut BytesMut) {
+        b.put_u64_le(self.id);
+        put_string(b, &self.addr);
+        b.put_u8(u8::from(self.alive));
+    }
+
+    fn get(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(WireBroker {
+            id: r.u64("broker id")?,
+            addr: r.string("broker addr")?,
+            alive: match r.u8("alive")? {
+                0 => false,
+                1 => true,
+                _ => return Err(DecodeError::BadValue("alive")),
+            },
+        })
+    }
+}
+
+impl Wire for WirePartitionLeader {
+    const MIN_LEN: usize = 5;
+
+    fn put(&self, b: &mut BytesMut) {
+        b.put_u32_le(self.partition);
+        put_option_u64(b, self.leader);
+    }
+
+    fn get(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(WirePartitionLeader {
+            partition: r.u32("partition")?,
+            leader: r.option_u64("leader")?,
+        })
+    }
+}
+
+impl Wire for WireTopicLeaders {
+    const MIN_LEN: usize = 6;
+
+    fn put(&self, b: &mut BytesMut) {
+        put_string(b, &self.name);
+        put_list(b, &self.partitions);
+    }
+
+    fn get(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(WireTopicLeaders {
+            name: r.string("name")?,
+            partitions: r.list("partition count")?,
+        })
+    }
+}
+
+impl Wire for MetadataResponse {
+    const MIN_LEN: usize = 17;
+
+    fn put(&self, b: &mut BytesMut) {
+        b.put_u64_le(self.epoch);
+        put_option_u64(b, self.controller);
+        put_list(b, &self.brokers);
+        put_list(b, &self.topics);
+    }
+
+    fn get(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(MetadataResponse {
+            epoch: r.u64("epoch")?,
+            controller: r.option_u64("controller")?,
+            brokers: r.list("broker count")?,
+            topics: r.list("topic count")?,
+        })
+    }
+}

@@ -1,0 +1,126 @@
+//! Requests as a clustered broker answers them: metadata, whether this
+//! broker serves a partition, and admin changes committed through the
+//! control plane.
+
+use spool_protocol::requests::{
+    CreateTopicRequest, DeleteTopicRequest, MetadataResponse, WireBroker, WirePartitionLeader,
+    WireTopicLeaders,
+};
+use spool_protocol::{ErrorCode, ErrorResponse, PartitionId};
+
+use crate::broker::{Broker, TopicConfig};
+use crate::cluster::node::{ClusterAdminError, ClusterNode, NotServed};
+use crate::server::errors::{error, response_for};
+use crate::server::handlers::topics;
+
+/// `Ok` if this broker serves `(topic, partition)` now; otherwise the
+/// error that tells the client where to go.
+pub fn check_serves(node: &ClusterNode, topic: &str, partition: u32) -> Result<(), ErrorResponse> {
+    node.check_serves(topic, PartitionId(partition))
+        .map_err(|why| match why {
+            NotServed::NotLeader { leader, addr } => {
+                crate::metrics::NOT_LEADER.inc();
+                error(ErrorCode::NotLeader, format!("leader {leader} at {addr}"))
+            }
+            NotServed::Unavailable(reason) => error(ErrorCode::PartitionUnavailable, reason),
+            NotServed::UnknownTopic => {
+                error(ErrorCode::TopicNotFound, format!("topic {topic} not found"))
+            }
+        })
+}
+
+/// The cluster's brokers and every partition's leader.
+pub fn metadata(node: &ClusterNode) -> MetadataResponse {
+    let state = node.state();
+    MetadataResponse {
+        epoch: state.placement_epoch,
+        controller: node.controller().map(|n| n.0),
+        brokers: state
+            .members
+            .values()
+            .map(|m| WireBroker {
+                id: m.id.0,
+                addr: m.client_addr.clone(),
+                alive: state.is_alive(m.id),
+            })
+            .collect(),
+        topics: state
+            .topics
+            .iter()
+            .map(|(name, spec)| WireTopicLeaders {
+                name: name.clone(),
+                partitions: (0..spec.config.partitions)
+                    .map(|p| WirePartitionLeader {
+                        partition: p,
+                        leader: state.leader(name, PartitionId(p)).map(|n| n.0),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+/// A single-node server's metadata: itself, leading everything.
+pub fn single_node_metadata(broker: &Broker, addr: &str) -> MetadataResponse {
+    MetadataResponse {
+        epoch: 0,
+        controller: None,
+        brokers: vec![WireBroker {
+            id: 0,
+            addr: addr.to_string(),
+            alive: true,
+        }],
+        topics: broker
+            .list_topics()
+            .iter()
+            .map(|t| WireTopicLeaders {
+                name: t.name.clone(),
+                partitions: t
+                    .partitions
+                    .iter()
+                    .map(|p| WirePartitionLeader {
+                        partition: p.partition.0,
+                        leader: Some(0),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+/// Creates a topic through the control plane.
+pub async fn create_topic(
+    node: &ClusterNode,
+    defaults: &TopicConfig,
+    request: &CreateTopicRequest,
+) -> Result<(), ErrorResponse> {
+    let config = topics::config_for(defaults, request);
+    node.create_topic(&request.name, config, 1)
+        .await
+        .map_err(|e| admin_error(&e))
+}
+
+/// Deletes a topic through the control plane.
+pub async fn delete_topic(
+    node: &ClusterNode,
+    request: &DeleteTopicRequest,
+) -> Result<(), ErrorResponse> {
+    node.delete_topic(&request.name)
+        .await
+        .map_err(|e| admin_error(&e))
+}
+
+fn admin_error(e: &ClusterAdminError) -> ErrorResponse {
+    match e {
+        ClusterAdminError::Broker(e) => response_for(e),
+        ClusterAdminError::Control(e) => error(ErrorCode::ClusterUnavailable, e.to_string()),
+    }
+}
+
+/// Consumer groups are not coordinated across brokers yet.
+pub fn groups_unsupported() -> ErrorResponse {
+    error(
+        ErrorCode::InvalidConfig,
+        "consumer groups are not available in cluster mode yet; consume partitions directly",
+    )
+}
