@@ -22,6 +22,8 @@ fn free_port() -> SocketAddr {
 
 struct Cluster {
     brokers: Vec<SpoolServer>,
+    /// Each broker's `spool serve` flags, to restart it as it was.
+    flags: Vec<Vec<String>>,
     _dir: tempfile::TempDir,
 }
 
@@ -36,34 +38,79 @@ impl Cluster {
             .map(|(i, a)| format!("{}={a}", i + 1))
             .collect::<Vec<_>>()
             .join(",");
+        let flags: Vec<Vec<String>> = (0..n as usize)
+            .map(|i| {
+                vec![
+                    "--listen".to_string(),
+                    clients[i].to_string(),
+                    "--node-id".to_string(),
+                    (i + 1).to_string(),
+                    "--peer-listen".to_string(),
+                    peers[i].to_string(),
+                    "--peers".to_string(),
+                    peer_list.clone(),
+                    "--default-segment-bytes".to_string(),
+                    "4194304".to_string(),
+                ]
+            })
+            .collect();
         let brokers = (0..n as usize)
             .map(|i| {
                 let data = dir.path().join(format!("broker-{}", i + 1));
                 std::fs::create_dir_all(&data).expect("mkdir");
-                let (client, peer, id) = (
-                    clients[i].to_string(),
-                    peers[i].to_string(),
-                    (i + 1).to_string(),
-                );
-                SpoolServer::start_with(
-                    &data,
-                    &[
-                        "--listen",
-                        &client,
-                        "--node-id",
-                        &id,
-                        "--peer-listen",
-                        &peer,
-                        "--peers",
-                        &peer_list,
-                        "--default-segment-bytes",
-                        "4194304",
-                    ],
-                )
+                let args: Vec<&str> = flags[i].iter().map(String::as_str).collect();
+                SpoolServer::start_with(&data, &args)
             })
             .collect();
-        Cluster { brokers, _dir: dir }
+        Cluster {
+            brokers,
+            flags,
+            _dir: dir,
+        }
     }
+
+    /// Starts broker `i` again (after a kill) with the same flags and data.
+    fn restart(&mut self, i: usize) {
+        let args: Vec<&str> = self.flags[i].iter().map(String::as_str).collect();
+        let dir = self.brokers[i].dir.clone();
+        self.brokers[i].kill();
+        self.brokers[i] = SpoolServer::start_with(&dir, &args);
+    }
+
+    fn signal(&self, i: usize, signal: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(self.brokers[i].pid() as i32).expect("pid");
+        rustix::process::kill_process(pid, signal).expect("signal");
+    }
+
+    /// A client that knows every broker, for when some are down.
+    async fn client(&self, first: usize) -> Client {
+        let mut addrs: Vec<SocketAddr> = self.brokers.iter().map(|b| b.addr).collect();
+        addrs.rotate_left(first);
+        Client::connect_any(&addrs, spool::client::ConnectOptions::default())
+            .await
+            .expect("connect")
+    }
+
+    /// Waits until all `n` brokers are alive in the committed state.
+    async fn ready(&self, client: &Client, n: usize) {
+        eventually(Duration::from_secs(20), "every broker alive", || async {
+            let m = metadata(client).await.map_err(|e| e.to_string())?;
+            let alive = m.brokers.iter().filter(|b| b.alive).count();
+            (alive == n).then_some(()).ok_or(format!("{alive} alive"))
+        })
+        .await;
+    }
+}
+
+fn batch(text: &str) -> bytes::Bytes {
+    let mut b = spool::protocol::BatchBuilder::new();
+    b.push(0, None, text.as_bytes(), &[]).expect("push");
+    b.finish().expect("batch")
+}
+
+/// Index into `cluster.brokers` of broker `id`.
+fn index_of(id: u64) -> usize {
+    (id - 1) as usize
 }
 
 async fn metadata(client: &Client) -> Result<MetadataResponse, ClientError> {
@@ -224,5 +271,241 @@ async fn three_brokers_create_produce_and_consume_through_different_brokers() {
             .await
             .is_err(),
         "more than {N} messages"
+    );
+}
+
+/// Every record value in back-to-back batches.
+fn values_of(mut batches: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    while !batches.is_empty() {
+        let batch = spool::protocol::Batch::validate(batches).expect("a valid batch");
+        out.extend(batch.records().map(|r| r.value.to_vec()));
+        batches = &batches[batch.bytes().len()..];
+    }
+    out
+}
+
+/// SIGKILL the control plane's leader: the others elect a new one and admin
+/// calls work again within 3 s; the killed broker restarts as a follower
+/// with its state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_controller_elects_another_and_it_rejoins_intact() {
+    let mut cluster = Cluster::start(3);
+    let client = cluster.client(0).await;
+    cluster.ready(&client, 3).await;
+    client
+        .create_topic("before", 3, TopicOptions::default())
+        .await
+        .expect("create");
+    let controller = metadata(&client)
+        .await
+        .expect("metadata")
+        .controller
+        .expect("a controller");
+    let victim = index_of(controller);
+    let survivor = cluster.client((victim + 1) % 3).await;
+    cluster.brokers[victim].kill();
+    let killed_at = Instant::now();
+    eventually(Duration::from_secs(10), "admin after the kill", || async {
+        survivor
+            .create_topic("after", 3, TopicOptions::default())
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    let recovered = killed_at.elapsed();
+    eprintln!("admin calls work again {recovered:?} after SIGKILL of the controller");
+    assert!(recovered < Duration::from_secs(3), "took {recovered:?}");
+    let m = metadata(&survivor).await.expect("metadata");
+    assert_ne!(
+        m.controller,
+        Some(controller),
+        "the dead broker still leads"
+    );
+
+    cluster.restart(victim);
+    let back = Client::connect(cluster.brokers[victim].addr)
+        .await
+        .expect("connect to the restarted broker");
+    // Its state came back from disk and caught up: both topics, alive again.
+    eventually(
+        Duration::from_secs(10),
+        "the restarted broker caught up",
+        || async {
+            let m = metadata(&back).await.map_err(|e| e.to_string())?;
+            let names: Vec<&str> = m.topics.iter().map(|t| t.name.as_str()).collect();
+            let alive = m.brokers.iter().filter(|b| b.alive).count();
+            (names.contains(&"before") && names.contains(&"after") && alive == 3)
+                .then_some(())
+                .ok_or(format!("topics {names:?}, {alive} alive"))
+        },
+    )
+    .await;
+}
+
+/// SIGSTOP a broker past its lease: the cluster marks it expired within
+/// TTL + 1 s, its partitions answer PartitionUnavailable while the others
+/// keep working, and after SIGCONT it serves them again with nothing lost.
+/// A write that reached it while it was stopped is refused on waking: its
+/// own lease ran out before the leader's count of it did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_broker_loses_its_partitions_and_gets_them_back() {
+    use rustix::process::Signal;
+    use spool::protocol::requests::{FetchRequest, ProduceRequest};
+    use spool::protocol::ErrorCode;
+
+    let cluster = Cluster::start(3);
+    let client = cluster.client(0).await;
+    cluster.ready(&client, 3).await;
+    client
+        .create_topic("t", 12, TopicOptions::default())
+        .await
+        .expect("create");
+    let m = metadata(&client).await.expect("metadata");
+    let controller = m.controller.expect("controller");
+    let leaders: Vec<u64> = m
+        .topics
+        .iter()
+        .find(|t| t.name == "t")
+        .expect("t")
+        .partitions
+        .iter()
+        .map(|p| p.leader.expect("leader"))
+        .collect();
+    // Pause a broker that is not the controller and leads something.
+    let victim_id = (1..=3u64)
+        .find(|id| *id != controller && leaders.contains(id))
+        .expect("a non-controller leading a partition");
+    let victim = index_of(victim_id);
+    let theirs: Vec<u32> = (0..12)
+        .filter(|p| leaders[*p as usize] == victim_id)
+        .collect();
+    let ours: Vec<u32> = (0..12)
+        .filter(|p| leaders[*p as usize] != victim_id)
+        .collect();
+    let other = cluster.client((victim + 1) % 3).await;
+    for p in 0..12u32 {
+        eventually(
+            Duration::from_secs(10),
+            "a first write everywhere",
+            || async {
+                other
+                    .produce_batch("t", p, batch("before"))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            },
+        )
+        .await;
+    }
+
+    // A write sent straight to the victim as it stops waits in its socket.
+    let direct = Client::connect(cluster.brokers[victim].addr)
+        .await
+        .expect("connect to the victim");
+    let conn = direct.connection().await.expect("connection");
+    cluster.signal(victim, Signal::STOP);
+    let stopped_at = Instant::now();
+    let pending = conn
+        .start(&ProduceRequest {
+            topic: "t".into(),
+            partition: theirs[0],
+            batch: batch("while paused"),
+        })
+        .await
+        .expect("queued");
+
+    eventually(
+        Duration::from_secs(10),
+        "the paused broker expired",
+        || async {
+            let m = metadata(&other).await.map_err(|e| e.to_string())?;
+            let alive = m
+                .brokers
+                .iter()
+                .find(|b| b.id == victim_id)
+                .map(|b| b.alive);
+            (alive == Some(false))
+                .then_some(())
+                .ok_or(format!("alive: {alive:?}"))
+        },
+    )
+    .await;
+    let expired = stopped_at.elapsed();
+    eprintln!("paused broker expired {expired:?} after SIGSTOP");
+    assert!(
+        expired < Duration::from_millis(1500 + 1000),
+        "took {expired:?} (TTL 1.5 s + 1 s)"
+    );
+    // Its partitions are unavailable; the others keep taking writes. (A
+    // client learns of the change when a broker redirects it or when it
+    // asks; this one asks, as its request to the paused broker would
+    // otherwise wait for it.)
+    other.refresh_routes().await;
+    let refused = other
+        .produce_batch("t", theirs[0], batch("refused"))
+        .await
+        .expect_err("written to a partition whose broker is paused");
+    assert_eq!(
+        refused.code(),
+        Some(ErrorCode::PartitionUnavailable),
+        "{refused}"
+    );
+    for &p in &ours {
+        other
+            .produce_batch("t", p, batch("during"))
+            .await
+            .expect("a live broker's partition");
+    }
+
+    cluster.signal(victim, Signal::CONT);
+    // The write that waited in its socket is refused: the broker's own
+    // lease ended before the leader could count it out, and it had no new
+    // one yet when the write was read.
+    let answer = tokio::time::timeout(Duration::from_secs(10), pending)
+        .await
+        .expect("an answer after SIGCONT");
+    let err = answer.expect_err("a broker with a lapsed lease accepted a write");
+    assert!(
+        matches!(
+            err.code(),
+            Some(ErrorCode::PartitionUnavailable) | Some(ErrorCode::NotLeader)
+        ),
+        "{err}"
+    );
+    // It renews its lease and serves its partitions again, with nothing
+    // lost: the write from before the pause is still there.
+    for &p in &theirs {
+        eventually(Duration::from_secs(10), "serving again", || async {
+            other
+                .produce_batch("t", p, batch("after"))
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+        .await;
+    }
+    let fetched = other
+        .call_partition(
+            "t",
+            theirs[0],
+            &FetchRequest {
+                topic: "t".into(),
+                partition: theirs[0],
+                offset: 0,
+                max_bytes: 1 << 20,
+                max_wait_ms: 0,
+            },
+        )
+        .await
+        .expect("fetch");
+    let values = values_of(&fetched.batches);
+    assert_eq!(values.first().map(Vec::as_slice), Some(&b"before"[..]));
+    assert!(values.iter().any(|v| v == b"after"), "{values:?}");
+    assert!(
+        !values
+            .iter()
+            .any(|v| v == b"while paused" || v == b"refused"),
+        "a refused write was stored: {values:?}"
     );
 }

@@ -124,15 +124,28 @@ impl LeaseDesk {
                 .lock()
                 .heartbeat(holder, std::time::Instant::now(), &state)
         };
-        if let Some(command) = command {
-            let raft = self.raft.clone();
-            tokio::spawn(async move {
-                if let Err(e) = raft.client_write(command).await {
-                    tracing::debug!(error = %e, "membership or renewal not committed");
-                }
-            });
-        }
-        Ok(())
+        let alive = state.leases.get(&holder).is_some_and(|l| l.alive);
+        let Some(command) = command else {
+            if alive {
+                // Counted against a lease the committed state has alive:
+                // the holder may act on it for another TTL (minus its
+                // margin).
+                return Ok(());
+            }
+            return Err(format!("{holder:?} holds no lease"));
+        };
+        let raft = self.raft.clone();
+        tokio::spawn(async move {
+            if let Err(e) = raft.client_write(command).await {
+                tracing::debug!(error = %e, "membership or renewal not committed");
+            }
+        });
+        // Not a lease to act on yet: it is expired (or not granted) until
+        // the renewal commits, and a heartbeat after that is counted.
+        Err(format!(
+            "broker {} has no live lease yet; renewal proposed",
+            holder_id(holder)
+        ))
     }
 
     /// Commits `command` if this node leads.
@@ -235,6 +248,13 @@ impl LeaseDesk {
                 }
             }
         }
+    }
+}
+
+fn holder_id(holder: LeaseHolder) -> String {
+    match holder {
+        LeaseHolder::Broker(id) => id.to_string(),
+        LeaseHolder::Session(id) => format!("session {id}"),
     }
 }
 
