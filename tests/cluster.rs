@@ -265,6 +265,22 @@ async fn three_brokers_create_produce_and_consume_through_different_brokers() {
         seen += 1;
     }
     assert_eq!(last_per_key.len(), 1000);
+
+    // The command line shows the same picture, through any broker.
+    let list = format!("{},{}", via(2), via(0));
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_spool"))
+            .args(args)
+            .output()
+            .expect("run spool");
+        assert!(out.status.success(), "spool {args:?}: {out:?}");
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    let status = run(&["cluster", "status", "--addr", &list]);
+    assert!(status.contains("controller: broker "), "{status}");
+    assert_eq!(status.matches("\talive\t").count(), 3, "{status}");
+    let described = run(&["topics", "describe", "orders", "--addr", &list]);
+    assert_eq!(described.matches("leader=").count(), 12, "{described}");
     // Nothing more (no duplicates) arrives.
     assert!(
         tokio::time::timeout(Duration::from_millis(500), consumer.next())

@@ -5,7 +5,7 @@ use std::io::Write;
 
 use spool::client::{Client, Consumer, ConsumerConfig, StartAt};
 
-use crate::{resolve, Failure, DEFAULT_ADDR};
+use crate::{Failure, DEFAULT_ADDR};
 
 /// Arguments of `spool consume`.
 #[derive(clap::Args)]
@@ -51,7 +51,7 @@ pub async fn run(args: ConsumeArgs) -> Result<(), Failure> {
             })?),
         },
     };
-    let client = Client::connect(resolve(&args.addr)?).await?;
+    let client = crate::connect(&args.addr).await?;
     if let Some(group) = &args.group {
         return consume_group(client, group, &args).await;
     }

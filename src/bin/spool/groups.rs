@@ -1,12 +1,11 @@
 //! `spool groups list|describe|reset`.
 
-use spool::client::Client;
 use spool::protocol::requests::{
     DescribeGroupRequest, ListGroupsRequest, ResetGroupRequest, WireGroup,
 };
 use spool::protocol::{WireGroupMode, WireResetTarget};
 
-use crate::{resolve, Failure, DEFAULT_ADDR};
+use crate::{Failure, DEFAULT_ADDR};
 
 #[derive(clap::Subcommand)]
 pub enum GroupsCommand {
@@ -38,7 +37,7 @@ pub enum GroupsCommand {
 pub async fn run(command: GroupsCommand) -> Result<(), Failure> {
     match command {
         GroupsCommand::List { addr } => {
-            let client = Client::connect(resolve(&addr)?).await?;
+            let client = crate::connect(&addr).await?;
             for g in client.call(&ListGroupsRequest).await?.groups {
                 let lag: u64 = g
                     .partitions
@@ -55,7 +54,7 @@ pub async fn run(command: GroupsCommand) -> Result<(), Failure> {
             }
         }
         GroupsCommand::Describe { name, addr } => {
-            let client = Client::connect(resolve(&addr)?).await?;
+            let client = crate::connect(&addr).await?;
             print_group(&client.call(&DescribeGroupRequest { group: name }).await?);
         }
         GroupsCommand::Reset { name, to, addr } => {
@@ -68,7 +67,7 @@ pub async fn run(command: GroupsCommand) -> Result<(), Failure> {
                     ))
                 })?),
             };
-            let client = Client::connect(resolve(&addr)?).await?;
+            let client = crate::connect(&addr).await?;
             let request = ResetGroupRequest {
                 group: name.clone(),
                 to: target,

@@ -6,6 +6,7 @@
 //! or output.
 
 mod bench;
+mod cluster;
 mod consume;
 mod groups;
 mod inspect;
@@ -49,6 +50,11 @@ enum Command {
     Groups {
         #[command(subcommand)]
         command: groups::GroupsCommand,
+    },
+    /// Inspect a cluster: brokers, leases, controller, partition leaders.
+    Cluster {
+        #[command(subcommand)]
+        command: cluster::ClusterCommand,
     },
     /// Send each line of stdin (or a file) as one message.
     Produce(produce::ProduceArgs),
@@ -112,6 +118,24 @@ impl From<spool::BrokerError> for Failure {
 pub const DEFAULT_ADDR: &str = "127.0.0.1:7070";
 
 /// Parses `HOST:PORT`, resolving a host name.
+/// Connects to a broker, or to the first reachable one of a cluster's
+/// comma-separated bootstrap list (`a:7070,b:7070`).
+pub async fn connect(addrs: &str) -> Result<spool::client::Client, Failure> {
+    let resolved = addrs
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(resolve)
+        .collect::<Result<Vec<_>, _>>()?;
+    if resolved.is_empty() {
+        return Err(Failure::usage("--addr names no broker"));
+    }
+    Ok(
+        spool::client::Client::connect_any(&resolved, spool::client::ConnectOptions::default())
+            .await?,
+    )
+}
+
 pub fn resolve(addr: &str) -> Result<SocketAddr, Failure> {
     use std::net::ToSocketAddrs;
     addr.to_socket_addrs()
@@ -145,6 +169,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve::run(args).await,
             Command::Topics { command } => topics::run(command).await,
             Command::Groups { command } => groups::run(command).await,
+            Command::Cluster { command } => cluster::run(command).await,
             Command::Produce(args) => produce::run(args).await,
             Command::Consume(args) => consume::run(args).await,
             Command::Inspect(args) => inspect::run(args),

@@ -5,9 +5,9 @@ use std::io::BufRead;
 use std::path::PathBuf;
 
 use bytes::Bytes;
-use spool::client::{Client, Producer, ProducerConfig};
+use spool::client::{Producer, ProducerConfig};
 
-use crate::{resolve, Failure, DEFAULT_ADDR};
+use crate::{Failure, DEFAULT_ADDR};
 
 /// Deliveries awaited at once; beyond this the oldest is awaited first, so
 /// memory stays bounded on endless input.
@@ -30,7 +30,7 @@ pub struct ProduceArgs {
 }
 
 pub async fn run(args: ProduceArgs) -> Result<(), Failure> {
-    let client = Client::connect(resolve(&args.addr)?).await?;
+    let client = crate::connect(&args.addr).await?;
     // Fail early and clearly on a missing topic.
     client.describe_topic(&args.topic).await?;
     let producer = Producer::new(client, ProducerConfig::default());

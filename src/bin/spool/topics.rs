@@ -1,9 +1,9 @@
 //! `spool topics create|list|describe|delete`.
 
-use spool::client::{Client, TopicDescription, TopicOptions};
+use spool::client::{TopicDescription, TopicOptions};
 use spool::SyncPolicy;
 
-use crate::{resolve, Failure, DEFAULT_ADDR};
+use crate::{Failure, DEFAULT_ADDR};
 
 #[derive(clap::Subcommand)]
 pub enum TopicsCommand {
@@ -61,7 +61,7 @@ pub async fn run(command: TopicsCommand) -> Result<(), Failure> {
             retention_bytes,
             addr,
         } => {
-            let client = Client::connect(resolve(&addr)?).await?;
+            let client = crate::connect(&addr).await?;
             let settings = TopicOptions {
                 sync: sync.map(Into::into),
                 segment_size_bytes: segment_bytes,
@@ -78,7 +78,7 @@ pub async fn run(command: TopicsCommand) -> Result<(), Failure> {
             );
         }
         TopicsCommand::List { addr } => {
-            let client = Client::connect(resolve(&addr)?).await?;
+            let client = crate::connect(&addr).await?;
             for t in client.list_topics().await? {
                 let messages: u64 = t.partitions.iter().map(|p| p.end - p.start).sum();
                 println!(
@@ -89,11 +89,12 @@ pub async fn run(command: TopicsCommand) -> Result<(), Failure> {
             }
         }
         TopicsCommand::Describe { name, addr } => {
-            let client = Client::connect(resolve(&addr)?).await?;
-            print_topic(&client.describe_topic(&name).await?);
+            let client = crate::connect(&addr).await?;
+            let leaders = partition_leaders(&client, &name).await;
+            print_topic(&client.describe_topic(&name).await?, &leaders);
         }
         TopicsCommand::Delete { name, addr } => {
-            let client = Client::connect(resolve(&addr)?).await?;
+            let client = crate::connect(&addr).await?;
             client.delete_topic(&name).await?;
             println!("deleted topic {name}");
         }
@@ -101,7 +102,38 @@ pub async fn run(command: TopicsCommand) -> Result<(), Failure> {
     Ok(())
 }
 
-fn print_topic(t: &TopicDescription) {
+/// Each partition's leader and its address, in a cluster (empty for a
+/// single node).
+async fn partition_leaders(
+    client: &spool::client::Client,
+    topic: &str,
+) -> std::collections::HashMap<u32, String> {
+    let Ok(m) = client
+        .call(&spool::protocol::requests::MetadataRequest)
+        .await
+    else {
+        return Default::default();
+    };
+    if m.brokers.iter().all(|b| b.id == 0) {
+        return Default::default();
+    }
+    let addr_of: std::collections::HashMap<u64, &str> =
+        m.brokers.iter().map(|b| (b.id, b.addr.as_str())).collect();
+    m.topics
+        .iter()
+        .filter(|t| t.name == topic)
+        .flat_map(|t| t.partitions.iter())
+        .map(|p| {
+            let leader = match p.leader {
+                Some(l) => format!("leader={l} ({})", addr_of.get(&l).unwrap_or(&"?")),
+                None => "leader=none (unavailable)".to_string(),
+            };
+            (p.partition, leader)
+        })
+        .collect()
+}
+
+fn print_topic(t: &TopicDescription, leaders: &std::collections::HashMap<u32, String>) {
     let sync = SyncPolicy::from(t.sync);
     let or_none = |v: u64| {
         if v == 0 {
@@ -118,6 +150,10 @@ fn print_topic(t: &TopicDescription) {
         or_none(t.retention_bytes)
     );
     for p in &t.partitions {
-        println!("    {}\tstart={}\tend={}", p.partition, p.start, p.end);
+        match leaders.get(&p.partition) {
+            // Offsets are the leader's; another broker's copy is empty.
+            Some(leader) => println!("    {}\t{leader}", p.partition),
+            None => println!("    {}\tstart={}\tend={}", p.partition, p.start, p.end),
+        }
     }
 }

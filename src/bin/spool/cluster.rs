@@ -1,0 +1,74 @@
+//! `spool cluster status`.
+
+use std::collections::BTreeMap;
+
+use spool::protocol::requests::{MetadataRequest, MetadataResponse};
+
+use crate::{Failure, DEFAULT_ADDR};
+
+#[derive(clap::Subcommand)]
+pub enum ClusterCommand {
+    /// Brokers (alive or expired), the control plane's leader, the
+    /// placement epoch, and how many partitions each broker leads.
+    Status {
+        /// A broker, or a comma-separated list of them.
+        #[arg(long, default_value = DEFAULT_ADDR)]
+        addr: String,
+    },
+}
+
+pub async fn run(command: ClusterCommand) -> Result<(), Failure> {
+    match command {
+        ClusterCommand::Status { addr } => {
+            let client = crate::connect(&addr).await?;
+            let m = client.call(&MetadataRequest).await?;
+            print!("{}", status(&m));
+        }
+    }
+    Ok(())
+}
+
+/// The status report, as printed.
+fn status(m: &MetadataResponse) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    if m.brokers.iter().all(|b| b.id == 0) {
+        let _ = writeln!(
+            out,
+            "single node (no cluster flags): {}",
+            m.brokers.first().map_or("", |b| b.addr.as_str())
+        );
+        return out;
+    }
+    let mut led: BTreeMap<u64, usize> = BTreeMap::new();
+    let mut unavailable = 0usize;
+    for t in &m.topics {
+        for p in &t.partitions {
+            match p.leader {
+                Some(l) => *led.entry(l).or_default() += 1,
+                None => unavailable += 1,
+            }
+        }
+    }
+    let controller = m.controller.map_or_else(
+        || "none (election under way)".to_string(),
+        |c| c.to_string(),
+    );
+    let _ = writeln!(out, "controller: broker {controller}");
+    let _ = writeln!(out, "placement epoch: {}", m.epoch);
+    let _ = writeln!(out, "brokers:");
+    for b in &m.brokers {
+        let _ = writeln!(
+            out,
+            "  {}\t{}\t{}\tleads {} partitions",
+            b.id,
+            b.addr,
+            if b.alive { "alive" } else { "EXPIRED" },
+            led.get(&b.id).copied().unwrap_or(0)
+        );
+    }
+    if unavailable > 0 {
+        let _ = writeln!(out, "unavailable partitions: {unavailable}");
+    }
+    out
+}
