@@ -29,6 +29,12 @@ impl SpoolServer {
     /// Starts `spool serve` on `dir` with extra flags, waiting until it
     /// reports its addresses.
     pub fn start_with(dir: &Path, extra: &[&str]) -> SpoolServer {
+        SpoolServer::try_start_with(dir, extra).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// As `start_with`, but a server that exits at once (a port taken
+    /// since it was picked, say) is an error, not a panic.
+    pub fn try_start_with(dir: &Path, extra: &[&str]) -> Result<SpoolServer, String> {
         // A test may pin the port (to restart on the same address).
         let listen: &[&str] = if extra.contains(&"--listen") {
             &[]
@@ -60,17 +66,18 @@ impl SpoolServer {
             .expect("read spool serve stdout");
         // "listening on ADDR metrics on ADDR"
         let words: Vec<&str> = line.split_whitespace().collect();
-        assert!(
-            words.len() == 6 && words[0] == "listening",
-            "unexpected first line {line:?}"
-        );
-        SpoolServer {
+        if !(words.len() == 6 && words[0] == "listening") {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("spool serve did not start: first line {line:?}"));
+        }
+        Ok(SpoolServer {
             child: Some(child),
             addr: words[2].parse().unwrap(),
             metrics: words[5].parse().unwrap(),
             dir: dir.to_path_buf(),
             temp: None,
-        }
+        })
     }
 
     pub fn start(dir: &Path) -> SpoolServer {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use spool::cluster::node::ClusterNode;
-use spool::cluster::raft::{ControlPlane, RaftTimings};
+use spool::cluster::raft::{ControlPlane, PeerRoutes, RaftTimings};
 use spool::cluster::state::Member;
 use spool::cluster::{ClusterState, NodeId};
 use spool::server::{http, Server, ServerConfig};
@@ -65,25 +65,32 @@ pub struct ServeArgs {
     /// Cluster: broker lease time to live in milliseconds [default: 1500].
     #[arg(long)]
     lease_ttl_ms: Option<u64>,
+    /// Cluster: where this broker dials some peers instead of their --peers
+    /// address, as ID=ADDR,... (a peer behind NAT or a proxy).
+    #[arg(long, requires = "node_id")]
+    peer_route: Option<String>,
 }
 
 /// Parses `1=127.0.0.1:7170,2=...`.
-fn parse_peers(text: &str) -> Result<std::collections::BTreeMap<NodeId, String>, Failure> {
+fn parse_peers(
+    flag: &str,
+    text: &str,
+) -> Result<std::collections::BTreeMap<NodeId, String>, Failure> {
     let mut peers = std::collections::BTreeMap::new();
     for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let (id, addr) = item
             .split_once('=')
-            .ok_or_else(|| Failure::usage(format!("--peers: {item:?} is not ID=ADDRESS")))?;
+            .ok_or_else(|| Failure::usage(format!("{flag}: {item:?} is not ID=ADDRESS")))?;
         let id: u64 = id
             .parse()
-            .map_err(|_| Failure::usage(format!("--peers: {id:?} is not a node id")))?;
+            .map_err(|_| Failure::usage(format!("{flag}: {id:?} is not a node id")))?;
         if id == 0 {
-            return Err(Failure::usage("--peers: node ids start at 1"));
+            return Err(Failure::usage(format!("{flag}: node ids start at 1")));
         }
         addr.parse::<SocketAddr>()
-            .map_err(|_| Failure::usage(format!("--peers: {addr:?} is not an address")))?;
+            .map_err(|_| Failure::usage(format!("{flag}: {addr:?} is not an address")))?;
         if peers.insert(NodeId(id), addr.to_string()).is_some() {
-            return Err(Failure::usage(format!("--peers: node {id} is named twice")));
+            return Err(Failure::usage(format!("{flag}: node {id} is named twice")));
         }
     }
     Ok(peers)
@@ -170,7 +177,7 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
             if id == 0 {
                 return Err(Failure::usage("--node-id starts at 1"));
             }
-            let voters = parse_peers(peers)?;
+            let voters = parse_peers("--peers", peers)?;
             if !voters.contains_key(&NodeId(id)) {
                 return Err(Failure::usage(format!(
                     "--peers must name this broker ({id}) too"
@@ -189,6 +196,15 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
                 &voters,
                 ClusterState::new(ttl),
                 &RaftTimings::default(),
+                PeerRoutes(std::sync::Arc::new(
+                    match &args.peer_route {
+                        Some(text) => parse_peers("--peer-route", text)?,
+                        None => Default::default(),
+                    }
+                    .into_iter()
+                    .map(|(id, addr)| (id.0, addr))
+                    .collect(),
+                )),
             )
             .await
             .map_err(|e| Failure::refused(format!("cluster: {e}")))?;

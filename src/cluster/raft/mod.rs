@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use log_store::LogStore;
-pub use network::Network;
+pub use network::{Network, PeerRoutes};
 pub use state_machine::StateMachine;
 
 use crate::cluster::leases::LeaseTracker;
@@ -92,6 +92,8 @@ pub(crate) struct LeaseDesk {
     id: NodeId,
     /// How others reach this broker, sent with every heartbeat.
     me: Member,
+    /// Where to dial peers.
+    routes: PeerRoutes,
     raft: Raft,
     state: watch::Receiver<Arc<ClusterState>>,
     tracker: parking_lot::Mutex<LeaseTracker>,
@@ -169,7 +171,7 @@ impl LeaseDesk {
             .membership_config
             .nodes()
             .find(|(id, _)| **id == leader)
-            .map(|(_, n)| n.addr.clone());
+            .map(|(_, n)| self.routes.dial(leader, &n.addr));
         addr.map(|addr| (NodeId(leader), addr))
     }
 
@@ -214,6 +216,8 @@ impl LeaseDesk {
     async fn heartbeat_leader(self: Arc<Self>, stop: CancellationToken) {
         let mut peer = network::PeerClient::default();
         let mut tick = tokio::time::interval(LEASE_HEARTBEAT);
+        // After a stall, one heartbeat, not a burst of the missed ones.
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -290,6 +294,7 @@ impl ControlPlane {
         voters: &BTreeMap<NodeId, String>,
         initial: ClusterState,
         timings: &RaftTimings,
+        routes: PeerRoutes,
     ) -> Result<ControlPlane, ControlPlaneError> {
         let id = me.id;
         let log = LogStore::open(dir)?;
@@ -317,13 +322,22 @@ impl ControlPlane {
                     addr: peer_listen,
                     source,
                 })?;
-        let raft = Raft::new(id.0, config, Network, log, machine)
-            .await
-            .map_err(|e| ControlPlaneError::Raft(e.to_string()))?;
+        let raft = Raft::new(
+            id.0,
+            config,
+            Network {
+                routes: routes.clone(),
+            },
+            log,
+            machine,
+        )
+        .await
+        .map_err(|e| ControlPlaneError::Raft(e.to_string()))?;
         let stop = CancellationToken::new();
         let desk = Arc::new(LeaseDesk {
             id,
             me,
+            routes,
             raft: raft.clone(),
             state: state.clone(),
             tracker: parking_lot::Mutex::new(LeaseTracker::default()),

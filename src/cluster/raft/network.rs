@@ -4,7 +4,9 @@
 //!
 //! This is the peer port (`--peer-listen`); clients never speak it.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -78,9 +80,29 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     }
 }
 
+/// Where this broker dials each peer: the address in the Raft membership,
+/// unless `--peer-route` overrides it (a peer behind NAT or a proxy, as seen
+/// from here).
+#[derive(Clone, Debug, Default)]
+pub struct PeerRoutes(pub Arc<BTreeMap<NodeIdRaw, String>>);
+
+impl PeerRoutes {
+    /// The address to dial for `peer`, whose membership address is
+    /// `listed`.
+    pub fn dial(&self, peer: NodeIdRaw, listed: &str) -> String {
+        self.0
+            .get(&peer)
+            .cloned()
+            .unwrap_or_else(|| listed.to_string())
+    }
+}
+
 /// Makes connections to peers.
 #[derive(Clone, Default)]
-pub struct Network;
+pub struct Network {
+    /// Overrides of where to dial.
+    pub routes: PeerRoutes,
+}
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerConnection;
@@ -88,7 +110,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeIdRaw, node: &BasicNode) -> PeerConnection {
         PeerConnection {
             target,
-            addr: node.addr.clone(),
+            addr: self.routes.dial(target, &node.addr),
             framed: None,
         }
     }
