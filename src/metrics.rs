@@ -60,6 +60,9 @@ metric!(NOT_LEADER: IntCounter = register_int_counter_with_registry!(
     "spool_not_leader_total", "Requests answered NotLeader (the client was sent elsewhere)", REGISTRY));
 metric!(LEASE_EXPIRIES: IntCounter = register_int_counter_with_registry!(
     "spool_lease_expiries_total", "Lease expiries this broker committed as Raft leader", REGISTRY));
+metric!(HANDOFF_PAUSE_SECONDS: Histogram = register_histogram_with_registry!(
+    "spool_handoff_pause_seconds", "Writes paused while a partition moved to this broker",
+    LATENCY_BUCKETS.to_vec(), REGISTRY));
 metric!(PLACEMENT_CHANGES: IntCounter = register_int_counter_with_registry!(
     "spool_placement_changes_total", "Placement epochs applied by this broker", REGISTRY));
 
@@ -80,4 +83,5 @@ pub fn register_all() {
     LazyLock::force(&NOT_LEADER);
     LazyLock::force(&LEASE_EXPIRIES);
     LazyLock::force(&PLACEMENT_CHANGES);
+    LazyLock::force(&HANDOFF_PAUSE_SECONDS);
 }

@@ -172,6 +172,8 @@ fn request() -> impl Strategy<Value = Request> {
             })
         }),
         Just(Request::Metadata(MetadataRequest)),
+        (any::<u64>(), any::<bool>())
+            .prop_map(|(id, force)| Request::RemoveBroker(RemoveBrokerRequest { id, force })),
     ]
 }
 
@@ -392,6 +394,7 @@ fn response() -> impl Strategy<Value = (u16, Response)> {
             Response::OffsetForTimestamp(OffsetForTimestampResponse { offset: o })
         )),
         metadata().prop_map(|m| (kind::METADATA, Response::Metadata(m))),
+        Just((kind::REMOVE_BROKER, Response::Done)),
     ]
 }
 

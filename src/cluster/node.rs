@@ -56,6 +56,7 @@ impl ClusterNode {
             node.broker.clone(),
             node.stop.clone(),
         ));
+        tokio::spawn(node.clone().take_over_partitions());
         node
     }
 
@@ -74,13 +75,24 @@ impl ClusterNode {
         self.control.leader()
     }
 
-    /// Whether this broker may serve `(topic, partition)` now.
-    pub fn check_serves(&self, topic: &str, partition: PartitionId) -> Result<(), NotServed> {
+    /// Whether this broker may serve `(topic, partition)` now: writes (or
+    /// reads, when `write` is false; they go on during a move).
+    pub fn check_serves(
+        &self,
+        topic: &str,
+        partition: PartitionId,
+        write: bool,
+    ) -> Result<(), NotServed> {
         let state = self.state();
         if !state.topics.contains_key(topic) {
             return Err(NotServed::UnknownTopic);
         }
-        match state.leader(topic, partition) {
+        let leader = if write {
+            state.leader(topic, partition)
+        } else {
+            state.read_leader(topic, partition)
+        };
+        match leader {
             Some(leader) if leader == self.id() => {
                 if self.control.lease_valid() {
                     Ok(())
@@ -100,12 +112,20 @@ impl ClusterNode {
                     .map(|m| m.client_addr.clone())
                     .unwrap_or_default(),
             }),
-            None => Err(NotServed::Unavailable(format!(
-                "{topic}/{partition} lives on broker {}, whose lease has lapsed",
-                state
-                    .owner(topic, partition)
-                    .map_or_else(|| "none".to_string(), |o| o.to_string())
-            ))),
+            None => Err(NotServed::Unavailable(
+                match state.assignment(topic, partition) {
+                    Some(a) if a.moving_to.is_some() && state.is_alive(a.holder) => format!(
+                    "{topic}/{partition} is moving from broker {} to {}: writes resume in a moment",
+                    a.holder,
+                    a.moving_to.map_or(0, |n| n.0)
+                ),
+                    Some(a) => format!(
+                        "{topic}/{partition} lives on broker {}, whose lease has lapsed",
+                        a.holder
+                    ),
+                    None => format!("{topic}/{partition} has no holder"),
+                },
+            )),
         }
     }
 
@@ -160,6 +180,225 @@ impl ClusterNode {
     async fn wait_applied(&self, done: impl Fn(&ClusterState) -> bool) {
         let mut state = self.control.state.clone();
         let _ = tokio::time::timeout(ADMIN_TIMEOUT, state.wait_for(|s| done(s))).await;
+    }
+
+    /// Removes a member: drains it first (placement stops choosing it and
+    /// its partitions move off), then removes it. With `force`, removes it
+    /// at once and gives up the data it holds.
+    pub async fn remove_member(
+        &self,
+        id: NodeId,
+        force: bool,
+    ) -> Result<Outcome, ClusterAdminError> {
+        if !force {
+            if let Outcome::Refused(reason) = self
+                .control
+                .submit(Command::Decommission(id), ADMIN_TIMEOUT)
+                .await?
+            {
+                return Ok(Outcome::Refused(reason));
+            }
+            // Wait for its partitions to move (each move copies a log).
+            let mut state = self.control.state.clone();
+            let drained = tokio::time::timeout(
+                Duration::from_secs(120),
+                state.wait_for(|s| s.held_by(id).is_empty()),
+            )
+            .await;
+            if drained.is_err() {
+                return Ok(Outcome::Refused(format!(
+                    "broker {id} still holds {} partitions after 120 s",
+                    self.state().held_by(id).len()
+                )));
+            }
+        } else {
+            tracing::warn!(broker = %id, partitions = self.state().held_by(id).len(), "forced removal: the data this broker holds is given up");
+        }
+        Ok(self
+            .control
+            .submit(Command::RemoveMember { id, force }, ADMIN_TIMEOUT)
+            .await?)
+    }
+
+    /// Copies every partition that placement gives this broker from its
+    /// current holder, then takes it over: the hand-off. Checks every
+    /// 250 ms; one move at a time per partition.
+    async fn take_over_partitions(self: Arc<Self>) {
+        let moving: Arc<parking_lot::Mutex<std::collections::BTreeSet<(String, u32)>>> =
+            Arc::default();
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                _ = self.stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let state = self.state();
+            if !self.control.lease_valid() {
+                continue;
+            }
+            for (topic, partition, holder, target) in state.misplaced() {
+                if target != self.id() || !state.is_alive(holder) {
+                    continue;
+                }
+                if !moving.lock().insert((topic.clone(), partition)) {
+                    continue;
+                }
+                let node = self.clone();
+                let moving = moving.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = node.take_over(&topic, partition, holder).await {
+                        tracing::warn!(topic, partition, from = %holder, error = %e, "partition hand-off failed; will retry");
+                    }
+                    moving.lock().remove(&(topic, partition));
+                });
+            }
+        }
+    }
+
+    /// Moves `(topic, partition)` from `holder` to this broker: copy its log
+    /// while it takes writes, stop its writes (a committed BeginMove),
+    /// copy the rest once the holder has applied that, then take over (a
+    /// committed FinishMove). Writes pause only between the two commits.
+    async fn take_over(&self, topic: &str, partition: u32, holder: NodeId) -> Result<(), String> {
+        let state = self.state();
+        let addr = state
+            .members
+            .get(&holder)
+            .map(|m| m.client_addr.clone())
+            .ok_or_else(|| format!("holder {holder} is not a member"))?;
+        let addr: std::net::SocketAddr = addr.parse().map_err(|_| format!("bad address {addr}"))?;
+        let client = spool_client::Client::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        {
+            let broker = self.broker.clone();
+            let (name, snapshot) = (topic.to_string(), self.state());
+            tokio::task::spawn_blocking(move || ensure_local(&broker, &name, &snapshot))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let resuming = state
+            .assignment(topic, PartitionId(partition))
+            .is_some_and(|a| a.moving_to == Some(self.id()));
+        if !resuming {
+            self.copy_from(&client, topic, partition).await?;
+            let begin = Command::BeginMove {
+                topic: topic.to_string(),
+                partition,
+                to: self.id(),
+            };
+            if let Outcome::Refused(reason) = self
+                .control
+                .submit(begin, ADMIN_TIMEOUT)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                return Err(reason);
+            }
+        }
+        let paused_at = std::time::Instant::now();
+        self.wait_applied(|s| {
+            s.assignment(topic, PartitionId(partition))
+                .is_some_and(|a| a.moving_to.is_some())
+        })
+        .await;
+        let epoch = self.state().placement_epoch;
+        // The holder stops taking writes once it has applied the move:
+        // wait for its placement epoch to reach ours, then copy the rest.
+        let deadline = std::time::Instant::now() + ADMIN_TIMEOUT;
+        loop {
+            let theirs = client
+                .call(&spool_protocol::requests::MetadataRequest)
+                .await
+                .map_err(|e| e.to_string())?
+                .epoch;
+            if theirs >= epoch {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(format!("holder {holder} did not apply the move in time"));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.copy_from(&client, topic, partition).await?;
+        let finish = Command::FinishMove {
+            topic: topic.to_string(),
+            partition,
+            to: self.id(),
+        };
+        match self
+            .control
+            .submit(finish, ADMIN_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            Outcome::Refused(reason) => Err(reason),
+            _ => {
+                let pause = paused_at.elapsed();
+                crate::metrics::HANDOFF_PAUSE_SECONDS.observe(pause.as_secs_f64());
+                tracing::info!(topic, partition, from = %holder, to = %self.id(), pause_ms = pause.as_millis() as u64, "partition handed off");
+                Ok(())
+            }
+        }
+    }
+
+    /// Appends to the local copy of `(topic, partition)` every batch the
+    /// holder has past it, until the copy reaches the holder's end.
+    async fn copy_from(
+        &self,
+        client: &spool_client::Client,
+        topic: &str,
+        partition: u32,
+    ) -> Result<(), String> {
+        loop {
+            let local = self
+                .broker
+                .describe_topic(topic)
+                .map_err(|e| e.to_string())?
+                .partitions
+                .get(partition as usize)
+                .map(|p| p.end.0)
+                .ok_or_else(|| format!("no local partition {topic}/{partition}"))?;
+            let fetched = client
+                .call(&spool_protocol::requests::FetchRequest {
+                    topic: topic.to_string(),
+                    partition,
+                    offset: local,
+                    max_bytes: 4 << 20,
+                    max_wait_ms: 0,
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            if fetched.log_start > local {
+                return Err(format!(
+                    "the holder's log starts at {} (retention), past this copy's end {local}: not copied",
+                    fetched.log_start
+                ));
+            }
+            if fetched.batches.is_empty() {
+                if local >= fetched.log_end {
+                    return Ok(());
+                }
+                return Err(format!(
+                    "holder returned nothing below its end {}",
+                    fetched.log_end
+                ));
+            }
+            let mut rest: &[u8] = &fetched.batches;
+            while !rest.is_empty() {
+                let batch = spool_protocol::Batch::validate(rest).map_err(|e| e.to_string())?;
+                let len = batch.bytes().len();
+                // Whole batches from our end on: appended in order they get
+                // the offsets they had at the holder.
+                if batch.header().base_offset.0 >= local {
+                    self.broker
+                        .append(topic, PartitionId(partition), batch.bytes())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                rest = &rest[len..];
+            }
+        }
     }
 
     /// Stops the control plane.

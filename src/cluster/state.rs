@@ -3,7 +3,7 @@
 //! `apply`; no clocks, no I/O (the lease *timing* lives with the Raft leader
 //! in `leases.rs`, and only its decisions are committed here).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use spool_protocol::PartitionId;
@@ -58,8 +58,44 @@ pub struct TopicSpec {
 pub enum Command {
     /// Add (or re-address) a member; its lease starts alive.
     AddMember(Member),
-    /// Remove a member for good. Its partitions move to the others.
-    RemoveMember(NodeId),
+    /// Remove a member for good. Refused while it still holds partitions,
+    /// unless `force`: then its partitions are handed to the others empty
+    /// and their data on it is given up.
+    RemoveMember {
+        /// Whom.
+        id: NodeId,
+        /// Give up the data it holds.
+        force: bool,
+    },
+    /// Stop placing partitions on a member, so they move off it before it
+    /// is removed.
+    Decommission(NodeId),
+    /// A partition's new holder has copied its log: from now on the holder
+    /// takes no writes for it, so the copy can finish.
+    BeginMove {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// The broker taking it over.
+        to: NodeId,
+    },
+    /// The new holder has everything: it leads the partition from now on.
+    FinishMove {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// The broker taking it over.
+        to: NodeId,
+    },
+    /// Give up a move (its target is gone): the holder takes writes again.
+    AbortMove {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+    },
     /// The Raft leader saw no heartbeat from `holder` for a whole TTL.
     ExpireLease {
         /// Whose.
@@ -91,6 +127,15 @@ pub enum Outcome {
     Refused(String),
 }
 
+/// Who holds a partition's data now, and where it is moving.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// The broker whose log is the partition's (with replication 1).
+    pub holder: NodeId,
+    /// A move under way: the holder takes no writes until it finishes.
+    pub moving_to: Option<NodeId>,
+}
+
 /// The replicated state.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterState {
@@ -106,6 +151,16 @@ pub struct ClusterState {
     pub placement_epoch: u64,
     /// Default lease TTL for brokers, in milliseconds.
     pub broker_ttl_ms: u64,
+    /// Per topic, per partition: who holds it. Placement says where a
+    /// partition should be; this says where its data is, and it changes
+    /// only when a move has copied the data (or a forced removal gave it
+    /// up). Never re-created empty behind anyone's back.
+    pub assignments: BTreeMap<String, Vec<Assignment>>,
+    /// Members being drained: placement avoids them.
+    pub leaving: BTreeSet<NodeId>,
+    /// Ids removed from the cluster; a removed broker that still heartbeats
+    /// is not added back (its id is not reused for other data).
+    pub removed: BTreeSet<NodeId>,
 }
 
 impl ClusterState {
@@ -122,6 +177,12 @@ impl ClusterState {
     pub fn apply(&mut self, command: &Command) -> Outcome {
         match command {
             Command::AddMember(member) => {
+                if self.removed.contains(&member.id) {
+                    return Outcome::Refused(format!(
+                        "broker {} was removed from the cluster; give it a new id",
+                        member.id
+                    ));
+                }
                 let known = self.members.get(&member.id);
                 if known == Some(member) {
                     return Outcome::Unchanged;
@@ -140,14 +201,92 @@ impl ClusterState {
                 }
                 Outcome::Applied
             }
-            Command::RemoveMember(id) => {
-                if self.members.remove(id).is_none() {
+            Command::RemoveMember { id, force } => {
+                if !self.members.contains_key(id) {
                     return Outcome::Refused(format!("broker {id} is not a member"));
                 }
+                let held = self.held_by(*id);
+                if !held.is_empty() && !force {
+                    return Outcome::Refused(format!(
+                        "broker {id} still holds {} partitions: decommission it and wait until they have moved, or force the removal to give up their data",
+                        held.len()
+                    ));
+                }
+                self.members.remove(id);
+                self.leaving.remove(id);
+                self.removed.insert(*id);
                 self.leases.remove(&LeaseHolder::Broker(*id));
+                // Forced: each partition it held starts empty on its new
+                // placement; moves to it are abandoned.
+                let eligible = self.eligible();
+                for (topic, parts) in self.assignments.iter_mut() {
+                    for (p, a) in parts.iter_mut().enumerate() {
+                        if a.moving_to == Some(*id) {
+                            a.moving_to = None;
+                        }
+                        if a.holder == *id {
+                            if let Some(next) =
+                                placement::preferred_leader(topic, PartitionId(p as u32), &eligible)
+                            {
+                                a.holder = next;
+                                a.moving_to = None;
+                            }
+                        }
+                    }
+                }
                 self.placement_epoch += 1;
                 Outcome::Applied
             }
+            Command::Decommission(id) => {
+                if !self.members.contains_key(id) {
+                    return Outcome::Refused(format!("broker {id} is not a member"));
+                }
+                if !self.leaving.insert(*id) {
+                    return Outcome::Unchanged;
+                }
+                self.placement_epoch += 1;
+                Outcome::Applied
+            }
+            Command::BeginMove {
+                topic,
+                partition,
+                to,
+            } => {
+                let member = self.members.contains_key(to);
+                match self.assignment_mut(topic, *partition) {
+                    Some(a) if member && a.holder != *to && a.moving_to.is_none() => {
+                        a.moving_to = Some(*to);
+                        self.placement_epoch += 1;
+                        Outcome::Applied
+                    }
+                    Some(_) => {
+                        Outcome::Refused(format!("{topic}/{partition} cannot move to {to} now"))
+                    }
+                    None => Outcome::Refused(format!("no partition {topic}/{partition}")),
+                }
+            }
+            Command::FinishMove {
+                topic,
+                partition,
+                to,
+            } => match self.assignment_mut(topic, *partition) {
+                Some(a) if a.moving_to == Some(*to) => {
+                    a.holder = *to;
+                    a.moving_to = None;
+                    self.placement_epoch += 1;
+                    Outcome::Applied
+                }
+                _ => Outcome::Refused(format!("{topic}/{partition} is not moving to {to}")),
+            },
+            Command::AbortMove { topic, partition } => match self.assignment_mut(topic, *partition)
+            {
+                Some(a) if a.moving_to.is_some() => {
+                    a.moving_to = None;
+                    self.placement_epoch += 1;
+                    Outcome::Applied
+                }
+                _ => Outcome::Unchanged,
+            },
             Command::ExpireLease { holder, generation } => match self.leases.get_mut(holder) {
                 Some(lease) if lease.alive && lease.generation == *generation => {
                     lease.alive = false;
@@ -174,6 +313,18 @@ impl ClusterState {
                 if self.topics.contains_key(name) {
                     return Outcome::Refused(format!("topic {name} already exists"));
                 }
+                let eligible = self.eligible();
+                if eligible.is_empty() {
+                    return Outcome::Refused("the cluster has no brokers to place it on".into());
+                }
+                let assigned = (0..spec.config.partitions)
+                    .map(|p| Assignment {
+                        holder: placement::preferred_leader(name, PartitionId(p), &eligible)
+                            .unwrap_or(eligible[0]),
+                        moving_to: None,
+                    })
+                    .collect();
+                self.assignments.insert(name.clone(), assigned);
                 self.topics.insert(name.clone(), spec.clone());
                 self.placement_epoch += 1;
                 Outcome::Applied
@@ -182,6 +333,7 @@ impl ClusterState {
                 if self.topics.remove(name).is_none() {
                     return Outcome::Refused(format!("no topic {name}"));
                 }
+                self.assignments.remove(name);
                 self.placement_epoch += 1;
                 Outcome::Applied
             }
@@ -200,28 +352,88 @@ impl ClusterState {
             .is_some_and(|l| l.alive)
     }
 
-    /// The partition's replicas over all members (alive or not), preferred
-    /// first.
+    /// Members placement may put partitions on (not being drained).
+    pub fn eligible(&self) -> Vec<NodeId> {
+        self.members
+            .keys()
+            .filter(|m| !self.leaving.contains(m))
+            .copied()
+            .collect()
+    }
+
+    /// Where the partition should be, by placement over the eligible
+    /// members (alive or not), preferred first.
     pub fn replicas(&self, topic: &str, partition: PartitionId) -> Vec<NodeId> {
         let count = self
             .topics
             .get(topic)
             .map_or(1, |t| t.replication.max(1) as usize);
-        placement::replicas(topic, partition, &self.member_ids(), count)
+        placement::replicas(topic, partition, &self.eligible(), count)
     }
 
-    /// The partition's owner: where its data lives with replication 1, its
-    /// first replica. `None` if there are no members.
+    /// The partition's assignment.
+    pub fn assignment(&self, topic: &str, partition: PartitionId) -> Option<Assignment> {
+        self.assignments
+            .get(topic)
+            .and_then(|parts| parts.get(partition.0 as usize))
+            .copied()
+    }
+
+    fn assignment_mut(&mut self, topic: &str, partition: u32) -> Option<&mut Assignment> {
+        self.assignments
+            .get_mut(topic)
+            .and_then(|parts| parts.get_mut(partition as usize))
+    }
+
+    /// Where the partition's data is: its holder.
     pub fn owner(&self, topic: &str, partition: PartitionId) -> Option<NodeId> {
-        self.replicas(topic, partition).first().copied()
+        self.assignment(topic, partition).map(|a| a.holder)
     }
 
-    /// The partition's leader: the first replica whose lease is alive.
-    /// `None` means unavailable (with replication 1: its one broker is out).
+    /// The broker that takes the partition's writes: its holder, while its
+    /// lease is alive and no move is finishing. `None` means unavailable.
     pub fn leader(&self, topic: &str, partition: PartitionId) -> Option<NodeId> {
-        self.replicas(topic, partition)
-            .into_iter()
-            .find(|n| self.is_alive(*n))
+        self.assignment(topic, partition)
+            .filter(|a| a.moving_to.is_none() && self.is_alive(a.holder))
+            .map(|a| a.holder)
+    }
+
+    /// The broker that serves the partition's reads: its holder while its
+    /// lease is alive, also during a move (the new holder reads from it).
+    pub fn read_leader(&self, topic: &str, partition: PartitionId) -> Option<NodeId> {
+        self.assignment(topic, partition)
+            .filter(|a| self.is_alive(a.holder))
+            .map(|a| a.holder)
+    }
+
+    /// Every partition `node` holds.
+    pub fn held_by(&self, node: NodeId) -> Vec<(String, u32)> {
+        self.assignments
+            .iter()
+            .flat_map(|(t, parts)| {
+                parts
+                    .iter()
+                    .enumerate()
+                    .filter(move |(_, a)| a.holder == node)
+                    .map(move |(p, _)| (t.clone(), p as u32))
+            })
+            .collect()
+    }
+
+    /// Partitions whose placement says they belong elsewhere than their
+    /// holder: `(topic, partition, holder, target)`.
+    pub fn misplaced(&self) -> Vec<(String, u32, NodeId, NodeId)> {
+        let mut out = Vec::new();
+        for (topic, parts) in &self.assignments {
+            for (p, a) in parts.iter().enumerate() {
+                if let Some(target) = self.replicas(topic, PartitionId(p as u32)).first() {
+                    if *target != a.holder {
+                        out.push((topic.clone(), p as u32, a.holder, *target));
+                    }
+                }
+            }
+        }
+        out
     }
 }
 
@@ -295,7 +507,10 @@ mod tests {
                 generation: 0,
             },
             Command::AddMember(member(3)),
-            Command::RemoveMember(NodeId(1)),
+            Command::RemoveMember {
+                id: NodeId(1),
+                force: true,
+            },
             Command::DeleteTopic("nope".into()),
         ];
         let run = || {
@@ -326,12 +541,96 @@ mod tests {
         };
         assert!(matches!(s.apply(&again), Outcome::Refused(_)));
         assert!(matches!(
-            s.apply(&Command::RemoveMember(NodeId(9))),
+            s.apply(&Command::RemoveMember {
+                id: NodeId(9),
+                force: false
+            }),
             Outcome::Refused(_)
         ));
         // Re-adding a member with the same addresses changes nothing.
         let epoch = s.placement_epoch;
         assert_eq!(s.apply(&Command::AddMember(member(1))), Outcome::Unchanged);
         assert_eq!(s.placement_epoch, epoch);
+    }
+
+    #[test]
+    fn a_new_member_takes_partitions_only_by_moves_and_a_leaving_one_drains() {
+        let mut s = three();
+        let before: Vec<NodeId> = (0..12)
+            .map(|p| s.owner("t", PartitionId(p)).expect("holder"))
+            .collect();
+        s.apply(&Command::AddMember(member(4)));
+        // Nothing moved by itself: the data is where it was.
+        let now: Vec<NodeId> = (0..12)
+            .map(|p| s.owner("t", PartitionId(p)).expect("holder"))
+            .collect();
+        assert_eq!(before, now);
+        let misplaced = s.misplaced();
+        assert!(!misplaced.is_empty() && misplaced.iter().all(|m| m.3 == NodeId(4)));
+        let (topic, p, from, to) = misplaced[0].clone();
+        let begin = Command::BeginMove {
+            topic: topic.clone(),
+            partition: p,
+            to,
+        };
+        assert_eq!(s.apply(&begin), Outcome::Applied);
+        // Writes pause during the switch; reads stay with the holder.
+        assert_eq!(s.leader(&topic, PartitionId(p)), None);
+        assert_eq!(s.read_leader(&topic, PartitionId(p)), Some(from));
+        assert!(matches!(s.apply(&begin), Outcome::Refused(_)));
+        let finish = Command::FinishMove {
+            topic: topic.clone(),
+            partition: p,
+            to,
+        };
+        assert_eq!(s.apply(&finish), Outcome::Applied);
+        assert_eq!(s.leader(&topic, PartitionId(p)), Some(NodeId(4)));
+        assert!(matches!(s.apply(&finish), Outcome::Refused(_)));
+
+        // A member holding partitions is not removed unless forced.
+        let holder = before[0];
+        let remove = Command::RemoveMember {
+            id: holder,
+            force: false,
+        };
+        assert!(matches!(s.apply(&remove), Outcome::Refused(_)));
+        assert_eq!(s.apply(&Command::Decommission(holder)), Outcome::Applied);
+        let held = s.held_by(holder);
+        assert!(!held.is_empty());
+        assert!(held.iter().all(|(t, p)| s
+            .misplaced()
+            .iter()
+            .any(|m| &m.0 == t && m.1 == *p && m.2 == holder)));
+        for (t, p) in held {
+            let to = s.replicas(&t, PartitionId(p))[0];
+            assert_ne!(to, holder);
+            for c in [
+                Command::BeginMove {
+                    topic: t.clone(),
+                    partition: p,
+                    to,
+                },
+                Command::FinishMove {
+                    topic: t.clone(),
+                    partition: p,
+                    to,
+                },
+            ] {
+                assert_eq!(s.apply(&c), Outcome::Applied);
+            }
+        }
+        assert_eq!(s.apply(&remove), Outcome::Applied);
+        assert!(!s.members.contains_key(&holder));
+
+        // Forced: its partitions start over elsewhere.
+        let victim = s.owner("t", PartitionId(0)).expect("holder");
+        assert_eq!(
+            s.apply(&Command::RemoveMember {
+                id: victim,
+                force: true
+            }),
+            Outcome::Applied
+        );
+        assert!((0..12).all(|p| s.owner("t", PartitionId(p)) != Some(victim)));
     }
 }

@@ -350,7 +350,9 @@ impl Handler {
             Request::Produce(r) => {
                 // Appended here, in arrival order; only the wait is async.
                 let pending = match &ctx.cluster {
-                    Some(node) => handlers::cluster::check_serves(node, &r.topic, r.partition),
+                    Some(node) => {
+                        handlers::cluster::check_serves(node, &r.topic, r.partition, true)
+                    }
                     None => Ok(()),
                 }
                 .and_then(|()| {
@@ -418,9 +420,11 @@ async fn dispatch(ctx: &ServerContext, request: Request) -> Result<Response, Err
     let stopping = || ctx.shutdown.is_cancelled();
     if let Some(node) = &ctx.cluster {
         match &request {
-            Request::Fetch(r) => handlers::cluster::check_serves(node, &r.topic, r.partition)?,
+            Request::Fetch(r) => {
+                handlers::cluster::check_serves(node, &r.topic, r.partition, false)?
+            }
             Request::OffsetForTimestamp(r) => {
-                handlers::cluster::check_serves(node, &r.topic, r.partition)?
+                handlers::cluster::check_serves(node, &r.topic, r.partition, false)?
             }
             Request::CreateTopic(r) => {
                 return handlers::cluster::create_topic(node, &ctx.topic_defaults, r)
@@ -433,6 +437,11 @@ async fn dispatch(ctx: &ServerContext, request: Request) -> Result<Response, Err
                     .map(Response::from)
             }
             Request::Metadata(_) => return Ok(handlers::cluster::metadata(node).into()),
+            Request::RemoveBroker(r) => {
+                return handlers::cluster::remove_broker(node, r)
+                    .await
+                    .map(Response::from)
+            }
             Request::LeaveGroup(_)
             | Request::GroupAssignment(_)
             | Request::Deliver(_)
@@ -503,6 +512,10 @@ async fn dispatch(ctx: &ServerContext, request: Request) -> Result<Response, Err
         Request::JoinGroup(_) => Err(error(
             ErrorCode::Internal,
             "join is dispatched in order, not here",
+        )),
+        Request::RemoveBroker(_) => Err(error(
+            ErrorCode::InvalidConfig,
+            "this server is a single node, not a cluster",
         )),
         Request::Metadata(_) => {
             Ok(handlers::cluster::single_node_metadata(broker, &ctx.advertised).into())

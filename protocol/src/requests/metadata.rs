@@ -135,3 +135,34 @@ impl Wire for MetadataResponse {
         })
     }
 }
+
+/// Remove a broker from the cluster: drain it (its partitions move to the
+/// others, each copied first), then remove it; with `force`, remove it at
+/// once and give up the data it holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RemoveBrokerRequest {
+    /// The broker's id.
+    pub id: u64,
+    /// Remove it now, giving up its partitions' data.
+    pub force: bool,
+}
+
+impl Wire for RemoveBrokerRequest {
+    const MIN_LEN: usize = 9;
+
+    fn put(&self, b: &mut BytesMut) {
+        b.put_u64_le(self.id);
+        b.put_u8(u8::from(self.force));
+    }
+
+    fn get(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(RemoveBrokerRequest {
+            id: r.u64("broker id")?,
+            force: match r.u8("force")? {
+                0 => false,
+                1 => true,
+                _ => return Err(DecodeError::BadValue("force")),
+            },
+        })
+    }
+}

@@ -34,7 +34,8 @@ pub use groups::{
 };
 pub use handshake::{HandshakeRequest, HandshakeResponse};
 pub use metadata::{
-    MetadataRequest, MetadataResponse, WireBroker, WirePartitionLeader, WireTopicLeaders,
+    MetadataRequest, MetadataResponse, RemoveBrokerRequest, WireBroker, WirePartitionLeader,
+    WireTopicLeaders,
 };
 pub use produce::{ProduceRequest, ProduceResponse};
 pub use queue::{
@@ -96,6 +97,8 @@ pub mod kind {
     pub const OFFSET_FOR_TIMESTAMP: u16 = 22;
     /// The cluster's brokers and partition leaders.
     pub const METADATA: u16 = 23;
+    /// Remove a broker from the cluster.
+    pub const REMOVE_BROKER: u16 = 24;
 }
 
 /// A request body: its kind number and the type of its successful reply.
@@ -227,6 +230,8 @@ requests! {
     OffsetForTimestamp(OffsetForTimestampRequest) = OFFSET_FOR_TIMESTAMP => OffsetForTimestampResponse,
     /// The cluster's brokers and partition leaders.
     Metadata(MetadataRequest) = METADATA => MetadataResponse,
+    /// Remove a broker from the cluster.
+    RemoveBroker(RemoveBrokerRequest) = REMOVE_BROKER => (),
 }
 
 /// Declares the successful replies: one variant per reply type, with the

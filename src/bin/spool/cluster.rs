@@ -8,6 +8,20 @@ use crate::{Failure, DEFAULT_ADDR};
 
 #[derive(clap::Subcommand)]
 pub enum ClusterCommand {
+    /// Remove a broker: its partitions move to the others first (each log
+    /// is copied before it switches), then it leaves the cluster. Adding a
+    /// broker is starting it: `spool serve --node-id N --peers <voters>`.
+    Remove {
+        /// The broker's id.
+        id: u64,
+        /// Remove it now and give up the data it holds (for a broker that
+        /// is gone for good).
+        #[arg(long)]
+        force: bool,
+        /// A broker, or a comma-separated list of them.
+        #[arg(long, default_value = DEFAULT_ADDR)]
+        addr: String,
+    },
     /// Brokers (alive or expired), the control plane's leader, the
     /// placement epoch, and how many partitions each broker leads.
     Status {
@@ -19,6 +33,16 @@ pub enum ClusterCommand {
 
 pub async fn run(command: ClusterCommand) -> Result<(), Failure> {
     match command {
+        ClusterCommand::Remove { id, force, addr } => {
+            let client = crate::connect(&addr).await?;
+            if force {
+                eprintln!("removing broker {id} by force: the data it holds is given up");
+            }
+            client
+                .call(&spool::protocol::requests::RemoveBrokerRequest { id, force })
+                .await?;
+            println!("removed broker {id}");
+        }
         ClusterCommand::Status { addr } => {
             let client = crate::connect(&addr).await?;
             let m = client.call(&MetadataRequest).await?;

@@ -178,15 +178,15 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
                 return Err(Failure::usage("--node-id starts at 1"));
             }
             let voters = parse_peers("--peers", peers)?;
-            if !voters.contains_key(&NodeId(id)) {
-                return Err(Failure::usage(format!(
-                    "--peers must name this broker ({id}) too"
-                )));
-            }
+            // A broker not named in --peers joins as a non-voting member:
+            // it follows the Raft group as a learner.
             let me = Member {
                 id: NodeId(id),
                 client_addr: args.advertise.clone().unwrap_or_else(|| listen.to_string()),
-                peer_addr: voters[&NodeId(id)].clone(),
+                peer_addr: voters
+                    .get(&NodeId(id))
+                    .cloned()
+                    .unwrap_or_else(|| peer_listen.to_string()),
             };
             let ttl = args.lease_ttl_ms.unwrap_or(1500);
             let control = ControlPlane::start(

@@ -94,6 +94,9 @@ pub(crate) struct LeaseDesk {
     me: Member,
     /// Where to dial peers.
     routes: PeerRoutes,
+    /// The voters' peer addresses, tried in turn while no leader is known
+    /// (a new broker's first heartbeats).
+    voters: Vec<(NodeId, String)>,
     raft: Raft,
     state: watch::Receiver<Arc<ClusterState>>,
     tracker: parking_lot::Mutex<LeaseTracker>,
@@ -101,6 +104,8 @@ pub(crate) struct LeaseDesk {
     leading_term: parking_lot::Mutex<Option<u64>>,
     /// Until when this broker may act on its own lease.
     own_lease_until: parking_lot::Mutex<Option<std::time::Instant>>,
+    /// Heartbeats sent while no leader was known (picks the next voter).
+    tried: std::sync::atomic::AtomicUsize,
 }
 
 impl LeaseDesk {
@@ -118,6 +123,28 @@ impl LeaseDesk {
         }
         let state = self.state.borrow().clone();
         let holder = LeaseHolder::Broker(member.id);
+        if state.removed.contains(&member.id) {
+            return Err(format!("broker {} was removed from the cluster", member.id));
+        }
+        // A broker that is not in the Raft group (not one of the voters)
+        // follows it as a learner, so it has the committed state too.
+        let in_group = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .nodes()
+            .any(|(id, _)| *id == member.id.0);
+        if !in_group {
+            let raft = self.raft.clone();
+            let (id, addr) = (member.id, member.peer_addr.clone());
+            tokio::spawn(async move {
+                tracing::info!(broker = %id, peer = %addr, "adding a broker to the Raft group as a learner");
+                if let Err(e) = raft.add_learner(id.0, BasicNode { addr }, false).await {
+                    tracing::warn!(broker = %id, error = %e, "cannot add a learner");
+                }
+            });
+        }
         let command = if state.members.get(&member.id) != Some(&member) {
             tracing::info!(broker = %member.id, client = %member.client_addr, "adding a member that heartbeats");
             Some(Command::AddMember(member))
@@ -201,6 +228,28 @@ impl LeaseDesk {
                 }
                 tracker.due(now, &state)
             };
+            // A move whose target has lost its lease would keep the
+            // partition's writes paused: give it up.
+            let stalled: Vec<Command> = state
+                .assignments
+                .iter()
+                .flat_map(|(topic, parts)| {
+                    parts.iter().enumerate().filter_map(|(p, a)| {
+                        a.moving_to
+                            .filter(|to| !state.is_alive(*to))
+                            .map(|_| Command::AbortMove {
+                                topic: topic.clone(),
+                                partition: p as u32,
+                            })
+                    })
+                })
+                .collect();
+            for command in stalled {
+                tracing::info!(?command, "aborting a move whose target lost its lease");
+                if let Err(e) = self.raft.client_write(command).await {
+                    tracing::warn!(error = %e, "move abort not committed");
+                }
+            }
             for command in due {
                 tracing::info!(?command, "lease expired: no heartbeat for a whole TTL");
                 crate::metrics::LEASE_EXPIRIES.inc();
@@ -226,7 +275,18 @@ impl LeaseDesk {
             let holder = LeaseHolder::Broker(self.id);
             let ttl = self.state.borrow().leases.get(&holder).map(|l| l.ttl_ms);
             let sent = std::time::Instant::now();
-            let counted = match self.leader_peer() {
+            let leader = self.leader_peer().or_else(|| {
+                // No leader known yet: try the voters in turn.
+                let n = self.voters.len().max(1);
+                self.voters
+                    .get(
+                        self.tried
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                            % n,
+                    )
+                    .cloned()
+            });
+            let counted = match leader {
                 Some((leader, _)) if leader == self.id => self.heartbeat(self.me.clone()),
                 Some((_, addr)) => {
                     let request = network::PeerRequest::Heartbeat(self.me.clone());
@@ -337,12 +397,17 @@ impl ControlPlane {
         let desk = Arc::new(LeaseDesk {
             id,
             me,
+            voters: voters
+                .iter()
+                .map(|(id, addr)| (*id, routes.dial(id.0, addr)))
+                .collect(),
             routes,
             raft: raft.clone(),
             state: state.clone(),
             tracker: parking_lot::Mutex::new(LeaseTracker::default()),
             leading_term: parking_lot::Mutex::new(None),
             own_lease_until: parking_lot::Mutex::new(None),
+            tried: std::sync::atomic::AtomicUsize::new(0),
         });
         tokio::spawn(network::serve_peers(
             listener,
@@ -354,7 +419,9 @@ impl ControlPlane {
         tokio::spawn(desk.clone().heartbeat_leader(stop.clone()));
 
         let fresh = raft.metrics().borrow().last_log_index.is_none();
-        if fresh {
+        // Only voters start the group; another broker is added to it as a
+        // learner by the leader when it first heartbeats.
+        if fresh && voters.contains_key(&id) {
             let members: BTreeMap<u64, BasicNode> = voters
                 .iter()
                 .map(|(id, addr)| (id.0, BasicNode { addr: addr.clone() }))

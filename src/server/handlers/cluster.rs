@@ -3,8 +3,8 @@
 //! control plane.
 
 use spool_protocol::requests::{
-    CreateTopicRequest, DeleteTopicRequest, MetadataResponse, WireBroker, WirePartitionLeader,
-    WireTopicLeaders,
+    CreateTopicRequest, DeleteTopicRequest, MetadataResponse, RemoveBrokerRequest, WireBroker,
+    WirePartitionLeader, WireTopicLeaders,
 };
 use spool_protocol::{ErrorCode, ErrorResponse, PartitionId};
 
@@ -13,10 +13,15 @@ use crate::cluster::node::{ClusterAdminError, ClusterNode, NotServed};
 use crate::server::errors::{error, response_for};
 use crate::server::handlers::topics;
 
-/// `Ok` if this broker serves `(topic, partition)` now; otherwise the
-/// error that tells the client where to go.
-pub fn check_serves(node: &ClusterNode, topic: &str, partition: u32) -> Result<(), ErrorResponse> {
-    node.check_serves(topic, PartitionId(partition))
+/// `Ok` if this broker serves `(topic, partition)` now (its writes, or
+/// only its reads); otherwise the error that tells the client where to go.
+pub fn check_serves(
+    node: &ClusterNode,
+    topic: &str,
+    partition: u32,
+    write: bool,
+) -> Result<(), ErrorResponse> {
+    node.check_serves(topic, PartitionId(partition), write)
         .map_err(|why| match why {
             NotServed::NotLeader { leader, addr } => {
                 crate::metrics::NOT_LEADER.inc();
@@ -114,6 +119,21 @@ fn admin_error(e: &ClusterAdminError) -> ErrorResponse {
     match e {
         ClusterAdminError::Broker(e) => response_for(e),
         ClusterAdminError::Control(e) => error(ErrorCode::ClusterUnavailable, e.to_string()),
+    }
+}
+
+/// Removes a broker (draining it first unless forced).
+pub async fn remove_broker(
+    node: &ClusterNode,
+    request: &RemoveBrokerRequest,
+) -> Result<(), ErrorResponse> {
+    match node
+        .remove_member(crate::cluster::NodeId(request.id), request.force)
+        .await
+        .map_err(|e| admin_error(&e))?
+    {
+        crate::cluster::Outcome::Refused(reason) => Err(error(ErrorCode::InvalidConfig, reason)),
+        _ => Ok(()),
     }
 }
 
