@@ -60,6 +60,14 @@ metric!(NOT_LEADER: IntCounter = register_int_counter_with_registry!(
     "spool_not_leader_total", "Requests answered NotLeader (the client was sent elsewhere)", REGISTRY));
 metric!(LEASE_EXPIRIES: IntCounter = register_int_counter_with_registry!(
     "spool_lease_expiries_total", "Lease expiries this broker committed as Raft leader", REGISTRY));
+metric!(RAFT_TERM: IntGauge = register_int_gauge_with_registry!(
+    "spool_raft_term", "Current Raft term of the control plane", REGISTRY));
+metric!(RAFT_LEADER: IntGauge = register_int_gauge_with_registry!(
+    "spool_raft_leader", "Node id of the control plane's Raft leader (0: none known)", REGISTRY));
+metric!(RAFT_APPLIED: IntGauge = register_int_gauge_with_registry!(
+    "spool_raft_applied_index", "Last Raft log index applied to the cluster state here", REGISTRY));
+metric!(PLACEMENT_EPOCH: IntGauge = register_int_gauge_with_registry!(
+    "spool_placement_epoch", "Placement epoch of the cluster state applied here", REGISTRY));
 metric!(HANDOFF_PAUSE_SECONDS: Histogram = register_histogram_with_registry!(
     "spool_handoff_pause_seconds", "Writes paused while a partition moved to this broker",
     LATENCY_BUCKETS.to_vec(), REGISTRY));
@@ -84,4 +92,8 @@ pub fn register_all() {
     LazyLock::force(&LEASE_EXPIRIES);
     LazyLock::force(&PLACEMENT_CHANGES);
     LazyLock::force(&HANDOFF_PAUSE_SECONDS);
+    LazyLock::force(&RAFT_TERM);
+    LazyLock::force(&RAFT_LEADER);
+    LazyLock::force(&RAFT_APPLIED);
+    LazyLock::force(&PLACEMENT_EPOCH);
 }

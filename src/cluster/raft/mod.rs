@@ -211,7 +211,15 @@ impl LeaseDesk {
                 _ = stop.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let term = self.raft.metrics().borrow().current_term;
+            let term = {
+                let m = self.raft.metrics();
+                let m = m.borrow();
+                crate::metrics::RAFT_TERM.set(m.current_term as i64);
+                crate::metrics::RAFT_LEADER.set(m.current_leader.map_or(0, |l| l as i64));
+                crate::metrics::RAFT_APPLIED.set(m.last_applied.map_or(0, |l| l.index as i64));
+                crate::metrics::PLACEMENT_EPOCH.set(self.state.borrow().placement_epoch as i64);
+                m.current_term
+            };
             if !self.leading() {
                 *self.leading_term.lock() = None;
                 continue;
