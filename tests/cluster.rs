@@ -392,6 +392,50 @@ async fn three_brokers_create_produce_and_consume_through_different_brokers() {
     );
 }
 
+/// A broker to fail, with the partitions of topic `t` (12, created here)
+/// it leads and those it does not.
+struct Victim {
+    id: u64,
+    index: usize,
+    theirs: Vec<u32>,
+    ours: Vec<u32>,
+}
+
+impl Victim {
+    /// Creates topic `t` and picks a broker that leads some of it and is
+    /// not the control plane's leader (failing the controller is another
+    /// test).
+    async fn pick(cluster: &Cluster) -> Victim {
+        let client = cluster.client(0).await;
+        cluster.ready(&client, 3).await;
+        client
+            .create_topic("t", 12, TopicOptions::default())
+            .await
+            .expect("create");
+        let m = metadata(&client).await.expect("metadata");
+        let controller = m.controller.expect("controller");
+        let leaders: Vec<u64> = m
+            .topics
+            .iter()
+            .find(|t| t.name == "t")
+            .expect("t")
+            .partitions
+            .iter()
+            .map(|p| p.leader.expect("leader"))
+            .collect();
+        let id = (1..=3u64)
+            .find(|id| *id != controller && leaders.contains(id))
+            .expect("a non-controller leading a partition");
+        let (theirs, ours) = (0..12u32).partition(|p| leaders[*p as usize] == id);
+        Victim {
+            id,
+            index: index_of(id),
+            theirs,
+            ours,
+        }
+    }
+}
+
 /// Every record value in back-to-back batches.
 fn values_of(mut batches: &[u8]) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
@@ -475,34 +519,13 @@ async fn a_paused_broker_loses_its_partitions_and_gets_them_back() {
     use spool::protocol::ErrorCode;
 
     let cluster = Cluster::start(3);
-    let client = cluster.client(0).await;
-    cluster.ready(&client, 3).await;
-    client
-        .create_topic("t", 12, TopicOptions::default())
-        .await
-        .expect("create");
-    let m = metadata(&client).await.expect("metadata");
-    let controller = m.controller.expect("controller");
-    let leaders: Vec<u64> = m
-        .topics
-        .iter()
-        .find(|t| t.name == "t")
-        .expect("t")
-        .partitions
-        .iter()
-        .map(|p| p.leader.expect("leader"))
-        .collect();
     // Pause a broker that is not the controller and leads something.
-    let victim_id = (1..=3u64)
-        .find(|id| *id != controller && leaders.contains(id))
-        .expect("a non-controller leading a partition");
-    let victim = index_of(victim_id);
-    let theirs: Vec<u32> = (0..12)
-        .filter(|p| leaders[*p as usize] == victim_id)
-        .collect();
-    let ours: Vec<u32> = (0..12)
-        .filter(|p| leaders[*p as usize] != victim_id)
-        .collect();
+    let Victim {
+        id: victim_id,
+        index: victim,
+        theirs,
+        ours,
+    } = Victim::pick(&cluster).await;
     let other = cluster.client((victim + 1) % 3).await;
     for p in 0..12u32 {
         eventually(
@@ -648,33 +671,12 @@ async fn a_broker_cut_off_from_its_peers_stops_taking_writes() {
     use spool::protocol::ErrorCode;
 
     let cluster = Cluster::start_linked(3);
-    let client = cluster.client(0).await;
-    cluster.ready(&client, 3).await;
-    client
-        .create_topic("t", 12, TopicOptions::default())
-        .await
-        .expect("create");
-    let m = metadata(&client).await.expect("metadata");
-    let controller = m.controller.expect("controller");
-    let leaders: Vec<u64> = m
-        .topics
-        .iter()
-        .find(|t| t.name == "t")
-        .expect("t")
-        .partitions
-        .iter()
-        .map(|p| p.leader.expect("leader"))
-        .collect();
-    let victim_id = (1..=3u64)
-        .find(|id| *id != controller && leaders.contains(id))
-        .expect("a non-controller leading a partition");
-    let victim = index_of(victim_id);
-    let theirs: Vec<u32> = (0..12)
-        .filter(|p| leaders[*p as usize] == victim_id)
-        .collect();
-    let ours: Vec<u32> = (0..12)
-        .filter(|p| leaders[*p as usize] != victim_id)
-        .collect();
+    let Victim {
+        id: victim_id,
+        index: victim,
+        theirs,
+        ours,
+    } = Victim::pick(&cluster).await;
     // Clients still reach every broker: only peer links are cut.
     let direct = Client::connect(cluster.brokers[victim].addr)
         .await

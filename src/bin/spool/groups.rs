@@ -39,11 +39,7 @@ pub async fn run(command: GroupsCommand) -> Result<(), Failure> {
         GroupsCommand::List { addr } => {
             let client = crate::connect(&addr).await?;
             for g in client.call(&ListGroupsRequest).await?.groups {
-                let lag: u64 = g
-                    .partitions
-                    .iter()
-                    .map(|p| p.end.saturating_sub(p.position))
-                    .sum();
+                let lag = lag(&g);
                 println!(
                     "{}\ttopic={}\tmode={}\tmembers={}\tlag={lag}",
                     g.name,
@@ -86,14 +82,19 @@ fn mode(m: WireGroupMode) -> &'static str {
     }
 }
 
+/// Messages not yet consumed (stream) or settled (queue), over all
+/// partitions.
+fn lag(g: &WireGroup) -> u64 {
+    g.partitions
+        .iter()
+        .map(|p| p.end.saturating_sub(p.position))
+        .sum()
+}
+
 fn print_group(g: &WireGroup) {
     let dead: u64 = g.partitions.iter().map(|p| p.dead_letters).sum();
     let in_flight: u32 = g.partitions.iter().map(|p| p.in_flight).sum();
-    let lag: u64 = g
-        .partitions
-        .iter()
-        .map(|p| p.end.saturating_sub(p.position))
-        .sum();
+    let lag = lag(g);
     println!(
         "group {}\n  topic: {}\n  mode: {}",
         g.name,
