@@ -396,3 +396,37 @@ async fn sigterm_answers_in_flight_requests_then_exits_cleanly() {
         "before shutdown".as_bytes()
     );
 }
+
+/// A server that stops answering (paused here, as a partitioned or hung
+/// one would be) costs a request its timeout, not forever; the connection
+/// is given up and the next call makes a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_to_a_server_that_never_answers_times_out() {
+    let server = SpoolServer::temporary();
+    let options = spool::client::ConnectOptions {
+        request_timeout: Duration::from_millis(500),
+        connect_attempts: 1,
+        connect_timeout: Duration::from_millis(500),
+        ..Default::default()
+    };
+    let client = Client::connect_with(server.addr, options)
+        .await
+        .expect("connect");
+    client.list_topics().await.expect("answered while running");
+    let pid = rustix::process::Pid::from_raw(server.pid() as i32).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).expect("SIGSTOP");
+    let asked = std::time::Instant::now();
+    let err = client
+        .list_topics()
+        .await
+        .expect_err("a paused server answered");
+    let waited = asked.elapsed();
+    rustix::process::kill_process(pid, rustix::process::Signal::CONT).expect("SIGCONT");
+    assert!(err.is_retriable(), "{err}");
+    assert!(
+        waited >= Duration::from_millis(450) && waited < Duration::from_secs(5),
+        "gave up after {waited:?}"
+    );
+    // Running again: the next call reconnects and is answered.
+    client.list_topics().await.expect("answered after SIGCONT");
+}

@@ -55,6 +55,11 @@ pub struct ConnectOptions {
     pub max_frame_bytes: usize,
     /// Requests queued or awaiting a response at once; more wait.
     pub max_pending_requests: usize,
+    /// How long a request may go unanswered, beyond the time the server is
+    /// asked to hold it (a fetch's or delivery's wait), before the client
+    /// gives up on it and on the connection (a paused or partitioned
+    /// server). The error is retriable.
+    pub request_timeout: Duration,
 }
 
 impl Default for ConnectOptions {
@@ -66,6 +71,7 @@ impl Default for ConnectOptions {
             client_id: format!("spool-client {}", env!("CARGO_PKG_VERSION")),
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             max_pending_requests: 4096,
+            request_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -77,6 +83,7 @@ pub struct Connection {
     slots: Arc<Semaphore>,
     next_id: AtomicU32,
     closed: Arc<AtomicBool>,
+    request_timeout: Duration,
     /// Largest frame the server accepts.
     pub max_frame_bytes: u32,
 }
@@ -190,6 +197,7 @@ impl Connection {
             slots,
             next_id: AtomicU32::new(1),
             closed,
+            request_timeout: options.request_timeout,
             max_frame_bytes: 0,
         };
         let hello = HandshakeRequest {
@@ -241,10 +249,24 @@ impl Connection {
                 "connection writer stopped".into(),
             ));
         }
+        let limit = self.request_timeout + request.server_wait();
+        let (pending, closed) = (self.pending.clone(), self.closed.clone());
         Ok(async move {
-            let frame = wait
-                .await
-                .map_err(|_| ClientError::Disconnected("connection dropped".into()))??;
+            let frame = match tokio::time::timeout(limit, wait).await {
+                Ok(answer) => {
+                    answer.map_err(|_| ClientError::Disconnected("connection dropped".into()))??
+                }
+                Err(_) => {
+                    // No answer: the server is paused, gone or cut off. Give
+                    // up on this connection too; the next call makes a new
+                    // one (to another broker, in a cluster, if need be).
+                    pending.lock().remove(&id);
+                    closed.store(true, Ordering::Release);
+                    return Err(ClientError::Disconnected(format!(
+                        "no answer within {limit:?}"
+                    )));
+                }
+            };
             if frame.is_error() {
                 let err = ErrorResponse::decode(frame.body)
                     .map_err(|e| ClientError::Protocol(e.to_string()))?;

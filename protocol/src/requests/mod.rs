@@ -112,6 +112,13 @@ pub trait Call: Wire + Into<Request> {
     fn to_frame(&self, correlation_id: u32) -> Frame {
         body_frame(self, Self::KIND, 0, correlation_id)
     }
+
+    /// How long the server may hold this request before answering: a long
+    /// poll's wait (zero for everything else). A client's timeout for the
+    /// request is this plus its own allowance.
+    fn server_wait(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
 }
 
 fn body_frame<T: Wire>(body: &T, kind: u16, flags: u8, correlation_id: u32) -> Frame {
@@ -127,11 +134,12 @@ fn body_frame<T: Wire>(body: &T, kind: u16, flags: u8, correlation_id: u32) -> F
 }
 
 /// Declares every request kind once: its variant in [`Request`], its body
-/// struct, its kind number and its reply type. Everything that dispatches
+/// struct, its kind number, its reply type, and for a long poll the field
+/// that says how long the server may hold it. Everything that dispatches
 /// on the kind is generated from this one table, so adding a kind is one
 /// line here plus its struct.
 macro_rules! requests {
-    ($($(#[$doc:meta])* $variant:ident($request:ty) = $kind:ident => $reply:ty,)*) => {
+    ($($(#[$doc:meta])* $variant:ident($request:ty) = $kind:ident => $reply:ty $(, waits $wait:ident)?;)*) => {
         /// A request, as a server decodes it.
         #[derive(Clone, Debug, PartialEq, Eq)]
         pub enum Request {
@@ -182,6 +190,12 @@ macro_rules! requests {
             impl Call for $request {
                 const KIND: u16 = kind::$kind;
                 type Reply = $reply;
+
+                $(
+                    fn server_wait(&self) -> std::time::Duration {
+                        std::time::Duration::from_millis(u64::from(self.$wait))
+                    }
+                )?
             }
         )*
     };
@@ -189,49 +203,49 @@ macro_rules! requests {
 
 requests! {
     /// First request on every connection.
-    Handshake(HandshakeRequest) = HANDSHAKE => HandshakeResponse,
+    Handshake(HandshakeRequest) = HANDSHAKE => HandshakeResponse;
     /// Append a batch.
-    Produce(ProduceRequest) = PRODUCE => ProduceResponse,
+    Produce(ProduceRequest) = PRODUCE => ProduceResponse;
     /// Read batches.
-    Fetch(FetchRequest) = FETCH => FetchResponse,
+    Fetch(FetchRequest) = FETCH => FetchResponse, waits max_wait_ms;
     /// Create a topic.
-    CreateTopic(CreateTopicRequest) = CREATE_TOPIC => (),
+    CreateTopic(CreateTopicRequest) = CREATE_TOPIC => ();
     /// Delete a topic.
-    DeleteTopic(DeleteTopicRequest) = DELETE_TOPIC => (),
+    DeleteTopic(DeleteTopicRequest) = DELETE_TOPIC => ();
     /// List topics.
-    ListTopics(ListTopicsRequest) = LIST_TOPICS => ListTopicsResponse,
+    ListTopics(ListTopicsRequest) = LIST_TOPICS => ListTopicsResponse;
     /// Describe a topic.
-    DescribeTopic(DescribeTopicRequest) = DESCRIBE_TOPIC => WireTopic,
+    DescribeTopic(DescribeTopicRequest) = DESCRIBE_TOPIC => WireTopic;
     /// Join a group.
-    JoinGroup(JoinGroupRequest) = JOIN_GROUP => JoinGroupResponse,
+    JoinGroup(JoinGroupRequest) = JOIN_GROUP => JoinGroupResponse;
     /// Leave a group.
-    LeaveGroup(LeaveGroupRequest) = LEAVE_GROUP => (),
+    LeaveGroup(LeaveGroupRequest) = LEAVE_GROUP => ();
     /// Stream mode: the member's partitions.
-    GroupAssignment(GroupAssignmentRequest) = GROUP_ASSIGNMENT => GroupAssignmentResponse,
+    GroupAssignment(GroupAssignmentRequest) = GROUP_ASSIGNMENT => GroupAssignmentResponse;
     /// Queue mode: hand out messages.
-    Deliver(DeliverRequest) = DELIVER => DeliverResponse,
+    Deliver(DeliverRequest) = DELIVER => DeliverResponse, waits max_wait_ms;
     /// Queue mode: settle.
-    Ack(AckRequest) = ACK => SettleResponse,
+    Ack(AckRequest) = ACK => SettleResponse;
     /// Queue mode: redeliver after a delay.
-    Nack(NackRequest) = NACK => SettleResponse,
+    Nack(NackRequest) = NACK => SettleResponse;
     /// Queue mode: extend deadlines.
-    Touch(TouchRequest) = TOUCH => SettleResponse,
+    Touch(TouchRequest) = TOUCH => SettleResponse;
     /// Stream mode: commit an offset.
-    CommitOffset(CommitOffsetRequest) = COMMIT_OFFSET => (),
+    CommitOffset(CommitOffsetRequest) = COMMIT_OFFSET => ();
     /// Stream mode: committed offsets.
-    CommittedOffsets(CommittedOffsetsRequest) = COMMITTED_OFFSETS => CommittedOffsetsResponse,
+    CommittedOffsets(CommittedOffsetsRequest) = COMMITTED_OFFSETS => CommittedOffsetsResponse;
     /// List groups.
-    ListGroups(ListGroupsRequest) = LIST_GROUPS => ListGroupsResponse,
+    ListGroups(ListGroupsRequest) = LIST_GROUPS => ListGroupsResponse;
     /// Describe a group.
-    DescribeGroup(DescribeGroupRequest) = DESCRIBE_GROUP => WireGroup,
+    DescribeGroup(DescribeGroupRequest) = DESCRIBE_GROUP => WireGroup;
     /// Reset a group.
-    ResetGroup(ResetGroupRequest) = RESET_GROUP => (),
+    ResetGroup(ResetGroupRequest) = RESET_GROUP => ();
     /// First offset at or after a timestamp.
-    OffsetForTimestamp(OffsetForTimestampRequest) = OFFSET_FOR_TIMESTAMP => OffsetForTimestampResponse,
+    OffsetForTimestamp(OffsetForTimestampRequest) = OFFSET_FOR_TIMESTAMP => OffsetForTimestampResponse;
     /// The cluster's brokers and partition leaders.
-    Metadata(MetadataRequest) = METADATA => MetadataResponse,
+    Metadata(MetadataRequest) = METADATA => MetadataResponse;
     /// Remove a broker from the cluster.
-    RemoveBroker(RemoveBrokerRequest) = REMOVE_BROKER => (),
+    RemoveBroker(RemoveBrokerRequest) = REMOVE_BROKER => ();
 }
 
 /// Declares the successful replies: one variant per reply type, with the
@@ -425,6 +439,28 @@ mod tests {
             Request::decode(kind::RESET_GROUP, Bytes::from(body)),
             Err(DecodeError::BadValue("to"))
         );
+    }
+
+    /// Only long polls ask the server to hold them; a client's timeout for
+    /// them grows by their wait.
+    #[test]
+    fn only_long_polls_wait() {
+        let fetch = FetchRequest {
+            topic: "t".into(),
+            partition: 0,
+            offset: 0,
+            max_bytes: 1,
+            max_wait_ms: 2500,
+        };
+        assert_eq!(fetch.server_wait(), std::time::Duration::from_millis(2500));
+        let deliver = DeliverRequest {
+            group: "g".into(),
+            member: 1,
+            max_messages: 1,
+            max_wait_ms: 700,
+        };
+        assert_eq!(deliver.server_wait(), std::time::Duration::from_millis(700));
+        assert_eq!(ListTopicsRequest.server_wait(), std::time::Duration::ZERO);
     }
 
     /// The kind a request struct declares is the kind its enum variant
