@@ -129,6 +129,13 @@ impl ClusterNode {
         }
     }
 
+    /// Held by a write from its `check_serves` to its append, so that a
+    /// state change (a partition starting to move away) is published only
+    /// after the writes it would forbid have landed.
+    pub fn write_fence(&self) -> parking_lot::RwLockReadGuard<'_, ()> {
+        self.control.fence.hold()
+    }
+
     /// Creates a topic cluster-wide (committed through Raft), then here.
     pub async fn create_topic(
         &self,

@@ -349,15 +349,18 @@ impl Handler {
         match request {
             Request::Produce(r) => {
                 // Appended here, in arrival order; only the wait is async.
+                let start =
+                    || handlers::produce::start(&ctx.broker, &r.topic, r.partition, &r.batch);
                 let pending = match &ctx.cluster {
                     Some(node) => {
+                        // Checked and appended under the fence: see
+                        // `ClusterNode::write_fence`.
+                        let _fence = node.write_fence();
                         handlers::cluster::check_serves(node, &r.topic, r.partition, true)
+                            .and_then(|()| start())
                     }
-                    None => Ok(()),
-                }
-                .and_then(|()| {
-                    handlers::produce::start(&ctx.broker, &r.topic, r.partition, &r.batch)
-                });
+                    None => start(),
+                };
                 self.tasks.spawn(async move {
                     let reply = match pending {
                         Ok(pending) => handlers::produce::finish(pending).await.map(Response::from),

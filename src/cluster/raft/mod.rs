@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use log_store::LogStore;
 pub use network::{Network, PeerRoutes};
-pub use state_machine::StateMachine;
+pub use state_machine::{ApplyFence, StateMachine};
 
 use crate::cluster::leases::LeaseTracker;
 use crate::cluster::placement::NodeId;
@@ -82,6 +82,8 @@ pub struct ControlPlane {
     pub raft: Raft,
     /// The committed cluster state, updated as entries apply.
     pub state: watch::Receiver<Arc<ClusterState>>,
+    /// Hold it from checking a write against `state` to appending it.
+    pub fence: ApplyFence,
     desk: Arc<LeaseDesk>,
     stop: CancellationToken,
 }
@@ -366,7 +368,8 @@ impl ControlPlane {
     ) -> Result<ControlPlane, ControlPlaneError> {
         let id = me.id;
         let log = LogStore::open(dir)?;
-        let (machine, state) = StateMachine::open(dir, initial)?;
+        let fence = ApplyFence::default();
+        let (machine, state) = StateMachine::open(dir, initial, fence.clone())?;
         let config = openraft::Config {
             cluster_name: "spool".into(),
             heartbeat_interval: timings.heartbeat.as_millis() as u64,
@@ -449,6 +452,7 @@ impl ControlPlane {
             id,
             raft,
             state,
+            fence,
             desk,
             stop,
         })

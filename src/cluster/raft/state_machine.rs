@@ -49,6 +49,24 @@ pub struct StateMachine {
     path: PathBuf,
     applied: Applied,
     published: watch::Sender<Arc<ClusterState>>,
+    /// Taken for writing while a new state is published; a broker holds it
+    /// for reading from "may I write this partition?" to the append (see
+    /// [`ApplyFence`]).
+    fence: ApplyFence,
+}
+
+/// Orders writes against state changes: once a new state is published,
+/// every write that was allowed by the old one has already been appended.
+/// A partition's new holder relies on this: when the old holder shows the
+/// epoch of a `BeginMove`, nothing more can land in its copy.
+#[derive(Clone, Debug, Default)]
+pub struct ApplyFence(Arc<parking_lot::RwLock<()>>);
+
+impl ApplyFence {
+    /// Held while a write is checked against the state and appended.
+    pub fn hold(&self) -> parking_lot::RwLockReadGuard<'_, ()> {
+        self.0.read()
+    }
 }
 
 fn sm_err(e: impl std::fmt::Display) -> StorageError<NodeIdRaw> {
@@ -62,6 +80,7 @@ impl StateMachine {
     pub fn open(
         dir: &Path,
         initial: ClusterState,
+        fence: ApplyFence,
     ) -> Result<(StateMachine, watch::Receiver<Arc<ClusterState>>), crate::storage::StorageError>
     {
         let path = dir.join("raft.snapshot");
@@ -84,12 +103,14 @@ impl StateMachine {
                 path,
                 applied,
                 published,
+                fence,
             },
             watcher,
         ))
     }
 
     fn publish(&self) {
+        let _writes_done = self.fence.0.write();
         self.published
             .send_replace(Arc::new(self.applied.state.clone()));
     }
