@@ -381,6 +381,8 @@ async fn three_brokers_create_produce_and_consume_through_different_brokers() {
     let status = run(&["cluster", "status", "--addr", &list]);
     assert!(status.contains("controller: broker "), "{status}");
     assert_eq!(status.matches("\talive\t").count(), 3, "{status}");
+    assert_eq!(status.matches(" ms ago").count(), 3, "lease ages: {status}");
+    assert!(status.contains("(Raft term "), "{status}");
     let described = run(&["topics", "describe", "orders", "--addr", &list]);
     assert_eq!(described.matches("leader=").count(), 12, "{described}");
     // Nothing more (no duplicates) arrives.

@@ -180,8 +180,16 @@ fn request() -> impl Strategy<Value = Request> {
 fn metadata() -> impl Strategy<Value = MetadataResponse> {
     (
         any::<u64>(),
-        proptest::option::of(any::<u64>()),
-        vec((any::<u64>(), name(), any::<bool>()), 0..4),
+        (proptest::option::of(any::<u64>()), any::<u64>()),
+        vec(
+            (
+                any::<u64>(),
+                name(),
+                any::<bool>(),
+                proptest::option::of(any::<u64>()),
+            ),
+            0..4,
+        ),
         vec(
             (
                 name(),
@@ -190,24 +198,32 @@ fn metadata() -> impl Strategy<Value = MetadataResponse> {
             0..3,
         ),
     )
-        .prop_map(|(epoch, controller, brokers, topics)| MetadataResponse {
-            epoch,
-            controller,
-            brokers: brokers
-                .into_iter()
-                .map(|(id, addr, alive)| WireBroker { id, addr, alive })
-                .collect(),
-            topics: topics
-                .into_iter()
-                .map(|(name, parts)| WireTopicLeaders {
-                    name,
-                    partitions: parts
-                        .into_iter()
-                        .map(|(partition, leader)| WirePartitionLeader { partition, leader })
-                        .collect(),
-                })
-                .collect(),
-        })
+        .prop_map(
+            |(epoch, (controller, term), brokers, topics)| MetadataResponse {
+                epoch,
+                controller,
+                term,
+                brokers: brokers
+                    .into_iter()
+                    .map(|(id, addr, alive, lease_age_ms)| WireBroker {
+                        id,
+                        addr,
+                        alive,
+                        lease_age_ms,
+                    })
+                    .collect(),
+                topics: topics
+                    .into_iter()
+                    .map(|(name, parts)| WireTopicLeaders {
+                        name,
+                        partitions: parts
+                            .into_iter()
+                            .map(|(partition, leader)| WirePartitionLeader { partition, leader })
+                            .collect(),
+                    })
+                    .collect(),
+            },
+        )
 }
 
 fn topic() -> impl Strategy<Value = WireTopic> {

@@ -54,6 +54,14 @@ impl LeaseTracker {
         (!lease.alive).then_some(Command::RenewLease(holder))
     }
 
+    /// How long ago `holder`'s last heartbeat arrived, as this leader timed
+    /// it (a lease it started afresh on taking over counts from then).
+    pub fn age(&self, holder: LeaseHolder, now: Instant, state: &ClusterState) -> Option<Duration> {
+        let ttl = Duration::from_millis(state.leases.get(&holder)?.ttl_ms);
+        let deadline = *self.deadlines.get(&holder)?;
+        Some(now.saturating_duration_since(deadline.checked_sub(ttl)?))
+    }
+
     /// The expiries to commit at `now`: every alive lease whose deadline has
     /// passed. A lease the tracker has not seen before (added since it
     /// became leader) starts its TTL now instead.
@@ -144,6 +152,25 @@ mod tests {
             "{at:?}"
         );
         assert!(state.is_alive(NodeId(1)) && state.is_alive(NodeId(2)));
+    }
+
+    #[test]
+    fn age_counts_from_the_last_heartbeat_or_the_takeover() {
+        let state = cluster();
+        let mut t = LeaseTracker::default();
+        let start = Instant::now();
+        t.on_leadership(start, &state);
+        t.heartbeat(broker(1), start + Duration::from_millis(300), &state);
+        let now = start + Duration::from_millis(500);
+        assert_eq!(
+            t.age(broker(1), now, &state),
+            Some(Duration::from_millis(200))
+        );
+        assert_eq!(
+            t.age(broker(2), now, &state),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(t.age(LeaseHolder::Session(7), now, &state), None);
     }
 
     #[test]

@@ -70,6 +70,12 @@ impl ClusterNode {
         self.control.state.borrow().clone()
     }
 
+    /// How long ago the leader last heard each broker (empty unless this
+    /// broker is the leader), and the Raft term.
+    pub fn lease_view(&self) -> (std::collections::BTreeMap<NodeId, Duration>, u64) {
+        (self.control.lease_ages(), self.control.term())
+    }
+
     /// The control plane's Raft leader, if known.
     pub fn controller(&self) -> Option<NodeId> {
         self.control.leader()

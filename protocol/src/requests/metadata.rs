@@ -19,6 +19,9 @@ pub struct WireBroker {
     pub addr: String,
     /// False once its lease has lapsed.
     pub alive: bool,
+    /// How long ago the control plane's leader last heard its heartbeat;
+    /// only the leader knows, so only its answer has it.
+    pub lease_age_ms: Option<u64>,
 }
 
 /// One partition's placement.
@@ -46,6 +49,8 @@ pub struct MetadataResponse {
     pub epoch: u64,
     /// The Raft leader of the control plane, if known.
     pub controller: Option<u64>,
+    /// The Raft term the answering broker is in.
+    pub term: u64,
     /// Every broker.
     pub brokers: Vec<WireBroker>,
     /// Every topic.
@@ -63,12 +68,13 @@ impl Wire for MetadataRequest {
 }
 
 impl Wire for WireBroker {
-    const MIN_LEN: usize = 11;
+    const MIN_LEN: usize = 12;
 
     fn put(&self, b: &mut BytesMut) {
         b.put_u64_le(self.id);
         put_string(b, &self.addr);
         b.put_u8(u8::from(self.alive));
+        put_option_u64(b, self.lease_age_ms);
     }
 
     fn get(r: &mut Reader) -> Result<Self, DecodeError> {
@@ -80,6 +86,7 @@ impl Wire for WireBroker {
                 1 => true,
                 _ => return Err(DecodeError::BadValue("alive")),
             },
+            lease_age_ms: r.option_u64("lease_age_ms")?,
         })
     }
 }
@@ -117,11 +124,12 @@ impl Wire for WireTopicLeaders {
 }
 
 impl Wire for MetadataResponse {
-    const MIN_LEN: usize = 17;
+    const MIN_LEN: usize = 25;
 
     fn put(&self, b: &mut BytesMut) {
         b.put_u64_le(self.epoch);
         put_option_u64(b, self.controller);
+        b.put_u64_le(self.term);
         put_list(b, &self.brokers);
         put_list(b, &self.topics);
     }
@@ -130,6 +138,7 @@ impl Wire for MetadataResponse {
         Ok(MetadataResponse {
             epoch: r.u64("epoch")?,
             controller: r.option_u64("controller")?,
+            term: r.u64("term")?,
             brokers: r.list("broker count")?,
             topics: r.list("topic count")?,
         })

@@ -45,7 +45,22 @@ pub async fn run(command: ClusterCommand) -> Result<(), Failure> {
         }
         ClusterCommand::Status { addr } => {
             let client = crate::connect(&addr).await?;
-            let m = client.call(&MetadataRequest).await?;
+            let mut m = client.call(&MetadataRequest).await?;
+            // Lease ages are known only to the control plane's leader: ask
+            // it, if this broker is not it.
+            let controller_addr = m
+                .controller
+                .and_then(|c| m.brokers.iter().find(|b| b.id == c))
+                .map(|b| b.addr.clone());
+            if m.brokers.iter().all(|b| b.lease_age_ms.is_none()) {
+                if let Some(addr) = controller_addr {
+                    if let Ok(controller) = crate::connect(&addr).await {
+                        if let Ok(theirs) = controller.call(&MetadataRequest).await {
+                            m = theirs;
+                        }
+                    }
+                }
+            }
             print!("{}", status(&m));
         }
     }
@@ -78,13 +93,20 @@ fn status(m: &MetadataResponse) -> String {
         || "none (election under way)".to_string(),
         |c| c.to_string(),
     );
-    let _ = writeln!(out, "controller: broker {controller}");
+    let _ = writeln!(
+        out,
+        "controller: broker {controller} (Raft term {})",
+        m.term
+    );
     let _ = writeln!(out, "placement epoch: {}", m.epoch);
     let _ = writeln!(out, "brokers:");
     for b in &m.brokers {
+        let heard = b
+            .lease_age_ms
+            .map_or_else(|| "heard ?".to_string(), |ms| format!("heard {ms} ms ago"));
         let _ = writeln!(
             out,
-            "  {}\t{}\t{}\tleads {} partitions",
+            "  {}\t{}\t{}\t{heard}\tleads {} partitions",
             b.id,
             b.addr,
             if b.alive { "alive" } else { "EXPIRED" },

@@ -515,6 +515,31 @@ impl ControlPlane {
         self.raft.metrics().borrow().current_leader.map(NodeId)
     }
 
+    /// How long ago the leader last heard each broker, if this node is the
+    /// leader (only it times leases).
+    pub fn lease_ages(&self) -> BTreeMap<NodeId, Duration> {
+        if !self.desk.leading() {
+            return BTreeMap::new();
+        }
+        let state = self.state.borrow().clone();
+        let now = std::time::Instant::now();
+        let tracker = self.desk.tracker.lock();
+        state
+            .members
+            .keys()
+            .filter_map(|id| {
+                tracker
+                    .age(LeaseHolder::Broker(*id), now, &state)
+                    .map(|age| (*id, age))
+            })
+            .collect()
+    }
+
+    /// The Raft term this node is in.
+    pub fn term(&self) -> u64 {
+        self.raft.metrics().borrow().current_term
+    }
+
     /// True while this broker may act on its lease (serve writes): the
     /// leader acknowledged a heartbeat sent less than TTL minus the safety
     /// margin ago. The leader counts from when it received that heartbeat,

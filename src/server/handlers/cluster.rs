@@ -37,9 +37,11 @@ pub fn check_serves(
 /// The cluster's brokers and every partition's leader.
 pub fn metadata(node: &ClusterNode) -> MetadataResponse {
     let state = node.state();
+    let (ages, term) = node.lease_view();
     MetadataResponse {
         epoch: state.placement_epoch,
         controller: node.controller().map(|n| n.0),
+        term,
         brokers: state
             .members
             .values()
@@ -47,6 +49,7 @@ pub fn metadata(node: &ClusterNode) -> MetadataResponse {
                 id: m.id.0,
                 addr: m.client_addr.clone(),
                 alive: state.is_alive(m.id),
+                lease_age_ms: ages.get(&m.id).map(|a| a.as_millis() as u64),
             })
             .collect(),
         topics: state
@@ -70,10 +73,12 @@ pub fn single_node_metadata(broker: &Broker, addr: &str) -> MetadataResponse {
     MetadataResponse {
         epoch: 0,
         controller: None,
+        term: 0,
         brokers: vec![WireBroker {
             id: 0,
             addr: addr.to_string(),
             alive: true,
+            lease_age_ms: None,
         }],
         topics: broker
             .list_topics()
