@@ -297,7 +297,17 @@ impl LeaseDesk {
                     .cloned()
             });
             let counted = match leader {
-                Some((leader, _)) if leader == self.id => self.heartbeat(self.me.clone()),
+                Some((leader, _)) if leader == self.id => {
+                    // The leader counts its own heartbeat only after a
+                    // quorum confirms it still leads: a leader that was
+                    // paused and deposed meanwhile must not extend its own
+                    // lease on its stale view.
+                    match tokio::time::timeout(LEASE_HEARTBEAT, self.raft.get_read_log_id()).await {
+                        Ok(Ok(_)) => self.heartbeat(self.me.clone()),
+                        Ok(Err(e)) => Err(format!("leadership not confirmed: {e}")),
+                        Err(_) => Err("leadership not confirmed in time".to_string()),
+                    }
+                }
                 Some((_, addr)) => {
                     let request = network::PeerRequest::Heartbeat(self.me.clone());
                     match peer.call(&addr, &request, LEASE_HEARTBEAT).await {
