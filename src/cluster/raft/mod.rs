@@ -313,7 +313,7 @@ impl LeaseDesk {
                     match peer.call(&addr, &request, LEASE_HEARTBEAT).await {
                         Ok(network::PeerResponse::Heartbeat(result)) => result,
                         Ok(_) => Err("peer answered a different request kind".to_string()),
-                        Err(e) => Err(e),
+                        Err(e) => Err(e.to_string()),
                     }
                 }
                 None => Err("no Raft leader known".to_string()),
@@ -492,7 +492,7 @@ impl ControlPlane {
                     {
                         Ok(network::PeerResponse::Propose(result)) => result,
                         Ok(_) => Err("peer answered a different request kind".to_string()),
-                        Err(e) => Err(e),
+                        Err(e) => Err(e.to_string()),
                     }
                 }
                 None => Err("no Raft leader known (an election is under way)".to_string()),

@@ -111,7 +111,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         PeerConnection {
             target,
             addr: self.routes.dial(target, &node.addr),
-            framed: None,
+            client: PeerClient::default(),
         }
     }
 }
@@ -120,7 +120,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 pub struct PeerConnection {
     target: NodeIdRaw,
     addr: String,
-    framed: Option<Framed<TcpStream, LengthDelimitedCodec>>,
+    client: PeerClient,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,46 +136,20 @@ impl PeerConnection {
     where
         E: std::error::Error,
     {
-        let unreachable = |e: String| RPCError::Unreachable(Unreachable::new(&PeerIoError(e)));
-        let network = |e: String| RPCError::Network(NetworkError::new(&PeerIoError(e)));
-        if self.framed.is_none() {
-            let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.addr))
-                .await
-                .map_err(|_| unreachable(format!("connecting to {} timed out", self.addr)))?
-                .map_err(|e| unreachable(format!("cannot connect to {}: {e}", self.addr)))?;
-            let _ = stream.set_nodelay(true);
-            self.framed = Some(Framed::new(stream, codec()));
-        }
-        let bytes = encode(&request).map_err(network)?;
-        let exchange = async {
-            let framed = self
-                .framed
-                .as_mut()
-                .ok_or_else(|| "not connected".to_string())?;
-            framed.send(bytes).await.map_err(|e| e.to_string())?;
-            match framed.next().await {
-                Some(Ok(frame)) => decode::<PeerResponse>(&frame),
-                Some(Err(e)) => Err(e.to_string()),
-                None => Err("peer closed the connection".to_string()),
-            }
-        };
-        match tokio::time::timeout(timeout, exchange).await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) => {
-                self.framed = None;
-                Err(network(format!(
-                    "peer {} at {}: {e}",
-                    self.target, self.addr
-                )))
-            }
-            Err(_) => {
-                self.framed = None;
-                Err(network(format!(
-                    "peer {} at {} did not answer within {timeout:?}",
-                    self.target, self.addr
-                )))
-            }
-        }
+        // Openraft backs off from an unreachable peer but retries a network
+        // error at once: a failed connect is the former.
+        let target = self.target;
+        self.client
+            .call(&self.addr, &request, timeout)
+            .await
+            .map_err(|e| match e {
+                PeerCallError::Connect(e) => {
+                    RPCError::Unreachable(Unreachable::new(&PeerIoError(e)))
+                }
+                PeerCallError::Exchange(e) => RPCError::Network(NetworkError::new(&PeerIoError(
+                    format!("peer {target}: {e}"),
+                ))),
+            })
     }
 
     fn remote<E: std::error::Error>(
@@ -239,9 +213,25 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
     }
 }
 
-/// A connection to one peer for the control plane's own requests
-/// (heartbeats, forwarded commands), made on first use and again after a
-/// failure.
+/// Why a peer call failed.
+#[derive(Debug)]
+pub(super) enum PeerCallError {
+    /// No connection could be made.
+    Connect(String),
+    /// The request or its answer was lost, malformed or late.
+    Exchange(String),
+}
+
+impl std::fmt::Display for PeerCallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PeerCallError::Connect(e) | PeerCallError::Exchange(e) => f.write_str(e),
+        }
+    }
+}
+
+/// A connection to one peer (for Raft, heartbeats and forwarded commands
+/// alike), made on first use and again after a failure.
 #[derive(Default)]
 pub(super) struct PeerClient {
     addr: String,
@@ -250,23 +240,28 @@ pub(super) struct PeerClient {
 
 impl PeerClient {
     /// Sends `request` to the peer at `addr` and waits up to `timeout` for
-    /// its answer.
+    /// its answer, connecting first if need be (within [`CONNECT_TIMEOUT`]
+    /// or `timeout`, whichever is shorter).
     pub(super) async fn call(
         &mut self,
         addr: &str,
         request: &PeerRequest,
         timeout: Duration,
-    ) -> Result<PeerResponse, String> {
+    ) -> Result<PeerResponse, PeerCallError> {
         if self.addr != addr {
             self.addr = addr.to_string();
             self.conn = None;
         }
+        if self.conn.is_none() {
+            let connect = TcpStream::connect(addr);
+            let stream = tokio::time::timeout(CONNECT_TIMEOUT.min(timeout), connect)
+                .await
+                .map_err(|_| PeerCallError::Connect(format!("connecting to {addr} timed out")))?
+                .map_err(|e| PeerCallError::Connect(format!("cannot connect to {addr}: {e}")))?;
+            let _ = stream.set_nodelay(true);
+            self.conn = Some(Framed::new(stream, codec()));
+        }
         let exchange = async {
-            if self.conn.is_none() {
-                let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-                let _ = stream.set_nodelay(true);
-                self.conn = Some(Framed::new(stream, codec()));
-            }
             let framed = self
                 .conn
                 .as_mut()
@@ -282,13 +277,13 @@ impl PeerClient {
             }
         };
         let result = match tokio::time::timeout(timeout, exchange).await {
-            Ok(result) => result,
+            Ok(result) => result.map_err(|e| format!("{addr}: {e}")),
             Err(_) => Err(format!("no answer from {addr} within {timeout:?}")),
         };
         if result.is_err() {
             self.conn = None;
         }
-        result
+        result.map_err(PeerCallError::Exchange)
     }
 }
 
