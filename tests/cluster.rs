@@ -951,6 +951,251 @@ async fn brokers_join_and_leave_under_load_without_losing_a_message() {
 
 /// The history checker finds each kind of broken history (so the tests
 /// that find none are saying something).
+/// A stream-mode group in a cluster: members join the group's coordinator
+/// through different brokers, commit through the control plane, and when
+/// the coordinator's broker is paused past its lease the group moves to
+/// another coordinator that knows every committed offset; when it comes
+/// back the members move back and nothing is left unread or uncommitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_group_keeps_its_offsets_when_its_coordinator_is_paused() {
+    let _serial = SERIAL.lock().await;
+    use rustix::process::Signal;
+    use spool::client::GroupConsumer;
+    use spool::protocol::requests::{
+        CommittedOffsetsRequest, DescribeGroupRequest, FindCoordinatorRequest, JoinGroupRequest,
+    };
+    use spool::protocol::{ErrorCode, WireGroupMode};
+
+    const PARTITIONS: u32 = 6;
+    const N: u64 = 6_000;
+    let cluster = Cluster::start(3);
+    let admin = cluster.client(0).await;
+    cluster.ready(&admin, 3).await;
+    admin
+        .create_topic("g", PARTITIONS, TopicOptions::default())
+        .await
+        .expect("create");
+    let producer = Producer::new(cluster.client(1).await, ProducerConfig::default());
+    let mut acks = Vec::new();
+    for i in 0..N {
+        let key = format!("k{}", i % 97);
+        let delivery = eventually(Duration::from_secs(10), "send", || async {
+            producer
+                .send("g", Some(key.as_bytes()), i.to_be_bytes())
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .await;
+        acks.push(delivery);
+    }
+    producer.flush().await.expect("flush");
+    let mut ends = vec![0u64; PARTITIONS as usize];
+    for delivery in acks {
+        let stored = delivery.await.expect("acked");
+        let end = &mut ends[stored.partition as usize];
+        *end = (*end).max(stored.offset + 1);
+    }
+
+    // Queue mode is refused in a cluster, clearly.
+    let refused = admin
+        .call_group(
+            "q",
+            &JoinGroupRequest {
+                group: "q".into(),
+                topic: "g".into(),
+                mode: WireGroupMode::Queue,
+                ack_wait_ms: 0,
+                max_deliveries: 0,
+                max_in_flight: 0,
+            },
+        )
+        .await
+        .expect_err("a queue group in a cluster");
+    assert_eq!(refused.code(), Some(ErrorCode::InvalidConfig), "{refused}");
+
+    let seen: Arc<parking_lot::Mutex<HashMap<(u32, u64), u32>>> = Arc::default();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut members = Vec::new();
+    for i in 0..2 {
+        // A member gives up on a coordinator that does not answer within
+        // 2 s (the default is 30 s), so that it moves during the pause.
+        let mut addrs: Vec<SocketAddr> = cluster.brokers.iter().map(|b| b.addr).collect();
+        addrs.rotate_left(i + 1);
+        let options = spool::client::ConnectOptions {
+            request_timeout: Duration::from_secs(2),
+            ..Default::default()
+        };
+        let client = Client::connect_any(&addrs, options).await.expect("connect");
+        let mut member = GroupConsumer::join(
+            client,
+            "readers",
+            "g",
+            StartAt::Earliest,
+            ConsumerConfig::default(),
+        )
+        .await
+        .expect("join");
+        let (seen, stop) = (seen.clone(), stop.clone());
+        members.push(tokio::spawn(async move {
+            let (mut errors, mut unavailable) = (0u32, 0u32);
+            while !stop.is_cancelled() {
+                match member.next_within(Duration::from_millis(200)).await {
+                    Some(Ok(m)) => {
+                        *seen.lock().entry((m.partition, m.offset)).or_default() += 1;
+                        // Paced, so that the pause below lands mid-stream.
+                        if m.offset % 50 == 0 {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        if let Err(e) = member.commit(&m).await {
+                            errors += 1;
+                            eprintln!("commit failed: {e}");
+                        }
+                    }
+                    // With one copy per partition, the paused broker's
+                    // partitions are unavailable until it is back: said,
+                    // and retried by the member.
+                    Some(Err(e)) if e.code() == Some(ErrorCode::PartitionUnavailable) => {
+                        unavailable += 1;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Some(Err(e)) => {
+                        errors += 1;
+                        eprintln!("member error: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    None => {}
+                }
+            }
+            (errors, unavailable)
+        }));
+    }
+
+    let find = FindCoordinatorRequest {
+        group: "readers".into(),
+    };
+    let coordinator = admin.call(&find).await.expect("coordinator").id;
+    eventually(Duration::from_secs(30), "a third consumed", || async {
+        let n = seen.lock().len() as u64;
+        (n >= N / 3).then_some(()).ok_or(format!("{n} seen"))
+    })
+    .await;
+    let committed = |client: Client| async move {
+        client
+            .call_group(
+                "readers",
+                &CommittedOffsetsRequest {
+                    group: "readers".into(),
+                },
+            )
+            .await
+            .map(|c| c.offsets)
+    };
+    let before = committed(admin.clone()).await.expect("committed before");
+    let victim = index_of(coordinator);
+    cluster.signal(victim, Signal::STOP);
+    let paused_at = Instant::now();
+    // Another broker coordinates once the paused one's lease is gone, and
+    // it has every offset committed before the pause.
+    let watcher = cluster.client((victim + 1) % 3).await;
+    let next = eventually(Duration::from_secs(10), "a new coordinator", || async {
+        let id = watcher.call(&find).await.map_err(|e| e.to_string())?.id;
+        (id != coordinator).then_some(id).ok_or("same".to_string())
+    })
+    .await;
+    eprintln!(
+        "group coordinator moved from {coordinator} to {next} {:?} after SIGSTOP",
+        paused_at.elapsed()
+    );
+    let during = committed(watcher.clone())
+        .await
+        .expect("committed at the new coordinator");
+    for ((p, old), (_, new)) in before.iter().zip(&during) {
+        assert!(
+            new.unwrap_or(0) >= old.unwrap_or(0),
+            "partition {p}: committed {old:?} before the move, {new:?} after"
+        );
+    }
+    // Long enough for the members to give up on the paused coordinator
+    // and join the new one.
+    tokio::time::sleep(Duration::from_secs(5).saturating_sub(paused_at.elapsed())).await;
+    let moved_members = eventually(
+        Duration::from_secs(10),
+        "members at the new coordinator",
+        || async {
+            let g = watcher
+                .call_group(
+                    "readers",
+                    &DescribeGroupRequest {
+                        group: "readers".into(),
+                    },
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            (g.members == 2)
+                .then_some(g.members)
+                .ok_or(format!("{} members", g.members))
+        },
+    )
+    .await;
+    eprintln!("{moved_members} members rejoined at broker {next}");
+    cluster.signal(victim, Signal::CONT);
+
+    eventually(Duration::from_secs(60), "every message read", || async {
+        let seen = seen.lock();
+        let missing: u64 = (0..PARTITIONS)
+            .map(|p| {
+                (0..ends[p as usize])
+                    .filter(|o| !seen.contains_key(&(p, *o)))
+                    .count() as u64
+            })
+            .sum();
+        (missing == 0)
+            .then_some(())
+            .ok_or(format!("{missing} not yet read"))
+    })
+    .await;
+    // Every partition's committed offset reaches its end, and the
+    // coordinator (the paused broker again) describes the group so.
+    let described = eventually(Duration::from_secs(20), "all committed", || async {
+        let g = admin
+            .call_group(
+                "readers",
+                &DescribeGroupRequest {
+                    group: "readers".into(),
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let lag: u64 = g.partitions.iter().map(|p| p.end - p.position).sum();
+        let members = g.members;
+        (lag == 0 && members == 2)
+            .then_some(g)
+            .ok_or(format!("lag {lag}, {members} members"))
+    })
+    .await;
+    assert_eq!(
+        described
+            .partitions
+            .iter()
+            .map(|p| p.end)
+            .collect::<Vec<_>>(),
+        ends
+    );
+    stop.cancel();
+    let (mut errors, mut unavailable) = (0, 0);
+    for member in members {
+        let (e, u) = member.await.expect("member task");
+        errors += e;
+        unavailable += u;
+    }
+    let again = seen.lock().values().filter(|n| **n > 1).count();
+    eprintln!(
+        "{N} messages, {again} read more than once across the move, {errors} errors and \
+         {unavailable} PartitionUnavailable answers seen by members"
+    );
+    assert_eq!(errors, 0, "members saw errors across the move");
+}
+
 #[test]
 fn the_history_checker_catches_lost_duplicated_and_reordered_messages() {
     let acked: Vec<Acked> = (0..4)

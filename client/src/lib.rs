@@ -36,8 +36,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use spool_protocol::requests::{
-    CreateTopicRequest, DeleteTopicRequest, DescribeTopicRequest, LeaveGroupRequest,
-    ListTopicsRequest, MetadataRequest, ProduceRequest, TopicSettings, WireTopic,
+    CreateTopicRequest, DeleteTopicRequest, DescribeTopicRequest, FindCoordinatorRequest,
+    LeaveGroupRequest, ListTopicsRequest, MetadataRequest, ProduceRequest, TopicSettings,
+    WireTopic,
 };
 use spool_protocol::{Call, ErrorCode};
 use thiserror::Error;
@@ -51,6 +52,11 @@ pub use self::queue_consumer::{QueueConsumer, QueueOptions, QueuedMessage, Settl
 pub use spool_protocol::requests::{
     TopicSettings as TopicOptions, WireSync, WireTopic as TopicDescription,
 };
+
+/// How long [`Client::call_group`] keeps finding a moving coordinator:
+/// a lease TTL for the old one to be counted out plus a Raft election,
+/// with room to spare on a loaded machine.
+pub const GROUP_RETRY_BUDGET: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What a client call can fail with.
 #[derive(Debug, Clone, Error)]
@@ -125,6 +131,8 @@ pub struct Client {
     brokers: Arc<Mutex<std::collections::HashMap<String, Arc<Connection>>>>,
     /// Set once metadata was asked for (a single-node server has no routes).
     routes_checked: Arc<std::sync::atomic::AtomicBool>,
+    /// Each group's coordinator's address, once asked (clusters only).
+    coordinators: Arc<parking_lot::RwLock<std::collections::HashMap<String, String>>>,
 }
 
 impl Client {
@@ -146,6 +154,7 @@ impl Client {
             routes: Arc::default(),
             brokers: Arc::default(),
             routes_checked: Arc::default(),
+            coordinators: Arc::default(),
         })
     }
 
@@ -220,6 +229,67 @@ impl Client {
                     .await
             }
             other => other,
+        }
+    }
+
+    /// Sends a request about consumer group `group` to the broker that
+    /// coordinates it (in a cluster; a single server does everything).
+    /// While the coordinator moves (its broker died, the membership
+    /// changed) the client asks again where it is and retries, for up to
+    /// [`GROUP_RETRY_BUDGET`]; what still fails is returned.
+    pub async fn call_group<C: Call>(
+        &self,
+        group: &str,
+        request: &C,
+    ) -> Result<C::Reply, ClientError> {
+        self.learn_routes().await;
+        if self.routes.read().is_none() {
+            return self.call(request).await;
+        }
+        let started = std::time::Instant::now();
+        let mut pause = std::time::Duration::from_millis(50);
+        loop {
+            let result = match self.coordinator_connection(group).await {
+                Ok(conn) => conn.call(request).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Err(e) if e.is_retriable() && started.elapsed() < GROUP_RETRY_BUDGET => {
+                    tracing::debug!(group, error = %e, "group coordinator moved or unreachable; asking again");
+                    self.coordinators.write().remove(group);
+                    self.refresh_routes().await;
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_millis(500));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The address of `group`'s coordinator, as last learned.
+    pub(crate) fn coordinator_of(&self, group: &str) -> Option<String> {
+        self.coordinators.read().get(group).cloned()
+    }
+
+    async fn coordinator_connection(&self, group: &str) -> Result<Arc<Connection>, ClientError> {
+        let known = self.coordinators.read().get(group).cloned();
+        let addr = match known {
+            Some(addr) => addr,
+            None => {
+                let request = FindCoordinatorRequest {
+                    group: group.to_string(),
+                };
+                let addr = self.call(&request).await?.addr;
+                self.coordinators
+                    .write()
+                    .insert(group.to_string(), addr.clone());
+                addr
+            }
+        };
+        if addr == self.addr.to_string() {
+            self.connection().await
+        } else {
+            self.broker_connection(&addr).await
         }
     }
 
@@ -313,7 +383,8 @@ impl Client {
         };
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
-                let _ = client.call(&request).await;
+                let group = request.group.clone();
+                let _ = client.call_group(&group, &request).await;
             });
         }
     }
@@ -341,17 +412,69 @@ impl Client {
         self.call(&request).await
     }
 
-    /// Lists topics with their partitions' offsets.
+    /// Lists topics with their partitions' offsets (in a cluster, each
+    /// partition's as its leader has them).
     pub async fn list_topics(&self) -> Result<Vec<WireTopic>, ClientError> {
-        Ok(self.call(&ListTopicsRequest).await?.topics)
+        let topics = self.call(&ListTopicsRequest).await?.topics;
+        let mut merged = Vec::with_capacity(topics.len());
+        for topic in topics {
+            merged.push(self.with_leaders_offsets(topic).await?);
+        }
+        Ok(merged)
     }
 
-    /// Describes one topic.
+    /// Describes one topic (in a cluster, each partition's offsets as its
+    /// leader has them).
     pub async fn describe_topic(&self, name: &str) -> Result<WireTopic, ClientError> {
         let request = DescribeTopicRequest {
             name: name.to_string(),
         };
-        self.call(&request).await
+        let described = self.call(&request).await?;
+        self.with_leaders_offsets(described).await
+    }
+
+    /// A broker describes its own copy of each partition, which in a
+    /// cluster is current only for the partitions it leads: replaces every
+    /// other partition's offsets with its leader's answer.
+    async fn with_leaders_offsets(&self, mut topic: WireTopic) -> Result<WireTopic, ClientError> {
+        self.learn_routes().await;
+        let Some(routes) = self.routes.read().clone() else {
+            return Ok(topic);
+        };
+        let mut by_leader: std::collections::BTreeMap<String, Vec<u32>> = Default::default();
+        for p in &topic.partitions {
+            if let Some(addr) = routes.leader(&topic.name, p.partition) {
+                by_leader
+                    .entry(addr.to_string())
+                    .or_default()
+                    .push(p.partition);
+            }
+        }
+        let request = DescribeTopicRequest {
+            name: topic.name.clone(),
+        };
+        for (addr, partitions) in by_leader {
+            let conn = if addr == self.addr.to_string() {
+                self.connection().await?
+            } else {
+                self.broker_connection(&addr).await?
+            };
+            let theirs = conn.call(&request).await?;
+            for slot in topic
+                .partitions
+                .iter_mut()
+                .filter(|p| partitions.contains(&p.partition))
+            {
+                if let Some(fresh) = theirs
+                    .partitions
+                    .iter()
+                    .find(|t| t.partition == slot.partition)
+                {
+                    *slot = *fresh;
+                }
+            }
+        }
+        Ok(topic)
     }
 
     /// Appends one prebuilt batch; returns `(base_offset, next_offset)`.

@@ -174,6 +174,7 @@ fn request() -> impl Strategy<Value = Request> {
         Just(Request::Metadata(MetadataRequest)),
         (any::<u64>(), any::<bool>())
             .prop_map(|(id, force)| Request::RemoveBroker(RemoveBrokerRequest { id, force })),
+        name().prop_map(|group| Request::FindCoordinator(FindCoordinatorRequest { group })),
     ]
 }
 
@@ -411,6 +412,10 @@ fn response() -> impl Strategy<Value = (u16, Response)> {
         )),
         metadata().prop_map(|m| (kind::METADATA, Response::Metadata(m))),
         Just((kind::REMOVE_BROKER, Response::Done)),
+        (any::<u64>(), name()).prop_map(|(id, addr)| (
+            kind::FIND_COORDINATOR,
+            Response::FindCoordinator(CoordinatorResponse { id, addr })
+        )),
     ]
 }
 

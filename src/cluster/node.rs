@@ -40,6 +40,9 @@ pub struct ClusterNode {
     control: ControlPlane,
     broker: Broker,
     stop: CancellationToken,
+    /// Client connections to other brokers' client ports, by address (for
+    /// what only a partition's leader or a group's coordinator knows).
+    others: tokio::sync::Mutex<BTreeMap<String, spool_client::Client>>,
 }
 
 impl ClusterNode {
@@ -50,6 +53,7 @@ impl ClusterNode {
             control,
             broker,
             stop: CancellationToken::new(),
+            others: tokio::sync::Mutex::default(),
         });
         tokio::spawn(sync_topics(
             node.control.state.clone(),
@@ -187,6 +191,165 @@ impl ClusterNode {
                 Ok(())
             }
         }
+    }
+
+    /// `Ok` if this broker coordinates `group` now (its joins, assignments
+    /// and commits), and its own lease holds; otherwise where to go.
+    pub fn check_coordinates(&self, group: &str) -> Result<(), NotServed> {
+        let state = self.state();
+        match state.coordinator(group) {
+            Some(me) if me == self.id() && self.control.lease_valid() => Ok(()),
+            Some(me) if me == self.id() => Err(NotServed::Unavailable(format!(
+                "broker {me} coordinates group {group} but its own lease has lapsed"
+            ))),
+            Some(other) => Err(NotServed::NotLeader {
+                leader: other,
+                addr: state
+                    .members
+                    .get(&other)
+                    .map(|m| m.client_addr.clone())
+                    .unwrap_or_default(),
+            }),
+            None => Err(NotServed::Unavailable(format!(
+                "no live broker to coordinate group {group}"
+            ))),
+        }
+    }
+
+    /// Registers a stream-mode group on `topic` cluster-wide (committed
+    /// through Raft) if it is new; an existing one must read the same topic.
+    pub async fn create_group(&self, name: &str, topic: &str) -> Result<(), ClusterAdminError> {
+        let state = self.state();
+        match state.groups.get(name) {
+            Some(g) if g.topic == topic => return Ok(()),
+            _ if !state.topics.contains_key(topic) => {
+                return Err(ClusterAdminError::Broker(BrokerError::TopicNotFound(
+                    topic.to_string(),
+                )))
+            }
+            _ => {}
+        }
+        let command = Command::CreateGroup {
+            name: name.to_string(),
+            topic: topic.to_string(),
+        };
+        match self.control.submit(command, ADMIN_TIMEOUT).await? {
+            Outcome::Refused(reason) => {
+                Err(ClusterAdminError::Broker(BrokerError::GroupMismatch {
+                    group: name.to_string(),
+                    reason,
+                }))
+            }
+            _ => {
+                self.wait_applied(|s| s.groups.contains_key(name)).await;
+                Ok(())
+            }
+        }
+    }
+
+    /// Commits a group's offsets through Raft; answers once this broker has
+    /// applied them too, so that its next `committed` shows them.
+    pub async fn commit_offsets(
+        &self,
+        group: &str,
+        offsets: Vec<(u32, u64)>,
+    ) -> Result<(), ClusterAdminError> {
+        let command = Command::CommitOffsets {
+            group: group.to_string(),
+            offsets: offsets.clone(),
+        };
+        match self.control.submit(command, ADMIN_TIMEOUT).await? {
+            Outcome::Refused(reason) => Err(ClusterAdminError::Broker(
+                if self.state().groups.contains_key(group) {
+                    BrokerError::InvalidConfig(reason)
+                } else {
+                    BrokerError::GroupNotFound(group.to_string())
+                },
+            )),
+            _ => {
+                // A concurrent commit to the same partition may overwrite
+                // ours first; then this waits out its (short) bound.
+                let mut state = self.control.state.clone();
+                let applied = |s: &Arc<ClusterState>| {
+                    s.groups
+                        .get(group)
+                        .is_some_and(|g| offsets.iter().all(|(p, o)| g.offsets.get(p) == Some(o)))
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(1), state.wait_for(applied)).await;
+                Ok(())
+            }
+        }
+    }
+
+    /// A client connection to the broker whose client port is `addr`.
+    pub async fn client_to(&self, addr: &str) -> Result<spool_client::Client, String> {
+        let mut others = self.others.lock().await;
+        if let Some(client) = others.get(addr) {
+            return Ok(client.clone());
+        }
+        let sock: std::net::SocketAddr = addr
+            .parse()
+            .map_err(|_| format!("broker address {addr:?} is not an address"))?;
+        let client = spool_client::Client::connect(sock)
+            .await
+            .map_err(|e| e.to_string())?;
+        others.insert(addr.to_string(), client.clone());
+        Ok(client)
+    }
+
+    /// Every partition's `(start, end)` offsets, each from the broker that
+    /// serves its reads (this one's own copies are only right for the
+    /// partitions it holds); `None` for a partition no broker serves now.
+    pub async fn partition_ranges(&self, topic: &str) -> Result<Vec<Option<(u64, u64)>>, String> {
+        let state = self.state();
+        let spec = state
+            .topics
+            .get(topic)
+            .ok_or_else(|| format!("topic {topic} not found"))?;
+        let mut by_leader: BTreeMap<NodeId, Vec<u32>> = BTreeMap::new();
+        for p in 0..spec.config.partitions {
+            if let Some(leader) = state.read_leader(topic, PartitionId(p)) {
+                by_leader.entry(leader).or_default().push(p);
+            }
+        }
+        let mut ranges = vec![None; spec.config.partitions as usize];
+        for (leader, partitions) in by_leader {
+            let described = if leader == self.id() {
+                let local = self
+                    .broker
+                    .describe_topic(topic)
+                    .map_err(|e| e.to_string())?;
+                local
+                    .partitions
+                    .iter()
+                    .map(|p| (p.partition.0, p.start.0, p.end.0))
+                    .collect::<Vec<_>>()
+            } else {
+                let addr = state
+                    .members
+                    .get(&leader)
+                    .map(|m| m.client_addr.clone())
+                    .unwrap_or_default();
+                let request = spool_protocol::requests::DescribeTopicRequest {
+                    name: topic.to_string(),
+                };
+                let client = self.client_to(&addr).await?;
+                let answer = client.call(&request).await.map_err(|e| e.to_string())?;
+                answer
+                    .partitions
+                    .iter()
+                    .map(|p| (p.partition, p.start, p.end))
+                    .collect()
+            };
+            for (p, start, end) in described {
+                if partitions.contains(&p) {
+                    if let Some(slot) = ranges.get_mut(p as usize) {
+                        *slot = Some((start, end));
+                    }
+                }
+            }
+        }
+        Ok(ranges)
     }
 
     /// Waits (briefly) until this broker has applied what was committed.

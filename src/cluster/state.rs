@@ -53,6 +53,17 @@ pub struct TopicSpec {
     pub replication: u32,
 }
 
+/// A stream-mode consumer group as the cluster knows it: its topic and the
+/// offsets it committed. Its members live with its coordinator (they are
+/// connections, not state worth a log entry each).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupSpec {
+    /// The topic it reads.
+    pub topic: String,
+    /// Committed offset per partition: where the group resumes.
+    pub offsets: BTreeMap<u32, u64>,
+}
+
 /// One change to the state: the payload of a Raft log entry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
@@ -112,8 +123,22 @@ pub enum Command {
         /// Settings.
         spec: TopicSpec,
     },
-    /// Delete a topic.
+    /// Delete a topic (and the groups that read it).
     DeleteTopic(String),
+    /// Create a stream-mode group on a topic.
+    CreateGroup {
+        /// Name.
+        name: String,
+        /// The topic it reads.
+        topic: String,
+    },
+    /// Commit a group's offsets (partition, next offset to read).
+    CommitOffsets {
+        /// The group.
+        group: String,
+        /// Where it resumes, per partition.
+        offsets: Vec<(u32, u64)>,
+    },
 }
 
 /// What applying a command did.
@@ -161,6 +186,8 @@ pub struct ClusterState {
     /// Ids removed from the cluster; a removed broker that still heartbeats
     /// is not added back (its id is not reused for other data).
     pub removed: BTreeSet<NodeId>,
+    /// Stream-mode consumer groups by name.
+    pub groups: BTreeMap<String, GroupSpec>,
 }
 
 impl ClusterState {
@@ -334,10 +361,54 @@ impl ClusterState {
                     return Outcome::Refused(format!("no topic {name}"));
                 }
                 self.assignments.remove(name);
+                self.groups.retain(|_, g| g.topic != *name);
                 self.placement_epoch += 1;
                 Outcome::Applied
             }
+            Command::CreateGroup { name, topic } => match self.groups.get(name) {
+                Some(g) if g.topic == *topic => Outcome::Unchanged,
+                Some(g) => {
+                    Outcome::Refused(format!("group {name} reads topic {}, not {topic}", g.topic))
+                }
+                None if !self.topics.contains_key(topic) => {
+                    Outcome::Refused(format!("topic {topic} not found"))
+                }
+                None => {
+                    self.groups.insert(
+                        name.clone(),
+                        GroupSpec {
+                            topic: topic.clone(),
+                            offsets: BTreeMap::new(),
+                        },
+                    );
+                    Outcome::Applied
+                }
+            },
+            Command::CommitOffsets { group, offsets } => {
+                let Some(g) = self.groups.get_mut(group) else {
+                    return Outcome::Refused(format!("group {group} not found"));
+                };
+                let partitions = self.topics.get(&g.topic).map_or(0, |t| t.config.partitions);
+                if let Some((p, _)) = offsets.iter().find(|(p, _)| *p >= partitions) {
+                    return Outcome::Refused(format!("topic {} has no partition {p}", g.topic));
+                }
+                g.offsets.extend(offsets.iter().copied());
+                Outcome::Applied
+            }
         }
+    }
+
+    /// The broker that coordinates `group` (its membership and offset
+    /// commits): placement of the group's name over the eligible members
+    /// whose lease is alive, so a group never waits on a dead coordinator
+    /// longer than a lease.
+    pub fn coordinator(&self, group: &str) -> Option<NodeId> {
+        let alive: Vec<NodeId> = self
+            .eligible()
+            .into_iter()
+            .filter(|m| self.is_alive(*m))
+            .collect();
+        placement::preferred_leader(&format!("__group/{group}"), PartitionId(0), &alive)
     }
 
     /// The member ids, in order.
@@ -527,6 +598,52 @@ mod tests {
         let (back, _): (ClusterState, usize) =
             bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).expect("decode");
         assert_eq!(back, a);
+    }
+
+    #[test]
+    fn groups_commit_offsets_follow_their_topic_and_move_off_a_dead_coordinator() {
+        let mut s = three();
+        let create = |topic: &str| Command::CreateGroup {
+            name: "g".into(),
+            topic: topic.into(),
+        };
+        assert!(matches!(s.apply(&create("nope")), Outcome::Refused(_)));
+        assert_eq!(s.apply(&create("t")), Outcome::Applied);
+        assert_eq!(s.apply(&create("t")), Outcome::Unchanged);
+        s.apply(&Command::CreateTopic {
+            name: "u".into(),
+            spec: TopicSpec {
+                config: TopicConfig::new(1),
+                replication: 1,
+            },
+        });
+        assert!(matches!(s.apply(&create("u")), Outcome::Refused(_)));
+        let commit = |offsets: Vec<(u32, u64)>| Command::CommitOffsets {
+            group: "g".into(),
+            offsets,
+        };
+        assert_eq!(s.apply(&commit(vec![(3, 40), (0, 7)])), Outcome::Applied);
+        assert_eq!(s.apply(&commit(vec![(3, 41)])), Outcome::Applied);
+        assert!(matches!(
+            s.apply(&commit(vec![(12, 1)])),
+            Outcome::Refused(_)
+        ));
+        assert_eq!(s.groups["g"].offsets, BTreeMap::from([(0, 7), (3, 41)]));
+
+        let coordinator = s.coordinator("g").expect("a coordinator");
+        s.apply(&Command::ExpireLease {
+            holder: LeaseHolder::Broker(coordinator),
+            generation: 0,
+        });
+        let next = s.coordinator("g").expect("another coordinator");
+        assert_ne!(next, coordinator);
+
+        s.apply(&Command::DeleteTopic("t".into()));
+        assert!(s.groups.is_empty());
+        assert!(matches!(
+            s.apply(&commit(vec![(0, 1)])),
+            Outcome::Refused(_)
+        ));
     }
 
     #[test]

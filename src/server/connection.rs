@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use spool_protocol::requests::kind;
+use spool_protocol::requests::{kind, CoordinatorResponse};
 use spool_protocol::DecodeError;
 use spool_protocol::{
     ErrorCode, ErrorResponse, Frame, FrameCodec, FrameError, FrameWriter, Request, Response,
@@ -369,22 +369,23 @@ impl Handler {
                     respond(&tx, reply, kind_, correlation_id, started, permits).await;
                 });
             }
-            Request::JoinGroup(_) if ctx.cluster.is_some() => {
-                let reply = Err(handlers::cluster::groups_unsupported());
-                self.tasks.spawn(async move {
-                    respond(&tx, reply, kind_, correlation_id, started, permits).await;
-                });
-            }
             Request::JoinGroup(r) => {
                 // Joined here, so the member is on this connection's list
                 // before any later request can use it. Joining may create the
-                // group (files, fsync): off the async workers, but awaited.
-                let join = handlers::on_blocking_thread(&ctx.broker, move |broker| {
-                    let joined = handlers::groups::join(broker, &r);
-                    joined.map(|(response, member)| (response, r.group, member))
-                });
-                let reply = match join.await {
-                    Ok((response, group, member)) => {
+                // group (files, fsync; in a cluster a Raft commit): off the
+                // async workers, but awaited.
+                let group = r.group.clone();
+                let joined = match &ctx.cluster {
+                    Some(node) => handlers::cluster_groups::join(node, &ctx.broker, r).await,
+                    None => {
+                        handlers::on_blocking_thread(&ctx.broker, move |broker| {
+                            handlers::groups::join(broker, &r)
+                        })
+                        .await
+                    }
+                };
+                let reply = match joined {
+                    Ok((response, member)) => {
                         self.joined.push((group, member));
                         Ok(response.into())
                     }
@@ -445,15 +446,41 @@ async fn dispatch(ctx: &ServerContext, request: Request) -> Result<Response, Err
                     .await
                     .map(Response::from)
             }
-            Request::LeaveGroup(_)
-            | Request::GroupAssignment(_)
-            | Request::Deliver(_)
-            | Request::Ack(_)
-            | Request::Nack(_)
-            | Request::Touch(_)
-            | Request::CommitOffset(_)
-            | Request::CommittedOffsets(_)
-            | Request::ResetGroup(_) => return Err(handlers::cluster::groups_unsupported()),
+            Request::LeaveGroup(r) => {
+                return handlers::cluster_groups::leave(node, broker, r).map(Response::from)
+            }
+            Request::GroupAssignment(r) => {
+                return handlers::cluster_groups::assignment(node, broker, r).map(Response::from)
+            }
+            Request::Deliver(_) | Request::Ack(_) | Request::Nack(_) | Request::Touch(_) => {
+                return Err(handlers::cluster_groups::queue_mode_refused())
+            }
+            Request::CommitOffset(r) => {
+                return handlers::cluster_groups::commit_offset(node, r)
+                    .await
+                    .map(Response::from)
+            }
+            Request::CommittedOffsets(r) => {
+                return handlers::cluster_groups::committed_offsets(node, r).map(Response::from)
+            }
+            Request::ListGroups(_) => {
+                return handlers::cluster_groups::list(node, broker)
+                    .await
+                    .map(Response::from)
+            }
+            Request::DescribeGroup(r) => {
+                return handlers::cluster_groups::describe(node, broker, r)
+                    .await
+                    .map(Response::from)
+            }
+            Request::ResetGroup(r) => {
+                return handlers::cluster_groups::reset(node, broker, r)
+                    .await
+                    .map(Response::from)
+            }
+            Request::FindCoordinator(r) => {
+                return handlers::cluster_groups::find_coordinator(node, r).map(Response::from)
+            }
             _ => {}
         }
     }
@@ -523,6 +550,11 @@ async fn dispatch(ctx: &ServerContext, request: Request) -> Result<Response, Err
         Request::Metadata(_) => {
             Ok(handlers::cluster::single_node_metadata(broker, &ctx.advertised).into())
         }
+        Request::FindCoordinator(_) => Ok(CoordinatorResponse {
+            id: 0,
+            addr: ctx.advertised.clone(),
+        }
+        .into()),
         Request::Handshake(_) => Err(error(ErrorCode::MalformedFrame, "handshake already done")),
         Request::Produce(_) => Err(error(
             ErrorCode::Internal,

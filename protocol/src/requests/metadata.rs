@@ -175,3 +175,50 @@ impl Wire for RemoveBrokerRequest {
         })
     }
 }
+
+/// Which broker coordinates a consumer group: the one its join, assignment
+/// and offset requests go to. A single-node server names itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FindCoordinatorRequest {
+    /// The group.
+    pub group: String,
+}
+
+/// A group's coordinator.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CoordinatorResponse {
+    /// Its node id (0 for a single-node server).
+    pub id: u64,
+    /// Where clients reach it.
+    pub addr: String,
+}
+
+impl Wire for FindCoordinatorRequest {
+    const MIN_LEN: usize = 2;
+
+    fn put(&self, b: &mut BytesMut) {
+        put_string(b, &self.group);
+    }
+
+    fn get(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(FindCoordinatorRequest {
+            group: r.string("group")?,
+        })
+    }
+}
+
+impl Wire for CoordinatorResponse {
+    const MIN_LEN: usize = 10;
+
+    fn put(&self, b: &mut BytesMut) {
+        b.put_u64_le(self.id);
+        put_string(b, &self.addr);
+    }
+
+    fn get(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(CoordinatorResponse {
+            id: r.u64("coordinator id")?,
+            addr: r.string("coordinator addr")?,
+        })
+    }
+}

@@ -34,8 +34,8 @@ pub use groups::{
 };
 pub use handshake::{HandshakeRequest, HandshakeResponse};
 pub use metadata::{
-    MetadataRequest, MetadataResponse, RemoveBrokerRequest, WireBroker, WirePartitionLeader,
-    WireTopicLeaders,
+    CoordinatorResponse, FindCoordinatorRequest, MetadataRequest, MetadataResponse,
+    RemoveBrokerRequest, WireBroker, WirePartitionLeader, WireTopicLeaders,
 };
 pub use produce::{ProduceRequest, ProduceResponse};
 pub use queue::{
@@ -99,6 +99,8 @@ pub mod kind {
     pub const METADATA: u16 = 23;
     /// Remove a broker from the cluster.
     pub const REMOVE_BROKER: u16 = 24;
+    /// The broker that coordinates a consumer group.
+    pub const FIND_COORDINATOR: u16 = 25;
 }
 
 /// A request body: its kind number and the type of its successful reply.
@@ -246,6 +248,8 @@ requests! {
     Metadata(MetadataRequest) = METADATA => MetadataResponse;
     /// Remove a broker from the cluster.
     RemoveBroker(RemoveBrokerRequest) = REMOVE_BROKER => ();
+    /// The broker that coordinates a group.
+    FindCoordinator(FindCoordinatorRequest) = FIND_COORDINATOR => CoordinatorResponse;
 }
 
 /// Declares the successful replies: one variant per reply type, with the
@@ -318,6 +322,8 @@ responses! {
     OffsetForTimestamp(OffsetForTimestampResponse),
     /// Brokers and partition leaders.
     Metadata(MetadataResponse),
+    /// A group's coordinator.
+    FindCoordinator(CoordinatorResponse),
 }
 
 /// An error response.

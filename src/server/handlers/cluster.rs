@@ -22,16 +22,20 @@ pub fn check_serves(
     write: bool,
 ) -> Result<(), ErrorResponse> {
     node.check_serves(topic, PartitionId(partition), write)
-        .map_err(|why| match why {
-            NotServed::NotLeader { leader, addr } => {
-                crate::metrics::NOT_LEADER.inc();
-                error(ErrorCode::NotLeader, format!("leader {leader} at {addr}"))
-            }
-            NotServed::Unavailable(reason) => error(ErrorCode::PartitionUnavailable, reason),
-            NotServed::UnknownTopic => {
-                error(ErrorCode::TopicNotFound, format!("topic {topic} not found"))
-            }
-        })
+        .map_err(|why| refusal(why, &format!("topic {topic}")))
+}
+
+/// The error that tells a client why this broker does not serve `what`
+/// (a partition, a group) and where to go instead.
+pub fn refusal(why: NotServed, what: &str) -> ErrorResponse {
+    match why {
+        NotServed::NotLeader { leader, addr } => {
+            crate::metrics::NOT_LEADER.inc();
+            error(ErrorCode::NotLeader, format!("leader {leader} at {addr}"))
+        }
+        NotServed::Unavailable(reason) => error(ErrorCode::PartitionUnavailable, reason),
+        NotServed::UnknownTopic => error(ErrorCode::TopicNotFound, format!("{what} not found")),
+    }
 }
 
 /// The cluster's brokers and every partition's leader.
@@ -120,7 +124,8 @@ pub async fn delete_topic(
         .map_err(|e| admin_error(&e))
 }
 
-fn admin_error(e: &ClusterAdminError) -> ErrorResponse {
+/// The error for an admin change that did not happen.
+pub fn admin_error(e: &ClusterAdminError) -> ErrorResponse {
     match e {
         ClusterAdminError::Broker(e) => response_for(e),
         ClusterAdminError::Control(e) => error(ErrorCode::ClusterUnavailable, e.to_string()),
@@ -140,12 +145,4 @@ pub async fn remove_broker(
         crate::cluster::Outcome::Refused(reason) => Err(error(ErrorCode::InvalidConfig, reason)),
         _ => Ok(()),
     }
-}
-
-/// Consumer groups are not coordinated across brokers yet.
-pub fn groups_unsupported() -> ErrorResponse {
-    error(
-        ErrorCode::InvalidConfig,
-        "consumer groups are not available in cluster mode yet; consume partitions directly",
-    )
 }

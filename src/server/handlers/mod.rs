@@ -25,6 +25,7 @@ pub async fn on_blocking_thread<T: Send + 'static>(
 }
 
 pub mod cluster;
+pub mod cluster_groups;
 pub mod fetch;
 pub mod groups;
 pub mod handshake;
