@@ -868,6 +868,25 @@ async fn brokers_join_and_leave_under_load_without_losing_a_message() {
         moves.iter().all(|(_, to)| *to == Some(4)),
         "a partition moved between old brokers: {moves:?}"
     );
+    // The operator makes the new broker a voter (through the binary), so
+    // that removing an old voter below leaves three.
+    let added = std::process::Command::new(env!("CARGO_BIN_EXE_spool"))
+        .args(["cluster", "add", "4", "--voter", "--addr"])
+        .arg(cluster.brokers[2].addr.to_string())
+        .output()
+        .expect("spool cluster add");
+    assert!(
+        added.status.success(),
+        "cluster add: {}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let voters = |m: &MetadataResponse| -> Vec<u64> {
+        m.brokers.iter().filter(|b| b.voter).map(|b| b.id).collect()
+    };
+    assert_eq!(
+        voters(&metadata(&client).await.expect("metadata")),
+        vec![1, 2, 3, 4]
+    );
 
     let before = leaders_of(&client, "moves").await;
     let removal = client
@@ -896,6 +915,21 @@ async fn brokers_join_and_leave_under_load_without_losing_a_message() {
             .ok_or("broker 2 is still a member".to_string())
     })
     .await;
+    // It left the control plane's voters too: a quorum is two of 1, 3, 4.
+    let status = eventually(Duration::from_secs(10), "broker 2 not a voter", || async {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_spool"))
+            .args(["cluster", "status", "--addr"])
+            .arg(cluster.brokers[0].addr.to_string())
+            .output()
+            .map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let voter_lines = text.lines().filter(|l| l.contains("\tvoter\t")).count();
+        (voter_lines == 3 && !text.contains("\n  2\t"))
+            .then_some(text.clone())
+            .ok_or(text)
+    })
+    .await;
+    eprintln!("{status}");
 
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, std::sync::atomic::Ordering::Release);
@@ -947,10 +981,35 @@ async fn brokers_join_and_leave_under_load_without_losing_a_message() {
     }
     let violations = history::check(&acked, &consumed);
     assert!(violations.is_empty(), "history violations: {violations:?}");
+
+    // With broker 2 out of the voters, losing broker 4 as well leaves a
+    // quorum (1 and 3 of 1, 3, 4); had 2 stayed a voter it would not (2 of
+    // 1, 2, 3, 4).
+    cluster.brokers[1].kill();
+    cluster.brokers[3].kill();
+    let admin = Client::connect_any(
+        &[cluster.brokers[0].addr, cluster.brokers[2].addr],
+        spool::client::ConnectOptions::default(),
+    )
+    .await
+    .expect("connect");
+    eventually(
+        Duration::from_secs(15),
+        "admin with two brokers gone",
+        || async {
+            match admin
+                .create_topic("after-removal", 3, TopicOptions::default())
+                .await
+            {
+                Ok(()) => Ok(()),
+                Err(e) if e.code() == Some(spool::protocol::ErrorCode::TopicExists) => Ok(()),
+                Err(e) => Err(e.to_string()),
+            }
+        },
+    )
+    .await;
 }
 
-/// The history checker finds each kind of broken history (so the tests
-/// that find none are saying something).
 /// A stream-mode group in a cluster: members join the group's coordinator
 /// through different brokers, commit through the control plane, and when
 /// the coordinator's broker is paused past its lease the group moves to
@@ -1196,6 +1255,8 @@ async fn a_stream_group_keeps_its_offsets_when_its_coordinator_is_paused() {
     assert_eq!(errors, 0, "members saw errors across the move");
 }
 
+/// The history checker finds each kind of broken history (so the tests
+/// that find none are saying something).
 #[test]
 fn the_history_checker_catches_lost_duplicated_and_reordered_messages() {
     let acked: Vec<Acked> = (0..4)

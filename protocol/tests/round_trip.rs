@@ -175,6 +175,7 @@ fn request() -> impl Strategy<Value = Request> {
         (any::<u64>(), any::<bool>())
             .prop_map(|(id, force)| Request::RemoveBroker(RemoveBrokerRequest { id, force })),
         name().prop_map(|group| Request::FindCoordinator(FindCoordinatorRequest { group })),
+        any::<u64>().prop_map(|id| Request::AddVoter(AddVoterRequest { id })),
     ]
 }
 
@@ -186,7 +187,7 @@ fn metadata() -> impl Strategy<Value = MetadataResponse> {
             (
                 any::<u64>(),
                 name(),
-                any::<bool>(),
+                any::<(bool, bool)>(),
                 proptest::option::of(any::<u64>()),
             ),
             0..4,
@@ -206,11 +207,12 @@ fn metadata() -> impl Strategy<Value = MetadataResponse> {
                 term,
                 brokers: brokers
                     .into_iter()
-                    .map(|(id, addr, alive, lease_age_ms)| WireBroker {
+                    .map(|(id, addr, (alive, voter), lease_age_ms)| WireBroker {
                         id,
                         addr,
                         alive,
                         lease_age_ms,
+                        voter,
                     })
                     .collect(),
                 topics: topics
@@ -416,6 +418,7 @@ fn response() -> impl Strategy<Value = (u16, Response)> {
             kind::FIND_COORDINATOR,
             Response::FindCoordinator(CoordinatorResponse { id, addr })
         )),
+        Just((kind::ADD_VOTER, Response::Done)),
     ]
 }
 

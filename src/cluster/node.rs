@@ -358,6 +358,35 @@ impl ClusterNode {
         let _ = tokio::time::timeout(ADMIN_TIMEOUT, state.wait_for(|s| done(s))).await;
     }
 
+    /// The control plane's voters.
+    pub fn voters(&self) -> std::collections::BTreeSet<NodeId> {
+        self.control.voters()
+    }
+
+    /// Makes member `id` a voter of the control plane: commits the wish,
+    /// then waits (up to 30 s, while it catches up) until the Raft leader
+    /// has changed the membership and this broker has seen it.
+    pub async fn add_voter(&self, id: NodeId) -> Result<Outcome, ClusterAdminError> {
+        let outcome = self
+            .control
+            .submit(Command::PromoteVoter(id), ADMIN_TIMEOUT)
+            .await?;
+        if let Outcome::Refused(_) = outcome {
+            return Ok(outcome);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !self.voters().contains(&id) {
+            if std::time::Instant::now() > deadline {
+                return Ok(Outcome::Refused(format!(
+                    "broker {id} is not a voter after 30 s: is it running, alive and caught up?"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tracing::info!(broker = %id, "broker is a voter of the control plane");
+        Ok(Outcome::Applied)
+    }
+
     /// Removes a member: drains it first (placement stops choosing it and
     /// its partitions move off), then removes it. With `force`, removes it
     /// at once and gives up the data it holds.

@@ -132,6 +132,9 @@ pub enum Command {
         /// The topic it reads.
         topic: String,
     },
+    /// Make a member a voter of the control plane (the Raft leader then
+    /// changes the Raft membership to match).
+    PromoteVoter(NodeId),
     /// Commit a group's offsets (partition, next offset to read).
     CommitOffsets {
         /// The group.
@@ -188,6 +191,9 @@ pub struct ClusterState {
     pub removed: BTreeSet<NodeId>,
     /// Stream-mode consumer groups by name.
     pub groups: BTreeMap<String, GroupSpec>,
+    /// Members promoted to voters after the cluster started (the initial
+    /// voters are the `--peers` list, in the Raft membership itself).
+    pub promoted: BTreeSet<NodeId>,
 }
 
 impl ClusterState {
@@ -241,6 +247,7 @@ impl ClusterState {
                 }
                 self.members.remove(id);
                 self.leaving.remove(id);
+                self.promoted.remove(id);
                 self.removed.insert(*id);
                 self.leases.remove(&LeaseHolder::Broker(*id));
                 // Forced: each partition it held starts empty on its new
@@ -384,6 +391,18 @@ impl ClusterState {
                     Outcome::Applied
                 }
             },
+            Command::PromoteVoter(id) => {
+                if !self.members.contains_key(id) {
+                    return Outcome::Refused(format!(
+                        "broker {id} is not a member: start it with --node-id {id} and --peers first"
+                    ));
+                }
+                if self.promoted.insert(*id) {
+                    Outcome::Applied
+                } else {
+                    Outcome::Unchanged
+                }
+            }
             Command::CommitOffsets { group, offsets } => {
                 let Some(g) = self.groups.get_mut(group) else {
                     return Outcome::Refused(format!("group {group} not found"));

@@ -481,6 +481,11 @@ async fn dispatch(ctx: &ServerContext, request: Request) -> Result<Response, Err
             Request::FindCoordinator(r) => {
                 return handlers::cluster_groups::find_coordinator(node, r).map(Response::from)
             }
+            Request::AddVoter(r) => {
+                return handlers::cluster::add_voter(node, r)
+                    .await
+                    .map(Response::from)
+            }
             _ => {}
         }
     }
@@ -543,7 +548,7 @@ async fn dispatch(ctx: &ServerContext, request: Request) -> Result<Response, Err
             ErrorCode::Internal,
             "join is dispatched in order, not here",
         )),
-        Request::RemoveBroker(_) => Err(error(
+        Request::RemoveBroker(_) | Request::AddVoter(_) => Err(error(
             ErrorCode::InvalidConfig,
             "this server is a single node, not a cluster",
         )),

@@ -22,6 +22,8 @@ pub struct WireBroker {
     /// How long ago the control plane's leader last heard its heartbeat;
     /// only the leader knows, so only its answer has it.
     pub lease_age_ms: Option<u64>,
+    /// True if it votes in the control plane's Raft group.
+    pub voter: bool,
 }
 
 /// One partition's placement.
@@ -68,13 +70,14 @@ impl Wire for MetadataRequest {
 }
 
 impl Wire for WireBroker {
-    const MIN_LEN: usize = 12;
+    const MIN_LEN: usize = 13;
 
     fn put(&self, b: &mut BytesMut) {
         b.put_u64_le(self.id);
         put_string(b, &self.addr);
         b.put_u8(u8::from(self.alive));
         put_option_u64(b, self.lease_age_ms);
+        b.put_u8(u8::from(self.voter));
     }
 
     fn get(r: &mut Reader) -> Result<Self, DecodeError> {
@@ -87,6 +90,11 @@ impl Wire for WireBroker {
                 _ => return Err(DecodeError::BadValue("alive")),
             },
             lease_age_ms: r.option_u64("lease_age_ms")?,
+            voter: match r.u8("voter")? {
+                0 => false,
+                1 => true,
+                _ => return Err(DecodeError::BadValue("voter")),
+            },
         })
     }
 }
@@ -172,6 +180,28 @@ impl Wire for RemoveBrokerRequest {
                 1 => true,
                 _ => return Err(DecodeError::BadValue("force")),
             },
+        })
+    }
+}
+
+/// Make a member broker a voter of the control plane (its Raft group),
+/// e.g. to grow the voters from 3 to 5. Answered once it votes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AddVoterRequest {
+    /// The broker's id.
+    pub id: u64,
+}
+
+impl Wire for AddVoterRequest {
+    const MIN_LEN: usize = 8;
+
+    fn put(&self, b: &mut BytesMut) {
+        b.put_u64_le(self.id);
+    }
+
+    fn get(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(AddVoterRequest {
+            id: r.u64("broker id")?,
         })
     }
 }

@@ -34,8 +34,8 @@ pub use groups::{
 };
 pub use handshake::{HandshakeRequest, HandshakeResponse};
 pub use metadata::{
-    CoordinatorResponse, FindCoordinatorRequest, MetadataRequest, MetadataResponse,
-    RemoveBrokerRequest, WireBroker, WirePartitionLeader, WireTopicLeaders,
+    AddVoterRequest, CoordinatorResponse, FindCoordinatorRequest, MetadataRequest,
+    MetadataResponse, RemoveBrokerRequest, WireBroker, WirePartitionLeader, WireTopicLeaders,
 };
 pub use produce::{ProduceRequest, ProduceResponse};
 pub use queue::{
@@ -101,6 +101,8 @@ pub mod kind {
     pub const REMOVE_BROKER: u16 = 24;
     /// The broker that coordinates a consumer group.
     pub const FIND_COORDINATOR: u16 = 25;
+    /// Make a member a voter of the control plane.
+    pub const ADD_VOTER: u16 = 26;
 }
 
 /// A request body: its kind number and the type of its successful reply.
@@ -250,6 +252,8 @@ requests! {
     RemoveBroker(RemoveBrokerRequest) = REMOVE_BROKER => ();
     /// The broker that coordinates a group.
     FindCoordinator(FindCoordinatorRequest) = FIND_COORDINATOR => CoordinatorResponse;
+    /// Make a member a voter.
+    AddVoter(AddVoterRequest) = ADD_VOTER => ();
 }
 
 /// Declares the successful replies: one variant per reply type, with the

@@ -1,4 +1,4 @@
-//! `spool cluster status`.
+//! `spool cluster status | add | remove`.
 
 use std::collections::BTreeMap;
 
@@ -8,9 +8,27 @@ use crate::{Failure, DEFAULT_ADDR};
 
 #[derive(clap::Subcommand)]
 pub enum ClusterCommand {
+    /// Add a broker: start it first (`spool serve --node-id N --peers
+    /// <voters> ...`; it joins by heartbeat, and placement moves its share
+    /// of the partitions to it). This waits until it is a live member, and
+    /// with --voter makes it a voter of the control plane (e.g. to grow
+    /// from 3 voters to 5).
+    Add {
+        /// The broker's id.
+        id: u64,
+        /// Also make it a voter.
+        #[arg(long)]
+        voter: bool,
+        /// How long to wait for it to join, in seconds.
+        #[arg(long, default_value_t = 30)]
+        wait: u64,
+        /// A broker, or a comma-separated list of them.
+        #[arg(long, default_value = DEFAULT_ADDR)]
+        addr: String,
+    },
     /// Remove a broker: its partitions move to the others first (each log
-    /// is copied before it switches), then it leaves the cluster. Adding a
-    /// broker is starting it: `spool serve --node-id N --peers <voters>`.
+    /// is copied before it switches), then it leaves the cluster (and the
+    /// control plane's voters, if it was one).
     Remove {
         /// The broker's id.
         id: u64,
@@ -42,6 +60,40 @@ pub async fn run(command: ClusterCommand) -> Result<(), Failure> {
                 .call(&spool::protocol::requests::RemoveBrokerRequest { id, force })
                 .await?;
             println!("removed broker {id}");
+        }
+        ClusterCommand::Add {
+            id,
+            voter,
+            wait,
+            addr,
+        } => {
+            let client = crate::connect(&addr).await?;
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait);
+            loop {
+                let m = client.call(&MetadataRequest).await?;
+                if m.brokers.iter().all(|b| b.id == 0) {
+                    return Err(Failure::refused(
+                        "this server is a single node, not a cluster".to_string(),
+                    ));
+                }
+                if let Some(b) = m.brokers.iter().find(|b| b.id == id && b.alive) {
+                    println!("broker {id} is a live member at {}", b.addr);
+                    break;
+                }
+                if std::time::Instant::now() > deadline {
+                    return Err(Failure::refused(format!(
+                        "broker {id} has not joined within {wait} s: start it with \
+                         `spool serve --node-id {id} --peers <voters> ...`"
+                    )));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            if voter {
+                client
+                    .call(&spool::protocol::requests::AddVoterRequest { id })
+                    .await?;
+                println!("broker {id} is a voter");
+            }
         }
         ClusterCommand::Status { addr } => {
             let client = crate::connect(&addr).await?;
@@ -106,10 +158,11 @@ fn status(m: &MetadataResponse) -> String {
             .map_or_else(|| "heard ?".to_string(), |ms| format!("heard {ms} ms ago"));
         let _ = writeln!(
             out,
-            "  {}\t{}\t{}\t{heard}\tleads {} partitions",
+            "  {}\t{}\t{}\t{}\t{heard}\tleads {} partitions",
             b.id,
             b.addr,
             if b.alive { "alive" } else { "EXPIRED" },
+            if b.voter { "voter" } else { "member" },
             led.get(&b.id).copied().unwrap_or(0)
         );
     }

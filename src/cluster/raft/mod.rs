@@ -11,7 +11,7 @@ mod log_store;
 mod network;
 mod state_machine;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -108,6 +108,8 @@ pub(crate) struct LeaseDesk {
     own_lease_until: parking_lot::Mutex<Option<std::time::Instant>>,
     /// Heartbeats sent while no leader was known (picks the next voter).
     tried: std::sync::atomic::AtomicUsize,
+    /// Set while a Raft membership change is under way (one at a time).
+    changing_voters: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl LeaseDesk {
@@ -267,7 +269,63 @@ impl LeaseDesk {
                     tracing::warn!(error = %e, "lease expiry not committed");
                 }
             }
+            self.match_raft_membership(&state);
         }
+    }
+
+    /// Brings the Raft membership in line with the committed state, one
+    /// change at a time: removed brokers leave it (first as voters, then as
+    /// learners), promoted live members become voters.
+    fn match_raft_membership(&self, state: &ClusterState) {
+        use std::sync::atomic::Ordering;
+        let (voters, learners) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            let membership = m.membership_config.membership();
+            (
+                membership.voter_ids().collect::<BTreeSet<u64>>(),
+                membership.learner_ids().collect::<BTreeSet<u64>>(),
+            )
+        };
+        let removed = |ids: &BTreeSet<u64>| -> BTreeSet<u64> {
+            ids.iter()
+                .copied()
+                .filter(|id| state.removed.contains(&NodeId(*id)))
+                .collect()
+        };
+        let change: openraft::ChangeMembers<u64, BasicNode> = {
+            let (gone_voters, gone_learners) = (removed(&voters), removed(&learners));
+            let promote: BTreeSet<u64> = state
+                .promoted
+                .iter()
+                .map(|n| n.0)
+                .filter(|id| learners.contains(id) && state.is_alive(NodeId(*id)))
+                .collect();
+            // Never remove the last voters: a group with none cannot commit.
+            if !gone_voters.is_empty() && gone_voters.len() < voters.len() {
+                openraft::ChangeMembers::RemoveVoters(gone_voters)
+            } else if !gone_learners.is_empty() {
+                openraft::ChangeMembers::RemoveNodes(gone_learners)
+            } else if !promote.is_empty() {
+                openraft::ChangeMembers::AddVoterIds(promote)
+            } else {
+                return;
+            }
+        };
+        if self.changing_voters.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (raft, changing) = (self.raft.clone(), self.changing_voters.clone());
+        tokio::spawn(async move {
+            tracing::info!(
+                ?change,
+                "changing the Raft membership to match the cluster state"
+            );
+            if let Err(e) = raft.change_membership(change, false).await {
+                tracing::warn!(error = %e, "Raft membership change failed; will retry");
+            }
+            changing.store(false, Ordering::Release);
+        });
     }
 
     /// Heartbeats the leader every [`LEASE_HEARTBEAT`] and records how long
@@ -429,6 +487,7 @@ impl ControlPlane {
             leading_term: parking_lot::Mutex::new(None),
             own_lease_until: parking_lot::Mutex::new(None),
             tried: std::sync::atomic::AtomicUsize::new(0),
+            changing_voters: Arc::default(),
         });
         tokio::spawn(network::serve_peers(
             listener,
@@ -518,6 +577,18 @@ impl ControlPlane {
             .await
             .map(|r| r.data)
             .map_err(|e| ControlPlaneError::Raft(e.to_string()))
+    }
+
+    /// The voters of the Raft group, as this node knows them.
+    pub fn voters(&self) -> BTreeSet<NodeId> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .map(NodeId)
+            .collect()
     }
 
     /// The current Raft leader, if this node knows one.

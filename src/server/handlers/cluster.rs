@@ -3,8 +3,8 @@
 //! control plane.
 
 use spool_protocol::requests::{
-    CreateTopicRequest, DeleteTopicRequest, MetadataResponse, RemoveBrokerRequest, WireBroker,
-    WirePartitionLeader, WireTopicLeaders,
+    AddVoterRequest, CreateTopicRequest, DeleteTopicRequest, MetadataResponse, RemoveBrokerRequest,
+    WireBroker, WirePartitionLeader, WireTopicLeaders,
 };
 use spool_protocol::{ErrorCode, ErrorResponse, PartitionId};
 
@@ -42,6 +42,7 @@ pub fn refusal(why: NotServed, what: &str) -> ErrorResponse {
 pub fn metadata(node: &ClusterNode) -> MetadataResponse {
     let state = node.state();
     let (ages, term) = node.lease_view();
+    let voters = node.voters();
     MetadataResponse {
         epoch: state.placement_epoch,
         controller: node.controller().map(|n| n.0),
@@ -54,6 +55,7 @@ pub fn metadata(node: &ClusterNode) -> MetadataResponse {
                 addr: m.client_addr.clone(),
                 alive: state.is_alive(m.id),
                 lease_age_ms: ages.get(&m.id).map(|a| a.as_millis() as u64),
+                voter: voters.contains(&m.id),
             })
             .collect(),
         topics: state
@@ -83,6 +85,7 @@ pub fn single_node_metadata(broker: &Broker, addr: &str) -> MetadataResponse {
             addr: addr.to_string(),
             alive: true,
             lease_age_ms: None,
+            voter: false,
         }],
         topics: broker
             .list_topics()
@@ -129,6 +132,18 @@ pub fn admin_error(e: &ClusterAdminError) -> ErrorResponse {
     match e {
         ClusterAdminError::Broker(e) => response_for(e),
         ClusterAdminError::Control(e) => error(ErrorCode::ClusterUnavailable, e.to_string()),
+    }
+}
+
+/// Makes a member a voter of the control plane.
+pub async fn add_voter(node: &ClusterNode, request: &AddVoterRequest) -> Result<(), ErrorResponse> {
+    match node
+        .add_voter(crate::cluster::NodeId(request.id))
+        .await
+        .map_err(|e| admin_error(&e))?
+    {
+        crate::cluster::Outcome::Refused(reason) => Err(error(ErrorCode::InvalidConfig, reason)),
+        _ => Ok(()),
     }
 }
 
