@@ -17,10 +17,17 @@ use thiserror::Error;
 use crate::types::Offset;
 use crate::varint::{get_varint, put_varint, varint_len, zigzag_decode, zigzag_encode};
 
-/// Bytes of the fixed batch header that precedes the records.
-pub const HEADER_LEN: usize = 40;
-/// The only batch format version this code writes and reads.
-pub const MAGIC: u8 = 1;
+/// Bytes of the header of a format-1 batch (no producer fields).
+pub const HEADER_LEN_V1: usize = 40;
+/// Bytes of the header of a format-2 batch: format 1's, then the producer
+/// id and the batch's first sequence number.
+pub const HEADER_LEN: usize = 52;
+/// The batch format version this code writes. It reads 1 and 2.
+pub const MAGIC: u8 = 2;
+/// Format 1: written before producers were idempotent; still read.
+pub const MAGIC_V1: u8 = 1;
+/// The producer id of a batch from no idempotent producer.
+pub const NO_PRODUCER: u64 = 0;
 /// Upper bound on a batch's total length. A length field above this is
 /// treated as corruption rather than trusted for an allocation or a scan.
 pub const MAX_BATCH_LEN: usize = 64 * 1024 * 1024;
@@ -35,6 +42,8 @@ const ATTRIBUTES_POS: usize = 17;
 const COUNT_POS: usize = 20;
 const FIRST_TS_POS: usize = 24;
 const MAX_TS_POS: usize = 32;
+const PRODUCER_POS: usize = 40;
+const SEQUENCE_POS: usize = 48;
 
 /// Why a byte string is not a valid batch.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -99,6 +108,14 @@ pub struct BatchHeader {
     pub first_timestamp_ms: i64,
     /// Largest record timestamp in the batch.
     pub max_timestamp_ms: i64,
+    /// The idempotent producer that sent it ([`NO_PRODUCER`]: none, and
+    /// always for format 1).
+    pub producer_id: u64,
+    /// Sequence number of its first record in that producer's stream to
+    /// this partition (each record takes one).
+    pub base_sequence: u32,
+    /// Bytes of the header: where the records start.
+    pub header_len: u32,
 }
 
 impl BatchHeader {
@@ -107,19 +124,32 @@ impl BatchHeader {
     /// Only the header has to be present: storage uses this to learn a
     /// batch's length while scanning before it trusts the rest.
     pub fn parse(buf: &[u8]) -> Result<BatchHeader, BatchError> {
-        if buf.len() < HEADER_LEN {
+        if buf.len() < HEADER_LEN_V1 {
             return Err(BatchError::Truncated {
-                needed: HEADER_LEN,
+                needed: HEADER_LEN_V1,
+                available: buf.len(),
+            });
+        }
+        let header_len = match buf[MAGIC_POS] {
+            MAGIC => HEADER_LEN,
+            MAGIC_V1 => HEADER_LEN_V1,
+            other => return Err(BatchError::BadMagic(other)),
+        };
+        if buf.len() < header_len {
+            return Err(BatchError::Truncated {
+                needed: header_len,
                 available: buf.len(),
             });
         }
         let batch_len = read_u32(buf, LEN_POS);
-        if (batch_len as usize) <= HEADER_LEN || batch_len as usize > MAX_BATCH_LEN {
+        if (batch_len as usize) <= header_len || batch_len as usize > MAX_BATCH_LEN {
             return Err(BatchError::BadLength(u64::from(batch_len)));
         }
-        if buf[MAGIC_POS] != MAGIC {
-            return Err(BatchError::BadMagic(buf[MAGIC_POS]));
-        }
+        let (producer_id, base_sequence) = if header_len == HEADER_LEN {
+            (read_u64(buf, PRODUCER_POS), read_u32(buf, SEQUENCE_POS))
+        } else {
+            (NO_PRODUCER, 0)
+        };
         let attributes = read_u32(buf, MAGIC_POS) >> 8;
         if attributes != 0 {
             return Err(BatchError::BadAttributes(attributes));
@@ -141,7 +171,16 @@ impl BatchHeader {
             record_count,
             first_timestamp_ms: read_u64(buf, FIRST_TS_POS) as i64,
             max_timestamp_ms: read_u64(buf, MAX_TS_POS) as i64,
+            producer_id,
+            base_sequence,
+            header_len: header_len as u32,
         })
+    }
+
+    /// Sequence number of the batch's last record.
+    pub fn last_sequence(&self) -> u32 {
+        self.base_sequence
+            .wrapping_add(self.record_count.wrapping_sub(1))
     }
 
     /// Offset one past the last record: where the next batch starts.
@@ -237,7 +276,7 @@ impl<'a> Batch<'a> {
     /// Iterates the records without allocating.
     pub fn records(&self) -> Records<'a> {
         Records {
-            rest: &self.bytes[HEADER_LEN..],
+            rest: &self.bytes[self.header.header_len as usize..],
             base_offset: self.header.base_offset,
             first_timestamp_ms: self.header.first_timestamp_ms,
             index: 0,
@@ -375,7 +414,7 @@ impl<'a> Iterator for Records<'a> {
 impl ExactSizeIterator for Records<'_> {}
 
 fn check_records(bytes: &[u8], header: &BatchHeader) -> Result<(), BatchError> {
-    let mut rest = &bytes[HEADER_LEN..];
+    let mut rest = &bytes[header.header_len as usize..];
     let mut max_ts = i64::MIN;
     for index in 0..header.record_count {
         let (record, after) = parse_record(rest, index, header.first_timestamp_ms, Offset(0))?;
@@ -599,8 +638,15 @@ impl BatchBuilder {
     }
 
     /// Writes the header and CRC and returns the finished batch, with base
-    /// offset 0 (the broker assigns the real one).
+    /// offset 0 (the broker assigns the real one), from no idempotent
+    /// producer.
     pub fn finish(self) -> Result<Bytes, BatchError> {
+        self.finish_from(NO_PRODUCER, 0)
+    }
+
+    /// Like [`BatchBuilder::finish`], for an idempotent producer: its id and
+    /// the sequence number of this batch's first record.
+    pub fn finish_from(self, producer_id: u64, base_sequence: u32) -> Result<Bytes, BatchError> {
         let mut buf = self.buf;
         if self.record_count == 0 {
             return Err(BatchError::Empty);
@@ -612,6 +658,8 @@ impl BatchBuilder {
         buf[COUNT_POS..COUNT_POS + 4].copy_from_slice(&self.record_count.to_le_bytes());
         buf[FIRST_TS_POS..FIRST_TS_POS + 8].copy_from_slice(&self.first_timestamp_ms.to_le_bytes());
         buf[MAX_TS_POS..MAX_TS_POS + 8].copy_from_slice(&self.max_timestamp_ms.to_le_bytes());
+        buf[PRODUCER_POS..PRODUCER_POS + 8].copy_from_slice(&producer_id.to_le_bytes());
+        buf[SEQUENCE_POS..SEQUENCE_POS + 4].copy_from_slice(&base_sequence.to_le_bytes());
         let crc = crc32fast::hash(&buf[CRC_START..]);
         buf[CRC_POS..CRC_POS + 4].copy_from_slice(&crc.to_le_bytes());
         Ok(buf.freeze())
@@ -759,16 +807,18 @@ mod tests {
         let mut b = BatchBuilder::new();
         b.push(1_700_000_000_000, Some(b"k"), b"hi", &[(b"h", b"v")])
             .unwrap();
-        let mut bytes = b.finish().unwrap().to_vec();
+        let mut bytes = b.finish_from(7, 3).unwrap().to_vec();
         set_base_offset(&mut bytes, Offset(5));
         let expected: Vec<u8> = [
             &[5, 0, 0, 0, 0, 0, 0, 0][..],
-            &[0x35, 0, 0, 0],
-            &[0xda, 0x28, 0xb5, 0xad],
-            &[1, 0, 0, 0],
+            &[0x41, 0, 0, 0],
+            &[0x58, 0xdf, 0x92, 0xfd],
+            &[2, 0, 0, 0],
             &[1, 0, 0, 0],
             &[0x00, 0x68, 0xe5, 0xcf, 0x8b, 0x01, 0, 0],
             &[0x00, 0x68, 0xe5, 0xcf, 0x8b, 0x01, 0, 0],
+            &[7, 0, 0, 0, 0, 0, 0, 0],
+            &[3, 0, 0, 0],
             &[
                 0x0c, 0x00, 0x00, 0x02, 0x6b, 0x02, 0x68, 0x69, 0x01, 0x01, 0x68, 0x01, 0x76,
             ],
@@ -786,6 +836,31 @@ mod tests {
                 .collect::<Vec<_>>()
                 .join(" ")
         );
+    }
+
+    /// A format-1 batch (written before producers were idempotent) still
+    /// reads: the documented example of that version, byte for byte.
+    #[test]
+    fn format_one_batches_still_read() {
+        let bytes: Vec<u8> = [
+            &[5, 0, 0, 0, 0, 0, 0, 0][..],
+            &[0x35, 0, 0, 0],
+            &[0xda, 0x28, 0xb5, 0xad],
+            &[1, 0, 0, 0],
+            &[1, 0, 0, 0],
+            &[0x00, 0x68, 0xe5, 0xcf, 0x8b, 0x01, 0, 0],
+            &[0x00, 0x68, 0xe5, 0xcf, 0x8b, 0x01, 0, 0],
+            &[
+                0x0c, 0x00, 0x00, 0x02, 0x6b, 0x02, 0x68, 0x69, 0x01, 0x01, 0x68, 0x01, 0x76,
+            ],
+        ]
+        .concat();
+        let batch = Batch::validate(&bytes).expect("a valid format-1 batch");
+        assert_eq!(batch.header().header_len as usize, HEADER_LEN_V1);
+        assert_eq!(batch.header().producer_id, NO_PRODUCER);
+        let record = batch.records().next().expect("one record");
+        assert_eq!(record.offset, Offset(5));
+        assert_eq!(record.value, b"hi");
     }
 
     #[test]

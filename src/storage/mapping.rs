@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use memmap2::{MmapOptions, MmapRaw};
-use spool_protocol::batch::{set_base_offset, HEADER_LEN};
+use spool_protocol::batch::{set_base_offset, HEADER_LEN_V1};
 use spool_protocol::Offset;
 
 use super::faults;
@@ -99,7 +99,7 @@ impl SegmentMap {
     /// the segment's single writer calls this, above the published length;
     /// the caller publishes the bytes afterwards.
     pub(crate) fn write_batch(&self, pos: usize, batch: &[u8], base: Offset) {
-        assert!(batch.len() >= HEADER_LEN, "a batch has at least a header");
+        assert!(batch.len() >= HEADER_LEN_V1, "a batch has at least a header");
         assert!(
             pos.checked_add(batch.len())
                 .is_some_and(|end| end <= self.len()),
@@ -113,7 +113,7 @@ impl SegmentMap {
         unsafe {
             let dst = self.0.as_mut_ptr().add(pos);
             std::ptr::copy_nonoverlapping(batch.as_ptr(), dst, batch.len());
-            set_base_offset(std::slice::from_raw_parts_mut(dst, HEADER_LEN), base);
+            set_base_offset(std::slice::from_raw_parts_mut(dst, HEADER_LEN_V1), base);
         }
     }
 

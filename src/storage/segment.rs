@@ -26,7 +26,7 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 
 use bytes::Bytes;
-use spool_protocol::batch::{self, BatchHeader, HEADER_LEN};
+use spool_protocol::batch::{self, BatchHeader, HEADER_LEN_V1};
 use spool_protocol::Offset;
 
 use super::faults;
@@ -750,7 +750,7 @@ fn scan(
             break None;
         }
         let rest = &bytes[pos as usize..];
-        let head = &rest[..rest.len().min(HEADER_LEN)];
+        let head = &rest[..rest.len().min(HEADER_LEN_V1)];
         if head.iter().all(|&b| b == 0) {
             break None;
         }
