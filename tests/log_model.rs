@@ -1,5 +1,9 @@
 //! Property test: random sequences of appends (rolling small segments),
 //! clean and unclean reopens and reads agree with a plain in-memory model.
+//! Every batch comes from one idempotent producer; retries of any of its
+//! recent batches (across rolls and reopens) are answered with their
+//! original offsets and store nothing, and a batch that skips a sequence
+//! number is refused.
 
 use proptest::prelude::*;
 use spool::protocol::batch::Batches;
@@ -14,13 +18,23 @@ enum Op {
     Reopen { clean: bool },
     /// Read from `model_len * fraction` with a byte limit.
     Read { fraction: f64, max_bytes: u64 },
+    /// Send one of the producer's recent batches again (`back` batches
+    /// before the last).
+    Retry { back: usize },
+    /// Send a batch whose sequence skips one number.
+    Gap,
 }
+
+/// The producer every batch comes from.
+const PRODUCER: u64 = 77;
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         6 => proptest::collection::vec(0usize..700, 1..12).prop_map(Op::Append),
         1 => any::<bool>().prop_map(|clean| Op::Reopen { clean }),
         3 => (0.0f64..=1.0, 1u64..20_000).prop_map(|(fraction, max_bytes)| Op::Read { fraction, max_bytes }),
+        2 => (0usize..spool::storage::producers::RECENT_BATCHES).prop_map(|back| Op::Retry { back }),
+        1 => Just(Op::Gap),
     ]
 }
 
@@ -42,17 +56,46 @@ fn run(ops: Vec<Op>, sync: SyncPolicy) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
     let mut log = PartitionLog::open(dir.path(), config(sync), false).unwrap();
     let mut model: Vec<Vec<u8>> = Vec::new();
+    // The producer's batches as sent, with the offsets they got.
+    let mut sent: Vec<(bytes::Bytes, Offset)> = Vec::new();
     for op in ops {
         match op {
+            Op::Retry { back } => {
+                let Some((bytes, base)) = sent.iter().rev().nth(back).cloned() else {
+                    continue;
+                };
+                let info = log.append(Batch::validate(&bytes).unwrap()).unwrap();
+                prop_assert!(info.duplicate, "a retry was appended again");
+                prop_assert_eq!(info.base_offset, base);
+                prop_assert_eq!(log.next_offset(), Offset(model.len() as u64));
+            }
+            // A producer the partition has never seen starts anywhere.
+            Op::Gap if sent.is_empty() => {}
+            Op::Gap => {
+                let mut b = BatchBuilder::new();
+                b.push(0, None, b"gap", &[]).unwrap();
+                let bytes = b.finish_from(PRODUCER, model.len() as u32 + 1).unwrap();
+                let refused = log.append(Batch::validate(&bytes).unwrap());
+                prop_assert!(
+                    matches!(
+                        refused,
+                        Err(spool::storage::StorageError::OutOfOrderSequence { .. })
+                    ),
+                    "{:?}",
+                    refused
+                );
+            }
             Op::Append(lens) => {
                 let mut b = BatchBuilder::new();
                 for (i, len) in lens.iter().enumerate() {
                     b.push(i as i64, None, &value(model.len() + i, *len), &[])
                         .unwrap();
                 }
-                let bytes = b.finish().unwrap();
+                let bytes = b.finish_from(PRODUCER, model.len() as u32).unwrap();
                 let info = log.append(Batch::validate(&bytes).unwrap()).unwrap();
+                prop_assert!(!info.duplicate);
                 prop_assert_eq!(info.base_offset, Offset(model.len() as u64));
+                sent.push((bytes, info.base_offset));
                 for len in &lens {
                     model.push(value(model.len(), *len));
                 }

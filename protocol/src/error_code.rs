@@ -47,6 +47,10 @@ pub enum ErrorCode {
     NoSpace = 24,
     /// Another storage failure.
     StorageError = 25,
+    /// An idempotent producer's batch does not follow its previous one to
+    /// the partition (a predecessor has not arrived yet). Nothing was
+    /// stored; retry after the earlier batches.
+    OutOfOrderSequence = 26,
     /// The server is shutting down; retry against it later.
     ShuttingDown = 30,
     /// The server has too many connections.
@@ -94,6 +98,7 @@ impl ErrorCode {
             23 => CorruptData,
             24 => NoSpace,
             25 => StorageError,
+            26 => OutOfOrderSequence,
             30 => ShuttingDown,
             31 => TooManyConnections,
             32 => LimitReached,
@@ -115,6 +120,7 @@ impl ErrorCode {
                 | ErrorCode::NotLeader
                 | ErrorCode::PartitionUnavailable
                 | ErrorCode::ClusterUnavailable
+                | ErrorCode::OutOfOrderSequence
         )
     }
 }

@@ -668,10 +668,7 @@ fn lock_directory(dir: &Path) -> Result<File, BrokerError> {
 
 /// Builds one batch from owned messages.
 pub(crate) fn build_batch(messages: &[Message]) -> Result<Bytes, BrokerError> {
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
+    let now_ms = crate::storage::wall_clock_ms();
     let size: usize = messages.iter().map(|m| m.value.len() + 16).sum();
     let mut builder = BatchBuilder::with_capacity(size + 64);
     let mut headers: Vec<(&[u8], &[u8])> = Vec::new();

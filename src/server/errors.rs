@@ -28,6 +28,7 @@ pub fn code_for(err: &BrokerError) -> ErrorCode {
             StorageError::NoSpace { .. } => ErrorCode::NoSpace,
             StorageError::InvalidBatch(_) => ErrorCode::InvalidBatch,
             StorageError::InvalidConfig(_) => ErrorCode::InvalidConfig,
+            StorageError::OutOfOrderSequence { .. } => ErrorCode::OutOfOrderSequence,
             StorageError::Io { .. } | StorageError::Metadata { .. } => ErrorCode::StorageError,
         },
     }

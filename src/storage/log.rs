@@ -22,11 +22,12 @@ use parking_lot::{Mutex, MutexGuard, RwLock};
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use spool_protocol::batch::{Records, MAX_BATCH_LEN};
+use spool_protocol::batch::{BatchHeader, Records, MAX_BATCH_LEN};
 use spool_protocol::{Batch, BatchError, Offset, Record};
 
+use super::producers::{ProducerTable, Sequenced};
 use super::segment::{self, ActiveFile, Segment};
-use super::{monotonic_ms, LogConfig, StorageError, SyncPolicy};
+use super::{monotonic_ms, wall_clock_ms, LogConfig, StorageError, SyncPolicy};
 
 /// Newest bytes of an active segment kept mapped (the tail consumers read).
 const ACTIVE_RESIDENT_BYTES: u64 = 64 * 1024;
@@ -38,6 +39,10 @@ pub struct AppendInfo {
     pub base_offset: Offset,
     /// Offset after its last record.
     pub next_offset: Offset,
+    /// True if the batch was a retry of one its idempotent producer had
+    /// appended already: nothing was appended, and these are the offsets
+    /// it got then.
+    pub duplicate: bool,
 }
 
 /// The answer to a read.
@@ -111,6 +116,9 @@ impl<'a> Iterator for FetchedRecords<'a> {
 struct Writer {
     active: Arc<Segment>,
     file: ActiveFile,
+    /// Idempotent producers' recent batches: checked and updated with
+    /// every append, under this lock.
+    producers: ProducerTable,
 }
 
 /// One partition's log. See the module docs.
@@ -200,10 +208,15 @@ impl PartitionLog {
         segments.push(active.clone());
         let start = segments[0].base();
         let next = file.next_offset();
-        Ok(PartitionLog {
+        let active_base = active.base();
+        let log = PartitionLog {
             dir: dir.to_path_buf(),
             config,
-            writer: Mutex::new(Writer { active, file }),
+            writer: Mutex::new(Writer {
+                active,
+                file,
+                producers: ProducerTable::default(),
+            }),
             segments: RwLock::new(segments),
             flush_lock: Mutex::new(()),
             start_offset: AtomicU64::new(start.0),
@@ -213,7 +226,47 @@ impl PartitionLog {
             flushes: AtomicU64::new(0),
             failed: AtomicBool::new(false),
             visible_end_moved: tokio::sync::Notify::new(),
-        })
+        };
+        // The producers' table as of the active segment's start (nothing
+        // before it when the log starts there), then its batches.
+        let (table, scan_from) = match ProducerTable::load(dir, active_base) {
+            Some(table) => (table, active_base),
+            None if active_base == start => (ProducerTable::default(), active_base),
+            None => {
+                tracing::info!(dir = %dir.display(), "no producer snapshot for the active segment: scanning the whole log");
+                (ProducerTable::default(), start)
+            }
+        };
+        let table = log.replay_producers(table, scan_from)?;
+        log.lock_writer().producers = table;
+        Ok(log)
+    }
+
+    /// `table` brought up to the log's end by the batches from `from` on.
+    fn replay_producers(
+        &self,
+        mut table: ProducerTable,
+        from: Offset,
+    ) -> Result<ProducerTable, StorageError> {
+        let mut offset = from;
+        let end = self.next_offset();
+        let now_ms = wall_clock_ms();
+        while offset < end {
+            let fetched = self.read(offset, 4 << 20)?;
+            if fetched.batches.is_empty() {
+                break;
+            }
+            let mut rest: &[u8] = &fetched.batches;
+            while !rest.is_empty() {
+                let header = BatchHeader::parse(rest)?;
+                if header.next_offset() > offset {
+                    table.record(&header, now_ms);
+                }
+                rest = rest.get(header.batch_len as usize..).unwrap_or_default();
+            }
+            offset = fetched.next_offset;
+        }
+        Ok(table)
     }
 
     /// The log's directory.
@@ -296,6 +349,26 @@ impl PartitionLog {
         let bytes = batch.bytes();
         let len = bytes.len() as u64;
         let mut writer = self.lock_writer();
+        match writer.producers.check(batch.header()) {
+            Sequenced::New => {}
+            Sequenced::Duplicate {
+                base_offset,
+                next_offset,
+            } => {
+                return Ok(AppendInfo {
+                    base_offset,
+                    next_offset,
+                    duplicate: true,
+                })
+            }
+            Sequenced::OutOfOrder { expected, got } => {
+                return Err(StorageError::OutOfOrderSequence {
+                    producer: batch.header().producer_id,
+                    expected,
+                    got,
+                })
+            }
+        }
         if writer.file.position() > 0
             && writer.file.position() + len > self.config.segment_size_bytes
         {
@@ -311,6 +384,11 @@ impl PartitionLog {
             "a batch must start at the log's end"
         );
         debug_assert!(next_offset > base_offset);
+        if batch.header().producer_id != spool_protocol::batch::NO_PRODUCER {
+            let mut stored = *batch.header();
+            stored.base_offset = base_offset;
+            writer.producers.record(&stored, wall_clock_ms());
+        }
         self.next_offset.store(next_offset.0, Ordering::Release);
         if self.config.sync == SyncPolicy::Never {
             // Nothing will ever flush explicitly; durable means "in the page
@@ -323,12 +401,25 @@ impl PartitionLog {
         Ok(AppendInfo {
             base_offset,
             next_offset,
+            duplicate: false,
         })
     }
 
     /// Seals the active segment and starts a new one at the next offset.
     fn roll(&self, writer: &mut MutexGuard<'_, Writer>) -> Result<(), StorageError> {
         let base = writer.file.next_offset();
+        // The producers as of the new segment's start: recovery loads this
+        // and scans only the new segment. Losing it costs a longer scan.
+        let old_base = writer.active.base();
+        writer.producers.expire(wall_clock_ms());
+        match writer.producers.save(&self.dir, base) {
+            Ok(()) => {
+                let _ = fs::remove_file(super::producers::snapshot_path(&self.dir, old_base));
+            }
+            Err(e) => {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "cannot write the producer snapshot")
+            }
+        }
         // Create the new segment first: if the disk is full the old one
         // stays active and untouched.
         let (active, file) = Segment::create(

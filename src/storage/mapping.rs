@@ -99,7 +99,10 @@ impl SegmentMap {
     /// the segment's single writer calls this, above the published length;
     /// the caller publishes the bytes afterwards.
     pub(crate) fn write_batch(&self, pos: usize, batch: &[u8], base: Offset) {
-        assert!(batch.len() >= HEADER_LEN_V1, "a batch has at least a header");
+        assert!(
+            batch.len() >= HEADER_LEN_V1,
+            "a batch has at least a header"
+        );
         assert!(
             pos.checked_add(batch.len())
                 .is_some_and(|end| end <= self.len()),

@@ -14,11 +14,12 @@ mod index;
 mod log;
 mod mapping;
 pub(crate) mod meta_file;
+pub mod producers;
 mod segment;
 
 use std::io;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use spool_protocol::{BatchError, Offset};
 use thiserror::Error;
@@ -144,6 +145,26 @@ pub enum StorageError {
     /// A configuration value is out of range.
     #[error("invalid log configuration: {0}")]
     InvalidConfig(String),
+    /// An idempotent producer's batch does not follow its last one: a
+    /// predecessor has not arrived yet (retry after it), or it is older
+    /// than anything remembered. Nothing was appended.
+    #[error("producer {producer}: batch starts at sequence {got}, expected {expected}")]
+    OutOfOrderSequence {
+        /// The producer.
+        producer: u64,
+        /// The sequence number the partition expects from it next.
+        expected: u32,
+        /// The batch's first.
+        got: u32,
+    },
+}
+
+/// Milliseconds since the Unix epoch by the wall clock (batch timestamps
+/// are on this clock; 0 if the clock is before 1970).
+pub fn wall_clock_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 impl StorageError {
