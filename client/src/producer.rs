@@ -19,17 +19,34 @@
 //! robin each time one of its batches leaves, so unkeyed traffic fills
 //! whole batches and still spreads evenly.
 //!
+//! Idempotence (on by default, as in Kafka since 3.0): the producer gets an
+//! id from the broker and numbers its records per partition; each batch
+//! carries its first number. The broker stores a batch once however often
+//! it is retried (a retry after a lost answer gets the original offsets)
+//! and refuses a batch whose predecessor has not arrived, so retries never
+//! reorder a partition. At most [`IDEMPOTENCE_WINDOW`] batches per
+//! partition are in flight, the number the broker remembers. A batch that
+//! fails for good (a non-retriable error, or retries for longer than
+//! `delivery_timeout`) makes the producer start over with a new id, since
+//! the broker would refuse everything after the gap it leaves.
+//!
 //! Ordering: batches to one partition are sent in order on one connection
-//! and the server applies them in arrival order. A batch retried after a
-//! retriable error may land after batches sent later (as in Kafka without
-//! idempotence); use `max_in_flight = 1` where that matters.
+//! and the server applies them in arrival order; with idempotence, retries
+//! keep that order. Without it, a batch retried after a retriable error may
+//! land after batches sent later.
+//!
+//! [`IDEMPOTENCE_WINDOW`]: spool_protocol::batch::IDEMPOTENCE_WINDOW
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use spool_protocol::requests::ProduceRequest;
+use spool_protocol::batch::{IDEMPOTENCE_WINDOW, NO_PRODUCER};
+use spool_protocol::requests::{InitProducerRequest, ProduceRequest};
+use spool_protocol::ErrorCode;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio::time::Instant;
 
@@ -47,10 +64,16 @@ pub struct ProducerConfig {
     pub linger: Duration,
     /// Batches on the wire at once (backpressure beyond that).
     pub max_in_flight: usize,
-    /// Attempts for a batch that fails with a retriable error.
+    /// Attempts for a batch that fails with a retriable error (waiting
+    /// for an earlier batch of the partition does not count).
     pub retries: u32,
+    /// Longest a batch is retried before it fails.
+    pub delivery_timeout: Duration,
     /// Messages held in unsent batches before `send` waits.
     pub queue_messages: usize,
+    /// Store each batch once, however often it is retried, and never
+    /// reorder a partition by a retry (see the module docs).
+    pub idempotent: bool,
 }
 
 impl Default for ProducerConfig {
@@ -59,8 +82,10 @@ impl Default for ProducerConfig {
             batch_bytes: 256 * 1024,
             linger: Duration::ZERO,
             max_in_flight: 64,
-            retries: 3,
+            retries: 10,
+            delivery_timeout: Duration::from_secs(30),
             queue_messages: 64 * 1024,
+            idempotent: true,
         }
     }
 }
@@ -74,6 +99,22 @@ struct Shared {
     wake: Notify,
     /// One permit per message the unsent batches may still take.
     queue_space: Semaphore,
+    /// The idempotent producer's id: 0 until the broker gave one (or with
+    /// idempotence off), and again after a batch failed for good.
+    producer_id: AtomicU64,
+    /// Per partition: the next sequence number under `producer_id`, and
+    /// the window of batches in flight.
+    sequences: Mutex<HashMap<(Arc<str>, u32), Sequence>>,
+}
+
+struct Sequence {
+    next: u32,
+    window: Arc<Semaphore>,
+    /// Settles when the partition's latest batch has given back its place
+    /// in the window. Places are given back in sequence order, so a batch
+    /// still being retried keeps every later one within the window the
+    /// broker remembers.
+    last_done: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 impl Shared {
@@ -112,6 +153,8 @@ impl Producer {
             config,
             acc: Mutex::new(Accumulator::default()),
             wake: Notify::new(),
+            producer_id: AtomicU64::new(NO_PRODUCER),
+            sequences: Mutex::default(),
         });
         tokio::spawn(run_sender(shared.clone()));
         Producer {
@@ -199,6 +242,9 @@ impl Producer {
     async fn add_topic(&self, topic: &str) -> Result<usize, ClientError> {
         let shared = &self.handle.0;
         shared.client.learn_routes().await;
+        if shared.config.idempotent {
+            ensure_producer_id(shared).await?;
+        }
         let described = shared.client.describe_topic(topic).await?;
         let partitions = described.partitions.len();
         if partitions == 0 {
@@ -265,9 +311,29 @@ async fn run_sender(shared: Arc<Shared>) {
     }
 }
 
+/// Gets a producer id from the broker if the producer has none (at the
+/// start, or after a batch failed for good), starting every partition's
+/// sequence over.
+async fn ensure_producer_id(shared: &Shared) -> Result<u64, ClientError> {
+    let known = shared.producer_id.load(Ordering::Acquire);
+    if known != NO_PRODUCER {
+        return Ok(known);
+    }
+    let id = shared.client.call(&InitProducerRequest).await?.producer_id;
+    if id == NO_PRODUCER {
+        return Err(ClientError::Protocol(
+            "the broker gave producer id 0".into(),
+        ));
+    }
+    shared.sequences.lock().clear();
+    shared.producer_id.store(id, Ordering::Release);
+    tracing::debug!(producer_id = id, "idempotent producer id");
+    Ok(id)
+}
+
 /// Sends one batch: queued on the connection now (keeping per-partition
 /// order), its answer awaited (and the batch retried) in a task of its own.
-async fn dispatch(shared: &Shared, batch: Ready, permit: OwnedSemaphorePermit) {
+async fn dispatch(shared: &Arc<Shared>, batch: Ready, permit: OwnedSemaphorePermit) {
     let Ready {
         topic,
         partition,
@@ -275,10 +341,40 @@ async fn dispatch(shared: &Shared, batch: Ready, permit: OwnedSemaphorePermit) {
         outcome,
         ..
     } = batch;
-    let bytes = match builder.finish() {
+    // Idempotent: number the batch and take a place in its partition's
+    // window (waiting, in order, if the window is full).
+    let (producer_id, window) = if shared.config.idempotent {
+        let id = match ensure_producer_id(shared).await {
+            Ok(id) => id,
+            Err(err) => return outcome.complete(Err(err)),
+        };
+        let (done, done_rx) = tokio::sync::oneshot::channel();
+        let (sequence, window, previous) = {
+            let mut sequences = shared.sequences.lock();
+            let s = sequences
+                .entry((topic.clone(), partition))
+                .or_insert_with(|| Sequence {
+                    next: 0,
+                    window: Arc::new(Semaphore::new(IDEMPOTENCE_WINDOW)),
+                    last_done: None,
+                });
+            let sequence = s.next;
+            s.next = s.next.wrapping_add(builder.record_count());
+            let previous = s.last_done.replace(done_rx);
+            (sequence, s.window.clone(), previous)
+        };
+        let Ok(place) = window.acquire_owned().await else {
+            return outcome.complete(Err(ClientError::Disconnected("producer stopped".into())));
+        };
+        ((id, sequence), Some((place, previous, done)))
+    } else {
+        ((NO_PRODUCER, 0), None)
+    };
+    let bytes = match builder.finish_from(producer_id.0, producer_id.1) {
         Ok(bytes) => bytes,
         Err(err) => return outcome.complete(Err(ClientError::Invalid(err.to_string()))),
     };
+    let producer_id = producer_id.0;
     let request = ProduceRequest {
         topic: topic.to_string(),
         partition,
@@ -289,24 +385,60 @@ async fn dispatch(shared: &Shared, batch: Ready, permit: OwnedSemaphorePermit) {
         Ok(conn) => conn.start(&request).await,
         Err(err) => Err(err),
     };
-    let retries = shared.config.retries;
+    let shared = shared.clone();
     tokio::spawn(async move {
+        let started = Instant::now();
+        let (retries, timeout) = (shared.config.retries, shared.config.delivery_timeout);
         let mut result = match first {
             Ok(response) => response.await,
             Err(err) => Err(err),
         };
-        let mut attempt = 0;
+        let mut attempt = 0u32;
+        let mut waits = 0u32;
         while let Err(err) = &result {
-            if !err.is_retriable() || attempt >= retries {
+            // Refused until an earlier batch lands: not a failure of this
+            // one, so it costs no attempt, only time.
+            let waiting = err.code() == Some(ErrorCode::OutOfOrderSequence);
+            let restarted = producer_id != NO_PRODUCER
+                && shared.producer_id.load(Ordering::Acquire) != producer_id;
+            if !err.is_retriable()
+                || started.elapsed() >= timeout
+                || (!waiting && attempt >= retries)
+                || (waiting && restarted)
+            {
                 break;
             }
-            attempt += 1;
-            client.note_error(err).await;
-            tokio::time::sleep(Duration::from_millis(50 << attempt.min(5))).await;
+            let pause = if waiting {
+                waits += 1;
+                Duration::from_millis(5 << waits.min(6))
+            } else {
+                attempt += 1;
+                client.note_error(err).await;
+                Duration::from_millis(50 << attempt.min(5))
+            };
+            tokio::time::sleep(pause).await;
             result = client.call_partition(&topic, partition, &request).await;
+        }
+        if result.is_err() && producer_id != NO_PRODUCER {
+            // The broker will refuse every later batch of this partition
+            // under this id (they would follow a gap): start over.
+            let _ = shared.producer_id.compare_exchange(
+                producer_id,
+                NO_PRODUCER,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
         }
         let result = result.map(|stored| stored.base_offset);
         outcome.complete(result);
         drop(permit);
+        if let Some((place, previous, done)) = window {
+            if let Some(previous) = previous {
+                // Settled or dropped: either way it no longer holds a place.
+                let _ = previous.await;
+            }
+            drop(place);
+            let _ = done.send(());
+        }
     });
 }

@@ -176,6 +176,7 @@ fn request() -> impl Strategy<Value = Request> {
             .prop_map(|(id, force)| Request::RemoveBroker(RemoveBrokerRequest { id, force })),
         name().prop_map(|group| Request::FindCoordinator(FindCoordinatorRequest { group })),
         any::<u64>().prop_map(|id| Request::AddVoter(AddVoterRequest { id })),
+        Just(Request::InitProducer(InitProducerRequest)),
     ]
 }
 
@@ -419,6 +420,10 @@ fn response() -> impl Strategy<Value = (u16, Response)> {
             Response::FindCoordinator(CoordinatorResponse { id, addr })
         )),
         Just((kind::ADD_VOTER, Response::Done)),
+        any::<u64>().prop_map(|producer_id| (
+            kind::INIT_PRODUCER,
+            Response::InitProducer(InitProducerResponse { producer_id })
+        )),
     ]
 }
 

@@ -178,6 +178,8 @@ struct Inner {
     closed: AtomicBool,
     /// Holds the directory's flock until the broker is closed.
     lock: Mutex<Option<File>>,
+    /// Ids for idempotent producers.
+    producer_ids: super::producer_ids::ProducerIds,
 }
 
 impl Broker {
@@ -247,6 +249,8 @@ impl Broker {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(1);
+        let producer_ids = super::producer_ids::ProducerIds::open(&dir)
+            .map_err(|e| storage("opening producer ids", e))?;
         Ok(Broker {
             inner: Arc::new(Inner {
                 dir,
@@ -258,8 +262,24 @@ impl Broker {
                 admin: Mutex::new(()),
                 closed: AtomicBool::new(false),
                 lock: Mutex::new(Some(lock)),
+                producer_ids,
             }),
         })
+    }
+
+    /// A new id for an idempotent producer: batches it finishes with
+    /// [`BatchBuilder::finish_from`] and consecutive sequence numbers per
+    /// partition are stored once however often they are retried. Unique
+    /// for the life of the data directory (below 2^40).
+    pub fn init_producer(&self) -> Result<u64, BrokerError> {
+        self.check_open()?;
+        self.inner
+            .producer_ids
+            .next()
+            .map_err(|source| BrokerError::Storage {
+                context: "allocating a producer id".into(),
+                source,
+            })
     }
 
     /// The data directory.

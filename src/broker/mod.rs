@@ -7,6 +7,7 @@
 mod broker;
 mod clock;
 mod group;
+mod producer_ids;
 mod topic;
 
 use std::path::PathBuf;
@@ -22,6 +23,7 @@ pub use self::group::queue_state::{MemberId, SettleResult};
 pub use self::group::{
     DeliveredMessage, GroupConfig, GroupInfo, GroupMode, GroupPartitionInfo, ResetTo,
 };
+pub use self::producer_ids::ID_BITS as PRODUCER_ID_BITS;
 pub use self::topic::{PartitionOffsets, TopicConfig, TopicInfo};
 
 /// Everything a broker call can fail with.

@@ -555,6 +555,13 @@ async fn dispatch(ctx: &ServerContext, request: Request) -> Result<Response, Err
         Request::Metadata(_) => {
             Ok(handlers::cluster::single_node_metadata(broker, &ctx.advertised).into())
         }
+        Request::InitProducer(_) => {
+            let node = ctx.cluster.as_ref().map_or(0, |n| n.id().0);
+            handlers::on_blocking_thread(broker, move |broker| {
+                handlers::produce::init_producer(broker, node).map(Response::from)
+            })
+            .await
+        }
         Request::FindCoordinator(_) => Ok(CoordinatorResponse {
             id: 0,
             addr: ctx.advertised.clone(),

@@ -23,7 +23,7 @@ use super::StorageError;
 /// Batches remembered per producer: a retry of any of the producer's last
 /// this-many batches to the partition is recognised. The client keeps at
 /// most this many batches in flight per partition.
-pub const RECENT_BATCHES: usize = 8;
+pub const RECENT_BATCHES: usize = spool_protocol::batch::IDEMPOTENCE_WINDOW;
 /// Producers remembered per partition; past it the longest idle is
 /// forgotten (its retries then count as new, as after expiry).
 pub const MAX_PRODUCERS: usize = 10_000;

@@ -1,6 +1,9 @@
 //! A TCP proxy for fault tests: forwards connections to a target until it
-//! is cut, then drops every connection and refuses new ones until healed.
-//! It runs on its own thread, so a busy test runtime cannot stall it.
+//! is cut, then drops every connection and refuses new ones until healed;
+//! or, armed with `lose_next_reply`, drops the connection carrying the
+//! target's next answer instead of forwarding it (the request was served,
+//! the client never hears so). It runs on its own thread, so a busy test
+//! runtime cannot stall it.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,6 +18,7 @@ pub struct Proxy {
     /// Where to connect to reach the target through this proxy.
     pub addr: SocketAddr,
     cut: Arc<AtomicBool>,
+    lose_reply: Arc<AtomicBool>,
     links: Arc<Mutex<Vec<AbortHandle>>>,
 }
 
@@ -25,8 +29,9 @@ impl Proxy {
         std_listener.set_nonblocking(true).expect("nonblocking");
         let addr = std_listener.local_addr().expect("proxy addr");
         let cut = Arc::new(AtomicBool::new(false));
+        let lose_reply = Arc::new(AtomicBool::new(false));
         let links: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
-        let (cut2, links2) = (cut.clone(), links.clone());
+        let (cut2, links2, lose2) = (cut.clone(), links.clone(), lose_reply.clone());
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -42,18 +47,54 @@ impl Proxy {
                         drop(inbound);
                         continue;
                     }
+                    let lose = lose2.clone();
                     let task = tokio::spawn(async move {
-                        let Ok(mut outbound) = TcpStream::connect(target).await else {
+                        let Ok(outbound) = TcpStream::connect(target).await else {
                             return;
                         };
-                        let mut inbound = inbound;
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        let (mut from_client, mut to_client) = inbound.into_split();
+                        let (mut from_target, mut to_target) = outbound.into_split();
+                        let upstream = tokio::io::copy(&mut from_client, &mut to_target);
+                        let downstream = async {
+                            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                            let mut buf = vec![0u8; 64 * 1024];
+                            loop {
+                                let n = match from_target.read(&mut buf).await {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(n) => n,
+                                };
+                                if lose.swap(false, Ordering::AcqRel) {
+                                    // Dropped with the connection.
+                                    return;
+                                }
+                                if to_client.write_all(&buf[..n]).await.is_err() {
+                                    return;
+                                }
+                            }
+                        };
+                        // Either direction ending ends the link: both
+                        // sockets close.
+                        tokio::select! {
+                            _ = upstream => {}
+                            _ = downstream => {}
+                        }
                     });
                     links2.lock().push(task.abort_handle());
                 }
             });
         });
-        Proxy { addr, cut, links }
+        Proxy {
+            addr,
+            cut,
+            lose_reply,
+            links,
+        }
+    }
+
+    /// The next bytes any target sends back are not forwarded: their
+    /// connection is dropped instead.
+    pub fn lose_next_reply(&self) {
+        self.lose_reply.store(true, Ordering::Release);
     }
 
     /// Cuts the link: open connections are dropped, new ones refused.

@@ -37,7 +37,7 @@ pub use metadata::{
     AddVoterRequest, CoordinatorResponse, FindCoordinatorRequest, MetadataRequest,
     MetadataResponse, RemoveBrokerRequest, WireBroker, WirePartitionLeader, WireTopicLeaders,
 };
-pub use produce::{ProduceRequest, ProduceResponse};
+pub use produce::{InitProducerRequest, InitProducerResponse, ProduceRequest, ProduceResponse};
 pub use queue::{
     AckRequest, DeliverRequest, DeliverResponse, NackRequest, SettleResponse, TouchRequest,
     WireDelivery, WireSettle,
@@ -103,6 +103,8 @@ pub mod kind {
     pub const FIND_COORDINATOR: u16 = 25;
     /// Make a member a voter of the control plane.
     pub const ADD_VOTER: u16 = 26;
+    /// A producer id for an idempotent producer.
+    pub const INIT_PRODUCER: u16 = 27;
 }
 
 /// A request body: its kind number and the type of its successful reply.
@@ -254,6 +256,8 @@ requests! {
     FindCoordinator(FindCoordinatorRequest) = FIND_COORDINATOR => CoordinatorResponse;
     /// Make a member a voter.
     AddVoter(AddVoterRequest) = ADD_VOTER => ();
+    /// A producer id.
+    InitProducer(InitProducerRequest) = INIT_PRODUCER => InitProducerResponse;
 }
 
 /// Declares the successful replies: one variant per reply type, with the
@@ -328,6 +332,8 @@ responses! {
     Metadata(MetadataResponse),
     /// A group's coordinator.
     FindCoordinator(CoordinatorResponse),
+    /// A producer id.
+    InitProducer(InitProducerResponse),
 }
 
 /// An error response.

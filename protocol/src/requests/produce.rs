@@ -63,3 +63,38 @@ impl Wire for ProduceResponse {
         })
     }
 }
+
+/// Ask for a producer id, for an idempotent producer (an empty body).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InitProducerRequest;
+
+/// A producer id no other producer of this server (or cluster) has had.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InitProducerResponse {
+    /// Never 0 (0 means "no producer" in a batch).
+    pub producer_id: u64,
+}
+
+impl Wire for InitProducerRequest {
+    const MIN_LEN: usize = 0;
+
+    fn put(&self, _: &mut BytesMut) {}
+
+    fn get(_: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(InitProducerRequest)
+    }
+}
+
+impl Wire for InitProducerResponse {
+    const MIN_LEN: usize = 8;
+
+    fn put(&self, b: &mut BytesMut) {
+        b.put_u64_le(self.producer_id);
+    }
+
+    fn get(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(InitProducerResponse {
+            producer_id: r.u64("producer id")?,
+        })
+    }
+}

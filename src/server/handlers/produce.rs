@@ -1,7 +1,7 @@
 //! Produce: validate and append a batch; acknowledge once durable.
 
 use bytes::Bytes;
-use spool_protocol::requests::ProduceResponse;
+use spool_protocol::requests::{InitProducerResponse, ProduceResponse};
 use spool_protocol::{ErrorResponse, PartitionId};
 
 use crate::broker::{Broker, PendingAppend};
@@ -35,5 +35,16 @@ pub async fn finish(pending: PendingAppend) -> Result<ProduceResponse, ErrorResp
     Ok(ProduceResponse {
         base_offset: info.base_offset.0,
         next_offset: info.next_offset.0,
+    })
+}
+
+/// A producer id, with `node` (a cluster broker's id; 0 for a single
+/// server) in the bits above the broker's own ids, so that no two brokers
+/// of a cluster hand out the same one. Writes a file now and then: run it
+/// on a blocking thread.
+pub fn init_producer(broker: &Broker, node: u64) -> Result<InitProducerResponse, ErrorResponse> {
+    let local = broker.init_producer().map_err(|e| response_for(&e))?;
+    Ok(InitProducerResponse {
+        producer_id: (node << crate::broker::PRODUCER_ID_BITS) | local,
     })
 }
