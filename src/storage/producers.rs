@@ -87,10 +87,19 @@ impl ProducerTable {
         if header.producer_id == NO_PRODUCER {
             return Sequenced::New;
         }
-        // A producer not remembered (new, expired, or state lost with a
-        // forced removal) starts wherever it is.
+        // A producer not remembered must start at 0: a later batch that
+        // overtook its first (both retried, say) must wait for it. One
+        // forgotten while it was idle (expiry) waits too, until its client
+        // gives up on the batch and starts over with a new id.
         let Some(state) = self.producers.get(&header.producer_id) else {
-            return Sequenced::New;
+            return if header.base_sequence == 0 {
+                Sequenced::New
+            } else {
+                Sequenced::OutOfOrder {
+                    expected: 0,
+                    got: header.base_sequence,
+                }
+            };
         };
         let last_sequence = header.last_sequence();
         if let Some(sent) = state
@@ -242,8 +251,16 @@ mod tests {
             }
         );
         assert_eq!(t.check(&header(7, 3, 1, 3)), Sequenced::New);
-        // Other producers and producer-less batches are independent.
-        assert_eq!(t.check(&header(8, 40, 1, 3)), Sequenced::New);
+        // Other producers and producer-less batches are independent; a new
+        // producer starts at 0.
+        assert_eq!(t.check(&header(8, 0, 1, 3)), Sequenced::New);
+        assert_eq!(
+            t.check(&header(8, 40, 1, 3)),
+            Sequenced::OutOfOrder {
+                expected: 0,
+                got: 40
+            }
+        );
         assert_eq!(t.check(&header(NO_PRODUCER, 0, 3, 3)), Sequenced::New);
     }
 
