@@ -31,7 +31,7 @@ pub const NO_PRODUCER: u64 = 0;
 /// How many of an idempotent producer's latest batches to a partition the
 /// broker remembers, and so how many it may have in flight there at once:
 /// a retry of any of them is recognised.
-pub const IDEMPOTENCE_WINDOW: usize = 8;
+pub const IDEMPOTENCE_WINDOW: usize = 32;
 /// Upper bound on a batch's total length. A length field above this is
 /// treated as corruption rather than trusted for an allocation or a scan.
 pub const MAX_BATCH_LEN: usize = 64 * 1024 * 1024;

@@ -27,13 +27,21 @@ pub struct ProduceArgs {
     /// Read lines from this file instead of stdin.
     #[arg(long)]
     file: Option<PathBuf>,
+    /// Do not make the producer idempotent (a batch retried after a lost
+    /// answer may then be stored twice).
+    #[arg(long)]
+    no_idempotence: bool,
 }
 
 pub async fn run(args: ProduceArgs) -> Result<(), Failure> {
     let client = crate::connect(&args.addr).await?;
     // Fail early and clearly on a missing topic.
     client.describe_topic(&args.topic).await?;
-    let producer = Producer::new(client, ProducerConfig::default());
+    let config = ProducerConfig {
+        idempotent: !args.no_idempotence,
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::new(client, config);
     let key = args.key.map(Bytes::from);
 
     let (lines_tx, mut lines_rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(1024);

@@ -85,6 +85,9 @@ pub struct BenchArgs {
     /// Seconds at the start excluded from throughput and latency figures.
     #[arg(long, default_value_t = 1.0)]
     warmup_secs: f64,
+    /// Producers without idempotence (to measure what it costs).
+    #[arg(long)]
+    no_idempotence: bool,
     /// Print one JSON object at the end instead of a table.
     #[arg(long)]
     json: bool,
@@ -389,6 +392,7 @@ async fn produce(
     let config = ProducerConfig {
         batch_bytes: args.batch_bytes,
         linger: Duration::from_millis(args.linger_ms),
+        idempotent: !args.no_idempotence,
         ..ProducerConfig::default()
     };
     let producer = Producer::new(client, config);
