@@ -465,13 +465,17 @@ impl PartitionLog {
     /// Reads whole batches from the one holding `offset`, up to `max_bytes`
     /// (but at least one batch). At the end of the log the answer is empty.
     pub fn read(&self, offset: Offset, max_bytes: u64) -> Result<Fetched, StorageError> {
+        // One visible end, read once, bounds the whole answer. An offset
+        // appended but not yet visible (under `always`: not yet flushed)
+        // is not out of range: it reads as the end, and a long poll waits.
         let start = self.start_offset();
         let end = self.visible_end();
-        if offset < start || offset > end {
+        let appended = self.next_offset().max(end);
+        if offset < start || offset > appended {
             return Err(StorageError::OffsetOutOfRange {
                 requested: offset,
                 start,
-                end,
+                end: appended,
             });
         }
         let empty = |next_offset| Fetched {
@@ -481,7 +485,7 @@ impl PartitionLog {
             log_end: end,
             from_offset: offset,
         };
-        if offset == end {
+        if offset >= end {
             return Ok(empty(offset));
         }
         let candidates: Vec<Arc<Segment>> = {
@@ -498,13 +502,23 @@ impl PartitionLog {
             };
             match seg.read(offset, max_bytes, limit) {
                 Ok(Some((batches, next_offset))) => {
+                    // The flushed length may cover a batch appended after
+                    // `end` was read: never hand out past `end`.
+                    let (batches, next_offset) = if next_offset > end {
+                        match within(&batches, end) {
+                            Some(kept) => kept,
+                            None => return Ok(empty(offset)),
+                        }
+                    } else {
+                        (batches, next_offset)
+                    };
                     return Ok(Fetched {
                         batches,
                         next_offset,
                         log_start: start,
                         log_end: end,
                         from_offset: offset,
-                    })
+                    });
                 }
                 Ok(None) => continue,
                 Err(err) if offset < self.start_offset() => {
@@ -715,4 +729,22 @@ impl PartitionLog {
 /// and an oversized batch still fits an empty segment.
 fn capacity_for(config: &LogConfig) -> u64 {
     config.segment_size_bytes + MAX_BATCH_LEN as u64
+}
+
+/// The leading whole batches of `batches` that end at or before `end`, and
+/// the offset after them; `None` if not even the first does.
+fn within(batches: &Bytes, end: Offset) -> Option<(Bytes, Offset)> {
+    let mut len = 0usize;
+    let mut next = None;
+    while let Ok(header) = BatchHeader::parse(&batches[len..]) {
+        if header.next_offset() > end {
+            break;
+        }
+        len += header.batch_len as usize;
+        next = Some(header.next_offset());
+        if len >= batches.len() {
+            break;
+        }
+    }
+    next.map(|next| (batches.slice(..len), next))
 }
