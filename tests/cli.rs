@@ -326,3 +326,86 @@ fn consume_from_a_timestamp() {
     got.sort();
     assert_eq!(got, ["new 1", "new 2"]);
 }
+
+/// `--format json` shows what text output cannot: partition, offset,
+/// timestamp, key and headers, with bytes that are not UTF-8 as hex; with
+/// `--group`, the delivery count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consume_as_json_shows_keys_headers_and_offsets() {
+    let server = SpoolServer::temporary();
+    let client = server.client().await;
+    client
+        .create_topic("j", 1, Default::default())
+        .await
+        .expect("create");
+    let mut b = spool::BatchBuilder::new();
+    b.push(
+        1_700_000_000_000,
+        Some(b"user-1"),
+        b"hello",
+        &[(b"trace", b"abc")],
+    )
+    .expect("push");
+    b.push(1_700_000_000_001, Some(&[0xff, 0x00]), &[0xc3, 0x28], &[])
+        .expect("push");
+    client
+        .produce_batch("j", 0, b.finish().expect("batch"))
+        .await
+        .expect("produce");
+    let addr = server.addr.to_string();
+    let run = move |extra: &[&str]| {
+        let mut args = vec![
+            "consume", "--topic", "j", "--format", "json", "--addr", &addr,
+        ];
+        args.extend_from_slice(extra);
+        let out = spool(&args, None);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout(&out)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON line"))
+            .collect::<Vec<_>>()
+    };
+    let lines = tokio::task::spawn_blocking(move || run(&[]))
+        .await
+        .expect("run");
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["partition"], 0);
+    assert_eq!(lines[0]["offset"], 0);
+    assert_eq!(lines[0]["timestamp_ms"], 1_700_000_000_000i64);
+    assert_eq!(lines[0]["key"], "user-1");
+    assert_eq!(lines[0]["value"], "hello");
+    assert_eq!(lines[0]["headers"][0]["name"], "trace");
+    assert_eq!(lines[0]["headers"][0]["value"], "abc");
+    assert_eq!(lines[1]["offset"], 1);
+    assert_eq!(lines[1]["key_hex"], "ff00");
+    assert_eq!(lines[1]["value_hex"], "c328");
+    assert!(lines[1].get("value").is_none());
+
+    let addr = server.addr.to_string();
+    let grouped = tokio::task::spawn_blocking(move || {
+        let out = spool(
+            &[
+                "consume", "--topic", "j", "--format", "json", "--group", "g", "--ack", "--addr",
+                &addr,
+            ],
+            None,
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout(&out)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON line"))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .expect("run");
+    assert_eq!(grouped.len(), 2);
+    assert_eq!(grouped[0]["deliveries"], 1);
+}

@@ -34,6 +34,87 @@ pub struct ConsumeArgs {
     /// as they are received.
     #[arg(long, requires = "group")]
     ack: bool,
+    /// text: each value on a line of its own. json: one JSON object per
+    /// line with partition, offset, timestamp_ms, key, headers and value
+    /// (and deliveries, with --group); bytes that are not UTF-8 are given
+    /// as key_hex / value_hex / a header's value_hex instead.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+/// How `spool consume` prints a message.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// The value, then a newline.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// One message as printed.
+struct Printed<'a> {
+    partition: u32,
+    offset: u64,
+    timestamp_ms: i64,
+    key: Option<&'a [u8]>,
+    value: &'a [u8],
+    headers: &'a [(bytes::Bytes, bytes::Bytes)],
+    deliveries: Option<u32>,
+}
+
+impl Printed<'_> {
+    fn write(&self, format: Format, out: &mut impl Write) -> std::io::Result<()> {
+        match format {
+            Format::Text => {
+                out.write_all(self.value)?;
+            }
+            Format::Json => {
+                let mut object = serde_json::Map::new();
+                object.insert("partition".into(), self.partition.into());
+                object.insert("offset".into(), self.offset.into());
+                object.insert("timestamp_ms".into(), self.timestamp_ms.into());
+                if let Some(n) = self.deliveries {
+                    object.insert("deliveries".into(), n.into());
+                }
+                match self.key {
+                    Some(key) => put_bytes(&mut object, "key", key),
+                    None => {
+                        object.insert("key".into(), serde_json::Value::Null);
+                    }
+                }
+                let headers: Vec<serde_json::Value> = self
+                    .headers
+                    .iter()
+                    .map(|(name, value)| {
+                        let mut h = serde_json::Map::new();
+                        h.insert(
+                            "name".into(),
+                            String::from_utf8_lossy(name).into_owned().into(),
+                        );
+                        put_bytes(&mut h, "value", value);
+                        serde_json::Value::Object(h)
+                    })
+                    .collect();
+                object.insert("headers".into(), headers.into());
+                put_bytes(&mut object, "value", self.value);
+                serde_json::to_writer(&mut *out, &serde_json::Value::Object(object))?;
+            }
+        }
+        out.write_all(b"\n")
+    }
+}
+
+/// `name`: the bytes as a string if they are UTF-8, else `name_hex`.
+fn put_bytes(object: &mut serde_json::Map<String, serde_json::Value>, name: &str, bytes: &[u8]) {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => {
+            object.insert(name.into(), text.into());
+        }
+        Err(_) => {
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            object.insert(format!("{name}_hex"), hex.into());
+        }
+    }
 }
 
 pub async fn run(args: ConsumeArgs) -> Result<(), Failure> {
@@ -78,9 +159,16 @@ pub async fn run(args: ConsumeArgs) -> Result<(), Failure> {
     let mut printed = 0u64;
     while let Some(message) = consumer.next().await {
         let message = message?;
-        let write = out
-            .write_all(&message.value)
-            .and_then(|()| out.write_all(b"\n"));
+        let write = Printed {
+            partition: message.partition,
+            offset: message.offset,
+            timestamp_ms: message.timestamp_ms,
+            key: message.key.as_deref(),
+            value: &message.value,
+            headers: &message.headers,
+            deliveries: None,
+        }
+        .write(args.format, &mut out);
         match write {
             Ok(()) => {}
             // `spool consume | head` is not an error.
@@ -139,10 +227,17 @@ async fn consume_group(client: Client, group: &str, args: &ConsumeArgs) -> Resul
             }
             break; // nothing to deliver: the group is caught up
         };
-        let write = out
-            .write_all(&message.value)
-            .and_then(|()| out.write_all(b"\n"))
-            .and_then(|()| out.flush());
+        let write = Printed {
+            partition: message.partition,
+            offset: message.offset,
+            timestamp_ms: message.timestamp_ms,
+            key: message.key.as_deref(),
+            value: &message.value,
+            headers: &message.headers,
+            deliveries: Some(message.deliveries),
+        }
+        .write(args.format, &mut out)
+        .and_then(|()| out.flush());
         match write {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
