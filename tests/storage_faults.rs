@@ -148,6 +148,12 @@ async fn a_full_disk_or_short_write_fails_the_produce_and_appends_resume_after()
             }
         }
         assert!(failures > 0, "{kind:?}: no produce needed new space");
+        // A full disk is a state operators see (and is logged once).
+        assert_eq!(
+            broker.storage_stats().partitions_out_of_space,
+            usize::from(expect_no_space),
+            "{kind:?}"
+        );
         assert_eq!(
             values(&broker, "t"),
             acked,
@@ -163,6 +169,7 @@ async fn a_full_disk_or_short_write_fails_the_produce_and_appends_resume_after()
                 .unwrap_or_else(|e| panic!("{kind:?}: appends did not resume: {e}"));
             acked.push(m);
         }
+        assert_eq!(broker.storage_stats().partitions_out_of_space, 0);
         assert_eq!(values(&broker, "t"), acked);
         broker.close().unwrap();
         let broker = Broker::open(dir.path(), BrokerConfig::default()).unwrap();

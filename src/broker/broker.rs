@@ -85,6 +85,8 @@ pub struct StorageStats {
     pub size_bytes: u64,
     /// Group-commit flushes done since open.
     pub flushes: u64,
+    /// Partitions whose appends fail now for want of disk space.
+    pub partitions_out_of_space: usize,
     /// Syncs of consumer groups' ack logs since open (`always` topics;
     /// concurrent acks share one).
     pub ack_log_syncs: u64,
@@ -539,6 +541,7 @@ impl Broker {
                 stats.mapped_segments += log.mapped_segment_count();
                 stats.size_bytes += log.size_bytes();
                 stats.flushes += log.flush_count();
+                stats.partitions_out_of_space += usize::from(log.out_of_space());
             }
         }
         stats.ack_log_syncs = self.inner.flusher.lock().file_sync_count();

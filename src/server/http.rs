@@ -134,6 +134,9 @@ fn render(broker: &Broker) -> Result<Vec<u8>, String> {
     storage
         .with_label_values(&["flushes"])
         .set(stats.flushes as i64);
+    storage
+        .with_label_values(&["partitions_out_of_space"])
+        .set(stats.partitions_out_of_space as i64);
     let group_gauge =
         |name: &str, help: &str| IntGaugeVec::new(Opts::new(name, help), &["group", "partition"]);
     let lag = group_gauge(

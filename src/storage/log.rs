@@ -134,6 +134,8 @@ pub struct PartitionLog {
     last_flush_ms: AtomicU64,
     flushes: AtomicU64,
     failed: AtomicBool,
+    /// Set while appends fail for want of disk space (logged once each way).
+    out_of_space: AtomicBool,
     /// Woken whenever the visible end moves, for long-polling readers.
     visible_end_moved: tokio::sync::Notify,
 }
@@ -225,6 +227,7 @@ impl PartitionLog {
             last_flush_ms: AtomicU64::new(monotonic_ms()),
             flushes: AtomicU64::new(0),
             failed: AtomicBool::new(false),
+            out_of_space: AtomicBool::new(false),
             visible_end_moved: tokio::sync::Notify::new(),
         };
         // The producers' table as of the active segment's start (nothing
@@ -343,6 +346,29 @@ impl PartitionLog {
     /// are in the page cache when this returns; call
     /// [`PartitionLog::flush_until`] for durability against power loss.
     pub fn append(&self, batch: Batch<'_>) -> Result<AppendInfo, StorageError> {
+        let result = self.append_now(batch);
+        match &result {
+            Err(StorageError::NoSpace { path }) => {
+                if !self.out_of_space.swap(true, Ordering::AcqRel) {
+                    tracing::error!(dir = %self.dir.display(), file = %path.display(), "appends fail: no space left on the device; they resume once space is freed");
+                }
+            }
+            Ok(_) if self.out_of_space.load(Ordering::Relaxed) => {
+                if self.out_of_space.swap(false, Ordering::AcqRel) {
+                    tracing::warn!(dir = %self.dir.display(), "appends work again: disk space was freed");
+                }
+            }
+            _ => {}
+        }
+        result
+    }
+
+    /// True while appends fail for want of disk space.
+    pub fn out_of_space(&self) -> bool {
+        self.out_of_space.load(Ordering::Relaxed)
+    }
+
+    fn append_now(&self, batch: Batch<'_>) -> Result<AppendInfo, StorageError> {
         if self.failed.load(Ordering::Acquire) {
             return Err(self.failed_error());
         }
