@@ -348,15 +348,16 @@ impl PartitionLog {
     pub fn append(&self, batch: Batch<'_>) -> Result<AppendInfo, StorageError> {
         let result = self.append_now(batch);
         match &result {
-            Err(StorageError::NoSpace { path }) => {
-                if !self.out_of_space.swap(true, Ordering::AcqRel) {
-                    tracing::error!(dir = %self.dir.display(), file = %path.display(), "appends fail: no space left on the device; they resume once space is freed");
-                }
+            Err(StorageError::NoSpace { path })
+                if !self.out_of_space.swap(true, Ordering::AcqRel) =>
+            {
+                tracing::error!(dir = %self.dir.display(), file = %path.display(), "appends fail: no space left on the device; they resume once space is freed");
             }
-            Ok(_) if self.out_of_space.load(Ordering::Relaxed) => {
-                if self.out_of_space.swap(false, Ordering::AcqRel) {
-                    tracing::warn!(dir = %self.dir.display(), "appends work again: disk space was freed");
-                }
+            Ok(_)
+                if self.out_of_space.load(Ordering::Relaxed)
+                    && self.out_of_space.swap(false, Ordering::AcqRel) =>
+            {
+                tracing::warn!(dir = %self.dir.display(), "appends work again: disk space was freed");
             }
             _ => {}
         }
