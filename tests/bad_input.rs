@@ -32,6 +32,21 @@ impl Raw {
         Raw(s)
     }
 
+    /// Connects from another loopback address (all of 127/8 is local).
+    async fn connect_from(server: &SpoolServer, source: &str) -> Raw {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+        let s = socket
+            .connect(server.addr)
+            .await
+            .unwrap()
+            .into_std()
+            .unwrap();
+        s.set_nonblocking(false).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        Raw(s)
+    }
+
     fn send_raw(&mut self, bytes: &[u8]) {
         // The server may already have closed on us; that is fine.
         let _ = self.0.write_all(bytes);
@@ -359,10 +374,46 @@ async fn a_client_that_never_reads_slows_only_itself() {
     still_serving(&server).await;
 }
 
+/// One address cannot take every slot: past its own limit it is refused
+/// (and the refusals are logged at most once a second), while another
+/// address still gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_take_every_connection() {
+    let server =
+        SpoolServer::temporary_with(&["--max-connections", "8", "--max-connections-per-ip", "2"]);
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut c = Raw::connect(&server);
+        c.handshake();
+        held.push(c);
+    }
+    for _ in 0..50 {
+        let mut refused = Raw::connect(&server);
+        refused.expect_error(ErrorCode::TooManyConnections);
+        refused.expect_closed();
+    }
+    let mut other = Raw::connect_from(&server, "127.0.0.2").await;
+    other.handshake();
+    // A slot comes back when its connection closes.
+    drop(held.pop());
+    std::thread::sleep(Duration::from_millis(200));
+    let mut again = Raw::connect(&server);
+    again.handshake();
+    drop((again, held, other));
+    std::thread::sleep(Duration::from_millis(200));
+    still_serving(&server).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_limit_and_idle_timeout() {
-    let server =
-        SpoolServer::temporary_with(&["--max-connections", "2", "--idle-timeout-secs", "1"]);
+    let server = SpoolServer::temporary_with(&[
+        "--max-connections",
+        "2",
+        "--max-connections-per-ip",
+        "2",
+        "--idle-timeout-secs",
+        "1",
+    ]);
     let mut a = Raw::connect(&server);
     a.handshake();
     let mut b = Raw::connect(&server);

@@ -32,6 +32,8 @@ pub use tokio_util::sync::CancellationToken;
 pub struct ServerConfig {
     /// Most client connections at once; more are refused with an error.
     pub max_connections: usize,
+    /// Most client connections at once from one IP address.
+    pub max_connections_per_ip: usize,
     /// Per-connection limits.
     pub limits: ConnectionLimits,
     /// Settings for topics whose creator left them unset.
@@ -46,6 +48,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             max_connections: 1024,
+            max_connections_per_ip: 512,
             limits: ConnectionLimits::default(),
             topic_defaults: TopicConfig::new(1),
             shutdown_grace: Duration::from_secs(30),
@@ -115,6 +118,8 @@ impl Server {
             ctx,
         } = self;
         let slots = Arc::new(Semaphore::new(config.max_connections));
+        let per_ip = Arc::new(PerSource::new(config.max_connections_per_ip));
+        let mut refusals = RefusalLog::default();
         let mut connections = JoinSet::new();
         loop {
             while connections.try_join_next().is_some() {}
@@ -131,10 +136,16 @@ impl Server {
                     continue;
                 }
             };
+            let Some(source) = per_ip.admit(peer.ip()) else {
+                metrics::CONNECTIONS_REJECTED.inc();
+                refusals.note(peer, "per-address", config.max_connections_per_ip);
+                connections.spawn(refuse(stream, "connection limit per address reached"));
+                continue;
+            };
             let Ok(slot) = slots.clone().try_acquire_owned() else {
                 metrics::CONNECTIONS_REJECTED.inc();
-                tracing::warn!(%peer, limit = config.max_connections, "refusing connection: limit reached");
-                connections.spawn(refuse(stream));
+                refusals.note(peer, "server", config.max_connections);
+                connections.spawn(refuse(stream, "connection limit reached"));
                 continue;
             };
             metrics::CONNECTIONS_TOTAL.inc();
@@ -145,6 +156,7 @@ impl Server {
                 connection::serve(stream, ctx, token).await;
                 metrics::CONNECTIONS.dec();
                 drop(slot);
+                drop(source);
             });
         }
         tracing::info!(
@@ -167,15 +179,81 @@ impl Server {
     }
 }
 
-/// Tells a client over the connection limit why it is refused, then closes.
-async fn refuse(stream: tokio::net::TcpStream) {
+/// Connections open per source address, against a limit.
+struct PerSource {
+    limit: usize,
+    open: parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One admitted connection of a source: counted until dropped.
+struct SourceSlot {
+    ip: std::net::IpAddr,
+    sources: Arc<PerSource>,
+}
+
+impl PerSource {
+    fn new(limit: usize) -> PerSource {
+        PerSource {
+            limit: limit.max(1),
+            open: parking_lot::Mutex::default(),
+        }
+    }
+
+    fn admit(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<SourceSlot> {
+        let mut open = self.open.lock();
+        let n = open.entry(ip).or_insert(0);
+        if *n >= self.limit {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot {
+            ip,
+            sources: self.clone(),
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut open = self.sources.open.lock();
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Logs refused connections at most once a second, with how many were
+/// refused since the last line (a flood of attempts must not flood the log).
+#[derive(Default)]
+struct RefusalLog {
+    last: Option<std::time::Instant>,
+    suppressed: u64,
+}
+
+impl RefusalLog {
+    fn note(&mut self, peer: SocketAddr, which: &str, limit: usize) {
+        let now = std::time::Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
+            self.suppressed += 1;
+            return;
+        }
+        tracing::warn!(%peer, limit, also_refused = self.suppressed, "refusing connection: {which} limit reached");
+        self.last = Some(now);
+        self.suppressed = 0;
+    }
+}
+
+/// Tells a client over a connection limit why it is refused, then closes.
+async fn refuse(stream: tokio::net::TcpStream, why: &'static str) {
     use futures_util::SinkExt;
     let mut sink =
         tokio_util::codec::FramedWrite::new(stream, spool_protocol::FrameCodec::default());
-    let frame = errors::error(
-        spool_protocol::ErrorCode::TooManyConnections,
-        "connection limit reached",
-    )
-    .to_frame(0, 0);
+    let frame = errors::error(spool_protocol::ErrorCode::TooManyConnections, why).to_frame(0, 0);
     let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(frame)).await;
 }

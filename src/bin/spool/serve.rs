@@ -35,6 +35,10 @@ pub struct ServeArgs {
     /// Most client connections at once [default: 1024].
     #[arg(long)]
     max_connections: Option<usize>,
+    /// Most client connections at once from one IP address [default: half
+    /// of --max-connections], so one process cannot take every slot.
+    #[arg(long)]
+    max_connections_per_ip: Option<usize>,
     /// Close connections idle this long [default: 600].
     #[arg(long)]
     idle_timeout_secs: Option<u64>,
@@ -103,6 +107,7 @@ struct FileConfig {
     data: Option<PathBuf>,
     metrics: Option<SocketAddr>,
     max_connections: Option<usize>,
+    max_connections_per_ip: Option<usize>,
     idle_timeout_secs: Option<u64>,
     #[serde(default)]
     topic_defaults: FileTopicDefaults,
@@ -146,6 +151,10 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         .max_connections
         .or(file.max_connections)
         .unwrap_or(config.max_connections);
+    config.max_connections_per_ip = args
+        .max_connections_per_ip
+        .or(file.max_connections_per_ip)
+        .unwrap_or((config.max_connections / 2).max(1));
     if let Some(secs) = args.idle_timeout_secs.or(file.idle_timeout_secs) {
         config.limits.idle_timeout = Duration::from_secs(secs);
     }
