@@ -48,6 +48,8 @@ metric!(REQUEST_ERRORS: IntCounterVec = register_int_counter_vec_with_registry!(
 metric!(FLUSH_SECONDS: Histogram = register_histogram_with_registry!(
     "spool_flush_duration_seconds", "Duration of one group-commit flush (msync)",
     LATENCY_BUCKETS.to_vec(), REGISTRY));
+metric!(CORRUPT_BATCHES: IntCounter = register_int_counter_with_registry!(
+    "spool_corrupt_batches_total", "Damaged batches found by recovery (kept, never served)", REGISTRY));
 metric!(CONNECTIONS: IntGauge = register_int_gauge_with_registry!(
     "spool_connections", "Client connections open", REGISTRY));
 metric!(CONNECTIONS_TOTAL: IntCounter = register_int_counter_with_registry!(
@@ -84,6 +86,7 @@ pub fn register_all() {
     LazyLock::force(&REQUEST_SECONDS);
     LazyLock::force(&REQUEST_ERRORS);
     LazyLock::force(&FLUSH_SECONDS);
+    LazyLock::force(&CORRUPT_BATCHES);
     LazyLock::force(&CONNECTIONS);
     LazyLock::force(&CONNECTIONS_TOTAL);
     LazyLock::force(&CONNECTIONS_REJECTED);

@@ -1,6 +1,8 @@
-//! Damaged files: a torn or bit-flipped tail of the active segment is cut on
-//! open; a bit flip inside a sealed segment is reported as an error for that
-//! range and never served as data.
+//! Damaged files: a torn tail of the active segment (or damage to its last
+//! batch, which cannot be told from one) is cut on open; a bit flip in a
+//! batch with valid batches after it, in the active segment or a sealed
+//! one, costs that batch's offsets alone (reported as an error, never
+//! served) and everything after it is kept and served.
 
 mod common;
 
@@ -123,24 +125,72 @@ async fn torn_tail_is_cut_after_crash() {
     torn_tail_is_cut(false).await;
 }
 
+/// Damage to the last batch of the active segment looks like a write that
+/// never finished: it is cut.
 #[tokio::test]
-async fn bit_flip_in_the_tail_is_cut() {
+async fn bit_flip_in_the_last_batch_is_cut() {
     let dir = tempfile::tempdir().unwrap();
     fill(dir.path()).await;
     fs::remove_file(dir.path().join("clean-shutdown")).unwrap();
     let active = segments(dir.path()).pop().unwrap();
     let all = batches(&active);
-    let (pos, second_last) = all[all.len() - 2];
-    // Damage the payload of the second-to-last batch: it and everything
-    // after it is the torn tail.
-    flip_byte(&active, pos + u64::from(second_last.batch_len) - 10);
+    let (pos, last) = all[all.len() - 1];
+    flip_byte(&active, pos + u64::from(last.batch_len) - 10);
 
     let broker = Broker::open(dir.path(), BrokerConfig::default()).unwrap();
     assert_eq!(
         broker.offsets(TOPIC, PartitionId(0)).unwrap().end,
-        second_last.base_offset
+        last.base_offset
     );
-    check_prefix(&broker, second_last.base_offset.0);
+    check_prefix(&broker, last.base_offset.0);
+}
+
+/// A flipped bit in the middle of the active segment is not a torn tail:
+/// after a crash, recovery keeps every valid batch after the damaged one
+/// (before the fix it cut them all), only the damaged batch's offsets
+/// fail, and reads starting after it are served (before the fix they
+/// failed up to the next index entry).
+#[tokio::test]
+async fn bit_flip_in_the_middle_of_the_active_segment_costs_one_batch() {
+    common::init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path()).await;
+    fs::remove_file(dir.path().join("clean-shutdown")).unwrap();
+    let active = segments(dir.path()).pop().unwrap();
+    let all = batches(&active);
+    assert!(all.len() >= 6, "need batches after the damage");
+    let (pos, victim) = all[1];
+    flip_byte(&active, pos + u64::from(victim.batch_len) - 10);
+
+    let broker = Broker::open(dir.path(), BrokerConfig::default()).unwrap();
+    assert_eq!(
+        broker.offsets(TOPIC, PartitionId(0)).unwrap().end,
+        Offset(900),
+        "acknowledged batches after the damage were cut"
+    );
+    for offset in victim.base_offset.0..victim.next_offset().0 {
+        match broker.read(TOPIC, PartitionId(0), Offset(offset), 1 << 20) {
+            Err(BrokerError::Storage {
+                source: StorageError::Corrupt { offset: at, .. },
+                ..
+            }) => assert_eq!(at, victim.base_offset),
+            other => panic!("offset {offset}: expected a corruption error, got {other:?}"),
+        }
+    }
+    // Every batch after it reads, from its own first offset on.
+    for &(_, h) in &all[2..] {
+        let fetched = broker
+            .read(TOPIC, PartitionId(0), h.base_offset, 1 << 20)
+            .unwrap_or_else(|e| panic!("offset {} after the damage: {e}", h.base_offset));
+        let first = spool::Batch::validate(&fetched.batches).unwrap();
+        assert_eq!(first.header().base_offset, h.base_offset);
+    }
+    // Appends continue after the kept batches.
+    let stored = broker
+        .produce(TOPIC, PartitionId(0), &[Message::new("after")])
+        .await
+        .unwrap();
+    assert_eq!(stored.base_offset, Offset(900));
 }
 
 #[tokio::test]

@@ -191,6 +191,17 @@ impl PartitionLog {
                     config.index_interval_bytes,
                     clean_shutdown,
                 )?;
+                for d in &recovered.damaged {
+                    tracing::error!(
+                        segment = %seg.path().display(),
+                        position = d.position,
+                        offsets = %format!("{}..{}", d.base, d.next),
+                        reason = %d.reason,
+                        "damaged batch in the middle of the active segment: kept in place, its offsets are reported as corrupt and never served; the batches after it are served",
+                    );
+                    #[cfg(feature = "server")]
+                    crate::metrics::CORRUPT_BATCHES.inc();
+                }
                 if let Some((position, reason)) = &recovered.truncated {
                     tracing::warn!(
                         segment = %seg.path().display(),
@@ -254,8 +265,20 @@ impl PartitionLog {
         let mut offset = from;
         let end = self.next_offset();
         let now_ms = wall_clock_ms();
+        let mut unreadable = 0u64;
         while offset < end {
-            let fetched = self.read(offset, 4 << 20)?;
+            let fetched = match self.read(offset, 4 << 20) {
+                Ok(fetched) => fetched,
+                // A damaged batch: its producer's state is unknown (a retry
+                // of it counts as new); step through its offsets to what
+                // follows.
+                Err(StorageError::Corrupt { .. }) => {
+                    unreadable += 1;
+                    offset = offset.plus(1);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             if fetched.batches.is_empty() {
                 break;
             }
@@ -268,6 +291,9 @@ impl PartitionLog {
                 rest = rest.get(header.batch_len as usize..).unwrap_or_default();
             }
             offset = fetched.next_offset;
+        }
+        if unreadable > 0 {
+            tracing::warn!(dir = %self.dir.display(), unreadable, "damaged offsets skipped while rebuilding the producers' state");
         }
         Ok(table)
     }

@@ -109,6 +109,8 @@ pub struct Recovered {
     pub next_offset: Offset,
     /// Where and why the tail was cut, if it was.
     pub truncated: Option<(u64, String)>,
+    /// Damaged batches kept in place (unreadable) because valid ones follow.
+    pub damaged: Vec<Damaged>,
 }
 
 impl Segment {
@@ -336,6 +338,7 @@ impl Segment {
         let recovered = Recovered {
             next_offset: scan.next_offset,
             truncated: scan.stop.map(|reason| (scan.end_pos, reason)),
+            damaged: scan.damaged,
         };
         Ok((Arc::new(segment), active, recovered))
     }
@@ -375,13 +378,23 @@ impl Segment {
         while pos < limit {
             let header = match self.checked_header(bytes, pos, expected) {
                 Ok(h) => h,
-                Err(err) if first.is_some() => {
+                Err(err) if first.is_none() => match step_over_damage(bytes, pos, expected) {
+                    // A damaged batch before the one asked for: only its
+                    // own offsets are unreadable.
+                    Some((next_pos, next)) if next <= offset && next_pos <= limit => {
+                        tracing::debug!(error = %err, "stepping over a damaged batch");
+                        pos = next_pos;
+                        expected = next;
+                        continue;
+                    }
+                    _ => return Err(err),
+                },
+                Err(err) => {
                     // Serve what was good before the bad batch; the next read
                     // starts at the bad one and reports it.
                     tracing::debug!(error = %err, "stopping read before corrupt batch");
                     break;
                 }
-                Err(err) => return Err(err),
             };
             let len = u64::from(header.batch_len);
             if header.next_offset() <= offset {
@@ -493,6 +506,15 @@ impl Segment {
             max_timestamp_ms: i64::MIN,
         };
         let scan = scan(bytes, from, self.base, 4096, &mut entries);
+        for d in &scan.damaged {
+            tracing::error!(
+                path = %self.log_path.display(),
+                position = d.position,
+                offsets = %format!("{}..{}", d.base, d.next),
+                reason = %d.reason,
+                "damaged batch in a sealed segment: its offsets are reported as corrupt, never served",
+            );
+        }
         if scan.next_offset == self.end_offset() {
             if let Err(err) = index::store(&self.index_path, &entries, len) {
                 tracing::warn!(path = %self.index_path.display(), error = %err, "could not write rebuilt index");
@@ -715,6 +737,39 @@ impl ActiveFile {
     }
 }
 
+/// A batch that fails its CRC check between valid batches: damage in the
+/// middle of a segment (a flipped bit), not an unfinished write. Its
+/// offsets are unreadable; everything around it is served.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Damaged {
+    /// Byte position of the batch.
+    pub position: u64,
+    /// Its first offset.
+    pub base: Offset,
+    /// The offset after it (where the next valid batch starts).
+    pub next: Offset,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+/// If the batch at `pos` (which should start at `expected`) fails its CRC
+/// but its header still parses with that base offset, and the bytes right
+/// after it by its length are a valid batch starting at the offset after
+/// it, the damage is that batch's alone: where to go on. Otherwise (a
+/// damaged length or count, or nothing valid after) `None`: a resync by
+/// length cannot be trusted.
+fn step_over_damage(bytes: &[u8], pos: u64, expected: Offset) -> Option<(u64, Offset)> {
+    let header = BatchHeader::parse(bytes.get(pos as usize..)?).ok()?;
+    if header.base_offset != expected {
+        return None;
+    }
+    let next_pos = pos.checked_add(u64::from(header.batch_len))?;
+    let rest = bytes.get(next_pos as usize..)?;
+    let next = BatchHeader::parse(rest).ok()?;
+    batch::verify_crc(rest, &next).ok()?;
+    (next.base_offset == header.next_offset()).then_some((next_pos, header.next_offset()))
+}
+
 /// Result of scanning a segment's batches.
 struct Scan {
     end_pos: u64,
@@ -725,6 +780,8 @@ struct Scan {
     /// Why the scan stopped before the end, if it hit something other than
     /// the zeroed tail of a preallocated file or the end of the bytes.
     stop: Option<String>,
+    /// Damaged batches stepped over (valid batches follow each).
+    damaged: Vec<Damaged>,
 }
 
 /// Walks batches from `pos`, checking length, CRC and offset continuity,
@@ -745,6 +802,7 @@ fn scan(
     let interval = u64::from(interval);
     let mut since_index = u64::MAX;
     let end = bytes.len() as u64;
+    let mut damaged = Vec::new();
     let stop = loop {
         if pos == end {
             break None;
@@ -759,7 +817,22 @@ fn scan(
             Err(e) => break Some(e.to_string()),
         };
         if let Err(e) = batch::verify_crc(rest, &header) {
-            break Some(e.to_string());
+            match step_over_damage(bytes, pos, expected) {
+                Some((next_pos, next)) => {
+                    damaged.push(Damaged {
+                        position: pos,
+                        base: expected,
+                        next,
+                        reason: e.to_string(),
+                    });
+                    // Indexed like any batch, so reads find what follows.
+                    since_index = since_index.saturating_add(next_pos - pos);
+                    pos = next_pos;
+                    expected = next;
+                    continue;
+                }
+                None => break Some(e.to_string()),
+            }
         }
         if header.base_offset != expected {
             break Some(format!(
@@ -786,6 +859,7 @@ fn scan(
         bytes_since_index: since_index,
         max_timestamp_ms,
         stop,
+        damaged,
     }
 }
 
