@@ -287,3 +287,111 @@ async fn truncated_sealed_segment_reports_the_missing_range() {
         .read(TOPIC, PartitionId(0), end_of_sealed, 1 << 20)
         .is_ok());
 }
+
+/// Every file under `dir` with its bytes and modification time.
+fn snapshot_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>, std::time::SystemTime)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let modified = fs::metadata(&p).unwrap().modified().unwrap();
+                out.push((p.clone(), fs::read(&p).unwrap(), modified));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+fn spool_bin(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_spool"))
+        .args(args)
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap()
+}
+
+/// `spool verify` finds a flipped bit in a sealed segment and a torn tail,
+/// names file and byte, writes a JSON report, exits 1, and changes
+/// nothing (nor does `spool inspect`); `--repair` applies recovery (the
+/// tail is cut), after which only the damaged batch remains reported.
+#[tokio::test]
+async fn verify_reports_damage_without_touching_the_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path()).await;
+    let data = dir.path().to_str().unwrap().to_string();
+    let clean = spool_bin(&["verify", "--data", &data]);
+    assert!(
+        clean.status.success(),
+        "{}",
+        String::from_utf8_lossy(&clean.stdout)
+    );
+    assert!(String::from_utf8_lossy(&clean.stdout).contains("no problems"));
+
+    let files = segments(dir.path());
+    let in_sealed = batches(&files[0]);
+    let (pos, victim) = in_sealed[in_sealed.len() / 2];
+    flip_byte(&files[0], pos + u64::from(victim.batch_len) - 5);
+    let active = files.last().unwrap().clone();
+    let (tail_pos, last) = *batches(&active).last().unwrap();
+    OpenOptions::new()
+        .write(true)
+        .open(&active)
+        .unwrap()
+        .set_len(tail_pos + u64::from(last.batch_len) / 2)
+        .unwrap();
+
+    let before = snapshot_files(dir.path());
+    let report = dir.path().join("..").join(format!(
+        "report-{}.json",
+        dir.path().file_name().unwrap().to_string_lossy()
+    ));
+    let out = spool_bin(&[
+        "verify",
+        "--data",
+        &data,
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!(
+            "damaged_batch in {} at byte {pos}",
+            files[0].display()
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "torn_tail in {} at byte {tail_pos}",
+            active.display()
+        )),
+        "{text}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&report).unwrap()).unwrap();
+    let _ = fs::remove_file(&report);
+    assert_eq!(json["damage"], true);
+    let problems = &json["topics"][0]["partitions"][0][1]["problems"];
+    assert_eq!(problems[0]["kind"], "damaged_batch");
+    assert_eq!(problems[0]["position"], pos);
+    let inspected = spool_bin(&["inspect", "--data", &data]);
+    assert!(inspected.status.success());
+    assert_eq!(
+        snapshot_files(dir.path()),
+        before,
+        "verify or inspect changed the directory"
+    );
+
+    let repaired = spool_bin(&["verify", "--data", &data, "--repair"]);
+    let text = String::from_utf8_lossy(&repaired.stdout).to_string();
+    assert_eq!(repaired.status.code(), Some(1), "{text}");
+    let after_repair = text.split("repairing").nth(1).expect("a repair pass");
+    assert!(!after_repair.contains("torn_tail"), "{text}");
+    assert!(after_repair.contains("damaged_batch"), "{text}");
+}

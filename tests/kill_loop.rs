@@ -104,6 +104,9 @@ async fn kill_loop(sync: &str) {
                         Err(_) => failed += 1,
                     }
                 }
+                // Paced, so that a thousand kills keep the history (held in
+                // memory for the checker) to some millions of messages.
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
             (acked, failed)
         }));

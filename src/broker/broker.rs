@@ -33,9 +33,9 @@ use crate::storage::{
     AppendInfo, Fetched, FileSync, Flusher, PartitionLog, StorageError, SyncPolicy,
 };
 
-const LOCK_FILE: &str = "LOCK";
+pub(super) const LOCK_FILE: &str = "LOCK";
 const CLEAN_SHUTDOWN_FILE: &str = "clean-shutdown";
-const TOPICS_DIR: &str = "topics";
+pub(super) const TOPICS_DIR: &str = "topics";
 const GROUPS_DIR: &str = "groups";
 
 /// Broker-wide settings.

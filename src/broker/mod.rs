@@ -9,6 +9,7 @@ mod clock;
 mod group;
 mod producer_ids;
 mod topic;
+pub mod verify;
 
 use std::path::PathBuf;
 

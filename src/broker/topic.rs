@@ -91,6 +91,12 @@ struct TopicMeta {
     config: TopicConfig,
 }
 
+/// A topic directory's name and settings, read without opening anything.
+pub(crate) fn read_meta(dir: &std::path::Path) -> Result<(String, TopicConfig), StorageError> {
+    let meta: TopicMeta = meta_file::read_existing(&dir.join(META_FILE), META_KIND)?;
+    Ok((meta.name, meta.config))
+}
+
 /// First and next offset of one partition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PartitionOffsets {

@@ -16,6 +16,7 @@ mod mapping;
 pub(crate) mod meta_file;
 pub mod producers;
 mod segment;
+pub mod verify;
 
 use std::io;
 use std::path::PathBuf;

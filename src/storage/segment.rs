@@ -770,6 +770,39 @@ fn step_over_damage(bytes: &[u8], pos: u64, expected: Offset) -> Option<(u64, Of
     (next.base_offset == header.next_offset()).then_some((next_pos, header.next_offset()))
 }
 
+/// What a read-only check of a segment file's bytes found (`spool
+/// verify`): the damaged batches recovery would keep in place, where the
+/// valid batches end, the offset after them, and why the scan stopped
+/// short of the end, if it did.
+pub struct Checked {
+    /// Damaged batches with valid batches after them.
+    pub damaged: Vec<Damaged>,
+    /// Byte position after the last valid batch.
+    pub end_pos: u64,
+    /// Offset after the last valid batch.
+    pub next_offset: Offset,
+    /// Why the scan stopped before the end of the bytes (other than the
+    /// zeroed tail of a preallocated file).
+    pub stop: Option<String>,
+}
+
+/// Checks every batch of a segment's bytes (base offset `base`) as
+/// recovery would, changing nothing.
+pub fn check_bytes(bytes: &[u8], base: Offset) -> Checked {
+    let from = ScanFrom {
+        pos: 0,
+        expected: base,
+        max_timestamp_ms: i64::MIN,
+    };
+    let scan = scan(bytes, from, base, u32::MAX, &mut Vec::new());
+    Checked {
+        damaged: scan.damaged,
+        end_pos: scan.end_pos,
+        next_offset: scan.next_offset,
+        stop: scan.stop,
+    }
+}
+
 /// Result of scanning a segment's batches.
 struct Scan {
     end_pos: u64,

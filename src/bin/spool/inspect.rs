@@ -1,7 +1,10 @@
-//! `spool inspect`: offline view of a data directory.
+//! `spool inspect` and `spool verify`: offline looks at a data directory.
+//! Both only read it; `verify --repair` alone changes it, and only by
+//! opening it as the broker would (its recovery, nothing more).
 
 use std::path::PathBuf;
 
+use spool::broker::verify::{check_data_dir, TopicCheck};
 use spool::{Broker, BrokerConfig};
 
 use crate::Failure;
@@ -14,30 +17,129 @@ pub struct InspectArgs {
     data: PathBuf,
 }
 
-pub fn run(args: InspectArgs) -> Result<(), Failure> {
-    if !args.data.join("topics").is_dir() {
+/// Arguments of `spool verify`.
+#[derive(clap::Args)]
+pub struct VerifyArgs {
+    /// The data directory (the broker must not be running on it).
+    #[arg(long, default_value = "./spool-data")]
+    data: PathBuf,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Apply what recovery would (cut torn tails, rebuild indexes) by
+    /// opening the directory as the broker does, then check again.
+    #[arg(long)]
+    repair: bool,
+}
+
+fn check(data: &std::path::Path) -> Result<Vec<TopicCheck>, Failure> {
+    if !data.join("topics").is_dir() {
         return Err(Failure::usage(format!(
             "{} is not a Spool data directory (no topics/ inside)",
-            args.data.display()
+            data.display()
         )));
     }
-    let broker = Broker::open(&args.data, BrokerConfig::default())?;
-    let topics = broker.list_topics();
+    Ok(check_data_dir(data)?)
+}
+
+pub fn run(args: InspectArgs) -> Result<(), Failure> {
+    let topics = check(&args.data)?;
     if topics.is_empty() {
         println!("no topics in {}", args.data.display());
     }
-    for topic in topics {
-        println!(
-            "{}  partitions={} sync={} segment_size_bytes={}",
-            topic.name,
-            topic.config.partitions,
-            topic.config.log.sync,
-            topic.config.log.segment_size_bytes
-        );
-        for p in topic.partitions {
-            println!("  {:>4}  start={}  end={}", p.partition, p.start, p.end);
+    for topic in &topics {
+        match &topic.config {
+            Some(c) => println!(
+                "{}  partitions={} sync={} segment_size_bytes={}",
+                topic.topic, c.partitions, c.log.sync, c.log.segment_size_bytes
+            ),
+            None => println!("{}  (metadata unreadable)", topic.topic),
+        }
+        for (p, check) in &topic.partitions {
+            println!("  {p:>4}  start={}  end={}", check.start, check.end);
+        }
+        let problems = topic.all_problems().count();
+        if problems > 0 {
+            println!("  {problems} problems: run `spool verify` for details");
         }
     }
-    broker.close()?;
     Ok(())
+}
+
+pub fn verify(args: VerifyArgs) -> Result<(), Failure> {
+    let mut topics = check(&args.data)?;
+    let found = print_report(&topics);
+    if args.repair && found > 0 {
+        println!("repairing: opening the directory as the broker would");
+        Broker::open(&args.data, BrokerConfig::default())?.close()?;
+        topics = check(&args.data)?;
+        print_report(&topics);
+    }
+    if let Some(path) = &args.report {
+        let report = serde_json::json!({
+            "data": args.data,
+            "topics": topics,
+            "damage": topics.iter().any(|t| t.all_problems().any(|p| p.is_damage())),
+        });
+        let text = serde_json::to_string_pretty(&report)
+            .map_err(|e| Failure::refused(format!("encoding the report: {e}")))?;
+        std::fs::write(path, text).map_err(|e| Failure::io("writing the report", e))?;
+    }
+    let damage = topics
+        .iter()
+        .flat_map(|t| t.all_problems())
+        .filter(|p| p.is_damage())
+        .count();
+    if damage > 0 {
+        return Err(Failure::refused(format!(
+            "{damage} problems lose or hide data (see above)"
+        )));
+    }
+    Ok(())
+}
+
+/// Prints the summary; returns the number of problems.
+fn print_report(topics: &[TopicCheck]) -> usize {
+    let mut total = 0;
+    let (mut partitions, mut segments, mut bytes) = (0, 0, 0u64);
+    for topic in topics {
+        for (p, check) in &topic.partitions {
+            partitions += 1;
+            segments += check.segments;
+            bytes += check.bytes;
+            for problem in &check.problems {
+                total += 1;
+                println!(
+                    "{}/{p}: {} in {}{}: {}",
+                    topic.topic,
+                    problem.kind,
+                    problem.file.display(),
+                    problem
+                        .position
+                        .map_or_else(String::new, |pos| format!(" at byte {pos}")),
+                    problem.detail
+                );
+            }
+        }
+        for problem in &topic.problems {
+            total += 1;
+            println!(
+                "{}: {} in {}: {}",
+                topic.topic,
+                problem.kind,
+                problem.file.display(),
+                problem.detail
+            );
+        }
+    }
+    println!(
+        "checked {} topics, {partitions} partitions, {segments} segments, {bytes} bytes of batches: {}",
+        topics.len(),
+        if total == 0 {
+            "no problems".to_string()
+        } else {
+            format!("{total} problems")
+        }
+    );
+    total
 }

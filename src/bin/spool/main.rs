@@ -62,9 +62,12 @@ enum Command {
     Consume(consume::ConsumeArgs),
     /// Measure produce and consume throughput and latency, verifying every message.
     Bench(bench::BenchArgs),
-    /// Open a data directory offline (recovering it like the broker would)
-    /// and print its topics and offsets.
+    /// Print a data directory's topics and offsets offline, reading only
+    /// (what recovery would cut is not counted).
     Inspect(inspect::InspectArgs),
+    /// Check every file of a data directory offline (CRC of every batch,
+    /// indexes, metadata) without changing it; exit 1 on damage.
+    Verify(inspect::VerifyArgs),
 }
 
 /// An error with the exit code a shell should see.
@@ -173,6 +176,7 @@ fn main() -> ExitCode {
             Command::Produce(args) => produce::run(args).await,
             Command::Consume(args) => consume::run(args).await,
             Command::Inspect(args) => inspect::run(args),
+            Command::Verify(args) => inspect::verify(args),
             Command::Bench(args) => bench::run(args).await,
         }
     });
