@@ -247,11 +247,12 @@ mod tests {
     fn batches_leave_in_the_order_they_filled_and_sticky_moves_on() {
         let (mut acc, t) = acc(3);
         let later = Instant::now() + Duration::from_secs(60);
-        // 100-byte values in 1,000-byte batches: a batch fills after 9.
+        // 100-byte values (106 bytes encoded) in 1,012-byte batches (a
+        // 52-byte header): a batch fills after 9.
         let mut placed = Vec::new();
         for i in 0..30u32 {
             let a = acc
-                .append(t, None, &[i as u8; 100], 0, 1_000, later)
+                .append(t, None, &[i as u8; 100], 0, 1_012, later)
                 .unwrap();
             placed.push((a.partition, a.index));
         }
