@@ -228,11 +228,21 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
     let consume_elapsed = produce_started.elapsed();
     stop.cancel();
     let mut seen: Vec<Seen> = Vec::new();
+    let mut consumer_failed = false;
     for (c, handle) in consumers.into_iter().enumerate() {
         match handle.await {
-            Ok(Ok(s)) => seen.push(s),
-            Ok(Err(e)) => shared.error(format!("consumer {c}: {e}")),
-            Err(e) => shared.error(format!("consumer {c} panicked: {e}")),
+            // What a failed consumer saw before it failed still counts.
+            Ok((s, result)) => {
+                if let Err(e) = result {
+                    consumer_failed = true;
+                    shared.error(format!("consumer {c} stopped: {e}"));
+                }
+                seen.push(s);
+            }
+            Err(e) => {
+                consumer_failed = true;
+                shared.error(format!("consumer {c} panicked: {e}"));
+            }
         }
     }
     progress.abort();
@@ -241,7 +251,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
     // Verify: every (producer, seq) exactly once, intact, in order.
     let verification = payload::verify(&seen, &produced_per_producer);
     if args.consumers > 0 {
-        verification.report_errors(produced, args.mode, &shared);
+        verification.report_errors(produced, args.mode, consumer_failed, &shared);
     }
     let (verified, duplicates) = (verification.verified, verification.duplicates);
 
@@ -499,8 +509,21 @@ async fn consume(
     topic: &str,
     shared: &Arc<Shared>,
     stop: CancellationToken,
-) -> Result<Seen, String> {
+) -> (Seen, Result<(), String>) {
     let mut seen = Seen::default();
+    let result = consume_into(&mut seen, id, client, args, topic, shared, stop).await;
+    (seen, result)
+}
+
+async fn consume_into(
+    seen: &mut Seen,
+    id: u32,
+    client: Client,
+    args: &BenchArgs,
+    topic: &str,
+    shared: &Arc<Shared>,
+    stop: CancellationToken,
+) -> Result<(), String> {
     match args.mode {
         Mode::Stream => {
             let positions = (0..args.partitions)
@@ -515,7 +538,7 @@ async fn consume(
                     next = consumer.next() => next,
                 };
                 match next {
-                    Some(Ok(m)) => check(&mut seen, shared, m.partition, &m.value, true),
+                    Some(Ok(m)) => check(seen, shared, m.partition, &m.value, true),
                     Some(Err(e)) => return Err(e.to_string()),
                     None => break,
                 }
@@ -535,7 +558,7 @@ async fn consume(
             while !stop.is_cancelled() {
                 let batch = consumer.receive_batch().await.map_err(|e| e.to_string())?;
                 for m in &batch {
-                    check(&mut seen, shared, m.partition, &m.value, false);
+                    check(seen, shared, m.partition, &m.value, false);
                 }
                 // Every message acked, the acks pipelined with the next delivery.
                 let sent = consumer
@@ -551,5 +574,5 @@ async fn consume(
             }
         }
     }
-    Ok(seen)
+    Ok(())
 }

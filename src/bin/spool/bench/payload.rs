@@ -139,12 +139,24 @@ pub(super) fn verify(seen: &[Seen], produced_per_producer: &HashMap<u32, u64>) -
 
 impl Verification {
     /// Records every way the run failed to verify.
-    pub(super) fn report_errors(&self, produced: u64, mode: Mode, shared: &Shared) {
+    pub(super) fn report_errors(
+        &self,
+        produced: u64,
+        mode: Mode,
+        consumer_failed: bool,
+        shared: &Shared,
+    ) {
         if self.verified != produced {
-            shared.error(format!(
-                "{} of {produced} messages never arrived",
-                produced.saturating_sub(self.verified)
-            ));
+            let missing = produced.saturating_sub(self.verified);
+            shared.error(if consumer_failed {
+                // They may well be stored: a consumer stopped first.
+                format!(
+                    "{missing} of {produced} messages were not read ({} verified before a consumer stopped)",
+                    self.verified
+                )
+            } else {
+                format!("{missing} of {produced} messages never arrived")
+            });
         }
         if self.corrupt > 0 {
             shared.error(format!("{} messages arrived damaged", self.corrupt));
