@@ -395,3 +395,56 @@ async fn verify_reports_damage_without_touching_the_directory() {
     assert!(!after_repair.contains("torn_tail"), "{text}");
     assert!(after_repair.contains("damaged_batch"), "{text}");
 }
+
+/// Recovery cut the log below a group's position (the last batch was
+/// damaged): the offsets written next must reach the group, not be
+/// skipped as if already acknowledged. The group moves back to the end.
+#[tokio::test]
+async fn a_group_past_a_cut_end_moves_back_and_gets_the_new_messages() {
+    use spool::broker::{GroupConfig, GroupMode};
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path()).await;
+    {
+        let broker = Broker::open(dir.path(), BrokerConfig::default()).unwrap();
+        let member = broker
+            .join_group("g", TOPIC, GroupMode::Queue, GroupConfig::default())
+            .unwrap();
+        let mut acked = 0;
+        while acked < 900 {
+            let batch = broker
+                .deliver("g", member, 1000, std::time::Duration::from_millis(100))
+                .await
+                .unwrap();
+            let items: Vec<_> = batch.iter().map(|m| (m.partition, m.offset)).collect();
+            broker.ack("g", member, &items).await.unwrap();
+            acked += items.len();
+        }
+        broker.close().unwrap();
+    }
+    fs::remove_file(dir.path().join("clean-shutdown")).unwrap();
+    let active = segments(dir.path()).pop().unwrap();
+    let (pos, last) = *batches(&active).last().unwrap();
+    flip_byte(&active, pos + u64::from(last.batch_len) - 10);
+
+    let broker = Broker::open(dir.path(), BrokerConfig::default()).unwrap();
+    let end = broker.offsets(TOPIC, PartitionId(0)).unwrap().end;
+    assert_eq!(end, last.base_offset, "the damaged last batch is cut");
+    let fresh: Vec<_> = (0..3).map(|i| Message::new(format!("new-{i}"))).collect();
+    broker.produce(TOPIC, PartitionId(0), &fresh).await.unwrap();
+    let member = broker
+        .join_group("g", TOPIC, GroupMode::Queue, GroupConfig::default())
+        .unwrap();
+    let delivered = broker
+        .deliver("g", member, 1000, std::time::Duration::from_millis(500))
+        .await
+        .unwrap();
+    let values: Vec<_> = delivered
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.value).to_string())
+        .collect();
+    assert_eq!(
+        values,
+        vec!["new-0", "new-1", "new-2"],
+        "the group skipped reused offsets"
+    );
+}

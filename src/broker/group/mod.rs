@@ -327,16 +327,52 @@ impl Group {
         let sync = topic.config.log.sync == SyncPolicy::Always;
         let mut partitions = Vec::with_capacity(topic.partitions.len());
         for (p, log) in topic.partitions.iter().enumerate() {
-            let (ack_log, state) = AckLog::open(&dir, p as u32, sync).map_err(|e| {
+            let (mut ack_log, state) = AckLog::open(&dir, p as u32, sync).map_err(|e| {
                 storage_error(&format!("opening group {} partition {p}", meta.name), e)
             })?;
             let mut queue =
                 QueueState::restore(state.floor, state.settled.iter().copied(), &state.counts);
             queue.drop_below(log.start_offset().0);
+            let mut committed = state.committed;
+            // Recovery cut the log below where this group had got to (a
+            // damaged last batch): the offsets past the end will be used
+            // again by new messages, which the group must not skip. Move
+            // the group back to the end, durably, and say so.
+            let end = log.next_offset().0;
+            let ahead = state.floor > end
+                || state.settled.last().is_some_and(|&o| o >= end)
+                || state.counts.keys().any(|&o| o >= end)
+                || committed.is_some_and(|c| c > end);
+            if ahead {
+                // A reset record sets both the queue position and the
+                // committed offset on replay: each mode's own, capped.
+                let to = match meta.mode {
+                    GroupMode::Stream => committed.unwrap_or(0).min(end),
+                    GroupMode::Queue => queue.low_water_mark().min(end),
+                };
+                tracing::warn!(
+                    group = %meta.name,
+                    partition = p,
+                    position = queue.low_water_mark(),
+                    committed = ?committed,
+                    end,
+                    "the partition's log ends below the group's position (recovery cut it): the group moves back to the end, so the offsets written next are delivered",
+                );
+                let sync = ack_log.append(&[AckRecord::Reset(to)]).map_err(|e| {
+                    storage_error(&format!("moving group {} partition {p} back", meta.name), e)
+                })?;
+                if let Some(sync) = sync {
+                    sync.sync_now().map_err(|e| {
+                        storage_error(&format!("moving group {} partition {p} back", meta.name), e)
+                    })?;
+                }
+                queue.reset(to);
+                committed = Some(to);
+            }
             partitions.push(Mutex::new(GroupPartition {
                 queue,
                 log: ack_log,
-                committed: state.committed,
+                committed,
                 dead_letters: state.dead_letters,
             }));
         }
