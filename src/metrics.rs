@@ -50,6 +50,8 @@ metric!(FLUSH_SECONDS: Histogram = register_histogram_with_registry!(
     LATENCY_BUCKETS.to_vec(), REGISTRY));
 metric!(CORRUPT_BATCHES: IntCounter = register_int_counter_with_registry!(
     "spool_corrupt_batches_total", "Damaged batches found by recovery (kept, never served)", REGISTRY));
+metric!(CORRUPT_DEAD_LETTERS: IntCounter = register_int_counter_with_registry!(
+    "spool_corrupt_dead_letters_total", "Messages of damaged batches that queue groups dead-lettered unread", REGISTRY));
 metric!(CONNECTIONS: IntGauge = register_int_gauge_with_registry!(
     "spool_connections", "Client connections open", REGISTRY));
 metric!(CONNECTIONS_TOTAL: IntCounter = register_int_counter_with_registry!(
@@ -87,6 +89,7 @@ pub fn register_all() {
     LazyLock::force(&REQUEST_ERRORS);
     LazyLock::force(&FLUSH_SECONDS);
     LazyLock::force(&CORRUPT_BATCHES);
+    LazyLock::force(&CORRUPT_DEAD_LETTERS);
     LazyLock::force(&CONNECTIONS);
     LazyLock::force(&CONNECTIONS_TOTAL);
     LazyLock::force(&CONNECTIONS_REJECTED);

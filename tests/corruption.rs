@@ -448,3 +448,81 @@ async fn a_group_past_a_cut_end_moves_back_and_gets_the_new_messages() {
         "the group skipped reused offsets"
     );
 }
+
+/// A queue group meets a damaged batch: its messages are dead-lettered
+/// with the damage as the reason, every other message (of that partition
+/// and the others) is delivered, and the group goes on. Before, the
+/// delivery failed outright, on every partition, for good.
+#[tokio::test]
+async fn a_queue_group_steps_over_a_damaged_batch() {
+    use spool::broker::{GroupConfig, GroupMode};
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let broker = Broker::open(dir.path(), BrokerConfig::default()).unwrap();
+        let config = TopicConfig::new(2)
+            .sync(SyncPolicy::Never)
+            .segment_size_bytes(16 * 1024);
+        broker.create_topic(TOPIC, config).unwrap();
+        for b in 0..300u64 {
+            let msgs: Vec<_> = (0..3)
+                .map(|i| Message::new(format!("{:060}", b * 3 + i)))
+                .collect();
+            broker.produce(TOPIC, PartitionId(0), &msgs).await.unwrap();
+        }
+        for i in 0..10 {
+            broker
+                .produce(TOPIC, PartitionId(1), &[Message::new(format!("p1-{i}"))])
+                .await
+                .unwrap();
+        }
+        broker.close().unwrap();
+    }
+    let sealed = &segments(dir.path())[0];
+    let in_sealed = batches(sealed);
+    let (pos, victim) = in_sealed[in_sealed.len() / 2];
+    flip_byte(sealed, pos + u64::from(victim.batch_len) - 5);
+
+    let broker = Broker::open(dir.path(), BrokerConfig::default()).unwrap();
+    let member = broker
+        .join_group("g", TOPIC, GroupMode::Queue, GroupConfig::default())
+        .unwrap();
+    let mut delivered = std::collections::BTreeSet::new();
+    loop {
+        let batch = broker
+            .deliver("g", member, 500, std::time::Duration::from_millis(200))
+            .await
+            .expect("delivery goes on past the damaged batch");
+        if batch.is_empty() {
+            break;
+        }
+        let items: Vec<_> = batch.iter().map(|m| (m.partition, m.offset)).collect();
+        for m in &batch {
+            delivered.insert((m.partition.0, m.offset.0));
+        }
+        broker.ack("g", member, &items).await.unwrap();
+    }
+    assert_eq!(delivered.len(), 900 - 3 + 10);
+    for o in victim.base_offset.0..victim.next_offset().0 {
+        assert!(
+            !delivered.contains(&(0, o)),
+            "a damaged offset was delivered"
+        );
+    }
+    let info = broker.describe_group("g").unwrap();
+    assert_eq!(
+        info.partitions.iter().map(|p| p.dead_letters).sum::<u64>(),
+        3
+    );
+    let dead = broker
+        .read("g.dlq", PartitionId(0), Offset(0), 1 << 20)
+        .unwrap();
+    let batch = spool::Batch::validate(&dead.batches).unwrap();
+    let mut reasons = 0;
+    for r in batch.records() {
+        let reason =
+            String::from_utf8_lossy(r.header(b"spool.dlq.reason").expect("a reason")).to_string();
+        assert!(reason.starts_with("corrupt_batch: "), "{reason}");
+        reasons += 1;
+    }
+    assert_eq!(reasons, 3);
+}

@@ -157,7 +157,17 @@ impl Broker {
             let offsets: Vec<u64> = took.iter().map(|d| d.offset).collect();
             match read_records(log, &offsets) {
                 Ok(records) => {
+                    let mut damaged = Vec::new();
                     for (d, r) in took.iter().zip(records) {
+                        let r = match r {
+                            Ok(r) => r,
+                            // Unreadable: never delivered; dead-lettered
+                            // below with the damage named.
+                            Err(_) => {
+                                damaged.push(*d);
+                                continue;
+                            }
+                        };
                         out.push(DeliveredMessage {
                             partition: PartitionId(p as u32),
                             offset: Offset(d.offset),
@@ -167,6 +177,10 @@ impl Broker {
                             value: r.value,
                             headers: r.headers,
                         });
+                    }
+                    if !damaged.is_empty() {
+                        self.dead_letter(g, topic, PartitionId(p as u32), &damaged)
+                            .await?;
                     }
                 }
                 Err(err) => {
@@ -219,10 +233,27 @@ impl Broker {
         let records = read_records(log, &offsets)
             .map_err(|e| storage_error("reading messages to dead-letter", e))?;
         let mut builder = BatchBuilder::new();
+        let mut damaged = 0usize;
         for (d, r) in exhausted.iter().zip(&records) {
             let partition_text = partition.0.to_string();
             let offset_text = d.offset.to_string();
             let deliveries_text = d.deliveries.to_string();
+            // A message whose batch is damaged goes as an empty record whose
+            // reason names the damage: the group steps over it, and an
+            // operator sees what was lost.
+            let empty = OwnedRecord {
+                timestamp_ms: 0,
+                key: None,
+                value: Bytes::new(),
+                headers: Vec::new(),
+            };
+            let (r, reason) = match r {
+                Ok(r) => (r, "max_deliveries_exceeded".to_string()),
+                Err(why) => {
+                    damaged += 1;
+                    (&empty, format!("corrupt_batch: {why}"))
+                }
+            };
             let mut headers: Vec<(&[u8], &[u8])> = r
                 .headers
                 .iter()
@@ -234,9 +265,14 @@ impl Broker {
                 (b"spool.dlq.offset", offset_text.as_bytes()),
                 (b"spool.dlq.group", g.name.as_bytes()),
                 (b"spool.dlq.deliveries", deliveries_text.as_bytes()),
-                (b"spool.dlq.reason", b"max_deliveries_exceeded"),
+                (b"spool.dlq.reason", reason.as_bytes()),
             ]);
             builder.push(r.timestamp_ms, r.key.as_deref(), &r.value, &headers)?;
+        }
+        if damaged > 0 {
+            tracing::error!(group = %g.name, topic = %topic.name, %partition, damaged, "messages in a damaged batch cannot be read: dead-lettered with the damage as reason, the group goes on");
+            #[cfg(feature = "server")]
+            crate::metrics::CORRUPT_DEAD_LETTERS.inc_by(damaged as u64);
         }
         let batch = builder.finish()?;
         self.append(&dlq, PartitionId(0), &batch).await?;
@@ -273,19 +309,29 @@ struct OwnedRecord {
 
 /// Reads the records at `offsets` (ascending or not) from a partition log,
 /// with as few reads as the offsets' spread allows. Keys and values are
-/// zero-copy slices of the segment map.
+/// zero-copy slices of the segment map. An offset in a damaged batch gives
+/// the damage instead of a record; any other failure fails the whole read.
 fn read_records(
     log: &Arc<PartitionLog>,
     offsets: &[u64],
-) -> Result<Vec<OwnedRecord>, StorageError> {
+) -> Result<Vec<Result<OwnedRecord, String>>, StorageError> {
     let mut wanted: Vec<(u64, usize)> = offsets.iter().copied().zip(0..).collect();
     wanted.sort_unstable();
-    let mut found: Vec<Option<OwnedRecord>> = (0..offsets.len()).map(|_| None).collect();
+    let mut found: Vec<Option<Result<OwnedRecord, String>>> =
+        (0..offsets.len()).map(|_| None).collect();
     let mut i = 0;
     while i < wanted.len() {
         // One batch per read (storage returns at least one whole batch):
         // reading ahead would CRC and walk records nobody asked for.
-        let fetched = log.read(Offset(wanted[i].0), 1)?;
+        let fetched = match log.read(Offset(wanted[i].0), 1) {
+            Ok(fetched) => fetched,
+            Err(damage @ StorageError::Corrupt { .. }) => {
+                found[wanted[i].1] = Some(Err(damage.to_string()));
+                i += 1;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         if fetched.batches.is_empty() {
             break;
         }
@@ -297,7 +343,7 @@ fn read_records(
                 i += 1;
             }
             if i < wanted.len() && wanted[i].0 == record.offset.0 {
-                found[wanted[i].1] = Some(OwnedRecord {
+                found[wanted[i].1] = Some(Ok(OwnedRecord {
                     timestamp_ms: record.timestamp_ms,
                     key: record.key.map(|k| bytes.slice_ref(k)),
                     value: bytes.slice_ref(record.value),
@@ -305,7 +351,7 @@ fn read_records(
                         .headers()
                         .map(|(n, v)| (bytes.slice_ref(n), bytes.slice_ref(v)))
                         .collect(),
-                });
+                }));
                 i += 1;
             }
         }
