@@ -353,23 +353,7 @@ async fn consume_as_json_shows_keys_headers_and_offsets() {
         .await
         .expect("produce");
     let addr = server.addr.to_string();
-    let run = move |extra: &[&str]| {
-        let mut args = vec![
-            "consume", "--topic", "j", "--format", "json", "--addr", &addr,
-        ];
-        args.extend_from_slice(extra);
-        let out = spool(&args, None);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        stdout(&out)
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON line"))
-            .collect::<Vec<_>>()
-    };
-    let lines = tokio::task::spawn_blocking(move || run(&[]))
+    let lines = tokio::task::spawn_blocking(move || consume_json(&addr, &[]))
         .await
         .expect("run");
     assert_eq!(lines.len(), 2);
@@ -386,26 +370,28 @@ async fn consume_as_json_shows_keys_headers_and_offsets() {
     assert!(lines[1].get("value").is_none());
 
     let addr = server.addr.to_string();
-    let grouped = tokio::task::spawn_blocking(move || {
-        let out = spool(
-            &[
-                "consume", "--topic", "j", "--format", "json", "--group", "g", "--ack", "--addr",
-                &addr,
-            ],
-            None,
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        stdout(&out)
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON line"))
-            .collect::<Vec<_>>()
-    })
-    .await
-    .expect("run");
+    let grouped =
+        tokio::task::spawn_blocking(move || consume_json(&addr, &["--group", "g", "--ack"]))
+            .await
+            .expect("run");
     assert_eq!(grouped.len(), 2);
     assert_eq!(grouped[0]["deliveries"], 1);
+}
+
+/// `spool consume --topic j --format json` (plus `extra`), each line parsed.
+fn consume_json(addr: &str, extra: &[&str]) -> Vec<serde_json::Value> {
+    let mut args = vec![
+        "consume", "--topic", "j", "--format", "json", "--addr", addr,
+    ];
+    args.extend_from_slice(extra);
+    let out = spool(&args, None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON line"))
+        .collect()
 }

@@ -1149,6 +1149,17 @@ async fn a_stream_group_keeps_its_offsets_when_its_coordinator_is_paused() {
             .await
             .map(|c| c.offsets)
     };
+    let describe = |client: Client| async move {
+        client
+            .call_group(
+                "readers",
+                &DescribeGroupRequest {
+                    group: "readers".into(),
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())
+    };
     let before = committed(admin.clone()).await.expect("committed before");
     let victim = index_of(coordinator);
     cluster.signal(victim, Signal::STOP);
@@ -1181,15 +1192,7 @@ async fn a_stream_group_keeps_its_offsets_when_its_coordinator_is_paused() {
         Duration::from_secs(10),
         "members at the new coordinator",
         || async {
-            let g = watcher
-                .call_group(
-                    "readers",
-                    &DescribeGroupRequest {
-                        group: "readers".into(),
-                    },
-                )
-                .await
-                .map_err(|e| e.to_string())?;
+            let g = describe(watcher.clone()).await?;
             (g.members == 2)
                 .then_some(g.members)
                 .ok_or(format!("{} members", g.members))
@@ -1216,15 +1219,7 @@ async fn a_stream_group_keeps_its_offsets_when_its_coordinator_is_paused() {
     // Every partition's committed offset reaches its end, and the
     // coordinator (the paused broker again) describes the group so.
     let described = eventually(Duration::from_secs(20), "all committed", || async {
-        let g = admin
-            .call_group(
-                "readers",
-                &DescribeGroupRequest {
-                    group: "readers".into(),
-                },
-            )
-            .await
-            .map_err(|e| e.to_string())?;
+        let g = describe(admin.clone()).await?;
         let lag: u64 = g.partitions.iter().map(|p| p.end - p.position).sum();
         let members = g.members;
         (lag == 0 && members == 2)

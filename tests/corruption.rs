@@ -55,8 +55,14 @@ fn flip_byte(path: &Path, position: u64) {
 /// Writes 300 batches of 3 records (about 60 KiB) into one partition with
 /// 16 KiB segments, and closes the broker cleanly.
 async fn fill(dir: &Path) {
+    fill_partitions(dir, 1).await;
+}
+
+/// As `fill`, into partition 0 of a topic of `partitions`; every other
+/// partition `p` gets 10 messages `p<p>-<i>`.
+async fn fill_partitions(dir: &Path, partitions: u32) {
     let broker = Broker::open(dir, BrokerConfig::default()).unwrap();
-    let config = TopicConfig::new(1)
+    let config = TopicConfig::new(partitions)
         .sync(SyncPolicy::Never)
         .segment_size_bytes(16 * 1024);
     broker.create_topic(TOPIC, config).unwrap();
@@ -65,6 +71,12 @@ async fn fill(dir: &Path) {
             .map(|i| Message::new(format!("{:060}", b * 3 + i)))
             .collect();
         broker.produce(TOPIC, PartitionId(0), &msgs).await.unwrap();
+    }
+    for p in 1..partitions {
+        for i in 0..10 {
+            let m = Message::new(format!("p{p}-{i}"));
+            broker.produce(TOPIC, PartitionId(p), &[m]).await.unwrap();
+        }
     }
     broker.close().unwrap();
 }
@@ -457,26 +469,7 @@ async fn a_group_past_a_cut_end_moves_back_and_gets_the_new_messages() {
 async fn a_queue_group_steps_over_a_damaged_batch() {
     use spool::broker::{GroupConfig, GroupMode};
     let dir = tempfile::tempdir().unwrap();
-    {
-        let broker = Broker::open(dir.path(), BrokerConfig::default()).unwrap();
-        let config = TopicConfig::new(2)
-            .sync(SyncPolicy::Never)
-            .segment_size_bytes(16 * 1024);
-        broker.create_topic(TOPIC, config).unwrap();
-        for b in 0..300u64 {
-            let msgs: Vec<_> = (0..3)
-                .map(|i| Message::new(format!("{:060}", b * 3 + i)))
-                .collect();
-            broker.produce(TOPIC, PartitionId(0), &msgs).await.unwrap();
-        }
-        for i in 0..10 {
-            broker
-                .produce(TOPIC, PartitionId(1), &[Message::new(format!("p1-{i}"))])
-                .await
-                .unwrap();
-        }
-        broker.close().unwrap();
-    }
+    fill_partitions(dir.path(), 2).await;
     let sealed = &segments(dir.path())[0];
     let in_sealed = batches(sealed);
     let (pos, victim) = in_sealed[in_sealed.len() / 2];

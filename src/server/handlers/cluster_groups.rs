@@ -20,6 +20,7 @@ use spool_protocol::{ErrorCode, ErrorResponse, WireGroupMode, WireResetTarget};
 
 use crate::broker::{Broker, BrokerError, GroupConfig, MemberId};
 use crate::cluster::node::ClusterNode;
+use crate::cluster::state::{ClusterState, GroupSpec};
 use crate::server::errors::{error, response_for};
 use crate::server::handlers::{cluster, groups, on_blocking_thread};
 
@@ -49,6 +50,14 @@ pub fn find_coordinator(
             .map(|m| m.client_addr.clone())
             .unwrap_or_default(),
     })
+}
+
+/// The committed group `name`, or `GroupNotFound`.
+fn group_spec<'a>(state: &'a ClusterState, name: &str) -> Result<&'a GroupSpec, ErrorResponse> {
+    state
+        .groups
+        .get(name)
+        .ok_or_else(|| response_for(&BrokerError::GroupNotFound(name.to_string())))
 }
 
 /// Why a queue-mode request is refused in a cluster.
@@ -132,10 +141,7 @@ pub fn committed_offsets(
 ) -> Result<CommittedOffsetsResponse, ErrorResponse> {
     coordinates(node, &request.group)?;
     let state = node.state();
-    let group = state
-        .groups
-        .get(&request.group)
-        .ok_or_else(|| response_for(&BrokerError::GroupNotFound(request.group.clone())))?;
+    let group = group_spec(&state, &request.group)?;
     let partitions = state
         .topics
         .get(&group.topic)
@@ -166,10 +172,7 @@ async fn describe_here(
     name: &str,
 ) -> Result<WireGroup, ErrorResponse> {
     let state = node.state();
-    let group = state
-        .groups
-        .get(name)
-        .ok_or_else(|| response_for(&BrokerError::GroupNotFound(name.to_string())))?;
+    let group = group_spec(&state, name)?;
     let ranges = node
         .partition_ranges(&group.topic)
         .await
@@ -253,10 +256,7 @@ pub async fn reset(
 ) -> Result<(), ErrorResponse> {
     coordinates(node, &request.group)?;
     let state = node.state();
-    let group = state
-        .groups
-        .get(&request.group)
-        .ok_or_else(|| response_for(&BrokerError::GroupNotFound(request.group.clone())))?;
+    let group = group_spec(&state, &request.group)?;
     if broker
         .describe_group(&request.group)
         .is_ok_and(|g| g.members > 0)
