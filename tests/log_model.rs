@@ -278,3 +278,49 @@ proptest! {
         }
     }
 }
+
+/// A snapshot of the producers written at a clean close describes batches
+/// that a later recovery may cut (a torn tail after the next crash): it
+/// must not be used then, or a producer's resend of a cut batch would be
+/// answered as a duplicate of data that is gone.
+#[test]
+fn a_producer_snapshot_past_the_recovered_end_is_not_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || LogConfig {
+        segment_size_bytes: 1 << 20,
+        ..config(SyncPolicy::Never)
+    };
+    let batch = |seq: u32| {
+        let mut b = BatchBuilder::new();
+        for i in 0..3 {
+            b.push(0, None, format!("{seq}-{i}").as_bytes(), &[])
+                .unwrap();
+        }
+        b.finish_from(PRODUCER, seq).unwrap()
+    };
+    let log = PartitionLog::open(dir.path(), config(), false).unwrap();
+    let mut kept_len = 0u64;
+    for n in 0..5u32 {
+        let bytes = batch(n * 3);
+        if n < 4 {
+            kept_len += bytes.len() as u64;
+        }
+        log.append(Batch::validate(&bytes).unwrap()).unwrap();
+    }
+    log.close().unwrap();
+    drop(log);
+    // The last batch torn off, as after a crash.
+    let segment = dir.path().join("00000000000000000000.log");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap()
+        .set_len(kept_len + 10)
+        .unwrap();
+    let log = PartitionLog::open(dir.path(), config(), false).unwrap();
+    assert_eq!(log.next_offset(), Offset(12));
+    let resent = log.append(Batch::validate(&batch(12)).unwrap()).unwrap();
+    assert!(!resent.duplicate, "a cut batch was answered as stored");
+    assert_eq!(resent.base_offset, Offset(12));
+    assert_eq!(log.next_offset(), Offset(15));
+}

@@ -155,12 +155,15 @@ impl PartitionLog {
         fs::create_dir_all(dir).map_err(|e| StorageError::io(dir, e))?;
         let mut bases = Vec::new();
         let mut stray = Vec::new();
+        let mut snapshots = Vec::new();
         for entry in fs::read_dir(dir).map_err(|e| StorageError::io(dir, e))? {
             let entry = entry.map_err(|e| StorageError::io(dir, e))?;
             let name = entry.file_name();
             let name = name.to_string_lossy();
             if let Some(base) = segment::parse_log_file_name(&name) {
                 bases.push(base);
+            } else if let Some(at) = super::producers::parse_snapshot_name(&name) {
+                snapshots.push(at);
             } else if name.ends_with(".tmp") {
                 stray.push(entry.path());
             }
@@ -241,16 +244,29 @@ impl PartitionLog {
             out_of_space: AtomicBool::new(false),
             visible_end_moved: tokio::sync::Notify::new(),
         };
-        // The producers' table as of the active segment's start (nothing
-        // before it when the log starts there), then its batches.
-        let (table, scan_from) = match ProducerTable::load(dir, active_base) {
-            Some(table) => (table, active_base),
+        // The producers' table from the newest snapshot inside the active
+        // segment (a clean close writes one at its end, a roll one at its
+        // start; nothing before the log's start when it starts there),
+        // then the batches after it. Snapshots past the recovered end
+        // describe batches recovery cut, and only the one at the active
+        // segment's start is kept past this open.
+        snapshots.sort();
+        let usable = snapshots
+            .iter()
+            .rev()
+            .filter(|&&at| at >= active_base && at <= next)
+            .find_map(|&at| ProducerTable::load(dir, at).map(|table| (table, at)));
+        let (table, scan_from) = match usable {
+            Some(found) => found,
             None if active_base == start => (ProducerTable::default(), active_base),
             None => {
                 tracing::info!(dir = %dir.display(), "no producer snapshot for the active segment: scanning the whole log");
                 (ProducerTable::default(), start)
             }
         };
+        for &at in snapshots.iter().filter(|&&at| at != active_base) {
+            let _ = fs::remove_file(super::producers::snapshot_path(dir, at));
+        }
         let table = log.replay_producers(table, scan_from)?;
         log.lock_writer().producers = table;
         Ok(log)
@@ -762,6 +778,11 @@ impl PartitionLog {
     pub fn close(&self) -> Result<(), StorageError> {
         self.flush()?;
         let writer = self.lock_writer();
+        // The next open loads this instead of re-reading the active
+        // segment; losing it costs only that read.
+        if let Err(e) = writer.producers.save(&self.dir, writer.file.next_offset()) {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "cannot write the producer snapshot");
+        }
         writer.active.checkpoint_index()
     }
 
