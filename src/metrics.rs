@@ -58,6 +58,10 @@ metric!(CONNECTIONS_TOTAL: IntCounter = register_int_counter_with_registry!(
     "spool_connections_accepted_total", "Client connections accepted", REGISTRY));
 metric!(CONNECTIONS_REJECTED: IntCounter = register_int_counter_with_registry!(
     "spool_connections_rejected_total", "Connections refused at the connection limit", REGISTRY));
+metric!(FRAME_MEMORY: IntGauge = register_int_gauge_with_registry!(
+    "spool_frame_memory_bytes", "Bytes of the server-wide frame budget held by frames being received or handled", REGISTRY));
+metric!(FRAME_BUDGET_WAITS: IntCounter = register_int_counter_with_registry!(
+    "spool_frame_budget_waits_total", "Frames that waited for the server-wide frame budget before being read", REGISTRY));
 metric!(PROTOCOL_ERRORS: IntCounter = register_int_counter_with_registry!(
     "spool_protocol_errors_total", "Connections closed for malformed input", REGISTRY));
 metric!(NOT_LEADER: IntCounter = register_int_counter_with_registry!(
@@ -94,6 +98,8 @@ pub fn register_all() {
     LazyLock::force(&CONNECTIONS_TOTAL);
     LazyLock::force(&CONNECTIONS_REJECTED);
     LazyLock::force(&PROTOCOL_ERRORS);
+    LazyLock::force(&FRAME_MEMORY);
+    LazyLock::force(&FRAME_BUDGET_WAITS);
     LazyLock::force(&NOT_LEADER);
     LazyLock::force(&LEASE_EXPIRIES);
     LazyLock::force(&PLACEMENT_CHANGES);

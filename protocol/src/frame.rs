@@ -33,6 +33,9 @@ pub const FRAME_VERSION: u8 = 1;
 /// Default limit on a frame's size (length field value).
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024 * 1024 + 4096;
 
+/// Bytes in front of every body: the length field and the header.
+pub const PREFIX_LEN: usize = 4 + HEADER_LEN;
+
 /// Flag: this frame is a response.
 pub const FLAG_RESPONSE: u8 = 0x01;
 /// Flag: this response is an error (body = code + message).
@@ -109,6 +112,60 @@ pub enum FrameError {
     Io(#[from] std::io::Error),
 }
 
+/// A frame's length field and header, checked: what a reader needs to know
+/// before it commits memory to the body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameHead {
+    /// Bytes of body that follow the header.
+    pub body_len: usize,
+    /// `FLAG_*` bits.
+    pub flags: u8,
+    /// Request kind.
+    pub kind: u16,
+    /// Matches a response to its request.
+    pub correlation_id: u32,
+}
+
+impl FrameHead {
+    /// Checks the length field against `max_frame_bytes` and the header's
+    /// magic and version.
+    pub fn parse(
+        prefix: &[u8; PREFIX_LEN],
+        max_frame_bytes: usize,
+    ) -> Result<FrameHead, FrameError> {
+        let len = frame_len(prefix, max_frame_bytes)?;
+        let magic = u16::from_le_bytes([prefix[4], prefix[5]]);
+        if magic != MAGIC {
+            return Err(FrameError::BadMagic(magic));
+        }
+        if prefix[6] != FRAME_VERSION {
+            return Err(FrameError::BadVersion(prefix[6]));
+        }
+        Ok(FrameHead {
+            body_len: len - HEADER_LEN,
+            flags: prefix[7],
+            kind: u16::from_le_bytes([prefix[8], prefix[9]]),
+            correlation_id: u32::from_le_bytes([prefix[12], prefix[13], prefix[14], prefix[15]]),
+        })
+    }
+}
+
+/// The length field at the start of `src` (at least 4 bytes), checked
+/// against the limit and the header's size.
+fn frame_len(src: &[u8], max_frame_bytes: usize) -> Result<usize, FrameError> {
+    let len = u32::from_le_bytes([src[0], src[1], src[2], src[3]]) as usize;
+    if len > max_frame_bytes {
+        return Err(FrameError::TooLarge {
+            len,
+            max: max_frame_bytes,
+        });
+    }
+    if len < HEADER_LEN {
+        return Err(FrameError::TooShort(len));
+    }
+    Ok(len)
+}
+
 /// Cuts bytes into [`Frame`]s and back.
 #[derive(Clone, Debug)]
 pub struct FrameCodec {
@@ -136,45 +193,25 @@ impl Decoder for FrameCodec {
         if src.len() < 4 {
             return Ok(None);
         }
-        let len = u32::from_le_bytes([src[0], src[1], src[2], src[3]]) as usize;
-        if len > self.max_frame_bytes {
-            return Err(FrameError::TooLarge {
-                len,
-                max: self.max_frame_bytes,
-            });
-        }
-        if len < HEADER_LEN {
-            return Err(FrameError::TooShort(len));
-        }
+        let len = frame_len(src, self.max_frame_bytes)?;
         // Check the header as soon as it is here, not after the whole body:
         // garbage is refused before we wait for (or buffer) its "body".
-        if src.len() >= 4 + HEADER_LEN {
-            let magic = u16::from_le_bytes([src[4], src[5]]);
-            if magic != MAGIC {
-                return Err(FrameError::BadMagic(magic));
-            }
-            if src[6] != FRAME_VERSION {
-                return Err(FrameError::BadVersion(src[6]));
-            }
-        }
+        let Some(prefix) = src.first_chunk::<PREFIX_LEN>() else {
+            return Ok(None);
+        };
+        let head = FrameHead::parse(prefix, self.max_frame_bytes)?;
         if src.len() < 4 + len {
             // Reserve only up to what the (already bounded) frame needs.
             src.reserve(4 + len - src.len());
             return Ok(None);
         }
-        src.advance(4);
-        let mut frame = src.split_to(len);
-        let _magic = frame.get_u16_le();
-        let _version = frame.get_u8();
-        let flags = frame.get_u8();
-        let kind = frame.get_u16_le();
-        let _reserved = frame.get_u16_le();
-        let correlation_id = frame.get_u32_le();
+        src.advance(PREFIX_LEN);
+        let body = src.split_to(head.body_len);
         Ok(Some(Frame {
-            kind,
-            flags,
-            correlation_id,
-            body: frame.freeze(),
+            kind: head.kind,
+            flags: head.flags,
+            correlation_id: head.correlation_id,
+            body: body.freeze(),
             tail: Bytes::new(),
         }))
     }

@@ -23,7 +23,7 @@ pub mod varint;
 pub use batch::{Batch, BatchBuilder, BatchError, BatchHeader, Record};
 pub use codec::{DecodeError, Wire};
 pub use error_code::ErrorCode;
-pub use frame::{Frame, FrameCodec, FrameError};
+pub use frame::{Frame, FrameCodec, FrameError, FrameHead};
 pub use frame_writer::FrameWriter;
 pub use requests::{
     Call, ErrorResponse, Request, Response, WireGroupMode, WireResetTarget, WireSettle, WireSync,

@@ -13,6 +13,8 @@
 //!   reader slows only itself, and the broker never buffers more than the
 //!   budget for it.
 //! - requests in flight, idle time, and the handshake deadline.
+//! - memory for frames across all connections, and a deadline for each
+//!   frame once it has started: see `frame_reader`.
 //!
 //! Malformed input gets an error response and the connection is closed;
 //! other connections are unaffected. A bad frame header answers with
@@ -22,22 +24,19 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use spool_protocol::requests::{kind, CoordinatorResponse};
 use spool_protocol::DecodeError;
-use spool_protocol::{
-    ErrorCode, ErrorResponse, Frame, FrameCodec, FrameError, FrameWriter, Request, Response,
-};
+use spool_protocol::{ErrorCode, ErrorResponse, Frame, FrameError, FrameWriter, Request, Response};
 use std::net::SocketAddr;
 
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
-use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use super::errors::error;
+use super::frame_reader::{FrameMemory, FrameReader, ReadError};
 use super::handlers;
 use super::ServerContext;
 use crate::broker::MemberId;
@@ -56,6 +55,9 @@ pub struct ConnectionLimits {
     pub idle_timeout: Duration,
     /// The handshake must arrive within this.
     pub handshake_timeout: Duration,
+    /// A frame that has started must be complete within this (for its
+    /// header, and again for its body once there is memory for it).
+    pub frame_deadline: Duration,
 }
 
 impl Default for ConnectionLimits {
@@ -66,9 +68,14 @@ impl Default for ConnectionLimits {
             max_in_flight_requests: 8192,
             idle_timeout: Duration::from_secs(600),
             handshake_timeout: Duration::from_secs(10),
+            frame_deadline: Duration::from_secs(30),
         }
     }
 }
+
+/// Largest frame before the handshake: a handshake is a few bytes, and a
+/// client that has not said who it is gets no large share of the memory.
+const MAX_HANDSHAKE_FRAME: usize = 64 * 1024;
 
 /// Responses waiting for the writer.
 const RESPONSE_QUEUE: usize = 1024;
@@ -97,7 +104,7 @@ pub async fn serve(stream: TcpStream, ctx: Arc<ServerContext>, shutdown: Cancell
     let peer = stream.peer_addr().ok();
     let _ = stream.set_nodelay(true);
     let (rd, wr) = stream.into_split();
-    let mut frames = FramedRead::new(rd, FrameCodec::new(ctx.limits.max_frame_bytes));
+    let mut frames = FrameReader::new(rd);
     let (tx, rx) = mpsc::channel::<Outgoing>(RESPONSE_QUEUE);
     let writer = tokio::spawn(write_responses(wr, rx));
     let mut handler = Handler::new(ctx, shutdown, peer, tx);
@@ -163,7 +170,6 @@ struct Handler {
     last_frame: Instant,
 }
 
-type Frames = FramedRead<OwnedReadHalf, FrameCodec>;
 type Permits = (OwnedSemaphorePermit, OwnedSemaphorePermit);
 
 impl Handler {
@@ -187,10 +193,10 @@ impl Handler {
         }
     }
 
-    async fn run(&mut self, frames: &mut Frames) {
+    async fn run(&mut self, frames: &mut FrameReader) {
         loop {
             while self.tasks.try_join_next().is_some() {}
-            let Some(frame) = self.next_frame(frames).await else {
+            let Some((frame, memory)) = self.next_frame(frames).await else {
                 return;
             };
             let (kind_, correlation_id) = (frame.kind, frame.correlation_id);
@@ -210,13 +216,16 @@ impl Handler {
                 return;
             };
             self.dispatch(request, kind_, correlation_id, permits).await;
+            // A produce's batch is appended by now; what other requests keep
+            // of their (small) bodies is counted in the connection's budget.
+            drop(memory);
         }
     }
 
     /// The next frame, or `None` when the connection should close (the
     /// client left, idled out, skipped the handshake, or sent a bad frame,
     /// which is answered first).
-    async fn next_frame(&mut self, frames: &mut Frames) -> Option<Frame> {
+    async fn next_frame(&mut self, frames: &mut FrameReader) -> Option<(Frame, FrameMemory)> {
         loop {
             let limits = &self.ctx.limits;
             let deadline = if self.handshaken {
@@ -227,7 +236,7 @@ impl Handler {
             let wait = deadline.saturating_sub(self.last_frame.elapsed());
             let next = tokio::select! {
                 _ = self.shutdown.cancelled() => return None,
-                next = tokio::time::timeout(wait, frames.next()) => next,
+                next = tokio::time::timeout(wait, frames.ready()) => next,
             };
             match next {
                 Err(_elapsed) => {
@@ -243,26 +252,46 @@ impl Handler {
                     // Long polls are still running: not idle.
                     self.last_frame = Instant::now();
                 }
-                Ok(None) => return None,
-                Ok(Some(Err(err))) => {
-                    metrics::PROTOCOL_ERRORS.inc();
-                    tracing::info!(peer = ?self.peer, error = %err, "closing connection: bad frame");
-                    let code = match err {
-                        FrameError::TooLarge { .. } => ErrorCode::FrameTooLarge,
-                        FrameError::Io(_) => return None,
-                        _ => ErrorCode::MalformedFrame,
-                    };
-                    // The header cannot be trusted: correlation id 0.
-                    let reply = error(code, err.to_string());
-                    let _ = self.tx.send(reply.to_frame(0, 0).into()).await;
-                    return None;
-                }
-                Ok(Some(Ok(frame))) => {
-                    self.last_frame = Instant::now();
-                    return Some(frame);
-                }
+                Ok(Ok(false) | Err(_)) => return None,
+                Ok(Ok(true)) => return self.read_frame(frames).await,
             }
         }
+    }
+
+    /// The frame that has started to arrive, or `None` after answering
+    /// why it cannot be read.
+    async fn read_frame(&mut self, frames: &mut FrameReader) -> Option<(Frame, FrameMemory)> {
+        let limits = &self.ctx.limits;
+        let max = if self.handshaken {
+            limits.max_frame_bytes
+        } else {
+            MAX_HANDSHAKE_FRAME
+        };
+        let read = tokio::select! {
+            _ = self.shutdown.cancelled() => return None,
+            read = frames.read(max, &self.ctx.frame_budget, limits.frame_deadline) => read,
+        };
+        let (code, message) = match read {
+            Ok(frame) => {
+                self.last_frame = Instant::now();
+                return Some(frame);
+            }
+            Err(ReadError::Frame(FrameError::Io(_))) => return None,
+            Err(ReadError::Frame(err @ FrameError::TooLarge { .. })) => {
+                (ErrorCode::FrameTooLarge, err.to_string())
+            }
+            Err(ReadError::Frame(err)) => (ErrorCode::MalformedFrame, err.to_string()),
+            Err(ReadError::Deadline(deadline)) => (
+                ErrorCode::LimitReached,
+                format!("frame not received within the frame deadline of {deadline:?}"),
+            ),
+        };
+        metrics::PROTOCOL_ERRORS.inc();
+        tracing::info!(peer = ?self.peer, error = %message, "closing connection: bad frame");
+        // The header cannot be trusted: correlation id 0.
+        let reply = error(code, message);
+        let _ = self.tx.send(reply.to_frame(0, 0).into()).await;
+        None
     }
 
     async fn decode(&self, frame: Frame) -> Decoded {

@@ -9,6 +9,7 @@
 
 mod connection;
 mod errors;
+mod frame_reader;
 mod handlers;
 pub mod http;
 
@@ -25,6 +26,7 @@ use crate::broker::{Broker, TopicConfig};
 use crate::metrics;
 
 pub use connection::ConnectionLimits;
+use frame_reader::FrameBudget;
 pub use tokio_util::sync::CancellationToken;
 
 /// Server settings.
@@ -36,6 +38,10 @@ pub struct ServerConfig {
     pub max_connections_per_ip: usize,
     /// Per-connection limits.
     pub limits: ConnectionLimits,
+    /// Bytes of request frames that all connections together may hold while
+    /// they are received and until they are appended (or decoded). A frame
+    /// larger than this takes all of it.
+    pub frame_memory: usize,
     /// Settings for topics whose creator left them unset.
     pub topic_defaults: TopicConfig,
     /// How long shutdown waits for connections to finish.
@@ -50,6 +56,7 @@ impl Default for ServerConfig {
             max_connections: 1024,
             max_connections_per_ip: 512,
             limits: ConnectionLimits::default(),
+            frame_memory: DEFAULT_FRAME_MEMORY,
             topic_defaults: TopicConfig::new(1),
             shutdown_grace: Duration::from_secs(30),
             cluster: None,
@@ -57,12 +64,17 @@ impl Default for ServerConfig {
     }
 }
 
+/// Default [`ServerConfig::frame_memory`]: four of the largest frames.
+pub const DEFAULT_FRAME_MEMORY: usize = 256 * 1024 * 1024;
+
 /// What every connection task shares.
 pub struct ServerContext {
     /// The broker.
     pub broker: Broker,
     /// Per-connection limits.
     pub limits: ConnectionLimits,
+    /// Memory for frames being received, shared by all connections.
+    frame_budget: FrameBudget,
     /// Defaults for topic creation.
     pub topic_defaults: TopicConfig,
     /// Cancelled when the server shuts down.
@@ -92,6 +104,7 @@ impl Server {
         let ctx = Arc::new(ServerContext {
             broker,
             limits: config.limits.clone(),
+            frame_budget: FrameBudget::new(config.frame_memory),
             topic_defaults: config.topic_defaults.clone(),
             shutdown: CancellationToken::new(),
             cluster: config.cluster.clone(),

@@ -40,7 +40,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the broker: serve the Spool protocol and /metrics until SIGINT/SIGTERM.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Create, list, describe and delete topics on a running broker.
     Topics {
         #[command(subcommand)]
@@ -169,7 +169,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => serve::run(args).await,
+            Command::Serve(args) => serve::run(*args).await,
             Command::Topics { command } => topics::run(command).await,
             Command::Groups { command } => groups::run(command).await,
             Command::Cluster { command } => cluster::run(command).await,

@@ -42,6 +42,14 @@ pub struct ServeArgs {
     /// Close connections idle this long [default: 600].
     #[arg(long)]
     idle_timeout_secs: Option<u64>,
+    /// Memory in MiB that request frames of all connections together may
+    /// hold while being received; connections wait for it [default: 256].
+    #[arg(long)]
+    frame_memory_mib: Option<usize>,
+    /// A frame that has started must arrive within this many seconds, or
+    /// its connection is closed [default: 30].
+    #[arg(long)]
+    frame_deadline_secs: Option<u64>,
     /// Default sync policy of new topics: always, interval, interval:MS or never [default: interval:100].
     #[arg(long)]
     default_sync: Option<SyncPolicy>,
@@ -109,6 +117,8 @@ struct FileConfig {
     max_connections: Option<usize>,
     max_connections_per_ip: Option<usize>,
     idle_timeout_secs: Option<u64>,
+    frame_memory_mib: Option<usize>,
+    frame_deadline_secs: Option<u64>,
     #[serde(default)]
     topic_defaults: FileTopicDefaults,
 }
@@ -157,6 +167,12 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         .unwrap_or((config.max_connections / 2).max(1));
     if let Some(secs) = args.idle_timeout_secs.or(file.idle_timeout_secs) {
         config.limits.idle_timeout = Duration::from_secs(secs);
+    }
+    if let Some(mib) = args.frame_memory_mib.or(file.frame_memory_mib) {
+        config.frame_memory = mib.saturating_mul(1024 * 1024).max(1);
+    }
+    if let Some(secs) = args.frame_deadline_secs.or(file.frame_deadline_secs) {
+        config.limits.frame_deadline = Duration::from_secs(secs.max(1));
     }
     let defaults = &file.topic_defaults;
     let mut topic = TopicConfig::new(args.default_partitions.or(defaults.partitions).unwrap_or(1));
