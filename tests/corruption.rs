@@ -1,8 +1,9 @@
-//! Damaged files: a torn tail of the active segment (or damage to its last
-//! batch, which cannot be told from one) is cut on open; a bit flip in a
-//! batch with valid batches after it, in the active segment or a sealed
-//! one, costs that batch's offsets alone (reported as an error, never
-//! served) and everything after it is kept and served.
+//! Damaged files: a torn tail of the active segment past its durable mark
+//! (bytes no flush had put on disk) is cut on open; damage below the mark,
+//! or with valid batches after it, in the active segment or a sealed one,
+//! costs the damaged batch's offsets alone (reported as an error, never
+//! served, never given to another message) and everything after it is kept
+//! and served.
 
 mod common;
 
@@ -11,6 +12,8 @@ use std::path::{Path, PathBuf};
 
 use common::read_all;
 use spool::protocol::batch::BatchHeader;
+use spool::storage::durable_mark::{DurableMark, MarkWriter};
+use spool::storage::Published;
 use spool::{
     Broker, BrokerConfig, BrokerError, Message, Offset, PartitionId, StorageError, SyncPolicy,
     TopicConfig,
@@ -50,6 +53,27 @@ fn flip_byte(path: &Path, position: u64) {
     let mut b = [0u8];
     file.read_exact_at(&mut b, position).unwrap();
     file.write_all_at(&[b[0] ^ 0x5a], position).unwrap();
+}
+
+/// Rewrites the partition's durable mark to say that the active segment
+/// was flushed up to the batch at `pos` (offset `offset`) and no further:
+/// what a crash leaves when the batches after it were never flushed, which
+/// is the only way a tail can be torn.
+fn flushed_only_up_to(active: &Path, pos: u64, offset: Offset) {
+    let base: u64 = active
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    MarkWriter::new(active.parent().unwrap()).write(DurableMark {
+        segment: Offset(base),
+        at: Published {
+            len: pos,
+            end_offset: offset,
+        },
+    });
 }
 
 /// Writes 300 batches of 3 records (about 60 KiB) into one partition with
@@ -98,7 +122,9 @@ async fn torn_tail_is_cut(trust_index: bool) {
     }
     let active = segments(dir.path()).pop().unwrap();
     let (pos, last) = *batches(&active).last().unwrap();
-    // Cut the last batch in half, as a crash in the middle of its write-back would.
+    // Cut the last batch in half, as a crash in the middle of its write-back
+    // would; the flush before had reached the batch's start.
+    flushed_only_up_to(&active, pos, last.base_offset);
     OpenOptions::new()
         .write(true)
         .open(&active)
@@ -137,16 +163,17 @@ async fn torn_tail_is_cut_after_crash() {
     torn_tail_is_cut(false).await;
 }
 
-/// Damage to the last batch of the active segment looks like a write that
-/// never finished: it is cut.
+/// Damage to the last batch of the active segment past the durable mark
+/// looks like a write that never finished: it is cut.
 #[tokio::test]
-async fn bit_flip_in_the_last_batch_is_cut() {
+async fn bit_flip_in_an_unflushed_last_batch_is_cut() {
     let dir = tempfile::tempdir().unwrap();
     fill(dir.path()).await;
     fs::remove_file(dir.path().join("clean-shutdown")).unwrap();
     let active = segments(dir.path()).pop().unwrap();
     let all = batches(&active);
     let (pos, last) = all[all.len() - 1];
+    flushed_only_up_to(&active, pos, last.base_offset);
     flip_byte(&active, pos + u64::from(last.batch_len) - 10);
 
     let broker = Broker::open(dir.path(), BrokerConfig::default()).unwrap();
@@ -155,6 +182,88 @@ async fn bit_flip_in_the_last_batch_is_cut() {
         last.base_offset
     );
     check_prefix(&broker, last.base_offset.0);
+}
+
+/// Damage to flushed batches at the end of the active segment is not a
+/// torn tail: the data was on disk (and, under `always`, acknowledged).
+/// Recovery keeps the range in place as unreadable, and the next append
+/// goes after it, so those offsets never name another message (before the
+/// durable mark the last batch was cut and its offsets reused). Covers a
+/// flipped bit, and a zeroed run whose lengths cannot be followed, which
+/// needs a search for where valid data resumes.
+#[tokio::test]
+async fn damage_to_flushed_batches_at_the_end_is_kept_and_their_offsets_never_reused() {
+    for zero_two_batches in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        fill(dir.path()).await;
+        fs::remove_file(dir.path().join("clean-shutdown")).unwrap();
+        let active = segments(dir.path()).pop().unwrap();
+        let all = batches(&active);
+        let (pos, last) = all[all.len() - 1];
+        let first_lost = if zero_two_batches {
+            // The last two batches' headers: no length leads over them.
+            let (before, second_last) = all[all.len() - 2];
+            use std::os::unix::fs::FileExt;
+            let file = OpenOptions::new().write(true).open(&active).unwrap();
+            file.write_all_at(&[0u8; 64], before).unwrap();
+            file.write_all_at(&[0u8; 64], pos).unwrap();
+            second_last.base_offset
+        } else {
+            flip_byte(&active, pos + u64::from(last.batch_len) - 10);
+            last.base_offset
+        };
+
+        let broker = Broker::open(dir.path(), BrokerConfig::default()).unwrap();
+        let end = broker.offsets(TOPIC, PartitionId(0)).unwrap().end;
+        assert_eq!(end, last.next_offset(), "the damaged end was cut");
+        for lost in first_lost.0..end.0 {
+            let read = broker.read(TOPIC, PartitionId(0), Offset(lost), 1 << 20);
+            assert!(
+                matches!(
+                    read,
+                    Err(BrokerError::Storage {
+                        source: StorageError::Corrupt { .. },
+                        ..
+                    })
+                ),
+                "offset {lost} of a damaged batch: {read:?}"
+            );
+        }
+        let records = read_all_before(&broker, first_lost.0);
+        assert_eq!(records, first_lost.0, "the batches before the damage");
+        let info = broker
+            .produce(TOPIC, PartitionId(0), &[Message::new("after the damage")])
+            .await
+            .unwrap();
+        assert_eq!(info.base_offset, end, "an offset was reused");
+        drop(broker);
+        // And again after a restart, with the new batch readable.
+        let broker = Broker::open(dir.path(), BrokerConfig::default()).unwrap();
+        let fetched = broker.read(TOPIC, PartitionId(0), end, 1 << 20).unwrap();
+        let values: Vec<_> = fetched.records().map(|r| r.unwrap().value).collect();
+        assert_eq!(values, vec![bytes::Bytes::from("after the damage")]);
+    }
+}
+
+/// How many records from offset 0 read cleanly and in order.
+fn read_all_before(broker: &Broker, end: u64) -> u64 {
+    let mut offset = 0;
+    while offset < end {
+        let fetched = broker
+            .read(TOPIC, PartitionId(0), Offset(offset), 1 << 20)
+            .unwrap();
+        for r in fetched.records() {
+            let r = r.unwrap();
+            if r.offset.0 < end {
+                assert_eq!(r.value, format!("{:060}", r.offset.0).into_bytes());
+            }
+        }
+        if fetched.next_offset.0 == offset {
+            break;
+        }
+        offset = fetched.next_offset.0;
+    }
+    offset.min(end)
 }
 
 /// A flipped bit in the middle of the active segment is not a torn tail:
@@ -350,6 +459,7 @@ async fn verify_reports_damage_without_touching_the_directory() {
     flip_byte(&files[0], pos + u64::from(victim.batch_len) - 5);
     let active = files.last().unwrap().clone();
     let (tail_pos, last) = *batches(&active).last().unwrap();
+    flushed_only_up_to(&active, tail_pos, last.base_offset);
     OpenOptions::new()
         .write(true)
         .open(&active)
@@ -436,6 +546,8 @@ async fn a_group_past_a_cut_end_moves_back_and_gets_the_new_messages() {
     fs::remove_file(dir.path().join("clean-shutdown")).unwrap();
     let active = segments(dir.path()).pop().unwrap();
     let (pos, last) = *batches(&active).last().unwrap();
+    // Under `never` a group reads what no flush has covered yet.
+    flushed_only_up_to(&active, pos, last.base_offset);
     flip_byte(&active, pos + u64::from(last.batch_len) - 10);
 
     let broker = Broker::open(dir.path(), BrokerConfig::default()).unwrap();

@@ -25,6 +25,7 @@ use bytes::Bytes;
 use spool_protocol::batch::{BatchHeader, Records, MAX_BATCH_LEN};
 use spool_protocol::{Batch, BatchError, Offset, Record};
 
+use super::durable_mark::{DurableMark, MarkWriter};
 use super::producers::{ProducerTable, Sequenced};
 use super::segment::{self, ActiveFile, Segment};
 use super::{monotonic_ms, wall_clock_ms, LogConfig, StorageError, SyncPolicy};
@@ -127,7 +128,8 @@ pub struct PartitionLog {
     config: LogConfig,
     writer: Mutex<Writer>,
     segments: RwLock<Vec<Arc<Segment>>>,
-    flush_lock: Mutex<()>,
+    /// Held while flushing; writes the durable mark after each flush.
+    flush_lock: Mutex<MarkWriter>,
     start_offset: AtomicU64,
     next_offset: AtomicU64,
     durable_offset: AtomicU64,
@@ -186,6 +188,9 @@ impl PartitionLog {
                 (seg, file)
             }
             Some(&last) => {
+                let durable = DurableMark::load(dir)
+                    .filter(|mark| mark.segment == last)
+                    .map(|mark| mark.at);
                 let (seg, file, recovered) = Segment::recover_active(
                     dir,
                     last,
@@ -193,6 +198,7 @@ impl PartitionLog {
                     config.segment_size_bytes,
                     config.index_interval_bytes,
                     clean_shutdown,
+                    durable,
                 )?;
                 for d in &recovered.damaged {
                     tracing::error!(
@@ -200,7 +206,7 @@ impl PartitionLog {
                         position = d.position,
                         offsets = %format!("{}..{}", d.base, d.next),
                         reason = %d.reason,
-                        "damaged batch in the middle of the active segment: kept in place, its offsets are reported as corrupt and never served; the batches after it are served",
+                        "damaged batch in the active segment, below its durable mark or with valid batches after it: kept in place, its offsets are reported as corrupt and never served (nor reused); the batches after it are served",
                     );
                     #[cfg(feature = "server")]
                     crate::metrics::CORRUPT_BATCHES.inc();
@@ -234,7 +240,7 @@ impl PartitionLog {
                 producers: ProducerTable::default(),
             }),
             segments: RwLock::new(segments),
-            flush_lock: Mutex::new(()),
+            flush_lock: Mutex::new(MarkWriter::new(dir)),
             start_offset: AtomicU64::new(start.0),
             next_offset: AtomicU64::new(next.0),
             durable_offset: AtomicU64::new(next.0),
@@ -664,20 +670,20 @@ impl PartitionLog {
         if self.durable_offset() >= target {
             return Ok(());
         }
-        let _flush = self.flush_lock.lock();
+        let mut mark = self.flush_lock.lock();
         if self.durable_offset() >= target {
             return Ok(());
         }
-        self.flush_locked()
+        self.flush_locked(&mut mark)
     }
 
     /// Flushes everything appended so far.
     pub fn flush(&self) -> Result<(), StorageError> {
-        let _flush = self.flush_lock.lock();
-        self.flush_locked()
+        let mut mark = self.flush_lock.lock();
+        self.flush_locked(&mut mark)
     }
 
-    fn flush_locked(&self) -> Result<(), StorageError> {
+    fn flush_locked(&self, mark: &mut MarkWriter) -> Result<(), StorageError> {
         if self.failed.load(Ordering::Acquire) {
             return Err(self.failed_error());
         }
@@ -686,24 +692,31 @@ impl PartitionLog {
             segments.last().cloned()
         };
         let Some(active) = active else { return Ok(()) };
-        // Read the end offset before flushing: the length the flush covers
-        // is at least the one that belongs to this offset.
-        let end = active.end_offset();
         #[cfg(feature = "server")]
         let started = std::time::Instant::now();
         let flushed = active.flush();
         // The one metric storage feeds directly: flush time is only known here.
         #[cfg(feature = "server")]
         crate::metrics::FLUSH_SECONDS.observe(started.elapsed().as_secs_f64());
-        if let Err(err) = flushed {
-            self.failed.store(true, Ordering::Release);
-            tracing::error!(dir = %self.dir.display(), error = %err, "flush failed; the log refuses appends until reopened");
-            return Err(err);
+        let (end, moved) = match flushed {
+            Ok(flushed) => flushed,
+            Err(err) => {
+                self.failed.store(true, Ordering::Release);
+                tracing::error!(dir = %self.dir.display(), error = %err, "flush failed; the log refuses appends until reopened");
+                return Err(err);
+            }
+        };
+        if moved {
+            mark.write(DurableMark {
+                segment: active.base(),
+                at: end,
+            });
         }
         // (durable <= written is asserted by the segment's flush; the log's
         // own `next_offset` is published after the segment's, so a flush
         // may briefly run ahead of it.)
-        self.durable_offset.fetch_max(end.0, Ordering::AcqRel);
+        self.durable_offset
+            .fetch_max(end.end_offset.0, Ordering::AcqRel);
         self.last_flush_ms.store(monotonic_ms(), Ordering::Relaxed);
         self.flushes.fetch_add(1, Ordering::Relaxed);
         if self.config.sync == SyncPolicy::Always {

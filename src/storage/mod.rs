@@ -6,6 +6,7 @@
 //! ("Segment files") and in the module docs of `segment` and `log`.
 
 pub(crate) mod atomic_file;
+pub mod durable_mark;
 pub mod faults;
 mod flusher;
 #[cfg(feature = "fuzzing")]
@@ -27,6 +28,7 @@ use thiserror::Error;
 
 pub use self::flusher::{FileSync, Flusher, SyncPolicy};
 pub use self::log::{AppendInfo, Fetched, FetchedRecords, PartitionLog};
+pub use self::segment::Published;
 
 /// Largest segment a log may be configured with: positions in the sparse
 /// index are 32-bit.

@@ -66,6 +66,9 @@ pub struct Segment {
     flushed_len: AtomicU64,
     /// Offset after the last batch.
     end_offset: AtomicU64,
+    /// `len` and `end_offset` as one pair, for the flush: the durable mark
+    /// needs the exact offset that ends at the length it flushed.
+    published: Mutex<Published>,
     sealed: AtomicBool,
     map: Mutex<Option<Arc<SegmentMap>>>,
     index: RwLock<Vec<IndexEntry>>,
@@ -73,6 +76,16 @@ pub struct Segment {
     /// Bytes below this were handed back to the page cache with
     /// `MADV_DONTNEED` (active segment only).
     released: AtomicU64,
+}
+
+/// A batch boundary of a segment: its byte position and the offset of the
+/// batch that starts there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Published {
+    /// Byte position.
+    pub len: u64,
+    /// Offset.
+    pub end_offset: Offset,
 }
 
 /// The writer's half of the active segment: only the partition's append
@@ -124,6 +137,7 @@ impl Segment {
             len: AtomicU64::new(len),
             flushed_len: AtomicU64::new(len),
             end_offset: AtomicU64::new(end_offset.0),
+            published: Mutex::new(Published { len, end_offset }),
             sealed: AtomicBool::new(sealed),
             map: Mutex::new(None),
             index: RwLock::new(Vec::new()),
@@ -241,9 +255,12 @@ impl Segment {
     ///
     /// With `trust_index` (the broker shut down cleanly) the scan starts at
     /// the last index entry; otherwise every batch is checked from the start.
-    /// Whatever follows the last valid batch (a torn write, garbage, or
-    /// stale batches beyond a hole) is cut off and zeroed, so it can never be
-    /// mistaken for data later.
+    /// Below `durable` (the durable mark: bytes a flush put on disk) a batch
+    /// that fails its check is damage, kept in place and reported, and the
+    /// scan goes on with the next valid batch. Whatever follows the last
+    /// valid batch past it (a torn write, garbage, or stale batches beyond a
+    /// hole) is cut off and zeroed, so it can never be mistaken for data
+    /// later.
     pub fn recover_active(
         dir: &Path,
         base: Offset,
@@ -251,6 +268,7 @@ impl Segment {
         segment_size_bytes: u64,
         index_interval_bytes: u32,
         trust_index: bool,
+        durable: Option<Published>,
     ) -> Result<(Arc<Segment>, ActiveFile, Recovered), StorageError> {
         let segment = Segment::new(dir, base, 0, base, false);
         let path = segment.log_path.clone();
@@ -288,6 +306,10 @@ impl Segment {
             ),
             None => (0, base, i64::MIN),
         };
+        // A mark past the file's end, or behind where the scan starts, cannot
+        // describe this file: ignore it.
+        let durable = durable
+            .filter(|d| d.len <= capacity && d.len >= start_pos && d.end_offset >= start_offset);
         let scan = scan(
             bytes,
             ScanFrom {
@@ -298,6 +320,7 @@ impl Segment {
             base,
             index_interval_bytes,
             &mut entries,
+            durable,
         );
         drop(map);
 
@@ -319,6 +342,10 @@ impl Segment {
         segment
             .end_offset
             .store(scan.next_offset.0, Ordering::Release);
+        *segment.published.lock() = Published {
+            len: scan.end_pos,
+            end_offset: scan.next_offset,
+        };
         *segment.index.write() = entries;
         *segment.map.lock() = Some(map.clone());
         let _ = fs::remove_file(&segment.index_path);
@@ -505,7 +532,14 @@ impl Segment {
             expected: self.base,
             max_timestamp_ms: i64::MIN,
         };
-        let scan = scan(bytes, from, self.base, 4096, &mut entries);
+        // Every byte of a sealed segment was flushed when it was sealed, and
+        // its end offset is the next segment's base: damage anywhere in it
+        // can be stepped over to the next valid batch.
+        let whole = Published {
+            len,
+            end_offset: self.end_offset(),
+        };
+        let scan = scan(bytes, from, self.base, 4096, &mut entries, Some(whole));
         for d in &scan.damaged {
             tracing::error!(
                 path = %self.log_path.display(),
@@ -615,13 +649,16 @@ impl Segment {
         index::store(&self.index_path, &entries, capacity as u64)
     }
 
-    /// Flushes the bytes `flushed_len..len` of the active segment and records
-    /// them as durable. Called under the log's flush lock only.
-    pub fn flush(&self) -> Result<(), StorageError> {
-        let len = self.len();
+    /// Flushes the active segment's bytes from `flushed_len` to the last
+    /// published batch boundary and records them as durable. Returns that
+    /// boundary, and whether anything was flushed to reach it. Called under
+    /// the log's flush lock only.
+    pub fn flush(&self) -> Result<(Published, bool), StorageError> {
+        let published = *self.published.lock();
+        let len = published.len;
         let flushed = self.flushed_len();
         if len <= flushed {
-            return Ok(());
+            return Ok((published, false));
         }
         let map = self.map.lock().clone();
         if let Some(map) = map {
@@ -635,7 +672,7 @@ impl Segment {
             self.flushed_len() <= self.len(),
             "durable past the written length"
         );
-        Ok(())
+        Ok((published, true))
     }
 
     /// Deletes the segment's files. Readers holding a slice keep the
@@ -733,6 +770,10 @@ impl ActiveFile {
         segment
             .end_offset
             .store(self.next_offset.0, Ordering::Release);
+        *segment.published.lock() = Published {
+            len: self.pos,
+            end_offset: self.next_offset,
+        };
         Ok(base)
     }
 }
@@ -770,6 +811,33 @@ fn step_over_damage(bytes: &[u8], pos: u64, expected: Offset) -> Option<(u64, Of
     (next.base_offset == header.next_offset()).then_some((next_pos, header.next_offset()))
 }
 
+/// Where valid data resumes after damage at `pos` (which should hold the
+/// batch starting at `expected`) that lies below the durable mark: the
+/// first later position holding a valid batch that continues the offsets
+/// and ends by the mark, else the mark itself. `None` if the mark does not
+/// lie past the damage (then it is an unfinished tail after all).
+fn resync(bytes: &[u8], pos: u64, expected: Offset, durable: Published) -> Option<(u64, Offset)> {
+    if pos >= durable.len || durable.end_offset <= expected {
+        return None;
+    }
+    let limit = durable.len.min(bytes.len() as u64);
+    for at in pos + 1..limit {
+        let rest = &bytes[at as usize..limit as usize];
+        let Ok(header) = BatchHeader::parse(rest) else {
+            continue;
+        };
+        let fits = at + u64::from(header.batch_len) <= limit;
+        if fits
+            && header.base_offset > expected
+            && header.next_offset() <= durable.end_offset
+            && batch::verify_crc(rest, &header).is_ok()
+        {
+            return Some((at, header.base_offset));
+        }
+    }
+    Some((durable.len, durable.end_offset))
+}
+
 /// What a read-only check of a segment file's bytes found (`spool
 /// verify`): the damaged batches recovery would keep in place, where the
 /// valid batches end, the offset after them, and why the scan stopped
@@ -787,14 +855,15 @@ pub struct Checked {
 }
 
 /// Checks every batch of a segment's bytes (base offset `base`) as
-/// recovery would, changing nothing.
-pub fn check_bytes(bytes: &[u8], base: Offset) -> Checked {
+/// recovery would, changing nothing; `durable` as for recovery (the
+/// durable mark of an active segment, the whole of a sealed one).
+pub fn check_bytes(bytes: &[u8], base: Offset, durable: Option<Published>) -> Checked {
     let from = ScanFrom {
         pos: 0,
         expected: base,
         max_timestamp_ms: i64::MIN,
     };
-    let scan = scan(bytes, from, base, u32::MAX, &mut Vec::new());
+    let scan = scan(bytes, from, base, u32::MAX, &mut Vec::new(), durable);
     Checked {
         damaged: scan.damaged,
         end_pos: scan.end_pos,
@@ -819,13 +888,18 @@ struct Scan {
 
 /// Walks batches from `pos`, checking length, CRC and offset continuity,
 /// appending index entries every `interval` bytes, until the first batch that
-/// fails or an all-zero header.
+/// fails or an all-zero header. Below `durable` (bytes known to have been
+/// written whole) a failure is damage instead: the scan finds the next
+/// valid batch (by the damaged batch's length, else by searching for a
+/// valid header, else at `durable` itself), records the range as damaged,
+/// indexes the batch after it so that reads find it, and goes on.
 fn scan(
     bytes: &[u8],
     from: ScanFrom,
     base: Offset,
     interval: u32,
     entries: &mut Vec<IndexEntry>,
+    durable: Option<Published>,
 ) -> Scan {
     let ScanFrom {
         mut pos,
@@ -842,49 +916,64 @@ fn scan(
         }
         let rest = &bytes[pos as usize..];
         let head = &rest[..rest.len().min(HEADER_LEN_V1)];
-        if head.iter().all(|&b| b == 0) {
-            break None;
-        }
-        let header = match BatchHeader::parse(rest) {
-            Ok(h) => h,
-            Err(e) => break Some(e.to_string()),
-        };
-        if let Err(e) = batch::verify_crc(rest, &header) {
-            match step_over_damage(bytes, pos, expected) {
-                Some((next_pos, next)) => {
-                    damaged.push(Damaged {
-                        position: pos,
-                        base: expected,
-                        next,
-                        reason: e.to_string(),
-                    });
-                    // Indexed like any batch, so reads find what follows.
-                    since_index = since_index.saturating_add(next_pos - pos);
-                    pos = next_pos;
-                    expected = next;
-                    continue;
-                }
-                None => break Some(e.to_string()),
+        let checked = if head.iter().all(|&b| b == 0) {
+            match durable {
+                Some(d) if pos < d.len => Err("zeros where a batch was written".to_string()),
+                _ => break None,
             }
-        }
-        if header.base_offset != expected {
-            break Some(format!(
-                "batch base offset {} where {expected} was expected",
-                header.base_offset
-            ));
-        }
-        if since_index >= interval {
-            entries.push(IndexEntry {
-                relative_offset: (expected.0 - base.0) as u32,
-                position: pos as u32,
-                max_timestamp_before_ms: max_timestamp_ms,
-            });
-            since_index = 0;
-        }
-        since_index = since_index.saturating_add(u64::from(header.batch_len));
-        pos += u64::from(header.batch_len);
-        expected = header.next_offset();
-        max_timestamp_ms = max_timestamp_ms.max(header.max_timestamp_ms);
+        } else {
+            match BatchHeader::parse(rest) {
+                Err(e) => Err(e.to_string()),
+                Ok(header) => match batch::verify_crc(rest, &header) {
+                    Err(e) => Err(e.to_string()),
+                    Ok(()) if header.base_offset != expected => Err(format!(
+                        "batch base offset {} where {expected} was expected",
+                        header.base_offset
+                    )),
+                    Ok(()) => Ok(header),
+                },
+            }
+        };
+        let reason = match checked {
+            Ok(header) => {
+                if since_index >= interval {
+                    entries.push(IndexEntry {
+                        relative_offset: (expected.0 - base.0) as u32,
+                        position: pos as u32,
+                        max_timestamp_before_ms: max_timestamp_ms,
+                    });
+                    since_index = 0;
+                }
+                since_index = since_index.saturating_add(u64::from(header.batch_len));
+                pos += u64::from(header.batch_len);
+                expected = header.next_offset();
+                max_timestamp_ms = max_timestamp_ms.max(header.max_timestamp_ms);
+                continue;
+            }
+            Err(reason) => reason,
+        };
+        let resumed = step_over_damage(bytes, pos, expected)
+            .map(|found| (found, false))
+            .or_else(|| resync(bytes, pos, expected, durable?).map(|found| (found, true)));
+        let Some(((next_pos, next), searched)) = resumed else {
+            break Some(reason);
+        };
+        damaged.push(Damaged {
+            position: pos,
+            base: expected,
+            next,
+            reason,
+        });
+        // Indexed like any batch, so reads find what follows; after a range
+        // found by searching, the next batch gets an entry of its own, since
+        // no length leads a reader over the damage.
+        since_index = if searched {
+            u64::MAX
+        } else {
+            since_index.saturating_add(next_pos - pos)
+        };
+        pos = next_pos;
+        expected = next;
     };
     Scan {
         end_pos: pos,
