@@ -36,7 +36,7 @@ use crate::storage::{
 pub(super) const LOCK_FILE: &str = "LOCK";
 const CLEAN_SHUTDOWN_FILE: &str = "clean-shutdown";
 pub(super) const TOPICS_DIR: &str = "topics";
-const GROUPS_DIR: &str = "groups";
+pub(super) const GROUPS_DIR: &str = "groups";
 
 /// Broker-wide settings.
 #[derive(Clone, Debug)]

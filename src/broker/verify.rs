@@ -1,13 +1,14 @@
 //! A read-only check of a whole data directory (`spool verify`, `spool
-//! inspect`): every topic's metadata and every partition's files, as
-//! recovery would see them, with nothing written.
+//! inspect`): every topic's metadata and every partition's files, every
+//! consumer group's metadata, ack logs and snapshots, as recovery would
+//! see them, with nothing written.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::broker::{LOCK_FILE, TOPICS_DIR};
+use super::broker::{GROUPS_DIR, LOCK_FILE, TOPICS_DIR};
 use super::{BrokerError, TopicConfig};
 use crate::storage::verify::{check_partition, PartitionCheck, Problem};
 use crate::storage::StorageError;
@@ -35,9 +36,37 @@ impl TopicCheck {
     }
 }
 
-/// Checks every topic under `dir` without changing anything. Fails if a
-/// broker has the directory open (its files are changing).
-pub fn check_data_dir(dir: &Path) -> Result<Vec<TopicCheck>, BrokerError> {
+/// One consumer group's check.
+#[derive(Clone, Debug, Serialize)]
+pub struct GroupCheck {
+    /// Its name (the directory's, if the metadata does not read).
+    pub group: String,
+    /// Problems with its metadata, ack logs and snapshots.
+    pub problems: Vec<Problem>,
+}
+
+/// Everything a check of a data directory found.
+#[derive(Clone, Debug, Serialize)]
+pub struct DataDirCheck {
+    /// Each topic, by name.
+    pub topics: Vec<TopicCheck>,
+    /// Each consumer group, by name.
+    pub groups: Vec<GroupCheck>,
+}
+
+impl DataDirCheck {
+    /// Every problem found.
+    pub fn all_problems(&self) -> impl Iterator<Item = &Problem> {
+        self.topics
+            .iter()
+            .flat_map(TopicCheck::all_problems)
+            .chain(self.groups.iter().flat_map(|g| g.problems.iter()))
+    }
+}
+
+/// Checks every topic and group under `dir` without changing anything.
+/// Fails if a broker has the directory open (its files are changing).
+pub fn check_data_dir(dir: &Path) -> Result<DataDirCheck, BrokerError> {
     let storage = |context: &str, source| BrokerError::Storage {
         context: context.to_string(),
         source,
@@ -120,5 +149,23 @@ pub fn check_data_dir(dir: &Path) -> Result<Vec<TopicCheck>, BrokerError> {
             partitions,
         });
     }
-    Ok(checks)
+    let groups_dir = dir.join(GROUPS_DIR);
+    let mut group_dirs: Vec<PathBuf> = fs::read_dir(&groups_dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    group_dirs.sort();
+    let groups = group_dirs
+        .iter()
+        .map(|dir| {
+            let (group, problems) = super::group::Group::check_dir(dir);
+            GroupCheck { group, problems }
+        })
+        .collect();
+    Ok(DataDirCheck {
+        topics: checks,
+        groups,
+    })
 }

@@ -405,7 +405,9 @@ impl Segment {
         while pos < limit {
             let header = match self.checked_header(bytes, pos, expected) {
                 Ok(h) => h,
-                Err(err) if first.is_none() => match step_over_damage(bytes, pos, expected) {
+                Err(err) if first.is_none() => match step_over_damage(bytes, pos, expected)
+                    .or_else(|| resync(bytes, pos, expected, self.resync_bound(pos, limit)?))
+                {
                     // A damaged batch before the one asked for: only its
                     // own offsets are unreadable.
                     Some((next_pos, next)) if next <= offset && next_pos <= limit => {
@@ -454,6 +456,30 @@ impl Segment {
             });
         }
         Ok(first.map(|begin| (map.bytes(begin as usize, (pos - begin) as usize), expected)))
+    }
+
+    /// How far a read may search for valid data after damage at `pos`
+    /// that no length leads over: to the next index entry (a batch
+    /// boundary known when it was written), else to the segment's end when
+    /// the read may see all of it.
+    fn resync_bound(&self, pos: u64, limit: u64) -> Option<Published> {
+        let next_entry = self
+            .index
+            .read()
+            .iter()
+            .find(|e| u64::from(e.position) > pos)
+            .copied();
+        match next_entry {
+            Some(e) if u64::from(e.position) <= limit => Some(Published {
+                len: u64::from(e.position),
+                end_offset: self.base.plus(u64::from(e.relative_offset)),
+            }),
+            Some(_) => None,
+            None => {
+                let published = *self.published.lock();
+                (limit >= published.len).then_some(published)
+            }
+        }
     }
 
     /// The offset from which a search for the first record at or after

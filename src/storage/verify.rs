@@ -26,8 +26,11 @@ pub struct Problem {
     pub position: Option<u64>,
     /// `damaged_batch` (unreadable, the rest served), `corrupt` (a sealed
     /// segment unreadable from here on), `torn_tail` (recovery would cut
-    /// from here), `gap` (offsets missing between segments), `index` or
-    /// `snapshot` (rebuilt on open, nothing lost).
+    /// from here), `gap` (offsets missing between segments), `metadata` (a
+    /// topic's or group's settings unreadable), `ack_log` or `ack_state` (a
+    /// group's acks or deliveries lost or unreadable), `index`, `snapshot`
+    /// or `torn_record` (rebuilt or cut on open, nothing lost: a torn last
+    /// ack record was never confirmed).
     pub kind: &'static str,
     /// What is wrong, with the offsets concerned.
     pub detail: String,
@@ -37,7 +40,7 @@ impl Problem {
     /// True if data is lost or unreadable (an index or snapshot problem is
     /// only a rebuild on the next open).
     pub fn is_damage(&self) -> bool {
-        !matches!(self.kind, "index" | "snapshot")
+        !matches!(self.kind, "index" | "snapshot" | "torn_record")
     }
 }
 

@@ -4,7 +4,8 @@
 
 use std::path::PathBuf;
 
-use spool::broker::verify::{check_data_dir, TopicCheck};
+use spool::broker::verify::{check_data_dir, DataDirCheck};
+use spool::storage::verify::Problem;
 use spool::{Broker, BrokerConfig};
 
 use crate::Failure;
@@ -32,7 +33,7 @@ pub struct VerifyArgs {
     repair: bool,
 }
 
-fn check(data: &std::path::Path) -> Result<Vec<TopicCheck>, Failure> {
+fn check(data: &std::path::Path) -> Result<DataDirCheck, Failure> {
     if !data.join("topics").is_dir() {
         return Err(Failure::usage(format!(
             "{} is not a Spool data directory (no topics/ inside)",
@@ -43,11 +44,11 @@ fn check(data: &std::path::Path) -> Result<Vec<TopicCheck>, Failure> {
 }
 
 pub fn run(args: InspectArgs) -> Result<(), Failure> {
-    let topics = check(&args.data)?;
-    if topics.is_empty() {
+    let checked = check(&args.data)?;
+    if checked.topics.is_empty() {
         println!("no topics in {}", args.data.display());
     }
-    for topic in &topics {
+    for topic in &checked.topics {
         match &topic.config {
             Some(c) => println!(
                 "{}  partitions={} sync={} segment_size_bytes={}",
@@ -63,33 +64,34 @@ pub fn run(args: InspectArgs) -> Result<(), Failure> {
             println!("  {problems} problems: run `spool verify` for details");
         }
     }
+    for group in &checked.groups {
+        let problems = group.problems.len();
+        println!("group {}  {problems} problems", group.group);
+    }
     Ok(())
 }
 
 pub fn verify(args: VerifyArgs) -> Result<(), Failure> {
-    let mut topics = check(&args.data)?;
-    let found = print_report(&topics);
+    let mut checked = check(&args.data)?;
+    let found = print_report(&checked);
     if args.repair && found > 0 {
         println!("repairing: opening the directory as the broker would");
         Broker::open(&args.data, BrokerConfig::default())?.close()?;
-        topics = check(&args.data)?;
-        print_report(&topics);
+        checked = check(&args.data)?;
+        print_report(&checked);
     }
     if let Some(path) = &args.report {
         let report = serde_json::json!({
             "data": args.data,
-            "topics": topics,
-            "damage": topics.iter().any(|t| t.all_problems().any(|p| p.is_damage())),
+            "topics": checked.topics,
+            "groups": checked.groups,
+            "damage": checked.all_problems().any(|p| p.is_damage()),
         });
         let text = serde_json::to_string_pretty(&report)
             .map_err(|e| Failure::refused(format!("encoding the report: {e}")))?;
         std::fs::write(path, text).map_err(|e| Failure::io("writing the report", e))?;
     }
-    let damage = topics
-        .iter()
-        .flat_map(|t| t.all_problems())
-        .filter(|p| p.is_damage())
-        .count();
+    let damage = checked.all_problems().filter(|p| p.is_damage()).count();
     if damage > 0 {
         return Err(Failure::refused(format!(
             "{damage} problems lose or hide data (see above)"
@@ -98,43 +100,45 @@ pub fn verify(args: VerifyArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// One problem as a line: who, what, where (file and byte), why.
+fn print_problem(owner: &str, problem: &Problem) {
+    println!(
+        "{owner}: {} in {}{}: {}",
+        problem.kind,
+        problem.file.display(),
+        problem
+            .position
+            .map_or_else(String::new, |pos| format!(" at byte {pos}")),
+        problem.detail
+    );
+}
+
 /// Prints the summary; returns the number of problems.
-fn print_report(topics: &[TopicCheck]) -> usize {
-    let mut total = 0;
+fn print_report(check: &DataDirCheck) -> usize {
     let (mut partitions, mut segments, mut bytes) = (0, 0, 0u64);
-    for topic in topics {
-        for (p, check) in &topic.partitions {
+    for topic in &check.topics {
+        for (p, partition) in &topic.partitions {
             partitions += 1;
-            segments += check.segments;
-            bytes += check.bytes;
-            for problem in &check.problems {
-                total += 1;
-                println!(
-                    "{}/{p}: {} in {}{}: {}",
-                    topic.topic,
-                    problem.kind,
-                    problem.file.display(),
-                    problem
-                        .position
-                        .map_or_else(String::new, |pos| format!(" at byte {pos}")),
-                    problem.detail
-                );
+            segments += partition.segments;
+            bytes += partition.bytes;
+            for problem in &partition.problems {
+                print_problem(&format!("{}/{p}", topic.topic), problem);
             }
         }
         for problem in &topic.problems {
-            total += 1;
-            println!(
-                "{}: {} in {}: {}",
-                topic.topic,
-                problem.kind,
-                problem.file.display(),
-                problem.detail
-            );
+            print_problem(&topic.topic, problem);
         }
     }
+    for group in &check.groups {
+        for problem in &group.problems {
+            print_problem(&format!("group {}", group.group), problem);
+        }
+    }
+    let total = check.all_problems().count();
     println!(
-        "checked {} topics, {partitions} partitions, {segments} segments, {bytes} bytes of batches: {}",
-        topics.len(),
+        "checked {} topics, {partitions} partitions, {segments} segments, {bytes} bytes of batches, {} groups: {}",
+        check.topics.len(),
+        check.groups.len(),
         if total == 0 {
             "no problems".to_string()
         } else {

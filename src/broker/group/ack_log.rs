@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::storage::atomic_file::Durability;
 use crate::storage::meta_file::{self, MetaKind};
+use crate::storage::verify::Problem;
 use crate::storage::{FileSync, StorageError};
 
 const RECORD_LEN: usize = 17;
@@ -286,6 +287,75 @@ impl AckLog {
         )?;
         self.restart(generation)
     }
+}
+
+/// Checks `<dir>/<partition>.acklog` and its snapshot without changing
+/// either (`spool verify`): what the next open would refuse, or cut.
+pub fn check(dir: &Path, partition: u32) -> Vec<Problem> {
+    let log_path = dir.join(format!("{partition}.acklog"));
+    let snapshot_path = dir.join(format!("{partition}.ackstate"));
+    let mut problems = Vec::new();
+    let problem = |file: &Path, position, kind, detail: String| Problem {
+        file: file.to_path_buf(),
+        position,
+        kind,
+        detail,
+    };
+    let generation = match meta_file::read::<(u64, AckState)>(&snapshot_path, SNAPSHOT_KIND) {
+        Ok(snapshot) => snapshot.map_or(0, |(generation, _)| generation),
+        Err(e) => {
+            let detail = format!("{e}: the group cannot open until it is restored or removed");
+            problems.push(problem(&snapshot_path, None, "ack_state", detail));
+            return problems;
+        }
+    };
+    let bytes = match fs::read(&log_path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return problems,
+        Err(e) => {
+            problems.push(problem(&log_path, None, "ack_log", e.to_string()));
+            return problems;
+        }
+    };
+    match parse_header(&log_path, &bytes) {
+        Err(e) => problems.push(problem(&log_path, Some(0), "ack_log", e.to_string())),
+        Ok(Some(log_generation)) if log_generation > generation => problems.push(problem(
+            &log_path,
+            Some(0),
+            "ack_log",
+            format!("generation {log_generation} is newer than its snapshot's ({generation})"),
+        )),
+        Ok(Some(log_generation)) if log_generation == generation => {
+            let records = &bytes[LOG_HEADER_LEN..];
+            let valid = records
+                .chunks(RECORD_LEN)
+                .take_while(|chunk| decode(chunk).is_some())
+                .count()
+                * RECORD_LEN;
+            if valid < records.len() {
+                // A torn last record is a crash's normal leftover; anything
+                // more is acks and deliveries lost.
+                let torn_only = records.len() - valid < RECORD_LEN;
+                problems.push(problem(
+                    &log_path,
+                    Some((LOG_HEADER_LEN + valid) as u64),
+                    if torn_only { "torn_record" } else { "ack_log" },
+                    format!(
+                        "{} bytes after the last valid record are cut on open{}",
+                        records.len() - valid,
+                        if torn_only {
+                            ""
+                        } else {
+                            ": acks or deliveries recorded there are lost (messages may be delivered again)"
+                        }
+                    ),
+                ));
+            }
+        }
+        // Empty, torn header, or already folded into the snapshot.
+        Ok(_) => {}
+    }
+    problems
 }
 
 /// The generation named by the log's header; `None` for an empty log or a

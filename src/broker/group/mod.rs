@@ -309,6 +309,43 @@ impl Group {
         Group::open_partitions(dir, meta, topic)
     }
 
+    /// Checks a group's directory without changing it (`spool verify`):
+    /// its metadata, and each partition's ack log and snapshot. Returns the
+    /// group's name (the directory's if the metadata does not read).
+    pub(crate) fn check_dir(dir: &Path) -> (String, Vec<crate::storage::verify::Problem>) {
+        let meta_path = dir.join(META_FILE);
+        let mut name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut problems = Vec::new();
+        match meta_file::read_existing::<GroupMeta>(&meta_path, META_KIND) {
+            Ok(meta) => name = meta.name,
+            Err(e) => problems.push(crate::storage::verify::Problem {
+                file: meta_path,
+                position: None,
+                kind: "metadata",
+                detail: e.to_string(),
+            }),
+        }
+        let mut partitions: Vec<u32> = fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let (p, ext) = name.split_once('.')?;
+                matches!(ext, "acklog" | "ackstate").then(|| p.parse().ok())?
+            })
+            .collect();
+        partitions.sort_unstable();
+        partitions.dedup();
+        for p in partitions {
+            problems.extend(ack_log::check(dir, p));
+        }
+        (name, problems)
+    }
+
     fn open(
         dir: PathBuf,
         topic_of: impl Fn(&str) -> Option<Arc<Topic>>,
