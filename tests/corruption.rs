@@ -429,11 +429,7 @@ fn snapshot_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>, std::time::SystemTime)> 
 }
 
 fn spool_bin(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_spool"))
-        .args(args)
-        .env("RUST_LOG", "error")
-        .output()
-        .unwrap()
+    common::cli::spool(args, None)
 }
 
 /// `spool verify` finds a flipped bit in a sealed segment and a torn tail,

@@ -84,12 +84,21 @@ impl Accumulator {
         t
     }
 
+    /// Partitions of topic `t`.
+    pub(super) fn partitions(&self, t: usize) -> usize {
+        self.topics[t].open.len()
+    }
+
     /// Adds a record to its partition's open batch of topic `t` (opening
     /// one due at `deadline` if none is open), sealing the batch first if
     /// the record would overflow `batch_bytes`, and after if it is full.
+    /// The partition is `partition` if given (the caller checked it),
+    /// else the key's, else the sticky one.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn append(
         &mut self,
         t: usize,
+        partition: Option<u32>,
         key: Option<&[u8]>,
         value: &[u8],
         timestamp_ms: i64,
@@ -97,9 +106,11 @@ impl Accumulator {
         deadline: Instant,
     ) -> Result<Appended, BatchError> {
         let topic = &self.topics[t];
-        let mut partition = match key {
-            Some(key) => spool_protocol::partition_for_key(key, topic.open.len() as u32).0,
-            None => topic.sticky,
+        let pinned = partition.is_some() || key.is_some();
+        let mut partition = match (partition, key) {
+            (Some(p), _) => p,
+            (None, Some(key)) => spool_protocol::partition_for_key(key, topic.open.len() as u32).0,
+            (None, None) => topic.sticky,
         };
         let record_len = BatchBuilder::encoded_record_len(0, 0, key, value, &[]);
         let mut wake = false;
@@ -109,12 +120,12 @@ impl Accumulator {
         {
             self.seal(t, partition);
             wake = true;
-            match key {
-                Some(_) => break,
-                // Sealing moved the sticky partition on: an unkeyed record
-                // starts the next partition's batch, not a second one here.
-                None => partition = self.topics[t].sticky,
+            if pinned {
+                break;
             }
+            // Sealing moved the sticky partition on: an unkeyed record
+            // starts the next partition's batch, not a second one here.
+            partition = self.topics[t].sticky;
         }
         let id = self.next_batch_id;
         let topic = &mut self.topics[t];
@@ -252,7 +263,7 @@ mod tests {
         let mut placed = Vec::new();
         for i in 0..30u32 {
             let a = acc
-                .append(t, None, &[i as u8; 100], 0, 1_012, later)
+                .append(t, None, None, &[i as u8; 100], 0, 1_012, later)
                 .unwrap();
             placed.push((a.partition, a.index));
         }
@@ -294,7 +305,7 @@ mod tests {
         let (mut acc, t) = acc(4);
         let later = Instant::now() + Duration::from_secs(60);
         let a = acc
-            .append(t, Some(b"user-1"), b"v", 0, 1_000, later)
+            .append(t, None, Some(b"user-1"), b"v", 0, 1_000, later)
             .unwrap();
         assert_eq!(
             a.partition,
@@ -302,14 +313,14 @@ mod tests {
         );
         assert!(a.wake_sender, "opening a batch wakes the sender");
         let b = acc
-            .append(t, Some(b"user-1"), b"w", 0, 1_000, later)
+            .append(t, None, Some(b"user-1"), b"w", 0, 1_000, later)
             .unwrap();
         assert!(!b.wake_sender, "adding to an open batch does not");
         assert!(Arc::ptr_eq(&a.outcome, &b.outcome));
         assert_eq!(b.index, 1);
         let huge = vec![0u8; spool_protocol::batch::MAX_BATCH_LEN];
         assert!(acc
-            .append(t, Some(b"other"), &huge, 0, 1_000, later)
+            .append(t, None, Some(b"other"), &huge, 0, 1_000, later)
             .is_err());
         // Only the user-1 batch exists.
         let (next, _) = acc.next_batch(Instant::now(), true);

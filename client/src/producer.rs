@@ -192,7 +192,32 @@ impl Producer {
                 return Err(ClientError::Disconnected("producer stopped".into()))
             }
         }
-        let appended = self.append(topic, key, value.as_ref()).await;
+        let appended = self.append(topic, None, key, value.as_ref()).await;
+        if appended.is_err() {
+            shared.queue_space.add_permits(1);
+        }
+        appended
+    }
+
+    /// As [`Producer::send`], to partition `partition` of the topic
+    /// whatever the key (`Invalid` if the topic has no such partition).
+    pub async fn send_to(
+        &self,
+        topic: &str,
+        partition: u32,
+        key: Option<&[u8]>,
+        value: impl AsRef<[u8]>,
+    ) -> Result<DeliveryFuture, ClientError> {
+        let shared = &self.handle.0;
+        shared
+            .queue_space
+            .acquire()
+            .await
+            .map_err(|_| ClientError::Disconnected("producer stopped".into()))?
+            .forget();
+        let appended = self
+            .append(topic, Some(partition), key, value.as_ref())
+            .await;
         if appended.is_err() {
             shared.queue_space.add_permits(1);
         }
@@ -202,6 +227,7 @@ impl Producer {
     async fn append(
         &self,
         topic: &str,
+        partition: Option<u32>,
         key: Option<&[u8]>,
         value: &[u8],
     ) -> Result<DeliveryFuture, ClientError> {
@@ -217,9 +243,18 @@ impl Producer {
         };
         let batch_bytes = shared.config.batch_bytes;
         let mut acc = shared.lock();
+        if let Some(p) = partition {
+            let partitions = acc.partitions(t);
+            if p as usize >= partitions {
+                return Err(ClientError::Invalid(format!(
+                    "topic {topic} has no partition {p} (it has {partitions})"
+                )));
+            }
+        }
         let appended = acc
             .append(
                 t,
+                partition,
                 key,
                 value,
                 timestamp_ms,
