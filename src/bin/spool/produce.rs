@@ -56,6 +56,13 @@ pub struct ProduceArgs {
     no_idempotence: bool,
 }
 
+/// A line on its way: partition, key, value.
+struct Routed {
+    partition: u32,
+    key: Option<Vec<u8>>,
+    value: Vec<u8>,
+}
+
 /// Where each line goes.
 struct Router {
     partitions: u32,
@@ -67,7 +74,7 @@ struct Router {
 impl Router {
     /// `(partition, key, value)` of line `number` (from 1). Unkeyed lines
     /// take the partitions in turn, so even three lines spread.
-    fn route(&self, number: u64, line: Vec<u8>) -> Result<(u32, Option<Vec<u8>>, Vec<u8>), String> {
+    fn route(&self, number: u64, line: Vec<u8>) -> Result<Routed, String> {
         let (key, value) = match &self.separator {
             Some(sep) => {
                 let at = find(&line, sep).ok_or_else(|| {
@@ -85,7 +92,11 @@ impl Router {
             (None, Some(key)) => spool::protocol::partition_for_key(key, self.partitions).0,
             (None, None) => ((number - 1) % u64::from(self.partitions)) as u32,
         };
-        Ok((partition, key, value))
+        Ok(Routed {
+            partition,
+            key,
+            value,
+        })
     }
 }
 
@@ -190,7 +201,11 @@ pub async fn run(args: ProduceArgs) -> Result<(), Failure> {
             }
         };
         let number = tally.sent + 1;
-        let (partition, key, value) = match router.route(number, line) {
+        let Routed {
+            partition,
+            key,
+            value,
+        } = match router.route(number, line) {
             Ok(routed) => routed,
             Err(why) => {
                 stop = Some(Failure::usage(why));
