@@ -157,7 +157,7 @@ fn serve_reads_a_config_file_and_flags_override_it() {
     let config = dir.path().join("spool.toml");
     std::fs::write(
         &config,
-        "max_connections = 8\n[topic_defaults]\npartitions = 3\nsync = \"always\"\nretention_ms = 0\n",
+        "max_connections = 8\ndefault_partitions = 3\ndefault_sync = \"always\"\ndefault_retention_ms = 0\n",
     )
     .unwrap();
     let config_arg = config.to_str().unwrap();

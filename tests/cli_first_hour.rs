@@ -205,3 +205,171 @@ fn produce_spreads_unkeyed_lines_parses_keys_and_pins_partitions() {
     let out = spool(&["produce", "--topic", "p", "--addr", &addr], Some("one\n"));
     assert_eq!(stdout(&out).trim(), "produced 1 message");
 }
+
+/// `--from N` on a topic whose partitions differ in length applies N to
+/// each partition, clamped to its range (it failed with OffsetOutOfRange
+/// on an empty partition, or not, at random); `--partition` reads one
+/// partition; `--from` with `--group` is refused instead of ignored.
+#[test]
+fn consume_from_an_offset_is_defined_per_partition() {
+    let server = SpoolServer::temporary();
+    let addr = server.addr.to_string();
+    create(&addr, "t", "3");
+    let out = spool(
+        &[
+            "produce",
+            "--topic",
+            "t",
+            "--addr",
+            &addr,
+            "--partition",
+            "0",
+        ],
+        Some("m0\nm1\nm2\nm3\nm4\nm5\n"),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    for _ in 0..5 {
+        let got: Vec<String> = consumed(&addr, "t", &["--from", "3"])
+            .into_iter()
+            .map(|m| m.3)
+            .collect();
+        assert_eq!(got, vec!["m3", "m4", "m5"]);
+    }
+    let got: Vec<(u64, u64)> = consumed(&addr, "t", &["--from", "4", "--partition", "0"])
+        .into_iter()
+        .map(|m| (m.0, m.1))
+        .collect();
+    assert_eq!(got, vec![(0, 4), (0, 5)]);
+    assert!(consumed(&addr, "t", &["--partition", "1"]).is_empty());
+    // Past the end: nothing, not an error.
+    assert!(consumed(&addr, "t", &["--from", "100"]).is_empty());
+    let out = spool(
+        &[
+            "consume",
+            "--topic",
+            "t",
+            "--addr",
+            &addr,
+            "--partition",
+            "7",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("has no partition 7"),
+        "{}",
+        stderr(&out)
+    );
+    for flag in [["--from", "latest"], ["--partition", "0"]] {
+        let out = spool(
+            &[
+                "consume", "--topic", "t", "--addr", &addr, "--group", "g", flag[0], flag[1],
+            ],
+            None,
+        );
+        assert_eq!(out.status.code(), Some(2), "{flag:?} with --group");
+        assert!(
+            stderr(&out).contains("cannot be used with"),
+            "{}",
+            stderr(&out)
+        );
+    }
+}
+
+/// `spool.example.toml` loads as it is, describes every flag of `spool
+/// serve` (one name per setting: a key is its flag with `_` for `-`), and
+/// `default_partitions` in a config file works (it was refused).
+#[test]
+fn the_example_config_loads_and_names_every_flag() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/spool.example.toml");
+    let text = std::fs::read_to_string(example).unwrap();
+    let help = stdout(&spool(&["serve", "--help"], None));
+    let flags: Vec<&str> = help
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("--"))
+        .map(|w| w.trim_end_matches(|c: char| !c.is_ascii_alphanumeric() && c != '-'))
+        .filter(|w| !w.is_empty() && !matches!(*w, "help" | "config"))
+        .collect();
+    assert!(flags.len() > 15, "{help}");
+    for flag in flags {
+        let key = flag.replace('-', "_");
+        assert!(
+            text.contains(&format!("\n{key} = ")) || text.contains(&format!("\n# {key} = ")),
+            "spool.example.toml does not describe --{flag}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = SpoolServer::start_with(&dir.path().join("data"), &["--config", example]);
+    let addr = server.addr.to_string();
+    let out = spool(&["topics", "create", "t", "--addr", &addr], None);
+    assert_eq!(stdout(&out).trim(), "created topic t with 1 partition");
+
+    let config = dir.path().join("three.toml");
+    std::fs::write(&config, "default_partitions = 3\n").unwrap();
+    let server = SpoolServer::start_with(
+        &dir.path().join("data3"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let addr = server.addr.to_string();
+    let out = spool(&["topics", "create", "t", "--addr", &addr], None);
+    assert_eq!(stdout(&out).trim(), "created topic t with 3 partitions");
+    let out = spool(
+        &[
+            "topics",
+            "create",
+            "z",
+            "--partitions",
+            "0",
+            "--addr",
+            &addr,
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+}
+
+/// A data directory that cannot be created is a local I/O error (exit 4,
+/// as README says, not 1); a second server on a busy port fails before it
+/// creates or opens its data directory.
+#[test]
+fn serve_exit_codes_and_binding_before_opening() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"").unwrap();
+    let bad = file.join("data");
+    let out = spool(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics",
+            "127.0.0.1:0",
+            "--data",
+            bad.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+
+    let server = SpoolServer::temporary();
+    let second = dir.path().join("second");
+    let out = spool(
+        &[
+            "serve",
+            "--listen",
+            &server.addr.to_string(),
+            "--metrics",
+            "127.0.0.1:0",
+            "--data",
+            second.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(stderr(&out).contains("binding"), "{}", stderr(&out));
+    assert!(
+        !second.exists(),
+        "the data directory was created before binding"
+    );
+}

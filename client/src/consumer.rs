@@ -25,7 +25,9 @@ pub enum StartAt {
     Earliest,
     /// The end: only messages produced from now on.
     Latest,
-    /// This offset in every partition.
+    /// This offset in every partition, clamped to each partition's range
+    /// (below its start: the start; past its end: the end), so one offset
+    /// means the same on a topic whose partitions differ in length.
     Offset(u64),
     /// In each partition, the first message at or after this time
     /// (milliseconds since the Unix epoch).
@@ -46,7 +48,7 @@ impl StartAt {
         Ok(match self {
             StartAt::Earliest => start,
             StartAt::Latest => end,
-            StartAt::Offset(o) => o,
+            StartAt::Offset(o) => o.clamp(start, end.max(start)),
             StartAt::Timestamp(timestamp_ms) => {
                 let request = OffsetForTimestampRequest {
                     topic: topic.to_string(),

@@ -100,6 +100,16 @@ impl Server {
         config: ServerConfig,
     ) -> std::io::Result<Server> {
         let listener = TcpListener::bind(addr).await?;
+        Server::with_listener(listener, broker, config)
+    }
+
+    /// A server on a listener already bound (so that a busy port is found
+    /// before the broker opens its data directory).
+    pub fn with_listener(
+        listener: TcpListener,
+        broker: Broker,
+        config: ServerConfig,
+    ) -> std::io::Result<Server> {
         metrics::register_all();
         let ctx = Arc::new(ServerContext {
             broker,

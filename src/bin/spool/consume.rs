@@ -15,10 +15,15 @@ pub struct ConsumeArgs {
     /// Topic to consume.
     #[arg(long)]
     topic: String,
-    /// earliest, latest, an offset (in every partition), or time:MS (the
-    /// first message at or after MS milliseconds since the Unix epoch).
-    #[arg(long, default_value = "earliest")]
-    from: String,
+    /// earliest (the default), latest, an offset, or time:MS (the first
+    /// message at or after MS milliseconds since the Unix epoch). An offset
+    /// applies to each partition read, clamped to that partition's range.
+    /// Not with --group: a group delivers from its own position.
+    #[arg(long, conflicts_with = "group")]
+    from: Option<String>,
+    /// Read only this partition (not with --group).
+    #[arg(long, conflicts_with = "group")]
+    partition: Option<u32>,
     /// Exit after this many messages.
     #[arg(long)]
     count: Option<u64>,
@@ -118,7 +123,7 @@ fn put_bytes(object: &mut serde_json::Map<String, serde_json::Value>, name: &str
 }
 
 pub async fn run(args: ConsumeArgs) -> Result<(), Failure> {
-    let start = match args.from.as_str() {
+    let start = match args.from.as_deref().unwrap_or("earliest") {
         "earliest" => StartAt::Earliest,
         "latest" => StartAt::Latest,
         other => match other.strip_prefix("time:") {
@@ -137,10 +142,23 @@ pub async fn run(args: ConsumeArgs) -> Result<(), Failure> {
         return consume_group(client, group, &args).await;
     }
     let topic = client.describe_topic(&args.topic).await?;
+    if let Some(p) = args.partition {
+        if !topic.partitions.iter().any(|d| d.partition == p) {
+            return Err(Failure::usage(format!(
+                "topic {} has no partition {p} (it has {})",
+                args.topic,
+                topic.partitions.len()
+            )));
+        }
+    }
     // Without --follow, stop at the end each partition had when we started.
     let mut remaining: HashMap<u32, u64> = HashMap::new();
     let mut positions = Vec::new();
-    for p in &topic.partitions {
+    let chosen = topic
+        .partitions
+        .iter()
+        .filter(|d| args.partition.is_none_or(|p| p == d.partition));
+    for p in chosen {
         let from = start
             .resolve(&client, &args.topic, p.partition, p.start, p.end)
             .await?;

@@ -114,7 +114,17 @@ impl From<ClientError> for Failure {
 
 impl From<spool::BrokerError> for Failure {
     fn from(err: spool::BrokerError) -> Failure {
-        Failure::new(1, err.to_string())
+        use spool::{BrokerError, StorageError};
+        // A local file or directory that cannot be read or written (no
+        // permission, not a directory, full disk) is a local I/O error.
+        let code = match &err {
+            BrokerError::Storage {
+                source: StorageError::Io { .. } | StorageError::NoSpace { .. },
+                ..
+            } => 4,
+            _ => 1,
+        };
+        Failure::new(code, err.to_string())
     }
 }
 

@@ -16,12 +16,20 @@ use tokio_util::sync::CancellationToken;
 use crate::Failure;
 
 /// Arguments of `spool serve`. Flags override the config file, which
-/// overrides the defaults.
-#[derive(clap::Args)]
+/// overrides the defaults. The config file's keys are these flags' long
+/// names with `_` for `-` (see `spool.example.toml`): one name per
+/// setting, so the same struct reads both.
+#[derive(clap::Args, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+#[command(after_help = "Examples:
+  spool serve                                    # 127.0.0.1:7070, data in ./spool-data
+  spool serve --config spool.toml --listen 0.0.0.0:7070
+  spool serve --default-sync always --default-partitions 6")]
 pub struct ServeArgs {
-    /// TOML config file (keys as the long flags, with `_` for `-`, and a
-    /// `[topic_defaults]` table).
+    /// TOML config file: keys are the long flags with `_` for `-` (see
+    /// spool.example.toml).
     #[arg(long)]
+    #[serde(skip)]
     config: Option<PathBuf>,
     /// Address for clients [default: 127.0.0.1:7070].
     #[arg(long)]
@@ -52,6 +60,7 @@ pub struct ServeArgs {
     frame_deadline_secs: Option<u64>,
     /// Default sync policy of new topics: always, interval, interval:MS or never [default: interval:100].
     #[arg(long)]
+    #[serde(default, deserialize_with = "from_text")]
     default_sync: Option<SyncPolicy>,
     /// Default partition count of new topics [default: 1].
     #[arg(long)]
@@ -59,6 +68,13 @@ pub struct ServeArgs {
     /// Default segment size of new topics [default: 268435456].
     #[arg(long)]
     default_segment_bytes: Option<u64>,
+    /// Default retention by age of new topics in ms, 0 = forever [default: 0].
+    #[arg(long)]
+    default_retention_ms: Option<u64>,
+    /// Default retention by size of new topics' partitions in bytes, 0 =
+    /// unlimited [default: 0].
+    #[arg(long)]
+    default_retention_bytes: Option<u64>,
     /// Cluster: this broker's id (1 or more). With --peer-listen and
     /// --peers it joins a cluster; without them Spool is a single node.
     #[arg(long, requires_all = ["peer_listen", "peers"])]
@@ -108,29 +124,49 @@ fn parse_peers(
     Ok(peers)
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    listen: Option<SocketAddr>,
-    data: Option<PathBuf>,
-    metrics: Option<SocketAddr>,
-    max_connections: Option<usize>,
-    max_connections_per_ip: Option<usize>,
-    idle_timeout_secs: Option<u64>,
-    frame_memory_mib: Option<usize>,
-    frame_deadline_secs: Option<u64>,
-    #[serde(default)]
-    topic_defaults: FileTopicDefaults,
+/// Reads a setting given as text in the config file (`"always"`) as its
+/// flag would be parsed.
+fn from_text<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    let text: Option<String> = Option::deserialize(d)?;
+    text.map(|t| t.parse().map_err(serde::de::Error::custom))
+        .transpose()
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct FileTopicDefaults {
-    partitions: Option<u32>,
-    sync: Option<String>,
-    segment_size_bytes: Option<u64>,
-    retention_ms: Option<u64>,
-    retention_bytes: Option<u64>,
+impl ServeArgs {
+    /// Each setting from `self` (the flags), else from `file`.
+    fn or(self, file: ServeArgs) -> ServeArgs {
+        macro_rules! merged {
+            ($($field:ident),*) => {
+                ServeArgs { config: self.config, $($field: self.$field.or(file.$field)),* }
+            };
+        }
+        merged!(
+            listen,
+            data,
+            metrics,
+            max_connections,
+            max_connections_per_ip,
+            idle_timeout_secs,
+            frame_memory_mib,
+            frame_deadline_secs,
+            default_sync,
+            default_partitions,
+            default_segment_bytes,
+            default_retention_ms,
+            default_retention_bytes,
+            node_id,
+            peer_listen,
+            peers,
+            advertise,
+            lease_ttl_ms,
+            peer_route
+        )
+    }
 }
 
 pub async fn run(args: ServeArgs) -> Result<(), Failure> {
@@ -138,56 +174,48 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| Failure::io(&format!("reading {}", path.display()), e))?;
-            toml::from_str::<FileConfig>(&text)
+            toml::from_str::<ServeArgs>(&text)
                 .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?
         }
-        None => FileConfig::default(),
+        None => ServeArgs::default(),
     };
-    let listen = args
-        .listen
-        .or(file.listen)
-        .unwrap_or(([127, 0, 0, 1], 7070).into());
-    let metrics_addr = args
-        .metrics
-        .or(file.metrics)
-        .unwrap_or(([127, 0, 0, 1], 9090).into());
+    let args = args.or(file);
+    let listen = args.listen.unwrap_or(([127, 0, 0, 1], 7070).into());
+    let metrics_addr = args.metrics.unwrap_or(([127, 0, 0, 1], 9090).into());
     let data = args
         .data
-        .or(file.data)
+        .clone()
         .unwrap_or_else(|| PathBuf::from("./spool-data"));
 
     let mut config = ServerConfig::default();
-    config.max_connections = args
-        .max_connections
-        .or(file.max_connections)
-        .unwrap_or(config.max_connections);
+    config.max_connections = args.max_connections.unwrap_or(config.max_connections);
     config.max_connections_per_ip = args
         .max_connections_per_ip
-        .or(file.max_connections_per_ip)
         .unwrap_or((config.max_connections / 2).max(1));
-    if let Some(secs) = args.idle_timeout_secs.or(file.idle_timeout_secs) {
+    if let Some(secs) = args.idle_timeout_secs {
         config.limits.idle_timeout = Duration::from_secs(secs);
     }
-    if let Some(mib) = args.frame_memory_mib.or(file.frame_memory_mib) {
+    if let Some(mib) = args.frame_memory_mib {
         config.frame_memory = mib.saturating_mul(1024 * 1024).max(1);
     }
-    if let Some(secs) = args.frame_deadline_secs.or(file.frame_deadline_secs) {
+    if let Some(secs) = args.frame_deadline_secs {
         config.limits.frame_deadline = Duration::from_secs(secs.max(1));
     }
-    let defaults = &file.topic_defaults;
-    let mut topic = TopicConfig::new(args.default_partitions.or(defaults.partitions).unwrap_or(1));
+    let partitions = args.default_partitions.unwrap_or(1);
+    if partitions == 0 {
+        return Err(Failure::usage("--default-partitions must be at least 1"));
+    }
+    let mut topic = TopicConfig::new(partitions);
     if let Some(sync) = args.default_sync {
         topic.log.sync = sync;
-    } else if let Some(sync) = &defaults.sync {
-        topic.log.sync = sync.parse().map_err(Failure::usage)?;
     }
-    if let Some(bytes) = args.default_segment_bytes.or(defaults.segment_size_bytes) {
+    if let Some(bytes) = args.default_segment_bytes {
         topic.log.segment_size_bytes = bytes;
     }
-    if let Some(ms) = defaults.retention_ms {
+    if let Some(ms) = args.default_retention_ms {
         topic.log.retention_ms = (ms != 0).then_some(ms);
     }
-    if let Some(bytes) = defaults.retention_bytes {
+    if let Some(bytes) = args.default_retention_bytes {
         topic.log.retention_bytes = (bytes != 0).then_some(bytes);
     }
     topic
@@ -196,6 +224,14 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         .map_err(|e| Failure::usage(e.to_string()))?;
     config.topic_defaults = topic;
 
+    // Bind before touching the data directory: a second server on a busy
+    // port fails without creating or opening anything.
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| Failure::io(&format!("binding {listen}"), e))?;
+    let metrics_listener = http::bind(metrics_addr)
+        .await
+        .map_err(|e| Failure::io(&format!("binding {metrics_addr}"), e))?;
     let broker = Broker::open(&data, BrokerConfig::default())?;
     let cluster = match (args.node_id, args.peer_listen, &args.peers) {
         (Some(id), Some(peer_listen), Some(peers)) => {
@@ -244,12 +280,8 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         }
     };
     config.cluster = cluster.clone();
-    let server = Server::bind(listen, broker.clone(), config)
-        .await
-        .map_err(|e| Failure::io(&format!("binding {listen}"), e))?;
-    let metrics_listener = http::bind(metrics_addr)
-        .await
-        .map_err(|e| Failure::io(&format!("binding {metrics_addr}"), e))?;
+    let server = Server::with_listener(listener, broker.clone(), config)
+        .map_err(|e| Failure::io(&format!("listening on {listen}"), e))?;
     let bound = server
         .local_addr()
         .map_err(|e| Failure::io("listener", e))?;

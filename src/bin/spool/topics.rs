@@ -11,8 +11,8 @@ pub enum TopicsCommand {
     Create {
         /// Topic name.
         name: String,
-        /// Number of partitions [default: the server's].
-        #[arg(long)]
+        /// Number of partitions, 1 or more [default: the server's].
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         partitions: Option<u32>,
         /// always, interval, interval:MS or never [default: the server's].
         #[arg(long)]
@@ -72,9 +72,10 @@ pub async fn run(command: TopicsCommand) -> Result<(), Failure> {
                 .create_topic(&name, partitions.unwrap_or(0), settings)
                 .await?;
             let created = client.describe_topic(&name).await?;
+            let n = created.partitions.len();
             println!(
-                "created topic {name} with {} partitions",
-                created.partitions.len()
+                "created topic {name} with {n} {}",
+                if n == 1 { "partition" } else { "partitions" }
             );
         }
         TopicsCommand::List { addr } => {
