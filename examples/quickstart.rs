@@ -1,15 +1,20 @@
 //! Embedded quick start: open a broker on a directory, produce, read back.
 //!
-//! `cargo run --release --example quickstart [DIR]` (default `./spool-data`).
+//! `cargo run --release --example quickstart [DIR]`. The default directory
+//! is `spool-quickstart` under the system's temp directory, its own: a
+//! `spool serve` running from the Quick start holds `./spool-data` (a
+//! broker locks its directory), and the example must not need it stopped.
 //! Run it twice: the second run finds the first run's messages on disk.
 
 use spool::{Broker, BrokerConfig, Message, PartitionId, SyncPolicy, TopicConfig};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let dir = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "./spool-data".into());
+    let dir = std::env::args().nth(1).map_or_else(
+        || std::env::temp_dir().join("spool-quickstart"),
+        std::path::PathBuf::from,
+    );
+    println!("data in {}", dir.display());
     let broker = Broker::open(&dir, BrokerConfig::default())?;
     if broker.describe_topic("greetings").is_err() {
         broker.create_topic("greetings", TopicConfig::new(1).sync(SyncPolicy::Always))?;

@@ -373,3 +373,39 @@ fn serve_exit_codes_and_binding_before_opening() {
         "the data directory was created before binding"
     );
 }
+
+/// The README's worker loop: `receive()` waits for the next message
+/// however long the queue is idle (it returned None after 500 ms, which
+/// ended the loop); `receive_timeout` is the bounded wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_receive_waits_until_a_message_arrives() {
+    use spool::client::{QueueConsumer, QueueOptions, TopicOptions};
+    let server = SpoolServer::temporary();
+    let client = server
+        .client_with_topic("jobs", 1, TopicOptions::default())
+        .await;
+    let mut jobs = QueueConsumer::join(client.clone(), "workers", "jobs", QueueOptions::default())
+        .await
+        .unwrap();
+    assert!(jobs
+        .receive_timeout(Duration::from_millis(200))
+        .await
+        .unwrap()
+        .is_none());
+    let started = Instant::now();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let mut batch = spool::BatchBuilder::new();
+        batch.push(0, None, b"late job", &[]).unwrap();
+        client
+            .produce_batch("jobs", 0, batch.finish().unwrap())
+            .await
+            .unwrap();
+    });
+    let job = tokio::time::timeout(Duration::from_secs(10), jobs.receive())
+        .await
+        .expect("receive gave up")
+        .unwrap();
+    assert_eq!(&job.value[..], b"late job");
+    assert!(started.elapsed() >= Duration::from_millis(1400));
+}

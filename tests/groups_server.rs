@@ -96,7 +96,7 @@ async fn every_message_is_acked_exactly_once_through_crashes() {
                     if stop.load(std::sync::atomic::Ordering::Relaxed) {
                         return;
                     }
-                    let message = match consumer.receive().await {
+                    let message = match consumer.receive_timeout(Duration::from_millis(200)).await {
                         Ok(Some(m)) => m,
                         Ok(None) => continue,
                         Err(_) => break, // reconnect
@@ -205,7 +205,11 @@ async fn dead_letters_nack_delay_and_touch_over_the_wire() {
         .unwrap();
     let mut first = Vec::new();
     while first.len() < 3 {
-        if let Some(m) = consumer.receive().await.unwrap() {
+        if let Some(m) = consumer
+            .receive_timeout(Duration::from_millis(100))
+            .await
+            .unwrap()
+        {
             first.push(m);
         }
     }
@@ -221,7 +225,11 @@ async fn dead_letters_nack_delay_and_touch_over_the_wire() {
     let mut redelivered = Vec::new();
     while started.elapsed() < Duration::from_millis(1400) {
         assert_eq!(consumer.touch(&first[1]).await.unwrap(), Settled::Ok);
-        if let Some(m) = consumer.receive().await.unwrap() {
+        if let Some(m) = consumer
+            .receive_timeout(Duration::from_millis(100))
+            .await
+            .unwrap()
+        {
             redelivered.push(m);
         }
         tokio::time::sleep(Duration::from_millis(150)).await;
@@ -234,7 +242,11 @@ async fn dead_letters_nack_delay_and_touch_over_the_wire() {
     );
     // Message 0 comes back only after its nack delay.
     let again = loop {
-        if let Some(m) = consumer.receive().await.unwrap() {
+        if let Some(m) = consumer
+            .receive_timeout(Duration::from_millis(100))
+            .await
+            .unwrap()
+        {
             break m;
         }
         assert!(started.elapsed() < Duration::from_secs(10));
@@ -246,7 +258,11 @@ async fn dead_letters_nack_delay_and_touch_over_the_wire() {
     // Messages 0 and 2 have used their two deliveries: past the deadline
     // they are dead-lettered, not delivered.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert!(consumer.receive().await.unwrap().is_none());
+    assert!(consumer
+        .receive_timeout(Duration::from_millis(100))
+        .await
+        .unwrap()
+        .is_none());
     let mut dlq = Consumer::new(
         client.clone(),
         "g.dlq",

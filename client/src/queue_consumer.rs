@@ -25,7 +25,8 @@ pub struct QueueOptions {
     pub max_in_flight: u32,
     /// Messages asked for per request.
     pub prefetch: u32,
-    /// How long one request waits for messages.
+    /// How long one request waits for messages: `receive` asks again
+    /// until one arrives, `receive_batch` returns an empty batch.
     pub max_wait: Duration,
     /// Ack every message as it is received (fire and forget).
     pub auto_ack: bool,
@@ -98,17 +99,32 @@ impl QueueConsumer {
         Ok(())
     }
 
-    /// The next message, or `Ok(None)` if none arrived within `max_wait`.
-    /// After a broker restart or a lost connection it joins again by itself.
-    pub async fn receive(&mut self) -> Result<Option<QueuedMessage>, ClientError> {
+    /// The next message: waits as long as it takes (an idle queue is not
+    /// the end of it). After a broker restart or a lost connection it joins
+    /// again by itself; an error it cannot get past is returned. For a
+    /// bounded wait, [`QueueConsumer::receive_timeout`].
+    pub async fn receive(&mut self) -> Result<QueuedMessage, ClientError> {
+        loop {
+            if let Some(m) = self.receive_timeout(self.options.max_wait).await? {
+                return Ok(m);
+            }
+        }
+    }
+
+    /// The next message, or `Ok(None)` if none arrived within `wait`.
+    pub async fn receive_timeout(
+        &mut self,
+        wait: Duration,
+    ) -> Result<Option<QueuedMessage>, ClientError> {
         if let Some(m) = self.buffer.pop_front() {
             return Ok(Some(m));
         }
-        let mut response = self.client.call(&self.deliver_request()).await;
+        let request = self.deliver_request(wait);
+        let mut response = self.client.call(&request).await;
         if matches!(&response, Err(e) if e.code() == Some(ErrorCode::UnknownMember) || matches!(e, ClientError::Disconnected(_)))
         {
             self.rejoin().await?;
-            response = self.client.call(&self.deliver_request()).await;
+            response = self.client.call(&self.deliver_request(wait)).await;
         }
         let messages = response?.messages;
         if self.options.auto_ack && !messages.is_empty() {
@@ -124,12 +140,12 @@ impl QueueConsumer {
         Ok(self.buffer.pop_front())
     }
 
-    fn deliver_request(&self) -> DeliverRequest {
+    fn deliver_request(&self, wait: Duration) -> DeliverRequest {
         DeliverRequest {
             group: self.group.clone(),
             member: self.member,
             max_messages: self.options.prefetch.max(1),
-            max_wait_ms: self.options.max_wait.as_millis().min(u128::from(u32::MAX)) as u32,
+            max_wait_ms: wait.as_millis().min(u128::from(u32::MAX)) as u32,
         }
     }
 
@@ -139,7 +155,7 @@ impl QueueConsumer {
     /// batch, one to ack every message in it.
     pub async fn receive_batch(&mut self) -> Result<Vec<QueuedMessage>, ClientError> {
         if self.buffer.is_empty() {
-            if let Some(first) = self.receive().await? {
+            if let Some(first) = self.receive_timeout(self.options.max_wait).await? {
                 self.buffer.push_front(first);
             }
         }

@@ -234,12 +234,13 @@ async fn consume_group(client: Client, group: &str, args: &ConsumeArgs) -> Resul
         max_wait: std::time::Duration::from_millis(1000),
         ..QueueOptions::default()
     };
+    let options_wait = options.max_wait;
     let mut consumer = QueueConsumer::join(client, group, &args.topic, options).await?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut printed = 0u64;
     while args.count.is_none_or(|n| printed < n) {
-        let Some(message) = consumer.receive().await? else {
+        let Some(message) = consumer.receive_timeout(options_wait).await? else {
             if args.follow {
                 continue;
             }
