@@ -1,3 +1,9 @@
+// The README's links are relative to the repository; in these docs the
+// same names point at the documents' copies in the crates (in Markdown the
+// first definition of a link name wins).
+#![doc = "[protocol-spec]: crate::protocol::spec"]
+#![cfg_attr(feature = "server", doc = "[cluster-doc]: crate::cluster::guide")]
+#![doc = ""]
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 

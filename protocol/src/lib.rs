@@ -17,6 +17,10 @@ pub mod frame_writer;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod requests;
+/// The byte-by-byte specification (`PROTOCOL.md`).
+pub mod spec {
+    #![doc = include_str!("../PROTOCOL.md")]
+}
 pub mod types;
 pub mod varint;
 

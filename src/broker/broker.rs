@@ -195,6 +195,7 @@ impl Broker {
             source,
         };
         let topics_dir = dir.join(TOPICS_DIR);
+        let fresh = !topics_dir.exists();
         fs::create_dir_all(&topics_dir)
             .map_err(|e| storage("creating data directory", StorageError::io(&dir, e)))?;
         let lock = lock_directory(&dir)?;
@@ -246,7 +247,11 @@ impl Broker {
         })? {
             groups.insert(g.name.clone(), Arc::new(g));
         }
-        tracing::info!(dir = %dir.display(), topics = topics.len(), groups = groups.len(), clean_shutdown, "broker opened");
+        if fresh {
+            tracing::info!(dir = %dir.display(), "broker opened on a new data directory");
+        } else {
+            tracing::info!(dir = %dir.display(), topics = topics.len(), groups = groups.len(), clean_shutdown, "broker opened");
+        }
         let epoch_ns = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)

@@ -2,6 +2,11 @@
 //! alive, where each partition lives. Built on openraft; see
 //! `docs/cluster.md`.
 
+/// How the cluster works, how to run one, and what its tests show
+/// (`docs/cluster.md`).
+pub mod guide {
+    #![doc = include_str!("../../docs/cluster.md")]
+}
 pub mod leases;
 pub mod node;
 pub mod placement;

@@ -23,7 +23,7 @@ pub enum ClusterCommand {
         #[arg(long, default_value_t = 30)]
         wait: u64,
         /// A broker, or a comma-separated list of them.
-        #[arg(long, default_value = DEFAULT_ADDR)]
+        #[arg(long, env = "SPOOL_ADDR", default_value = DEFAULT_ADDR)]
         addr: String,
     },
     /// Remove a broker: its partitions move to the others first (each log
@@ -37,14 +37,14 @@ pub enum ClusterCommand {
         #[arg(long)]
         force: bool,
         /// A broker, or a comma-separated list of them.
-        #[arg(long, default_value = DEFAULT_ADDR)]
+        #[arg(long, env = "SPOOL_ADDR", default_value = DEFAULT_ADDR)]
         addr: String,
     },
     /// Brokers (alive or expired), the control plane's leader, the
     /// placement epoch, and how many partitions each broker leads.
     Status {
         /// A broker, or a comma-separated list of them.
-        #[arg(long, default_value = DEFAULT_ADDR)]
+        #[arg(long, env = "SPOOL_ADDR", default_value = DEFAULT_ADDR)]
         addr: String,
     },
 }

@@ -10,7 +10,7 @@ use crate::{Failure, DEFAULT_ADDR};
 /// Arguments of `spool consume`.
 #[derive(clap::Args)]
 pub struct ConsumeArgs {
-    #[arg(long, default_value = DEFAULT_ADDR)]
+    #[arg(long, env = "SPOOL_ADDR", default_value = DEFAULT_ADDR)]
     addr: String,
     /// Topic to consume.
     #[arg(long)]

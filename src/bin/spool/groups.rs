@@ -11,7 +11,7 @@ use crate::{Failure, DEFAULT_ADDR};
 pub enum GroupsCommand {
     /// List consumer groups with their lag.
     List {
-        #[arg(long, default_value = DEFAULT_ADDR)]
+        #[arg(long, env = "SPOOL_ADDR", default_value = DEFAULT_ADDR)]
         addr: String,
     },
     /// Show a group: settings, members, and per partition its position,
@@ -19,7 +19,7 @@ pub enum GroupsCommand {
     Describe {
         /// Group name.
         name: String,
-        #[arg(long, default_value = DEFAULT_ADDR)]
+        #[arg(long, env = "SPOOL_ADDR", default_value = DEFAULT_ADDR)]
         addr: String,
     },
     /// Move a group (with no members) to earliest, latest or an offset.
@@ -29,7 +29,7 @@ pub enum GroupsCommand {
         /// earliest, latest or an offset.
         #[arg(long)]
         to: String,
-        #[arg(long, default_value = DEFAULT_ADDR)]
+        #[arg(long, env = "SPOOL_ADDR", default_value = DEFAULT_ADDR)]
         addr: String,
     },
 }
@@ -38,7 +38,11 @@ pub async fn run(command: GroupsCommand) -> Result<(), Failure> {
     match command {
         GroupsCommand::List { addr } => {
             let client = crate::connect(&addr).await?;
-            for g in client.call(&ListGroupsRequest).await?.groups {
+            let groups = client.call(&ListGroupsRequest).await?.groups;
+            if groups.is_empty() {
+                println!("no groups");
+            }
+            for g in groups {
                 let lag = lag(&g);
                 println!(
                     "{}\ttopic={}\tmode={}\tmembers={}\tlag={lag}",

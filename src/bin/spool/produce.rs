@@ -27,7 +27,7 @@ const MAX_PENDING: usize = 100_000;
   spool produce --topic orders --file orders.txt --key-separator ':'   # KEY:VALUE lines
   spool produce --topic orders --partition 2 --key user-7 < lines.txt")]
 pub struct ProduceArgs {
-    #[arg(long, default_value = DEFAULT_ADDR)]
+    #[arg(long, env = "SPOOL_ADDR", default_value = DEFAULT_ADDR)]
     addr: String,
     /// Topic to produce to.
     #[arg(long)]

@@ -26,26 +26,26 @@ pub enum TopicsCommand {
         /// Retention by size in bytes per partition, 0 = unlimited [default: the server's].
         #[arg(long)]
         retention_bytes: Option<u64>,
-        #[arg(long, default_value = DEFAULT_ADDR)]
+        #[arg(long, env = "SPOOL_ADDR", default_value = DEFAULT_ADDR)]
         addr: String,
     },
     /// List topics.
     List {
-        #[arg(long, default_value = DEFAULT_ADDR)]
+        #[arg(long, env = "SPOOL_ADDR", default_value = DEFAULT_ADDR)]
         addr: String,
     },
     /// Show a topic's settings and partition offsets.
     Describe {
         /// Topic name.
         name: String,
-        #[arg(long, default_value = DEFAULT_ADDR)]
+        #[arg(long, env = "SPOOL_ADDR", default_value = DEFAULT_ADDR)]
         addr: String,
     },
     /// Delete a topic and all its messages.
     Delete {
         /// Topic name.
         name: String,
-        #[arg(long, default_value = DEFAULT_ADDR)]
+        #[arg(long, env = "SPOOL_ADDR", default_value = DEFAULT_ADDR)]
         addr: String,
     },
 }
