@@ -409,3 +409,81 @@ async fn queue_receive_waits_until_a_message_arrives() {
     assert_eq!(&job.value[..], b"late job");
     assert!(started.elapsed() >= Duration::from_millis(1400));
 }
+
+fn json(addr: &str, args: &[&str]) -> serde_json::Value {
+    let mut all = args.to_vec();
+    all.extend(["--addr", addr, "--json"]);
+    let out = spool(&all, None);
+    assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    serde_json::from_str(&stdout(&out))
+        .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", stdout(&out)))
+}
+
+/// `spool status` in text and JSON, and `--json` on the read-only admin
+/// commands, all agreeing with what was stored.
+#[test]
+fn status_and_json_admin_output() {
+    let server = SpoolServer::temporary();
+    let addr = server.addr.to_string();
+    create(&addr, "t", "2");
+    let out = spool(
+        &["produce", "--topic", "t", "--addr", &addr],
+        Some("a\nb\nc\nd\ne\n"),
+    );
+    assert!(out.status.success());
+
+    let text = stdout(&spool(&["status", "--addr", &addr], None));
+    assert!(
+        text.starts_with(&format!("spool {} up ", env!("CARGO_PKG_VERSION"))),
+        "{text}"
+    );
+    assert!(
+        text.contains("topics: 1 (2 partitions, 5 messages)"),
+        "{text}"
+    );
+    assert!(text.contains("groups: 0"), "{text}");
+    assert!(text.contains(&format!("listen: {addr}")), "{text}");
+    let status = json(&addr, &["status"]);
+    assert_eq!(status["messages"], 5);
+    assert_eq!(status["partitions"], 2);
+    assert!(status["stored_bytes"].as_u64().unwrap() > 0);
+    assert!(
+        status["disk_total_bytes"].as_u64().unwrap() >= status["disk_free_bytes"].as_u64().unwrap()
+    );
+    assert_eq!(
+        std::path::Path::new(status["data_dir"].as_str().unwrap()),
+        server.dir.as_path()
+    );
+
+    let topics = json(&addr, &["topics", "list"]);
+    assert_eq!(topics[0]["name"], "t");
+    let ends: u64 = topics[0]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["end"].as_u64().unwrap())
+        .sum();
+    assert_eq!(ends, 5);
+    let described = json(&addr, &["topics", "describe", "t"]);
+    assert_eq!(described["partitions"].as_array().unwrap().len(), 2);
+    assert_eq!(described["retention_ms"], 7 * 24 * 3600 * 1000);
+    assert!(described["retention_bytes"].is_null());
+
+    assert_eq!(json(&addr, &["groups", "list"]), serde_json::json!([]));
+    assert_eq!(
+        stdout(&spool(&["groups", "list", "--addr", &addr], None)).trim(),
+        "no groups"
+    );
+    let out = spool(
+        &[
+            "consume", "--topic", "t", "--group", "g", "--ack", "--count", "5", "--addr", &addr,
+        ],
+        None,
+    );
+    assert_eq!(stdout(&out).lines().count(), 5, "{}", stderr(&out));
+    let group = json(&addr, &["groups", "describe", "g"]);
+    assert_eq!(group["mode"], "queue");
+    assert_eq!(group["lag"], 0);
+    assert_eq!(group["dead_letter_topic"], "g.dlq");
+    assert_eq!(json(&addr, &["groups", "list"])[0]["name"], "g");
+}

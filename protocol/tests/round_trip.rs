@@ -177,6 +177,7 @@ fn request() -> impl Strategy<Value = Request> {
         name().prop_map(|group| Request::FindCoordinator(FindCoordinatorRequest { group })),
         any::<u64>().prop_map(|id| Request::AddVoter(AddVoterRequest { id })),
         Just(Request::InitProducer(InitProducerRequest)),
+        Just(Request::ServerStatus(ServerStatusRequest)),
     ]
 }
 
@@ -423,6 +424,19 @@ fn response() -> impl Strategy<Value = (u16, Response)> {
         any::<u64>().prop_map(|producer_id| (
             kind::INIT_PRODUCER,
             Response::InitProducer(InitProducerResponse { producer_id })
+        )),
+        (name(), any::<[u64; 5]>(), name(), name()).prop_map(|(version, n, data_dir, listen)| (
+            kind::SERVER_STATUS,
+            Response::ServerStatus(ServerStatusResponse {
+                version,
+                node: n[0],
+                uptime_ms: n[1],
+                data_dir,
+                listen,
+                stored_bytes: n[2],
+                disk_free_bytes: n[3],
+                disk_total_bytes: n[4],
+            })
         )),
     ]
 }

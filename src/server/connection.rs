@@ -591,6 +591,14 @@ async fn dispatch(ctx: &ServerContext, request: Request) -> Result<Response, Err
             })
             .await
         }
+        Request::ServerStatus(_) => {
+            let node = ctx.cluster.as_ref().map_or(0, |n| n.id().0);
+            let (started, listen) = (ctx.started, ctx.advertised.clone());
+            handlers::on_blocking_thread(broker, move |broker| {
+                Ok(handlers::status::status(broker, started, &listen, node).into())
+            })
+            .await
+        }
         Request::FindCoordinator(_) => Ok(CoordinatorResponse {
             id: 0,
             addr: ctx.advertised.clone(),

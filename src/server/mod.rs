@@ -83,6 +83,8 @@ pub struct ServerContext {
     pub cluster: Option<Arc<ClusterNode>>,
     /// The address clients reach this server at (single-node metadata).
     pub advertised: String,
+    /// When the server started.
+    pub started: std::time::Instant,
 }
 
 /// A bound, not yet running, server.
@@ -119,6 +121,7 @@ impl Server {
             shutdown: CancellationToken::new(),
             cluster: config.cluster.clone(),
             advertised: listener.local_addr()?.to_string(),
+            started: std::time::Instant::now(),
         });
         Ok(Server {
             listener,

@@ -252,3 +252,67 @@ impl Wire for CoordinatorResponse {
         })
     }
 }
+
+/// Ask a server about itself (an empty body): `spool status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerStatusRequest;
+
+/// What a server says about itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerStatusResponse {
+    /// The server's version (`CARGO_PKG_VERSION`).
+    pub version: String,
+    /// Its node id in a cluster; 0 for a single-node server.
+    pub node: u64,
+    /// Milliseconds since it started.
+    pub uptime_ms: u64,
+    /// Its data directory, as it was given.
+    pub data_dir: String,
+    /// The address clients reach it at.
+    pub listen: String,
+    /// Bytes of segment files its partitions hold.
+    pub stored_bytes: u64,
+    /// Free bytes on the data directory's file system (for unprivileged
+    /// users).
+    pub disk_free_bytes: u64,
+    /// Size of that file system.
+    pub disk_total_bytes: u64,
+}
+
+impl Wire for ServerStatusRequest {
+    const MIN_LEN: usize = 0;
+
+    fn put(&self, _: &mut BytesMut) {}
+
+    fn get(_: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(ServerStatusRequest)
+    }
+}
+
+impl Wire for ServerStatusResponse {
+    const MIN_LEN: usize = 2 + 8 + 8 + 2 + 2 + 8 + 8 + 8;
+
+    fn put(&self, b: &mut BytesMut) {
+        put_string(b, &self.version);
+        b.put_u64_le(self.node);
+        b.put_u64_le(self.uptime_ms);
+        put_string(b, &self.data_dir);
+        put_string(b, &self.listen);
+        b.put_u64_le(self.stored_bytes);
+        b.put_u64_le(self.disk_free_bytes);
+        b.put_u64_le(self.disk_total_bytes);
+    }
+
+    fn get(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(ServerStatusResponse {
+            version: r.string("version")?,
+            node: r.u64("node")?,
+            uptime_ms: r.u64("uptime_ms")?,
+            data_dir: r.string("data_dir")?,
+            listen: r.string("listen")?,
+            stored_bytes: r.u64("stored_bytes")?,
+            disk_free_bytes: r.u64("disk_free_bytes")?,
+            disk_total_bytes: r.u64("disk_total_bytes")?,
+        })
+    }
+}

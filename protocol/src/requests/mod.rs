@@ -35,7 +35,8 @@ pub use groups::{
 pub use handshake::{HandshakeRequest, HandshakeResponse};
 pub use metadata::{
     AddVoterRequest, CoordinatorResponse, FindCoordinatorRequest, MetadataRequest,
-    MetadataResponse, RemoveBrokerRequest, WireBroker, WirePartitionLeader, WireTopicLeaders,
+    MetadataResponse, RemoveBrokerRequest, ServerStatusRequest, ServerStatusResponse, WireBroker,
+    WirePartitionLeader, WireTopicLeaders,
 };
 pub use produce::{InitProducerRequest, InitProducerResponse, ProduceRequest, ProduceResponse};
 pub use queue::{
@@ -105,6 +106,8 @@ pub mod kind {
     pub const ADD_VOTER: u16 = 26;
     /// A producer id for an idempotent producer.
     pub const INIT_PRODUCER: u16 = 27;
+    /// `ServerStatusRequest`.
+    pub const SERVER_STATUS: u16 = 28;
 }
 
 /// A request body: its kind number and the type of its successful reply.
@@ -258,6 +261,8 @@ requests! {
     AddVoter(AddVoterRequest) = ADD_VOTER => ();
     /// A producer id.
     InitProducer(InitProducerRequest) = INIT_PRODUCER => InitProducerResponse;
+    /// What a server says about itself.
+    ServerStatus(ServerStatusRequest) = SERVER_STATUS => ServerStatusResponse;
 }
 
 /// Declares the successful replies: one variant per reply type, with the
@@ -334,6 +339,8 @@ responses! {
     FindCoordinator(CoordinatorResponse),
     /// A producer id.
     InitProducer(InitProducerResponse),
+    /// A server's status.
+    ServerStatus(ServerStatusResponse),
 }
 
 /// An error response.

@@ -10,19 +10,32 @@ use crate::{Failure, DEFAULT_ADDR};
 #[derive(clap::Subcommand)]
 pub enum GroupsCommand {
     /// List consumer groups with their lag.
+    #[command(after_help = "Examples:\n  spool groups list\n  spool groups list --json")]
     List {
         #[arg(long, env = "SPOOL_ADDR", default_value = DEFAULT_ADDR)]
         addr: String,
+        /// Print JSON (an array of groups, as describe --json prints one).
+        #[arg(long)]
+        json: bool,
     },
     /// Show a group: settings, members, and per partition its position,
     /// lag, in-flight count and dead letters.
+    #[command(
+        after_help = "Examples:\n  spool groups describe workers\n  spool groups describe workers --json"
+    )]
     Describe {
         /// Group name.
         name: String,
         #[arg(long, env = "SPOOL_ADDR", default_value = DEFAULT_ADDR)]
         addr: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Move a group (with no members) to earliest, latest or an offset.
+    #[command(
+        after_help = "Examples:\n  spool groups reset workers --to earliest\n  spool groups reset workers --to 1500"
+    )]
     Reset {
         /// Group name.
         name: String,
@@ -36,9 +49,13 @@ pub enum GroupsCommand {
 
 pub async fn run(command: GroupsCommand) -> Result<(), Failure> {
     match command {
-        GroupsCommand::List { addr } => {
+        GroupsCommand::List { addr, json } => {
             let client = crate::connect(&addr).await?;
             let groups = client.call(&ListGroupsRequest).await?.groups;
+            if json {
+                let all = groups.iter().map(group_json).collect();
+                return crate::print_json(&serde_json::Value::Array(all));
+            }
             if groups.is_empty() {
                 println!("no groups");
             }
@@ -53,9 +70,13 @@ pub async fn run(command: GroupsCommand) -> Result<(), Failure> {
                 );
             }
         }
-        GroupsCommand::Describe { name, addr } => {
+        GroupsCommand::Describe { name, addr, json } => {
             let client = crate::connect(&addr).await?;
-            print_group(&client.call(&DescribeGroupRequest { group: name }).await?);
+            let group = client.call(&DescribeGroupRequest { group: name }).await?;
+            if json {
+                return crate::print_json(&group_json(&group));
+            }
+            print_group(&group);
         }
         GroupsCommand::Reset { name, to, addr } => {
             let target = match to.as_str() {
@@ -93,6 +114,41 @@ fn lag(g: &WireGroup) -> u64 {
         .iter()
         .map(|p| p.end.saturating_sub(p.position))
         .sum()
+}
+
+/// A group as JSON: what `describe` prints, field for field.
+fn group_json(g: &WireGroup) -> serde_json::Value {
+    let partitions: Vec<_> = g
+        .partitions
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "partition": p.partition,
+                "position": p.position,
+                "end": p.end,
+                "lag": p.end.saturating_sub(p.position),
+                "in_flight": p.in_flight,
+                "pending": p.pending,
+                "dead_letters": p.dead_letters,
+            })
+        })
+        .collect();
+    let mut o = serde_json::json!({
+        "name": g.name,
+        "topic": g.topic,
+        "mode": mode(g.mode),
+        "members": g.members,
+        "lag": lag(g),
+        "redeliveries": g.redeliveries,
+        "partitions": partitions,
+    });
+    if g.mode == WireGroupMode::Queue {
+        o["ack_wait_ms"] = g.ack_wait_ms.into();
+        o["max_deliveries"] = g.max_deliveries.into();
+        o["max_in_flight"] = g.max_in_flight.into();
+        o["dead_letter_topic"] = format!("{}.dlq", g.name).into();
+    }
+    o
 }
 
 fn print_group(g: &WireGroup) {

@@ -12,6 +12,7 @@ mod groups;
 mod inspect;
 mod produce;
 mod serve;
+mod status;
 mod topics;
 
 use std::net::SocketAddr;
@@ -41,6 +42,8 @@ struct Cli {
 enum Command {
     /// Run the broker: serve the Spool protocol and /metrics until SIGINT/SIGTERM.
     Serve(Box<serve::ServeArgs>),
+    /// One look at a running server: version, uptime, data, disk, cluster.
+    Status(status::StatusArgs),
     /// Create, list, describe and delete topics on a running broker.
     Topics {
         #[command(subcommand)]
@@ -128,6 +131,14 @@ impl From<spool::BrokerError> for Failure {
     }
 }
 
+/// Prints `value` as pretty JSON on stdout.
+pub fn print_json(value: &serde_json::Value) -> Result<(), Failure> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| Failure::refused(format!("encoding JSON: {e}")))?;
+    println!("{text}");
+    Ok(())
+}
+
 /// Default server address of the client commands.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:7070";
 
@@ -189,6 +200,7 @@ fn main() -> ExitCode {
             Command::Inspect(args) => inspect::run(args),
             Command::Verify(args) => inspect::verify(args),
             Command::Bench(args) => bench::run(args).await,
+            Command::Status(args) => status::run(args).await,
         }
     });
     match result {

@@ -68,7 +68,8 @@ pub struct ServeArgs {
     /// Default segment size of new topics [default: 268435456].
     #[arg(long)]
     default_segment_bytes: Option<u64>,
-    /// Default retention by age of new topics in ms, 0 = forever [default: 0].
+    /// Default retention by age of new topics in ms, 0 = forever [default:
+    /// 604800000, 7 days].
     #[arg(long)]
     default_retention_ms: Option<u64>,
     /// Default retention by size of new topics' partitions in bytes, 0 =

@@ -30,16 +30,28 @@ pub enum TopicsCommand {
         addr: String,
     },
     /// List topics.
+    #[command(
+        after_help = "Examples:\n  spool topics list\n  spool topics list --json | jq '.[].name'"
+    )]
     List {
         #[arg(long, env = "SPOOL_ADDR", default_value = DEFAULT_ADDR)]
         addr: String,
+        /// Print JSON (an array of topics, as describe --json prints one).
+        #[arg(long)]
+        json: bool,
     },
     /// Show a topic's settings and partition offsets.
+    #[command(
+        after_help = "Examples:\n  spool topics describe orders\n  spool topics describe orders --json"
+    )]
     Describe {
         /// Topic name.
         name: String,
         #[arg(long, env = "SPOOL_ADDR", default_value = DEFAULT_ADDR)]
         addr: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Delete a topic and all its messages.
     Delete {
@@ -78,9 +90,20 @@ pub async fn run(command: TopicsCommand) -> Result<(), Failure> {
                 if n == 1 { "partition" } else { "partitions" }
             );
         }
-        TopicsCommand::List { addr } => {
+        TopicsCommand::List { addr, json } => {
             let client = crate::connect(&addr).await?;
-            for t in client.list_topics().await? {
+            let topics = client.list_topics().await?;
+            if json {
+                let all: Vec<_> = topics
+                    .iter()
+                    .map(|t| topic_json(t, &Default::default()))
+                    .collect();
+                return crate::print_json(&serde_json::Value::Array(all));
+            }
+            if topics.is_empty() {
+                println!("no topics");
+            }
+            for t in topics {
                 let messages: u64 = t.partitions.iter().map(|p| p.end - p.start).sum();
                 println!(
                     "{}\tpartitions={}\tmessages={messages}",
@@ -89,10 +112,14 @@ pub async fn run(command: TopicsCommand) -> Result<(), Failure> {
                 );
             }
         }
-        TopicsCommand::Describe { name, addr } => {
+        TopicsCommand::Describe { name, addr, json } => {
             let client = crate::connect(&addr).await?;
             let leaders = partition_leaders(&client, &name).await;
-            print_topic(&client.describe_topic(&name).await?, &leaders);
+            let topic = client.describe_topic(&name).await?;
+            if json {
+                return crate::print_json(&topic_json(&topic, &leaders));
+            }
+            print_topic(&topic, &leaders);
         }
         TopicsCommand::Delete { name, addr } => {
             let client = crate::connect(&addr).await?;
@@ -103,12 +130,44 @@ pub async fn run(command: TopicsCommand) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Each partition's leader and its address, in a cluster (empty for a
-/// single node).
+/// A topic as JSON: settings, and per partition its offsets (and leader
+/// in a cluster).
+fn topic_json(
+    t: &TopicDescription,
+    leaders: &std::collections::HashMap<u32, (u64, String)>,
+) -> serde_json::Value {
+    let partitions: Vec<_> = t
+        .partitions
+        .iter()
+        .map(|p| {
+            let mut o = serde_json::json!({
+                "partition": p.partition,
+                "start": p.start,
+                "end": p.end,
+                "messages": p.end - p.start,
+            });
+            if let Some((id, addr)) = leaders.get(&p.partition) {
+                o["leader"] = serde_json::json!({ "id": id, "addr": addr });
+            }
+            o
+        })
+        .collect();
+    serde_json::json!({
+        "name": t.name,
+        "sync": SyncPolicy::from(t.sync).to_string(),
+        "segment_bytes": t.segment_size_bytes,
+        "retention_ms": (t.retention_ms != 0).then_some(t.retention_ms),
+        "retention_bytes": (t.retention_bytes != 0).then_some(t.retention_bytes),
+        "partitions": partitions,
+    })
+}
+
+/// Each partition's leader (id and address), in a cluster (empty for a
+/// single node; a partition without a leader is absent).
 async fn partition_leaders(
     client: &spool::client::Client,
     topic: &str,
-) -> std::collections::HashMap<u32, String> {
+) -> std::collections::HashMap<u32, (u64, String)> {
     let Ok(m) = client
         .call(&spool::protocol::requests::MetadataRequest)
         .await
@@ -124,17 +183,17 @@ async fn partition_leaders(
         .iter()
         .filter(|t| t.name == topic)
         .flat_map(|t| t.partitions.iter())
-        .map(|p| {
-            let leader = match p.leader {
-                Some(l) => format!("leader={l} ({})", addr_of.get(&l).unwrap_or(&"?")),
-                None => "leader=none (unavailable)".to_string(),
-            };
-            (p.partition, leader)
+        .filter_map(|p| {
+            let l = p.leader?;
+            Some((
+                p.partition,
+                (l, addr_of.get(&l).unwrap_or(&"?").to_string()),
+            ))
         })
         .collect()
 }
 
-fn print_topic(t: &TopicDescription, leaders: &std::collections::HashMap<u32, String>) {
+fn print_topic(t: &TopicDescription, leaders: &std::collections::HashMap<u32, (u64, String)>) {
     let sync = SyncPolicy::from(t.sync);
     let or_none = |v: u64| {
         if v == 0 {
@@ -150,10 +209,14 @@ fn print_topic(t: &TopicDescription, leaders: &std::collections::HashMap<u32, St
         or_none(t.retention_ms),
         or_none(t.retention_bytes)
     );
+    let cluster = !leaders.is_empty();
     for p in &t.partitions {
         match leaders.get(&p.partition) {
-            // Offsets are the leader's; another broker's copy is empty.
-            Some(leader) => println!("    {}\t{leader}", p.partition),
+            Some((id, addr)) => println!(
+                "    {}\tstart={}\tend={}\tleader={id} ({addr})",
+                p.partition, p.start, p.end
+            ),
+            None if cluster => println!("    {}\tleader=none (unavailable)", p.partition),
             None => println!("    {}\tstart={}\tend={}", p.partition, p.start, p.end),
         }
     }

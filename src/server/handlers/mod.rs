@@ -30,4 +30,5 @@ pub mod fetch;
 pub mod groups;
 pub mod handshake;
 pub mod produce;
+pub mod status;
 pub mod topics;

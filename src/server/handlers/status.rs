@@ -1,0 +1,32 @@
+//! `ServerStatus`: what a server says about itself (`spool status`).
+
+use std::time::Instant;
+
+use spool_protocol::requests::ServerStatusResponse;
+
+use crate::broker::Broker;
+
+/// The status of a server that started at `started`, serves `broker`, is
+/// reached at `listen` and is node `node` of its cluster (0: none). Reads
+/// every partition's size and the file system's: on a blocking thread.
+pub fn status(broker: &Broker, started: Instant, listen: &str, node: u64) -> ServerStatusResponse {
+    let dir = broker.dir();
+    // Unknown when the file system cannot say; the rest still answers.
+    let (free, total) = match rustix::fs::statvfs(dir) {
+        Ok(fs) => (
+            fs.f_bavail.saturating_mul(fs.f_frsize),
+            fs.f_blocks.saturating_mul(fs.f_frsize),
+        ),
+        Err(_) => (0, 0),
+    };
+    ServerStatusResponse {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        node,
+        uptime_ms: started.elapsed().as_millis() as u64,
+        data_dir: dir.display().to_string(),
+        listen: listen.to_string(),
+        stored_bytes: broker.storage_stats().size_bytes,
+        disk_free_bytes: free,
+        disk_total_bytes: total,
+    }
+}
