@@ -487,3 +487,72 @@ fn status_and_json_admin_output() {
     assert_eq!(group["dead_letter_topic"], "g.dlq");
     assert_eq!(json(&addr, &["groups", "list"])[0]["name"], "g");
 }
+
+/// `spool groups pending` shows who holds each delivered message, how
+/// often it went out and when it is due; `spool groups delete` refuses a
+/// group with members, then deletes it for good (also across a restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_pending_and_delete() {
+    use spool::client::{QueueConsumer, QueueOptions};
+    let server = SpoolServer::temporary();
+    let addr = server.addr.to_string();
+    create(&addr, "t", "1");
+    let out = spool(
+        &["produce", "--topic", "t", "--addr", &addr],
+        Some("a\nb\nc\nd\n"),
+    );
+    assert!(out.status.success());
+    let client = server.client().await;
+    let options = QueueOptions {
+        prefetch: 3,
+        ..QueueOptions::default()
+    };
+    let mut worker = QueueConsumer::join(client, "w", "t", options)
+        .await
+        .unwrap();
+    let first = worker.receive().await.unwrap();
+    worker.nack(&first, Duration::from_secs(60)).await.unwrap();
+
+    let pending = json(&addr, &["groups", "pending", "w"]);
+    let pending = pending.as_array().unwrap();
+    assert_eq!(pending.len(), 3, "{pending:?}");
+    assert_eq!(pending[0]["offset"], 0);
+    assert_eq!(pending[0]["state"], "waiting");
+    assert!(pending[0]["due_in_ms"].as_u64().unwrap() > 50_000);
+    for m in &pending[1..] {
+        assert_eq!(m["state"], "in_flight");
+        assert_eq!(m["deliveries"], 1);
+        assert!(m["member"].as_u64().unwrap() > 0);
+        assert!(m["due_in_ms"].as_u64().unwrap() <= 30_000);
+    }
+    let text = stdout(&spool(
+        &["groups", "pending", "w", "--max", "1", "--addr", &addr],
+        None,
+    ));
+    assert_eq!(text.lines().count(), 1, "{text}");
+
+    let out = spool(&["groups", "delete", "w", "--addr", &addr], None);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("members"), "{}", stderr(&out));
+    drop(worker);
+    let started = Instant::now();
+    loop {
+        let out = spool(&["groups", "delete", "w", "--addr", &addr], None);
+        if out.status.success() {
+            assert_eq!(stdout(&out).trim(), "deleted group w");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{}",
+            stderr(&out)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(json(&addr, &["groups", "list"]), serde_json::json!([]));
+    let out = spool(&["groups", "pending", "w", "--addr", &addr], None);
+    assert_eq!(out.status.code(), Some(1));
+    let server = server.restart(&[]);
+    let addr = server.addr.to_string();
+    assert_eq!(json(&addr, &["groups", "list"]), serde_json::json!([]));
+}

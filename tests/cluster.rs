@@ -1021,7 +1021,8 @@ async fn a_stream_group_keeps_its_offsets_when_its_coordinator_is_paused() {
     use rustix::process::Signal;
     use spool::client::GroupConsumer;
     use spool::protocol::requests::{
-        CommittedOffsetsRequest, DescribeGroupRequest, FindCoordinatorRequest, JoinGroupRequest,
+        CommittedOffsetsRequest, DeleteGroupRequest, DescribeGroupRequest, FindCoordinatorRequest,
+        JoinGroupRequest, ListGroupsRequest,
     };
     use spool::protocol::{ErrorCode, WireGroupMode};
 
@@ -1248,6 +1249,41 @@ async fn a_stream_group_keeps_its_offsets_when_its_coordinator_is_paused() {
          {unavailable} PartitionUnavailable answers seen by members"
     );
     assert_eq!(errors, 0, "members saw errors across the move");
+
+    // With its members gone the group can be deleted through any broker
+    // (the client finds the coordinator); every broker then forgets it,
+    // and the name is free for another topic.
+    let delete = DeleteGroupRequest {
+        group: "readers".into(),
+    };
+    eventually(Duration::from_secs(10), "group deleted", || async {
+        admin
+            .call_group("readers", &delete)
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    for i in 0..cluster.brokers.len() {
+        let client = cluster.client(i).await;
+        eventually(Duration::from_secs(10), "group gone everywhere", || async {
+            let groups = client
+                .call(&ListGroupsRequest)
+                .await
+                .map_err(|e| e.to_string())?
+                .groups;
+            groups
+                .iter()
+                .all(|g| g.name != "readers")
+                .then_some(())
+                .ok_or(format!("broker {i} still lists it"))
+        })
+        .await;
+    }
+    let err = admin
+        .call_group("readers", &delete)
+        .await
+        .expect_err("deleted twice");
+    assert_eq!(err.code(), Some(ErrorCode::GroupNotFound), "{err}");
 }
 
 /// The history checker finds each kind of broken history (so the tests

@@ -178,6 +178,14 @@ fn request() -> impl Strategy<Value = Request> {
         any::<u64>().prop_map(|id| Request::AddVoter(AddVoterRequest { id })),
         Just(Request::InitProducer(InitProducerRequest)),
         Just(Request::ServerStatus(ServerStatusRequest)),
+        name().prop_map(|group| Request::DeleteGroup(DeleteGroupRequest { group })),
+        (name(), proptest::option::of(any::<u64>()), any::<u32>()).prop_map(
+            |(group, partition, max)| Request::PendingMessages(PendingMessagesRequest {
+                group,
+                partition,
+                max
+            })
+        ),
     ]
 }
 
@@ -424,6 +432,34 @@ fn response() -> impl Strategy<Value = (u16, Response)> {
         any::<u64>().prop_map(|producer_id| (
             kind::INIT_PRODUCER,
             Response::InitProducer(InitProducerResponse { producer_id })
+        )),
+        Just((kind::DELETE_GROUP, Response::Done)),
+        vec(
+            (
+                any::<u32>(),
+                any::<u64>(),
+                any::<u32>(),
+                any::<u64>(),
+                any::<u64>()
+            ),
+            0..5
+        )
+        .prop_map(|m| (
+            kind::PENDING_MESSAGES,
+            Response::PendingMessages(PendingMessagesResponse {
+                messages: m
+                    .into_iter()
+                    .map(
+                        |(partition, offset, deliveries, member, due_in_ms)| WirePending {
+                            partition,
+                            offset,
+                            deliveries,
+                            member,
+                            due_in_ms
+                        }
+                    )
+                    .collect()
+            })
         )),
         (name(), any::<[u64; 5]>(), name(), name()).prop_map(|(version, n, data_dir, listen)| (
             kind::SERVER_STATUS,

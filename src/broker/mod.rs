@@ -22,7 +22,8 @@ pub use self::broker::{Broker, BrokerConfig, Message, PendingAppend, StorageStat
 pub use self::clock::Clock;
 pub use self::group::queue_state::{MemberId, SettleResult};
 pub use self::group::{
-    DeliveredMessage, GroupConfig, GroupInfo, GroupMode, GroupPartitionInfo, ResetTo,
+    DeliveredMessage, GroupConfig, GroupInfo, GroupMode, GroupPartitionInfo, PendingMessage,
+    ResetTo,
 };
 pub use self::producer_ids::ID_BITS as PRODUCER_ID_BITS;
 pub use self::topic::{PartitionOffsets, TopicConfig, TopicInfo};

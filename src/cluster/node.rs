@@ -247,6 +247,24 @@ impl ClusterNode {
         }
     }
 
+    /// Deletes a stream-mode group through the control plane; returns once
+    /// this broker has applied it.
+    pub async fn delete_group(&self, name: &str) -> Result<(), ClusterAdminError> {
+        match self
+            .control
+            .submit(Command::DeleteGroup(name.to_string()), ADMIN_TIMEOUT)
+            .await?
+        {
+            Outcome::Refused(_) => Err(ClusterAdminError::Broker(BrokerError::GroupNotFound(
+                name.to_string(),
+            ))),
+            _ => {
+                self.wait_applied(|s| !s.groups.contains_key(name)).await;
+                Ok(())
+            }
+        }
+    }
+
     /// Commits a group's offsets through Raft; answers once this broker has
     /// applied them too, so that its next `committed` shows them.
     pub async fn commit_offsets(
@@ -668,6 +686,14 @@ async fn sync_topics(
             .cloned()
             .collect();
         let names: Vec<String> = now.topics.keys().cloned().collect();
+        // This broker's copies of groups the cluster deleted (a coordinator
+        // keeps one for the members that joined it).
+        let deleted_groups: Vec<String> = broker
+            .list_groups()
+            .into_iter()
+            .map(|g| g.name)
+            .filter(|g| !now.groups.contains_key(g))
+            .collect();
         let snapshot = now.clone();
         // Topic creation and deletion touch files: off the async workers.
         let _ = tokio::task::spawn_blocking(move || {
@@ -678,6 +704,11 @@ async fn sync_topics(
                 tracing::info!(topic = %name, "deleting a topic the cluster deleted");
                 if let Err(e) = broker2.delete_topic(name) {
                     tracing::warn!(topic = %name, error = %e, "cannot delete a deleted topic here");
+                }
+            }
+            for name in &deleted_groups {
+                if let Err(e) = broker2.remove_group(name) {
+                    tracing::warn!(group = %name, error = %e, "cannot remove a deleted group here");
                 }
             }
         })

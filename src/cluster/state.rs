@@ -142,6 +142,9 @@ pub enum Command {
         /// Where it resumes, per partition.
         offsets: Vec<(u32, u64)>,
     },
+    /// Delete a stream-mode group and its offsets. (Appended last: older
+    /// log entries decode by variant index.)
+    DeleteGroup(String),
 }
 
 /// What applying a command did.
@@ -414,6 +417,10 @@ impl ClusterState {
                 g.offsets.extend(offsets.iter().copied());
                 Outcome::Applied
             }
+            Command::DeleteGroup(name) => match self.groups.remove(name) {
+                Some(_) => Outcome::Applied,
+                None => Outcome::Refused(format!("group {name} not found")),
+            },
         }
     }
 
@@ -656,6 +663,19 @@ mod tests {
         });
         let next = s.coordinator("g").expect("another coordinator");
         assert_ne!(next, coordinator);
+
+        // Deleting a group drops its offsets; a second delete is refused.
+        assert_eq!(s.apply(&Command::DeleteGroup("g".into())), Outcome::Applied);
+        assert!(s.groups.is_empty());
+        assert!(matches!(
+            s.apply(&Command::DeleteGroup("g".into())),
+            Outcome::Refused(_)
+        ));
+        assert_eq!(s.apply(&create("t")), Outcome::Applied);
+        assert!(
+            s.groups["g"].offsets.is_empty(),
+            "offsets outlived the group"
+        );
 
         s.apply(&Command::DeleteTopic("t".into()));
         assert!(s.groups.is_empty());

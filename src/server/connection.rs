@@ -481,8 +481,17 @@ async fn dispatch(ctx: &ServerContext, request: Request) -> Result<Response, Err
             Request::GroupAssignment(r) => {
                 return handlers::cluster_groups::assignment(node, broker, r).map(Response::from)
             }
-            Request::Deliver(_) | Request::Ack(_) | Request::Nack(_) | Request::Touch(_) => {
+            Request::Deliver(_)
+            | Request::Ack(_)
+            | Request::Nack(_)
+            | Request::Touch(_)
+            | Request::PendingMessages(_) => {
                 return Err(handlers::cluster_groups::queue_mode_refused())
+            }
+            Request::DeleteGroup(r) => {
+                return handlers::cluster_groups::delete(node, broker, r)
+                    .await
+                    .map(Response::from)
             }
             Request::CommitOffset(r) => {
                 return handlers::cluster_groups::commit_offset(node, r)
@@ -560,6 +569,13 @@ async fn dispatch(ctx: &ServerContext, request: Request) -> Result<Response, Err
         }
         Request::ListGroups(_) => Ok(handlers::groups::list(broker).into()),
         Request::DescribeGroup(r) => handlers::groups::describe(broker, &r).map(Response::from),
+        Request::PendingMessages(r) => handlers::groups::pending(broker, &r).map(Response::from),
+        Request::DeleteGroup(r) => {
+            handlers::on_blocking_thread(broker, move |broker| {
+                handlers::groups::delete(broker, &r).map(Response::from)
+            })
+            .await
+        }
         Request::ResetGroup(r) => {
             handlers::on_blocking_thread(broker, move |broker| {
                 handlers::groups::reset(broker, &r).map(Response::from)

@@ -3,7 +3,7 @@
 
 use bytes::{BufMut, BytesMut};
 
-use crate::codec::{put_list, put_string, DecodeError, Reader, Wire};
+use crate::codec::{put_list, put_option_u64, put_string, DecodeError, Reader, Wire};
 
 /// How a consumer group consumes, as carried on the wire (u8).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -434,6 +434,115 @@ impl Wire for ResetGroupRequest {
                 (3, o) => WireResetTarget::Offset(o),
                 _ => return Err(DecodeError::BadValue("to")),
             },
+        })
+    }
+}
+
+/// Delete a group (it must have no members). Its dead-letter topic stays.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeleteGroupRequest {
+    /// Group.
+    pub group: String,
+}
+
+impl Wire for DeleteGroupRequest {
+    const MIN_LEN: usize = 2;
+
+    fn put(&self, b: &mut BytesMut) {
+        put_string(b, &self.group);
+    }
+
+    fn get(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(DeleteGroupRequest {
+            group: r.string("group")?,
+        })
+    }
+}
+
+/// A queue group's delivered, unsettled messages (Redis's `XPENDING`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingMessagesRequest {
+    /// Group.
+    pub group: String,
+    /// Only this partition; none: all.
+    pub partition: Option<u64>,
+    /// At most this many.
+    pub max: u32,
+}
+
+/// One unsettled message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WirePending {
+    /// Partition.
+    pub partition: u32,
+    /// Offset.
+    pub offset: u64,
+    /// Times delivered.
+    pub deliveries: u32,
+    /// The member holding it; 0 while it waits for redelivery.
+    pub member: u64,
+    /// Milliseconds until its ack deadline (held) or its redelivery
+    /// (waiting).
+    pub due_in_ms: u64,
+}
+
+/// The reply: by partition and offset.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingMessagesResponse {
+    /// The messages.
+    pub messages: Vec<WirePending>,
+}
+
+impl Wire for PendingMessagesRequest {
+    const MIN_LEN: usize = 2 + 1 + 4;
+
+    fn put(&self, b: &mut BytesMut) {
+        put_string(b, &self.group);
+        put_option_u64(b, self.partition);
+        b.put_u32_le(self.max);
+    }
+
+    fn get(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(PendingMessagesRequest {
+            group: r.string("group")?,
+            partition: r.option_u64("partition")?,
+            max: r.u32("max")?,
+        })
+    }
+}
+
+impl Wire for WirePending {
+    const MIN_LEN: usize = 4 + 8 + 4 + 8 + 8;
+
+    fn put(&self, b: &mut BytesMut) {
+        b.put_u32_le(self.partition);
+        b.put_u64_le(self.offset);
+        b.put_u32_le(self.deliveries);
+        b.put_u64_le(self.member);
+        b.put_u64_le(self.due_in_ms);
+    }
+
+    fn get(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(WirePending {
+            partition: r.u32("partition")?,
+            offset: r.u64("offset")?,
+            deliveries: r.u32("deliveries")?,
+            member: r.u64("member")?,
+            due_in_ms: r.u64("due_in_ms")?,
+        })
+    }
+}
+
+impl Wire for PendingMessagesResponse {
+    const MIN_LEN: usize = 4;
+
+    fn put(&self, b: &mut BytesMut) {
+        put_list(b, &self.messages);
+    }
+
+    fn get(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(PendingMessagesResponse {
+            messages: r.list("message count")?,
         })
     }
 }

@@ -27,10 +27,11 @@ pub use fetch::{
     FetchRequest, FetchResponse, OffsetForTimestampRequest, OffsetForTimestampResponse,
 };
 pub use groups::{
-    CommitOffsetRequest, CommittedOffsetsRequest, CommittedOffsetsResponse, DescribeGroupRequest,
-    GroupAssignmentRequest, GroupAssignmentResponse, JoinGroupRequest, JoinGroupResponse,
-    LeaveGroupRequest, ListGroupsRequest, ListGroupsResponse, ResetGroupRequest, WireGroup,
-    WireGroupMode, WireGroupPartition, WireResetTarget,
+    CommitOffsetRequest, CommittedOffsetsRequest, CommittedOffsetsResponse, DeleteGroupRequest,
+    DescribeGroupRequest, GroupAssignmentRequest, GroupAssignmentResponse, JoinGroupRequest,
+    JoinGroupResponse, LeaveGroupRequest, ListGroupsRequest, ListGroupsResponse,
+    PendingMessagesRequest, PendingMessagesResponse, ResetGroupRequest, WireGroup, WireGroupMode,
+    WireGroupPartition, WirePending, WireResetTarget,
 };
 pub use handshake::{HandshakeRequest, HandshakeResponse};
 pub use metadata::{
@@ -108,6 +109,10 @@ pub mod kind {
     pub const INIT_PRODUCER: u16 = 27;
     /// `ServerStatusRequest`.
     pub const SERVER_STATUS: u16 = 28;
+    /// `DeleteGroupRequest`.
+    pub const DELETE_GROUP: u16 = 29;
+    /// `PendingMessagesRequest`.
+    pub const PENDING_MESSAGES: u16 = 30;
 }
 
 /// A request body: its kind number and the type of its successful reply.
@@ -263,6 +268,10 @@ requests! {
     InitProducer(InitProducerRequest) = INIT_PRODUCER => InitProducerResponse;
     /// What a server says about itself.
     ServerStatus(ServerStatusRequest) = SERVER_STATUS => ServerStatusResponse;
+    /// Delete a group.
+    DeleteGroup(DeleteGroupRequest) = DELETE_GROUP => ();
+    /// A queue group's unsettled messages.
+    PendingMessages(PendingMessagesRequest) = PENDING_MESSAGES => PendingMessagesResponse;
 }
 
 /// Declares the successful replies: one variant per reply type, with the
@@ -341,6 +350,8 @@ responses! {
     InitProducer(InitProducerResponse),
     /// A server's status.
     ServerStatus(ServerStatusResponse),
+    /// Unsettled messages.
+    PendingMessages(PendingMessagesResponse),
 }
 
 /// An error response.

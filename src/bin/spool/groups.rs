@@ -1,7 +1,8 @@
-//! `spool groups list|describe|reset`.
+//! `spool groups list|describe|pending|reset|delete`.
 
 use spool::protocol::requests::{
-    DescribeGroupRequest, ListGroupsRequest, ResetGroupRequest, WireGroup,
+    DeleteGroupRequest, DescribeGroupRequest, ListGroupsRequest, PendingMessagesRequest,
+    ResetGroupRequest, WireGroup,
 };
 use spool::protocol::{WireGroupMode, WireResetTarget};
 
@@ -31,6 +32,35 @@ pub enum GroupsCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// A queue group's delivered, unsettled messages: who holds each, how
+    /// often it was delivered, and when its deadline (or redelivery) is.
+    #[command(
+        after_help = "Examples:\n  spool groups pending workers\n  spool groups pending workers --partition 2 --max 20 --json"
+    )]
+    Pending {
+        /// Group name.
+        name: String,
+        /// Only this partition.
+        #[arg(long)]
+        partition: Option<u32>,
+        /// Show at most this many.
+        #[arg(long, default_value_t = 100)]
+        max: u32,
+        #[arg(long, env = "SPOOL_ADDR", default_value = DEFAULT_ADDR)]
+        addr: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a group with no members (its offsets or ack state; its
+    /// dead-letter topic stays).
+    #[command(after_help = "Examples:\n  spool groups delete workers")]
+    Delete {
+        /// Group name.
+        name: String,
+        #[arg(long, env = "SPOOL_ADDR", default_value = DEFAULT_ADDR)]
+        addr: String,
     },
     /// Move a group (with no members) to earliest, latest or an offset.
     #[command(
@@ -93,8 +123,61 @@ pub async fn run(command: GroupsCommand) -> Result<(), Failure> {
                 group: name.clone(),
                 to: target,
             };
-            client.call(&request).await?;
+            client.call_group(&name, &request).await?;
             println!("reset group {name} to {to}");
+        }
+        GroupsCommand::Delete { name, addr } => {
+            let client = crate::connect(&addr).await?;
+            let request = DeleteGroupRequest {
+                group: name.clone(),
+            };
+            client.call_group(&name, &request).await?;
+            println!("deleted group {name}");
+        }
+        GroupsCommand::Pending {
+            name,
+            partition,
+            max,
+            addr,
+            json,
+        } => {
+            let client = crate::connect(&addr).await?;
+            let request = PendingMessagesRequest {
+                group: name.clone(),
+                partition: partition.map(u64::from),
+                max,
+            };
+            let messages = client.call_group(&name, &request).await?.messages;
+            if json {
+                let all = messages
+                    .iter()
+                    .map(|m| {
+                        serde_json::json!({
+                            "partition": m.partition,
+                            "offset": m.offset,
+                            "deliveries": m.deliveries,
+                            "member": (m.member != 0).then_some(m.member),
+                            "state": if m.member != 0 { "in_flight" } else { "waiting" },
+                            "due_in_ms": m.due_in_ms,
+                        })
+                    })
+                    .collect();
+                return crate::print_json(&serde_json::Value::Array(all));
+            }
+            if messages.is_empty() {
+                println!("no pending messages in group {name}");
+            }
+            for m in messages {
+                let state = if m.member != 0 {
+                    format!("member={}\tdeadline_in_ms={}", m.member, m.due_in_ms)
+                } else {
+                    format!("waiting\tredelivery_in_ms={}", m.due_in_ms)
+                };
+                println!(
+                    "{}\toffset={}\tdeliveries={}\t{state}",
+                    m.partition, m.offset, m.deliveries
+                );
+            }
         }
     }
     Ok(())

@@ -1,12 +1,14 @@
 //! Group administration: reset, list, describe, counters.
 
+use std::fs;
 use std::sync::atomic::Ordering;
 
 use spool_protocol::{Offset, PartitionId};
 
 use super::ack_log::AckRecord;
-use super::{storage_error, GroupInfo, GroupMode, GroupPartitionInfo, ResetTo};
+use super::{storage_error, GroupInfo, GroupMode, GroupPartitionInfo, PendingMessage, ResetTo};
 use crate::broker::{Broker, BrokerError};
+use crate::storage::StorageError;
 
 impl Broker {
     /// Moves every partition of a group with no members to `to`.
@@ -39,6 +41,84 @@ impl Broker {
         }
         tracing::info!(group, ?to, "group reset");
         Ok(())
+    }
+
+    /// Deletes a group that has no members: its state and files. Its
+    /// dead-letter topic stays (delete it as a topic).
+    pub fn delete_group(&self, group: &str) -> Result<(), BrokerError> {
+        self.check_open()?;
+        let g = self.group(group)?;
+        if !g.members.lock().ids.is_empty() {
+            return Err(BrokerError::GroupHasMembers(group.to_string()));
+        }
+        self.remove_group(group)
+    }
+
+    /// Removes a group whatever its members (a cluster removes its copy of
+    /// a group the cluster deleted). Without its metadata file a directory
+    /// is no group at the next open, so that goes first: a crash part-way
+    /// leaves nothing that could open as a half-deleted group.
+    pub(crate) fn remove_group(&self, group: &str) -> Result<(), BrokerError> {
+        self.groups()
+            .remove(group)
+            .ok_or_else(|| BrokerError::GroupNotFound(group.to_string()))?;
+        let dir = self.groups_dir().join(group);
+        let removed = fs::remove_file(dir.join(super::META_FILE))
+            .and_then(|()| fs::remove_dir_all(&dir))
+            .map_err(|e| StorageError::io(&dir, e))
+            .and_then(|()| crate::storage::atomic_file::sync_dir(&self.groups_dir()));
+        removed.map_err(|e| storage_error(&format!("deleting group {group}"), e))?;
+        tracing::info!(group, "group deleted");
+        Ok(())
+    }
+
+    /// The delivered, unsettled messages of queue group `group` (of one
+    /// partition, or all), by partition and offset, at most `max`.
+    pub fn pending_messages(
+        &self,
+        group: &str,
+        partition: Option<PartitionId>,
+        max: usize,
+    ) -> Result<Vec<PendingMessage>, BrokerError> {
+        let g = self.group(group)?;
+        if g.mode != GroupMode::Queue {
+            return Err(BrokerError::GroupMismatch {
+                group: group.to_string(),
+                reason: "a stream-mode group has no pending messages (its members commit offsets)"
+                    .into(),
+            });
+        }
+        let topic = self.topic(&g.topic)?;
+        let partitions = topic.partitions.len() as u32;
+        if let Some(want) = partition.filter(|p| p.0 >= partitions) {
+            return Err(BrokerError::PartitionNotFound {
+                topic: g.topic.clone(),
+                partition: want,
+                partitions,
+            });
+        }
+        let now = self.config().clock.now_ms();
+        let mut out = Vec::new();
+        for p in 0..partitions {
+            let p = PartitionId(p);
+            if partition.is_some_and(|want| want != p) {
+                continue;
+            }
+            let gp = g.partition(p)?;
+            for (offset, member, deliveries, due_ms) in gp.queue.unsettled() {
+                if out.len() >= max {
+                    return Ok(out);
+                }
+                out.push(PendingMessage {
+                    partition: p,
+                    offset: Offset(offset),
+                    deliveries,
+                    member,
+                    due_in_ms: due_ms.saturating_sub(now),
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// All groups, sorted by name.

@@ -141,6 +141,24 @@ pub struct GroupPartitionInfo {
     pub dead_letters: u64,
 }
 
+/// A delivered message of a queue group that is not settled yet (Redis's
+/// `XPENDING`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PendingMessage {
+    /// Its partition.
+    pub partition: PartitionId,
+    /// Its offset.
+    pub offset: Offset,
+    /// Times delivered so far.
+    pub deliveries: u32,
+    /// The member holding it; `None` while it waits for redelivery (a nack
+    /// delay, or its deadline passed and it has not gone out again).
+    pub member: Option<MemberId>,
+    /// Milliseconds until its ack deadline (held) or until it may be
+    /// delivered again (waiting); 0 if that time has come.
+    pub due_in_ms: u64,
+}
+
 /// What `describe_group` reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GroupInfo {
@@ -496,6 +514,11 @@ pub(crate) fn open_all(
         let entry =
             entry.map_err(|e| storage_error("listing groups", StorageError::io(groups_dir, e)))?;
         if !entry.path().join(META_FILE).exists() {
+            // What an interrupted deletion (or creation) left: no group.
+            if entry.path().is_dir() {
+                tracing::info!(dir = %entry.path().display(), "removing a group directory without metadata");
+                let _ = fs::remove_dir_all(entry.path());
+            }
             continue;
         }
         if let Some(group) = Group::open(entry.path(), &topic_of)? {

@@ -177,6 +177,25 @@ impl QueueState {
         self.pending.len()
     }
 
+    /// Every unsettled message that was delivered: in flight (`Some`
+    /// member, and its ack deadline) or waiting out a nack delay or its
+    /// redelivery (`None`, and when it may go again), with its delivery
+    /// count, by offset.
+    pub fn unsettled(&self) -> Vec<(u64, Option<MemberId>, u32, u64)> {
+        let mut all: Vec<_> = self
+            .in_flight
+            .iter()
+            .map(|(&o, f)| (o, Some(f.member), f.deliveries, f.deadline_ms))
+            .chain(
+                self.pending
+                    .iter()
+                    .map(|(&o, p)| (o, None, p.deliveries, p.not_before_ms)),
+            )
+            .collect();
+        all.sort_unstable_by_key(|u| u.0);
+        all
+    }
+
     fn fly(&mut self, offset: u64, flight: InFlight) {
         *self.per_member.entry(flight.member).or_insert(0) += 1;
         self.deadlines.push(Reverse((flight.deadline_ms, offset)));

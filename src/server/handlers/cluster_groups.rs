@@ -12,9 +12,9 @@
 
 use spool_protocol::requests::{
     CommitOffsetRequest, CommittedOffsetsRequest, CommittedOffsetsResponse, CoordinatorResponse,
-    DescribeGroupRequest, FindCoordinatorRequest, GroupAssignmentRequest, GroupAssignmentResponse,
-    JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, ListGroupsResponse, ResetGroupRequest,
-    WireGroup, WireGroupPartition,
+    DeleteGroupRequest, DescribeGroupRequest, FindCoordinatorRequest, GroupAssignmentRequest,
+    GroupAssignmentResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
+    ListGroupsResponse, ResetGroupRequest, WireGroup, WireGroupPartition,
 };
 use spool_protocol::{ErrorCode, ErrorResponse, WireGroupMode, WireResetTarget};
 
@@ -292,4 +292,33 @@ pub async fn reset(
         .map_err(|e| cluster::admin_error(&e))?;
     tracing::info!(group = %request.group, to = ?request.to, "group reset");
     Ok(())
+}
+
+/// Deletes a stream-mode group: at its coordinator, with no members there.
+/// Every broker then drops its own copy (see `ClusterNode`'s sync).
+pub async fn delete(
+    node: &ClusterNode,
+    broker: &Broker,
+    request: &DeleteGroupRequest,
+) -> Result<(), ErrorResponse> {
+    coordinates(node, &request.group)?;
+    group_spec(&node.state(), &request.group)?;
+    if broker
+        .describe_group(&request.group)
+        .is_ok_and(|g| g.members > 0)
+    {
+        return Err(response_for(&BrokerError::GroupHasMembers(
+            request.group.clone(),
+        )));
+    }
+    node.delete_group(&request.group)
+        .await
+        .map_err(|e| cluster::admin_error(&e))?;
+    // This broker's copy goes now rather than at the next sync.
+    let group = request.group.clone();
+    on_blocking_thread(broker, move |broker| match broker.remove_group(&group) {
+        Ok(()) | Err(BrokerError::GroupNotFound(_)) => Ok(()),
+        Err(e) => Err(response_for(&e)),
+    })
+    .await
 }

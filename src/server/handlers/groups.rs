@@ -5,16 +5,19 @@ use std::time::Duration;
 
 use spool_protocol::requests::{
     AckRequest, CommitOffsetRequest, CommittedOffsetsRequest, CommittedOffsetsResponse,
-    DeliverRequest, DeliverResponse, DescribeGroupRequest, GroupAssignmentRequest,
-    GroupAssignmentResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
-    ListGroupsResponse, NackRequest, ResetGroupRequest, SettleResponse, TouchRequest, WireDelivery,
-    WireGroup, WireGroupPartition,
+    DeleteGroupRequest, DeliverRequest, DeliverResponse, DescribeGroupRequest,
+    GroupAssignmentRequest, GroupAssignmentResponse, JoinGroupRequest, JoinGroupResponse,
+    LeaveGroupRequest, ListGroupsResponse, NackRequest, PendingMessagesRequest,
+    PendingMessagesResponse, ResetGroupRequest, SettleResponse, TouchRequest, WireDelivery,
+    WireGroup, WireGroupPartition, WirePending,
 };
 use spool_protocol::{
     ErrorResponse, Offset, PartitionId, WireGroupMode, WireResetTarget, WireSettle,
 };
 
-use crate::broker::{Broker, GroupConfig, GroupInfo, GroupMode, MemberId, ResetTo, SettleResult};
+use crate::broker::{
+    Broker, BrokerError, GroupConfig, GroupInfo, GroupMode, MemberId, ResetTo, SettleResult,
+};
 use crate::server::errors::response_for;
 
 /// Longest a delivery may wait, whatever the client asks.
@@ -184,6 +187,37 @@ pub fn reset(broker: &Broker, request: &ResetGroupRequest) -> Result<(), ErrorRe
     broker
         .reset_group(&request.group, request.to.into())
         .map_err(fail)
+}
+
+/// Deletes a group (blocking: the server runs it on a blocking thread).
+pub fn delete(broker: &Broker, request: &DeleteGroupRequest) -> Result<(), ErrorResponse> {
+    broker.delete_group(&request.group).map_err(fail)
+}
+
+/// A queue group's unsettled messages.
+pub fn pending(
+    broker: &Broker,
+    request: &PendingMessagesRequest,
+) -> Result<PendingMessagesResponse, ErrorResponse> {
+    let partition = match request.partition {
+        Some(p) => Some(PartitionId(u32::try_from(p).map_err(|_| {
+            fail(BrokerError::InvalidConfig(format!("no partition {p}")))
+        })?)),
+        None => None,
+    };
+    let messages = broker
+        .pending_messages(&request.group, partition, request.max as usize)
+        .map_err(fail)?
+        .into_iter()
+        .map(|m| WirePending {
+            partition: m.partition.0,
+            offset: m.offset.0,
+            deliveries: m.deliveries,
+            member: m.member.unwrap_or(0),
+            due_in_ms: m.due_in_ms,
+        })
+        .collect();
+    Ok(PendingMessagesResponse { messages })
 }
 
 fn nonzero_or<T: PartialEq + Default>(asked: T, default: T) -> T {
