@@ -556,3 +556,40 @@ async fn groups_pending_and_delete() {
     let addr = server.addr.to_string();
     assert_eq!(json(&addr, &["groups", "list"]), serde_json::json!([]));
 }
+
+/// Every command's `--help` ends with examples (as the `nats` CLI's do).
+#[test]
+fn every_command_has_examples_in_its_help() {
+    let commands: &[&[&str]] = &[
+        &["serve"],
+        &["status"],
+        &["produce"],
+        &["consume"],
+        &["bench"],
+        &["inspect"],
+        &["verify"],
+        &["topics", "create"],
+        &["topics", "list"],
+        &["topics", "describe"],
+        &["topics", "delete"],
+        &["groups", "list"],
+        &["groups", "describe"],
+        &["groups", "pending"],
+        &["groups", "reset"],
+        &["groups", "delete"],
+        &["cluster", "add"],
+        &["cluster", "remove"],
+        &["cluster", "status"],
+    ];
+    for command in commands {
+        let mut args = command.to_vec();
+        args.push("--help");
+        let help = stdout(&spool(&args, None));
+        let examples = help.split("Examples:").nth(1).unwrap_or_default();
+        assert!(
+            examples.contains(&format!("spool {}", command.join(" "))),
+            "`spool {}` --help has no example of itself:\n{help}",
+            command.join(" ")
+        );
+    }
+}

@@ -200,6 +200,40 @@ impl Shell {
     }
 }
 
+/// The embedded example, run as README says right after the Quick start:
+/// in the same directory, while the server holds `./spool-data` (it failed
+/// there with DirectoryLocked when it used that directory too).
+fn quickstart_runs_beside_the_server(shell: &Shell) {
+    let example = std::path::Path::new(env!("CARGO_BIN_EXE_spool"))
+        .with_file_name("examples")
+        .join("quickstart");
+    if !example.exists() {
+        // `cargo test` builds examples; a filtered build may not have.
+        eprintln!(
+            "skipping the quickstart example: {} not built",
+            example.display()
+        );
+        return;
+    }
+    let temp = shell.dir.path().join("tmp");
+    std::fs::create_dir_all(&temp).unwrap();
+    for run in 1..=2 {
+        let out = Command::new(&example)
+            .current_dir(shell.dir.path())
+            .env("TMPDIR", &temp)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "quickstart run {run}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The second run finds the first run's messages too.
+        assert_eq!(text.matches(": hello").count(), run, "{text}");
+    }
+}
+
 /// GET `path` from `host` over plain HTTP/1.0; the body.
 fn http_get(host: &str, path: &str) -> String {
     use std::io::{Read, Write};
@@ -253,6 +287,9 @@ fn every_readme_command_block_runs_as_written() {
         let mut outputs = Vec::new();
         for line in block {
             outputs.push((line.clone(), single.run(line, &mut env)));
+        }
+        if text.contains("serve") && !text.contains("--node-id") {
+            quickstart_runs_beside_the_server(&single);
         }
         for (line, out) in outputs {
             if line.contains("# prints the three lines") {

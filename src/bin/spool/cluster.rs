@@ -13,6 +13,9 @@ pub enum ClusterCommand {
     /// of the partitions to it). This waits until it is a live member, and
     /// with --voter makes it a voter of the control plane (e.g. to grow
     /// from 3 voters to 5).
+    #[command(
+        after_help = "Examples:\n  spool cluster add 4 --addr 127.0.0.1:7070\n  spool cluster add 5 --voter --addr 127.0.0.1:7070,127.0.0.1:7071"
+    )]
     Add {
         /// The broker's id.
         id: u64,
@@ -29,6 +32,9 @@ pub enum ClusterCommand {
     /// Remove a broker: its partitions move to the others first (each log
     /// is copied before it switches), then it leaves the cluster (and the
     /// control plane's voters, if it was one).
+    #[command(
+        after_help = "Examples:\n  spool cluster remove 3\n  spool cluster remove 3 --force   # the broker is gone for good: give up its data"
+    )]
     Remove {
         /// The broker's id.
         id: u64,
@@ -42,6 +48,9 @@ pub enum ClusterCommand {
     },
     /// Brokers (alive or expired), the control plane's leader, the
     /// placement epoch, and how many partitions each broker leads.
+    #[command(
+        after_help = "Examples:\n  spool cluster status --addr 127.0.0.1:7070,127.0.0.1:7071"
+    )]
     Status {
         /// A broker, or a comma-separated list of them.
         #[arg(long, env = "SPOOL_ADDR", default_value = DEFAULT_ADDR)]

@@ -9,6 +9,11 @@ use crate::{Failure, DEFAULT_ADDR};
 
 /// Arguments of `spool consume`.
 #[derive(clap::Args)]
+#[command(after_help = "Examples:
+  spool consume --topic orders                          # everything, then exit
+  spool consume --topic orders --from latest --follow   # new messages as they come
+  spool consume --topic orders --from 1500 --partition 2 --count 10 --format json
+  spool consume --topic jobs --group workers --ack      # share the work; ack after printing")]
 pub struct ConsumeArgs {
     #[arg(long, env = "SPOOL_ADDR", default_value = DEFAULT_ADDR)]
     addr: String,

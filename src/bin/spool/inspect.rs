@@ -12,6 +12,7 @@ use crate::Failure;
 
 /// Arguments of `spool inspect`.
 #[derive(clap::Args)]
+#[command(after_help = "Examples:\n  spool inspect --data ./spool-data")]
 pub struct InspectArgs {
     /// The data directory (the broker must not be running on it).
     #[arg(long, default_value = "./spool-data")]
@@ -20,6 +21,9 @@ pub struct InspectArgs {
 
 /// Arguments of `spool verify`.
 #[derive(clap::Args)]
+#[command(
+    after_help = "Examples:\n  spool verify --data ./spool-data --report report.json\n  spool verify --data ./spool-data --repair   # what recovery would do, nothing more"
+)]
 pub struct VerifyArgs {
     /// The data directory (the broker must not be running on it).
     #[arg(long, default_value = "./spool-data")]
@@ -51,7 +55,7 @@ pub fn run(args: InspectArgs) -> Result<(), Failure> {
     for topic in &checked.topics {
         match &topic.config {
             Some(c) => println!(
-                "{}  partitions={} sync={} segment_size_bytes={}",
+                "{}  partitions={} sync={} segment_bytes={}",
                 topic.topic, c.partitions, c.log.sync, c.log.segment_size_bytes
             ),
             None => println!("{}  (metadata unreadable)", topic.topic),

@@ -8,6 +8,9 @@ use crate::{Failure, DEFAULT_ADDR};
 #[derive(clap::Subcommand)]
 pub enum TopicsCommand {
     /// Create a topic.
+    #[command(
+        after_help = "Examples:\n  spool topics create orders --partitions 6 --sync always\n  spool topics create logs --retention-ms 86400000 --segment-bytes 67108864"
+    )]
     Create {
         /// Topic name.
         name: String,
@@ -54,6 +57,7 @@ pub enum TopicsCommand {
         json: bool,
     },
     /// Delete a topic and all its messages.
+    #[command(after_help = "Examples:\n  spool topics delete orders")]
     Delete {
         /// Topic name.
         name: String,

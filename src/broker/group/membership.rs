@@ -87,7 +87,7 @@ impl Broker {
                     mode,
                     config,
                 )?);
-                tracing::info!(group, topic = %topic.name, ?mode, "group created");
+                tracing::info!(group, topic = %topic.name, %mode, "group created");
                 slot.insert(created.clone());
                 created
             }

@@ -71,6 +71,16 @@ pub enum GroupMode {
     Queue,
 }
 
+impl std::fmt::Display for GroupMode {
+    /// `stream` or `queue`, as the command line spells them.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            GroupMode::Stream => "stream",
+            GroupMode::Queue => "queue",
+        })
+    }
+}
+
 /// Queue-mode settings, fixed when the group is created.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupConfig {

@@ -44,6 +44,11 @@ pub enum Mode {
 
 /// Arguments of `spool bench`.
 #[derive(clap::Args, Clone)]
+#[command(after_help = "Examples:
+  spool bench                                           # 1M x 100 B, in-process broker
+  spool bench --size 1024 --consumers 0 --sync always   # produce only, fsync per batch
+  spool bench --mode queue --consumers 4 --partitions 4 # a queue group, every message acked
+  spool bench --addr 127.0.0.1:7070 --duration-secs 30 --rate 10000 --json")]
 pub struct BenchArgs {
     /// Benchmark a running broker instead of starting one.
     #[arg(long)]
