@@ -23,6 +23,8 @@ enum Op {
     Retry { back: usize },
     /// Send a batch whose sequence skips one number.
     Gap,
+    /// Cut the log back to the batch holding `model_len * fraction`.
+    Truncate { fraction: f64 },
 }
 
 /// The producer every batch comes from.
@@ -35,6 +37,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (0.0f64..=1.0, 1u64..20_000).prop_map(|(fraction, max_bytes)| Op::Read { fraction, max_bytes }),
         2 => (0usize..spool::storage::producers::RECENT_BATCHES).prop_map(|back| Op::Retry { back }),
         1 => Just(Op::Gap),
+        1 => (0.0f64..=1.0).prop_map(|fraction| Op::Truncate { fraction }),
     ]
 }
 
@@ -60,6 +63,27 @@ fn run(ops: Vec<Op>, sync: SyncPolicy) -> Result<(), TestCaseError> {
     let mut sent: Vec<(bytes::Bytes, Offset)> = Vec::new();
     for op in ops {
         match op {
+            Op::Truncate { fraction } => {
+                let target = ((model.len() as f64) * fraction) as u64;
+                // The batch holding `target` starts at the last base at or
+                // before it.
+                let expected = sent
+                    .iter()
+                    .map(|(_, base)| base.0)
+                    .filter(|&b| b <= target)
+                    .max()
+                    .unwrap_or(0)
+                    .max(if target == model.len() as u64 {
+                        target
+                    } else {
+                        0
+                    });
+                let end = log.truncate_to(Offset(target)).unwrap();
+                prop_assert_eq!(end, Offset(expected));
+                model.truncate(expected as usize);
+                sent.retain(|(_, base)| base.0 < expected);
+                prop_assert_eq!(log.next_offset(), end);
+            }
             Op::Retry { back } => {
                 let Some((bytes, base)) = sent.iter().rev().nth(back).cloned() else {
                     continue;
@@ -326,4 +350,54 @@ fn a_producer_snapshot_past_the_recovered_end_is_not_used() {
     assert!(!resent.duplicate, "a cut batch was answered as stored");
     assert_eq!(resent.base_offset, Offset(12));
     assert_eq!(log.next_offset(), Offset(15));
+}
+
+/// Truncation never shrinks a mapped file: slices read before it stay
+/// readable (a shrunk file would fault them: SIGBUS), and appends go on
+/// from the cut, across a reopen, with the producer's sequence resuming
+/// at the cut.
+#[test]
+fn slices_survive_a_truncation_and_appends_resume_at_the_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = PartitionLog::open(dir.path(), config(SyncPolicy::Always), false).unwrap();
+    let batch = |seq: u32, n: usize| {
+        let mut b = BatchBuilder::new();
+        for i in 0..n {
+            b.push(0, None, &value(seq as usize + i, 300), &[]).unwrap();
+        }
+        b.finish_from(PRODUCER, seq).unwrap()
+    };
+    for seq in (0..120u32).step_by(4) {
+        log.append(Batch::validate(&batch(seq, 4)).unwrap())
+            .unwrap();
+    }
+    assert!(log.segment_count() > 5, "{} segments", log.segment_count());
+    let held: Vec<bytes::Bytes> = (0..120u64)
+        .step_by(8)
+        .map(|o| log.read(Offset(o), 1 << 20).unwrap().batches)
+        .collect();
+    let end = log.truncate_to(Offset(42)).unwrap();
+    assert_eq!(end, Offset(40));
+    let touched: u64 = held
+        .iter()
+        .flat_map(|b| b.iter())
+        .map(|&x| u64::from(x))
+        .sum();
+    assert!(touched > 0);
+    // The producer resumes at the cut: sequence 40 is next, not 120.
+    let info = log.append(Batch::validate(&batch(40, 4)).unwrap()).unwrap();
+    assert_eq!((info.base_offset, info.duplicate), (Offset(40), false));
+    log.close().unwrap();
+    drop(log);
+    let log = PartitionLog::open(dir.path(), config(SyncPolicy::Always), true).unwrap();
+    assert_eq!(log.next_offset(), Offset(44));
+    let mut offset = 0;
+    while offset < 44 {
+        let fetched = log.read(Offset(offset), 1 << 20).unwrap();
+        for r in fetched.records() {
+            let r = r.unwrap();
+            assert_eq!(r.value, &value(r.offset.0 as usize, 300)[..]);
+        }
+        offset = fetched.next_offset.0;
+    }
 }

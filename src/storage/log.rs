@@ -250,12 +250,23 @@ impl PartitionLog {
             out_of_space: AtomicBool::new(false),
             visible_end_moved: tokio::sync::Notify::new(),
         };
-        // The producers' table from the newest snapshot inside the active
-        // segment (a clean close writes one at its end, a roll one at its
-        // start; nothing before the log's start when it starts there),
-        // then the batches after it. Snapshots past the recovered end
-        // describe batches recovery cut, and only the one at the active
-        // segment's start is kept past this open.
+        let table = log.rebuild_producers(snapshots, active_base)?;
+        log.lock_writer().producers = table;
+        Ok(log)
+    }
+
+    /// The producers' table of the log as it stands: from the newest of
+    /// the `snapshots` (by offset) inside the active segment (a clean close
+    /// writes one at its end, a roll one at its start; nothing before the
+    /// log's start when it starts there), then the batches after it.
+    /// Snapshots past the end describe batches that were cut, and only the
+    /// one at the active segment's start is kept.
+    fn rebuild_producers(
+        &self,
+        mut snapshots: Vec<Offset>,
+        active_base: Offset,
+    ) -> Result<ProducerTable, StorageError> {
+        let (dir, start, next) = (&self.dir, self.start_offset(), self.next_offset());
         snapshots.sort();
         let usable = snapshots
             .iter()
@@ -273,9 +284,101 @@ impl PartitionLog {
         for &at in snapshots.iter().filter(|&&at| at != active_base) {
             let _ = fs::remove_file(super::producers::snapshot_path(dir, at));
         }
-        let table = log.replay_producers(table, scan_from)?;
-        log.lock_writer().producers = table;
-        Ok(log)
+        self.replay_producers(table, scan_from)
+    }
+
+    /// Removes every record from `offset` on: the log then ends at the
+    /// start of the batch holding `offset` (at `offset` itself when a batch
+    /// starts there), which is returned. Nothing happens at or past the
+    /// end. Replication needs this: a replica whose log holds records its
+    /// leader never committed cuts back to where their histories agree
+    /// before it fetches again (the divergence Kafka's KIP-101 fixed).
+    ///
+    /// No mapped file ever shrinks here, so a reader still holding a slice
+    /// never faults: later segments are unlinked (their pages live on with
+    /// the slices), and the cut segment's bytes past the cut are overwritten
+    /// with zeros, then it is reopened as the active segment exactly as
+    /// recovery would. Callers truncate only what no consumer may see
+    /// (above the high watermark). A crash part-way leaves a shorter or
+    /// longer log, never a damaged one: later segments go first, newest
+    /// first, and the zeros are written and synced before the reopen. The
+    /// producers' table is rebuilt for the shorter log; what consumer
+    /// groups recorded past the cut is the caller's to move back.
+    pub fn truncate_to(&self, offset: Offset) -> Result<Offset, StorageError> {
+        let mut writer = self.lock_writer();
+        let mut mark = self.flush_lock.lock();
+        if self.failed.load(Ordering::Acquire) {
+            return Err(self.failed_error());
+        }
+        let (start, end) = (self.start_offset(), writer.file.next_offset());
+        if offset >= end {
+            return Ok(end);
+        }
+        if offset < start {
+            return Err(StorageError::OffsetOutOfRange {
+                requested: offset,
+                start,
+                end,
+            });
+        }
+        let segments: Vec<Arc<Segment>> = self.segments.read().clone();
+        let Some(keep) = segments.iter().rposition(|s| s.base() <= offset) else {
+            return Err(StorageError::OffsetOutOfRange {
+                requested: offset,
+                start,
+                end,
+            });
+        };
+        let cut_segment = segments[keep].clone();
+        let cut = cut_segment.boundary_at(offset)?;
+        for later in segments[keep + 1..].iter().rev() {
+            later.delete()?;
+            let _ = fs::remove_file(super::producers::snapshot_path(&self.dir, later.base()));
+        }
+        if keep + 1 < segments.len() {
+            super::atomic_file::sync_dir(&self.dir)?;
+        }
+        zero_from(cut_segment.path(), cut.len, cut_segment.len())?;
+        let (active, file, recovered) = Segment::recover_active(
+            &self.dir,
+            cut_segment.base(),
+            capacity_for(&self.config),
+            self.config.segment_size_bytes,
+            self.config.index_interval_bytes,
+            false,
+            None,
+        )?;
+        if recovered.next_offset != cut.end_offset {
+            self.failed.store(true, Ordering::Release);
+            return Err(StorageError::Corrupt {
+                path: active.path().to_path_buf(),
+                position: cut.len,
+                offset: cut.end_offset,
+                reason: format!(
+                    "truncation to {} reopened the segment ending at {}",
+                    cut.end_offset, recovered.next_offset
+                ),
+            });
+        }
+        {
+            let mut published = self.segments.write();
+            published.truncate(keep);
+            published.push(active.clone());
+        }
+        writer.active = active;
+        writer.file = file;
+        self.next_offset.store(cut.end_offset.0, Ordering::Release);
+        // Everything kept was on disk before, and the cut is synced.
+        self.durable_offset
+            .store(cut.end_offset.0, Ordering::Release);
+        mark.write(DurableMark {
+            segment: cut_segment.base(),
+            at: cut,
+        });
+        let snapshots = list_snapshots(&self.dir);
+        writer.producers = self.rebuild_producers(snapshots, cut_segment.base())?;
+        tracing::info!(dir = %self.dir.display(), from = %end, to = %cut.end_offset, "log truncated");
+        Ok(cut.end_offset)
     }
 
     /// `table` brought up to the log's end by the batches from `from` on.
@@ -834,4 +937,33 @@ fn within(batches: &Bytes, end: Offset) -> Option<(Bytes, Offset)> {
         }
     }
     next.map(|next| (batches.slice(..len), next))
+}
+
+/// Overwrites bytes `from..to` of the file at `path` with zeros and syncs
+/// it, leaving its length alone (a mapped file must not shrink).
+fn zero_from(path: &Path, from: u64, to: u64) -> Result<(), StorageError> {
+    use std::os::unix::fs::FileExt;
+    if to <= from {
+        return Ok(());
+    }
+    let io = |e| StorageError::io(path, e);
+    let file = fs::OpenOptions::new().write(true).open(path).map_err(io)?;
+    let zeros = vec![0u8; (to - from).min(1 << 20) as usize];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(zeros.len() as u64) as usize;
+        file.write_all_at(&zeros[..n], at).map_err(io)?;
+        at += n as u64;
+    }
+    file.sync_data().map_err(io)
+}
+
+/// The offsets of the producers' snapshots in `dir`.
+fn list_snapshots(dir: &Path) -> Vec<Offset> {
+    fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|e| super::producers::parse_snapshot_name(&e.file_name().to_string_lossy()))
+        .collect()
 }

@@ -458,6 +458,37 @@ impl Segment {
         Ok(first.map(|begin| (map.bytes(begin as usize, (pos - begin) as usize), expected)))
     }
 
+    /// The batch boundary at or before `offset`: the byte position and
+    /// base offset of the batch holding `offset` (or of the end, for the
+    /// segment's end offset). Walks from the index entry before it,
+    /// checking each batch.
+    pub fn boundary_at(&self, offset: Offset) -> Result<Published, StorageError> {
+        let map = self.mapped()?;
+        let len = self.len().min(map.len() as u64);
+        let relative = u32::try_from(offset.0.saturating_sub(self.base.0)).unwrap_or(u32::MAX);
+        let start = index::lookup(&self.index.read(), relative, len);
+        let (mut pos, mut expected) = match start {
+            Some(e) => (
+                u64::from(e.position),
+                self.base.plus(u64::from(e.relative_offset)),
+            ),
+            None => (0, self.base),
+        };
+        let bytes = map.prefix(len as usize);
+        while pos < len {
+            let header = self.checked_header(bytes, pos, expected)?;
+            if header.next_offset() > offset {
+                break;
+            }
+            pos += u64::from(header.batch_len);
+            expected = header.next_offset();
+        }
+        Ok(Published {
+            len: pos,
+            end_offset: expected,
+        })
+    }
+
     /// How far a read may search for valid data after damage at `pos`
     /// that no length leads over: to the next index entry (a batch
     /// boundary known when it was written), else to the segment's end when
