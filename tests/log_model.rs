@@ -401,3 +401,84 @@ fn slices_survive_a_truncation_and_appends_resume_at_the_cut() {
         offset = fetched.next_offset.0;
     }
 }
+
+/// Copies every batch of `from` starting at `at` into `to`, byte for byte
+/// (as a follower's fetch will); offsets agree because `to` ends at `at`.
+fn copy_batches(from: &PartitionLog, to: &PartitionLog, mut at: Offset) {
+    assert_eq!(to.next_offset(), at);
+    // Under `always` only what is flushed is visible.
+    from.flush().unwrap();
+    while at < from.next_offset() {
+        let fetched = from.read(at, 1 << 20).unwrap();
+        assert!(!fetched.batches.is_empty(), "nothing to copy at {at}");
+        for batch in spool::protocol::batch::Batches::new(&fetched.batches) {
+            let batch = batch.unwrap();
+            let info = to.append(Batch::validate(batch.bytes()).unwrap()).unwrap();
+            assert_eq!(info.base_offset, batch.header().base_offset);
+        }
+        at = fetched.next_offset;
+    }
+}
+
+/// The divergence KIP-101 fixed, on two real logs. Leader L and follower F
+/// share epoch 1; L has two batches F never fetched (never committed). Both
+/// die; F comes back first, leads epoch 2 and takes writes at the offsets
+/// L's extra batches had. L returns, asks F where its latest epoch ended,
+/// cuts there, fetches epoch 2, and both logs end up byte for byte the
+/// same. Keeping L's log as it was leaves offsets that name different
+/// records on the two replicas (checked before the cut).
+#[test]
+fn a_returning_leader_cuts_where_its_epoch_ended_on_the_new_leader() {
+    let (l_dir, f_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let l = PartitionLog::open(l_dir.path(), config(SyncPolicy::Always), false).unwrap();
+    let f = PartitionLog::open(f_dir.path(), config(SyncPolicy::Always), false).unwrap();
+    let batch = |tag: &str, n: usize| {
+        let mut b = BatchBuilder::new();
+        for i in 0..n {
+            b.push(0, None, format!("{tag}-{i}").as_bytes(), &[])
+                .unwrap();
+        }
+        b.finish().unwrap()
+    };
+    assert_eq!(l.begin_epoch(1).unwrap(), Offset(0));
+    for i in 0..5 {
+        l.append(Batch::validate(&batch(&format!("e1-{i}"), 2)).unwrap())
+            .unwrap();
+    }
+    f.note_epoch(1, Offset(0)).unwrap();
+    copy_batches(&l, &f, Offset(0));
+    // Two more on L only: never replicated, never acknowledged to all.
+    for i in 5..7 {
+        l.append(Batch::validate(&batch(&format!("e1-{i}"), 2)).unwrap())
+            .unwrap();
+    }
+    assert_eq!((l.next_offset(), f.next_offset()), (Offset(14), Offset(10)));
+
+    // F leads epoch 2 and takes writes where L's extra batches were.
+    assert_eq!(f.begin_epoch(2).unwrap(), Offset(10));
+    for i in 0..3 {
+        f.append(Batch::validate(&batch(&format!("e2-{i}"), 2)).unwrap())
+            .unwrap();
+    }
+    l.flush().unwrap();
+    f.flush().unwrap();
+    let diverged = l.read(Offset(10), 1 << 20).unwrap().batches
+        != f.read(Offset(10), 1 << 20).unwrap().batches;
+    assert!(diverged, "offset 10 names different records on L and F");
+
+    // L returns: where did its latest epoch end on F?
+    let asked = l.latest_epoch().unwrap().epoch;
+    let end = f.epoch_end(asked).unwrap();
+    assert_eq!((end.epoch, end.start), (1, Offset(10)));
+    assert_eq!(l.truncate_to(end.start).unwrap(), Offset(10));
+    l.note_epoch(2, Offset(10)).unwrap();
+    copy_batches(&f, &l, Offset(10));
+
+    let all = |log: &PartitionLog| {
+        log.flush().unwrap();
+        log.read(Offset(0), 1 << 20).unwrap().batches
+    };
+    assert_eq!(all(&l), all(&f), "the logs differ after the catch-up");
+    assert_eq!(l.latest_epoch(), f.latest_epoch());
+    assert_eq!(l.epoch_end(1).unwrap().start, Offset(10));
+}

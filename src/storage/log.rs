@@ -26,6 +26,7 @@ use spool_protocol::batch::{BatchHeader, Records, MAX_BATCH_LEN};
 use spool_protocol::{Batch, BatchError, Offset, Record};
 
 use super::durable_mark::{DurableMark, MarkWriter};
+use super::leader_epochs::{EpochStart, LeaderEpochs};
 use super::producers::{ProducerTable, Sequenced};
 use super::segment::{self, ActiveFile, Segment};
 use super::{monotonic_ms, wall_clock_ms, LogConfig, StorageError, SyncPolicy};
@@ -130,6 +131,8 @@ pub struct PartitionLog {
     segments: RwLock<Vec<Arc<Segment>>>,
     /// Held while flushing; writes the durable mark after each flush.
     flush_lock: Mutex<MarkWriter>,
+    /// Where each leadership of the partition began (replication).
+    epochs: Mutex<LeaderEpochs>,
     start_offset: AtomicU64,
     next_offset: AtomicU64,
     durable_offset: AtomicU64,
@@ -241,6 +244,7 @@ impl PartitionLog {
             }),
             segments: RwLock::new(segments),
             flush_lock: Mutex::new(MarkWriter::new(dir)),
+            epochs: Mutex::new(LeaderEpochs::open(dir)?),
             start_offset: AtomicU64::new(start.0),
             next_offset: AtomicU64::new(next.0),
             durable_offset: AtomicU64::new(next.0),
@@ -285,6 +289,32 @@ impl PartitionLog {
             let _ = fs::remove_file(super::producers::snapshot_path(dir, at));
         }
         self.replay_producers(table, scan_from)
+    }
+
+    /// Starts leader epoch `epoch` at the log's end (this broker now leads
+    /// the partition); returns that offset. Nothing is appended meanwhile.
+    pub fn begin_epoch(&self, epoch: u64) -> Result<Offset, StorageError> {
+        let writer = self.lock_writer();
+        let start = writer.file.next_offset();
+        self.epochs.lock().assign(epoch, start)?;
+        Ok(start)
+    }
+
+    /// Records that the leader's epoch `epoch` starts at `start` (a
+    /// follower, before appending that epoch's records).
+    pub fn note_epoch(&self, epoch: u64, start: Offset) -> Result<(), StorageError> {
+        self.epochs.lock().assign(epoch, start)
+    }
+
+    /// The latest leader epoch this log holds records of, and its start.
+    pub fn latest_epoch(&self) -> Option<EpochStart> {
+        self.epochs.lock().latest()
+    }
+
+    /// Where `epoch` ended in this log (see [`LeaderEpochs::end_of`]): what
+    /// a leader answers a returning replica, which then cuts its log there.
+    pub fn epoch_end(&self, epoch: u64) -> Option<EpochStart> {
+        self.epochs.lock().end_of(epoch, self.next_offset())
     }
 
     /// Removes every record from `offset` on: the log then ends at the
@@ -377,6 +407,7 @@ impl PartitionLog {
         });
         let snapshots = list_snapshots(&self.dir);
         writer.producers = self.rebuild_producers(snapshots, cut_segment.base())?;
+        self.epochs.lock().truncate_from_end(cut.end_offset)?;
         tracing::info!(dir = %self.dir.display(), from = %end, to = %cut.end_offset, "log truncated");
         Ok(cut.end_offset)
     }
@@ -872,6 +903,11 @@ impl PartitionLog {
         for seg in &dropped {
             seg.delete()?;
             tracing::info!(segment = %seg.path().display(), "retention dropped segment");
+        }
+        if !dropped.is_empty() {
+            self.epochs
+                .lock()
+                .truncate_from_start(self.start_offset())?;
         }
         Ok(dropped.len())
     }

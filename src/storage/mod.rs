@@ -12,6 +12,7 @@ mod flusher;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod index;
+pub mod leader_epochs;
 mod log;
 mod mapping;
 pub(crate) mod meta_file;

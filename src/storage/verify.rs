@@ -154,6 +154,14 @@ pub fn check_partition(dir: &Path) -> Result<PartitionCheck, StorageError> {
         expected = Some(found.next_offset);
         check.end = found.next_offset.0;
     }
+    if let Err(e) = super::leader_epochs::LeaderEpochs::open(dir) {
+        check.problems.push(Problem {
+            file: dir.join(super::leader_epochs::FILE_NAME),
+            position: None,
+            kind: "metadata",
+            detail: e.to_string(),
+        });
+    }
     for entry in fs::read_dir(dir).map_err(|e| StorageError::io(dir, e))? {
         let entry = entry.map_err(|e| StorageError::io(dir, e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
