@@ -482,3 +482,58 @@ fn a_returning_leader_cuts_where_its_epoch_ended_on_the_new_leader() {
     assert_eq!(l.latest_epoch(), f.latest_epoch());
     assert_eq!(l.epoch_end(1).unwrap().start, Offset(10));
 }
+
+/// A replicated partition's readers see only records below the high
+/// watermark: reads stop there, the visible end is it, a waiting reader
+/// wakes when it moves up, and a truncation never leaves it past the end.
+/// An unreplicated log has no such bound, before or after a truncation.
+#[tokio::test]
+async fn reads_stop_at_the_high_watermark() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = std::sync::Arc::new(
+        PartitionLog::open(dir.path(), config(SyncPolicy::Never), false).unwrap(),
+    );
+    for seq in 0..5u32 {
+        let mut b = BatchBuilder::new();
+        b.push(0, None, &value(seq as usize * 2, 10), &[]).unwrap();
+        b.push(0, None, &value(seq as usize * 2 + 1, 10), &[])
+            .unwrap();
+        log.append(Batch::validate(&b.finish().unwrap()).unwrap())
+            .unwrap();
+    }
+    assert_eq!(log.high_watermark(), None);
+    assert_eq!(log.visible_end(), Offset(10));
+    log.set_high_watermark(Offset(4));
+    assert_eq!(log.visible_end(), Offset(4));
+    let fetched = log.read(Offset(0), 1 << 20).unwrap();
+    assert_eq!(fetched.next_offset, Offset(4));
+    assert_eq!(fetched.log_end, Offset(4));
+    assert!(log.read(Offset(4), 1 << 20).unwrap().batches.is_empty());
+
+    let waiting = {
+        let log = log.clone();
+        tokio::spawn(async move {
+            let moved = log.visible_end_moved();
+            tokio::pin!(moved);
+            moved.as_mut().enable();
+            if log.visible_end() == Offset(4) {
+                moved.await;
+            }
+            log.visible_end()
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    log.set_high_watermark(Offset(8));
+    let seen = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+        .await
+        .expect("a reader waiting at the high watermark was not woken")
+        .unwrap();
+    assert_eq!(seen, Offset(8));
+
+    assert_eq!(log.truncate_to(Offset(6)).unwrap(), Offset(6));
+    assert_eq!(log.high_watermark(), Some(Offset(6)));
+    log.clear_high_watermark();
+    assert_eq!(log.visible_end(), Offset(6));
+    assert_eq!(log.truncate_to(Offset(2)).unwrap(), Offset(2));
+    assert_eq!(log.high_watermark(), None, "a truncation set a bound");
+}

@@ -133,6 +133,10 @@ pub struct PartitionLog {
     flush_lock: Mutex<MarkWriter>,
     /// Where each leadership of the partition began (replication).
     epochs: Mutex<LeaderEpochs>,
+    /// Replication: the offset below which every in-sync replica has the
+    /// records; readers see nothing at or past it. `u64::MAX` (no bound)
+    /// for an unreplicated partition.
+    high_watermark: AtomicU64,
     start_offset: AtomicU64,
     next_offset: AtomicU64,
     durable_offset: AtomicU64,
@@ -245,6 +249,7 @@ impl PartitionLog {
             segments: RwLock::new(segments),
             flush_lock: Mutex::new(MarkWriter::new(dir)),
             epochs: Mutex::new(LeaderEpochs::open(dir)?),
+            high_watermark: AtomicU64::new(u64::MAX),
             start_offset: AtomicU64::new(start.0),
             next_offset: AtomicU64::new(next.0),
             durable_offset: AtomicU64::new(next.0),
@@ -408,6 +413,13 @@ impl PartitionLog {
         let snapshots = list_snapshots(&self.dir);
         writer.producers = self.rebuild_producers(snapshots, cut_segment.base())?;
         self.epochs.lock().truncate_from_end(cut.end_offset)?;
+        // A bound past the end would let readers wait for records that
+        // are gone; nothing below the cut was ever above it.
+        let _ = self
+            .high_watermark
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |hwm| {
+                (hwm != u64::MAX && hwm > cut.end_offset.0).then_some(cut.end_offset.0)
+            });
         tracing::info!(dir = %self.dir.display(), from = %end, to = %cut.end_offset, "log truncated");
         Ok(cut.end_offset)
     }
@@ -480,12 +492,37 @@ impl PartitionLog {
     }
 
     /// Offset after the last record readers may see: under `always` only
-    /// durable records are visible.
+    /// durable records are visible, and in a replicated partition only
+    /// records below the high watermark.
     pub fn visible_end(&self) -> Offset {
-        match self.config.sync {
+        let local = match self.config.sync {
             SyncPolicy::Always => self.durable_offset(),
             _ => self.next_offset(),
+        };
+        local.min(Offset(self.high_watermark.load(Ordering::Acquire)))
+    }
+
+    /// Replication: readers see only records below `hwm` from now on (the
+    /// offset every in-sync replica has). Waiting readers are woken when it
+    /// moves up.
+    pub fn set_high_watermark(&self, hwm: Offset) {
+        let old = self.high_watermark.swap(hwm.0, Ordering::AcqRel);
+        if hwm.0 > old || old == u64::MAX {
+            self.visible_end_moved.notify_waiters();
         }
+    }
+
+    /// The high watermark, if the partition is replicated.
+    pub fn high_watermark(&self) -> Option<Offset> {
+        let hwm = self.high_watermark.load(Ordering::Acquire);
+        (hwm != u64::MAX).then_some(Offset(hwm))
+    }
+
+    /// Drops the high-watermark bound (the partition is not replicated
+    /// any more): readers see what the sync policy allows.
+    pub fn clear_high_watermark(&self) {
+        self.high_watermark.store(u64::MAX, Ordering::Release);
+        self.visible_end_moved.notify_waiters();
     }
 
     /// Flushes (msync calls) done by the group commit so far.
