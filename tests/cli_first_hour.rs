@@ -593,3 +593,29 @@ fn every_command_has_examples_in_its_help() {
         );
     }
 }
+
+/// A missing input file is named in the error, exit 4 (local I/O).
+#[test]
+fn produce_names_a_missing_file() {
+    let server = SpoolServer::temporary();
+    let addr = server.addr.to_string();
+    create(&addr, "t", "1");
+    let out = spool(
+        &[
+            "produce",
+            "--topic",
+            "t",
+            "--addr",
+            &addr,
+            "--file",
+            "/nonexistent/lines.txt",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("/nonexistent/lines.txt"),
+        "{}",
+        stderr(&out)
+    );
+}
