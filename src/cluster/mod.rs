@@ -11,6 +11,7 @@ pub mod leases;
 pub mod node;
 pub mod placement;
 pub mod raft;
+pub mod replica_progress;
 pub mod state;
 
 pub use placement::NodeId;

@@ -1,0 +1,221 @@
+//! A partition leader's view of its followers: how far each has fetched,
+//! which are in sync, and the high watermark that follows from that.
+//! Pure bookkeeping, driven by the leader's fetch handler and its clock;
+//! the in-sync set itself is committed through the control plane, so a
+//! new leader is only ever chosen from replicas that hold every
+//! acknowledged record.
+//!
+//! In sync means *caught up recently*, not *few records behind* (Kafka's
+//! `replica.lag.time.max.ms`, after a count-based rule proved unusable
+//! under bursts): a follower stays in the set while one of its fetches
+//! reached the leader's end within `max_lag`. It leaves when it has not;
+//! it returns once it has fetched up to the high watermark again.
+//!
+//! The high watermark is the smallest position among the in-sync replicas
+//! (the leader's own position is its log end). It never goes back while
+//! one leader leads: a replica leaving the set can only raise the minimum.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use spool_protocol::Offset;
+
+use super::placement::NodeId;
+
+/// One follower as the leader sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Follower {
+    /// It holds every record below this (the offset it fetched from).
+    position: Offset,
+    /// When (leader's clock, ms) a fetch of it last reached the leader's
+    /// end.
+    caught_up_at_ms: u64,
+}
+
+/// The leader's bookkeeping for one partition.
+#[derive(Clone, Debug)]
+pub struct ReplicaProgress {
+    leader: NodeId,
+    max_lag_ms: u64,
+    followers: BTreeMap<NodeId, Follower>,
+    in_sync: BTreeSet<NodeId>,
+    high_watermark: Offset,
+}
+
+impl ReplicaProgress {
+    /// The view of a leader that just took over at `now_ms`: `replicas`
+    /// (the leader among them), of which `in_sync` were committed as in
+    /// sync, and a high watermark of `high_watermark` (what the leader
+    /// knows to be on every in-sync replica). Every follower counts as just
+    /// caught up: it gets a full `max_lag_ms` to fetch from its new leader.
+    pub fn new(
+        leader: NodeId,
+        replicas: &[NodeId],
+        in_sync: &[NodeId],
+        high_watermark: Offset,
+        now_ms: u64,
+        max_lag_ms: u64,
+    ) -> ReplicaProgress {
+        let followers = replicas
+            .iter()
+            .filter(|&&r| r != leader)
+            .map(|&r| {
+                (
+                    r,
+                    Follower {
+                        position: Offset(0),
+                        caught_up_at_ms: now_ms,
+                    },
+                )
+            })
+            .collect();
+        let mut in_sync: BTreeSet<NodeId> = in_sync.iter().copied().collect();
+        in_sync.insert(leader);
+        ReplicaProgress {
+            leader,
+            max_lag_ms,
+            followers,
+            in_sync,
+            high_watermark,
+        }
+    }
+
+    /// A follower fetched from `position` (so it holds every record below)
+    /// at `now_ms`, when the leader's log ended at `leader_end`. Unknown
+    /// replicas are ignored (a stale fetcher after a reassignment).
+    pub fn record_fetch(
+        &mut self,
+        follower: NodeId,
+        position: Offset,
+        leader_end: Offset,
+        now_ms: u64,
+    ) {
+        let Some(f) = self.followers.get_mut(&follower) else {
+            return;
+        };
+        f.position = position.min(leader_end);
+        if position >= leader_end {
+            f.caught_up_at_ms = now_ms;
+        }
+        self.advance(leader_end);
+    }
+
+    /// The in-sync replicas, the leader included.
+    pub fn in_sync(&self) -> &BTreeSet<NodeId> {
+        &self.in_sync
+    }
+
+    /// The high watermark.
+    pub fn high_watermark(&self) -> Offset {
+        self.high_watermark
+    }
+
+    /// Where `follower` is, if it is a follower.
+    pub fn position(&self, follower: NodeId) -> Option<Offset> {
+        self.followers.get(&follower).map(|f| f.position)
+    }
+
+    /// The in-sync set this leader should propose now, if it differs from
+    /// the committed one: followers that have not caught up within
+    /// `max_lag_ms` leave; followers outside it that hold everything up to
+    /// the high watermark return.
+    pub fn proposed_in_sync(&self, now_ms: u64) -> Option<BTreeSet<NodeId>> {
+        let mut proposed = BTreeSet::from([self.leader]);
+        for (&id, f) in &self.followers {
+            let lagging = now_ms.saturating_sub(f.caught_up_at_ms) > self.max_lag_ms;
+            let member = self.in_sync.contains(&id);
+            let keep = member && !lagging;
+            let rejoin = !member && f.position >= self.high_watermark && !lagging;
+            if keep || rejoin {
+                proposed.insert(id);
+            }
+        }
+        (proposed != self.in_sync).then_some(proposed)
+    }
+
+    /// Adopts the in-sync set the control plane committed; the high
+    /// watermark moves up if a laggard left.
+    pub fn set_in_sync(&mut self, in_sync: &BTreeSet<NodeId>, leader_end: Offset) {
+        self.in_sync = in_sync.clone();
+        self.in_sync.insert(self.leader);
+        self.advance(leader_end);
+    }
+
+    /// Raises the high watermark to the smallest in-sync position.
+    fn advance(&mut self, leader_end: Offset) {
+        let lowest = self
+            .in_sync
+            .iter()
+            .map(|id| match self.followers.get(id) {
+                Some(f) => f.position,
+                None => leader_end,
+            })
+            .min()
+            .unwrap_or(leader_end);
+        self.high_watermark = self.high_watermark.max(lowest);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const L: NodeId = NodeId(1);
+    const A: NodeId = NodeId(2);
+    const B: NodeId = NodeId(3);
+
+    fn ids(set: &BTreeSet<NodeId>) -> Vec<u64> {
+        set.iter().map(|n| n.0).collect()
+    }
+
+    #[test]
+    fn the_high_watermark_is_the_slowest_in_sync_position_and_never_falls() {
+        let mut p = ReplicaProgress::new(L, &[L, A, B], &[L, A, B], Offset(0), 0, 1000);
+        p.record_fetch(A, Offset(10), Offset(10), 5);
+        assert_eq!(p.high_watermark(), Offset(0), "B has nothing yet");
+        p.record_fetch(B, Offset(7), Offset(10), 6);
+        assert_eq!(p.high_watermark(), Offset(7));
+        p.record_fetch(B, Offset(10), Offset(12), 7);
+        assert_eq!(p.high_watermark(), Offset(10));
+        // A fetch from an older position (a restarted fetcher) lowers that
+        // follower's position, never the high watermark.
+        p.record_fetch(A, Offset(4), Offset(12), 8);
+        assert_eq!(p.high_watermark(), Offset(10));
+    }
+
+    #[test]
+    fn a_follower_that_stops_catching_up_leaves_and_returns_when_caught_up() {
+        let mut p = ReplicaProgress::new(L, &[L, A, B], &[L, A, B], Offset(0), 0, 1000);
+        let mut end = Offset(0);
+        for t in (0..3000).step_by(100) {
+            end = Offset(end.0 + 5);
+            // A keeps up; B stopped at time 0 (paused).
+            p.record_fetch(A, end, end, t);
+            if let Some(proposed) = p.proposed_in_sync(t) {
+                assert!(t > 1000, "B proposed out too early, at {t} ms");
+                assert_eq!(ids(&proposed), vec![1, 2]);
+                p.set_in_sync(&proposed, end);
+                break;
+            }
+        }
+        assert_eq!(ids(p.in_sync()), vec![1, 2]);
+        // With B out, the high watermark follows A alone.
+        assert_eq!(p.high_watermark(), end);
+        // B comes back behind: not in sync until it reaches the watermark.
+        let now = 3500;
+        p.record_fetch(A, end, end, now);
+        p.record_fetch(B, Offset(3), end, now);
+        assert_eq!(p.proposed_in_sync(now), None);
+        p.record_fetch(B, end, end, now + 10);
+        let proposed = p.proposed_in_sync(now + 10).expect("B rejoins");
+        assert_eq!(ids(&proposed), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn a_new_leader_gives_every_follower_a_full_lag_window() {
+        let p = ReplicaProgress::new(L, &[L, A], &[L, A], Offset(50), 10_000, 1000);
+        assert_eq!(p.proposed_in_sync(10_900), None);
+        let out = p.proposed_in_sync(11_001).expect("A never fetched");
+        assert_eq!(ids(&out), vec![1]);
+        assert_eq!(p.high_watermark(), Offset(50));
+    }
+}
