@@ -173,6 +173,30 @@ impl Producer {
         key: Option<&[u8]>,
         value: impl AsRef<[u8]>,
     ) -> Result<DeliveryFuture, ClientError> {
+        self.enqueue(topic, None, key, value.as_ref()).await
+    }
+
+    /// As [`Producer::send`], to partition `partition` of the topic
+    /// whatever the key (`Invalid` if the topic has no such partition).
+    pub async fn send_to(
+        &self,
+        topic: &str,
+        partition: u32,
+        key: Option<&[u8]>,
+        value: impl AsRef<[u8]>,
+    ) -> Result<DeliveryFuture, ClientError> {
+        self.enqueue(topic, Some(partition), key, value.as_ref())
+            .await
+    }
+
+    /// Takes a place in the queue of unsent messages, then appends.
+    async fn enqueue(
+        &self,
+        topic: &str,
+        partition: Option<u32>,
+        key: Option<&[u8]>,
+        value: &[u8],
+    ) -> Result<DeliveryFuture, ClientError> {
         let shared = &self.handle.0;
         match shared.queue_space.try_acquire() {
             Ok(permit) => permit.forget(),
@@ -192,32 +216,7 @@ impl Producer {
                 return Err(ClientError::Disconnected("producer stopped".into()))
             }
         }
-        let appended = self.append(topic, None, key, value.as_ref()).await;
-        if appended.is_err() {
-            shared.queue_space.add_permits(1);
-        }
-        appended
-    }
-
-    /// As [`Producer::send`], to partition `partition` of the topic
-    /// whatever the key (`Invalid` if the topic has no such partition).
-    pub async fn send_to(
-        &self,
-        topic: &str,
-        partition: u32,
-        key: Option<&[u8]>,
-        value: impl AsRef<[u8]>,
-    ) -> Result<DeliveryFuture, ClientError> {
-        let shared = &self.handle.0;
-        shared
-            .queue_space
-            .acquire()
-            .await
-            .map_err(|_| ClientError::Disconnected("producer stopped".into()))?
-            .forget();
-        let appended = self
-            .append(topic, Some(partition), key, value.as_ref())
-            .await;
+        let appended = self.append(topic, partition, key, value).await;
         if appended.is_err() {
             shared.queue_space.add_permits(1);
         }
