@@ -1015,19 +1015,12 @@ fn within(batches: &Bytes, end: Offset) -> Option<(Bytes, Offset)> {
 /// Overwrites bytes `from..to` of the file at `path` with zeros and syncs
 /// it, leaving its length alone (a mapped file must not shrink).
 fn zero_from(path: &Path, from: u64, to: u64) -> Result<(), StorageError> {
-    use std::os::unix::fs::FileExt;
     if to <= from {
         return Ok(());
     }
     let io = |e| StorageError::io(path, e);
     let file = fs::OpenOptions::new().write(true).open(path).map_err(io)?;
-    let zeros = vec![0u8; (to - from).min(1 << 20) as usize];
-    let mut at = from;
-    while at < to {
-        let n = (to - at).min(zeros.len() as u64) as usize;
-        file.write_all_at(&zeros[..n], at).map_err(io)?;
-        at += n as u64;
-    }
+    segment::write_zeros(&file, path, from, to - from).map_err(io)?;
     file.sync_data().map_err(io)
 }
 

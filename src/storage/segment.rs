@@ -1076,6 +1076,11 @@ fn entry_matches(bytes: &[u8], base: Offset, entry: &IndexEntry) -> bool {
 /// disk fails here, before any data is copied), and leaves the pages in the
 /// page cache, where the append's copy overwrites them before write-back.
 fn allocate(file: &File, path: &Path, offset: u64, len: u64) -> std::io::Result<()> {
+    write_zeros(file, path, offset, len)
+}
+
+/// Writes `len` zero bytes at `offset` (through the fault seam).
+pub(super) fn write_zeros(file: &File, path: &Path, offset: u64, len: u64) -> std::io::Result<()> {
     static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
     let mut at = offset;
     while at < offset + len {
