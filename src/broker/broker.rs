@@ -340,9 +340,7 @@ impl Broker {
             .map(|g| g.key().clone())
             .collect();
         for g in orphans {
-            self.inner.groups.remove(&g);
-            let dir = self.groups_dir().join(&g);
-            if let Err(e) = fs::remove_dir_all(&dir) {
+            if let Err(e) = self.remove_group(&g) {
                 tracing::warn!(group = %g, error = %e, "could not remove the group of a deleted topic");
             }
         }
