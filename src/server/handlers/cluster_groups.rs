@@ -52,6 +52,16 @@ pub fn find_coordinator(
     })
 }
 
+/// `GroupHasMembers` if members joined `group` at this coordinator.
+fn no_members_here(broker: &Broker, group: &str) -> Result<(), ErrorResponse> {
+    if broker.describe_group(group).is_ok_and(|g| g.members > 0) {
+        return Err(response_for(&BrokerError::GroupHasMembers(
+            group.to_string(),
+        )));
+    }
+    Ok(())
+}
+
 /// The committed group `name`, or `GroupNotFound`.
 fn group_spec<'a>(state: &'a ClusterState, name: &str) -> Result<&'a GroupSpec, ErrorResponse> {
     state
@@ -257,14 +267,7 @@ pub async fn reset(
     coordinates(node, &request.group)?;
     let state = node.state();
     let group = group_spec(&state, &request.group)?;
-    if broker
-        .describe_group(&request.group)
-        .is_ok_and(|g| g.members > 0)
-    {
-        return Err(response_for(&BrokerError::GroupHasMembers(
-            request.group.clone(),
-        )));
-    }
+    no_members_here(broker, &request.group)?;
     let ranges = node
         .partition_ranges(&group.topic)
         .await
@@ -303,14 +306,7 @@ pub async fn delete(
 ) -> Result<(), ErrorResponse> {
     coordinates(node, &request.group)?;
     group_spec(&node.state(), &request.group)?;
-    if broker
-        .describe_group(&request.group)
-        .is_ok_and(|g| g.members > 0)
-    {
-        return Err(response_for(&BrokerError::GroupHasMembers(
-            request.group.clone(),
-        )));
-    }
+    no_members_here(broker, &request.group)?;
     node.delete_group(&request.group)
         .await
         .map_err(|e| cluster::admin_error(&e))?;
