@@ -4,7 +4,7 @@ mod common;
 
 use std::process::{Command, Stdio};
 
-use common::cli::{spool, stdout};
+use common::cli::{consume_json, spool, stdout};
 use common::server::SpoolServer;
 
 #[test]
@@ -325,7 +325,7 @@ async fn consume_as_json_shows_keys_headers_and_offsets() {
         .await
         .expect("produce");
     let addr = server.addr.to_string();
-    let lines = tokio::task::spawn_blocking(move || consume_json(&addr, &[]))
+    let lines = tokio::task::spawn_blocking(move || consume_json(&addr, "j", &[]))
         .await
         .expect("run");
     assert_eq!(lines.len(), 2);
@@ -343,27 +343,9 @@ async fn consume_as_json_shows_keys_headers_and_offsets() {
 
     let addr = server.addr.to_string();
     let grouped =
-        tokio::task::spawn_blocking(move || consume_json(&addr, &["--group", "g", "--ack"]))
+        tokio::task::spawn_blocking(move || consume_json(&addr, "j", &["--group", "g", "--ack"]))
             .await
             .expect("run");
     assert_eq!(grouped.len(), 2);
     assert_eq!(grouped[0]["deliveries"], 1);
-}
-
-/// `spool consume --topic j --format json` (plus `extra`), each line parsed.
-fn consume_json(addr: &str, extra: &[&str]) -> Vec<serde_json::Value> {
-    let mut args = vec![
-        "consume", "--topic", "j", "--format", "json", "--addr", addr,
-    ];
-    args.extend_from_slice(extra);
-    let out = spool(&args, None);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout(&out)
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON line"))
-        .collect()
 }

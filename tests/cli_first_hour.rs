@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::cli::{spool, stderr, stdout};
+use common::cli::{consume_json, spool, stderr, stdout};
 use common::server::SpoolServer;
 
 fn create(addr: &str, topic: &str, partitions: &str) {
@@ -27,16 +27,9 @@ fn create(addr: &str, topic: &str, partitions: &str) {
 /// `(partition, offset, key, value)` of every message, through `consume
 /// --format json`.
 fn consumed(addr: &str, topic: &str, extra: &[&str]) -> Vec<(u64, u64, Option<String>, String)> {
-    let mut args = vec![
-        "consume", "--topic", topic, "--addr", addr, "--format", "json",
-    ];
-    args.extend_from_slice(extra);
-    let out = spool(&args, None);
-    assert!(out.status.success(), "{}", stderr(&out));
-    stdout(&out)
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+    consume_json(addr, topic, extra)
+        .into_iter()
+        .map(|v| {
             (
                 v["partition"].as_u64().unwrap(),
                 v["offset"].as_u64().unwrap(),

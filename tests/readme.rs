@@ -129,7 +129,7 @@ impl Shell {
             // page here and apply the grep.
             let (url, grep) = rest.split_once(" | grep ").expect("curl ... | grep WORD");
             let (host, path) = url.split_once('/').expect("HOST:PORT/PATH");
-            let page = http_get(host, &format!("/{path}"));
+            let page = common::server::http_get(host, &format!("/{path}"));
             let matched: Vec<&str> = page.lines().filter(|l| l.contains(grep.trim())).collect();
             assert!(
                 !matched.is_empty(),
@@ -232,19 +232,6 @@ fn quickstart_runs_beside_the_server(shell: &Shell) {
         // The second run finds the first run's messages too.
         assert_eq!(text.matches(": hello").count(), run, "{text}");
     }
-}
-
-/// GET `path` from `host` over plain HTTP/1.0; the body.
-fn http_get(host: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(host).unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default()
 }
 
 impl Drop for Shell {

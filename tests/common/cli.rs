@@ -33,3 +33,18 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// The messages `spool consume --topic TOPIC --format json EXTRA...` prints
+/// from the server at `addr`, one JSON object each.
+pub fn consume_json(addr: &str, topic: &str, extra: &[&str]) -> Vec<serde_json::Value> {
+    let mut args = vec![
+        "consume", "--topic", topic, "--format", "json", "--addr", addr,
+    ];
+    args.extend_from_slice(extra);
+    let out = spool(&args, None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON line"))
+        .collect()
+}
