@@ -131,6 +131,15 @@ impl From<spool::BrokerError> for Failure {
     }
 }
 
+/// `word`, or its plural for a count `n` other than 1.
+pub fn plural(n: u64, word: &str) -> String {
+    if n == 1 {
+        word.to_string()
+    } else {
+        format!("{word}s")
+    }
+}
+
 /// Prints `value` as pretty JSON on stdout.
 pub fn print_json(value: &serde_json::Value) -> Result<(), Failure> {
     let text = serde_json::to_string_pretty(value)

@@ -276,12 +276,11 @@ pub async fn run(args: ProduceArgs) -> Result<(), Failure> {
             tally.sent, tally.acked
         );
     }
-    let messages = if tally.acked == 1 {
-        "message"
-    } else {
-        "messages"
-    };
-    println!("produced {} {messages}", tally.acked);
+    println!(
+        "produced {} {}",
+        tally.acked,
+        crate::plural(tally.acked, "message")
+    );
     let failure = match (stop, tally.first_failed) {
         (None, None) => return Ok(()),
         (stop, Some((line, err))) => {

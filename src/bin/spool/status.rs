@@ -79,8 +79,8 @@ pub async fn run(args: StatusArgs) -> Result<(), Failure> {
     println!(
         "  topics: {} ({partitions} {}, {messages} {})",
         topics.len(),
-        plural(partitions as u64, "partition"),
-        plural(messages, "message")
+        crate::plural(partitions as u64, "partition"),
+        crate::plural(messages, "message")
     );
     println!("  groups: {}", groups.len());
     if cluster {
@@ -102,14 +102,6 @@ pub async fn run(args: StatusArgs) -> Result<(), Failure> {
         }
     }
     Ok(())
-}
-
-fn plural(n: u64, word: &str) -> String {
-    if n == 1 {
-        word.to_string()
-    } else {
-        format!("{word}s")
-    }
 }
 
 /// `3d 4h`, `5m 2s`, `12s`.

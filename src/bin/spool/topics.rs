@@ -88,10 +88,10 @@ pub async fn run(command: TopicsCommand) -> Result<(), Failure> {
                 .create_topic(&name, partitions.unwrap_or(0), settings)
                 .await?;
             let created = client.describe_topic(&name).await?;
-            let n = created.partitions.len();
+            let n = created.partitions.len() as u64;
             println!(
                 "created topic {name} with {n} {}",
-                if n == 1 { "partition" } else { "partitions" }
+                crate::plural(n, "partition")
             );
         }
         TopicsCommand::List { addr, json } => {
