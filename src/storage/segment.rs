@@ -387,17 +387,7 @@ impl Segment {
         let map = self.mapped()?;
         let limit = limit_len.min(self.len()).min(map.len() as u64);
         let relative = u32::try_from(offset.0 - self.base.0).unwrap_or(u32::MAX);
-        let start = {
-            let entries = self.index.read();
-            index::lookup(&entries, relative, limit)
-        };
-        let (mut pos, mut expected) = match start {
-            Some(e) => (
-                u64::from(e.position),
-                self.base.plus(u64::from(e.relative_offset)),
-            ),
-            None => (0, self.base),
-        };
+        let (mut pos, mut expected) = self.walk_start(relative, limit);
         // `limit` is at most the published length and the map's length.
         let bytes = map.prefix(limit as usize);
 
@@ -458,6 +448,19 @@ impl Segment {
         Ok(first.map(|begin| (map.bytes(begin as usize, (pos - begin) as usize), expected)))
     }
 
+    /// Where a walk to the batch holding relative offset `relative` starts:
+    /// the index entry at or before it among those below byte `limit` (a
+    /// batch position and its offset), else the segment's start.
+    fn walk_start(&self, relative: u32, limit: u64) -> (u64, Offset) {
+        match index::lookup(&self.index.read(), relative, limit) {
+            Some(e) => (
+                u64::from(e.position),
+                self.base.plus(u64::from(e.relative_offset)),
+            ),
+            None => (0, self.base),
+        }
+    }
+
     /// The batch boundary at or before `offset`: the byte position and
     /// base offset of the batch holding `offset` (or of the end, for the
     /// segment's end offset). Walks from the index entry before it,
@@ -466,14 +469,7 @@ impl Segment {
         let map = self.mapped()?;
         let len = self.len().min(map.len() as u64);
         let relative = u32::try_from(offset.0.saturating_sub(self.base.0)).unwrap_or(u32::MAX);
-        let start = index::lookup(&self.index.read(), relative, len);
-        let (mut pos, mut expected) = match start {
-            Some(e) => (
-                u64::from(e.position),
-                self.base.plus(u64::from(e.relative_offset)),
-            ),
-            None => (0, self.base),
-        };
+        let (mut pos, mut expected) = self.walk_start(relative, len);
         let bytes = map.prefix(len as usize);
         while pos < len {
             let header = self.checked_header(bytes, pos, expected)?;
