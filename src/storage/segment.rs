@@ -537,16 +537,7 @@ impl Segment {
             offset: expected,
             reason,
         };
-        let rest = &bytes[pos as usize..];
-        let header = BatchHeader::parse(rest).map_err(|e| corrupt(e.to_string()))?;
-        batch::verify_crc(rest, &header).map_err(|e| corrupt(e.to_string()))?;
-        if header.base_offset != expected {
-            return Err(corrupt(format!(
-                "batch has base offset {}, not the expected {expected}",
-                header.base_offset
-            )));
-        }
-        Ok(header)
+        check_batch(&bytes[pos as usize..], expected).map_err(corrupt)
     }
 
     /// The segment's map, mapping the file (and loading or rebuilding its
@@ -846,6 +837,20 @@ pub struct Damaged {
     pub reason: String,
 }
 
+/// The header of the batch at the start of `rest` if it parses, passes its
+/// CRC and starts at `expected`; else what is wrong with it.
+fn check_batch(rest: &[u8], expected: Offset) -> Result<BatchHeader, String> {
+    let header = BatchHeader::parse(rest).map_err(|e| e.to_string())?;
+    batch::verify_crc(rest, &header).map_err(|e| e.to_string())?;
+    if header.base_offset != expected {
+        return Err(format!(
+            "batch has base offset {}, not the expected {expected}",
+            header.base_offset
+        ));
+    }
+    Ok(header)
+}
+
 /// If the batch at `pos` (which should start at `expected`) fails its CRC
 /// but its header still parses with that base offset, and the bytes right
 /// after it by its length are a valid batch starting at the offset after
@@ -975,17 +980,7 @@ fn scan(
                 _ => break None,
             }
         } else {
-            match BatchHeader::parse(rest) {
-                Err(e) => Err(e.to_string()),
-                Ok(header) => match batch::verify_crc(rest, &header) {
-                    Err(e) => Err(e.to_string()),
-                    Ok(()) if header.base_offset != expected => Err(format!(
-                        "batch base offset {} where {expected} was expected",
-                        header.base_offset
-                    )),
-                    Ok(()) => Ok(header),
-                },
-            }
+            check_batch(rest, expected)
         };
         let reason = match checked {
             Ok(header) => {
