@@ -688,10 +688,11 @@ async fn sync_topics(
         let names: Vec<String> = now.topics.keys().cloned().collect();
         // This broker's copies of groups the cluster deleted (a coordinator
         // keeps one for the members that joined it).
+        // Names only: this runs on every applied change, offset commits
+        // included, and describing each group reads every partition's end.
         let deleted_groups: Vec<String> = broker
-            .list_groups()
+            .group_names()
             .into_iter()
-            .map(|g| g.name)
             .filter(|g| !now.groups.contains_key(g))
             .collect();
         let snapshot = now.clone();

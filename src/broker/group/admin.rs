@@ -123,12 +123,17 @@ impl Broker {
 
     /// All groups, sorted by name.
     pub fn list_groups(&self) -> Vec<GroupInfo> {
-        let mut names: Vec<String> = self.groups().iter().map(|g| g.key().clone()).collect();
-        names.sort();
-        names
+        self.group_names()
             .into_iter()
             .filter_map(|n| self.describe_group(&n).ok())
             .collect()
+    }
+
+    /// The names of all groups, sorted: no state read.
+    pub fn group_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.groups().iter().map(|g| g.key().clone()).collect();
+        names.sort();
+        names
     }
 
     /// A group's settings, members and per-partition progress.
