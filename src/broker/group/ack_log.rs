@@ -159,8 +159,7 @@ impl AckLog {
         sync: bool,
     ) -> Result<(AckLog, AckState), StorageError> {
         fs::create_dir_all(dir).map_err(|e| StorageError::io(dir, e))?;
-        let log_path = dir.join(format!("{partition}.acklog"));
-        let snapshot_path = dir.join(format!("{partition}.ackstate"));
+        let (log_path, snapshot_path) = paths(dir, partition);
         // The snapshot is (generation of the log that follows it, state).
         let (generation, mut state): (u64, AckState) =
             meta_file::read(&snapshot_path, SNAPSHOT_KIND)?.unwrap_or_default();
@@ -292,8 +291,7 @@ impl AckLog {
 /// Checks `<dir>/<partition>.acklog` and its snapshot without changing
 /// either (`spool verify`): what the next open would refuse, or cut.
 pub fn check(dir: &Path, partition: u32) -> Vec<Problem> {
-    let log_path = dir.join(format!("{partition}.acklog"));
-    let snapshot_path = dir.join(format!("{partition}.ackstate"));
+    let (log_path, snapshot_path) = paths(dir, partition);
     let mut problems = Vec::new();
     let problem = |file: &Path, position, kind, detail: String| Problem {
         file: file.to_path_buf(),
@@ -356,6 +354,15 @@ pub fn check(dir: &Path, partition: u32) -> Vec<Problem> {
         Ok(_) => {}
     }
     problems
+}
+
+/// Partition `partition`'s ack log and its snapshot in group directory
+/// `dir`.
+fn paths(dir: &Path, partition: u32) -> (PathBuf, PathBuf) {
+    (
+        dir.join(format!("{partition}.acklog")),
+        dir.join(format!("{partition}.ackstate")),
+    )
 }
 
 /// The generation named by the log's header; `None` for an empty log or a
