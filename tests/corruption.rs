@@ -514,6 +514,23 @@ async fn verify_reports_damage_without_touching_the_directory() {
     assert!(after_repair.contains("damaged_batch"), "{text}");
 }
 
+/// One delivery of up to `max` messages to `member` of queue group "g"
+/// (waiting up to `wait_ms`), every one acked; what was delivered, as
+/// (partition, offset).
+async fn deliver_and_ack(
+    broker: &Broker,
+    member: spool::broker::MemberId,
+    max: usize,
+    wait_ms: u64,
+) -> Result<Vec<(u32, u64)>, BrokerError> {
+    let batch = broker
+        .deliver("g", member, max, std::time::Duration::from_millis(wait_ms))
+        .await?;
+    let items: Vec<_> = batch.iter().map(|m| (m.partition, m.offset)).collect();
+    broker.ack("g", member, &items).await.unwrap();
+    Ok(items.iter().map(|(p, o)| (p.0, o.0)).collect())
+}
+
 /// Recovery cut the log below a group's position (the last batch was
 /// damaged): the offsets written next must reach the group, not be
 /// skipped as if already acknowledged. The group moves back to the end.
@@ -529,13 +546,10 @@ async fn a_group_past_a_cut_end_moves_back_and_gets_the_new_messages() {
             .unwrap();
         let mut acked = 0;
         while acked < 900 {
-            let batch = broker
-                .deliver("g", member, 1000, std::time::Duration::from_millis(100))
+            acked += deliver_and_ack(&broker, member, 1000, 100)
                 .await
-                .unwrap();
-            let items: Vec<_> = batch.iter().map(|m| (m.partition, m.offset)).collect();
-            broker.ack("g", member, &items).await.unwrap();
-            acked += items.len();
+                .unwrap()
+                .len();
         }
         broker.close().unwrap();
     }
@@ -589,18 +603,13 @@ async fn a_queue_group_steps_over_a_damaged_batch() {
         .unwrap();
     let mut delivered = std::collections::BTreeSet::new();
     loop {
-        let batch = broker
-            .deliver("g", member, 500, std::time::Duration::from_millis(200))
+        let batch = deliver_and_ack(&broker, member, 500, 200)
             .await
             .expect("delivery goes on past the damaged batch");
         if batch.is_empty() {
             break;
         }
-        let items: Vec<_> = batch.iter().map(|m| (m.partition, m.offset)).collect();
-        for m in &batch {
-            delivered.insert((m.partition.0, m.offset.0));
-        }
-        broker.ack("g", member, &items).await.unwrap();
+        delivered.extend(batch);
     }
     assert_eq!(delivered.len(), 900 - 3 + 10);
     for o in victim.base_offset.0..victim.next_offset().0 {
@@ -836,22 +845,15 @@ async fn corruption_matrix_costs_only_the_damaged_batches() {
             .unwrap();
         let mut delivered = BTreeSet::new();
         loop {
-            let batch = broker
-                .deliver("g", member, 1000, std::time::Duration::from_millis(100))
+            let batch = deliver_and_ack(&broker, member, 1000, 100)
                 .await
                 .unwrap_or_else(|e| panic!("{}: delivery: {e}", damage.name));
             if batch.is_empty() {
                 break;
             }
-            let items: Vec<_> = batch.iter().map(|m| (m.partition, m.offset)).collect();
-            for m in &batch {
-                assert!(
-                    delivered.insert((m.partition.0, m.offset.0)),
-                    "{}: delivered twice",
-                    damage.name
-                );
+            for m in batch {
+                assert!(delivered.insert(m), "{}: delivered twice", damage.name);
             }
-            broker.ack("g", member, &items).await.unwrap();
         }
         let expected_delivered: BTreeSet<_> = (0..900u64)
             .filter(|o| !expected_lost.contains(o))
@@ -899,12 +901,7 @@ async fn verify_checks_group_ack_logs_and_metadata() {
             .join_group("g", TOPIC, GroupMode::Queue, GroupConfig::default())
             .unwrap();
         for _ in 0..3 {
-            let batch = broker
-                .deliver("g", member, 100, std::time::Duration::from_millis(100))
-                .await
-                .unwrap();
-            let items: Vec<_> = batch.iter().map(|m| (m.partition, m.offset)).collect();
-            broker.ack("g", member, &items).await.unwrap();
+            deliver_and_ack(&broker, member, 100, 100).await.unwrap();
         }
         broker.close().unwrap();
     }
