@@ -24,6 +24,13 @@ fn create(addr: &str, topic: &str, partitions: &str) {
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
+/// `spool produce --topic TOPIC EXTRA...` against `addr`, fed `input`.
+fn produce(addr: &str, topic: &str, extra: &[&str], input: Option<&str>) -> std::process::Output {
+    let mut args = vec!["produce", "--topic", topic, "--addr", addr];
+    args.extend_from_slice(extra);
+    spool(&args, input)
+}
+
 /// `(partition, offset, key, value)` of every message, through `consume
 /// --format json`.
 fn consumed(addr: &str, topic: &str, extra: &[&str]) -> Vec<(u64, u64, Option<String>, String)> {
@@ -105,10 +112,7 @@ fn produce_spreads_unkeyed_lines_parses_keys_and_pins_partitions() {
     let server = SpoolServer::temporary();
     let addr = server.addr.to_string();
     create(&addr, "t", "3");
-    let out = spool(
-        &["produce", "--topic", "t", "--addr", &addr],
-        Some("a\nb\nc\n"),
-    );
+    let out = produce(&addr, "t", &[], Some("a\nb\nc\n"));
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out).trim(), "produced 3 messages");
     let mut partitions: Vec<u64> = consumed(&addr, "t", &[]).iter().map(|m| m.0).collect();
@@ -116,16 +120,10 @@ fn produce_spreads_unkeyed_lines_parses_keys_and_pins_partitions() {
     assert_eq!(partitions, vec![0, 1, 2]);
 
     create(&addr, "k", "2");
-    let out = spool(
-        &[
-            "produce",
-            "--topic",
-            "k",
-            "--addr",
-            &addr,
-            "--key-separator",
-            ":",
-        ],
+    let out = produce(
+        &addr,
+        "k",
+        &["--key-separator", ":"],
         Some("user-1:hello\nuser-2:a:b\n"),
     );
     assert!(out.status.success(), "{}", stderr(&out));
@@ -141,16 +139,10 @@ fn produce_spreads_unkeyed_lines_parses_keys_and_pins_partitions() {
             (Some("user-2".into()), "a:b".into())
         ]
     );
-    let out = spool(
-        &[
-            "produce",
-            "--topic",
-            "k",
-            "--addr",
-            &addr,
-            "--key-separator",
-            ":",
-        ],
+    let out = produce(
+        &addr,
+        "k",
+        &["--key-separator", ":"],
         Some("no separator here\n"),
     );
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
@@ -161,41 +153,19 @@ fn produce_spreads_unkeyed_lines_parses_keys_and_pins_partitions() {
     );
 
     create(&addr, "p", "3");
-    let out = spool(
-        &[
-            "produce",
-            "--topic",
-            "p",
-            "--addr",
-            &addr,
-            "--partition",
-            "2",
-        ],
-        Some("x\ny\n"),
-    );
+    let out = produce(&addr, "p", &["--partition", "2"], Some("x\ny\n"));
     assert!(out.status.success(), "{}", stderr(&out));
     let all = consumed(&addr, "p", &[]);
     assert_eq!(all.len(), 2);
     assert!(all.iter().all(|m| m.0 == 2), "{all:?}");
-    let out = spool(
-        &[
-            "produce",
-            "--topic",
-            "p",
-            "--addr",
-            &addr,
-            "--partition",
-            "3",
-        ],
-        Some("x\n"),
-    );
+    let out = produce(&addr, "p", &["--partition", "3"], Some("x\n"));
     assert_eq!(out.status.code(), Some(2));
     assert!(
         stderr(&out).contains("has no partition 3"),
         "{}",
         stderr(&out)
     );
-    let out = spool(&["produce", "--topic", "p", "--addr", &addr], Some("one\n"));
+    let out = produce(&addr, "p", &[], Some("one\n"));
     assert_eq!(stdout(&out).trim(), "produced 1 message");
 }
 
@@ -208,16 +178,10 @@ fn consume_from_an_offset_is_defined_per_partition() {
     let server = SpoolServer::temporary();
     let addr = server.addr.to_string();
     create(&addr, "t", "3");
-    let out = spool(
-        &[
-            "produce",
-            "--topic",
-            "t",
-            "--addr",
-            &addr,
-            "--partition",
-            "0",
-        ],
+    let out = produce(
+        &addr,
+        "t",
+        &["--partition", "0"],
         Some("m0\nm1\nm2\nm3\nm4\nm5\n"),
     );
     assert!(out.status.success(), "{}", stderr(&out));
@@ -419,10 +383,7 @@ fn status_and_json_admin_output() {
     let server = SpoolServer::temporary();
     let addr = server.addr.to_string();
     create(&addr, "t", "2");
-    let out = spool(
-        &["produce", "--topic", "t", "--addr", &addr],
-        Some("a\nb\nc\nd\ne\n"),
-    );
+    let out = produce(&addr, "t", &[], Some("a\nb\nc\nd\ne\n"));
     assert!(out.status.success());
 
     let text = stdout(&spool(&["status", "--addr", &addr], None));
@@ -490,10 +451,7 @@ async fn groups_pending_and_delete() {
     let server = SpoolServer::temporary();
     let addr = server.addr.to_string();
     create(&addr, "t", "1");
-    let out = spool(
-        &["produce", "--topic", "t", "--addr", &addr],
-        Some("a\nb\nc\nd\n"),
-    );
+    let out = produce(&addr, "t", &[], Some("a\nb\nc\nd\n"));
     assert!(out.status.success());
     let client = server.client().await;
     let options = QueueOptions {
@@ -593,18 +551,7 @@ fn produce_names_a_missing_file() {
     let server = SpoolServer::temporary();
     let addr = server.addr.to_string();
     create(&addr, "t", "1");
-    let out = spool(
-        &[
-            "produce",
-            "--topic",
-            "t",
-            "--addr",
-            &addr,
-            "--file",
-            "/nonexistent/lines.txt",
-        ],
-        None,
-    );
+    let out = produce(&addr, "t", &["--file", "/nonexistent/lines.txt"], None);
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("/nonexistent/lines.txt"),
