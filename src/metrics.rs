@@ -76,6 +76,10 @@ metric!(RAFT_APPLIED: IntGauge = register_int_gauge_with_registry!(
     "spool_raft_applied_index", "Last Raft log index applied to the cluster state here", REGISTRY));
 metric!(PLACEMENT_EPOCH: IntGauge = register_int_gauge_with_registry!(
     "spool_placement_epoch", "Placement epoch of the cluster state applied here", REGISTRY));
+metric!(LEADERSHIPS_TAKEN: IntCounter = register_int_counter_with_registry!(
+    "spool_leaderships_taken_total", "Replicated partitions this broker started leading (each a new leader epoch: failovers and restarts)", REGISTRY));
+metric!(REPLICA_TRUNCATIONS: IntCounter = register_int_counter_with_registry!(
+    "spool_replica_truncations_total", "Times a follower cut its log where its history left its leader's (KIP-101)", REGISTRY));
 metric!(HANDOFF_PAUSE_SECONDS: Histogram = register_histogram_with_registry!(
     "spool_handoff_pause_seconds", "Writes paused while a partition moved to this broker",
     LATENCY_BUCKETS.to_vec(), REGISTRY));
@@ -104,6 +108,8 @@ pub fn register_all() {
     LazyLock::force(&LEASE_EXPIRIES);
     LazyLock::force(&PLACEMENT_CHANGES);
     LazyLock::force(&HANDOFF_PAUSE_SECONDS);
+    LazyLock::force(&LEADERSHIPS_TAKEN);
+    LazyLock::force(&REPLICA_TRUNCATIONS);
     LazyLock::force(&RAFT_TERM);
     LazyLock::force(&RAFT_LEADER);
     LazyLock::force(&RAFT_APPLIED);

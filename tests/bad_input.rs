@@ -272,6 +272,7 @@ async fn a_batch_with_a_wrong_crc_stores_nothing() {
         &Request::Produce(ProduceRequest {
             topic: "t".into(),
             partition: 0,
+            acks: Default::default(),
             batch: batch.into(),
         }),
         2,
@@ -288,6 +289,7 @@ async fn a_batch_with_a_wrong_crc_stores_nothing() {
         &Request::Produce(ProduceRequest {
             topic: "t".into(),
             partition: 0,
+            acks: Default::default(),
             batch: b.finish().unwrap(),
         }),
         3,

@@ -11,229 +11,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::history::{self, Acked, Consumed, Violation};
-use common::proxy::Proxy;
-use common::server::SpoolServer;
+use common::cluster::{batch, eventually, index_of, metadata, Cluster};
 use spool::client::{
-    Client, ClientError, Consumer, ConsumerConfig, Producer, ProducerConfig, StartAt, TopicOptions,
+    Client, Consumer, ConsumerConfig, Producer, ProducerConfig, StartAt, TopicOptions,
 };
-use spool::protocol::requests::{MetadataRequest, MetadataResponse};
+use spool::protocol::requests::MetadataResponse;
 
 /// The cluster tests run one at a time: each runs three brokers, and two
 /// cores cannot run four clusters at once without stretching the lease
 /// timings these tests measure.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Small segments: every broker preallocates one per partition it has.
-const SEGMENT_BYTES: u64 = 1 << 20;
-
-fn free_port() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr")
-}
-
-struct Cluster {
-    brokers: Vec<SpoolServer>,
-    /// `links[i][k]`: the proxy broker `i` dials broker `k` through (with
-    /// `Cluster::start_linked`); `links[i][i]` is unused.
-    links: Vec<Vec<Option<Proxy>>>,
-    /// Each broker's `spool serve` flags, to restart it as it was.
-    flags: Vec<Vec<String>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Cluster {
-    fn start(n: u64) -> Cluster {
-        Cluster::start_inner(n, false)
-    }
-
-    /// A cluster whose every broker-to-broker link runs through its own
-    /// proxy, so that links can be cut.
-    fn start_linked(n: u64) -> Cluster {
-        Cluster::start_inner(n, true)
-    }
-
-    fn start_inner(n: u64, linked: bool) -> Cluster {
-        // Ports are picked free and then bound by the brokers: another
-        // process can take one in between. Start afresh when that happens.
-        let mut last = String::new();
-        for _ in 0..3 {
-            match Cluster::try_start(n, linked) {
-                Ok(cluster) => return cluster,
-                Err(e) => last = e,
-            }
-        }
-        panic!("cluster did not start: {last}");
-    }
-
-    fn try_start(n: u64, linked: bool) -> Result<Cluster, String> {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let clients: Vec<SocketAddr> = (0..n).map(|_| free_port()).collect();
-        let peers: Vec<SocketAddr> = (0..n).map(|_| free_port()).collect();
-        let peer_list = peers
-            .iter()
-            .enumerate()
-            .map(|(i, a)| format!("{}={a}", i + 1))
-            .collect::<Vec<_>>()
-            .join(",");
-        let links: Vec<Vec<Option<Proxy>>> = (0..n as usize)
-            .map(|i| {
-                (0..n as usize)
-                    .map(|k| (linked && i != k).then(|| Proxy::start(peers[k])))
-                    .collect()
-            })
-            .collect();
-        let flags: Vec<Vec<String>> = (0..n as usize)
-            .map(|i| {
-                let routes = links[i]
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(k, p)| p.as_ref().map(|p| format!("{}={}", k + 1, p.addr)))
-                    .collect::<Vec<_>>()
-                    .join(",");
-                let mut flags = vec![
-                    "--listen".to_string(),
-                    clients[i].to_string(),
-                    "--node-id".to_string(),
-                    (i + 1).to_string(),
-                    "--peer-listen".to_string(),
-                    peers[i].to_string(),
-                    "--peers".to_string(),
-                    peer_list.clone(),
-                    "--default-segment-bytes".to_string(),
-                    SEGMENT_BYTES.to_string(),
-                ];
-                if linked {
-                    flags.extend(["--peer-route".to_string(), routes]);
-                }
-                flags
-            })
-            .collect();
-        let mut brokers = Vec::new();
-        for (i, broker_flags) in flags.iter().enumerate() {
-            let data = dir.path().join(format!("broker-{}", i + 1));
-            std::fs::create_dir_all(&data).expect("mkdir");
-            let args: Vec<&str> = broker_flags.iter().map(String::as_str).collect();
-            // Started brokers are killed when `brokers` drops on failure.
-            brokers.push(SpoolServer::try_start_with(&data, &args)?);
-        }
-        Ok(Cluster {
-            brokers,
-            links,
-            flags,
-            _dir: dir,
-        })
-    }
-
-    /// Starts broker `id` (not one of the voters) and has it join: it
-    /// heartbeats the voters until the leader adds it.
-    fn add_broker(&mut self, id: u64) {
-        let peer_list = self.flags[0][7].clone();
-        let flags: Vec<String> = vec![
-            "--listen".into(),
-            free_port().to_string(),
-            "--node-id".into(),
-            id.to_string(),
-            "--peer-listen".into(),
-            free_port().to_string(),
-            "--peers".into(),
-            peer_list,
-            "--default-segment-bytes".into(),
-            SEGMENT_BYTES.to_string(),
-        ];
-        let data = self.brokers[0]
-            .dir
-            .parent()
-            .expect("cluster dir")
-            .join(format!("broker-{id}"));
-        std::fs::create_dir_all(&data).expect("mkdir");
-        let args: Vec<&str> = flags.iter().map(String::as_str).collect();
-        self.brokers.push(SpoolServer::start_with(&data, &args));
-        self.flags.push(flags);
-    }
-
-    /// Cuts (or heals) every link to and from broker `i`.
-    fn isolate(&self, i: usize, cut: bool) {
-        for (a, row) in self.links.iter().enumerate() {
-            for (b, proxy) in row.iter().enumerate() {
-                if let Some(proxy) = proxy.as_ref().filter(|_| a == i || b == i) {
-                    if cut {
-                        proxy.cut();
-                    } else {
-                        proxy.heal();
-                    }
-                }
-            }
-        }
-    }
-
-    /// Starts broker `i` again (after a kill) with the same flags and data.
-    fn restart(&mut self, i: usize) {
-        let args: Vec<&str> = self.flags[i].iter().map(String::as_str).collect();
-        let dir = self.brokers[i].dir.clone();
-        self.brokers[i].kill();
-        self.brokers[i] = SpoolServer::start_with(&dir, &args);
-    }
-
-    fn signal(&self, i: usize, signal: rustix::process::Signal) {
-        let pid = rustix::process::Pid::from_raw(self.brokers[i].pid() as i32).expect("pid");
-        rustix::process::kill_process(pid, signal).expect("signal");
-    }
-
-    /// A client that knows every broker, for when some are down.
-    async fn client(&self, first: usize) -> Client {
-        let mut addrs: Vec<SocketAddr> = self.brokers.iter().map(|b| b.addr).collect();
-        addrs.rotate_left(first);
-        Client::connect_any(&addrs, spool::client::ConnectOptions::default())
-            .await
-            .expect("connect")
-    }
-
-    /// Waits until all `n` brokers are alive in the committed state, and
-    /// then for each to have a heartbeat counted against that live lease
-    /// (one heartbeat period, 300 ms, and some slack): only then do they
-    /// take writes.
-    async fn ready(&self, client: &Client, n: usize) {
-        eventually(Duration::from_secs(20), "every broker alive", || async {
-            let m = metadata(client).await.map_err(|e| e.to_string())?;
-            let alive = m.brokers.iter().filter(|b| b.alive).count();
-            (alive == n).then_some(()).ok_or(format!("{alive} alive"))
-        })
-        .await;
-        tokio::time::sleep(Duration::from_millis(800)).await;
-    }
-}
-
-fn batch(text: &str) -> bytes::Bytes {
-    let mut b = spool::protocol::BatchBuilder::new();
-    b.push(0, None, text.as_bytes(), &[]).expect("push");
-    b.finish().expect("batch")
-}
-
-/// Index into `cluster.brokers` of broker `id`.
-fn index_of(id: u64) -> usize {
-    (id - 1) as usize
-}
-
-async fn metadata(client: &Client) -> Result<MetadataResponse, ClientError> {
-    client.call(&MetadataRequest).await
-}
-
-/// Retries `what` until it succeeds or `within` passes.
-async fn eventually<T, F, Fut>(within: Duration, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        match f().await {
-            Ok(v) => return v,
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => panic!("{what}: still failing after {within:?}: {e}"),
-        }
+/// One copy per partition: these tests are about placement, leases and
+/// hand-off moves (replicated partitions are `tests/replication.rs`').
+fn unreplicated() -> TopicOptions {
+    TopicOptions {
+        replication: Some(1),
+        ..TopicOptions::default()
     }
 }
 
@@ -251,13 +45,13 @@ async fn three_brokers_create_produce_and_consume_through_different_brokers() {
     })
     .await;
     admin
-        .create_topic("orders", 12, TopicOptions::default())
+        .create_topic("orders", 12, unreplicated())
         .await
         .expect("create through broker 1");
     // Refused the second time, through another broker (forwarded).
     let second = Client::connect(via(1)).await.expect("connect 2");
     let again = second
-        .create_topic("orders", 12, TopicOptions::default())
+        .create_topic("orders", 12, unreplicated())
         .await
         .expect_err("created twice");
     assert_eq!(again.code(), Some(spool::protocol::ErrorCode::TopicExists));
@@ -283,7 +77,7 @@ async fn three_brokers_create_produce_and_consume_through_different_brokers() {
     // every partition of a probe topic succeeds (12 partitions: all three
     // brokers lead some).
     admin
-        .create_topic("probe", 12, TopicOptions::default())
+        .create_topic("probe", 12, unreplicated())
         .await
         .expect("probe topic");
     for p in 0..12u32 {
@@ -411,7 +205,7 @@ impl Victim {
         let client = cluster.client(0).await;
         cluster.ready(&client, 3).await;
         client
-            .create_topic("t", 12, TopicOptions::default())
+            .create_topic("t", 12, unreplicated())
             .await
             .expect("create");
         let m = metadata(&client).await.expect("metadata");
@@ -459,7 +253,7 @@ async fn killing_the_controller_elects_another_and_it_rejoins_intact() {
     let client = cluster.client(0).await;
     cluster.ready(&client, 3).await;
     client
-        .create_topic("before", 3, TopicOptions::default())
+        .create_topic("before", 3, unreplicated())
         .await
         .expect("create");
     let controller = metadata(&client)
@@ -473,7 +267,7 @@ async fn killing_the_controller_elects_another_and_it_rejoins_intact() {
     let killed_at = Instant::now();
     eventually(Duration::from_secs(10), "admin after the kill", || async {
         survivor
-            .create_topic("after", 3, TopicOptions::default())
+            .create_topic("after", 3, unreplicated())
             .await
             .map_err(|e| e.to_string())
     })
@@ -555,6 +349,7 @@ async fn a_paused_broker_loses_its_partitions_and_gets_them_back() {
         .start(&ProduceRequest {
             topic: "t".into(),
             partition: theirs[0],
+            acks: Default::default(),
             batch: batch("while paused"),
         })
         .await
@@ -807,7 +602,7 @@ async fn brokers_join_and_leave_under_load_without_losing_a_message() {
     let client = cluster.client(0).await;
     cluster.ready(&client, 3).await;
     client
-        .create_topic("moves", PARTITIONS, TopicOptions::default())
+        .create_topic("moves", PARTITIONS, unreplicated())
         .await
         .expect("create");
 
@@ -998,7 +793,7 @@ async fn brokers_join_and_leave_under_load_without_losing_a_message() {
         "admin with two brokers gone",
         || async {
             match admin
-                .create_topic("after-removal", 3, TopicOptions::default())
+                .create_topic("after-removal", 3, unreplicated())
                 .await
             {
                 Ok(()) => Ok(()),
@@ -1032,7 +827,7 @@ async fn a_stream_group_keeps_its_offsets_when_its_coordinator_is_paused() {
     let admin = cluster.client(0).await;
     cluster.ready(&admin, 3).await;
     admin
-        .create_topic("g", PARTITIONS, TopicOptions::default())
+        .create_topic("g", PARTITIONS, unreplicated())
         .await
         .expect("create");
     let producer = Producer::new(cluster.client(1).await, ProducerConfig::default());

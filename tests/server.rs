@@ -186,6 +186,7 @@ async fn thousands_of_pipelined_requests_are_applied_in_order() {
         let request = ProduceRequest {
             topic: "pipe".into(),
             partition: 0,
+            acks: Default::default(),
             batch: b.finish().unwrap(),
         };
         calls.push(conn.start(&request).await.unwrap());

@@ -50,7 +50,7 @@ pub use self::group::GroupConsumer;
 pub use self::producer::{Delivery, DeliveryFuture, Producer, ProducerConfig};
 pub use self::queue_consumer::{QueueConsumer, QueueOptions, QueuedMessage, Settled};
 pub use spool_protocol::requests::{
-    TopicSettings as TopicOptions, WireSync, WireTopic as TopicDescription,
+    Acks, TopicSettings as TopicOptions, WireSync, WireTopic as TopicDescription,
 };
 
 /// How long [`Client::call_group`] keeps finding a moving coordinator:
@@ -487,6 +487,7 @@ impl Client {
         let request = ProduceRequest {
             topic: topic.to_string(),
             partition,
+            acks: spool_protocol::requests::Acks::All,
             batch,
         };
         let stored = self.call_partition(topic, partition, &request).await?;

@@ -45,7 +45,7 @@ use parking_lot::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use spool_protocol::batch::{IDEMPOTENCE_WINDOW, NO_PRODUCER};
-use spool_protocol::requests::{InitProducerRequest, ProduceRequest};
+use spool_protocol::requests::{Acks, InitProducerRequest, ProduceRequest};
 use spool_protocol::ErrorCode;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio::time::Instant;
@@ -74,6 +74,10 @@ pub struct ProducerConfig {
     /// Store each batch once, however often it is retried, and never
     /// reorder a partition by a retry (see the module docs).
     pub idempotent: bool,
+    /// In a cluster, when a batch counts as stored: on every in-sync
+    /// replica (`All`, the default) or on the leader alone (`Leader`:
+    /// faster, lost if the leader dies before its followers copy it).
+    pub acks: Acks,
 }
 
 impl Default for ProducerConfig {
@@ -86,6 +90,7 @@ impl Default for ProducerConfig {
             delivery_timeout: Duration::from_secs(30),
             queue_messages: 64 * 1024,
             idempotent: true,
+            acks: Acks::All,
         }
     }
 }
@@ -412,6 +417,7 @@ async fn dispatch(shared: &Arc<Shared>, batch: Ready, permit: OwnedSemaphorePerm
     let request = ProduceRequest {
         topic: topic.to_string(),
         partition,
+        acks: shared.config.acks,
         batch: bytes,
     };
     let client = shared.client.clone();

@@ -69,6 +69,18 @@ pub enum ErrorCode {
     /// Cluster: the control plane could not commit the change in time (no
     /// Raft leader, no quorum). Retry.
     ClusterUnavailable = 42,
+    /// Cluster: a produce with `acks=all` found fewer in-sync replicas
+    /// than the cluster's minimum; nothing was stored. Retry once a
+    /// replica is back.
+    NotEnoughReplicas = 43,
+    /// Cluster: a replica fetch named another leader epoch than the
+    /// partition's: the follower refreshes its view and fetches again.
+    LeaderEpochMismatch = 44,
+    /// Cluster: the batch was stored by the leader but its in-sync
+    /// replicas did not confirm it in time (or the leader lost its lease
+    /// first). It may or may not survive a failover: retry (an idempotent
+    /// producer's retry is never stored twice).
+    NotReplicated = 45,
     /// A bug on the server side.
     Internal = 99,
 }
@@ -105,6 +117,9 @@ impl ErrorCode {
             40 => NotLeader,
             41 => PartitionUnavailable,
             42 => ClusterUnavailable,
+            43 => NotEnoughReplicas,
+            44 => LeaderEpochMismatch,
+            45 => NotReplicated,
             99 => Internal,
             _ => return None,
         })
@@ -121,6 +136,9 @@ impl ErrorCode {
                 | ErrorCode::PartitionUnavailable
                 | ErrorCode::ClusterUnavailable
                 | ErrorCode::OutOfOrderSequence
+                | ErrorCode::NotEnoughReplicas
+                | ErrorCode::LeaderEpochMismatch
+                | ErrorCode::NotReplicated
         )
     }
 }

@@ -92,6 +92,7 @@ fn valid_frames(rng: &mut impl Rng) -> Vec<u8> {
             0 => Request::Produce(ProduceRequest {
                 topic: "t".into(),
                 partition: rng.random(),
+                acks: Acks::All,
                 batch: valid_batch(rng).into(),
             }),
             1 => Request::Fetch(FetchRequest {

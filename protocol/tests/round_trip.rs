@@ -42,13 +42,35 @@ fn request() -> impl Strategy<Value = Request> {
                 client_id: c,
             })
         }),
-        (name(), any::<u32>(), blob()).prop_map(|(topic, partition, batch)| Request::Produce(
-            ProduceRequest {
+        (name(), any::<u32>(), any::<bool>(), blob()).prop_map(
+            |(topic, partition, leader_only, batch)| Request::Produce(ProduceRequest {
                 topic,
                 partition,
+                acks: if leader_only { Acks::Leader } else { Acks::All },
                 batch
-            }
-        )),
+            })
+        ),
+        (
+            name(),
+            any::<u32>(),
+            (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()),
+            any::<u32>(),
+            any::<u32>()
+        )
+            .prop_map(
+                |(topic, partition, (replica, leader_epoch, offset, last_epoch), max_bytes, max_wait_ms)| {
+                    Request::ReplicaFetch(ReplicaFetchRequest {
+                        topic,
+                        partition,
+                        replica,
+                        leader_epoch,
+                        offset,
+                        last_epoch,
+                        max_bytes,
+                        max_wait_ms,
+                    })
+                }
+            ),
         (
             name(),
             any::<u32>(),
@@ -71,10 +93,11 @@ fn request() -> impl Strategy<Value = Request> {
             proptest::option::of(sync()),
             proptest::option::of(any::<u64>()),
             proptest::option::of(any::<u64>()),
-            proptest::option::of(any::<u64>())
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(1..16u32)
         )
             .prop_map(
-                |(name, partitions, sync, seg, ms, bytes)| Request::CreateTopic(
+                |(name, partitions, sync, seg, ms, bytes, replication)| Request::CreateTopic(
                     CreateTopicRequest {
                         name,
                         partitions,
@@ -83,6 +106,7 @@ fn request() -> impl Strategy<Value = Request> {
                             segment_size_bytes: seg,
                             retention_ms: ms,
                             retention_bytes: bytes,
+                            replication,
                         },
                     }
                 )
@@ -231,7 +255,16 @@ fn metadata() -> impl Strategy<Value = MetadataResponse> {
                         name,
                         partitions: parts
                             .into_iter()
-                            .map(|(partition, leader)| WirePartitionLeader { partition, leader })
+                            .map(|(partition, leader)| WirePartitionLeader {
+                                partition,
+                                leader,
+                                leader_epoch: leader.unwrap_or(0) / 3,
+                                replicas: vec![WireReplica {
+                                    broker: leader.unwrap_or(1),
+                                    in_sync: leader.is_some(),
+                                    lag: leader.map(|l| l % 7),
+                                }],
+                            })
                             .collect(),
                     })
                     .collect(),
@@ -375,6 +408,27 @@ fn response() -> impl Strategy<Value = (u16, Response)> {
                 batches: b
             })
         )),
+        (
+            (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()),
+            proptest::option::of(any::<u64>()),
+            vec((any::<u64>(), any::<u64>()), 0..4),
+            blob()
+        )
+            .prop_map(|((epoch, hwm, s, e), diverging_at, epochs, b)| (
+                kind::REPLICA_FETCH,
+                Response::ReplicaFetch(ReplicaFetchResponse {
+                    leader_epoch: epoch,
+                    high_watermark: hwm,
+                    log_start: s,
+                    log_end: e,
+                    diverging_at,
+                    epochs: epochs
+                        .into_iter()
+                        .map(|(epoch, start)| WireEpoch { epoch, start })
+                        .collect(),
+                    batches: b
+                })
+            )),
         Just((kind::CREATE_TOPIC, Response::Done)),
         Just((kind::DELETE_TOPIC, Response::Done)),
         vec(topic(), 0..3).prop_map(|t| (

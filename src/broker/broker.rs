@@ -366,7 +366,7 @@ impl Broker {
         topic: &str,
         partition: PartitionId,
     ) -> Result<PartitionOffsets, BrokerError> {
-        let log = self.log(topic, partition)?;
+        let log = self.partition_log(topic, partition)?;
         Ok(PartitionOffsets {
             partition,
             start: log.start_offset(),
@@ -382,7 +382,7 @@ impl Broker {
         partition: PartitionId,
         timestamp_ms: i64,
     ) -> Result<Offset, BrokerError> {
-        self.log(topic, partition)?
+        self.partition_log(topic, partition)?
             .offset_for_timestamp(timestamp_ms)
             .map_err(|source| BrokerError::Storage {
                 context: format!("looking up a timestamp in {topic}/{partition}"),
@@ -442,7 +442,7 @@ impl Broker {
                 spool_protocol::BatchError::BadLength(input_len as u64),
             ));
         }
-        let log = self.log(topic, partition)?;
+        let log = self.partition_log(topic, partition)?;
         let context = move || format!("appending to {topic}/{partition}");
         let info = log.append(batch).map_err(|source| BrokerError::Storage {
             context: context(),
@@ -497,7 +497,7 @@ impl Broker {
         max_wait: std::time::Duration,
     ) -> Result<Fetched, BrokerError> {
         let deadline = tokio::time::Instant::now() + max_wait;
-        let log = self.log(topic, partition)?;
+        let log = self.partition_log(topic, partition)?;
         loop {
             let moved = log.visible_end_moved();
             tokio::pin!(moved);
@@ -526,7 +526,7 @@ impl Broker {
     ) -> Result<Fetched, BrokerError> {
         // After close another process may own the files.
         self.check_open()?;
-        let log = self.log(topic, partition)?;
+        let log = self.partition_log(topic, partition)?;
         log.read(offset, max_bytes)
             .map_err(|source| BrokerError::Storage {
                 context: format!("reading {topic}/{partition} at {offset}"),
@@ -617,7 +617,13 @@ impl Broker {
             .ok_or_else(|| BrokerError::TopicNotFound(name.to_string()))
     }
 
-    fn log(&self, topic: &str, partition: PartitionId) -> Result<Arc<PartitionLog>, BrokerError> {
+    /// One partition's log: what replication drives directly (epochs, the
+    /// high watermark, reads past it, truncation).
+    pub fn partition_log(
+        &self,
+        topic: &str,
+        partition: PartitionId,
+    ) -> Result<Arc<PartitionLog>, BrokerError> {
         self.topic(topic)?.partition(partition).cloned()
     }
 }

@@ -12,6 +12,7 @@ pub mod node;
 pub mod placement;
 pub mod raft;
 pub mod replica_progress;
+pub mod replication;
 pub mod state;
 
 pub use placement::NodeId;

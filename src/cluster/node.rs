@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::{Broker, BrokerError, TopicConfig};
 use crate::cluster::placement::NodeId;
 use crate::cluster::raft::{ControlPlane, ControlPlaneError};
+use crate::cluster::replication::{Replicas, ReplicationSettings};
 use crate::cluster::state::{ClusterState, Command, Outcome, TopicSpec};
 
 /// How long an admin change may wait for the control plane (an election
@@ -38,7 +39,9 @@ pub enum NotServed {
 /// This broker's membership in a cluster.
 pub struct ClusterNode {
     control: ControlPlane,
-    broker: Broker,
+    pub(super) broker: Broker,
+    /// The replicated partitions this broker leads and follows.
+    pub(super) replicas: Replicas,
     stop: CancellationToken,
     /// Client connections to other brokers' client ports, by address (for
     /// what only a partition's leader or a group's coordinator knows).
@@ -48,10 +51,15 @@ pub struct ClusterNode {
 impl ClusterNode {
     /// Wraps a started control plane and keeps `broker`'s topics in step
     /// with the committed state until shut down.
-    pub fn new(control: ControlPlane, broker: Broker) -> Arc<ClusterNode> {
+    pub fn new(
+        control: ControlPlane,
+        broker: Broker,
+        replication: ReplicationSettings,
+    ) -> Arc<ClusterNode> {
         let node = Arc::new(ClusterNode {
             control,
             broker,
+            replicas: Replicas::new(replication),
             stop: CancellationToken::new(),
             others: tokio::sync::Mutex::default(),
         });
@@ -61,7 +69,47 @@ impl ClusterNode {
             node.stop.clone(),
         ));
         tokio::spawn(node.clone().take_over_partitions());
+        tokio::spawn(node.clone().keep_roles());
         node
+    }
+
+    /// Keeps this broker's replication roles in line with the committed
+    /// state (on every change, and every 100 ms for what could not be done
+    /// at once), and proposes in-sync set changes.
+    async fn keep_roles(self: Arc<Self>) {
+        let mut state = self.control.state.clone();
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let now = state.borrow_and_update().clone();
+            self.reconcile(&now).await;
+            self.propose_in_sync();
+            tokio::select! {
+                _ = self.stop.cancelled() => return,
+                changed = state.changed() => if changed.is_err() { return },
+                _ = tick.tick() => {}
+            }
+        }
+    }
+
+    /// Commits a command through the control plane.
+    pub(super) async fn submit(&self, command: Command) -> Result<Outcome, ControlPlaneError> {
+        self.control.submit(command, ADMIN_TIMEOUT).await
+    }
+
+    /// A watcher of the committed state.
+    pub(super) fn state_watch(&self) -> tokio::sync::watch::Receiver<Arc<ClusterState>> {
+        self.control.state.clone()
+    }
+
+    /// The replicated partitions' side of produce and fetch.
+    pub fn replicas(&self) -> &Replicas {
+        &self.replicas
+    }
+
+    /// True while this broker's own lease holds.
+    pub fn lease_valid(&self) -> bool {
+        self.control.lease_valid()
     }
 
     /// This broker's id.
@@ -104,7 +152,16 @@ impl ClusterNode {
         };
         match leader {
             Some(leader) if leader == self.id() => {
-                if self.control.lease_valid() {
+                let epoch_started = state
+                    .assignment(topic, partition)
+                    .filter(|a| a.replicated())
+                    .is_none_or(|a| self.replicas.leads(topic, partition.0, a.leader_epoch));
+                if !epoch_started {
+                    Err(NotServed::Unavailable(format!(
+                        "broker {} is taking over {topic}/{partition}: retry in a moment",
+                        self.id()
+                    )))
+                } else if self.control.lease_valid() {
                     Ok(())
                 } else {
                     // Refuse before the Raft leader could count us out.

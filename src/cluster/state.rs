@@ -49,7 +49,7 @@ pub struct Member {
 pub struct TopicSpec {
     /// Partitions and log settings.
     pub config: TopicConfig,
-    /// Copies of each partition (1 until replication lands).
+    /// Copies of each partition, the leader's included.
     pub replication: u32,
 }
 
@@ -145,6 +145,20 @@ pub enum Command {
     /// Delete a stream-mode group and its offsets. (Appended last: older
     /// log entries decode by variant index.)
     DeleteGroup(String),
+    /// A replicated partition's leader changes its in-sync set (a follower
+    /// fell behind for too long, or caught up again). Applied only if the
+    /// partition is still at `leader_epoch`: a deposed leader's proposal
+    /// is void.
+    SetInSync {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// The proposer's leader epoch.
+        leader_epoch: u64,
+        /// The new set, the leader included.
+        in_sync: Vec<NodeId>,
+    },
 }
 
 /// What applying a command did.
@@ -158,13 +172,58 @@ pub enum Outcome {
     Refused(String),
 }
 
-/// Who holds a partition's data now, and where it is moving.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Who holds a partition's data now, who has copies, and where it is
+/// moving.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Assignment {
-    /// The broker whose log is the partition's (with replication 1).
+    /// The leader: the broker whose log is the partition's, which takes
+    /// its writes and serves its reads.
     pub holder: NodeId,
-    /// A move under way: the holder takes no writes until it finishes.
+    /// A move under way (replication 1 only): the holder takes no writes
+    /// until it finishes.
     pub moving_to: Option<NodeId>,
+    /// Every broker with a copy, in placement order, the holder among them.
+    pub replicas: Vec<NodeId>,
+    /// The replicas that hold every acknowledged record, the holder among
+    /// them: a new leader is chosen only from these.
+    pub in_sync: Vec<NodeId>,
+    /// Bumped by every change of leader. A replica's log records where
+    /// each epoch began, which is how a returning replica finds where its
+    /// history left the leader's (KIP-101).
+    pub leader_epoch: u64,
+}
+
+impl Assignment {
+    /// A partition led by `replicas[0]`, every replica in sync.
+    fn new(replicas: Vec<NodeId>) -> Assignment {
+        Assignment {
+            holder: replicas[0],
+            moving_to: None,
+            in_sync: replicas.clone(),
+            replicas,
+            leader_epoch: 1,
+        }
+    }
+
+    /// True if the partition has copies on more than one broker.
+    pub fn replicated(&self) -> bool {
+        self.replicas.len() > 1
+    }
+
+    /// Hands leadership to `to`, which must hold every acknowledged record.
+    fn lead(&mut self, to: NodeId) {
+        self.holder = to;
+        self.leader_epoch += 1;
+    }
+
+    /// Gives the partition, whole and alone, to `to` (a finished move, or a
+    /// forced removal that gave up the data).
+    fn give_to(&mut self, to: NodeId) {
+        self.lead(to);
+        self.moving_to = None;
+        self.replicas = vec![to];
+        self.in_sync = vec![to];
+    }
 }
 
 /// The replicated state.
@@ -253,20 +312,38 @@ impl ClusterState {
                 self.promoted.remove(id);
                 self.removed.insert(*id);
                 self.leases.remove(&LeaseHolder::Broker(*id));
-                // Forced: each partition it held starts empty on its new
-                // placement; moves to it are abandoned.
+                // Forced: a replicated partition keeps its other copies (led
+                // by an in-sync one if any is left); one it held alone
+                // starts empty on its new placement. Moves to it are
+                // abandoned.
                 let eligible = self.eligible();
                 for (topic, parts) in self.assignments.iter_mut() {
                     for (p, a) in parts.iter_mut().enumerate() {
                         if a.moving_to == Some(*id) {
                             a.moving_to = None;
                         }
-                        if a.holder == *id {
-                            if let Some(next) =
-                                placement::preferred_leader(topic, PartitionId(p as u32), &eligible)
-                            {
-                                a.holder = next;
-                                a.moving_to = None;
+                        if !a.replicas.contains(id) {
+                            continue;
+                        }
+                        a.replicas.retain(|r| r != id);
+                        a.in_sync.retain(|r| r != id);
+                        if a.holder != *id {
+                            continue;
+                        }
+                        match (a.in_sync.first(), a.replicas.first()) {
+                            (Some(&next), _) => a.lead(next),
+                            (None, Some(&next)) => {
+                                a.in_sync = vec![next];
+                                a.lead(next);
+                            }
+                            (None, None) => {
+                                if let Some(next) = placement::preferred_leader(
+                                    topic,
+                                    PartitionId(p as u32),
+                                    &eligible,
+                                ) {
+                                    a.give_to(next);
+                                }
                             }
                         }
                     }
@@ -291,7 +368,12 @@ impl ClusterState {
             } => {
                 let member = self.members.contains_key(to);
                 match self.assignment_mut(topic, *partition) {
-                    Some(a) if member && a.holder != *to && a.moving_to.is_none() => {
+                    Some(a)
+                        if member
+                            && !a.replicated()
+                            && a.holder != *to
+                            && a.moving_to.is_none() =>
+                    {
                         a.moving_to = Some(*to);
                         self.placement_epoch += 1;
                         Outcome::Applied
@@ -308,8 +390,7 @@ impl ClusterState {
                 to,
             } => match self.assignment_mut(topic, *partition) {
                 Some(a) if a.moving_to == Some(*to) => {
-                    a.holder = *to;
-                    a.moving_to = None;
+                    a.give_to(*to);
                     self.placement_epoch += 1;
                     Outcome::Applied
                 }
@@ -327,7 +408,8 @@ impl ClusterState {
             Command::ExpireLease { holder, generation } => match self.leases.get_mut(holder) {
                 Some(lease) if lease.alive && lease.generation == *generation => {
                     lease.alive = false;
-                    if matches!(holder, LeaseHolder::Broker(_)) {
+                    if let LeaseHolder::Broker(dead) = holder {
+                        self.fail_over(*dead);
                         self.placement_epoch += 1;
                     }
                     Outcome::Applied
@@ -354,11 +436,21 @@ impl ClusterState {
                 if eligible.is_empty() {
                     return Outcome::Refused("the cluster has no brokers to place it on".into());
                 }
+                let copies = spec.replication.max(1) as usize;
+                if copies > eligible.len() {
+                    return Outcome::Refused(format!(
+                        "replication {copies} needs {copies} brokers; the cluster has {}",
+                        eligible.len()
+                    ));
+                }
                 let assigned = (0..spec.config.partitions)
-                    .map(|p| Assignment {
-                        holder: placement::preferred_leader(name, PartitionId(p), &eligible)
-                            .unwrap_or(eligible[0]),
-                        moving_to: None,
+                    .map(|p| {
+                        Assignment::new(placement::replicas(
+                            name,
+                            PartitionId(p),
+                            &eligible,
+                            copies,
+                        ))
                     })
                     .collect();
                 self.assignments.insert(name.clone(), assigned);
@@ -421,6 +513,77 @@ impl ClusterState {
                 Some(_) => Outcome::Applied,
                 None => Outcome::Refused(format!("group {name} not found")),
             },
+            Command::SetInSync {
+                topic,
+                partition,
+                leader_epoch,
+                in_sync,
+            } => {
+                let alive: BTreeSet<NodeId> = self
+                    .member_ids()
+                    .into_iter()
+                    .filter(|m| self.is_alive(*m))
+                    .collect();
+                let Some(a) = self.assignment_mut(topic, *partition) else {
+                    return Outcome::Refused(format!("no partition {topic}/{partition}"));
+                };
+                if a.leader_epoch != *leader_epoch {
+                    return Outcome::Refused(format!(
+                        "{topic}/{partition} is at leader epoch {}, not {leader_epoch}",
+                        a.leader_epoch
+                    ));
+                }
+                if !in_sync.contains(&a.holder) || in_sync.iter().any(|r| !a.replicas.contains(r))
+                {
+                    return Outcome::Refused(format!(
+                        "{in_sync:?} is not a set of {topic}/{partition}'s replicas with its leader"
+                    ));
+                }
+                // In placement order, and never a broker whose lease is
+                // gone (its expiry took it out; it must catch up anew).
+                let holder = a.holder;
+                let set: Vec<NodeId> = a
+                    .replicas
+                    .iter()
+                    .filter(|r| in_sync.contains(r) && (**r == holder || alive.contains(r)))
+                    .copied()
+                    .collect();
+                if set == a.in_sync {
+                    return Outcome::Unchanged;
+                }
+                a.in_sync = set;
+                Outcome::Applied
+            }
+        }
+    }
+
+    /// A broker's lease expired: every replicated partition it led moves to
+    /// the first live in-sync replica with a new leader epoch (none is
+    /// left: the partition waits for it, since any other replica may lack
+    /// acknowledged records), and it leaves every in-sync set.
+    fn fail_over(&mut self, dead: NodeId) {
+        let alive: BTreeSet<NodeId> = self
+            .member_ids()
+            .into_iter()
+            .filter(|m| self.is_alive(*m))
+            .collect();
+        for a in self.assignments.values_mut().flatten() {
+            if !a.replicated() || !a.in_sync.contains(&dead) {
+                continue;
+            }
+            if a.holder != dead {
+                a.in_sync.retain(|r| *r != dead);
+                continue;
+            }
+            let next = a
+                .replicas
+                .iter()
+                .find(|r| **r != dead && a.in_sync.contains(r) && alive.contains(r))
+                .copied();
+            if let Some(next) = next {
+                a.in_sync.retain(|r| *r != dead);
+                a.lead(next);
+            }
         }
     }
 
@@ -469,11 +632,10 @@ impl ClusterState {
     }
 
     /// The partition's assignment.
-    pub fn assignment(&self, topic: &str, partition: PartitionId) -> Option<Assignment> {
+    pub fn assignment(&self, topic: &str, partition: PartitionId) -> Option<&Assignment> {
         self.assignments
             .get(topic)
             .and_then(|parts| parts.get(partition.0 as usize))
-            .copied()
     }
 
     fn assignment_mut(&mut self, topic: &str, partition: u32) -> Option<&mut Assignment> {
@@ -503,7 +665,7 @@ impl ClusterState {
             .map(|a| a.holder)
     }
 
-    /// Every partition `node` holds.
+    /// Every partition `node` has a copy of.
     pub fn held_by(&self, node: NodeId) -> Vec<(String, u32)> {
         self.assignments
             .iter()
@@ -511,18 +673,20 @@ impl ClusterState {
                 parts
                     .iter()
                     .enumerate()
-                    .filter(move |(_, a)| a.holder == node)
+                    .filter(move |(_, a)| a.replicas.contains(&node))
                     .map(move |(p, _)| (t.clone(), p as u32))
             })
             .collect()
     }
 
-    /// Partitions whose placement says they belong elsewhere than their
-    /// holder: `(topic, partition, holder, target)`.
+    /// Unreplicated partitions whose placement says they belong elsewhere
+    /// than their holder: `(topic, partition, holder, target)`. (A
+    /// replicated partition keeps its replica list: moving a copy is
+    /// reassignment, which this version does not do.)
     pub fn misplaced(&self) -> Vec<(String, u32, NodeId, NodeId)> {
         let mut out = Vec::new();
         for (topic, parts) in &self.assignments {
-            for (p, a) in parts.iter().enumerate() {
+            for (p, a) in parts.iter().enumerate().filter(|(_, a)| !a.replicated()) {
                 if let Some(target) = self.replicas(topic, PartitionId(p as u32)).first() {
                     if *target != a.holder {
                         out.push((topic.clone(), p as u32, a.holder, *target));

@@ -24,7 +24,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use spool_protocol::requests::{kind, CoordinatorResponse};
+use spool_protocol::requests::{kind, Acks, CoordinatorResponse};
 use spool_protocol::DecodeError;
 use spool_protocol::{ErrorCode, ErrorResponse, Frame, FrameError, FrameWriter, Request, Response};
 use std::net::SocketAddr;
@@ -380,19 +380,40 @@ impl Handler {
                 // Appended here, in arrival order; only the wait is async.
                 let start =
                     || handlers::produce::start(&ctx.broker, &r.topic, r.partition, &r.batch);
+                let all = r.acks == Acks::All;
                 let pending = match &ctx.cluster {
                     Some(node) => {
                         // Checked and appended under the fence: see
                         // `ClusterNode::write_fence`.
                         let _fence = node.write_fence();
                         handlers::cluster::check_serves(node, &r.topic, r.partition, true)
-                            .and_then(|()| start())
+                            .and_then(|()| {
+                                if all {
+                                    node.replicas()
+                                        .check_in_sync(&r.topic, r.partition)
+                                        .map_err(|e| handlers::replica::ack_error(&e))?;
+                                }
+                                start()
+                            })
                     }
                     None => start(),
                 };
                 self.tasks.spawn(async move {
                     let reply = match pending {
-                        Ok(pending) => handlers::produce::finish(pending).await.map(Response::from),
+                        Ok(pending) => match handlers::produce::finish(pending).await {
+                            Ok(stored) => match &ctx.cluster {
+                                Some(node) if all => handlers::replica::wait_replicated(
+                                    node,
+                                    &r.topic,
+                                    r.partition,
+                                    stored.next_offset,
+                                )
+                                .await
+                                .map(|()| stored.into()),
+                                _ => Ok(stored.into()),
+                            },
+                            Err(e) => Err(e),
+                        },
                         Err(e) => Err(e),
                     };
                     respond(&tx, reply, kind_, correlation_id, started, permits).await;
@@ -528,6 +549,20 @@ async fn dispatch(ctx: &ServerContext, request: Request) -> Result<Response, Err
         }
     }
     match request {
+        Request::ReplicaFetch(r) => match &ctx.cluster {
+            Some(node) => {
+                let wait_ms = if stopping() { 0 } else { r.max_wait_ms };
+                tokio::select! {
+                    reply = handlers::replica::fetch(node, &r, wait_ms) => reply,
+                    _ = ctx.shutdown.cancelled() => handlers::replica::fetch(node, &r, 0).await,
+                }
+                .map(Response::from)
+            }
+            None => Err(error(
+                ErrorCode::InvalidConfig,
+                "this server is a single node, not a cluster",
+            )),
+        },
         Request::Fetch(r) => {
             let wait_ms = if stopping() { 0 } else { r.max_wait_ms };
             tokio::select! {
@@ -633,6 +668,7 @@ async fn dispatch(ctx: &ServerContext, request: Request) -> Result<Response, Err
 fn request_cost(request: &Request, body_len: usize) -> usize {
     let response = match request {
         Request::Fetch(r) => r.max_bytes as usize,
+        Request::ReplicaFetch(r) => r.max_bytes as usize,
         // Message sizes are unknown up front; budget a typical batch.
         Request::Deliver(_) => 1 << 20,
         _ => 0,

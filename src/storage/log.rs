@@ -316,6 +316,18 @@ impl PartitionLog {
         self.epochs.lock().latest()
     }
 
+    /// The epochs newer than `epoch`, oldest first: what a leader sends a
+    /// follower whose latest epoch is `epoch`.
+    pub fn epochs_after(&self, epoch: u64) -> Vec<EpochStart> {
+        self.epochs
+            .lock()
+            .entries()
+            .iter()
+            .filter(|e| e.epoch > epoch)
+            .copied()
+            .collect()
+    }
+
     /// Where `epoch` ended in this log (see [`LeaderEpochs::end_of`]): what
     /// a leader answers a returning replica, which then cuts its log there.
     pub fn epoch_end(&self, epoch: u64) -> Option<EpochStart> {
@@ -711,11 +723,30 @@ impl PartitionLog {
     /// Reads whole batches from the one holding `offset`, up to `max_bytes`
     /// (but at least one batch). At the end of the log the answer is empty.
     pub fn read(&self, offset: Offset, max_bytes: u64) -> Result<Fetched, StorageError> {
-        // One visible end, read once, bounds the whole answer. An offset
-        // appended but not yet visible (under `always`: not yet flushed)
-        // is not out of range: it reads as the end, and a long poll waits.
+        self.read_below(offset, max_bytes, self.visible_end(), true)
+    }
+
+    /// Like [`PartitionLog::read`], but up to the log's end: past the high
+    /// watermark and, under `always`, past what is flushed. What a
+    /// partition's leader sends its followers (they must get records
+    /// before the records can count as replicated).
+    pub fn read_replica(&self, offset: Offset, max_bytes: u64) -> Result<Fetched, StorageError> {
+        self.read_below(offset, max_bytes, self.next_offset(), false)
+    }
+
+    /// Reads below `end`; `flushed_only`: under `always`, only what is
+    /// flushed of the active segment.
+    fn read_below(
+        &self,
+        offset: Offset,
+        max_bytes: u64,
+        end: Offset,
+        flushed_only: bool,
+    ) -> Result<Fetched, StorageError> {
+        // One end, read once, bounds the whole answer. An offset appended
+        // but not yet visible (under `always`: not yet flushed) is not out
+        // of range: it reads as the end, and a long poll waits.
         let start = self.start_offset();
-        let end = self.visible_end();
         let appended = self.next_offset().max(end);
         if offset < start || offset > appended {
             return Err(StorageError::OffsetOutOfRange {
@@ -743,7 +774,7 @@ impl PartitionLog {
         };
         for seg in candidates {
             let limit = match self.config.sync {
-                SyncPolicy::Always if !seg.is_sealed() => seg.flushed_len(),
+                SyncPolicy::Always if flushed_only && !seg.is_sealed() => seg.flushed_len(),
                 _ => seg.len(),
             };
             match seg.read(offset, max_bytes, limit) {

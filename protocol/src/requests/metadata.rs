@@ -27,12 +27,51 @@ pub struct WireBroker {
 }
 
 /// One partition's placement.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WirePartitionLeader {
     /// Partition.
     pub partition: u32,
     /// The broker that serves it now; none while it is unavailable.
     pub leader: Option<u64>,
+    /// Bumped by every change of leader.
+    pub leader_epoch: u64,
+    /// Every copy, in placement order (the leader among them).
+    pub replicas: Vec<WireReplica>,
+}
+
+/// One copy of a partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WireReplica {
+    /// The broker holding it.
+    pub broker: u64,
+    /// True if it holds every acknowledged record (a leader may be chosen
+    /// from it).
+    pub in_sync: bool,
+    /// How many records it is behind the leader's end; only the leader
+    /// knows, so only the leader's answer has it.
+    pub lag: Option<u64>,
+}
+
+impl Wire for WireReplica {
+    const MIN_LEN: usize = 10;
+
+    fn put(&self, b: &mut BytesMut) {
+        b.put_u64_le(self.broker);
+        b.put_u8(u8::from(self.in_sync));
+        put_option_u64(b, self.lag);
+    }
+
+    fn get(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(WireReplica {
+            broker: r.u64("replica broker")?,
+            in_sync: match r.u8("in_sync")? {
+                0 => false,
+                1 => true,
+                _ => return Err(DecodeError::BadValue("in_sync")),
+            },
+            lag: r.option_u64("lag")?,
+        })
+    }
 }
 
 /// One topic's placement.
@@ -100,17 +139,21 @@ impl Wire for WireBroker {
 }
 
 impl Wire for WirePartitionLeader {
-    const MIN_LEN: usize = 5;
+    const MIN_LEN: usize = 17;
 
     fn put(&self, b: &mut BytesMut) {
         b.put_u32_le(self.partition);
         put_option_u64(b, self.leader);
+        b.put_u64_le(self.leader_epoch);
+        put_list(b, &self.replicas);
     }
 
     fn get(r: &mut Reader) -> Result<Self, DecodeError> {
         Ok(WirePartitionLeader {
             partition: r.u32("partition")?,
             leader: r.option_u64("leader")?,
+            leader_epoch: r.u64("leader_epoch")?,
+            replicas: r.list("replica count")?,
         })
     }
 }

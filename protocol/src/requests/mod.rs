@@ -14,6 +14,7 @@ mod handshake;
 mod metadata;
 mod produce;
 mod queue;
+mod replica;
 mod topics;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -37,9 +38,12 @@ pub use handshake::{HandshakeRequest, HandshakeResponse};
 pub use metadata::{
     AddVoterRequest, CoordinatorResponse, FindCoordinatorRequest, MetadataRequest,
     MetadataResponse, RemoveBrokerRequest, ServerStatusRequest, ServerStatusResponse, WireBroker,
-    WirePartitionLeader, WireTopicLeaders,
+    WirePartitionLeader, WireReplica, WireTopicLeaders,
 };
-pub use produce::{InitProducerRequest, InitProducerResponse, ProduceRequest, ProduceResponse};
+pub use produce::{
+    Acks, InitProducerRequest, InitProducerResponse, ProduceRequest, ProduceResponse,
+};
+pub use replica::{ReplicaFetchRequest, ReplicaFetchResponse, WireEpoch};
 pub use queue::{
     AckRequest, DeliverRequest, DeliverResponse, NackRequest, SettleResponse, TouchRequest,
     WireDelivery, WireSettle,
@@ -51,9 +55,9 @@ pub use topics::{
 
 /// Protocol versions this code speaks (the request set, negotiated by the
 /// handshake; distinct from the frame format version).
-pub const PROTOCOL_VERSION_MIN: u16 = 1;
+pub const PROTOCOL_VERSION_MIN: u16 = 2;
 /// See [`PROTOCOL_VERSION_MIN`].
-pub const PROTOCOL_VERSION_MAX: u16 = 1;
+pub const PROTOCOL_VERSION_MAX: u16 = 2;
 
 /// Request kinds.
 pub mod kind {
@@ -113,6 +117,8 @@ pub mod kind {
     pub const DELETE_GROUP: u16 = 29;
     /// `PendingMessagesRequest`.
     pub const PENDING_MESSAGES: u16 = 30;
+    /// `ReplicaFetchRequest`: a follower copies a partition.
+    pub const REPLICA_FETCH: u16 = 31;
 }
 
 /// A request body: its kind number and the type of its successful reply.
@@ -272,6 +278,8 @@ requests! {
     DeleteGroup(DeleteGroupRequest) = DELETE_GROUP => ();
     /// A queue group's unsettled messages.
     PendingMessages(PendingMessagesRequest) = PENDING_MESSAGES => PendingMessagesResponse;
+    /// A follower copies a partition from its leader.
+    ReplicaFetch(ReplicaFetchRequest) = REPLICA_FETCH => ReplicaFetchResponse, waits max_wait_ms;
 }
 
 /// Declares the successful replies: one variant per reply type, with the
@@ -352,6 +360,8 @@ responses! {
     ServerStatus(ServerStatusResponse),
     /// Unsettled messages.
     PendingMessages(PendingMessagesResponse),
+    /// Replica fetch.
+    ReplicaFetch(ReplicaFetchResponse),
 }
 
 /// An error response.

@@ -11,8 +11,33 @@ pub struct ProduceRequest {
     pub topic: String,
     /// Partition.
     pub partition: u32,
+    /// When the answer may come (matters only for a replicated partition).
+    pub acks: Acks,
     /// One record batch in the storage format.
     pub batch: Bytes,
+}
+
+/// How many copies a produce waits for before it is answered. Each copy
+/// is as durable as the topic's sync policy makes it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Acks {
+    /// Every in-sync replica has the batch, and they are at least the
+    /// cluster's minimum (else `NotEnoughReplicas`): survives the loss of
+    /// any broker but one of them.
+    #[default]
+    All,
+    /// The leader alone has it: faster, and lost if the leader fails
+    /// before its followers fetch it.
+    Leader,
+}
+
+impl Acks {
+    fn code(self) -> u8 {
+        match self {
+            Acks::All => 0,
+            Acks::Leader => 1,
+        }
+    }
 }
 
 /// Batch stored.
@@ -25,11 +50,12 @@ pub struct ProduceResponse {
 }
 
 impl Wire for ProduceRequest {
-    const MIN_LEN: usize = 10;
+    const MIN_LEN: usize = 11;
 
     fn put(&self, b: &mut BytesMut) {
         put_string(b, &self.topic);
         b.put_u32_le(self.partition);
+        b.put_u8(self.acks.code());
         b.put_u32_le(self.batch.len() as u32);
     }
 
@@ -43,6 +69,11 @@ impl Wire for ProduceRequest {
         Ok(ProduceRequest {
             topic: r.string("topic")?,
             partition: r.u32("partition")?,
+            acks: match r.u8("acks")? {
+                0 => Acks::All,
+                1 => Acks::Leader,
+                _ => return Err(DecodeError::BadValue("acks")),
+            },
             batch: r.bytes("batch")?,
         })
     }

@@ -26,6 +26,10 @@ pub struct TopicSettings {
     pub retention_ms: Option<u64>,
     /// Retention by size; `Some(0)` means no limit.
     pub retention_bytes: Option<u64>,
+    /// Copies of each partition in a cluster (the cluster's default, 3 or
+    /// its broker count if smaller, when `None`). A single server keeps
+    /// one copy and refuses more.
+    pub replication: Option<u32>,
 }
 
 /// Offsets of one partition.
@@ -160,7 +164,7 @@ impl Wire for WireTopic {
 }
 
 impl Wire for CreateTopicRequest {
-    const MIN_LEN: usize = 10;
+    const MIN_LEN: usize = 14;
 
     fn put(&self, b: &mut BytesMut) {
         put_string(b, &self.name);
@@ -169,6 +173,8 @@ impl Wire for CreateTopicRequest {
         put_option_u64(b, self.settings.segment_size_bytes);
         put_option_u64(b, self.settings.retention_ms);
         put_option_u64(b, self.settings.retention_bytes);
+        // 0: the default (no topic has zero copies).
+        b.put_u32_le(self.settings.replication.unwrap_or(0));
     }
 
     fn get(r: &mut Reader) -> Result<Self, DecodeError> {
@@ -180,6 +186,7 @@ impl Wire for CreateTopicRequest {
                 segment_size_bytes: r.option_u64("segment_size_bytes")?,
                 retention_ms: r.option_u64("retention_ms")?,
                 retention_bytes: r.option_u64("retention_bytes")?,
+                replication: Some(r.u32("replication")?).filter(|&n| n > 0),
             },
         })
     }

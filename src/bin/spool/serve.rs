@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use spool::cluster::node::ClusterNode;
+use spool::cluster::replication::ReplicationSettings;
 use spool::cluster::raft::{ControlPlane, PeerRoutes, RaftTimings};
 use spool::cluster::state::Member;
 use spool::cluster::{ClusterState, NodeId};
@@ -98,6 +99,14 @@ pub struct ServeArgs {
     /// address, as ID=ADDR,... (a peer behind NAT or a proxy).
     #[arg(long, requires = "node_id")]
     peer_route: Option<String>,
+    /// Cluster: a produce with acks=all needs at least this many in-sync
+    /// replicas (capped at the topic's replication) [default: 2].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    min_in_sync: Option<u64>,
+    /// Cluster: a follower that has not caught up with its leader for
+    /// this long leaves the in-sync set [default: 3000].
+    #[arg(long)]
+    replica_lag_ms: Option<u64>,
 }
 
 /// Parses `1=127.0.0.1:7170,2=...`.
@@ -165,7 +174,9 @@ impl ServeArgs {
             peers,
             advertise,
             lease_ttl_ms,
-            peer_route
+            peer_route,
+            min_in_sync,
+            replica_lag_ms
         )
     }
 }
@@ -271,7 +282,17 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
             .await
             .map_err(|e| Failure::refused(format!("cluster: {e}")))?;
             tracing::info!(node = id, peers = %peers, "joining the cluster");
-            Some(ClusterNode::new(control, broker.clone()))
+            let defaults = ReplicationSettings::default();
+            let replication = ReplicationSettings {
+                min_in_sync: args
+                    .min_in_sync
+                    .map_or(defaults.min_in_sync, |n| n as usize),
+                max_lag: args
+                    .replica_lag_ms
+                    .map_or(defaults.max_lag, Duration::from_millis),
+                ..defaults
+            };
+            Some(ClusterNode::new(control, broker.clone(), replication))
         }
         (None, None, None) => None,
         _ => {

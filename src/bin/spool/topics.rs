@@ -29,6 +29,10 @@ pub enum TopicsCommand {
         /// Retention by size in bytes per partition, 0 = unlimited [default: the server's].
         #[arg(long)]
         retention_bytes: Option<u64>,
+        /// Copies of each partition in a cluster [default: 3, or the
+        /// broker count if smaller].
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        replication: Option<u32>,
         #[arg(long, env = "SPOOL_ADDR", default_value = DEFAULT_ADDR)]
         addr: String,
     },
@@ -75,6 +79,7 @@ pub async fn run(command: TopicsCommand) -> Result<(), Failure> {
             segment_bytes,
             retention_ms,
             retention_bytes,
+            replication,
             addr,
         } => {
             let client = crate::connect(&addr).await?;
@@ -83,6 +88,7 @@ pub async fn run(command: TopicsCommand) -> Result<(), Failure> {
                 segment_size_bytes: segment_bytes,
                 retention_ms,
                 retention_bytes,
+                replication,
             };
             client
                 .create_topic(&name, partitions.unwrap_or(0), settings)

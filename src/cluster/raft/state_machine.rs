@@ -28,7 +28,8 @@ type NodeIdRaw = u64;
 
 const SNAPSHOT: MetaKind = MetaKind {
     magic: *b"SPRS",
-    version: 1,
+    // 2: partitions carry replicas, in-sync sets and leader epochs.
+    version: 2,
 };
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -4,7 +4,7 @@
 
 use spool_protocol::requests::{
     AddVoterRequest, CreateTopicRequest, DeleteTopicRequest, MetadataResponse, RemoveBrokerRequest,
-    WireBroker, WirePartitionLeader, WireTopicLeaders,
+    WireBroker, WirePartitionLeader, WireReplica, WireTopicLeaders,
 };
 use spool_protocol::{ErrorCode, ErrorResponse, PartitionId};
 
@@ -64,9 +64,25 @@ pub fn metadata(node: &ClusterNode) -> MetadataResponse {
             .map(|(name, spec)| WireTopicLeaders {
                 name: name.clone(),
                 partitions: (0..spec.config.partitions)
-                    .map(|p| WirePartitionLeader {
-                        partition: p,
-                        leader: state.leader(name, PartitionId(p)).map(|n| n.0),
+                    .map(|p| {
+                        let assignment = state.assignment(name, PartitionId(p));
+                        WirePartitionLeader {
+                            partition: p,
+                            leader: state.leader(name, PartitionId(p)).map(|n| n.0),
+                            leader_epoch: assignment.map_or(0, |a| a.leader_epoch),
+                            replicas: assignment
+                                .map(|a| {
+                                    a.replicas
+                                        .iter()
+                                        .map(|r| WireReplica {
+                                            broker: r.0,
+                                            in_sync: a.in_sync.contains(r),
+                                            lag: node.replicas().lag(name, p, *r),
+                                        })
+                                        .collect()
+                                })
+                                .unwrap_or_default(),
+                        }
                     })
                     .collect(),
             })
@@ -98,6 +114,12 @@ pub fn single_node_metadata(broker: &Broker, addr: &str) -> MetadataResponse {
                     .map(|p| WirePartitionLeader {
                         partition: p.partition.0,
                         leader: Some(0),
+                        leader_epoch: 0,
+                        replicas: vec![WireReplica {
+                            broker: 0,
+                            in_sync: true,
+                            lag: Some(0),
+                        }],
                     })
                     .collect(),
             })
@@ -112,7 +134,12 @@ pub async fn create_topic(
     request: &CreateTopicRequest,
 ) -> Result<(), ErrorResponse> {
     let config = topics::config_for(defaults, request);
-    node.create_topic(&request.name, config, 1)
+    // By default three copies, or one per broker in a smaller cluster.
+    let replication = request
+        .settings
+        .replication
+        .unwrap_or_else(|| node.state().eligible().len().clamp(1, 3) as u32);
+    node.create_topic(&request.name, config, replication)
         .await
         .map_err(|e| admin_error(&e))
 }

@@ -30,5 +30,6 @@ pub mod fetch;
 pub mod groups;
 pub mod handshake;
 pub mod produce;
+pub mod replica;
 pub mod status;
 pub mod topics;

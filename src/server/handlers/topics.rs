@@ -16,6 +16,12 @@ pub fn create(
     defaults: &TopicConfig,
     request: &CreateTopicRequest,
 ) -> Result<(), ErrorResponse> {
+    if let Some(n) = request.settings.replication.filter(|&n| n > 1) {
+        return Err(crate::server::errors::error(
+            spool_protocol::ErrorCode::InvalidConfig,
+            format!("replication {n} needs a cluster; a single server keeps one copy"),
+        ));
+    }
     broker
         .create_topic(&request.name, config_for(defaults, request))
         .map_err(|e| response_for(&e))

@@ -1,0 +1,676 @@
+//! Replication of partitions between brokers: a partition with more than
+//! one replica is led by its holder, and its followers copy it by fetching
+//! (the same stored batches, byte for byte).
+//!
+//! - **Leader**: answers replica fetches, tracks each follower's position
+//!   ([`ReplicaProgress`]), raises the log's high watermark (readers see
+//!   only below it) and proposes in-sync set changes through the control
+//!   plane. A produce with `acks=all` is answered once the high watermark
+//!   passes it.
+//! - **Follower**: one task per partition fetches from the leader at the
+//!   leader epoch the committed state names, cuts its log where its
+//!   history left the leader's (the leader says where, from its epochs:
+//!   KIP-101), records the leader's epochs and appends.
+//! - **Role changes** happen in one place, [`ClusterNode::reconcile`],
+//!   run on every committed change: a follower task is stopped and awaited
+//!   before the broker starts an epoch as leader, so no fetched batch lands
+//!   in a new leader's log under its new epoch.
+//!
+//! Safety rests on three rules. The leader counts, for the high watermark,
+//! every replica in the committed in-sync set *and* every replica it has
+//! proposed to add, so no replica enters the set (and becomes electable)
+//! missing a record the leader acknowledged. A replica leaves the set only
+//! by a committed change, after which the leader stops waiting for it. A
+//! new leader is chosen (by the control plane, when the old one's lease
+//! expires) only from the in-sync set.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use spool_protocol::requests::{ReplicaFetchRequest, ReplicaFetchResponse, WireEpoch};
+use spool_protocol::{Batch, ErrorCode, Offset, PartitionId};
+use tokio_util::sync::CancellationToken;
+
+use super::node::ClusterNode;
+use super::placement::NodeId;
+use super::replica_progress::ReplicaProgress;
+use super::state::{Assignment, ClusterState, Command};
+use crate::broker::BrokerError;
+use crate::storage::PartitionLog;
+
+/// Tunables of replication.
+#[derive(Clone, Copy, Debug)]
+pub struct ReplicationSettings {
+    /// `acks=all` needs at least this many in-sync replicas (capped at the
+    /// topic's replication).
+    pub min_in_sync: usize,
+    /// A follower that has not caught up with the leader's end for this
+    /// long leaves the in-sync set.
+    pub max_lag: Duration,
+    /// How long an `acks=all` produce waits for its followers.
+    pub ack_timeout: Duration,
+}
+
+impl Default for ReplicationSettings {
+    fn default() -> Self {
+        ReplicationSettings {
+            min_in_sync: 2,
+            // Longer than a lease (1.5 s): a follower that died leaves
+            // with its lease; this catches one that lives but cannot keep
+            // up (a slow disk, a cut link to the leader only).
+            max_lag: Duration::from_secs(3),
+            ack_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A partition this broker leads.
+struct Leading {
+    epoch: u64,
+    log: Arc<PartitionLog>,
+    progress: parking_lot::Mutex<ReplicaProgress>,
+    /// The in-sync set as committed.
+    committed: parking_lot::Mutex<BTreeSet<NodeId>>,
+    /// A proposal in flight: counted for the high watermark until decided.
+    proposing: parking_lot::Mutex<Option<BTreeSet<NodeId>>>,
+    /// Replication factor's share of `min_in_sync`.
+    min_in_sync: usize,
+}
+
+impl Leading {
+    /// The set the high watermark waits for: committed, plus any replica a
+    /// proposal in flight would add.
+    fn apply_in_sync(&self) {
+        let mut effective = self.committed.lock().clone();
+        if let Some(proposed) = &*self.proposing.lock() {
+            effective.extend(proposed.iter().copied());
+        }
+        let mut progress = self.progress.lock();
+        progress.set_in_sync(&effective, self.log.next_offset());
+        self.log.set_high_watermark(progress.high_watermark());
+    }
+}
+
+/// A follower task.
+struct Following {
+    leader: NodeId,
+    epoch: u64,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// This broker's replication: the partitions it leads and follows.
+pub struct Replicas {
+    settings: ReplicationSettings,
+    leading: DashMap<(String, u32), Arc<Leading>>,
+    following: tokio::sync::Mutex<HashMap<(String, u32), Following>>,
+    started: Instant,
+}
+
+/// Why a replica fetch was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaFetchError {
+    /// This broker does not lead the partition (at any epoch).
+    #[error("broker does not lead {0}")]
+    NotLeading(String),
+    /// It leads at another epoch than the follower's.
+    #[error("{what} is at leader epoch {ours}, the fetch named {theirs}")]
+    EpochMismatch {
+        /// The partition.
+        what: String,
+        /// The leader's.
+        ours: u64,
+        /// The follower's.
+        theirs: u64,
+    },
+    /// Reading the log failed.
+    #[error("{0}")]
+    Broker(#[from] BrokerError),
+}
+
+/// Why an `acks=all` produce was not confirmed.
+#[derive(Debug, thiserror::Error)]
+pub enum AckError {
+    /// Too few replicas in sync to take the write.
+    #[error("{what} has {in_sync} in-sync replicas, fewer than the minimum {min}")]
+    NotEnoughReplicas {
+        /// The partition.
+        what: String,
+        /// In sync now.
+        in_sync: usize,
+        /// Needed.
+        min: usize,
+    },
+    /// Stored here, not confirmed by the followers in time.
+    #[error("{0}")]
+    NotReplicated(String),
+}
+
+impl AckError {
+    /// The wire code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            AckError::NotEnoughReplicas { .. } => ErrorCode::NotEnoughReplicas,
+            AckError::NotReplicated(_) => ErrorCode::NotReplicated,
+        }
+    }
+}
+
+impl Replicas {
+    /// Nothing led or followed yet.
+    pub fn new(settings: ReplicationSettings) -> Replicas {
+        Replicas {
+            settings,
+            leading: DashMap::new(),
+            following: tokio::sync::Mutex::default(),
+            started: Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// True if this broker leads `(topic, partition)` at `epoch` and has
+    /// started that epoch in its log (writes before that would carry no
+    /// epoch).
+    pub fn leads(&self, topic: &str, partition: u32, epoch: u64) -> bool {
+        self.leading
+            .get(&(topic.to_string(), partition))
+            .is_some_and(|l| l.epoch == epoch)
+    }
+
+    /// How many records `replica` is behind the end of a partition this
+    /// broker leads (0 for the leader itself); `None` if it leads it not.
+    pub fn lag(&self, topic: &str, partition: u32, replica: NodeId) -> Option<u64> {
+        let leading = self.leading.get(&(topic.to_string(), partition))?;
+        let end = leading.log.next_offset();
+        let position = leading.progress.lock().position(replica).unwrap_or(end);
+        Some(end.0.saturating_sub(position.0))
+    }
+
+    /// Before appending with `acks=all`: refuses if too few replicas are in
+    /// sync (nothing is stored then).
+    pub fn check_in_sync(&self, topic: &str, partition: u32) -> Result<(), AckError> {
+        let Some(leading) = self.leading.get(&(topic.to_string(), partition)) else {
+            return Ok(());
+        };
+        let in_sync = leading.committed.lock().len();
+        if in_sync < leading.min_in_sync {
+            return Err(AckError::NotEnoughReplicas {
+                what: format!("{topic}/{partition}"),
+                in_sync,
+                min: leading.min_in_sync,
+            });
+        }
+        Ok(())
+    }
+
+    /// Waits until every in-sync replica holds the records below `end`.
+    /// `lease_valid` is asked at the end: a leader whose own lease lapsed
+    /// may already be replaced, so it confirms nothing more.
+    pub async fn wait_replicated(
+        &self,
+        topic: &str,
+        partition: u32,
+        end: Offset,
+        lease_valid: impl Fn() -> bool,
+    ) -> Result<(), AckError> {
+        let what = || format!("{topic}/{partition}");
+        let Some(leading) = self
+            .leading
+            .get(&(topic.to_string(), partition))
+            .map(|l| l.clone())
+        else {
+            return Err(AckError::NotReplicated(format!(
+                "this broker stopped leading {} before its followers confirmed the batch",
+                what()
+            )));
+        };
+        let deadline = tokio::time::Instant::now() + self.settings.ack_timeout;
+        loop {
+            let moved = leading.log.visible_end_moved();
+            tokio::pin!(moved);
+            moved.as_mut().enable();
+            if leading.log.high_watermark().is_some_and(|h| h >= end) {
+                break;
+            }
+            if !self.leads(topic, partition, leading.epoch) {
+                return Err(AckError::NotReplicated(format!(
+                    "leadership of {} moved before its followers confirmed the batch",
+                    what()
+                )));
+            }
+            // Woken by the high watermark moving; the timer also notices a
+            // leadership change that no append follows.
+            let wake = (deadline - tokio::time::Instant::now()).min(Duration::from_millis(100));
+            if tokio::time::timeout(wake, moved).await.is_err()
+                && tokio::time::Instant::now() >= deadline
+            {
+                return Err(AckError::NotReplicated(format!(
+                    "the in-sync replicas of {} did not confirm the batch within {:?}",
+                    what(),
+                    self.settings.ack_timeout
+                )));
+            }
+        }
+        let in_sync = leading.committed.lock().len();
+        if in_sync < leading.min_in_sync {
+            // It is on fewer copies than promised: say so (Kafka's
+            // NOT_ENOUGH_REPLICAS_AFTER_APPEND).
+            return Err(AckError::NotEnoughReplicas {
+                what: what(),
+                in_sync,
+                min: leading.min_in_sync,
+            });
+        }
+        if !lease_valid() {
+            return Err(AckError::NotReplicated(format!(
+                "this broker's lease lapsed before it could confirm a batch of {}",
+                what()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Answers a follower: where its log left this one's history, or the
+    /// batches after its end (waiting up to `max_wait` for some).
+    pub async fn replica_fetch(
+        &self,
+        request: &ReplicaFetchRequest,
+        max_wait: Duration,
+    ) -> Result<ReplicaFetchResponse, ReplicaFetchError> {
+        let what = || format!("{}/{}", request.topic, request.partition);
+        let leading = self
+            .leading
+            .get(&(request.topic.clone(), request.partition))
+            .map(|l| l.clone())
+            .ok_or_else(|| ReplicaFetchError::NotLeading(what()))?;
+        if leading.epoch != request.leader_epoch {
+            return Err(ReplicaFetchError::EpochMismatch {
+                what: what(),
+                ours: leading.epoch,
+                theirs: request.leader_epoch,
+            });
+        }
+        let log = &leading.log;
+        let offset = Offset(request.offset);
+        let answer = |diverging_at: Option<Offset>, fetched: Option<crate::storage::Fetched>| {
+            let epochs = log
+                .epochs_after(request.last_epoch)
+                .into_iter()
+                .map(|e| WireEpoch {
+                    epoch: e.epoch,
+                    start: e.start.0,
+                })
+                .collect();
+            ReplicaFetchResponse {
+                leader_epoch: leading.epoch,
+                high_watermark: log.high_watermark().unwrap_or(Offset(0)).0,
+                log_start: log.start_offset().0,
+                log_end: log.next_offset().0,
+                diverging_at: diverging_at.map(|o| o.0),
+                epochs,
+                batches: fetched.map(|f| f.batches).unwrap_or_default(),
+            }
+        };
+        if let Some(at) = divergence(log, offset, request.last_epoch) {
+            return Ok(answer(Some(at), None));
+        }
+        {
+            let mut progress = leading.progress.lock();
+            progress.record_fetch(
+                NodeId(request.replica),
+                offset,
+                log.next_offset(),
+                self.now_ms(),
+            );
+            log.set_high_watermark(progress.high_watermark());
+        }
+        let deadline = tokio::time::Instant::now() + max_wait;
+        let max_bytes = u64::from(request.max_bytes.max(1));
+        loop {
+            let moved = log.visible_end_moved();
+            tokio::pin!(moved);
+            moved.as_mut().enable();
+            let fetched = log
+                .read_replica(offset, max_bytes)
+                .map_err(|source| BrokerError::Storage {
+                    context: format!("reading {} for a replica at {offset}", what()),
+                    source,
+                })?;
+            if !fetched.batches.is_empty()
+                || tokio::time::Instant::now() >= deadline
+                || !self.leads(&request.topic, request.partition, leading.epoch)
+            {
+                return Ok(answer(None, Some(fetched)));
+            }
+            let _ = tokio::time::timeout_at(deadline, moved).await;
+        }
+    }
+}
+
+/// Where a follower whose log ends at `offset`, with `last_epoch` its
+/// latest epoch, must cut its log: `None` if its log is a prefix of this
+/// one's. The leader's end of that epoch is where both agree up to (the
+/// follower may have less).
+fn divergence(log: &PartitionLog, offset: Offset, last_epoch: u64) -> Option<Offset> {
+    if offset == Offset(0) {
+        return None;
+    }
+    if last_epoch == 0 {
+        // Records but no epochs: nothing to match them by.
+        return Some(log.start_offset());
+    }
+    match log.epoch_end(last_epoch) {
+        Some(end) if end.epoch == last_epoch && end.start >= offset => None,
+        Some(end) => Some(end.start.min(offset)),
+        None => Some(log.start_offset()),
+    }
+}
+
+impl ClusterNode {
+    /// Brings this broker's roles in line with `state`: starts leading the
+    /// replicated partitions it holds (a new epoch in its log), follows the
+    /// others it has a copy of, stops what it no longer does.
+    pub(super) async fn reconcile(self: &Arc<Self>, state: &ClusterState) {
+        let me = self.id();
+        let replicas = &self.replicas;
+        let mut lead: HashMap<(String, u32), &Assignment> = HashMap::new();
+        let mut follow: HashMap<(String, u32), (NodeId, u64)> = HashMap::new();
+        for (topic, parts) in &state.assignments {
+            for (p, a) in parts.iter().enumerate() {
+                if !a.replicated() || !a.replicas.contains(&me) {
+                    continue;
+                }
+                let key = (topic.clone(), p as u32);
+                if a.holder == me {
+                    lead.insert(key, a);
+                } else {
+                    follow.insert(key, (a.holder, a.leader_epoch));
+                }
+            }
+        }
+        // Followers first: a partition this broker is about to lead must
+        // have its fetcher stopped before the epoch begins.
+        {
+            let mut following = replicas.following.lock().await;
+            let stale: Vec<(String, u32)> = following
+                .iter()
+                .filter(|(k, f)| follow.get(*k) != Some(&(f.leader, f.epoch)))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for key in stale {
+                if let Some(f) = following.remove(&key) {
+                    f.stop.cancel();
+                    let _ = f.task.await;
+                }
+            }
+            for (key, (leader, epoch)) in &follow {
+                if following.contains_key(key) {
+                    continue;
+                }
+                let Some(addr) = state.members.get(leader).map(|m| m.client_addr.clone()) else {
+                    continue;
+                };
+                let stop = CancellationToken::new();
+                let task = tokio::spawn(self.clone().follow(
+                    key.0.clone(),
+                    key.1,
+                    addr,
+                    *epoch,
+                    stop.clone(),
+                ));
+                following.insert(
+                    key.clone(),
+                    Following {
+                        leader: *leader,
+                        epoch: *epoch,
+                        stop,
+                        task,
+                    },
+                );
+            }
+        }
+        replicas
+            .leading
+            .retain(|k, l| lead.get(k).is_some_and(|a| a.leader_epoch == l.epoch));
+        for (key, a) in lead {
+            if let Some(leading) = replicas.leading.get(&key).map(|l| l.clone()) {
+                let committed: BTreeSet<NodeId> = a.in_sync.iter().copied().collect();
+                if *leading.committed.lock() != committed {
+                    *leading.committed.lock() = committed;
+                    leading.apply_in_sync();
+                }
+                continue;
+            }
+            if let Err(e) = self.start_leading(&key.0, key.1, a).await {
+                tracing::warn!(topic = %key.0, partition = key.1, error = %e, "cannot take the lead yet; retrying");
+            }
+        }
+    }
+
+    async fn start_leading(&self, topic: &str, partition: u32, a: &Assignment) -> Result<(), String> {
+        let log = self
+            .broker
+            .partition_log(topic, PartitionId(partition))
+            .map_err(|e| e.to_string())?;
+        let epoch = a.leader_epoch;
+        let started = {
+            let log = log.clone();
+            // Durable (an fsync): off the async workers.
+            tokio::task::spawn_blocking(move || log.begin_epoch(epoch))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?
+        };
+        // What it knew as a follower is on every in-sync replica; from
+        // there on the followers' fetches raise it.
+        let hwm = log
+            .high_watermark()
+            .unwrap_or(Offset(0))
+            .max(log.start_offset())
+            .min(log.next_offset());
+        let replicas = &self.replicas;
+        let progress = ReplicaProgress::new(
+            self.id(),
+            &a.replicas,
+            &a.in_sync,
+            hwm,
+            replicas.now_ms(),
+            replicas.settings.max_lag.as_millis() as u64,
+        );
+        let leading = Arc::new(Leading {
+            epoch,
+            log,
+            progress: parking_lot::Mutex::new(progress),
+            committed: parking_lot::Mutex::new(a.in_sync.iter().copied().collect()),
+            proposing: parking_lot::Mutex::new(None),
+            min_in_sync: replicas.settings.min_in_sync.min(a.replicas.len()),
+        });
+        leading.apply_in_sync();
+        replicas
+            .leading
+            .insert((topic.to_string(), partition), leading);
+        crate::metrics::LEADERSHIPS_TAKEN.inc();
+        tracing::info!(topic, partition, epoch, start = %started, high_watermark = %hwm, "leading partition");
+        Ok(())
+    }
+
+    /// Proposes in-sync set changes for the partitions this broker leads:
+    /// followers that stopped catching up leave, caught-up ones return.
+    pub(super) fn propose_in_sync(self: &Arc<Self>) {
+        let now = self.replicas.now_ms();
+        for entry in self.replicas.leading.iter() {
+            let ((topic, partition), leading) = (entry.key().clone(), entry.value().clone());
+            let Some(proposed) = leading.progress.lock().proposed_in_sync(now) else {
+                continue;
+            };
+            {
+                let mut proposing = leading.proposing.lock();
+                if proposing.is_some() {
+                    continue;
+                }
+                *proposing = Some(proposed.clone());
+            }
+            leading.apply_in_sync();
+            let node = self.clone();
+            tokio::spawn(async move {
+                let command = Command::SetInSync {
+                    topic: topic.clone(),
+                    partition,
+                    leader_epoch: leading.epoch,
+                    in_sync: proposed.iter().copied().collect(),
+                };
+                let outcome = node.submit(command).await;
+                tracing::info!(topic, partition, in_sync = ?proposed, outcome = ?outcome, "proposed an in-sync set");
+                // Decided either way: from the next committed state on,
+                // the committed set alone counts.
+                let mut state = node.state_watch();
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    state.wait_for(|s| {
+                        s.assignment(&topic, PartitionId(partition))
+                            .is_none_or(|a| a.leader_epoch != leading.epoch || a.in_sync.iter().copied().collect::<BTreeSet<_>>() == proposed)
+                    }),
+                )
+                .await;
+                *leading.proposing.lock() = None;
+                if let Some(a) = node.state().assignment(&topic, PartitionId(partition)) {
+                    if a.leader_epoch == leading.epoch {
+                        *leading.committed.lock() = a.in_sync.iter().copied().collect();
+                    }
+                }
+                leading.apply_in_sync();
+            });
+        }
+    }
+
+    /// One follower: fetches `(topic, partition)` from the leader at
+    /// `addr` at `epoch` until stopped.
+    async fn follow(
+        self: Arc<Self>,
+        topic: String,
+        partition: u32,
+        addr: String,
+        epoch: u64,
+        stop: CancellationToken,
+    ) {
+        let mut client: Option<spool_client::Client> = None;
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            if stop.is_cancelled() {
+                return;
+            }
+            let step = async {
+                let c = match &client {
+                    Some(c) => c.clone(),
+                    None => {
+                        let sock: std::net::SocketAddr = addr
+                            .parse()
+                            .map_err(|_| format!("leader address {addr:?} is not an address"))?;
+                        let c = spool_client::Client::connect(sock)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        client = Some(c.clone());
+                        c
+                    }
+                };
+                self.fetch_once(&c, &topic, partition, epoch).await
+            };
+            let result = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = step => r,
+            };
+            match result {
+                Ok(()) => backoff = Duration::from_millis(20),
+                Err(e) => {
+                    tracing::debug!(topic, partition, leader = %addr, epoch, error = %e, "replica fetch failed; retrying");
+                    client = None;
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                }
+            }
+        }
+    }
+
+    /// One fetch and what follows from it: a cut, or appends.
+    async fn fetch_once(
+        &self,
+        client: &spool_client::Client,
+        topic: &str,
+        partition: u32,
+        epoch: u64,
+    ) -> Result<(), String> {
+        let log = self
+            .broker
+            .partition_log(topic, PartitionId(partition))
+            .map_err(|e| e.to_string())?;
+        let end = log.next_offset();
+        let request = ReplicaFetchRequest {
+            topic: topic.to_string(),
+            partition,
+            replica: self.id().0,
+            leader_epoch: epoch,
+            offset: end.0,
+            last_epoch: log.latest_epoch().map_or(0, |e| e.epoch),
+            max_bytes: 1 << 20,
+            max_wait_ms: 500,
+        };
+        let answer = client.call(&request).await.map_err(|e| e.to_string())?;
+        if let Some(at) = answer.diverging_at {
+            let cut = Offset(at).max(log.start_offset());
+            tracing::warn!(topic, partition, from = %cut, end = %end, epoch, "cutting this replica's log where it left the leader's");
+            let log = log.clone();
+            tokio::task::spawn_blocking(move || log.truncate_to(cut))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            crate::metrics::REPLICA_TRUNCATIONS.inc();
+            return Ok(());
+        }
+        if answer.log_start > end.0 {
+            return Err(format!(
+                "the leader's log starts at {} (retention), past this replica's end {end}",
+                answer.log_start
+            ));
+        }
+        let mut rest: &[u8] = &answer.batches;
+        let mut noted = log.latest_epoch().map_or(0, |e| e.epoch);
+        while !rest.is_empty() {
+            let batch = Batch::validate(rest).map_err(|e| e.to_string())?;
+            let len = batch.bytes().len();
+            let base = batch.header().base_offset;
+            let next = batch.header().next_offset();
+            // Record each epoch that starts within this batch's range
+            // before the batch itself.
+            for e in &answer.epochs {
+                if e.epoch > noted && e.start < next.0 {
+                    log.note_epoch(e.epoch, Offset(e.start))
+                        .map_err(|err| err.to_string())?;
+                    noted = e.epoch;
+                }
+            }
+            let info = self
+                .broker
+                .append(topic, PartitionId(partition), batch.bytes())
+                .await
+                .map_err(|e| e.to_string())?;
+            if info.base_offset != base || info.duplicate {
+                return Err(format!(
+                    "a batch from the leader at {base} landed at {} here{}: the logs disagree",
+                    info.base_offset,
+                    if info.duplicate { " as a duplicate" } else { "" }
+                ));
+            }
+            rest = &rest[len..];
+        }
+        log.set_high_watermark(Offset(answer.high_watermark).min(log.next_offset()));
+        Ok(())
+    }
+}
