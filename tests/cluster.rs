@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::history::{self, Acked, Consumed, Violation};
 use common::cluster::{batch, eventually, index_of, metadata, Cluster};
+use common::history::{self, Acked, Consumed, Violation};
 use spool::client::{
     Client, Consumer, ConsumerConfig, Producer, ProducerConfig, StartAt, TopicOptions,
 };
@@ -792,10 +792,7 @@ async fn brokers_join_and_leave_under_load_without_losing_a_message() {
         Duration::from_secs(15),
         "admin with two brokers gone",
         || async {
-            match admin
-                .create_topic("after-removal", 3, unreplicated())
-                .await
-            {
+            match admin.create_topic("after-removal", 3, unreplicated()).await {
                 Ok(()) => Ok(()),
                 Err(e) if e.code() == Some(spool::protocol::ErrorCode::TopicExists) => Ok(()),
                 Err(e) => Err(e.to_string()),

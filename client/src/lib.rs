@@ -200,7 +200,14 @@ impl Client {
         let sock: SocketAddr = addr.parse().map_err(|_| {
             ClientError::Protocol(format!("broker address {addr:?} is not an address"))
         })?;
-        let conn = Arc::new(Connection::connect(sock, &self.options).await?);
+        // One attempt: a partition leader that refuses connections may be
+        // dead, and only fresh metadata (the caller's retry) says who
+        // leads now; backing off on the dead address would only wait.
+        let options = ConnectOptions {
+            connect_attempts: 1,
+            ..self.options.clone()
+        };
+        let conn = Arc::new(Connection::connect(sock, &options).await?);
         brokers.insert(addr.to_string(), conn.clone());
         Ok(conn)
     }
@@ -215,11 +222,10 @@ impl Client {
         partition: u32,
         request: &C,
     ) -> Result<C::Reply, ClientError> {
-        let first = self
-            .partition_connection(topic, partition)
-            .await?
-            .call(request)
-            .await;
+        let first = match self.partition_connection(topic, partition).await {
+            Ok(conn) => conn.call(request).await,
+            Err(e) => Err(e),
+        };
         match first {
             Err(e) if routing::is_routing_error(&e) => {
                 self.refresh_routes().await;
@@ -339,7 +345,22 @@ impl Client {
     pub async fn connection(&self) -> Result<Arc<Connection>, ClientError> {
         let mut conn = self.conn.lock().await;
         if conn.is_closed() {
-            let fresh = match Connection::connect(self.addr, &self.options).await {
+            // In a cluster other brokers can answer: one attempt at this
+            // one, then the others.
+            let clustered = self
+                .routes
+                .read()
+                .as_ref()
+                .is_some_and(|r| r.brokers.len() > 1);
+            let options = ConnectOptions {
+                connect_attempts: if clustered {
+                    1
+                } else {
+                    self.options.connect_attempts
+                },
+                ..self.options.clone()
+            };
+            let fresh = match Connection::connect(self.addr, &options).await {
                 Ok(fresh) => fresh,
                 Err(first) => {
                     let others: Vec<String> = self
@@ -353,7 +374,7 @@ impl Client {
                         let Ok(sock) = addr.parse::<SocketAddr>() else {
                             continue;
                         };
-                        if let Ok(c) = Connection::connect(sock, &self.options).await {
+                        if let Ok(c) = Connection::connect(sock, &options).await {
                             found = Some(c);
                             break;
                         }

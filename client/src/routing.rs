@@ -61,7 +61,12 @@ impl Routes {
 /// True if `err` means "this partition is served elsewhere, or not right
 /// now": the routes should be refreshed before a retry.
 pub(crate) fn is_routing_error(err: &ClientError) -> bool {
+    // A broker that cannot be reached may be dead: its partitions get new
+    // leaders once its lease lapses, and only fresh metadata says where.
     matches!(
+        err,
+        ClientError::Connect { .. } | ClientError::Disconnected(_)
+    ) || matches!(
         err.code(),
         Some(ErrorCode::NotLeader) | Some(ErrorCode::PartitionUnavailable)
     )

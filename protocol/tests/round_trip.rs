@@ -58,7 +58,13 @@ fn request() -> impl Strategy<Value = Request> {
             any::<u32>()
         )
             .prop_map(
-                |(topic, partition, (replica, leader_epoch, offset, last_epoch), max_bytes, max_wait_ms)| {
+                |(
+                    topic,
+                    partition,
+                    (replica, leader_epoch, offset, last_epoch),
+                    max_bytes,
+                    max_wait_ms,
+                )| {
                     Request::ReplicaFetch(ReplicaFetchRequest {
                         topic,
                         partition,
@@ -96,21 +102,19 @@ fn request() -> impl Strategy<Value = Request> {
             proptest::option::of(any::<u64>()),
             proptest::option::of(1..16u32)
         )
-            .prop_map(
-                |(name, partitions, sync, seg, ms, bytes, replication)| Request::CreateTopic(
-                    CreateTopicRequest {
-                        name,
-                        partitions,
-                        settings: TopicSettings {
-                            sync,
-                            segment_size_bytes: seg,
-                            retention_ms: ms,
-                            retention_bytes: bytes,
-                            replication,
-                        },
-                    }
-                )
-            ),
+            .prop_map(|(name, partitions, sync, seg, ms, bytes, replication)| {
+                Request::CreateTopic(CreateTopicRequest {
+                    name,
+                    partitions,
+                    settings: TopicSettings {
+                        sync,
+                        segment_size_bytes: seg,
+                        retention_ms: ms,
+                        retention_bytes: bytes,
+                        replication,
+                    },
+                })
+            }),
         name().prop_map(|name| Request::DeleteTopic(DeleteTopicRequest { name })),
         Just(Request::ListTopics(ListTopicsRequest)),
         name().prop_map(|name| Request::DescribeTopic(DescribeTopicRequest { name })),

@@ -29,13 +29,25 @@ pub struct LeaseTracker {
 }
 
 impl LeaseTracker {
-    /// This node has just become leader: every lease starts a fresh TTL
-    /// now, whatever the previous leader had timed.
-    pub fn on_leadership(&mut self, now: Instant, state: &ClusterState) {
+    /// This node has just become leader: each lease runs a TTL from the
+    /// last heartbeat this node heard of it (`heard`: brokers heartbeat
+    /// every voter), or a whole TTL from now if it heard none. A broker
+    /// that died with the old leader is thus expired a TTL after its
+    /// death, not a TTL after the election.
+    pub fn on_leadership(
+        &mut self,
+        now: Instant,
+        state: &ClusterState,
+        heard: &HashMap<LeaseHolder, Instant>,
+    ) {
         self.deadlines = state
             .leases
             .iter()
-            .map(|(holder, lease)| (*holder, now + Duration::from_millis(lease.ttl_ms)))
+            .map(|(holder, lease)| {
+                let ttl = Duration::from_millis(lease.ttl_ms);
+                let from = heard.get(holder).copied().unwrap_or(now);
+                (*holder, from + ttl)
+            })
             .collect();
         self.proposed.clear();
     }
@@ -121,7 +133,7 @@ mod tests {
         let mut state = cluster();
         let mut t = LeaseTracker::default();
         let start = Instant::now();
-        t.on_leadership(start, &state);
+        t.on_leadership(start, &state, &HashMap::new());
         let beat = Duration::from_millis(300);
         let mut now = start;
         let mut expired = Vec::new();
@@ -155,11 +167,38 @@ mod tests {
     }
 
     #[test]
+    fn a_new_leader_times_each_lease_from_the_last_heartbeat_it_heard() {
+        let state = cluster();
+        let mut t = LeaseTracker::default();
+        let start = Instant::now();
+        // Broker 3 was last heard 1.2 s before the takeover (it died with
+        // the old leader); broker 1 just now; broker 2 never.
+        let heard = HashMap::from([
+            (broker(1), start),
+            (broker(3), start - Duration::from_millis(1200)),
+        ]);
+        t.on_leadership(start, &state, &heard);
+        let due = |t: &mut LeaseTracker, ms: u64| -> Vec<LeaseHolder> {
+            t.due(start + Duration::from_millis(ms), &state)
+                .into_iter()
+                .filter_map(|c| match c {
+                    Command::ExpireLease { holder, .. } => Some(holder),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(due(&mut t, 200), vec![]);
+        assert_eq!(due(&mut t, 400), vec![broker(3)]);
+        // Broker 1 and 2 get their whole TTL (2 from the takeover).
+        assert_eq!(due(&mut t, TTL.as_millis() as u64 - 100), vec![]);
+    }
+
+    #[test]
     fn age_counts_from_the_last_heartbeat_or_the_takeover() {
         let state = cluster();
         let mut t = LeaseTracker::default();
         let start = Instant::now();
-        t.on_leadership(start, &state);
+        t.on_leadership(start, &state, &HashMap::new());
         t.heartbeat(broker(1), start + Duration::from_millis(300), &state);
         let now = start + Duration::from_millis(500);
         assert_eq!(
@@ -180,7 +219,7 @@ mod tests {
         let start = Instant::now();
         // The old leader last heard broker 2 long ago; the new leader does
         // not know that and must not act on it.
-        t.on_leadership(start, &state);
+        t.on_leadership(start, &state, &HashMap::new());
         assert!(t
             .due(start + TTL - Duration::from_millis(1), &state)
             .is_empty());
@@ -192,7 +231,7 @@ mod tests {
         let mut state = cluster();
         let mut t = LeaseTracker::default();
         let start = Instant::now();
-        t.on_leadership(start, &state);
+        t.on_leadership(start, &state, &HashMap::new());
         let later = start + TTL + Duration::from_millis(10);
         let first = t.due(later, &state);
         assert_eq!(first.len(), 3);

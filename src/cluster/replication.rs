@@ -335,12 +335,12 @@ impl Replicas {
             let moved = log.visible_end_moved();
             tokio::pin!(moved);
             moved.as_mut().enable();
-            let fetched = log
-                .read_replica(offset, max_bytes)
-                .map_err(|source| BrokerError::Storage {
-                    context: format!("reading {} for a replica at {offset}", what()),
-                    source,
-                })?;
+            let fetched =
+                log.read_replica(offset, max_bytes)
+                    .map_err(|source| BrokerError::Storage {
+                        context: format!("reading {} for a replica at {offset}", what()),
+                        source,
+                    })?;
             if !fetched.batches.is_empty()
                 || tokio::time::Instant::now() >= deadline
                 || !self.leads(&request.topic, request.partition, leading.epoch)
@@ -452,7 +452,12 @@ impl ClusterNode {
         }
     }
 
-    async fn start_leading(&self, topic: &str, partition: u32, a: &Assignment) -> Result<(), String> {
+    async fn start_leading(
+        &self,
+        topic: &str,
+        partition: u32,
+        a: &Assignment,
+    ) -> Result<(), String> {
         let log = self
             .broker
             .partition_log(topic, PartitionId(partition))
@@ -533,7 +538,11 @@ impl ClusterNode {
                     Duration::from_secs(1),
                     state.wait_for(|s| {
                         s.assignment(&topic, PartitionId(partition))
-                            .is_none_or(|a| a.leader_epoch != leading.epoch || a.in_sync.iter().copied().collect::<BTreeSet<_>>() == proposed)
+                            .is_none_or(|a| {
+                                a.leader_epoch != leading.epoch
+                                    || a.in_sync.iter().copied().collect::<BTreeSet<_>>()
+                                        == proposed
+                            })
                     }),
                 )
                 .await;
@@ -665,7 +674,11 @@ impl ClusterNode {
                 return Err(format!(
                     "a batch from the leader at {base} landed at {} here{}: the logs disagree",
                     info.base_offset,
-                    if info.duplicate { " as a duplicate" } else { "" }
+                    if info.duplicate {
+                        " as a duplicate"
+                    } else {
+                        ""
+                    }
                 ));
             }
             rest = &rest[len..];

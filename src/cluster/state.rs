@@ -533,8 +533,7 @@ impl ClusterState {
                         a.leader_epoch
                     ));
                 }
-                if !in_sync.contains(&a.holder) || in_sync.iter().any(|r| !a.replicas.contains(r))
-                {
+                if !in_sync.contains(&a.holder) || in_sync.iter().any(|r| !a.replicas.contains(r)) {
                     return Outcome::Refused(format!(
                         "{in_sync:?} is not a set of {topic}/{partition}'s replicas with its leader"
                     ));

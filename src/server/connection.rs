@@ -386,15 +386,16 @@ impl Handler {
                         // Checked and appended under the fence: see
                         // `ClusterNode::write_fence`.
                         let _fence = node.write_fence();
-                        handlers::cluster::check_serves(node, &r.topic, r.partition, true)
-                            .and_then(|()| {
+                        handlers::cluster::check_serves(node, &r.topic, r.partition, true).and_then(
+                            |()| {
                                 if all {
                                     node.replicas()
                                         .check_in_sync(&r.topic, r.partition)
                                         .map_err(|e| handlers::replica::ack_error(&e))?;
                                 }
                                 start()
-                            })
+                            },
+                        )
                     }
                     None => start(),
                 };

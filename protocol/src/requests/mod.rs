@@ -43,11 +43,11 @@ pub use metadata::{
 pub use produce::{
     Acks, InitProducerRequest, InitProducerResponse, ProduceRequest, ProduceResponse,
 };
-pub use replica::{ReplicaFetchRequest, ReplicaFetchResponse, WireEpoch};
 pub use queue::{
     AckRequest, DeliverRequest, DeliverResponse, NackRequest, SettleResponse, TouchRequest,
     WireDelivery, WireSettle,
 };
+pub use replica::{ReplicaFetchRequest, ReplicaFetchResponse, WireEpoch};
 pub use topics::{
     CreateTopicRequest, DeleteTopicRequest, DescribeTopicRequest, ListTopicsRequest,
     ListTopicsResponse, TopicSettings, WirePartition, WireSync, WireTopic,

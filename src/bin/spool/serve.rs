@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use spool::cluster::node::ClusterNode;
-use spool::cluster::replication::ReplicationSettings;
 use spool::cluster::raft::{ControlPlane, PeerRoutes, RaftTimings};
+use spool::cluster::replication::ReplicationSettings;
 use spool::cluster::state::Member;
 use spool::cluster::{ClusterState, NodeId};
 use spool::server::{http, Server, ServerConfig};

@@ -11,7 +11,7 @@ mod log_store;
 mod network;
 mod state_machine;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -108,6 +108,9 @@ pub(crate) struct LeaseDesk {
     own_lease_until: parking_lot::Mutex<Option<std::time::Instant>>,
     /// Heartbeats sent while no leader was known (picks the next voter).
     tried: std::sync::atomic::AtomicUsize,
+    /// When this node last heard each broker's heartbeat, leader or not:
+    /// what it starts its lease clock from if it becomes the leader.
+    heard: parking_lot::Mutex<HashMap<LeaseHolder, std::time::Instant>>,
     /// Set while a Raft membership change is under way (one at a time).
     changing_voters: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -122,6 +125,9 @@ impl LeaseDesk {
     /// A broker's heartbeat, counted if this node leads. A broker that is
     /// not a member yet (or moved) is added first; its lease starts alive.
     pub(crate) fn heartbeat(&self, member: Member) -> Result<(), String> {
+        self.heard
+            .lock()
+            .insert(LeaseHolder::Broker(member.id), std::time::Instant::now());
         if !self.leading() || self.leading_term.lock().is_none() {
             return Err(format!("broker {} is not the Raft leader", self.id));
         }
@@ -234,9 +240,9 @@ impl LeaseDesk {
                 let mut leading = self.leading_term.lock();
                 let mut tracker = self.tracker.lock();
                 if *leading != Some(term) {
-                    tracker.on_leadership(now, &state);
+                    tracker.on_leadership(now, &state, &self.heard.lock());
                     *leading = Some(term);
-                    tracing::info!(node = %self.id, term, leases = state.leases.len(), "leading: every lease starts a fresh TTL");
+                    tracing::info!(node = %self.id, term, leases = state.leases.len(), "leading: each lease runs from the last heartbeat heard here");
                 }
                 tracker.due(now, &state)
             };
@@ -326,6 +332,36 @@ impl LeaseDesk {
             }
             changing.store(false, Ordering::Release);
         });
+    }
+
+    /// Sends this broker's heartbeat to the voters that do not lead too
+    /// (not counted by them): a voter that becomes the leader then times
+    /// each lease from the last heartbeat it heard instead of giving every
+    /// broker (a dead one included) a whole fresh TTL, which would add a
+    /// TTL to every failover that loses the control plane's leader too.
+    async fn heartbeat_voters(self: Arc<Self>, stop: CancellationToken) {
+        let mut peer = network::PeerClient::default();
+        let mut tick = tokio::time::interval(LEASE_HEARTBEAT);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let leader = self.leader_peer().map(|(id, _)| id);
+            self.heard
+                .lock()
+                .insert(LeaseHolder::Broker(self.id), std::time::Instant::now());
+            for (id, addr) in &self.voters {
+                if Some(*id) == leader || *id == self.id {
+                    continue;
+                }
+                let addr = self.routes.dial(id.0, addr);
+                let request = network::PeerRequest::Heartbeat(self.me.clone());
+                // Short: a dead voter must not delay the others' beats.
+                let _ = peer.call(&addr, &request, LEASE_HEARTBEAT / 3).await;
+            }
+        }
     }
 
     /// Heartbeats the leader every [`LEASE_HEARTBEAT`] and records how long
@@ -487,6 +523,7 @@ impl ControlPlane {
             leading_term: parking_lot::Mutex::new(None),
             own_lease_until: parking_lot::Mutex::new(None),
             tried: std::sync::atomic::AtomicUsize::new(0),
+            heard: parking_lot::Mutex::default(),
             changing_voters: Arc::default(),
         });
         tokio::spawn(network::serve_peers(
@@ -497,6 +534,7 @@ impl ControlPlane {
         ));
         tokio::spawn(desk.clone().keep_leases(stop.clone()));
         tokio::spawn(desk.clone().heartbeat_leader(stop.clone()));
+        tokio::spawn(desk.clone().heartbeat_voters(stop.clone()));
 
         let fresh = raft.metrics().borrow().last_log_index.is_none();
         // Only voters start the group; another broker is added to it as a
