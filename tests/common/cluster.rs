@@ -23,6 +23,11 @@ pub struct Cluster {
     /// `links[i][k]`: the proxy broker `i` dials broker `k` through (with
     /// `Cluster::start_linked`); `links[i][i]` is unused.
     pub links: Vec<Vec<Option<Proxy>>>,
+    /// `fronts[i]`: the proxy in front of broker `i`'s client port, which
+    /// it advertises (with `Cluster::start_isolatable`): every other
+    /// broker (a follower fetching) and every routed client goes through
+    /// it; `brokers[i].addr` still reaches the broker directly.
+    pub fronts: Vec<Proxy>,
     /// Each broker's `spool serve` flags, to restart it as it was.
     pub flags: Vec<Vec<String>>,
     _dir: tempfile::TempDir,
@@ -30,26 +35,33 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn start(n: u64) -> Cluster {
-        Cluster::start_inner(n, false, &[])
+        Cluster::start_inner(n, false, false, &[])
     }
 
     /// A cluster whose brokers all get `extra` flags too.
     pub fn start_with(n: u64, linked: bool, extra: &[&str]) -> Cluster {
-        Cluster::start_inner(n, linked, extra)
+        Cluster::start_inner(n, linked, false, extra)
+    }
+
+    /// A cluster whose brokers can be cut off completely: every
+    /// broker-to-broker link and every broker's advertised client port
+    /// runs through its own proxy.
+    pub fn start_isolatable(n: u64, extra: &[&str]) -> Cluster {
+        Cluster::start_inner(n, true, true, extra)
     }
 
     /// A cluster whose every broker-to-broker link runs through its own
     /// proxy, so that links can be cut.
     pub fn start_linked(n: u64) -> Cluster {
-        Cluster::start_inner(n, true, &[])
+        Cluster::start_inner(n, true, false, &[])
     }
 
-    fn start_inner(n: u64, linked: bool, extra: &[&str]) -> Cluster {
+    fn start_inner(n: u64, linked: bool, fronted: bool, extra: &[&str]) -> Cluster {
         // Ports are picked free and then bound by the brokers: another
         // process can take one in between. Start afresh when that happens.
         let mut last = String::new();
         for _ in 0..3 {
-            match Cluster::try_start(n, linked, extra) {
+            match Cluster::try_start(n, linked, fronted, extra) {
                 Ok(cluster) => return cluster,
                 Err(e) => last = e,
             }
@@ -57,7 +69,7 @@ impl Cluster {
         panic!("cluster did not start: {last}");
     }
 
-    fn try_start(n: u64, linked: bool, extra: &[&str]) -> Result<Cluster, String> {
+    fn try_start(n: u64, linked: bool, fronted: bool, extra: &[&str]) -> Result<Cluster, String> {
         let dir = tempfile::tempdir().expect("tempdir");
         let clients: Vec<SocketAddr> = (0..n).map(|_| free_port()).collect();
         let peers: Vec<SocketAddr> = (0..n).map(|_| free_port()).collect();
@@ -67,6 +79,11 @@ impl Cluster {
             .map(|(i, a)| format!("{}={a}", i + 1))
             .collect::<Vec<_>>()
             .join(",");
+        let fronts: Vec<Proxy> = if fronted {
+            clients.iter().map(|c| Proxy::start(*c)).collect()
+        } else {
+            Vec::new()
+        };
         let links: Vec<Vec<Option<Proxy>>> = (0..n as usize)
             .map(|i| {
                 (0..n as usize)
@@ -97,6 +114,9 @@ impl Cluster {
                 if linked {
                     flags.extend(["--peer-route".to_string(), routes]);
                 }
+                if let Some(front) = fronts.get(i) {
+                    flags.extend(["--advertise".to_string(), front.addr.to_string()]);
+                }
                 flags.extend(extra.iter().map(|f| f.to_string()));
                 flags
             })
@@ -112,6 +132,7 @@ impl Cluster {
         Ok(Cluster {
             brokers,
             links,
+            fronts,
             flags,
             _dir: dir,
         })
@@ -144,8 +165,21 @@ impl Cluster {
         self.flags.push(flags);
     }
 
-    /// Cuts (or heals) every link to and from broker `i`.
+    /// Cuts (or heals) the proxy in front of broker `i`'s client port.
+    pub fn front(&self, i: usize, cut: bool) {
+        if let Some(front) = self.fronts.get(i) {
+            if cut {
+                front.cut();
+            } else {
+                front.heal();
+            }
+        }
+    }
+
+    /// Cuts (or heals) every link to and from broker `i` (its client port
+    /// too, if it is behind a front proxy).
     pub fn isolate(&self, i: usize, cut: bool) {
+        self.front(i, cut);
         for (a, row) in self.links.iter().enumerate() {
             for (b, proxy) in row.iter().enumerate() {
                 if let Some(proxy) = proxy.as_ref().filter(|_| a == i || b == i) {
