@@ -401,56 +401,6 @@ async fn kill_loop(acks: spool::client::Acks, kills: usize) -> KillLoop {
     }
 }
 
-/// Every producer message the cluster serves now, read through `client`.
-async fn read_cluster(
-    client: &Client,
-    topic: &str,
-    partitions: u32,
-) -> Vec<common::history::Consumed> {
-    use spool::protocol::requests::FetchRequest;
-    let mut out = Vec::new();
-    for p in 0..partitions {
-        let mut offset = 0;
-        loop {
-            let request = FetchRequest {
-                topic: topic.to_string(),
-                partition: p,
-                offset,
-                max_bytes: 1 << 20,
-                max_wait_ms: 0,
-            };
-            let fetched = match client.call_partition(topic, p, &request).await {
-                Ok(f) => f,
-                Err(e) => {
-                    eprintln!("reading {topic}/{p}: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let mut rest: &[u8] = &fetched.batches;
-            while !rest.is_empty() {
-                let batch = spool::Batch::validate(rest).expect("valid batch");
-                for r in batch.records() {
-                    if let Some(seq) = seq_of(r.value) {
-                        out.push(common::history::Consumed {
-                            partition: p,
-                            offset: r.offset.0,
-                            key: r.key.map(|k| k.to_vec()).unwrap_or_default(),
-                            seq,
-                        });
-                    }
-                }
-                rest = &rest[batch.bytes().len()..];
-            }
-            offset = fetched.next_offset;
-            if offset >= fetched.log_end {
-                break;
-            }
-        }
-    }
-    out
-}
-
 /// Every producer message in a broker's copy, in log order per partition.
 fn stored_history(copy: &[Vec<ReadRecord>]) -> Vec<common::history::Consumed> {
     copy.iter()
@@ -675,4 +625,151 @@ async fn a_returning_leader_cuts_what_the_new_leader_never_had() {
         (1000..1050).collect::<Vec<u64>>(),
         "exactly the acks=leader messages are lost"
     );
+}
+
+/// A paused follower (SIGSTOP, longer than a lease) leaves the in-sync
+/// set and acks=all goes on with the other two; continued, it catches up
+/// and is back in the set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_follower_leaves_the_in_sync_set_and_returns_when_caught_up() {
+    use rustix::process::Signal;
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(3);
+    let admin = cluster.client(0).await;
+    cluster.ready(&admin, 3).await;
+    admin
+        .create_topic("p", 1, replicated(3))
+        .await
+        .expect("create");
+    fully_replicated(&cluster, "p", 1, 3).await;
+    let before = partition(&metadata(&admin).await.expect("metadata"), "p", 0).clone();
+    let leader = before.leader.expect("leader");
+    let follower = before
+        .replicas
+        .iter()
+        .map(|r| r.broker)
+        .find(|b| *b != leader)
+        .expect("a follower");
+    let fi = (follower - 1) as usize;
+    let client = cluster.client((fi + 1) % 3).await;
+    cluster.signal(fi, Signal::STOP);
+    let paused_at = Instant::now();
+    let mut n = 0u64;
+    let mut slowest = Duration::ZERO;
+    // Writes go on while it is paused: the first wait for its lease to
+    // lapse (acks=all waits for every in-sync replica), later ones do not.
+    while paused_at.elapsed() < Duration::from_secs(5) {
+        let sent = Instant::now();
+        client
+            .produce_batch("p", 0, seq_batch("k", n..n + 10))
+            .await
+            .expect("acks=all with one follower paused");
+        slowest = slowest.max(sent.elapsed());
+        n += 10;
+    }
+    let during = partition(&metadata(&client).await.expect("metadata"), "p", 0).clone();
+    let in_sync: Vec<u64> = during
+        .replicas
+        .iter()
+        .filter(|r| r.in_sync)
+        .map(|r| r.broker)
+        .collect();
+    assert!(
+        !in_sync.contains(&follower) && in_sync.len() == 2,
+        "paused broker {follower} still in sync: {during:?}"
+    );
+    eprintln!("{n} messages acknowledged during a 5 s pause; slowest produce {slowest:?}");
+    assert!(n >= 100, "only {n} messages in 5 s");
+    assert!(slowest < Duration::from_secs(4), "a produce waited {slowest:?}");
+    cluster.signal(fi, Signal::CONT);
+    let rejoined = Instant::now();
+    fully_replicated(&cluster, "p", 1, 3).await;
+    eprintln!("back in sync {:?} after SIGCONT", rejoined.elapsed());
+    let after = partition(&metadata(&client).await.expect("metadata"), "p", 0).clone();
+    assert_eq!(after.leader, Some(leader), "leadership moved: {after:?}");
+    assert!(after.replicas.iter().all(|r| r.in_sync), "{after:?}");
+}
+
+/// The leader is cut off from everything (peers and clients): it loses its
+/// lease and stops acknowledging, a follower takes over, and nothing the
+/// old leader acknowledged after the cut (to a client on its side of the
+/// cut) is missing from or contradicts the new leader's log. Healed, it
+/// rejoins as a follower with the same log as the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_stops_acknowledging_and_loses_nothing_it_acknowledged() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::start_isolatable(3, &[]);
+    let admin = cluster.client(0).await;
+    cluster.ready(&admin, 3).await;
+    admin
+        .create_topic("cut", 1, replicated(3))
+        .await
+        .expect("create");
+    fully_replicated(&cluster, "cut", 1, 3).await;
+    let old = partition(&metadata(&admin).await.expect("metadata"), "cut", 0).clone();
+    let l = old.leader.expect("leader");
+    let li = (l - 1) as usize;
+    let mut acked = Vec::new();
+    for i in 0..10 {
+        admin
+            .produce_batch("cut", 0, seq_batch("a", i * 5..i * 5 + 5))
+            .await
+            .expect("before the cut");
+        acked.extend(acked_range("a", i * 5..i * 5 + 5));
+    }
+    cluster.isolate(li, true);
+    let cut_at = Instant::now();
+    // A client on the leader's side of the cut keeps writing to it.
+    let inside = Client::connect(cluster.brokers[li].addr)
+        .await
+        .expect("inside");
+    let mut seq = 100u64;
+    let mut refused = 0;
+    while cut_at.elapsed() < Duration::from_secs(4) {
+        let request = spool::protocol::requests::ProduceRequest {
+            topic: "cut".into(),
+            partition: 0,
+            acks: spool::client::Acks::All,
+            batch: seq_batch("b", seq..seq + 5),
+        };
+        match tokio::time::timeout(Duration::from_millis(500), inside.call(&request)).await {
+            Ok(Ok(_)) => acked.extend(acked_range("b", seq..seq + 5)),
+            _ => refused += 1,
+        }
+        seq += 5;
+    }
+    assert!(refused > 0, "the cut-off leader kept acknowledging");
+    // The others elect a new leader and take writes.
+    let outside = cluster.client((li + 1) % 3).await;
+    let new = eventually(Duration::from_secs(10), "a new leader", || async {
+        let m = metadata(&outside).await.map_err(|e| e.to_string())?;
+        let p = partition(&m, "cut", 0).clone();
+        match p.leader {
+            Some(n) if n != l => Ok(p),
+            other => Err(format!("leader {other:?}")),
+        }
+    })
+    .await;
+    assert!(new.leader_epoch > old.leader_epoch);
+    for i in 0..10 {
+        eventually(Duration::from_secs(10), "acks=all at the new leader", || async {
+            outside
+                .produce_batch("cut", 0, seq_batch("c", 5000 + i * 5..5000 + i * 5 + 5))
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .await;
+        acked.extend(acked_range("c", 5000 + i * 5..5000 + i * 5 + 5));
+    }
+    cluster.isolate(li, false);
+    fully_replicated(&cluster, "cut", 1, 3).await;
+    for b in &mut cluster.brokers {
+        b.terminate();
+    }
+    let copies = copies(&cluster, "cut", 1);
+    for (i, copy) in copies.iter().enumerate() {
+        assert!(copy[0] == copies[0][0], "broker {} differs", i + 1);
+    }
+    let violations = common::history::check(&acked, &stored_history(&copies[0]));
+    assert!(violations.is_empty(), "{violations:?}");
 }
