@@ -186,9 +186,12 @@ impl Client {
             .read()
             .as_ref()
             .and_then(|r| r.leader(topic, partition).map(str::to_string));
+        // Always by address: the home connection may have moved to another
+        // broker while this one was down, and would then carry the
+        // partition's requests to a broker that does not lead it.
         match leader {
-            Some(addr) if addr != self.addr.to_string() => self.broker_connection(&addr).await,
-            _ => self.connection().await,
+            Some(addr) => self.broker_connection(&addr).await,
+            None => self.connection().await,
         }
     }
 
