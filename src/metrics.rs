@@ -76,6 +76,12 @@ metric!(RAFT_APPLIED: IntGauge = register_int_gauge_with_registry!(
     "spool_raft_applied_index", "Last Raft log index applied to the cluster state here", REGISTRY));
 metric!(PLACEMENT_EPOCH: IntGauge = register_int_gauge_with_registry!(
     "spool_placement_epoch", "Placement epoch of the cluster state applied here", REGISTRY));
+metric!(UNDER_REPLICATED: IntGauge = register_int_gauge_with_registry!(
+    "spool_under_replicated_partitions", "Replicated partitions this broker leads whose in-sync set lacks a replica", REGISTRY));
+metric!(REPLICATION_LAG: IntGauge = register_int_gauge_with_registry!(
+    "spool_replication_lag_records_max", "Largest lag, in records, of any follower of a partition this broker leads", REGISTRY));
+metric!(LEADING_REPLICATED: IntGauge = register_int_gauge_with_registry!(
+    "spool_leading_replicated_partitions", "Replicated partitions this broker leads", REGISTRY));
 metric!(LEADERSHIPS_TAKEN: IntCounter = register_int_counter_with_registry!(
     "spool_leaderships_taken_total", "Replicated partitions this broker started leading (each a new leader epoch: failovers and restarts)", REGISTRY));
 metric!(REPLICA_TRUNCATIONS: IntCounter = register_int_counter_with_registry!(
@@ -109,6 +115,9 @@ pub fn register_all() {
     LazyLock::force(&PLACEMENT_CHANGES);
     LazyLock::force(&HANDOFF_PAUSE_SECONDS);
     LazyLock::force(&LEADERSHIPS_TAKEN);
+    LazyLock::force(&UNDER_REPLICATED);
+    LazyLock::force(&REPLICATION_LAG);
+    LazyLock::force(&LEADING_REPLICATED);
     LazyLock::force(&REPLICA_TRUNCATIONS);
     LazyLock::force(&RAFT_TERM);
     LazyLock::force(&RAFT_LEADER);

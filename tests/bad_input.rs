@@ -121,8 +121,8 @@ impl Raw {
     fn handshake(&mut self) {
         self.send(
             &Request::Handshake(HandshakeRequest {
-                min_version: 1,
-                max_version: 1,
+                min_version: spool::protocol::requests::PROTOCOL_VERSION_MIN,
+                max_version: spool::protocol::requests::PROTOCOL_VERSION_MAX,
                 features: 0,
                 client_id: "raw".into(),
             }),
@@ -534,8 +534,8 @@ async fn tokio_handshake(server: &SpoolServer) -> tokio::net::TcpStream {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     let hello = Request::Handshake(HandshakeRequest {
-        min_version: 1,
-        max_version: 1,
+        min_version: spool::protocol::requests::PROTOCOL_VERSION_MIN,
+        max_version: spool::protocol::requests::PROTOCOL_VERSION_MAX,
         features: 0,
         client_id: "large".into(),
     })

@@ -84,6 +84,7 @@ impl ClusterNode {
             let now = state.borrow_and_update().clone();
             self.reconcile(&now).await;
             self.propose_in_sync();
+            self.publish_replication_metrics();
             tokio::select! {
                 _ = self.stop.cancelled() => return,
                 changed = state.changed() => if changed.is_err() { return },

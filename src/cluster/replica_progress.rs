@@ -109,6 +109,20 @@ impl ReplicaProgress {
         self.high_watermark
     }
 
+    /// Replicas, the leader included.
+    pub fn replica_count(&self) -> usize {
+        self.followers.len() + 1
+    }
+
+    /// The largest number of records any follower is behind `leader_end`.
+    pub fn max_lag(&self, leader_end: Offset) -> u64 {
+        self.followers
+            .values()
+            .map(|f| leader_end.0.saturating_sub(f.position.0))
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Where `follower` is, if it is a follower.
     pub fn position(&self, follower: NodeId) -> Option<Offset> {
         self.followers.get(&follower).map(|f| f.position)

@@ -504,6 +504,25 @@ impl ClusterNode {
         Ok(())
     }
 
+    /// Publishes the replication gauges for the partitions this broker
+    /// leads.
+    pub(super) fn publish_replication_metrics(&self) {
+        let (mut under, mut lag, mut led) = (0i64, 0u64, 0i64);
+        for entry in self.replicas.leading.iter() {
+            let leading = entry.value();
+            led += 1;
+            let end = leading.log.next_offset();
+            let progress = leading.progress.lock();
+            if leading.committed.lock().len() < progress.replica_count() {
+                under += 1;
+            }
+            lag = lag.max(progress.max_lag(end));
+        }
+        crate::metrics::UNDER_REPLICATED.set(under);
+        crate::metrics::REPLICATION_LAG.set(lag as i64);
+        crate::metrics::LEADING_REPLICATED.set(led);
+    }
+
     /// Proposes in-sync set changes for the partitions this broker leads:
     /// followers that stopped catching up leave, caught-up ones return.
     pub(super) fn propose_in_sync(self: &Arc<Self>) {

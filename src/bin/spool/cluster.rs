@@ -47,7 +47,9 @@ pub enum ClusterCommand {
         addr: String,
     },
     /// Brokers (alive or expired), the control plane's leader, the
-    /// placement epoch, and how many partitions each broker leads.
+    /// placement epoch, how many partitions each broker leads, and each
+    /// replicated partition's leader, leader epoch, in-sync replicas and
+    /// followers' lag.
     #[command(
         after_help = "Examples:\n  spool cluster status --addr 127.0.0.1:7070,127.0.0.1:7071"
     )]
@@ -122,6 +124,16 @@ pub async fn run(command: ClusterCommand) -> Result<(), Failure> {
                     }
                 }
             }
+            // Followers' lag is known only to each partition's leader.
+            let mut views = Vec::new();
+            for b in m.brokers.iter().filter(|b| b.alive) {
+                if let Ok(c) = crate::connect(&b.addr).await {
+                    if let Ok(view) = c.call(&MetadataRequest).await {
+                        views.push(view);
+                    }
+                }
+            }
+            merge_lags(&mut m, &views);
             print!("{}", status(&m));
         }
     }
@@ -178,5 +190,76 @@ fn status(m: &MetadataResponse) -> String {
     if unavailable > 0 {
         let _ = writeln!(out, "unavailable partitions: {unavailable}");
     }
+    let replicated: Vec<_> = m
+        .topics
+        .iter()
+        .flat_map(|t| t.partitions.iter().map(move |p| (t.name.as_str(), p)))
+        .filter(|(_, p)| p.replicas.len() > 1)
+        .collect();
+    if replicated.is_empty() {
+        return out;
+    }
+    let under = replicated
+        .iter()
+        .filter(|(_, p)| p.replicas.iter().any(|r| !r.in_sync))
+        .count();
+    let _ = writeln!(
+        out,
+        "replicated partitions: {} ({under} under-replicated)",
+        replicated.len()
+    );
+    for (topic, p) in replicated {
+        let ids = |f: &dyn Fn(&spool::protocol::requests::WireReplica) -> bool| {
+            p.replicas
+                .iter()
+                .filter(|r| f(r))
+                .map(|r| r.broker.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let lags = p
+            .replicas
+            .iter()
+            .filter(|r| Some(r.broker) != p.leader)
+            .map(|r| {
+                let lag = r.lag.map_or_else(|| "?".to_string(), |l| l.to_string());
+                format!("{}:{lag}", r.broker)
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+        let _ = writeln!(
+            out,
+            "  {topic}/{}	leader {}	epoch {}	replicas {}	in-sync {}	lag {lags}",
+            p.partition,
+            p.leader
+                .map_or_else(|| "NONE".to_string(), |l| l.to_string()),
+            p.leader_epoch,
+            ids(&|_| true),
+            ids(&|r| r.in_sync),
+        );
+    }
     out
+}
+
+/// Copies each partition's replica list (with the followers' lag) from
+/// the view of the broker that leads it: only a leader knows its
+/// followers' positions.
+fn merge_lags(m: &mut MetadataResponse, views: &[MetadataResponse]) {
+    for t in &mut m.topics {
+        for p in &mut t.partitions {
+            let at_leader = views
+                .iter()
+                .flat_map(|v| v.topics.iter().filter(|x| x.name == t.name))
+                .flat_map(|x| x.partitions.iter())
+                .find(|x| {
+                    x.partition == p.partition
+                        && x.leader == p.leader
+                        && x.leader_epoch == p.leader_epoch
+                        && x.replicas.iter().any(|r| r.lag.is_some())
+                });
+            if let Some(found) = at_leader {
+                p.replicas = found.replicas.clone();
+            }
+        }
+    }
 }

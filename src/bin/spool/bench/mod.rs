@@ -31,8 +31,18 @@ use self::payload::{check, fillers, write_payload, Seen, PAYLOAD_HEADER};
 use self::report::{Latency, Report};
 use crate::{resolve, Failure};
 
+mod local_cluster;
 mod payload;
 mod report;
+
+/// When a produce counts as stored (see `ProducerConfig::acks`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AcksArg {
+    /// Every in-sync replica has it.
+    All,
+    /// The leader has it.
+    Leader,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
@@ -48,6 +58,7 @@ pub enum Mode {
   spool bench                                           # 1M x 100 B, in-process broker
   spool bench --size 1024 --consumers 0 --sync always   # produce only, fsync per batch
   spool bench --mode queue --consumers 4 --partitions 4 # a queue group, every message acked
+  spool bench --replication 3 --partitions 3            # a local 3-broker cluster, acks=all
   spool bench --addr 127.0.0.1:7070 --duration-secs 30 --rate 10000 --json")]
 pub struct BenchArgs {
     /// Benchmark a running broker instead of starting one.
@@ -93,6 +104,14 @@ pub struct BenchArgs {
     /// Producers without idempotence (to measure what it costs).
     #[arg(long)]
     no_idempotence: bool,
+    /// Copies of each partition. Above 1 without --addr, the bench starts
+    /// a cluster of this many brokers (at least 3) as local processes.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    replication: u32,
+    /// When a produce counts as stored: every in-sync replica has it, or
+    /// the leader alone.
+    #[arg(long, value_enum, default_value_t = AcksArg::All)]
+    acks: AcksArg,
     /// Print one JSON object at the end instead of a table.
     #[arg(long)]
     json: bool,
@@ -141,8 +160,16 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
             "--producers and --partitions must be at least 1",
         ));
     }
+    let mut local_cluster = None;
     let (addr, embedded) = match &args.addr {
         Some(addr) => (resolve(addr)?, None),
+        None if args.replication > 1 => {
+            let cluster =
+                local_cluster::LocalCluster::start(args.replication.max(3) as usize).await?;
+            let addr = cluster.addrs[0];
+            local_cluster = Some(cluster);
+            (addr, None)
+        }
         None => {
             let embedded = Embedded::start(args.data.as_deref()).await?;
             (embedded.addr, Some(embedded))
@@ -161,6 +188,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
     let options = TopicOptions {
         sync: Some(sync),
         retention_ms: Some(0),
+        replication: Some(args.replication),
         ..TopicOptions::default()
     };
     admin.create_topic(&topic, args.partitions, options).await?;
@@ -287,6 +315,8 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
         producers: args.producers,
         consumers: args.consumers,
         partitions: args.partitions,
+        replication: args.replication,
+        acks: format!("{:?}", args.acks).to_lowercase(),
         messages_produced: produced,
         messages_verified: verified,
         duplicates,
@@ -317,6 +347,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
     if let Some(embedded) = embedded {
         embedded.stop().await;
     }
+    drop(local_cluster);
     if errors.is_empty() {
         Ok(())
     } else {
@@ -408,6 +439,10 @@ async fn produce(
         batch_bytes: args.batch_bytes,
         linger: Duration::from_millis(args.linger_ms),
         idempotent: !args.no_idempotence,
+        acks: match args.acks {
+            AcksArg::All => spool::client::Acks::All,
+            AcksArg::Leader => spool::client::Acks::Leader,
+        },
         ..ProducerConfig::default()
     };
     let producer = Producer::new(client, config);

@@ -37,6 +37,8 @@ pub(super) struct Report {
     pub producers: u32,
     pub consumers: u32,
     pub partitions: u32,
+    pub replication: u32,
+    pub acks: String,
     pub messages_produced: u64,
     pub messages_verified: u64,
     pub duplicates: u64,
@@ -72,14 +74,16 @@ impl Report {
     /// The human-readable table.
     pub(super) fn print_table(&self) {
         println!(
-            "spool bench: {} msgs of {} B, {} producers, {} consumers, {} partitions, mode {}, sync {}",
+            "spool bench: {} msgs of {} B, {} producers, {} consumers, {} partitions, mode {}, sync {}, replication {} (acks {})",
             self.messages_produced,
             self.size,
             self.producers,
             self.consumers,
             self.partitions,
             self.mode,
-            self.sync
+            self.sync,
+            self.replication,
+            self.acks
         );
         println!(
             "  produce  {:>12.0} msg/s  {:>9.1} MB/s",
