@@ -21,12 +21,10 @@ pub struct LocalCluster {
     _dir: tempfile::TempDir,
 }
 
-fn free_port() -> Result<SocketAddr, Failure> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| Failure::io("picking a free port", e))?;
-    listener
-        .local_addr()
-        .map_err(|e| Failure::io("picking a free port", e))
+fn free_port() -> Result<SocketAddr, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("picking a free port: {e}"))
 }
 
 impl LocalCluster {
@@ -48,9 +46,7 @@ impl LocalCluster {
     async fn try_start(n: usize) -> Result<LocalCluster, String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let peers: Vec<SocketAddr> = (0..n)
-            .map(|_| free_port().map_err(|e| e.to_string()))
-            .collect::<Result<_, _>>()?;
+        let peers: Vec<SocketAddr> = (0..n).map(|_| free_port()).collect::<Result<_, _>>()?;
         let peer_list = peers
             .iter()
             .enumerate()
@@ -65,7 +61,7 @@ impl LocalCluster {
         for (i, peer) in peers.iter().enumerate() {
             let data = cluster._dir.path().join(format!("broker-{}", i + 1));
             std::fs::create_dir_all(&data).map_err(|e| e.to_string())?;
-            let listen = free_port().map_err(|e| e.to_string())?;
+            let listen = free_port()?;
             let mut child = Command::new(&exe)
                 .arg("serve")
                 .arg("--data")
