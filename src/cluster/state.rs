@@ -159,6 +159,18 @@ pub enum Command {
         /// The new set, the leader included.
         in_sync: Vec<NodeId>,
     },
+    /// Hand a replicated partition's leadership back to its preferred
+    /// (first) replica, which is alive and in sync: after failovers and
+    /// restarts leadership would otherwise pile up on the survivors.
+    /// Applied only at `leader_epoch`.
+    PreferLeader {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// The epoch the decision was made at.
+        leader_epoch: u64,
+    },
 }
 
 /// What applying a command did.
@@ -553,7 +565,44 @@ impl ClusterState {
                 a.in_sync = set;
                 Outcome::Applied
             }
+            Command::PreferLeader {
+                topic,
+                partition,
+                leader_epoch,
+            } => {
+                let eligible =
+                    self.off_preferred()
+                        .contains(&(topic.clone(), *partition, *leader_epoch));
+                match self.assignment_mut(topic, *partition) {
+                    Some(a) if eligible => {
+                        let preferred = a.replicas[0];
+                        a.lead(preferred);
+                        self.placement_epoch += 1;
+                        Outcome::Applied
+                    }
+                    _ => Outcome::Unchanged,
+                }
+            }
         }
+    }
+
+    /// Replicated partitions whose preferred replica is alive and in sync
+    /// but does not lead: `(topic, partition, leader epoch)`.
+    pub fn off_preferred(&self) -> Vec<(String, u32, u64)> {
+        let mut out = Vec::new();
+        for (topic, parts) in &self.assignments {
+            for (p, a) in parts.iter().enumerate() {
+                let preferred = a.replicas[0];
+                if a.replicated()
+                    && a.holder != preferred
+                    && a.in_sync.contains(&preferred)
+                    && self.is_alive(preferred)
+                {
+                    out.push((topic.clone(), p as u32, a.leader_epoch));
+                }
+            }
+        }
+        out
     }
 
     /// A broker's lease expired: every replicated partition it led moves to
@@ -846,6 +895,116 @@ mod tests {
             s.apply(&commit(vec![(0, 1)])),
             Outcome::Refused(_)
         ));
+    }
+
+    fn replicated() -> ClusterState {
+        let mut s = ClusterState::new(1500);
+        for id in 1..=3 {
+            s.apply(&Command::AddMember(member(id)));
+        }
+        let create = Command::CreateTopic {
+            name: "r".into(),
+            spec: TopicSpec {
+                config: TopicConfig::new(6),
+                replication: 3,
+            },
+        };
+        assert_eq!(s.apply(&create), Outcome::Applied);
+        s
+    }
+
+    fn expire(s: &mut ClusterState, id: NodeId) {
+        let generation = s.leases[&LeaseHolder::Broker(id)].generation;
+        let expiry = Command::ExpireLease {
+            holder: LeaseHolder::Broker(id),
+            generation,
+        };
+        assert_eq!(s.apply(&expiry), Outcome::Applied);
+    }
+
+    #[test]
+    fn a_dead_leader_is_replaced_by_the_next_live_in_sync_replica_with_a_new_epoch() {
+        let mut s = replicated();
+        let p = PartitionId(0);
+        let a = s.assignment("r", p).expect("assigned").clone();
+        assert_eq!(a.replicas.len(), 3);
+        assert_eq!(a.in_sync, a.replicas);
+        assert_eq!((a.holder, a.leader_epoch), (a.replicas[0], 1));
+        // Too many copies for the brokers there are: refused.
+        let too_many = Command::CreateTopic {
+            name: "x".into(),
+            spec: TopicSpec {
+                config: TopicConfig::new(1),
+                replication: 4,
+            },
+        };
+        assert!(matches!(s.apply(&too_many), Outcome::Refused(_)));
+
+        // The second replica leaves the in-sync set (the leader said so),
+        // then the leader dies: the third, not the second, takes over.
+        let (l, f1, f2) = (a.replicas[0], a.replicas[1], a.replicas[2]);
+        let shrink = Command::SetInSync {
+            topic: "r".into(),
+            partition: 0,
+            leader_epoch: 1,
+            in_sync: vec![l, f2],
+        };
+        assert_eq!(s.apply(&shrink), Outcome::Applied);
+        expire(&mut s, l);
+        let b = s.assignment("r", p).expect("assigned").clone();
+        assert_eq!((b.holder, b.leader_epoch), (f2, 2));
+        assert_eq!(b.in_sync, vec![f2]);
+        assert_eq!(s.leader("r", p), Some(f2));
+        // The deposed leader's proposals are void now.
+        let stale = Command::SetInSync {
+            topic: "r".into(),
+            partition: 0,
+            leader_epoch: 1,
+            in_sync: vec![l, f1, f2],
+        };
+        assert!(matches!(s.apply(&stale), Outcome::Refused(_)));
+        // f1 catches up and rejoins; a dead broker is never added.
+        let rejoin = Command::SetInSync {
+            topic: "r".into(),
+            partition: 0,
+            leader_epoch: 2,
+            in_sync: vec![l, f1, f2],
+        };
+        assert_eq!(s.apply(&rejoin), Outcome::Applied);
+        assert_eq!(
+            s.assignment("r", p).expect("assigned").in_sync,
+            vec![f1, f2]
+        );
+        // The last in-sync replicas die: no unclean election, the
+        // partition waits for one of them.
+        expire(&mut s, f1);
+        expire(&mut s, f2);
+        let c = s.assignment("r", p).expect("assigned").clone();
+        assert_eq!((c.holder, c.leader_epoch), (f2, 2));
+        assert_eq!(s.leader("r", p), None);
+        s.apply(&Command::RenewLease(LeaseHolder::Broker(f2)));
+        assert_eq!(s.leader("r", p), Some(f2));
+        // Back, in sync, and preferred: leadership returns to the first
+        // replica at a new epoch, once.
+        s.apply(&Command::RenewLease(LeaseHolder::Broker(l)));
+        s.apply(&Command::SetInSync {
+            topic: "r".into(),
+            partition: 0,
+            leader_epoch: 2,
+            in_sync: vec![l, f2],
+        });
+        assert!(s.off_preferred().contains(&("r".to_string(), 0, 2)));
+        let prefer = Command::PreferLeader {
+            topic: "r".into(),
+            partition: 0,
+            leader_epoch: 2,
+        };
+        assert_eq!(s.apply(&prefer), Outcome::Applied);
+        assert_eq!(s.leader("r", p), Some(l));
+        assert_eq!(s.assignment("r", p).expect("assigned").leader_epoch, 3);
+        assert_eq!(s.apply(&prefer), Outcome::Unchanged);
+        // Replicated partitions do not take part in hand-off moves.
+        assert!(s.misplaced().is_empty());
     }
 
     #[test]

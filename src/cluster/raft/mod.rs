@@ -72,6 +72,10 @@ pub const LEASE_HEARTBEAT: Duration = Duration::from_millis(300);
 /// How much earlier than the leader a broker counts its own lease out.
 pub const LEASE_SAFETY_MARGIN: Duration = Duration::from_millis(300);
 
+/// How often the Raft leader hands partitions back to their preferred
+/// replicas.
+pub const PREFERRED_LEADER_CHECK: Duration = Duration::from_secs(5);
+
 /// One broker's part of the control plane: its Raft node, the committed
 /// cluster state, and the tasks answering peers, keeping leases and
 /// heartbeating.
@@ -216,6 +220,7 @@ impl LeaseDesk {
     /// the expiries that are due.
     async fn keep_leases(self: Arc<Self>, stop: CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut last_rebalance = std::time::Instant::now();
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -273,6 +278,23 @@ impl LeaseDesk {
                 crate::metrics::LEASE_EXPIRIES.inc();
                 if let Err(e) = self.raft.client_write(command).await {
                     tracing::warn!(error = %e, "lease expiry not committed");
+                }
+            }
+            // Leadership back to preferred replicas that are in sync
+            // again (Kafka's auto leader rebalance), every few seconds so
+            // a broker that just caught up is not handed work at once.
+            if last_rebalance.elapsed() >= PREFERRED_LEADER_CHECK {
+                last_rebalance = std::time::Instant::now();
+                for (topic, partition, leader_epoch) in state.off_preferred() {
+                    let command = Command::PreferLeader {
+                        topic,
+                        partition,
+                        leader_epoch,
+                    };
+                    tracing::info!(?command, "moving leadership back to the preferred replica");
+                    if let Err(e) = self.raft.client_write(command).await {
+                        tracing::warn!(error = %e, "preferred leader not committed");
+                    }
                 }
             }
             self.match_raft_membership(&state);
