@@ -414,18 +414,18 @@ fn response() -> impl Strategy<Value = (u16, Response)> {
         )),
         (
             (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()),
-            proptest::option::of(any::<u64>()),
+            proptest::option::of((any::<u64>(), any::<u64>())),
             vec((any::<u64>(), any::<u64>()), 0..4),
             blob()
         )
-            .prop_map(|((epoch, hwm, s, e), diverging_at, epochs, b)| (
+            .prop_map(|((epoch, hwm, s, e), diverging, epochs, b)| (
                 kind::REPLICA_FETCH,
                 Response::ReplicaFetch(ReplicaFetchResponse {
                     leader_epoch: epoch,
                     high_watermark: hwm,
                     log_start: s,
                     log_end: e,
-                    diverging_at,
+                    diverging: diverging.map(|(epoch, start)| WireEpoch { epoch, start }),
                     epochs: epochs
                         .into_iter()
                         .map(|(epoch, start)| WireEpoch { epoch, start })

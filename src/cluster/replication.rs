@@ -38,6 +38,7 @@ use super::placement::NodeId;
 use super::replica_progress::ReplicaProgress;
 use super::state::{Assignment, ClusterState, Command};
 use crate::broker::BrokerError;
+use crate::storage::leader_epochs::EpochStart;
 use crate::storage::PartitionLog;
 
 /// Tunables of replication.
@@ -297,7 +298,7 @@ impl Replicas {
         }
         let log = &leading.log;
         let offset = Offset(request.offset);
-        let answer = |diverging_at: Option<Offset>, fetched: Option<crate::storage::Fetched>| {
+        let answer = |diverging: Option<EpochStart>, fetched: Option<crate::storage::Fetched>| {
             let epochs = log
                 .epochs_after(request.last_epoch)
                 .into_iter()
@@ -311,7 +312,10 @@ impl Replicas {
                 high_watermark: log.high_watermark().unwrap_or(Offset(0)).0,
                 log_start: log.start_offset().0,
                 log_end: log.next_offset().0,
-                diverging_at: diverging_at.map(|o| o.0),
+                diverging: diverging.map(|e| WireEpoch {
+                    epoch: e.epoch,
+                    start: e.start.0,
+                }),
                 epochs,
                 batches: fetched.map(|f| f.batches).unwrap_or_default(),
             }
@@ -352,23 +356,42 @@ impl Replicas {
     }
 }
 
-/// Where a follower whose log ends at `offset`, with `last_epoch` its
-/// latest epoch, must cut its log: `None` if its log is a prefix of this
-/// one's. The leader's end of that epoch is where both agree up to (the
-/// follower may have less).
-fn divergence(log: &PartitionLog, offset: Offset, last_epoch: u64) -> Option<Offset> {
-    if offset == Offset(0) {
-        return None;
-    }
+/// Whether a follower whose log ends at `offset`, with `last_epoch` its
+/// latest epoch, has left this log's history: `None` if its log is a
+/// prefix of this one's, else the largest epoch here not above
+/// `last_epoch` and where it ends here (Kafka's OffsetsForLeaderEpoch);
+/// epoch 0 with this log's start when there is none.
+fn divergence(log: &PartitionLog, offset: Offset, last_epoch: u64) -> Option<EpochStart> {
+    let none_here = EpochStart {
+        epoch: 0,
+        start: log.start_offset(),
+    };
     if last_epoch == 0 {
-        // Records but no epochs: nothing to match them by.
-        return Some(log.start_offset());
+        // No epochs: an empty log is a prefix of any; records without an
+        // epoch have nothing to be matched by.
+        return (offset > Offset(0)).then_some(none_here);
     }
     match log.epoch_end(last_epoch) {
         Some(end) if end.epoch == last_epoch && end.start >= offset => None,
-        Some(end) => Some(end.start.min(offset)),
-        None => Some(log.start_offset()),
+        Some(end) => Some(end),
+        None => Some(none_here),
     }
+}
+
+/// Where a follower cuts its log when its leader says it diverged: the
+/// smaller of the leader's end of `theirs.epoch` and its own end of that
+/// epoch (its own end of the largest epoch it has not above it), so that
+/// what is left is the same on both.
+fn cut_point(log: &PartitionLog, theirs: EpochStart) -> Offset {
+    let own_end = if theirs.epoch == 0 {
+        log.start_offset()
+    } else {
+        match log.epoch_end(theirs.epoch) {
+            Some(mine) => mine.start,
+            None => log.start_offset(),
+        }
+    };
+    theirs.start.min(own_end).max(log.start_offset())
 }
 
 impl ClusterNode {
@@ -651,8 +674,14 @@ impl ClusterNode {
             max_wait_ms: 500,
         };
         let answer = client.call(&request).await.map_err(|e| e.to_string())?;
-        if let Some(at) = answer.diverging_at {
-            let cut = Offset(at).max(log.start_offset());
+        if let Some(at) = answer.diverging {
+            let cut = cut_point(
+                &log,
+                EpochStart {
+                    epoch: at.epoch,
+                    start: Offset(at.start),
+                },
+            );
             tracing::warn!(topic, partition, from = %cut, end = %end, epoch, "cutting this replica's log where it left the leader's");
             let log = log.clone();
             tokio::task::spawn_blocking(move || log.truncate_to(cut))
@@ -704,5 +733,93 @@ impl ClusterNode {
         }
         log.set_high_watermark(Offset(answer.high_watermark).min(log.next_offset()));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::LogConfig;
+    use spool_protocol::BatchBuilder;
+
+    fn log(dir: &std::path::Path) -> PartitionLog {
+        let config = LogConfig {
+            segment_size_bytes: 1 << 20,
+            ..LogConfig::default()
+        };
+        PartitionLog::open(dir, config, false).expect("open")
+    }
+
+    fn append(log: &PartitionLog, n: usize) {
+        for i in 0..n {
+            let mut b = BatchBuilder::new();
+            b.push(0, None, format!("r{i}").as_bytes(), &[])
+                .expect("push");
+            let bytes = b.finish().expect("batch");
+            log.append(Batch::validate(&bytes).expect("valid"))
+                .expect("append");
+        }
+    }
+
+    /// Runs the follower's side of the exchange until the leader finds no
+    /// divergence; returns the cuts made. Fails if it does not settle.
+    fn settle(leader: &PartitionLog, follower: &PartitionLog) -> Vec<Offset> {
+        let mut cuts = Vec::new();
+        for _ in 0..4 {
+            let last = follower.latest_epoch().map_or(0, |e| e.epoch);
+            match divergence(leader, follower.next_offset(), last) {
+                None => return cuts,
+                Some(theirs) => {
+                    let cut = cut_point(follower, theirs);
+                    follower.truncate_to(cut).expect("truncate");
+                    cuts.push(cut);
+                }
+            }
+        }
+        panic!("no agreement after 4 exchanges: cuts {cuts:?}");
+    }
+
+    #[test]
+    fn an_epoch_begun_without_records_is_forgotten_not_named_forever() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (leader, follower) = (log(a.path()), log(b.path()));
+        leader.begin_epoch(1).unwrap();
+        append(&leader, 3);
+        follower.note_epoch(1, Offset(0)).unwrap();
+        append(&follower, 3);
+        // The follower briefly believed it led epoch 2 and wrote nothing;
+        // the real leader went from 1 to 3.
+        follower.begin_epoch(2).unwrap();
+        leader.begin_epoch(3).unwrap();
+        append(&leader, 2);
+        assert_eq!(settle(&leader, &follower), vec![Offset(3)]);
+        assert_eq!(follower.latest_epoch().map(|e| e.epoch), Some(1));
+        assert_eq!(follower.next_offset(), Offset(3));
+    }
+
+    #[test]
+    fn records_of_an_epoch_the_leader_never_had_are_cut_at_its_start() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (leader, follower) = (log(a.path()), log(b.path()));
+        leader.begin_epoch(1).unwrap();
+        append(&leader, 2);
+        follower.note_epoch(1, Offset(0)).unwrap();
+        append(&follower, 2);
+        // The follower led epoch 2 alone for two records; the leader kept
+        // epoch 1 going to offset 5, then epoch 3.
+        follower.begin_epoch(2).unwrap();
+        append(&follower, 2);
+        append(&leader, 3);
+        leader.begin_epoch(3).unwrap();
+        append(&leader, 1);
+        // Epoch 1 ends at 5 on the leader, epoch 2 starts at 2 on the
+        // follower: everything from 2 goes.
+        assert_eq!(settle(&leader, &follower), vec![Offset(2)]);
+        assert_eq!(follower.next_offset(), Offset(2));
+        assert_eq!(follower.latest_epoch().map(|e| e.epoch), Some(1));
+        // A follower that is a prefix is left alone; an empty one too.
+        assert_eq!(settle(&leader, &follower), vec![]);
+        let c = tempfile::tempdir().unwrap();
+        assert_eq!(settle(&leader, &log(c.path())), vec![]);
     }
 }

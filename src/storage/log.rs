@@ -359,6 +359,10 @@ impl PartitionLog {
         }
         let (start, end) = (self.start_offset(), writer.file.next_offset());
         if offset >= end {
+            // No record to remove, but an epoch that starts here holds
+            // none either: a replica that began an epoch it never wrote in
+            // forgets it, or it would name it to its leader forever.
+            self.epochs.lock().truncate_from_end(offset)?;
             return Ok(end);
         }
         if offset < start {

@@ -6,7 +6,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::codec::{put_list, put_option_u64, put_string, DecodeError, Reader, Wire};
+use crate::codec::{put_list, put_string, DecodeError, Reader, Wire};
 
 /// A follower asks its leader for what follows its log.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,9 +50,13 @@ pub struct ReplicaFetchResponse {
     pub log_start: u64,
     /// The leader's log end.
     pub log_end: u64,
-    /// Set when the follower's log left the leader's history: the follower
-    /// cuts its log to this offset and fetches again. No batches then.
-    pub diverging_at: Option<u64>,
+    /// Set when the follower's log left the leader's history: the largest
+    /// epoch the leader has not above the follower's latest, and where it
+    /// ends in the leader's log (epoch 0: none; `start` is then the
+    /// leader's log start). The follower cuts its log to the smaller of
+    /// that end and its own end of that epoch, and fetches again. No
+    /// batches then.
+    pub diverging: Option<WireEpoch>,
     /// The leader's epochs that begin at or after the requested offset,
     /// oldest first: the follower records each before appending its
     /// records.
@@ -113,7 +117,13 @@ impl Wire for ReplicaFetchResponse {
         b.put_u64_le(self.high_watermark);
         b.put_u64_le(self.log_start);
         b.put_u64_le(self.log_end);
-        put_option_u64(b, self.diverging_at);
+        match &self.diverging {
+            Some(e) => {
+                b.put_u8(1);
+                e.put(b);
+            }
+            None => b.put_u8(0),
+        }
         put_list(b, &self.epochs);
         b.put_u32_le(self.batches.len() as u32);
     }
@@ -129,7 +139,7 @@ impl Wire for ReplicaFetchResponse {
             high_watermark: r.u64("high_watermark")?,
             log_start: r.u64("log_start")?,
             log_end: r.u64("log_end")?,
-            diverging_at: r.option_u64("diverging_at")?,
+            diverging: r.option("diverging present", WireEpoch::get)?,
             epochs: r.list("epoch count")?,
             batches: r.bytes("batches")?,
         })
