@@ -26,9 +26,11 @@ use super::placement::NodeId;
 struct Follower {
     /// It holds every record below this (the offset it fetched from).
     position: Offset,
-    /// When (leader's clock, ms) a fetch of it last reached the leader's
-    /// end.
+    /// When (leader's clock, ms) it was last caught up (see
+    /// `record_fetch`).
     caught_up_at_ms: u64,
+    /// The leader's end when this follower last fetched, and when.
+    previous_fetch: Option<(Offset, u64)>,
 }
 
 /// The leader's bookkeeping for one partition.
@@ -64,6 +66,7 @@ impl ReplicaProgress {
                     Follower {
                         position: Offset(0),
                         caught_up_at_ms: now_ms,
+                        previous_fetch: None,
                     },
                 )
             })
@@ -82,6 +85,12 @@ impl ReplicaProgress {
     /// A follower fetched from `position` (so it holds every record below)
     /// at `now_ms`, when the leader's log ended at `leader_end`. Unknown
     /// replicas are ignored (a stale fetcher after a reassignment).
+    ///
+    /// Caught up means: at the leader's end now, or at least where the
+    /// leader's end was at its previous fetch, which makes it caught up as
+    /// of that fetch (Kafka's rule). Under a steady stream of writes a
+    /// follower is never exactly at the end, yet one that fetches back to
+    /// back has everything that existed one fetch ago.
     pub fn record_fetch(
         &mut self,
         follower: NodeId,
@@ -95,7 +104,12 @@ impl ReplicaProgress {
         f.position = position.min(leader_end);
         if position >= leader_end {
             f.caught_up_at_ms = now_ms;
+        } else if let Some((end_then, at)) = f.previous_fetch {
+            if position >= end_then {
+                f.caught_up_at_ms = f.caught_up_at_ms.max(at);
+            }
         }
+        f.previous_fetch = Some((leader_end, now_ms));
         self.advance(leader_end);
     }
 
@@ -222,6 +236,33 @@ mod tests {
         p.record_fetch(B, end, end, now + 10);
         let proposed = p.proposed_in_sync(now + 10).expect("B rejoins");
         assert_eq!(ids(&proposed), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn a_follower_fetching_back_to_back_under_steady_writes_stays_in_sync() {
+        let mut p = ReplicaProgress::new(L, &[L, A], &[L, A], Offset(0), 0, 1000);
+        // Every fetch reaches where the leader ended at the previous one,
+        // never the leader's end now (100 records land between fetches).
+        let mut end = 100;
+        for t in (0..5000).step_by(10) {
+            p.record_fetch(A, Offset(end - 100), Offset(end), t);
+            end += 100;
+            assert_eq!(p.proposed_in_sync(t), None, "A dropped at {t} ms");
+        }
+        // One that falls further behind each time does leave.
+        let mut q = ReplicaProgress::new(L, &[L, A], &[L, A], Offset(0), 0, 1000);
+        let (mut end, mut pos) = (100u64, 0u64);
+        let mut left = None;
+        for t in (0..5000).step_by(10) {
+            q.record_fetch(A, Offset(pos), Offset(end), t);
+            pos += 50;
+            end += 100;
+            if q.proposed_in_sync(t).is_some() {
+                left = Some(t);
+                break;
+            }
+        }
+        assert!(left.is_some_and(|t| t > 1000), "left at {left:?}");
     }
 
     #[test]
