@@ -426,6 +426,7 @@ async fn dispatch(shared: &Arc<Shared>, batch: Ready, permit: OwnedSemaphorePerm
         Err(err) => Err(err),
     };
     let shared = shared.clone();
+    let mut window = window;
     tokio::spawn(async move {
         let started = Instant::now();
         let (retries, timeout) = (shared.config.retries, shared.config.delivery_timeout);
@@ -448,15 +449,28 @@ async fn dispatch(shared: &Arc<Shared>, batch: Ready, permit: OwnedSemaphorePerm
             {
                 break;
             }
-            let pause = if waiting {
+            if waiting {
                 waits += 1;
-                Duration::from_millis(5 << waits.min(6))
+                let pause = Duration::from_millis(5 << waits.min(6));
+                // Retry as soon as the batch before this one settles, not
+                // after a blind back-off: with a window of batches in
+                // flight, back-offs chained batch after batch would keep
+                // every later batch arriving early, and refused, forever.
+                match window.as_mut().and_then(|w| w.1.as_mut()) {
+                    Some(previous) => {
+                        if tokio::time::timeout(pause, previous).await.is_ok() {
+                            if let Some(w) = window.as_mut() {
+                                w.1 = None;
+                            }
+                        }
+                    }
+                    None => tokio::time::sleep(pause).await,
+                }
             } else {
                 attempt += 1;
                 client.note_error(err).await;
-                Duration::from_millis(50 << attempt.min(5))
-            };
-            tokio::time::sleep(pause).await;
+                tokio::time::sleep(Duration::from_millis(50 << attempt.min(5))).await;
+            }
             result = client.call_partition(&topic, partition, &request).await;
         }
         if result.is_err() && producer_id != NO_PRODUCER {

@@ -162,6 +162,14 @@ impl ClusterNode {
                         "broker {} is taking over {topic}/{partition}: retry in a moment",
                         self.id()
                     )))
+                } else if self.broker.partition_log(topic, partition).is_err() {
+                    // Committed, not yet created here (the topic sync runs
+                    // beside the request path): retriable, unlike a topic
+                    // that does not exist.
+                    Err(NotServed::Unavailable(format!(
+                        "{topic}/{partition} is being created on broker {}: retry in a moment",
+                        self.id()
+                    )))
                 } else if self.control.lease_valid() {
                     Ok(())
                 } else {
@@ -713,7 +721,7 @@ pub enum ClusterAdminError {
 
 /// Creates the topic locally (every partition; only the ones this broker
 /// leads are served) if the committed state has it and the broker does not.
-fn ensure_local(broker: &Broker, name: &str, state: &ClusterState) {
+pub(super) fn ensure_local(broker: &Broker, name: &str, state: &ClusterState) {
     let Some(spec) = state.topics.get(name) else {
         return;
     };

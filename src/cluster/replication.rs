@@ -469,6 +469,20 @@ impl ClusterNode {
                 }
                 continue;
             }
+            if self
+                .broker
+                .partition_log(&key.0, PartitionId(key.1))
+                .is_err()
+            {
+                // A new topic: create it here now rather than wait for the
+                // topic sync, so its writes start without a retry.
+                let (broker, name, snapshot) =
+                    (self.broker.clone(), key.0.clone(), Arc::new(state.clone()));
+                let _ = tokio::task::spawn_blocking(move || {
+                    super::node::ensure_local(&broker, &name, &snapshot)
+                })
+                .await;
+            }
             if let Err(e) = self.start_leading(&key.0, key.1, a).await {
                 tracing::warn!(topic = %key.0, partition = key.1, error = %e, "cannot take the lead yet; retrying");
             }
