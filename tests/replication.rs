@@ -202,10 +202,10 @@ fn seq_of(value: &[u8]) -> Option<u64> {
 }
 
 /// Three brokers, a topic of 6 partitions with 3 replicas; a producer with
-/// `acks` and a stream group consumer run flat out while `kills` times a
+/// acks=all and a stream group consumer run flat out while `kills` times a
 /// broker is SIGKILLed (the leader of some partition 3 times in 4) and
 /// restarted.
-async fn kill_loop(acks: spool::client::Acks, kills: usize) -> KillLoop {
+async fn kill_loop(kills: usize) -> KillLoop {
     use common::history::{Acked, Consumed};
     use spool::client::{ConsumerConfig, GroupConsumer, StartAt};
     use std::sync::Arc;
@@ -224,7 +224,6 @@ async fn kill_loop(acks: spool::client::Acks, kills: usize) -> KillLoop {
     let acked: Arc<parking_lot::Mutex<Vec<Acked>>> = Arc::default();
     let producer = {
         let config = ProducerConfig {
-            acks,
             delivery_timeout: Duration::from_secs(60),
             retries: u32::MAX,
             ..ProducerConfig::default()
@@ -443,7 +442,7 @@ async fn leaders_killed_fifty_times_under_load_lose_no_acknowledged_message() {
         .ok()
         .and_then(|k| k.parse().ok())
         .unwrap_or(50);
-    let report = kill_loop(spool::client::Acks::All, kills).await;
+    let report = kill_loop(kills).await;
     let mut sorted = report.failovers.clone();
     sorted.sort();
     let pct = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
@@ -489,6 +488,60 @@ fn acked_range(key: &str, seqs: std::ops::Range<u64>) -> Vec<common::history::Ac
     .collect()
 }
 
+/// An isolatable 3-broker cluster with a 1-partition topic of 3 replicas,
+/// all in sync; with its partition's metadata.
+async fn one_partition(topic: &str) -> (Cluster, Client, WirePartitionLeader) {
+    let cluster = Cluster::start_isolatable(3, &[]);
+    let admin = cluster.client(0).await;
+    cluster.ready(&admin, 3).await;
+    admin
+        .create_topic(topic, 1, replicated(3))
+        .await
+        .expect("create");
+    fully_replicated(&cluster, topic, 1, 3).await;
+    let p = partition(&metadata(&admin).await.expect("metadata"), topic, 0).clone();
+    (cluster, admin, p)
+}
+
+/// Produces `batches` batches of 5 sequence numbers from `first` under
+/// `key` with acks=all through `client`, each retried for up to 10 s (a
+/// leader may be changing); returns what was acknowledged.
+async fn produce_all(
+    client: &Client,
+    topic: &str,
+    key: &str,
+    first: u64,
+    batches: u64,
+) -> Vec<common::history::Acked> {
+    let mut acked = Vec::new();
+    for i in 0..batches {
+        let seqs = first + i * 5..first + i * 5 + 5;
+        eventually(Duration::from_secs(10), "an acks=all produce", || async {
+            client
+                .produce_batch(topic, 0, seq_batch(key, seqs.clone()))
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .await;
+        acked.extend(acked_range(key, seqs));
+    }
+    acked
+}
+
+/// Waits until a broker other than `old_leader` leads partition 0 of
+/// `topic`, as `client` sees it.
+async fn new_leader(client: &Client, topic: &str, old_leader: u64) -> WirePartitionLeader {
+    eventually(Duration::from_secs(10), "a new leader", || async {
+        let m = metadata(client).await.map_err(|e| e.to_string())?;
+        let p = partition(&m, topic, 0).clone();
+        match p.leader {
+            Some(n) if n != old_leader => Ok(p),
+            other => Err(format!("leader {other:?}")),
+        }
+    })
+    .await
+}
+
 /// The divergence KIP-101 fixed. Leader L holds records its followers
 /// never got (acknowledged with acks=leader while they could not fetch,
 /// and one acks=all batch that was never confirmed); L dies, an in-sync
@@ -502,27 +555,12 @@ async fn a_returning_leader_cuts_what_the_new_leader_never_had() {
     use spool::client::Acks;
     use spool::protocol::requests::ProduceRequest;
     let _serial = SERIAL.lock().await;
-    let mut cluster = Cluster::start_isolatable(3, &[]);
-    let admin = cluster.client(0).await;
-    cluster.ready(&admin, 3).await;
-    admin
-        .create_topic("kip", 1, replicated(3))
-        .await
-        .expect("create");
-    fully_replicated(&cluster, "kip", 1, 3).await;
-    let old = partition(&metadata(&admin).await.expect("metadata"), "kip", 0).clone();
+    let (mut cluster, admin, old) = one_partition("kip").await;
     let l = old.leader.expect("a leader");
     let li = (l - 1) as usize;
 
     // A: on every replica.
-    let mut acked = Vec::new();
-    for i in 0..20 {
-        admin
-            .produce_batch("kip", 0, seq_batch("a", i * 5..i * 5 + 5))
-            .await
-            .expect("acks=all");
-        acked.extend(acked_range("a", i * 5..i * 5 + 5));
-    }
+    let mut acked = produce_all(&admin, "kip", "a", 0, 20).await;
     fully_replicated(&cluster, "kip", 1, 3).await;
 
     // B: the followers cannot reach L; L alone takes acks=leader writes.
@@ -560,15 +598,7 @@ async fn a_returning_leader_cuts_what_the_new_leader_never_had() {
     // L dies; an in-sync follower leads at a new epoch.
     cluster.brokers[li].kill();
     let survivor = cluster.client((li + 1) % 3).await;
-    let new = eventually(Duration::from_secs(10), "a new leader", || async {
-        let m = metadata(&survivor).await.map_err(|e| e.to_string())?;
-        let p = partition(&m, "kip", 0).clone();
-        match p.leader {
-            Some(n) if n != l => Ok(p),
-            other => Err(format!("leader {other:?}")),
-        }
-    })
-    .await;
+    let new = new_leader(&survivor, "kip", l).await;
     assert!(new.leader_epoch > old.leader_epoch, "{old:?} -> {new:?}");
     assert!(
         !matches!(unconfirmed.await, Ok(Ok(_))),
@@ -576,20 +606,7 @@ async fn a_returning_leader_cuts_what_the_new_leader_never_had() {
     );
 
     // D: acks=all at the new leader.
-    for i in 0..20 {
-        eventually(
-            Duration::from_secs(10),
-            "acks=all at the new leader",
-            || async {
-                survivor
-                    .produce_batch("kip", 0, seq_batch("d", 3000 + i * 5..3000 + i * 5 + 5))
-                    .await
-                    .map_err(|e| e.to_string())
-            },
-        )
-        .await;
-        acked.extend(acked_range("d", 3000 + i * 5..3000 + i * 5 + 5));
-    }
+    acked.extend(produce_all(&survivor, "kip", "d", 3000, 20).await);
 
     // L comes back as a follower and cuts its log.
     cluster.front(li, false);
@@ -731,25 +748,10 @@ async fn a_paused_follower_leaves_the_in_sync_set_and_returns_when_caught_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_cut_off_stops_acknowledging_and_loses_nothing_it_acknowledged() {
     let _serial = SERIAL.lock().await;
-    let mut cluster = Cluster::start_isolatable(3, &[]);
-    let admin = cluster.client(0).await;
-    cluster.ready(&admin, 3).await;
-    admin
-        .create_topic("cut", 1, replicated(3))
-        .await
-        .expect("create");
-    fully_replicated(&cluster, "cut", 1, 3).await;
-    let old = partition(&metadata(&admin).await.expect("metadata"), "cut", 0).clone();
+    let (mut cluster, admin, old) = one_partition("cut").await;
     let l = old.leader.expect("leader");
     let li = (l - 1) as usize;
-    let mut acked = Vec::new();
-    for i in 0..10 {
-        admin
-            .produce_batch("cut", 0, seq_batch("a", i * 5..i * 5 + 5))
-            .await
-            .expect("before the cut");
-        acked.extend(acked_range("a", i * 5..i * 5 + 5));
-    }
+    let mut acked = produce_all(&admin, "cut", "a", 0, 10).await;
     cluster.isolate(li, true);
     let cut_at = Instant::now();
     // A client on the leader's side of the cut keeps writing to it.
@@ -774,30 +776,9 @@ async fn a_leader_cut_off_stops_acknowledging_and_loses_nothing_it_acknowledged(
     assert!(refused > 0, "the cut-off leader kept acknowledging");
     // The others elect a new leader and take writes.
     let outside = cluster.client((li + 1) % 3).await;
-    let new = eventually(Duration::from_secs(10), "a new leader", || async {
-        let m = metadata(&outside).await.map_err(|e| e.to_string())?;
-        let p = partition(&m, "cut", 0).clone();
-        match p.leader {
-            Some(n) if n != l => Ok(p),
-            other => Err(format!("leader {other:?}")),
-        }
-    })
-    .await;
+    let new = new_leader(&outside, "cut", l).await;
     assert!(new.leader_epoch > old.leader_epoch);
-    for i in 0..10 {
-        eventually(
-            Duration::from_secs(10),
-            "acks=all at the new leader",
-            || async {
-                outside
-                    .produce_batch("cut", 0, seq_batch("c", 5000 + i * 5..5000 + i * 5 + 5))
-                    .await
-                    .map_err(|e| e.to_string())
-            },
-        )
-        .await;
-        acked.extend(acked_range("c", 5000 + i * 5..5000 + i * 5 + 5));
-    }
+    acked.extend(produce_all(&outside, "cut", "c", 5000, 10).await);
     cluster.isolate(li, false);
     fully_replicated(&cluster, "cut", 1, 3).await;
     for b in &mut cluster.brokers {

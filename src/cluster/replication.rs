@@ -794,6 +794,35 @@ mod tests {
     }
 
     #[test]
+    fn a_cut_above_the_high_watermark_keeps_the_producer_state_of_what_it_keeps() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = log(dir.path());
+        let batch = |sequence: u32| {
+            let mut b = BatchBuilder::new();
+            for i in 0..2 {
+                b.push(0, None, format!("s{sequence}-{i}").as_bytes(), &[])
+                    .expect("push");
+            }
+            b.finish_from(7, sequence).expect("batch")
+        };
+        for s in 0..4 {
+            let bytes = batch(s * 2);
+            log.append(Batch::validate(&bytes).expect("valid"))
+                .expect("append");
+        }
+        // A follower's bound: only the first batch is known replicated.
+        log.set_high_watermark(Offset(2));
+        assert_eq!(log.truncate_to(Offset(6)).expect("truncate"), Offset(6));
+        // The producer's next batch after the three kept follows on.
+        let next = batch(6);
+        let info = log
+            .append(Batch::validate(&next).expect("valid"))
+            .expect("the batch after the kept ones is in order");
+        assert_eq!(info.base_offset, Offset(6));
+        assert!(!info.duplicate);
+    }
+
+    #[test]
     fn an_epoch_begun_without_records_is_forgotten_not_named_forever() {
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let (leader, follower) = (log(a.path()), log(b.path()));

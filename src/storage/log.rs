@@ -451,7 +451,10 @@ impl PartitionLog {
         let now_ms = wall_clock_ms();
         let mut unreadable = 0u64;
         while offset < end {
-            let fetched = match self.read(offset, 4 << 20) {
+            // Every stored batch counts, above the high watermark too: a
+            // replica's table must know what its log holds, or the next
+            // batch its leader sends looks out of order.
+            let fetched = match self.read_replica(offset, 4 << 20) {
                 Ok(fetched) => fetched,
                 // A damaged batch: its producer's state is unknown (a retry
                 // of it counts as new); step through its offsets to what
