@@ -41,6 +41,10 @@ use crate::broker::BrokerError;
 use crate::storage::leader_epochs::EpochStart;
 use crate::storage::PartitionLog;
 
+/// How much longer than its long-poll wait a follower waits for a fetch's
+/// answer before it drops the connection and fetches again.
+const FETCH_ANSWER_GRACE: Duration = Duration::from_secs(5);
+
 /// Tunables of replication.
 #[derive(Clone, Copy, Debug)]
 pub struct ReplicationSettings {
@@ -687,7 +691,13 @@ impl ClusterNode {
             max_bytes: 1 << 20,
             max_wait_ms: 500,
         };
-        let answer = client.call(&request).await.map_err(|e| e.to_string())?;
+        // Bounded: a fetch the leader never answers (a half-open
+        // connection) must not stall the follower; it reconnects instead.
+        let bound = Duration::from_millis(u64::from(request.max_wait_ms)) + FETCH_ANSWER_GRACE;
+        let answer = tokio::time::timeout(bound, client.call(&request))
+            .await
+            .map_err(|_| format!("no answer from the leader within {bound:?}"))?
+            .map_err(|e| e.to_string())?;
         if let Some(at) = answer.diverging {
             let cut = cut_point(
                 &log,
