@@ -237,7 +237,43 @@ impl ClusterNode {
             _ => {
                 self.wait_applied(|s| s.topics.contains_key(name)).await;
                 ensure_local(&self.broker, name, &self.state());
+                // Answer once every live broker knows the topic, so that
+                // a client's first produce, routed to any of them, is not
+                // told the topic does not exist.
+                self.wait_members_applied(self.state().placement_epoch)
+                    .await;
                 Ok(())
+            }
+        }
+    }
+
+    /// Waits (up to 2 s) until every other live member that can be reached
+    /// answers metadata at placement epoch `epoch` or later. One that
+    /// cannot be reached is skipped: it may be dead, and it learns the
+    /// change when it is back.
+    async fn wait_members_applied(&self, epoch: u64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        let state = self.state();
+        for member in state.members.values() {
+            if member.id == self.id() || !state.is_alive(member.id) {
+                continue;
+            }
+            while std::time::Instant::now() < deadline {
+                let Ok(client) = self.client_to(&member.client_addr).await else {
+                    break;
+                };
+                let answer = tokio::time::timeout(
+                    Duration::from_millis(500),
+                    client.call(&spool_protocol::requests::MetadataRequest),
+                )
+                .await;
+                match answer {
+                    Ok(Ok(m)) if m.epoch >= epoch => break,
+                    Ok(Ok(_)) => {}
+                    // Unreachable or not answering: skip it.
+                    _ => break,
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
     }
@@ -374,7 +410,13 @@ impl ClusterNode {
         let sock: std::net::SocketAddr = addr
             .parse()
             .map_err(|_| format!("broker address {addr:?} is not an address"))?;
-        let client = spool_client::Client::connect(sock)
+        // One attempt: a broker that refuses is down, and every caller
+        // has something better to do than back off on it.
+        let options = spool_client::ConnectOptions {
+            connect_attempts: 1,
+            ..Default::default()
+        };
+        let client = spool_client::Client::connect_with(sock, options)
             .await
             .map_err(|e| e.to_string())?;
         others.insert(addr.to_string(), client.clone());
