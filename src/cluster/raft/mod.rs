@@ -128,7 +128,10 @@ impl LeaseDesk {
 
     /// A broker's heartbeat, counted if this node leads. A broker that is
     /// not a member yet (or moved) is added first; its lease starts alive.
-    pub(crate) fn heartbeat(&self, member: Member) -> Result<(), String> {
+    /// Counts a heartbeat; on success answers the index of the last entry
+    /// this leader has applied (the broker acts on its lease only once its
+    /// own state has caught up that far).
+    pub(crate) fn heartbeat(&self, member: Member) -> Result<u64, String> {
         self.heard
             .lock()
             .insert(LeaseHolder::Broker(member.id), std::time::Instant::now());
@@ -173,7 +176,8 @@ impl LeaseDesk {
                 // Counted against a lease the committed state has alive:
                 // the holder may act on it for another TTL (minus its
                 // margin).
-                return Ok(());
+                let applied = self.raft.metrics().borrow().last_applied;
+                return Ok(applied.map_or(0, |l| l.index));
             }
             return Err(format!("{holder:?} holds no lease"));
         };
@@ -386,6 +390,21 @@ impl LeaseDesk {
         }
     }
 
+    /// Waits (up to a heartbeat period) until this node has applied the
+    /// entry at `index`.
+    async fn caught_up_to(&self, index: u64) -> Result<(), String> {
+        let applied = |raft: &Raft| raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
+        if applied(&self.raft) >= index {
+            return Ok(());
+        }
+        self.raft
+            .wait(Some(LEASE_HEARTBEAT))
+            .applied_index_at_least(Some(index), "the leader's state")
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("state not caught up with the leader's index {index}: {e}"))
+    }
+
     /// Heartbeats the leader every [`LEASE_HEARTBEAT`] and records how long
     /// this broker's own lease lasts.
     async fn heartbeat_leader(self: Arc<Self>, stop: CancellationToken) {
@@ -419,7 +438,7 @@ impl LeaseDesk {
                     // paused and deposed meanwhile must not extend its own
                     // lease on its stale view.
                     match tokio::time::timeout(LEASE_HEARTBEAT, self.raft.get_read_log_id()).await {
-                        Ok(Ok(_)) => self.heartbeat(self.me.clone()),
+                        Ok(Ok(_)) => self.heartbeat(self.me.clone()).map(|_| ()),
                         Ok(Err(e)) => Err(format!("leadership not confirmed: {e}")),
                         Err(_) => Err("leadership not confirmed in time".to_string()),
                     }
@@ -427,7 +446,15 @@ impl LeaseDesk {
                 Some((_, addr)) => {
                     let request = network::PeerRequest::Heartbeat(self.me.clone());
                     match peer.call(&addr, &request, LEASE_HEARTBEAT).await {
-                        Ok(network::PeerResponse::Heartbeat(result)) => result,
+                        // Acted on only once this broker's own state has
+                        // caught up with the leader's: a broker restarted
+                        // on a stale state must not serve from it (lead a
+                        // partition it no longer leads, expose a high
+                        // watermark nobody agreed to).
+                        Ok(network::PeerResponse::Heartbeat(Ok(index))) => {
+                            self.caught_up_to(index).await
+                        }
+                        Ok(network::PeerResponse::Heartbeat(Err(e))) => Err(e),
                         Ok(_) => Err("peer answered a different request kind".to_string()),
                         Err(e) => Err(e.to_string()),
                     }

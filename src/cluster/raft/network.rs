@@ -54,8 +54,9 @@ pub(super) enum PeerResponse {
     Snapshot(
         Result<InstallSnapshotResponse<NodeIdRaw>, RaftError<NodeIdRaw, InstallSnapshotError>>,
     ),
-    /// Counted by the leader, or why not (not the leader; no such lease).
-    Heartbeat(Result<(), String>),
+    /// Counted by the leader, with the index of the last entry it had
+    /// applied, or why not (not the leader; no such lease).
+    Heartbeat(Result<u64, String>),
     /// Committed, or why not (not the leader, no quorum).
     Propose(Result<Outcome, String>),
 }
