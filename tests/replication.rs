@@ -35,6 +35,18 @@ fn partition<'a>(m: &'a MetadataResponse, topic: &str, p: u32) -> &'a WirePartit
 /// Waits until every partition of `topic` has a leader and all
 /// `replicas` replicas in sync, with no lag the leader knows of.
 async fn fully_replicated(cluster: &Cluster, topic: &str, partitions: u32, replicas: usize) {
+    replicated_within(cluster, topic, partitions, replicas, 0).await
+}
+
+/// Like [`fully_replicated`], but each follower may be up to `max_lag`
+/// records behind (a producer still running).
+async fn replicated_within(
+    cluster: &Cluster,
+    topic: &str,
+    partitions: u32,
+    replicas: usize,
+    max_lag: u64,
+) {
     eventually(Duration::from_secs(30), "every replica in sync", || async {
         // Only a partition's leader knows its followers' lag: ask all.
         let mut lagging = Vec::new();
@@ -80,7 +92,11 @@ async fn fully_replicated(cluster: &Cluster, topic: &str, partitions: u32, repli
                 lagging.push(format!("{p}: leader {leader} not heard"));
                 continue;
             };
-            if at_leader.replicas.iter().any(|r| r.lag != Some(0)) {
+            if at_leader
+                .replicas
+                .iter()
+                .any(|r| r.lag.is_none_or(|lag| lag > max_lag))
+            {
                 lagging.push(format!("{p}: lag {:?}", at_leader.replicas));
             }
         }
@@ -370,7 +386,8 @@ async fn kill_loop(kills: usize) -> KillLoop {
             );
         }
         cluster.restart(i);
-        fully_replicated(&cluster, "h", PARTITIONS, 3).await;
+        // Under load a follower is rarely exactly at the leader's end.
+        replicated_within(&cluster, "h", PARTITIONS, 3, 2_000).await;
     }
     stop.cancel();
     producer.await.expect("producer");

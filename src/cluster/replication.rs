@@ -473,6 +473,12 @@ impl ClusterNode {
                 }
                 continue;
             }
+            if !self.lease_valid() {
+                // Not before this broker's state has caught up with the
+                // Raft leader's (the lease says so): a broker restarted on
+                // a stale state would begin an epoch it no longer holds.
+                continue;
+            }
             if self
                 .broker
                 .partition_log(&key.0, PartitionId(key.1))

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use spool_protocol::PartitionId;
 
-use crate::broker::TopicConfig;
+use crate::broker::{GroupConfig, TopicConfig};
 use crate::cluster::placement::{self, NodeId};
 
 /// Who holds a lease: a broker (its failure detector) or, for distributed
@@ -53,15 +53,24 @@ pub struct TopicSpec {
     pub replication: u32,
 }
 
-/// A stream-mode consumer group as the cluster knows it: its topic and the
-/// offsets it committed. Its members live with its coordinator (they are
-/// connections, not state worth a log entry each).
+/// A consumer group as the cluster knows it.
+///
+/// A stream-mode group: its topic and the offsets it committed; its
+/// members live with its coordinator (they are connections, not state
+/// worth a log entry each).
+///
+/// A queue-mode group (`queue` set): its topic and settings. Its delivery
+/// state lives beside each partition on the partition's replicas (the
+/// leader hands messages out; followers copy its ack records with the
+/// data), so Raft sees no per-message traffic.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupSpec {
     /// The topic it reads.
     pub topic: String,
     /// Committed offset per partition: where the group resumes.
     pub offsets: BTreeMap<u32, u64>,
+    /// Queue-mode settings; `None` for a stream-mode group.
+    pub queue: Option<GroupConfig>,
 }
 
 /// One change to the state: the payload of a Raft log entry.
@@ -170,6 +179,16 @@ pub enum Command {
         partition: u32,
         /// The epoch the decision was made at.
         leader_epoch: u64,
+    },
+    /// Create a queue-mode group on a replicated topic. Its dead-letter
+    /// topic `<name>.dlq` must exist already (created first, as a topic).
+    CreateQueueGroup {
+        /// Name.
+        name: String,
+        /// The topic it reads.
+        topic: String,
+        /// Its settings, the same on every replica.
+        config: GroupConfig,
     },
 }
 
@@ -480,6 +499,9 @@ impl ClusterState {
                 Outcome::Applied
             }
             Command::CreateGroup { name, topic } => match self.groups.get(name) {
+                Some(g) if g.queue.is_some() => {
+                    Outcome::Refused(format!("group {name} is a queue-mode group"))
+                }
                 Some(g) if g.topic == *topic => Outcome::Unchanged,
                 Some(g) => {
                     Outcome::Refused(format!("group {name} reads topic {}, not {topic}", g.topic))
@@ -493,6 +515,36 @@ impl ClusterState {
                         GroupSpec {
                             topic: topic.clone(),
                             offsets: BTreeMap::new(),
+                            queue: None,
+                        },
+                    );
+                    Outcome::Applied
+                }
+            },
+            Command::CreateQueueGroup {
+                name,
+                topic,
+                config,
+            } => match self.groups.get(name) {
+                Some(g) if g.topic == *topic && g.queue.is_some() => Outcome::Unchanged,
+                Some(g) => Outcome::Refused(format!(
+                    "group {name} already reads topic {} in {} mode",
+                    g.topic,
+                    if g.queue.is_some() { "queue" } else { "stream" }
+                )),
+                None if !self.topics.contains_key(topic) => {
+                    Outcome::Refused(format!("topic {topic} not found"))
+                }
+                None if !self.topics.contains_key(&format!("{name}.dlq")) => {
+                    Outcome::Refused(format!("dead-letter topic {name}.dlq not found"))
+                }
+                None => {
+                    self.groups.insert(
+                        name.clone(),
+                        GroupSpec {
+                            topic: topic.clone(),
+                            offsets: BTreeMap::new(),
+                            queue: Some(*config),
                         },
                     );
                     Outcome::Applied

@@ -29,7 +29,8 @@ type NodeIdRaw = u64;
 const SNAPSHOT: MetaKind = MetaKind {
     magic: *b"SPRS",
     // 2: partitions carry replicas, in-sync sets and leader epochs.
-    version: 2,
+    // 3: groups may be queue-mode groups (their settings).
+    version: 3,
 };
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
