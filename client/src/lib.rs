@@ -195,7 +195,20 @@ impl Client {
         }
     }
 
-    async fn broker_connection(&self, addr: &str) -> Result<Arc<Connection>, ClientError> {
+    /// Every broker's address, alive ones first (empty for a single
+    /// server, or before routes were learnt).
+    pub(crate) fn broker_addrs(&self) -> Vec<String> {
+        self.routes
+            .read()
+            .as_ref()
+            .map(|r| r.brokers.clone())
+            .unwrap_or_default()
+    }
+
+    pub(crate) async fn broker_connection(
+        &self,
+        addr: &str,
+    ) -> Result<Arc<Connection>, ClientError> {
         let mut brokers = self.brokers.lock().await;
         if let Some(conn) = brokers.get(addr).filter(|c| !c.is_closed()) {
             return Ok(conn.clone());

@@ -182,6 +182,21 @@ struct Inner {
     lock: Mutex<Option<File>>,
     /// Ids for idempotent producers.
     producer_ids: super::producer_ids::ProducerIds,
+    /// Where dead letters go when not to the local dead-letter topic.
+    dead_letter_sink: std::sync::OnceLock<Arc<dyn DeadLetterSink>>,
+}
+
+/// Where a queue group's dead letters are written. Unset, they are appended
+/// to the local `<group>.dlq` (created on first use); a cluster installs a
+/// sink that writes them to that topic's leader, wherever it is.
+pub trait DeadLetterSink: Send + Sync {
+    /// Writes `batch` to partition 0 of `topic`, durably and replicated as
+    /// the topic promises, before resolving.
+    fn write(
+        &self,
+        topic: String,
+        batch: bytes::Bytes,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), BrokerError>> + Send>>;
 }
 
 impl Broker {
@@ -270,8 +285,22 @@ impl Broker {
                 closed: AtomicBool::new(false),
                 lock: Mutex::new(Some(lock)),
                 producer_ids,
+                dead_letter_sink: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    /// Sends dead letters to `sink` from now on (once; a second sink is
+    /// refused).
+    pub fn set_dead_letter_sink(&self, sink: Arc<dyn DeadLetterSink>) -> Result<(), BrokerError> {
+        self.inner
+            .dead_letter_sink
+            .set(sink)
+            .map_err(|_| BrokerError::InvalidConfig("the dead-letter sink is already set".into()))
+    }
+
+    pub(super) fn dead_letter_sink(&self) -> Option<&Arc<dyn DeadLetterSink>> {
+        self.inner.dead_letter_sink.get()
     }
 
     /// A new id for an idempotent producer: batches it finishes with

@@ -18,7 +18,9 @@ use thiserror::Error;
 
 use crate::storage::StorageError;
 
-pub use self::broker::{Broker, BrokerConfig, Message, PendingAppend, StorageStats};
+pub use self::broker::{
+    Broker, BrokerConfig, DeadLetterSink, Message, PendingAppend, StorageStats,
+};
 pub use self::clock::Clock;
 pub use self::group::queue_state::{MemberId, SettleResult};
 pub use self::group::{
@@ -105,6 +107,16 @@ pub enum BrokerError {
     /// The broker was closed.
     #[error("the broker is closed")]
     Closed,
+    /// Dead letters could not be written to their topic (in a cluster, its
+    /// leader did not take them); the messages stay unsettled and are
+    /// dead-lettered on a later delivery.
+    #[error("dead-letter topic {topic:?} did not take the messages: {reason}")]
+    DeadLetterUnavailable {
+        /// The dead-letter topic.
+        topic: String,
+        /// Why.
+        reason: String,
+    },
     /// A storage operation failed.
     #[error("{context}: {source}")]
     Storage {

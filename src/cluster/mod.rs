@@ -7,6 +7,7 @@
 pub mod guide {
     #![doc = include_str!("../../docs/cluster.md")]
 }
+mod dead_letters;
 pub mod leases;
 pub mod node;
 pub mod placement;

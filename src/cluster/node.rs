@@ -9,7 +9,7 @@ use std::time::Duration;
 use spool_protocol::PartitionId;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{Broker, BrokerError, TopicConfig};
+use crate::broker::{Broker, BrokerError, GroupConfig, GroupMode, TopicConfig};
 use crate::cluster::placement::NodeId;
 use crate::cluster::raft::{ControlPlane, ControlPlaneError};
 use crate::cluster::replication::{Replicas, ReplicationSettings};
@@ -70,6 +70,12 @@ impl ClusterNode {
         ));
         tokio::spawn(node.clone().take_over_partitions());
         tokio::spawn(node.clone().keep_roles());
+        let sink = super::dead_letters::ClusterDeadLetters {
+            node: Arc::downgrade(&node),
+        };
+        if let Err(e) = node.broker.set_dead_letter_sink(Arc::new(sink)) {
+            tracing::error!(error = %e, "dead letters stay local");
+        }
         node
     }
 
@@ -101,6 +107,11 @@ impl ClusterNode {
     /// A watcher of the committed state.
     pub(super) fn state_watch(&self) -> tokio::sync::watch::Receiver<Arc<ClusterState>> {
         self.control.state.clone()
+    }
+
+    /// The broker this node serves.
+    pub fn broker(&self) -> &Broker {
+        &self.broker
     }
 
     /// The replicated partitions' side of produce and fetch.
@@ -316,6 +327,69 @@ impl ClusterNode {
                 "no live broker to coordinate group {group}"
             ))),
         }
+    }
+
+    /// Registers a queue-mode group on `topic` cluster-wide if it is new:
+    /// first its dead-letter topic `<name>.dlq` (one partition, as many
+    /// copies as `topic`), then the group; returns once this broker has it
+    /// open. Every broker opens it (its state on a partition lives on the
+    /// partition's replicas).
+    pub async fn create_queue_group(
+        &self,
+        name: &str,
+        topic: &str,
+        config: GroupConfig,
+    ) -> Result<(), ClusterAdminError> {
+        let state = self.state();
+        let Some(spec) = state.topics.get(topic) else {
+            return Err(ClusterAdminError::Broker(BrokerError::TopicNotFound(
+                topic.to_string(),
+            )));
+        };
+        if state.groups.get(name).is_none() {
+            let dlq = format!("{name}.dlq");
+            if !state.topics.contains_key(&dlq) {
+                let config = TopicConfig::new(1).sync(spec.config.log.sync);
+                match self.create_topic(&dlq, config, spec.replication).await {
+                    Ok(()) | Err(ClusterAdminError::Broker(BrokerError::TopicExists(_))) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            let command = Command::CreateQueueGroup {
+                name: name.to_string(),
+                topic: topic.to_string(),
+                config,
+            };
+            if let Outcome::Refused(reason) = self.control.submit(command, ADMIN_TIMEOUT).await? {
+                return Err(ClusterAdminError::Broker(BrokerError::GroupMismatch {
+                    group: name.to_string(),
+                    reason,
+                }));
+            }
+            self.wait_applied(|s| s.groups.contains_key(name)).await;
+        }
+        match self.state().groups.get(name) {
+            Some(g) if g.topic == topic && g.queue.is_some() => {}
+            Some(g) => {
+                return Err(ClusterAdminError::Broker(BrokerError::GroupMismatch {
+                    group: name.to_string(),
+                    reason: format!(
+                        "the group reads {} in {} mode",
+                        g.topic,
+                        if g.queue.is_some() { "queue" } else { "stream" }
+                    ),
+                }))
+            }
+            None => {
+                return Err(ClusterAdminError::Control(ControlPlaneError::Raft(
+                    "the group's creation was not applied here in time".into(),
+                )))
+            }
+        }
+        let (broker, snapshot, name) = (self.broker.clone(), self.state(), name.to_string());
+        let _ = tokio::task::spawn_blocking(move || ensure_local_group(&broker, &name, &snapshot))
+            .await;
+        Ok(())
     }
 
     /// Registers a stream-mode group on `topic` cluster-wide (committed
@@ -776,6 +850,21 @@ pub(super) fn ensure_local(broker: &Broker, name: &str, state: &ClusterState) {
     }
 }
 
+/// Opens here a committed queue group this broker lacks (its topic must
+/// be here already).
+pub(super) fn ensure_local_group(broker: &Broker, name: &str, state: &ClusterState) {
+    let Some(spec) = state.groups.get(name) else {
+        return;
+    };
+    let Some(config) = spec.queue else {
+        return;
+    };
+    ensure_local(broker, &spec.topic, state);
+    if let Err(e) = broker.open_group(name, &spec.topic, GroupMode::Queue, config) {
+        tracing::error!(group = name, error = %e, "cannot open a committed queue group here");
+    }
+}
+
 /// Applies committed topic changes to the local broker: creates committed
 /// topics it lacks, and deletes a topic only when a committed deletion
 /// removed it (a local topic the cluster never had is left alone).
@@ -808,6 +897,11 @@ async fn sync_topics(
         let _ = tokio::task::spawn_blocking(move || {
             for name in &names {
                 ensure_local(&broker2, name, &snapshot);
+            }
+            for (name, spec) in &snapshot.groups {
+                if spec.queue.is_some() && !broker2.has_group(name) {
+                    ensure_local_group(&broker2, name, &snapshot);
+                }
             }
             for name in &gone {
                 tracing::info!(topic = %name, "deleting a topic the cluster deleted");

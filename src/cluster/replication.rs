@@ -29,7 +29,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
-use spool_protocol::requests::{ReplicaFetchRequest, ReplicaFetchResponse, WireEpoch};
+use spool_protocol::requests::{
+    ReplicaFetchRequest, ReplicaFetchResponse, WireEpoch, WireGroupChanges,
+};
 use spool_protocol::{Batch, ErrorCode, Offset, PartitionId};
 use tokio_util::sync::CancellationToken;
 
@@ -82,6 +84,11 @@ struct Leading {
     proposing: parking_lot::Mutex<Option<BTreeSet<NodeId>>>,
     /// Replication factor's share of `min_in_sync`.
     min_in_sync: usize,
+    /// Each follower's cursor into each queue group's journal on this
+    /// partition: (group, follower) -> (journal, first record it lacks).
+    group_cursors: parking_lot::Mutex<HashMap<(String, NodeId), (u64, u64)>>,
+    /// Woken when a follower's group cursor moves.
+    cursors_moved: tokio::sync::Notify,
 }
 
 impl Leading {
@@ -280,10 +287,84 @@ impl Replicas {
         Ok(())
     }
 
+    /// Waits until every in-sync follower has a queue group's journal of a
+    /// partition this broker leads up to record `seq` (an ack made here is
+    /// then on every replica a new leader may come from). Like
+    /// [`Replicas::wait_replicated`], a leader whose lease lapsed confirms
+    /// nothing.
+    pub async fn wait_group_replicated(
+        &self,
+        me: NodeId,
+        topic: &str,
+        partition: u32,
+        group: &str,
+        (journal, seq): (u64, u64),
+        lease_valid: impl Fn() -> bool,
+    ) -> Result<(), AckError> {
+        let what = || format!("group {group} on {topic}/{partition}");
+        let Some(leading) = self
+            .leading
+            .get(&(topic.to_string(), partition))
+            .map(|l| l.clone())
+        else {
+            return Err(AckError::NotReplicated(format!(
+                "this broker stopped leading the partition before the followers of {} confirmed the acks",
+                what()
+            )));
+        };
+        let deadline = tokio::time::Instant::now() + self.settings.ack_timeout;
+        loop {
+            let moved = leading.cursors_moved.notified();
+            tokio::pin!(moved);
+            moved.as_mut().enable();
+            let mut waiting_for = leading.committed.lock().clone();
+            if let Some(proposed) = &*leading.proposing.lock() {
+                waiting_for.extend(proposed.iter().copied());
+            }
+            waiting_for.remove(&me);
+            let done = {
+                let cursors = leading.group_cursors.lock();
+                waiting_for.iter().all(|f| {
+                    cursors
+                        .get(&(group.to_string(), *f))
+                        .is_some_and(|&(j, s)| j == journal && s >= seq)
+                })
+            };
+            if done {
+                break;
+            }
+            if !self.leads(topic, partition, leading.epoch) {
+                return Err(AckError::NotReplicated(format!(
+                    "leadership moved before the followers of {} confirmed the acks",
+                    what()
+                )));
+            }
+            let wake = (deadline - tokio::time::Instant::now()).min(Duration::from_millis(100));
+            if tokio::time::timeout(wake, moved).await.is_err()
+                && tokio::time::Instant::now() >= deadline
+            {
+                return Err(AckError::NotReplicated(format!(
+                    "the in-sync replicas of {} did not confirm the acks within {:?}",
+                    what(),
+                    self.settings.ack_timeout
+                )));
+            }
+        }
+        if !lease_valid() {
+            return Err(AckError::NotReplicated(format!(
+                "this broker's lease lapsed before it could confirm the acks of {}",
+                what()
+            )));
+        }
+        Ok(())
+    }
+
     /// Answers a follower: where its log left this one's history, or the
-    /// batches after its end (waiting up to `max_wait` for some).
+    /// batches after its end and what it lacks of the queue groups' state
+    /// (waiting up to `max_wait` for some).
     pub async fn replica_fetch(
         &self,
+        broker: &crate::broker::Broker,
         request: &ReplicaFetchRequest,
         max_wait: Duration,
     ) -> Result<ReplicaFetchResponse, ReplicaFetchError> {
@@ -302,7 +383,9 @@ impl Replicas {
         }
         let log = &leading.log;
         let offset = Offset(request.offset);
-        let answer = |diverging: Option<EpochStart>, fetched: Option<crate::storage::Fetched>| {
+        let answer = |diverging: Option<EpochStart>,
+                      fetched: Option<crate::storage::Fetched>,
+                      groups: Vec<WireGroupChanges>| {
             let epochs = log
                 .epochs_after(request.last_epoch)
                 .into_iter()
@@ -321,12 +404,22 @@ impl Replicas {
                     start: e.start.0,
                 }),
                 epochs,
+                groups,
                 batches: fetched.map(|f| f.batches).unwrap_or_default(),
             }
         };
         if let Some(at) = divergence(log, offset, request.last_epoch) {
-            return Ok(answer(Some(at), None));
+            return Ok(answer(Some(at), None, Vec::new()));
         }
+        {
+            let follower = NodeId(request.replica);
+            let mut cursors = leading.group_cursors.lock();
+            for c in &request.groups {
+                cursors.insert((c.group.clone(), follower), (c.journal, c.seq));
+            }
+        }
+        leading.cursors_moved.notify_waiters();
+        let partition = PartitionId(request.partition);
         {
             let mut progress = leading.progress.lock();
             progress.record_fetch(
@@ -343,6 +436,14 @@ impl Replicas {
             let moved = log.visible_end_moved();
             tokio::pin!(moved);
             moved.as_mut().enable();
+            // Registered before the journals are read, so no record added
+            // in between goes unnoticed.
+            let notifiers = broker.group_journal_notifiers(&request.topic);
+            let mut grew: Vec<_> = notifiers.iter().map(|n| Box::pin(n.notified())).collect();
+            for g in &mut grew {
+                g.as_mut().enable();
+            }
+            let groups = broker.group_changes(&request.topic, partition, &request.groups);
             let fetched =
                 log.read_replica(offset, max_bytes)
                     .map_err(|source| BrokerError::Storage {
@@ -350,12 +451,26 @@ impl Replicas {
                         source,
                     })?;
             if !fetched.batches.is_empty()
+                || !groups.is_empty()
                 || tokio::time::Instant::now() >= deadline
                 || !self.leads(&request.topic, request.partition, leading.epoch)
             {
-                return Ok(answer(None, Some(fetched)));
+                return Ok(answer(None, Some(fetched), groups));
             }
-            let _ = tokio::time::timeout_at(deadline, moved).await;
+            let grew = async {
+                if grew.is_empty() {
+                    std::future::pending::<()>().await
+                } else {
+                    futures_util::future::select_all(grew).await;
+                }
+            };
+            let _ = tokio::time::timeout_at(deadline, async {
+                tokio::select! {
+                    _ = moved => {}
+                    _ = grew => {}
+                }
+            })
+            .await;
         }
     }
 }
@@ -541,6 +656,8 @@ impl ClusterNode {
             committed: parking_lot::Mutex::new(a.in_sync.iter().copied().collect()),
             proposing: parking_lot::Mutex::new(None),
             min_in_sync: replicas.settings.min_in_sync.min(a.replicas.len()),
+            group_cursors: parking_lot::Mutex::default(),
+            cursors_moved: tokio::sync::Notify::new(),
         });
         leading.apply_in_sync();
         replicas
@@ -696,6 +813,7 @@ impl ClusterNode {
             last_epoch: log.latest_epoch().map_or(0, |e| e.epoch),
             max_bytes: 1 << 20,
             max_wait_ms: 500,
+            groups: self.broker.group_cursors(topic, PartitionId(partition)),
         };
         // Bounded: a fetch the leader never answers (a half-open
         // connection) must not stall the follower; it reconnects instead.
@@ -762,6 +880,19 @@ impl ClusterNode {
             rest = &rest[len..];
         }
         log.set_high_watermark(Offset(answer.high_watermark).min(log.next_offset()));
+        // Group state names offsets below the leader's high watermark:
+        // taken only once this copy's log reaches it, so that a group is
+        // never ahead of the log it reads here.
+        if !answer.groups.is_empty() && log.next_offset().0 >= answer.high_watermark {
+            let broker = self.broker.clone();
+            let groups = answer.groups;
+            tokio::task::spawn_blocking(move || {
+                broker.apply_group_changes(PartitionId(partition), &groups)
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        }
         Ok(())
     }
 }

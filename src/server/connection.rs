@@ -427,6 +427,9 @@ impl Handler {
                 // async workers, but awaited.
                 let group = r.group.clone();
                 let joined = match &ctx.cluster {
+                    Some(node) if r.mode == spool_protocol::WireGroupMode::Queue => {
+                        handlers::cluster_queues::join(node, &ctx.broker, r).await
+                    }
                     Some(node) => handlers::cluster_groups::join(node, &ctx.broker, r).await,
                     None => {
                         handlers::on_blocking_thread(&ctx.broker, move |broker| {
@@ -503,12 +506,28 @@ async fn dispatch(ctx: &ServerContext, request: Request) -> Result<Response, Err
             Request::GroupAssignment(r) => {
                 return handlers::cluster_groups::assignment(node, broker, r).map(Response::from)
             }
-            Request::Deliver(_)
-            | Request::Ack(_)
-            | Request::Nack(_)
-            | Request::Touch(_)
-            | Request::PendingMessages(_) => {
-                return Err(handlers::cluster_groups::queue_mode_refused())
+            Request::Deliver(r) => {
+                return tokio::select! {
+                    reply = handlers::cluster_queues::deliver(node, broker, r, stopping()) => reply,
+                    _ = ctx.shutdown.cancelled() => {
+                        handlers::cluster_queues::deliver(node, broker, r, true).await
+                    }
+                }
+                .map(Response::from)
+            }
+            Request::Ack(r) => {
+                return handlers::cluster_queues::ack(node, broker, r)
+                    .await
+                    .map(Response::from)
+            }
+            Request::Nack(r) => {
+                return handlers::cluster_queues::nack(node, broker, r).map(Response::from)
+            }
+            Request::Touch(r) => {
+                return handlers::cluster_queues::touch(node, broker, r).map(Response::from)
+            }
+            Request::PendingMessages(r) => {
+                return handlers::cluster_queues::pending(node, broker, r).map(Response::from)
             }
             Request::DeleteGroup(r) => {
                 return handlers::cluster_groups::delete(node, broker, r)
@@ -573,8 +592,10 @@ async fn dispatch(ctx: &ServerContext, request: Request) -> Result<Response, Err
             .map(Response::from)
         }
         Request::Deliver(r) => tokio::select! {
-            reply = handlers::groups::deliver(broker, &r, stopping()) => reply,
-            _ = ctx.shutdown.cancelled() => handlers::groups::deliver(broker, &r, true).await,
+            reply = handlers::groups::deliver(broker, &r, stopping(), &|_| true) => reply,
+            _ = ctx.shutdown.cancelled() => {
+                handlers::groups::deliver(broker, &r, true, &|_| true).await
+            }
         }
         .map(Response::from),
         Request::CreateTopic(r) => {
@@ -605,7 +626,9 @@ async fn dispatch(ctx: &ServerContext, request: Request) -> Result<Response, Err
         }
         Request::ListGroups(_) => Ok(handlers::groups::list(broker).into()),
         Request::DescribeGroup(r) => handlers::groups::describe(broker, &r).map(Response::from),
-        Request::PendingMessages(r) => handlers::groups::pending(broker, &r).map(Response::from),
+        Request::PendingMessages(r) => {
+            handlers::groups::pending(broker, &r, &|_| true).map(Response::from)
+        }
         Request::DeleteGroup(r) => {
             handlers::on_blocking_thread(broker, move |broker| {
                 handlers::groups::delete(broker, &r).map(Response::from)

@@ -16,6 +16,7 @@ pub fn code_for(err: &BrokerError) -> ErrorCode {
         BrokerError::InvalidBatch(_) => ErrorCode::InvalidBatch,
         BrokerError::BatchTooLarge { .. } => ErrorCode::BatchTooLarge,
         BrokerError::Closed => ErrorCode::ShuttingDown,
+        BrokerError::DeadLetterUnavailable { .. } => ErrorCode::PartitionUnavailable,
         BrokerError::GroupNotFound(_) => ErrorCode::GroupNotFound,
         BrokerError::GroupMismatch { .. } => ErrorCode::GroupMismatch,
         BrokerError::UnknownMember { .. } => ErrorCode::UnknownMember,

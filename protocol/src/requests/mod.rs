@@ -47,7 +47,10 @@ pub use queue::{
     AckRequest, DeliverRequest, DeliverResponse, NackRequest, SettleResponse, TouchRequest,
     WireDelivery, WireSettle,
 };
-pub use replica::{ReplicaFetchRequest, ReplicaFetchResponse, WireEpoch};
+pub use replica::{
+    ReplicaFetchRequest, ReplicaFetchResponse, WireAckRecord, WireAckState, WireEpoch,
+    WireGroupChanges, WireGroupCursor,
+};
 pub use topics::{
     CreateTopicRequest, DeleteTopicRequest, DescribeTopicRequest, ListTopicsRequest,
     ListTopicsResponse, TopicSettings, WirePartition, WireSync, WireTopic,

@@ -27,6 +27,21 @@ impl Broker {
         max: usize,
         max_wait: Duration,
     ) -> Result<Vec<DeliveredMessage>, BrokerError> {
+        self.deliver_from(group, member, max, max_wait, &|_| true)
+            .await
+    }
+
+    /// [`Broker::deliver`] from the partitions `serves` accepts only (in a
+    /// cluster: those this broker leads). The others are not touched:
+    /// their deadlines, redeliveries and dead letters are their leader's.
+    pub async fn deliver_from(
+        &self,
+        group: &str,
+        member: MemberId,
+        max: usize,
+        max_wait: Duration,
+        serves: &(dyn Fn(PartitionId) -> bool + Sync),
+    ) -> Result<Vec<DeliveredMessage>, BrokerError> {
         self.check_open()?;
         let g = self.group(group)?;
         if g.mode != GroupMode::Queue {
@@ -53,7 +68,7 @@ impl Broker {
             for m in &mut moved {
                 m.as_mut().enable();
             }
-            let (out, next_event_ms) = self.deliver_once(&g, &topic, member, max).await?;
+            let (out, next_event_ms) = self.deliver_once(&g, &topic, member, max, serves).await?;
             if !out.is_empty() && g.check_member(member).is_err() {
                 // The member left while we were taking messages for it (its
                 // connection closed): hand them back at once.
@@ -91,6 +106,7 @@ impl Broker {
         topic: &Topic,
         member: MemberId,
         max: usize,
+        serves: &(dyn Fn(PartitionId) -> bool + Sync),
     ) -> Result<(Vec<DeliveredMessage>, Option<u64>), BrokerError> {
         let mut reservation = g.reserve(member, max);
         let mut syncs = Vec::new();
@@ -100,6 +116,9 @@ impl Broker {
         let start = g.rotation.fetch_add(1, Ordering::Relaxed);
         for i in 0..n {
             let p = (start + i) % n;
+            if !serves(PartitionId(p as u32)) {
+                continue;
+            }
             let log = &topic.partitions[p];
             let now = self.config().clock.now_ms();
             let (took, exhausted) = {
@@ -212,7 +231,8 @@ impl Broker {
         exhausted: &[super::queue_state::Delivery],
     ) -> Result<(), BrokerError> {
         let dlq = format!("{}.dlq", g.name);
-        if self.topic(&dlq).is_err() {
+        let sink = self.dead_letter_sink().cloned();
+        if sink.is_none() && self.topic(&dlq).is_err() {
             let config = TopicConfig::new(1).sync(topic.config.log.sync);
             // Creating a topic writes and fsyncs files: not on an async worker.
             let (broker, name) = (self.clone(), dlq.clone());
@@ -275,7 +295,12 @@ impl Broker {
             crate::metrics::CORRUPT_DEAD_LETTERS.inc_by(damaged as u64);
         }
         let batch = builder.finish()?;
-        self.append(&dlq, PartitionId(0), &batch).await?;
+        match sink {
+            Some(sink) => sink.write(dlq, Bytes::from(batch)).await?,
+            None => {
+                self.append(&dlq, PartitionId(0), &batch).await?;
+            }
+        }
         let (count, sync) = {
             let mut gp = g.partition(partition)?;
             let mut settled = Vec::new();

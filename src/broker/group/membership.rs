@@ -61,6 +61,29 @@ impl Broker {
         Ok(member)
     }
 
+    /// Opens `group` here if it is new (a cluster's committed queue group),
+    /// without joining it.
+    pub fn open_group(
+        &self,
+        group: &str,
+        topic: &str,
+        mode: GroupMode,
+        config: GroupConfig,
+    ) -> Result<(), BrokerError> {
+        self.check_open()?;
+        self.create_group(group, topic, mode, config).map(|_| ())
+    }
+
+    /// The topic `group` reads.
+    pub fn group_topic(&self, group: &str) -> Result<String, BrokerError> {
+        self.group(group).map(|g| g.topic.clone())
+    }
+
+    /// True if `group` is open here.
+    pub fn has_group(&self, group: &str) -> bool {
+        self.groups().contains_key(group)
+    }
+
     fn create_group(
         &self,
         group: &str,

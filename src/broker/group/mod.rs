@@ -44,10 +44,12 @@ mod admin;
 mod delivery;
 mod membership;
 pub(crate) mod queue_state;
+mod replica;
 mod settle;
 
 use self::ack_log::{AckLog, AckRecord, AckState};
 use self::queue_state::{MemberId, QueueState};
+use self::replica::Journal;
 use super::topic::{self, Topic};
 use super::{Broker, BrokerError};
 use crate::storage::meta_file::{self, MetaKind};
@@ -201,6 +203,13 @@ struct GroupPartition {
     log: AckLog,
     committed: Option<u64>,
     dead_letters: u64,
+    /// Recent records, numbered, for the partition's followers.
+    journal: Journal,
+    /// The leader's journal this replica copies and the first record of
+    /// it that it lacks; `None` once it changes its state itself.
+    copying: Option<(u64, u64)>,
+    /// The group's [`Group::journal_grew`].
+    grew: Arc<Notify>,
 }
 
 impl GroupPartition {
@@ -222,6 +231,7 @@ impl GroupPartition {
     /// ([`Broker::sync_ack_logs`]).
     fn append(&mut self, records: &[AckRecord]) -> Result<Option<FileSync>, StorageError> {
         let sync = self.log.append(records)?;
+        self.journal_local(records);
         if self.log.wants_compaction() {
             // Compaction writes its snapshot durably itself (rare: every
             // `COMPACT_AFTER_RECORDS` records).
@@ -300,6 +310,8 @@ pub(crate) struct Group {
     members: Mutex<Members>,
     /// Woken when something may have become deliverable.
     changed: Notify,
+    /// Woken when a partition's journal grows (followers wait on it).
+    journal_grew: Arc<Notify>,
     pub(crate) stats: GroupStats,
     rotation: AtomicUsize,
 }
@@ -390,6 +402,7 @@ impl Group {
 
     fn open_partitions(dir: PathBuf, meta: GroupMeta, topic: &Topic) -> Result<Group, BrokerError> {
         let sync = topic.config.log.sync == SyncPolicy::Always;
+        let journal_grew = Arc::new(Notify::new());
         let mut partitions = Vec::with_capacity(topic.partitions.len());
         for (p, log) in topic.partitions.iter().enumerate() {
             let (mut ack_log, state) = AckLog::open(&dir, p as u32, sync).map_err(|e| {
@@ -439,6 +452,9 @@ impl Group {
                 log: ack_log,
                 committed,
                 dead_letters: state.dead_letters,
+                journal: Journal::new(),
+                copying: None,
+                grew: journal_grew.clone(),
             }));
         }
         Ok(Group {
@@ -449,6 +465,7 @@ impl Group {
             partitions,
             members: Mutex::new(Members::default()),
             changed: Notify::new(),
+            journal_grew,
             stats: GroupStats::default(),
             rotation: AtomicUsize::new(0),
         })

@@ -6,9 +6,7 @@
 //! offset. Members are connections and live only with the coordinator they
 //! joined; when it changes they get `NotLeader` and join the new one.
 //!
-//! Queue-mode groups are refused in a cluster: their per-message ack state
-//! lives with each partition's log and would have to move with it, which
-//! is what replicating partitions provides.
+//! Queue-mode groups have no coordinator: see `cluster_queues`.
 
 use spool_protocol::requests::{
     CommitOffsetRequest, CommittedOffsetsRequest, CommittedOffsetsResponse, CoordinatorResponse,
@@ -52,6 +50,15 @@ pub fn find_coordinator(
     })
 }
 
+/// True for a committed queue-mode group: it has no coordinator, every
+/// broker has it open (see `cluster_queues`).
+fn is_queue(node: &ClusterNode, group: &str) -> bool {
+    node.state()
+        .groups
+        .get(group)
+        .is_some_and(|g| g.queue.is_some())
+}
+
 /// `GroupHasMembers` if members joined `group` at this coordinator.
 fn no_members_here(broker: &Broker, group: &str) -> Result<(), ErrorResponse> {
     if broker.describe_group(group).is_ok_and(|g| g.members > 0) {
@@ -70,15 +77,6 @@ fn group_spec<'a>(state: &'a ClusterState, name: &str) -> Result<&'a GroupSpec, 
         .ok_or_else(|| response_for(&BrokerError::GroupNotFound(name.to_string())))
 }
 
-/// Why a queue-mode request is refused in a cluster.
-pub fn queue_mode_refused() -> ErrorResponse {
-    error(
-        ErrorCode::InvalidConfig,
-        "queue-mode groups are not available in cluster mode yet (their ack state must move \
-         with each partition); use a stream-mode group or consume partitions directly",
-    )
-}
-
 /// Joins a stream-mode group here, its coordinator: registers the group
 /// through the control plane if it is new, then joins the local group
 /// that holds its members.
@@ -87,9 +85,6 @@ pub async fn join(
     broker: &Broker,
     request: JoinGroupRequest,
 ) -> Result<(JoinGroupResponse, MemberId), ErrorResponse> {
-    if request.mode == WireGroupMode::Queue {
-        return Err(queue_mode_refused());
-    }
     coordinates(node, &request.group)?;
     node.create_group(&request.group, &request.topic)
         .await
@@ -126,7 +121,9 @@ pub fn leave(
     broker: &Broker,
     request: &LeaveGroupRequest,
 ) -> Result<(), ErrorResponse> {
-    coordinates(node, &request.group)?;
+    if !is_queue(node, &request.group) {
+        coordinates(node, &request.group)?;
+    }
     match groups::leave(broker, request) {
         Err(e) if e.code() == Some(ErrorCode::GroupNotFound) => Ok(()),
         other => other,
@@ -172,6 +169,12 @@ pub async fn describe(
     broker: &Broker,
     request: &DescribeGroupRequest,
 ) -> Result<WireGroup, ErrorResponse> {
+    if is_queue(node, &request.group) {
+        // Every broker copies each partition's state (position, settled,
+        // dead letters) from its leader; members and in-flight counts are
+        // this broker's own.
+        return groups::describe(broker, request);
+    }
     coordinates(node, &request.group)?;
     describe_here(node, broker, &request.group).await
 }
@@ -233,7 +236,14 @@ pub async fn list(
     let mut groups = Vec::new();
     for name in state.groups.keys() {
         let coordinator = state.coordinator(name);
-        let described = if coordinator == Some(node.id()) {
+        let described = if is_queue(node, name) {
+            groups::describe(
+                broker,
+                &DescribeGroupRequest {
+                    group: name.clone(),
+                },
+            )
+        } else if coordinator == Some(node.id()) {
             describe_here(node, broker, name).await
         } else {
             let addr = coordinator
@@ -264,6 +274,16 @@ pub async fn reset(
     broker: &Broker,
     request: &ResetGroupRequest,
 ) -> Result<(), ErrorResponse> {
+    if is_queue(node, &request.group) {
+        return Err(error(
+            ErrorCode::InvalidConfig,
+            format!(
+                "group {} is a queue group: resetting one in a cluster is not supported yet \
+                 (delete it and join again to start over)",
+                request.group
+            ),
+        ));
+    }
     coordinates(node, &request.group)?;
     let state = node.state();
     let group = group_spec(&state, &request.group)?;
@@ -304,7 +324,9 @@ pub async fn delete(
     broker: &Broker,
     request: &DeleteGroupRequest,
 ) -> Result<(), ErrorResponse> {
-    coordinates(node, &request.group)?;
+    if !is_queue(node, &request.group) {
+        coordinates(node, &request.group)?;
+    }
     group_spec(&node.state(), &request.group)?;
     no_members_here(broker, &request.group)?;
     node.delete_group(&request.group)

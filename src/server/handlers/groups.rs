@@ -30,13 +30,7 @@ pub fn join(
     request: &JoinGroupRequest,
 ) -> Result<(JoinGroupResponse, MemberId), ErrorResponse> {
     let mode = GroupMode::from(request.mode);
-    let defaults = GroupConfig::default();
-    // Zero on the wire asks for the default.
-    let config = GroupConfig {
-        ack_wait_ms: nonzero_or(request.ack_wait_ms, defaults.ack_wait_ms),
-        max_deliveries: nonzero_or(request.max_deliveries, defaults.max_deliveries),
-        max_in_flight: nonzero_or(request.max_in_flight, defaults.max_in_flight),
-    };
+    let config = config_of(request);
     let member = broker
         .join_group(&request.group, &request.topic, mode, config)
         .map_err(fail)?;
@@ -52,6 +46,16 @@ pub fn join(
         partitions: partitions.iter().map(|p| p.0).collect(),
     };
     Ok((response, member))
+}
+
+/// The queue settings a join asks for (zero on the wire: the default).
+pub fn config_of(request: &JoinGroupRequest) -> GroupConfig {
+    let defaults = GroupConfig::default();
+    GroupConfig {
+        ack_wait_ms: nonzero_or(request.ack_wait_ms, defaults.ack_wait_ms),
+        max_deliveries: nonzero_or(request.max_deliveries, defaults.max_deliveries),
+        max_in_flight: nonzero_or(request.max_in_flight, defaults.max_in_flight),
+    }
 }
 
 /// Leaves.
@@ -75,11 +79,13 @@ pub fn assignment(
     })
 }
 
-/// Queue mode: hands out messages, waiting for some unless `shutting_down`.
+/// Queue mode: hands out messages of the partitions `serves` accepts
+/// (all but in a cluster), waiting for some unless `shutting_down`.
 pub async fn deliver(
     broker: &Broker,
     request: &DeliverRequest,
     shutting_down: bool,
+    serves: &(dyn Fn(PartitionId) -> bool + Sync),
 ) -> Result<DeliverResponse, ErrorResponse> {
     let wait_ms = if shutting_down {
         0
@@ -87,11 +93,12 @@ pub async fn deliver(
         request.max_wait_ms.min(MAX_WAIT_CAP_MS)
     };
     let messages = broker
-        .deliver(
+        .deliver_from(
             &request.group,
             request.member,
             request.max_messages as usize,
             Duration::from_millis(u64::from(wait_ms)),
+            serves,
         )
         .await
         .map_err(fail)?;
@@ -194,10 +201,11 @@ pub fn delete(broker: &Broker, request: &DeleteGroupRequest) -> Result<(), Error
     broker.delete_group(&request.group).map_err(fail)
 }
 
-/// A queue group's unsettled messages.
+/// A queue group's unsettled messages on the partitions `serves` accepts.
 pub fn pending(
     broker: &Broker,
     request: &PendingMessagesRequest,
+    serves: &(dyn Fn(PartitionId) -> bool + Sync),
 ) -> Result<PendingMessagesResponse, ErrorResponse> {
     let partition = match request.partition {
         Some(p) => Some(PartitionId(u32::try_from(p).map_err(|_| {
@@ -209,6 +217,7 @@ pub fn pending(
         .pending_messages(&request.group, partition, request.max as usize)
         .map_err(fail)?
         .into_iter()
+        .filter(|m| serves(m.partition))
         .map(|m| WirePending {
             partition: m.partition.0,
             offset: m.offset.0,
@@ -232,14 +241,14 @@ fn fail(err: crate::BrokerError) -> ErrorResponse {
     response_for(&err)
 }
 
-fn to_items(items: &[(u32, u64)]) -> Vec<(PartitionId, Offset)> {
+pub(crate) fn to_items(items: &[(u32, u64)]) -> Vec<(PartitionId, Offset)> {
     items
         .iter()
         .map(|&(p, o)| (PartitionId(p), Offset(o)))
         .collect()
 }
 
-fn settled(
+pub(crate) fn settled(
     results: Result<Vec<SettleResult>, crate::BrokerError>,
 ) -> Result<SettleResponse, ErrorResponse> {
     Ok(SettleResponse {

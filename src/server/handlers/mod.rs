@@ -26,6 +26,7 @@ pub async fn on_blocking_thread<T: Send + 'static>(
 
 pub mod cluster;
 pub mod cluster_groups;
+pub mod cluster_queues;
 pub mod fetch;
 pub mod groups;
 pub mod handshake;

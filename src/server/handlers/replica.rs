@@ -19,7 +19,7 @@ pub async fn fetch(
 ) -> Result<ReplicaFetchResponse, ErrorResponse> {
     let wait = Duration::from_millis(u64::from(max_wait_ms.min(MAX_WAIT_CAP_MS)));
     node.replicas()
-        .replica_fetch(request, wait)
+        .replica_fetch(node.broker(), request, wait)
         .await
         .map_err(|e| match e {
             ReplicaFetchError::NotLeading(_) => error(ErrorCode::NotLeader, e.to_string()),
@@ -33,6 +33,35 @@ pub async fn fetch(
 /// The error for a produce the replicas did not confirm.
 pub fn ack_error(e: &AckError) -> ErrorResponse {
     error(e.code(), e.to_string())
+}
+
+/// After acks of a queue group were recorded here: waits until the
+/// in-sync replicas of each of `partitions` hold them (at once for a
+/// partition with one copy).
+pub async fn wait_acks_replicated(
+    node: &ClusterNode,
+    topic: &str,
+    group: &str,
+    partitions: impl IntoIterator<Item = u32>,
+) -> Result<(), ErrorResponse> {
+    let state = node.state();
+    for p in partitions {
+        let replicated = state
+            .assignment(topic, spool_protocol::PartitionId(p))
+            .is_some_and(|a| a.replicated());
+        if !replicated {
+            continue;
+        }
+        let end = node
+            .broker()
+            .group_journal_end(group, spool_protocol::PartitionId(p))
+            .map_err(|e| response_for(&e))?;
+        node.replicas()
+            .wait_group_replicated(node.id(), topic, p, group, end, || node.lease_valid())
+            .await
+            .map_err(|e| ack_error(&e))?;
+    }
+    Ok(())
 }
 
 /// Waits until the in-sync replicas hold everything below `end` (at once
