@@ -814,9 +814,9 @@ async fn a_stream_group_keeps_its_offsets_when_its_coordinator_is_paused() {
     use spool::client::GroupConsumer;
     use spool::protocol::requests::{
         CommittedOffsetsRequest, DeleteGroupRequest, DescribeGroupRequest, FindCoordinatorRequest,
-        JoinGroupRequest, ListGroupsRequest,
+        ListGroupsRequest,
     };
-    use spool::protocol::{ErrorCode, WireGroupMode};
+    use spool::protocol::ErrorCode;
 
     const PARTITIONS: u32 = 6;
     const N: u64 = 6_000;
@@ -847,23 +847,6 @@ async fn a_stream_group_keeps_its_offsets_when_its_coordinator_is_paused() {
         let end = &mut ends[stored.partition as usize];
         *end = (*end).max(stored.offset + 1);
     }
-
-    // Queue mode is refused in a cluster, clearly.
-    let refused = admin
-        .call_group(
-            "q",
-            &JoinGroupRequest {
-                group: "q".into(),
-                topic: "g".into(),
-                mode: WireGroupMode::Queue,
-                ack_wait_ms: 0,
-                max_deliveries: 0,
-                max_in_flight: 0,
-            },
-        )
-        .await
-        .expect_err("a queue group in a cluster");
-    assert_eq!(refused.code(), Some(ErrorCode::InvalidConfig), "{refused}");
 
     let seen: Arc<parking_lot::Mutex<HashMap<(u32, u64), u32>>> = Arc::default();
     let stop = tokio_util::sync::CancellationToken::new();

@@ -815,3 +815,171 @@ async fn a_leader_cut_off_stops_acknowledging_and_loses_nothing_it_acknowledged(
     let violations = common::history::check(&acked, &stored_history(&copies[0]));
     assert!(violations.is_empty(), "{violations:?}");
 }
+
+/// A queue group on replicated partitions: a member acks some messages and
+/// holds others, the leader of most partitions is SIGKILLed, and a new
+/// member gets from the new leaders every message that was not
+/// acknowledged and none that was (the group's state on a partition is
+/// copied to its followers with the data, and an ack is answered only once
+/// they have it). A message nacked until its deliveries run out lands in
+/// the group's dead-letter topic, itself replicated, through its leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_group_loses_no_ack_and_no_message_when_its_leader_dies() {
+    use spool::client::{QueueConsumer, QueueOptions};
+    use std::collections::BTreeSet;
+
+    let _serial = SERIAL.lock().await;
+    const PARTITIONS: u32 = 3;
+    const N: u64 = 3_000;
+    let mut cluster = Cluster::start(3);
+    let admin = cluster.client(0).await;
+    cluster.ready(&admin, 3).await;
+    admin
+        .create_topic("work", PARTITIONS, replicated(3))
+        .await
+        .expect("create");
+    fully_replicated(&cluster, "work", PARTITIONS, 3).await;
+    let producer = Producer::new(cluster.client(1).await, ProducerConfig::default());
+    let mut deliveries = Vec::new();
+    for seq in 0..N {
+        let key = format!("k{}", seq % 31).into_bytes();
+        deliveries.push(
+            producer
+                .send("work", Some(&key), seq.to_be_bytes())
+                .await
+                .expect("send"),
+        );
+    }
+    producer.flush().await.expect("flush");
+    for d in deliveries {
+        d.await.expect("acknowledged");
+    }
+
+    let options = QueueOptions {
+        // Long: every redelivery below comes from the failover, not from
+        // a deadline.
+        ack_wait: Duration::from_secs(120),
+        max_deliveries: 3,
+        max_in_flight: 5_000,
+        ..QueueOptions::default()
+    };
+    let mut first =
+        QueueConsumer::join(cluster.client(2).await, "workers", "work", options.clone())
+            .await
+            .expect("join");
+    let (mut acked, mut held) = (BTreeSet::new(), BTreeSet::new());
+    while acked.len() + held.len() < 2_000 {
+        let m = first
+            .receive_timeout(Duration::from_secs(10))
+            .await
+            .expect("receive")
+            .expect("a message within 10 s");
+        let seq = seq_of(&m.value).expect("a sequence number");
+        if seq % 3 == 0 {
+            held.insert(seq);
+        } else {
+            assert_eq!(
+                first.ack(&m).await.expect("ack"),
+                spool::client::Settled::Ok
+            );
+            acked.insert(seq);
+        }
+    }
+
+    // The broker leading most partitions dies; the first member goes too
+    // (it leaves at the survivors, so what it held there is free at once).
+    let view = metadata(&admin).await.expect("metadata");
+    let mut led = BTreeMap::<u64, u32>::new();
+    for p in 0..PARTITIONS {
+        *led.entry(partition(&view, "work", p).leader.expect("leader"))
+            .or_default() += 1;
+    }
+    let victim = led
+        .iter()
+        .max_by_key(|(_, n)| **n)
+        .map(|(id, _)| *id)
+        .expect("a leader");
+    let victim_index = common::cluster::index_of(victim);
+    cluster.brokers[victim_index].kill();
+    drop(first);
+
+    let survivor = (victim_index + 1) % 3;
+    let client = cluster.client(survivor).await;
+    let mut second = eventually(Duration::from_secs(20), "join after the kill", || async {
+        QueueConsumer::join(client.clone(), "workers", "work", options.clone())
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    let mut got = BTreeSet::new();
+    let mut redelivered_acked = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut dead: Option<u64> = None;
+    while got.len() < (N as usize - acked.len()) && Instant::now() < deadline {
+        let Some(m) = second
+            .receive_timeout(Duration::from_secs(1))
+            .await
+            .expect("receive")
+        else {
+            continue;
+        };
+        let seq = seq_of(&m.value).expect("a sequence number");
+        if acked.contains(&seq) {
+            redelivered_acked.push(seq);
+            continue;
+        }
+        // One message is nacked until its deliveries run out.
+        if dead.is_none_or(|d| d == seq) && m.deliveries < options.max_deliveries {
+            dead = Some(seq);
+            second.nack(&m, Duration::ZERO).await.expect("nack");
+            continue;
+        }
+        if dead == Some(seq) {
+            // Its last delivery: not acked either, so it is dead-lettered.
+            second.nack(&m, Duration::ZERO).await.expect("nack");
+            got.insert(seq);
+            continue;
+        }
+        assert_eq!(
+            second.ack(&m).await.expect("ack"),
+            spool::client::Settled::Ok
+        );
+        got.insert(seq);
+    }
+    assert!(
+        redelivered_acked.is_empty(),
+        "{} acknowledged messages delivered again after the failover, first {:?}",
+        redelivered_acked.len(),
+        &redelivered_acked[..redelivered_acked.len().min(10)]
+    );
+    let missing: Vec<u64> = (0..N)
+        .filter(|s| !acked.contains(s) && !got.contains(s))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} unacknowledged messages never delivered after the failover, first {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    assert!(held.iter().all(|s| got.contains(s)));
+
+    // The dead letter: wait for a delivery pass to move it, then find it
+    // on every live replica of the dead-letter topic.
+    let dead = dead.expect("a message was nacked");
+    let _ = second.receive_timeout(Duration::from_millis(500)).await;
+    drop(second);
+    cluster.restart(victim_index);
+    fully_replicated(&cluster, "workers.dlq", 1, 3).await;
+    for b in &mut cluster.brokers {
+        b.terminate();
+    }
+    for (i, copy) in copies(&cluster, "workers.dlq", 1).iter().enumerate() {
+        let values: Vec<Option<u64>> = copy[0].iter().map(|r| seq_of(&r.value)).collect();
+        assert_eq!(
+            values,
+            vec![Some(dead)],
+            "broker {}'s copy of the dead-letter topic",
+            i + 1
+        );
+    }
+}

@@ -99,6 +99,10 @@ struct Session {
     retry_at: Option<tokio::time::Instant>,
 }
 
+/// Settlement items of one session: its index, the items' places in the
+/// request, the items.
+type SessionItems = (usize, Vec<usize>, Vec<(u32, u64)>);
+
 /// How long a broker that failed is left alone before it is tried again.
 const SESSION_RETRY: Duration = Duration::from_millis(200);
 
@@ -438,8 +442,8 @@ impl QueueConsumer {
 
     /// `items` grouped by the session that delivered them, with their
     /// places in `items`; forgets them as held.
-    fn by_session(&mut self, items: &[(u32, u64)]) -> Vec<(usize, Vec<usize>, Vec<(u32, u64)>)> {
-        let mut groups: Vec<(usize, Vec<usize>, Vec<(u32, u64)>)> = Vec::new();
+    fn by_session(&mut self, items: &[(u32, u64)]) -> Vec<SessionItems> {
+        let mut groups: Vec<SessionItems> = Vec::new();
         for (at, item) in items.iter().enumerate() {
             let i = self.holders.remove(item).unwrap_or(0);
             match groups.iter_mut().find(|g| g.0 == i) {

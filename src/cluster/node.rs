@@ -346,7 +346,7 @@ impl ClusterNode {
                 topic.to_string(),
             )));
         };
-        if state.groups.get(name).is_none() {
+        if !state.groups.contains_key(name) {
             let dlq = format!("{name}.dlq");
             if !state.topics.contains_key(&dlq) {
                 let config = TopicConfig::new(1).sync(spec.config.log.sync);

@@ -296,7 +296,7 @@ impl Broker {
         }
         let batch = builder.finish()?;
         match sink {
-            Some(sink) => sink.write(dlq, Bytes::from(batch)).await?,
+            Some(sink) => sink.write(dlq, batch).await?,
             None => {
                 self.append(&dlq, PartitionId(0), &batch).await?;
             }
