@@ -40,6 +40,18 @@ pub enum Violation {
         before: u64,
         after: u64,
     },
+    /// A queue group delivered again a message whose ack it had confirmed.
+    RedeliveredAfterAck(u64),
+    /// Stored, never acked by the queue group that should have drained it.
+    NeverAcked(u64),
+    /// Acked by a queue group where the final log holds something else.
+    AckedElsewhere(u64),
+    /// A queue group's partition not settled to its end after a drain.
+    GroupBehind {
+        partition: u32,
+        position: u64,
+        end: u64,
+    },
 }
 
 /// Every violation in the history (empty: it is sound).
