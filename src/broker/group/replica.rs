@@ -32,17 +32,22 @@ use super::{storage_error, GroupMode, GroupPartition};
 use crate::broker::{Broker, BrokerError};
 use crate::storage::FileSync;
 
-/// Records a journal keeps: a follower further behind gets the whole state.
-const JOURNAL_RECORDS: usize = 1 << 16;
+/// Records a journal keeps (about 400 KiB): a follower further behind gets
+/// the whole state instead.
+const JOURNAL_RECORDS: usize = 1 << 14;
 /// Records sent per group in one answer.
 const RECORDS_PER_ANSWER: usize = 8_192;
 
-/// The numbered recent records of one group on one partition.
+/// The numbered recent records of one group on one partition. It keeps
+/// records only once a follower has asked for them: a single server, or a
+/// partition with one copy, only counts them.
 pub(super) struct Journal {
     id: u64,
     /// The number of `records[0]`.
     start: u64,
     records: VecDeque<AckRecord>,
+    /// A follower has asked.
+    wanted: bool,
 }
 
 impl Journal {
@@ -51,6 +56,7 @@ impl Journal {
             id: fresh_id(),
             start: 0,
             records: VecDeque::new(),
+            wanted: false,
         }
     }
 
@@ -59,6 +65,10 @@ impl Journal {
     }
 
     pub(super) fn push(&mut self, records: &[AckRecord]) {
+        if !self.wanted {
+            self.start += records.len() as u64;
+            return;
+        }
         self.records.extend(records.iter().copied());
         while self.records.len() > JOURNAL_RECORDS {
             self.records.pop_front();
@@ -227,9 +237,10 @@ impl Broker {
     ) -> Vec<WireGroupChanges> {
         let mut out = Vec::new();
         for g in self.queue_groups_of(topic) {
-            let Ok(gp) = g.partition(partition) else {
+            let Ok(mut gp) = g.partition(partition) else {
                 continue;
             };
+            gp.journal.wanted = true;
             let journal = &gp.journal;
             let cursor = cursors.iter().find(|c| c.group == g.name);
             let records = cursor
@@ -322,5 +333,131 @@ impl Broker {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::broker::{BrokerConfig, GroupConfig, Message, TopicConfig};
+    use crate::storage::SyncPolicy;
+    use spool_protocol::Offset;
+
+    const P: PartitionId = PartitionId(0);
+
+    async fn replica(dir: &std::path::Path) -> Broker {
+        let broker = Broker::open(dir, BrokerConfig::default()).expect("open");
+        broker
+            .create_topic("t", TopicConfig::new(1).sync(SyncPolicy::Never))
+            .expect("topic");
+        let messages: Vec<Message> = (0..10).map(|i| Message::new(format!("m{i}"))).collect();
+        broker.produce("t", P, &messages).await.expect("produce");
+        broker
+            .open_group("g", "t", GroupMode::Queue, GroupConfig::default())
+            .expect("group");
+        broker
+    }
+
+    async fn ack(broker: &Broker, member: u64, offsets: std::ops::Range<u64>) {
+        let items: Vec<_> = offsets.map(|o| (P, Offset(o))).collect();
+        broker.ack("g", member, &items).await.expect("ack");
+    }
+
+    /// The follower's side of one exchange; returns what the leader sent.
+    fn exchange(leader: &Broker, follower: &Broker) -> Vec<WireGroupChanges> {
+        let cursors = follower.group_cursors("t", P);
+        let changes = leader.group_changes("t", P, &cursors);
+        follower
+            .apply_group_changes(P, &changes)
+            .expect("apply the leader's changes");
+        changes
+    }
+
+    #[tokio::test]
+    async fn a_follower_copies_acks_and_takes_over_without_redelivering_them() {
+        let (ld, fd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (leader, follower) = (replica(ld.path()).await, replica(fd.path()).await);
+        let member = leader
+            .join_group("g", "t", GroupMode::Queue, GroupConfig::default())
+            .unwrap();
+        let got = leader
+            .deliver("g", member, 10, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 10);
+        ack(&leader, member, 0..4).await;
+
+        // First contact: the whole state.
+        let first = exchange(&leader, &follower);
+        assert_eq!(first.len(), 1);
+        assert!(first[0].state.is_some(), "{first:?}");
+        // Up to date: nothing to send.
+        assert!(leader
+            .group_changes("t", P, &follower.group_cursors("t", P))
+            .is_empty());
+        // Then only the records after the cursor.
+        ack(&leader, member, 4..6).await;
+        let next = exchange(&leader, &follower);
+        assert_eq!(next.len(), 1);
+        assert!(next[0].state.is_none());
+        assert_eq!(next[0].records.len(), 2, "{next:?}");
+        let (journal, end) = leader.group_journal_end("g", P).unwrap();
+        let cursor = &follower.group_cursors("t", P)[0];
+        assert_eq!((cursor.journal, cursor.seq), (journal, end));
+
+        // The follower leads: what the leader handed out and was not acked
+        // goes out again, and nothing that was acked.
+        let new_member = follower
+            .join_group("g", "t", GroupMode::Queue, GroupConfig::default())
+            .unwrap();
+        let again = follower
+            .deliver("g", new_member, 10, Duration::ZERO)
+            .await
+            .unwrap();
+        let offsets: Vec<u64> = again.iter().map(|m| m.offset.0).collect();
+        assert_eq!(offsets, vec![6, 7, 8, 9]);
+
+        // Once it changed the state itself, its cursor names no journal;
+        // the old leader, now following it, is sent the whole state, and
+        // then agrees.
+        ack(&follower, new_member, 6..8).await;
+        assert_eq!(follower.group_cursors("t", P)[0].journal, 0);
+        let back = exchange(&follower, &leader);
+        assert!(back[0].state.is_some());
+        let describe = |b: &Broker| b.describe_group("g").unwrap().partitions[0].position;
+        assert_eq!(describe(&leader), Offset(8));
+        assert_eq!(describe(&follower), Offset(8));
+        // The old leader's own deliveries are gone with its state: it
+        // hands out only the two unacked ones once it leads again.
+        let m = leader
+            .join_group("g", "t", GroupMode::Queue, GroupConfig::default())
+            .unwrap();
+        let left = leader.deliver("g", m, 10, Duration::ZERO).await.unwrap();
+        let offsets: Vec<u64> = left.iter().map(|m| m.offset.0).collect();
+        assert_eq!(offsets, vec![8, 9]);
+    }
+
+    #[test]
+    fn a_journal_sends_what_it_has_and_nothing_older() {
+        let mut j = Journal::new();
+        j.push(&[AckRecord::Acked(0)]);
+        // Not wanted yet: counted, not kept.
+        assert_eq!(j.end(), 1);
+        assert_eq!(j.since(0, 10), None);
+        assert_eq!(j.since(1, 10), Some(vec![]));
+        j.wanted = true;
+        let many: Vec<AckRecord> = (1..=JOURNAL_RECORDS as u64 + 5)
+            .map(AckRecord::Acked)
+            .collect();
+        j.push(&many);
+        assert_eq!(j.end(), JOURNAL_RECORDS as u64 + 6);
+        // The oldest fell out: a follower there gets the whole state.
+        assert_eq!(j.since(1, 10), None);
+        let tail = j.since(j.end() - 2, 10).expect("kept");
+        assert_eq!(tail.len(), 2);
+        // Past the end: another journal's cursor, not this one's.
+        assert_eq!(j.since(j.end() + 1, 10), None);
     }
 }
