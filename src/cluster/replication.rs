@@ -220,6 +220,53 @@ impl Replicas {
         Ok(())
     }
 
+    /// Waits until `done` holds for a partition this broker leads, woken
+    /// by `moved` (and every 100 ms, which notices a leadership change that
+    /// nothing else follows); `what` names what is waited for in errors.
+    /// Returns the leadership it waited under.
+    async fn wait_followers(
+        &self,
+        topic: &str,
+        partition: u32,
+        what: &str,
+        moved: impl Fn(&Leading) -> tokio::sync::futures::Notified<'_>,
+        done: impl Fn(&Leading) -> bool,
+    ) -> Result<Arc<Leading>, AckError> {
+        let Some(leading) = self
+            .leading
+            .get(&(topic.to_string(), partition))
+            .map(|l| l.clone())
+        else {
+            return Err(AckError::NotReplicated(format!(
+                "this broker stopped leading {topic}/{partition} before its followers confirmed {what}"
+            )));
+        };
+        let deadline = tokio::time::Instant::now() + self.settings.ack_timeout;
+        loop {
+            // Registered before looking, so no change in between is missed.
+            let woken = moved(&leading);
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if done(&leading) {
+                return Ok(leading.clone());
+            }
+            if !self.leads(topic, partition, leading.epoch) {
+                return Err(AckError::NotReplicated(format!(
+                    "leadership of {topic}/{partition} moved before its followers confirmed {what}"
+                )));
+            }
+            let wake = (deadline - tokio::time::Instant::now()).min(Duration::from_millis(100));
+            if tokio::time::timeout(wake, woken).await.is_err()
+                && tokio::time::Instant::now() >= deadline
+            {
+                return Err(AckError::NotReplicated(format!(
+                    "the in-sync replicas of {topic}/{partition} did not confirm {what} within {:?}",
+                    self.settings.ack_timeout
+                )));
+            }
+        }
+    }
+
     /// Waits until every in-sync replica holds the records below `end`.
     /// `lease_valid` is asked at the end: a leader whose own lease lapsed
     /// may already be replaced, so it confirms nothing more.
@@ -230,44 +277,16 @@ impl Replicas {
         end: Offset,
         lease_valid: impl Fn() -> bool,
     ) -> Result<(), AckError> {
+        let leading = self
+            .wait_followers(
+                topic,
+                partition,
+                "the batch",
+                |l| l.log.visible_end_moved(),
+                |l| l.log.high_watermark().is_some_and(|h| h >= end),
+            )
+            .await?;
         let what = || format!("{topic}/{partition}");
-        let Some(leading) = self
-            .leading
-            .get(&(topic.to_string(), partition))
-            .map(|l| l.clone())
-        else {
-            return Err(AckError::NotReplicated(format!(
-                "this broker stopped leading {} before its followers confirmed the batch",
-                what()
-            )));
-        };
-        let deadline = tokio::time::Instant::now() + self.settings.ack_timeout;
-        loop {
-            let moved = leading.log.visible_end_moved();
-            tokio::pin!(moved);
-            moved.as_mut().enable();
-            if leading.log.high_watermark().is_some_and(|h| h >= end) {
-                break;
-            }
-            if !self.leads(topic, partition, leading.epoch) {
-                return Err(AckError::NotReplicated(format!(
-                    "leadership of {} moved before its followers confirmed the batch",
-                    what()
-                )));
-            }
-            // Woken by the high watermark moving; the timer also notices a
-            // leadership change that no append follows.
-            let wake = (deadline - tokio::time::Instant::now()).min(Duration::from_millis(100));
-            if tokio::time::timeout(wake, moved).await.is_err()
-                && tokio::time::Instant::now() >= deadline
-            {
-                return Err(AckError::NotReplicated(format!(
-                    "the in-sync replicas of {} did not confirm the batch within {:?}",
-                    what(),
-                    self.settings.ack_timeout
-                )));
-            }
-        }
         let in_sync = leading.committed.lock().len();
         if in_sync < leading.min_in_sync {
             // It is on fewer copies than promised: say so (Kafka's
@@ -301,59 +320,31 @@ impl Replicas {
         (journal, seq): (u64, u64),
         lease_valid: impl Fn() -> bool,
     ) -> Result<(), AckError> {
-        let what = || format!("group {group} on {topic}/{partition}");
-        let Some(leading) = self
-            .leading
-            .get(&(topic.to_string(), partition))
-            .map(|l| l.clone())
-        else {
-            return Err(AckError::NotReplicated(format!(
-                "this broker stopped leading the partition before the followers of {} confirmed the acks",
-                what()
-            )));
-        };
-        let deadline = tokio::time::Instant::now() + self.settings.ack_timeout;
-        loop {
-            let moved = leading.cursors_moved.notified();
-            tokio::pin!(moved);
-            moved.as_mut().enable();
+        let done = |leading: &Leading| {
             let mut waiting_for = leading.committed.lock().clone();
             if let Some(proposed) = &*leading.proposing.lock() {
                 waiting_for.extend(proposed.iter().copied());
             }
             waiting_for.remove(&me);
-            let done = {
-                let cursors = leading.group_cursors.lock();
-                waiting_for.iter().all(|f| {
-                    cursors
-                        .get(&(group.to_string(), *f))
-                        .is_some_and(|&(j, s)| j == journal && s >= seq)
-                })
-            };
-            if done {
-                break;
-            }
-            if !self.leads(topic, partition, leading.epoch) {
-                return Err(AckError::NotReplicated(format!(
-                    "leadership moved before the followers of {} confirmed the acks",
-                    what()
-                )));
-            }
-            let wake = (deadline - tokio::time::Instant::now()).min(Duration::from_millis(100));
-            if tokio::time::timeout(wake, moved).await.is_err()
-                && tokio::time::Instant::now() >= deadline
-            {
-                return Err(AckError::NotReplicated(format!(
-                    "the in-sync replicas of {} did not confirm the acks within {:?}",
-                    what(),
-                    self.settings.ack_timeout
-                )));
-            }
-        }
+            let cursors = leading.group_cursors.lock();
+            waiting_for.iter().all(|f| {
+                cursors
+                    .get(&(group.to_string(), *f))
+                    .is_some_and(|&(j, s)| j == journal && s >= seq)
+            })
+        };
+        let what = format!("the acks of group {group}");
+        self.wait_followers(
+            topic,
+            partition,
+            &what,
+            |l| l.cursors_moved.notified(),
+            done,
+        )
+        .await?;
         if !lease_valid() {
             return Err(AckError::NotReplicated(format!(
-                "this broker's lease lapsed before it could confirm the acks of {}",
-                what()
+                "this broker's lease lapsed before it could confirm {what} on {topic}/{partition}"
             )));
         }
         Ok(())
