@@ -12,6 +12,63 @@ fn name() -> impl Strategy<Value = String> {
     "[a-zA-Z0-9._é-]{0,24}"
 }
 
+fn cursors() -> impl Strategy<Value = Vec<WireGroupCursor>> {
+    vec((name(), any::<u64>(), any::<u64>()), 0..3).prop_map(|c| {
+        c.into_iter()
+            .map(|(group, journal, seq)| WireGroupCursor {
+                group,
+                journal,
+                seq,
+            })
+            .collect()
+    })
+}
+
+fn group_changes() -> impl Strategy<Value = Vec<WireGroupChanges>> {
+    let state = (
+        any::<u64>(),
+        vec(any::<u64>(), 0..4),
+        vec((any::<u32>(), any::<u64>()), 0..4),
+        any::<u64>(),
+    )
+        .prop_map(|(floor, settled, counts, dead_letters)| WireAckState {
+            floor,
+            settled,
+            counts,
+            dead_letters,
+        });
+    let records = vec((any::<u8>(), any::<u64>(), any::<u32>()), 0..4).prop_map(|r| {
+        r.into_iter()
+            .map(|(kind, offset, value)| WireAckRecord {
+                kind,
+                offset,
+                value,
+            })
+            .collect::<Vec<_>>()
+    });
+    vec(
+        (
+            name(),
+            any::<u64>(),
+            any::<u64>(),
+            proptest::option::of(state),
+            records,
+        ),
+        0..3,
+    )
+    .prop_map(|g| {
+        g.into_iter()
+            .map(|(group, journal, seq, state, records)| WireGroupChanges {
+                group,
+                journal,
+                seq,
+                state,
+                records,
+            })
+            .collect()
+    })
+}
+
 fn blob() -> impl Strategy<Value = Bytes> {
     vec(any::<u8>(), 0..64).prop_map(Bytes::from)
 }
@@ -55,7 +112,8 @@ fn request() -> impl Strategy<Value = Request> {
             any::<u32>(),
             (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()),
             any::<u32>(),
-            any::<u32>()
+            any::<u32>(),
+            cursors()
         )
             .prop_map(
                 |(
@@ -64,6 +122,7 @@ fn request() -> impl Strategy<Value = Request> {
                     (replica, leader_epoch, offset, last_epoch),
                     max_bytes,
                     max_wait_ms,
+                    groups,
                 )| {
                     Request::ReplicaFetch(ReplicaFetchRequest {
                         topic,
@@ -74,6 +133,7 @@ fn request() -> impl Strategy<Value = Request> {
                         last_epoch,
                         max_bytes,
                         max_wait_ms,
+                        groups,
                     })
                 }
             ),
@@ -416,9 +476,10 @@ fn response() -> impl Strategy<Value = (u16, Response)> {
             (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()),
             proptest::option::of((any::<u64>(), any::<u64>())),
             vec((any::<u64>(), any::<u64>()), 0..4),
+            group_changes(),
             blob()
         )
-            .prop_map(|((epoch, hwm, s, e), diverging, epochs, b)| (
+            .prop_map(|((epoch, hwm, s, e), diverging, epochs, groups, b)| (
                 kind::REPLICA_FETCH,
                 Response::ReplicaFetch(ReplicaFetchResponse {
                     leader_epoch: epoch,
@@ -430,6 +491,7 @@ fn response() -> impl Strategy<Value = (u16, Response)> {
                         .into_iter()
                         .map(|(epoch, start)| WireEpoch { epoch, start })
                         .collect(),
+                    groups,
                     batches: b
                 })
             )),
