@@ -1072,3 +1072,118 @@ async fn a_queue_group_loses_no_ack_and_no_message_when_its_leader_dies() {
         );
     }
 }
+
+/// Reassignment: a broker joins and takes copies of replicated partitions
+/// (each follows, catches up, joins the in-sync set, and the copy it
+/// replaces is dropped); removed again, its copies go back. A producer
+/// with acks=all runs throughout and loses nothing; the remaining brokers'
+/// logs end up identical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_move_to_a_new_broker_and_off_a_removed_one_without_loss() {
+    use common::history::Acked;
+    use std::sync::Arc;
+
+    let _serial = SERIAL.lock().await;
+    const PARTITIONS: u32 = 4;
+    let mut cluster = Cluster::start(3);
+    let admin = cluster.client(0).await;
+    cluster.ready(&admin, 3).await;
+    admin
+        .create_topic("re", PARTITIONS, replicated(3))
+        .await
+        .expect("create");
+    fully_replicated(&cluster, "re", PARTITIONS, 3).await;
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    let acked: Arc<parking_lot::Mutex<Vec<Acked>>> = Arc::default();
+    let producer = {
+        let config = ProducerConfig {
+            delivery_timeout: Duration::from_secs(60),
+            retries: u32::MAX,
+            ..ProducerConfig::default()
+        };
+        let producer = Producer::new(cluster.client(1).await, config);
+        let (acked, stop) = (acked.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut in_flight = tokio::task::JoinSet::new();
+            let mut seq = 0u64;
+            while !stop.is_cancelled() {
+                let key = format!("k{}", seq % 8).into_bytes();
+                if let Ok(delivery) = producer.send("re", Some(&key), seq.to_be_bytes()).await {
+                    let acked = acked.clone();
+                    in_flight.spawn(async move {
+                        if delivery.await.is_ok() {
+                            acked.lock().push(Acked { key, seq });
+                        }
+                    });
+                }
+                seq += 1;
+                if seq % 32 == 0 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            let _ = producer.flush().await;
+            while in_flight.join_next().await.is_some() {}
+        })
+    };
+
+    let copies_on = |m: &MetadataResponse, id: u64| -> usize {
+        (0..PARTITIONS)
+            .filter(|p| {
+                partition(m, "re", *p)
+                    .replicas
+                    .iter()
+                    .any(|r| r.broker == id)
+            })
+            .count()
+    };
+    cluster.add_broker(4);
+    eventually(Duration::from_secs(60), "copies on broker 4", || async {
+        let m = metadata(&admin).await.map_err(|e| e.to_string())?;
+        let settled = (0..PARTITIONS).all(|p| {
+            let x = partition(&m, "re", p);
+            x.replicas.len() == 3 && x.replicas.iter().all(|r| r.in_sync)
+        });
+        (settled && copies_on(&m, 4) > 0)
+            .then_some(())
+            .ok_or(format!("{:?}", m.topics))
+    })
+    .await;
+    let moved = copies_on(&metadata(&admin).await.expect("metadata"), 4);
+    eprintln!("broker 4 took copies of {moved} of {PARTITIONS} partitions");
+
+    admin
+        .call(&spool::protocol::requests::RemoveBrokerRequest {
+            id: 4,
+            force: false,
+        })
+        .await
+        .expect("remove broker 4 (its copies move back first)");
+    let m = metadata(&admin).await.expect("metadata");
+    assert_eq!(copies_on(&m, 4), 0);
+    for p in 0..PARTITIONS {
+        assert_eq!(partition(&m, "re", p).replicas.len(), 3);
+    }
+    cluster.brokers[3].terminate();
+    cluster.brokers.pop();
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.cancel();
+    producer.await.expect("producer");
+    fully_replicated(&cluster, "re", PARTITIONS, 3).await;
+    for b in &mut cluster.brokers {
+        b.terminate();
+    }
+    let copies = copies(&cluster, "re", PARTITIONS);
+    for (i, copy) in copies.iter().enumerate().skip(1) {
+        assert!(copy == &copies[0], "broker {} differs from broker 1", i + 1);
+    }
+    let acked = acked.lock().clone();
+    assert!(acked.len() > 1_000, "only {} acknowledged", acked.len());
+    let violations = common::history::check(&acked, &stored_history(&copies[0]));
+    assert!(
+        violations.is_empty(),
+        "{:?}",
+        &violations[..violations.len().min(10)]
+    );
+}

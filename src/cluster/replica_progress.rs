@@ -160,6 +160,23 @@ impl ReplicaProgress {
         (proposed != self.in_sync).then_some(proposed)
     }
 
+    /// The partition's copies changed (reassignment): a new follower starts
+    /// at offset 0, outside the in-sync set, and joins it once it has
+    /// caught up; a dropped one is forgotten.
+    pub fn set_replicas(&mut self, replicas: &[NodeId], now_ms: u64) {
+        self.followers
+            .retain(|id, _| replicas.contains(id) && *id != self.leader);
+        for &r in replicas {
+            if r != self.leader {
+                self.followers.entry(r).or_insert(Follower {
+                    position: Offset(0),
+                    caught_up_at_ms: now_ms,
+                    previous_fetch: None,
+                });
+            }
+        }
+    }
+
     /// Adopts the in-sync set the control plane committed; the high
     /// watermark moves up if a laggard left.
     pub fn set_in_sync(&mut self, in_sync: &BTreeSet<NodeId>, leader_end: Offset) {

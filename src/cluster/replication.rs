@@ -572,6 +572,11 @@ impl ClusterNode {
             .retain(|k, l| lead.get(k).is_some_and(|a| a.leader_epoch == l.epoch));
         for (key, a) in lead {
             if let Some(leading) = replicas.leading.get(&key).map(|l| l.clone()) {
+                // Copies added or dropped by a reassignment.
+                leading
+                    .progress
+                    .lock()
+                    .set_replicas(&a.replicas, replicas.now_ms());
                 let committed: BTreeSet<NodeId> = a.in_sync.iter().copied().collect();
                 if *leading.committed.lock() != committed {
                     *leading.committed.lock() = committed;

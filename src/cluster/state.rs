@@ -180,6 +180,30 @@ pub enum Command {
         /// The epoch the decision was made at.
         leader_epoch: u64,
     },
+    /// Reassignment, first step: a copy of a replicated partition on
+    /// `replica`, where placement now wants one (a broker joined, or one
+    /// holding a copy is being decommissioned). It follows the leader
+    /// outside the in-sync set and joins it once caught up.
+    AddReplica {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// The broker to copy it to.
+        replica: NodeId,
+    },
+    /// Reassignment, last step: the partition's copies become `replicas`
+    /// (placement order), every one of them in sync. Copies left out are
+    /// dropped; if the leader is one of them, the first of `replicas`
+    /// leads at a new epoch.
+    SetReplicas {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// The new copies, preferred leader first.
+        replicas: Vec<NodeId>,
+    },
     /// Create a queue-mode group on a replicated topic. Its dead-letter
     /// topic `<name>.dlq` must exist already (created first, as a topic).
     CreateQueueGroup {
@@ -521,6 +545,49 @@ impl ClusterState {
                     Outcome::Applied
                 }
             },
+            Command::AddReplica {
+                topic,
+                partition,
+                replica,
+            } => {
+                let member = self.members.contains_key(replica);
+                match self.assignment_mut(topic, *partition) {
+                    Some(a) if member && a.replicated() && !a.replicas.contains(replica) => {
+                        a.replicas.push(*replica);
+                        self.placement_epoch += 1;
+                        Outcome::Applied
+                    }
+                    Some(a) if a.replicas.contains(replica) => Outcome::Unchanged,
+                    Some(_) => Outcome::Refused(format!(
+                        "{topic}/{partition} cannot get a copy on broker {replica}"
+                    )),
+                    None => Outcome::Refused(format!("no partition {topic}/{partition}")),
+                }
+            }
+            Command::SetReplicas {
+                topic,
+                partition,
+                replicas,
+            } => match self.assignment_mut(topic, *partition) {
+                Some(a) if a.replicas == *replicas => Outcome::Unchanged,
+                Some(a)
+                    if a.replicated()
+                        && !replicas.is_empty()
+                        && replicas.iter().all(|r| a.in_sync.contains(r)) =>
+                {
+                    a.replicas = replicas.clone();
+                    a.in_sync.retain(|r| replicas.contains(r));
+                    if !replicas.contains(&a.holder) {
+                        a.lead(replicas[0]);
+                    }
+                    self.placement_epoch += 1;
+                    Outcome::Applied
+                }
+                Some(_) => Outcome::Refused(format!(
+                    "{topic}/{partition}: every new copy must be in sync first"
+                )),
+                None => Outcome::Refused(format!("no partition {topic}/{partition}")),
+            },
             Command::CreateQueueGroup {
                 name,
                 topic,
@@ -779,10 +846,48 @@ impl ClusterState {
             .collect()
     }
 
+    /// The next reassignment step of each replicated partition whose copies
+    /// are not where placement wants them (over the eligible members, so a
+    /// dead broker keeps its copies and a decommissioned one loses them):
+    /// add a missing copy on a live broker, or, once every wanted copy is
+    /// in sync, settle on exactly those. Nothing while the leader is down.
+    pub fn reassignments(&self) -> Vec<Command> {
+        let mut out = Vec::new();
+        for (topic, parts) in &self.assignments {
+            for (p, a) in parts.iter().enumerate() {
+                if !a.replicated() || !self.is_alive(a.holder) {
+                    continue;
+                }
+                let target = self.replicas(topic, PartitionId(p as u32));
+                if target.len() < 2 || a.replicas == target {
+                    continue;
+                }
+                let missing: Vec<NodeId> = target
+                    .iter()
+                    .filter(|r| !a.replicas.contains(r) && self.is_alive(**r))
+                    .copied()
+                    .collect();
+                if !missing.is_empty() {
+                    out.extend(missing.into_iter().map(|replica| Command::AddReplica {
+                        topic: topic.clone(),
+                        partition: p as u32,
+                        replica,
+                    }));
+                } else if target.iter().all(|r| a.in_sync.contains(r)) {
+                    out.push(Command::SetReplicas {
+                        topic: topic.clone(),
+                        partition: p as u32,
+                        replicas: target,
+                    });
+                }
+            }
+        }
+        out
+    }
+
     /// Unreplicated partitions whose placement says they belong elsewhere
-    /// than their holder: `(topic, partition, holder, target)`. (A
-    /// replicated partition keeps its replica list: moving a copy is
-    /// reassignment, which this version does not do.)
+    /// than their holder: `(topic, partition, holder, target)`. (Replicated
+    /// partitions move copy by copy: [`ClusterState::reassignments`].)
     pub fn misplaced(&self) -> Vec<(String, u32, NodeId, NodeId)> {
         let mut out = Vec::new();
         for (topic, parts) in &self.assignments {
@@ -972,6 +1077,115 @@ mod tests {
             generation,
         };
         assert_eq!(s.apply(&expiry), Outcome::Applied);
+    }
+
+    /// Applies every planned reassignment step, then marks every copy in
+    /// sync (as leaders would once their new followers caught up), until
+    /// nothing is left to do; returns how many rounds it took.
+    fn settle_reassignments(s: &mut ClusterState) -> usize {
+        for round in 0..10 {
+            let steps = s.reassignments();
+            if steps.is_empty() {
+                return round;
+            }
+            for step in steps {
+                assert_eq!(s.apply(&step), Outcome::Applied, "{step:?}");
+            }
+            for a in s.assignments.values_mut().flatten() {
+                a.in_sync = a.replicas.clone();
+            }
+        }
+        panic!("reassignment does not settle");
+    }
+
+    #[test]
+    fn a_decommissioned_broker_hands_its_copies_to_the_others_and_holds_none() {
+        let mut s = replicated();
+        assert!(s.reassignments().is_empty(), "placement is met at creation");
+        assert_eq!(s.apply(&Command::AddMember(member(4))), Outcome::Applied);
+        // A new broker takes some copies (rendezvous placement moves about
+        // a quarter of them), and leaders stay in sync while they move.
+        assert!(settle_reassignments(&mut s) > 0);
+        assert!(!s.held_by(NodeId(4)).is_empty());
+        for (topic, parts) in &s.assignments {
+            for (p, a) in parts.iter().enumerate() {
+                assert_eq!(a.replicas, s.replicas(topic, PartitionId(p as u32)));
+                assert!(a.replicas.contains(&a.holder));
+            }
+        }
+        // Decommissioned: every copy it had goes elsewhere, a partition it
+        // led gets a new leader at a new epoch.
+        let led: Vec<(String, usize, u64)> = s
+            .assignments
+            .iter()
+            .flat_map(|(t, parts)| {
+                parts
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, a)| a.holder == NodeId(4))
+                    .map(move |(p, a)| (t.clone(), p, a.leader_epoch))
+            })
+            .collect();
+        assert_eq!(s.apply(&Command::Decommission(NodeId(4))), Outcome::Applied);
+        settle_reassignments(&mut s);
+        assert!(s.held_by(NodeId(4)).is_empty());
+        for (t, p, epoch) in led {
+            let a = &s.assignments[&t][p];
+            assert!(a.holder != NodeId(4) && a.leader_epoch > epoch);
+        }
+        for a in s.assignments.values().flatten() {
+            assert_eq!(a.replicas.len(), 3);
+        }
+        assert_eq!(
+            s.apply(&Command::RemoveMember {
+                id: NodeId(4),
+                force: false
+            }),
+            Outcome::Applied
+        );
+    }
+
+    #[test]
+    fn copies_are_settled_only_once_every_new_one_is_in_sync() {
+        let mut s = replicated();
+        s.apply(&Command::AddMember(member(4)));
+        let add = s
+            .reassignments()
+            .into_iter()
+            .find(|c| matches!(c, Command::AddReplica { .. }))
+            .expect("a copy to add");
+        let Command::AddReplica {
+            topic, partition, ..
+        } = &add
+        else {
+            unreachable!()
+        };
+        let (topic, partition) = (topic.clone(), *partition);
+        assert_eq!(s.apply(&add), Outcome::Applied);
+        assert_eq!(s.apply(&add), Outcome::Unchanged);
+        let target = s.replicas(&topic, PartitionId(partition));
+        let set = Command::SetReplicas {
+            topic: topic.clone(),
+            partition,
+            replicas: target.clone(),
+        };
+        // The new copy is not in sync yet: refused, and not planned.
+        assert!(matches!(s.apply(&set), Outcome::Refused(_)));
+        assert!(!s.reassignments().contains(&set));
+        let a = s.assignment_mut(&topic, partition).expect("assigned");
+        a.in_sync = a.replicas.clone();
+        assert!(s.reassignments().contains(&set));
+        assert_eq!(s.apply(&set), Outcome::Applied);
+        assert_eq!(
+            s.assignment(&topic, PartitionId(partition))
+                .expect("a")
+                .replicas,
+            target
+        );
+        // A dead broker keeps its copies: nothing to do while it is down.
+        let before = s.reassignments().len();
+        expire(&mut s, NodeId(4));
+        assert!(s.reassignments().len() <= before);
     }
 
     #[test]

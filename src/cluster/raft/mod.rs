@@ -78,6 +78,9 @@ pub const LEASE_SAFETY_MARGIN: Duration = Duration::from_millis(300);
 /// How often the Raft leader hands partitions back to their preferred
 /// replicas.
 pub const PREFERRED_LEADER_CHECK: Duration = Duration::from_secs(5);
+/// How often the Raft leader takes the next step of reassigning
+/// replicated partitions' copies to where placement wants them.
+pub const REASSIGNMENT_CHECK: Duration = Duration::from_secs(1);
 
 /// One broker's part of the control plane: its Raft node, the committed
 /// cluster state, and the tasks answering peers, keeping leases and
@@ -228,6 +231,7 @@ impl LeaseDesk {
     async fn keep_leases(self: Arc<Self>, stop: CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         let mut last_rebalance = std::time::Instant::now();
+        let mut last_reassignment = std::time::Instant::now();
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -285,6 +289,18 @@ impl LeaseDesk {
                 crate::metrics::LEASE_EXPIRIES.inc();
                 if let Err(e) = self.raft.client_write(command).await {
                     tracing::warn!(error = %e, "lease expiry not committed");
+                }
+            }
+            // Copies of replicated partitions to where placement wants
+            // them, a step at a time (Redpanda moves them by itself;
+            // Kafka asks an operator to run a reassignment).
+            if last_reassignment.elapsed() >= REASSIGNMENT_CHECK {
+                last_reassignment = std::time::Instant::now();
+                for command in state.reassignments() {
+                    tracing::info!(?command, "reassigning a partition's copies");
+                    if let Err(e) = self.raft.client_write(command).await {
+                        tracing::warn!(error = %e, "reassignment step not committed");
+                    }
                 }
             }
             // Leadership back to preferred replicas that are in sync
