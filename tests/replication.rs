@@ -838,6 +838,35 @@ async fn a_paused_follower_leaves_the_in_sync_set_and_returns_when_caught_up() {
         !in_sync.contains(&follower) && in_sync.len() == 2,
         "paused broker {follower} still in sync: {during:?}"
     );
+    // The operator's view says so too.
+    let status = |at: usize| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_spool"))
+            .args(["cluster", "status", "--addr"])
+            .arg(cluster.brokers[at].addr.to_string())
+            .output()
+            .expect("spool cluster status");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = status((fi + 1) % 3);
+    assert!(
+        text.contains("replicated partitions: 1 (1 under-replicated)"),
+        "{text}"
+    );
+    let listed: Vec<String> = in_sync.iter().map(u64::to_string).collect();
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("p/0"))
+        .unwrap_or_else(|| panic!("no line for p/0 in:\n{text}"));
+    assert!(
+        line.contains(&format!("leader {leader}"))
+            && line.contains(&format!("in-sync {}", listed.join(","))),
+        "{line}"
+    );
     eprintln!("{n} messages acknowledged during a 5 s pause; slowest produce {slowest:?}");
     assert!(n >= 100, "only {n} messages in 5 s");
     assert!(
@@ -851,6 +880,11 @@ async fn a_paused_follower_leaves_the_in_sync_set_and_returns_when_caught_up() {
     let after = partition(&metadata(&client).await.expect("metadata"), "p", 0).clone();
     assert_eq!(after.leader, Some(leader), "leadership moved: {after:?}");
     assert!(after.replicas.iter().all(|r| r.in_sync), "{after:?}");
+    let text = status(fi);
+    assert!(
+        text.contains("replicated partitions: 1 (0 under-replicated)"),
+        "{text}"
+    );
 }
 
 /// The leader is cut off from everything (peers and clients): it loses its
