@@ -1093,6 +1093,41 @@ async fn a_queue_group_loses_no_ack_and_no_message_when_its_leader_dies() {
     drop(second);
     cluster.restart(victim_index);
     fully_replicated(&cluster, "workers.dlq", 1, 3).await;
+
+    // Reset to the start (once the members are gone), at any broker: each
+    // partition's leader resets its part; every message comes again.
+    fully_replicated(&cluster, "work", PARTITIONS, 3).await;
+    eventually(Duration::from_secs(20), "reset the group", || async {
+        admin
+            .call_group(
+                "workers",
+                &spool::protocol::requests::ResetGroupRequest {
+                    group: "workers".into(),
+                    to: spool::protocol::WireResetTarget::Earliest,
+                    partition: None,
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    let mut third =
+        QueueConsumer::join(cluster.client(0).await, "workers", "work", options.clone())
+            .await
+            .expect("join after the reset");
+    let mut again = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while again.len() < N as usize && Instant::now() < deadline {
+        if let Some(m) = third
+            .receive_timeout(Duration::from_secs(1))
+            .await
+            .expect("receive")
+        {
+            again.extend(seq_of(&m.value));
+        }
+    }
+    assert_eq!(again.len(), N as usize, "after a reset to the start");
+    drop(third);
     for b in &mut cluster.brokers {
         b.terminate();
     }

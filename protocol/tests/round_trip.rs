@@ -249,9 +249,16 @@ fn request() -> impl Strategy<Value = Request> {
                 Just(WireResetTarget::Earliest),
                 Just(WireResetTarget::Latest),
                 any::<u64>().prop_map(WireResetTarget::Offset)
-            ]
+            ],
+            proptest::option::of(any::<u32>())
         )
-            .prop_map(|(group, to)| Request::ResetGroup(ResetGroupRequest { group, to })),
+            .prop_map(
+                |(group, to, partition)| Request::ResetGroup(ResetGroupRequest {
+                    group,
+                    to,
+                    partition
+                })
+            ),
         (name(), any::<u32>(), any::<i64>()).prop_map(|(topic, partition, timestamp_ms)| {
             Request::OffsetForTimestamp(OffsetForTimestampRequest {
                 topic,

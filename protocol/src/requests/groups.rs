@@ -181,6 +181,9 @@ pub struct ResetGroupRequest {
     pub group: String,
     /// Where to (u8 tag, then u64 offset, 0 unless the tag is 3).
     pub to: WireResetTarget,
+    /// Only this partition (`None`: all). A clustered broker sends a
+    /// queue group's reset of one partition to that partition's leader.
+    pub partition: Option<u32>,
 }
 
 impl Wire for WireGroupPartition {
@@ -412,7 +415,7 @@ impl Wire for DescribeGroupRequest {
 }
 
 impl Wire for ResetGroupRequest {
-    const MIN_LEN: usize = 11;
+    const MIN_LEN: usize = 12;
 
     fn put(&self, b: &mut BytesMut) {
         put_string(b, &self.group);
@@ -423,6 +426,13 @@ impl Wire for ResetGroupRequest {
         };
         b.put_u8(tag);
         b.put_u64_le(offset);
+        match self.partition {
+            Some(p) => {
+                b.put_u8(1);
+                b.put_u32_le(p);
+            }
+            None => b.put_u8(0),
+        }
     }
 
     fn get(r: &mut Reader) -> Result<Self, DecodeError> {
@@ -434,6 +444,7 @@ impl Wire for ResetGroupRequest {
                 (3, o) => WireResetTarget::Offset(o),
                 _ => return Err(DecodeError::BadValue("to")),
             },
+            partition: r.option("partition present", |r| r.u32("partition"))?,
         })
     }
 }

@@ -478,6 +478,7 @@ mod tests {
         let reset = ResetGroupRequest {
             group: "g".into(),
             to: WireResetTarget::Earliest,
+            partition: None,
         }
         .to_frame(1);
         let mut body = reset.body.to_vec();

@@ -122,6 +122,7 @@ pub async fn run(command: GroupsCommand) -> Result<(), Failure> {
             let request = ResetGroupRequest {
                 group: name.clone(),
                 to: target,
+                partition: None,
             };
             client.call_group(&name, &request).await?;
             println!("reset group {name} to {to}");

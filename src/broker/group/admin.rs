@@ -13,13 +13,30 @@ use crate::storage::StorageError;
 impl Broker {
     /// Moves every partition of a group with no members to `to`.
     pub fn reset_group(&self, group: &str, to: ResetTo) -> Result<(), BrokerError> {
+        self.reset_group_partitions(group, to, None)
+    }
+
+    /// Moves one partition of a group with no members (here) to `to`, or
+    /// every partition if `only` is `None`.
+    pub fn reset_group_partitions(
+        &self,
+        group: &str,
+        to: ResetTo,
+        only: Option<PartitionId>,
+    ) -> Result<(), BrokerError> {
         self.check_open()?;
         let g = self.group(group)?;
         if !g.members.lock().ids.is_empty() {
             return Err(BrokerError::GroupHasMembers(group.to_string()));
         }
         let topic = self.topic(&g.topic)?;
+        if let Some(p) = only {
+            topic.partition(p)?;
+        }
         for (p, log) in topic.partitions.iter().enumerate() {
+            if only.is_some_and(|o| o.0 as usize != p) {
+                continue;
+            }
             let (start, end) = (log.start_offset().0, log.visible_end().0);
             let target = match to {
                 ResetTo::Earliest => start,
@@ -39,7 +56,7 @@ impl Broker {
             gp.queue.reset(target);
             gp.committed = Some(target);
         }
-        tracing::info!(group, ?to, "group reset");
+        tracing::info!(group, ?to, partition = ?only, "group reset");
         Ok(())
     }
 

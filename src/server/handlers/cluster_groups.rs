@@ -275,14 +275,7 @@ pub async fn reset(
     request: &ResetGroupRequest,
 ) -> Result<(), ErrorResponse> {
     if is_queue(node, &request.group) {
-        return Err(error(
-            ErrorCode::InvalidConfig,
-            format!(
-                "group {} is a queue group: resetting one in a cluster is not supported yet \
-                 (delete it and join again to start over)",
-                request.group
-            ),
-        ));
+        return super::cluster_queues::reset(node, broker, request).await;
     }
     coordinates(node, &request.group)?;
     let state = node.state();

@@ -13,13 +13,14 @@
 
 use spool_protocol::requests::{
     AckRequest, DeliverRequest, DeliverResponse, JoinGroupRequest, JoinGroupResponse, NackRequest,
-    PendingMessagesRequest, PendingMessagesResponse, SettleResponse, TouchRequest,
+    PendingMessagesRequest, PendingMessagesResponse, ResetGroupRequest, SettleResponse,
+    TouchRequest,
 };
-use spool_protocol::{ErrorResponse, PartitionId, WireSettle};
+use spool_protocol::{ErrorCode, ErrorResponse, PartitionId, WireSettle};
 
 use crate::broker::{Broker, MemberId, SettleResult};
 use crate::cluster::node::ClusterNode;
-use crate::server::errors::response_for;
+use crate::server::errors::{error, response_for};
 use crate::server::handlers::{cluster, groups, on_blocking_thread, replica};
 
 /// Registers the group cluster-wide if it is new, then joins it here.
@@ -125,6 +126,95 @@ pub fn touch(
     let (places, items) = served(node, &topic, &request.items);
     let results = broker.touch(&request.group, request.member, &groups::to_items(&items));
     merge(request.items.len(), &places, results)
+}
+
+/// Resets the group on each partition at the partition's leader: here for
+/// those this broker leads, forwarded (with the partition named) for the
+/// others. Each leader refuses while members joined it, and answers once
+/// the partition's in-sync replicas have the reset. A partition that could
+/// not be reset is named in the error; the others stay reset.
+pub async fn reset(
+    node: &ClusterNode,
+    broker: &Broker,
+    request: &ResetGroupRequest,
+) -> Result<(), ErrorResponse> {
+    let topic = topic_of(broker, &request.group)?;
+    let partitions: Vec<u32> = match request.partition {
+        Some(p) => vec![p],
+        None => {
+            let count = node
+                .state()
+                .topics
+                .get(&topic)
+                .map_or(0, |t| t.config.partitions);
+            (0..count).collect()
+        }
+    };
+    let mut failed = Vec::new();
+    for p in partitions {
+        let result = if node.check_serves(&topic, PartitionId(p), true).is_ok() {
+            let one = ResetGroupRequest {
+                partition: Some(p),
+                ..request.clone()
+            };
+            match on_blocking_thread(broker, move |broker| groups::reset(broker, &one)).await {
+                Ok(()) => replica::wait_acks_replicated(node, &topic, &request.group, [p]).await,
+                Err(e) => Err(e),
+            }
+        } else if request.partition.is_some() {
+            // Sent here as the leader, which this broker no longer is.
+            cluster::check_serves(node, &topic, p, true)
+        } else {
+            forward_reset(node, &topic, p, request).await
+        };
+        if let Err(e) = result {
+            failed.push(format!("partition {p}: {}", e.message));
+        }
+    }
+    if failed.is_empty() {
+        tracing::info!(group = %request.group, to = ?request.to, "queue group reset");
+        return Ok(());
+    }
+    Err(error(
+        ErrorCode::PartitionUnavailable,
+        format!(
+            "group {} was not reset on every partition (the others are): {}",
+            request.group,
+            failed.join("; ")
+        ),
+    ))
+}
+
+/// Asks the leader of partition `p` to reset the group there.
+async fn forward_reset(
+    node: &ClusterNode,
+    topic: &str,
+    p: u32,
+    request: &ResetGroupRequest,
+) -> Result<(), ErrorResponse> {
+    let state = node.state();
+    let addr = state
+        .leader(topic, PartitionId(p))
+        .and_then(|l| state.members.get(&l))
+        .map(|m| m.client_addr.clone())
+        .ok_or_else(|| {
+            error(
+                ErrorCode::PartitionUnavailable,
+                format!("{topic}/{p} has no leader now"),
+            )
+        })?;
+    let client = node
+        .client_to(&addr)
+        .await
+        .map_err(|e| error(ErrorCode::PartitionUnavailable, e))?;
+    let one = ResetGroupRequest {
+        partition: Some(p),
+        ..request.clone()
+    };
+    client.call(&one).await.map_err(|e| {
+        let code = e.code().unwrap_or(ErrorCode::PartitionUnavailable);
+        error(code, format!("at the leader {addr}: {e}"))
+    })
 }
 
 /// The unsettled messages of the partitions this broker leads.

@@ -192,7 +192,11 @@ pub fn describe(
 /// Resets a group (blocking: the server runs it on a blocking thread).
 pub fn reset(broker: &Broker, request: &ResetGroupRequest) -> Result<(), ErrorResponse> {
     broker
-        .reset_group(&request.group, request.to.into())
+        .reset_group_partitions(
+            &request.group,
+            request.to.into(),
+            request.partition.map(PartitionId),
+        )
         .map_err(fail)
 }
 
