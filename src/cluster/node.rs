@@ -755,15 +755,12 @@ impl ClusterNode {
         topic: &str,
         partition: u32,
     ) -> Result<(), String> {
+        let log = self
+            .broker
+            .partition_log(topic, PartitionId(partition))
+            .map_err(|e| format!("no local partition {topic}/{partition}: {e}"))?;
         loop {
-            let local = self
-                .broker
-                .describe_topic(topic)
-                .map_err(|e| e.to_string())?
-                .partitions
-                .get(partition as usize)
-                .map(|p| p.end.0)
-                .ok_or_else(|| format!("no local partition {topic}/{partition}"))?;
+            let local = log.next_offset().0;
             let fetched = client
                 .call(&spool_protocol::requests::FetchRequest {
                     topic: topic.to_string(),
@@ -789,20 +786,15 @@ impl ClusterNode {
                     fetched.log_end
                 ));
             }
-            let mut rest: &[u8] = &fetched.batches;
-            while !rest.is_empty() {
-                let batch = spool_protocol::Batch::validate(rest).map_err(|e| e.to_string())?;
-                let len = batch.bytes().len();
-                // Whole batches from our end on: appended in order they get
-                // the offsets they had at the holder.
-                if batch.header().base_offset.0 >= local {
-                    self.broker
-                        .append(topic, PartitionId(partition), batch.bytes())
-                        .await
-                        .map_err(|e| e.to_string())?;
-                }
-                rest = &rest[len..];
-            }
+            self.append_copied(
+                topic,
+                partition,
+                &log,
+                &fetched.batches,
+                spool_protocol::Offset(local),
+                &[],
+            )
+            .await?;
         }
     }
 

@@ -787,6 +787,58 @@ impl ClusterNode {
         }
     }
 
+    /// Appends stored batches copied from another broker (a leader, or a
+    /// partition's old holder) to the local copy, each at the offset it had
+    /// there: batches wholly below `from` are skipped, each of `epochs`
+    /// that starts within a batch is noted before it, and a batch that
+    /// lands elsewhere (or as a duplicate) means the logs disagree.
+    pub(super) async fn append_copied(
+        &self,
+        topic: &str,
+        partition: u32,
+        log: &PartitionLog,
+        batches: &[u8],
+        from: Offset,
+        epochs: &[WireEpoch],
+    ) -> Result<(), String> {
+        let mut rest = batches;
+        let mut noted = log.latest_epoch().map_or(0, |e| e.epoch);
+        while !rest.is_empty() {
+            let batch = Batch::validate(rest).map_err(|e| e.to_string())?;
+            let len = batch.bytes().len();
+            let base = batch.header().base_offset;
+            let next = batch.header().next_offset();
+            rest = &rest[len..];
+            if next <= from {
+                continue;
+            }
+            for e in epochs {
+                if e.epoch > noted && e.start < next.0 {
+                    log.note_epoch(e.epoch, Offset(e.start))
+                        .map_err(|err| err.to_string())?;
+                    noted = e.epoch;
+                }
+            }
+            let info = self
+                .broker
+                .append(topic, PartitionId(partition), batch.bytes())
+                .await
+                .map_err(|e| e.to_string())?;
+            if info.base_offset != base || info.duplicate {
+                return Err(format!(
+                    "a batch copied from offset {base} landed at {} here{}: the logs disagree",
+                    info.base_offset,
+                    if info.duplicate {
+                        " as a duplicate"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// One fetch and what follows from it: a cut, or appends.
     async fn fetch_once(
         &self,
@@ -841,40 +893,8 @@ impl ClusterNode {
                 answer.log_start
             ));
         }
-        let mut rest: &[u8] = &answer.batches;
-        let mut noted = log.latest_epoch().map_or(0, |e| e.epoch);
-        while !rest.is_empty() {
-            let batch = Batch::validate(rest).map_err(|e| e.to_string())?;
-            let len = batch.bytes().len();
-            let base = batch.header().base_offset;
-            let next = batch.header().next_offset();
-            // Record each epoch that starts within this batch's range
-            // before the batch itself.
-            for e in &answer.epochs {
-                if e.epoch > noted && e.start < next.0 {
-                    log.note_epoch(e.epoch, Offset(e.start))
-                        .map_err(|err| err.to_string())?;
-                    noted = e.epoch;
-                }
-            }
-            let info = self
-                .broker
-                .append(topic, PartitionId(partition), batch.bytes())
-                .await
-                .map_err(|e| e.to_string())?;
-            if info.base_offset != base || info.duplicate {
-                return Err(format!(
-                    "a batch from the leader at {base} landed at {} here{}: the logs disagree",
-                    info.base_offset,
-                    if info.duplicate {
-                        " as a duplicate"
-                    } else {
-                        ""
-                    }
-                ));
-            }
-            rest = &rest[len..];
-        }
+        self.append_copied(topic, partition, &log, &answer.batches, end, &answer.epochs)
+            .await?;
         log.set_high_watermark(Offset(answer.high_watermark).min(log.next_offset()));
         // Group state names offsets below the leader's high watermark:
         // taken only once this copy's log reaches it, so that a group is
