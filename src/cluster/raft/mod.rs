@@ -70,6 +70,29 @@ impl Default for RaftTimings {
     }
 }
 
+/// The beat of a broker's heartbeats, every [`LEASE_HEARTBEAT`] until
+/// stopped; after a stall, one beat, not a burst of the missed ones.
+struct Heartbeats {
+    tick: tokio::time::Interval,
+    stop: CancellationToken,
+}
+
+impl Heartbeats {
+    fn new(stop: CancellationToken) -> Heartbeats {
+        let mut tick = tokio::time::interval(LEASE_HEARTBEAT);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Heartbeats { tick, stop }
+    }
+
+    /// Waits for the next beat; false once stopped.
+    async fn next(&mut self) -> bool {
+        tokio::select! {
+            _ = self.stop.cancelled() => false,
+            _ = self.tick.tick() => true,
+        }
+    }
+}
+
 /// How often a broker heartbeats the Raft leader.
 pub const LEASE_HEARTBEAT: Duration = Duration::from_millis(300);
 /// How much earlier than the leader a broker counts its own lease out.
@@ -386,13 +409,8 @@ impl LeaseDesk {
     /// TTL to every failover that loses the control plane's leader too.
     async fn heartbeat_voters(self: Arc<Self>, stop: CancellationToken) {
         let mut peer = network::PeerClient::default();
-        let mut tick = tokio::time::interval(LEASE_HEARTBEAT);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tick.tick() => {}
-            }
+        let mut beats = Heartbeats::new(stop);
+        while beats.next().await {
             let leader = self.leader_peer().map(|(id, _)| id);
             self.heard
                 .lock()
@@ -428,14 +446,8 @@ impl LeaseDesk {
     /// this broker's own lease lasts.
     async fn heartbeat_leader(self: Arc<Self>, stop: CancellationToken) {
         let mut peer = network::PeerClient::default();
-        let mut tick = tokio::time::interval(LEASE_HEARTBEAT);
-        // After a stall, one heartbeat, not a burst of the missed ones.
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tick.tick() => {}
-            }
+        let mut beats = Heartbeats::new(stop);
+        while beats.next().await {
             let holder = LeaseHolder::Broker(self.id);
             let ttl = self.state.borrow().leases.get(&holder).map(|l| l.ttl_ms);
             let sent = std::time::Instant::now();
