@@ -315,9 +315,12 @@ impl Broker {
                     Some(state) => gp
                         .install(state_from_wire(state))
                         .map_err(|e| storage_error(&context(), e))?,
-                    None if gp.copying.map(|(j, _)| j) != Some(c.journal) => {
-                        // Records of a journal this replica never started
-                        // copying: not applicable; wait for the state.
+                    None if gp.copying
+                        != Some((c.journal, c.seq.saturating_sub(records.len() as u64))) =>
+                    {
+                        // Records that do not follow what this replica has
+                        // (another journal, or another point in it): not
+                        // applicable; its next cursor gets the state.
                         continue;
                     }
                     None => {}
