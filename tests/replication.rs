@@ -1196,6 +1196,36 @@ async fn copies_move_to_a_new_broker_and_off_a_removed_one_without_loss() {
         })
     };
 
+    // A queue group reads throughout: it must get every message, whichever
+    // broker leads each partition as copies and leaders move.
+    let consumed: Arc<parking_lot::Mutex<std::collections::BTreeSet<u64>>> = Arc::default();
+    let drained = tokio_util::sync::CancellationToken::new();
+    let consumer = {
+        use spool::client::{QueueConsumer, QueueOptions};
+        let client = cluster.client(2).await;
+        let (consumed, drained) = (consumed.clone(), drained.clone());
+        tokio::spawn(async move {
+            let options = QueueOptions {
+                ack_wait: Duration::from_secs(5),
+                max_deliveries: u32::MAX,
+                ..QueueOptions::default()
+            };
+            let mut member = QueueConsumer::join(client, "re-workers", "re", options)
+                .await
+                .expect("join");
+            while !drained.is_cancelled() {
+                let Ok(batch) = member.receive_batch().await else {
+                    continue;
+                };
+                if !batch.is_empty() && member.ack_many(&batch).await.is_ok() {
+                    consumed
+                        .lock()
+                        .extend(batch.iter().filter_map(|m| seq_of(&m.value)));
+                }
+            }
+        })
+    };
+
     let copies_on = |m: &MetadataResponse, id: u64| -> usize {
         (0..PARTITIONS)
             .filter(|p| {
@@ -1239,6 +1269,20 @@ async fn copies_move_to_a_new_broker_and_off_a_removed_one_without_loss() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.cancel();
     producer.await.expect("producer");
+    let acked_seqs: std::collections::BTreeSet<u64> = acked.lock().iter().map(|a| a.seq).collect();
+    eventually(
+        Duration::from_secs(30),
+        "the queue group read everything",
+        || async {
+            let missing = acked_seqs.difference(&consumed.lock()).count();
+            (missing == 0)
+                .then_some(())
+                .ok_or(format!("{missing} acknowledged messages not consumed"))
+        },
+    )
+    .await;
+    drained.cancel();
+    consumer.await.expect("consumer");
     fully_replicated(&cluster, "re", PARTITIONS, 3).await;
     for b in &mut cluster.brokers {
         b.terminate();

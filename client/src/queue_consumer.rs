@@ -82,6 +82,9 @@ pub struct QueueConsumer {
     /// Delivery requests under way. In a mutex only so that a consumer can
     /// be shared between threads; it is used through `&mut self`.
     polls: parking_lot::Mutex<FuturesUnordered<Poll>>,
+    /// When the cluster's brokers were last listed (a broker that joins
+    /// later may lead partitions of the topic).
+    listed_at: tokio::time::Instant,
 }
 
 type Poll = Pin<Box<dyn Future<Output = (usize, Result<DeliverResponse, ClientError>)> + Send>>;
@@ -102,6 +105,9 @@ struct Session {
 /// Settlement items of one session: its index, the items' places in the
 /// request, the items.
 type SessionItems = (usize, Vec<usize>, Vec<(u32, u64)>);
+
+/// How often a consumer in a cluster looks for brokers that joined it.
+const BROKER_LIST_REFRESH: Duration = Duration::from_secs(5);
 
 /// How long a broker that failed is left alone before it is tried again.
 const SESSION_RETRY: Duration = Duration::from_millis(200);
@@ -139,6 +145,7 @@ impl QueueConsumer {
             buffer: VecDeque::new(),
             holders: HashMap::new(),
             polls: parking_lot::Mutex::new(FuturesUnordered::new()),
+            listed_at: tokio::time::Instant::now(),
         };
         // At least one broker must take the member (and, the first time,
         // create the group); the others are joined as they answer.
@@ -189,6 +196,21 @@ impl QueueConsumer {
     async fn start_polls(&mut self, wait: Duration) -> Result<(), ClientError> {
         let now = tokio::time::Instant::now();
         let clustered = self.clustered();
+        if clustered && now.duration_since(self.listed_at) >= BROKER_LIST_REFRESH {
+            self.listed_at = now;
+            self.client.refresh_routes().await;
+            for addr in self.client.broker_addrs() {
+                if !self.sessions.iter().any(|s| s.addr.as_ref() == Some(&addr)) {
+                    self.sessions.push(Session {
+                        addr: Some(addr),
+                        conn: None,
+                        member: 0,
+                        polling: false,
+                        retry_at: None,
+                    });
+                }
+            }
+        }
         for i in 0..self.sessions.len() {
             let s = &self.sessions[i];
             if s.polling || s.retry_at.is_some_and(|at| at > now) {
