@@ -85,6 +85,9 @@ pub struct QueueConsumer {
     /// When the cluster's brokers were last listed (a broker that joins
     /// later may lead partitions of the topic).
     listed_at: tokio::time::Instant,
+    /// The brokers as last listed (a cluster only): a session with a
+    /// broker removed since is not asked again.
+    brokers: Vec<String>,
 }
 
 type Poll = Pin<Box<dyn Future<Output = (usize, Result<DeliverResponse, ClientError>)> + Send>>;
@@ -146,6 +149,7 @@ impl QueueConsumer {
             holders: HashMap::new(),
             polls: parking_lot::Mutex::new(FuturesUnordered::new()),
             listed_at: tokio::time::Instant::now(),
+            brokers: Vec::new(),
         };
         // At least one broker must take the member (and, the first time,
         // create the group); the others are joined as they answer.
@@ -199,7 +203,8 @@ impl QueueConsumer {
         if clustered && now.duration_since(self.listed_at) >= BROKER_LIST_REFRESH {
             self.listed_at = now;
             self.client.refresh_routes().await;
-            for addr in self.client.broker_addrs() {
+            self.brokers = self.client.broker_addrs();
+            for addr in self.brokers.clone() {
                 if !self.sessions.iter().any(|s| s.addr.as_ref() == Some(&addr)) {
                     self.sessions.push(Session {
                         addr: Some(addr),
@@ -214,6 +219,13 @@ impl QueueConsumer {
         for i in 0..self.sessions.len() {
             let s = &self.sessions[i];
             if s.polling || s.retry_at.is_some_and(|at| at > now) {
+                continue;
+            }
+            let removed = s
+                .addr
+                .as_ref()
+                .is_some_and(|a| !self.brokers.is_empty() && !self.brokers.contains(a));
+            if removed {
                 continue;
             }
             let lost = s.member == 0 || s.conn.as_ref().is_none_or(|c| c.is_closed());
