@@ -52,12 +52,18 @@ pub async fn deliver(
 }
 
 /// Splits settlement items into those of partitions this broker leads
-/// (with their places in the request) and the rest.
+/// (with their places in the request) and the rest. Each partition is
+/// checked once, however many of its messages the request settles.
 fn served(node: &ClusterNode, topic: &str, items: &[(u32, u64)]) -> (Vec<usize>, Vec<(u32, u64)>) {
+    let mut leads: std::collections::HashMap<u32, bool> = std::collections::HashMap::new();
     items
         .iter()
         .enumerate()
-        .filter(|(_, (p, _))| node.check_serves(topic, PartitionId(*p), true).is_ok())
+        .filter(|(_, (p, _))| {
+            *leads
+                .entry(*p)
+                .or_insert_with(|| node.check_serves(topic, PartitionId(*p), true).is_ok())
+        })
         .map(|(i, item)| (i, *item))
         .unzip()
 }
