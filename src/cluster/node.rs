@@ -373,11 +373,7 @@ impl ClusterNode {
             Some(g) => {
                 return Err(ClusterAdminError::Broker(BrokerError::GroupMismatch {
                     group: name.to_string(),
-                    reason: format!(
-                        "the group reads {} in {} mode",
-                        g.topic,
-                        if g.queue.is_some() { "queue" } else { "stream" }
-                    ),
+                    reason: format!("the group reads {} in {} mode", g.topic, g.mode()),
                 }))
             }
             None => {

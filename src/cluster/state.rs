@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use spool_protocol::PartitionId;
 
-use crate::broker::{GroupConfig, TopicConfig};
+use crate::broker::{GroupConfig, GroupMode, TopicConfig};
 use crate::cluster::placement::{self, NodeId};
 
 /// Who holds a lease: a broker (its failure detector) or, for distributed
@@ -71,6 +71,17 @@ pub struct GroupSpec {
     pub offsets: BTreeMap<u32, u64>,
     /// Queue-mode settings; `None` for a stream-mode group.
     pub queue: Option<GroupConfig>,
+}
+
+impl GroupSpec {
+    /// Queue mode if it has queue settings, else stream mode.
+    pub fn mode(&self) -> GroupMode {
+        if self.queue.is_some() {
+            GroupMode::Queue
+        } else {
+            GroupMode::Stream
+        }
+    }
 }
 
 /// One change to the state: the payload of a Raft log entry.
@@ -597,7 +608,7 @@ impl ClusterState {
                 Some(g) => Outcome::Refused(format!(
                     "group {name} already reads topic {} in {} mode",
                     g.topic,
-                    if g.queue.is_some() { "queue" } else { "stream" }
+                    g.mode()
                 )),
                 None if !self.topics.contains_key(topic) => {
                     Outcome::Refused(format!("topic {topic} not found"))
