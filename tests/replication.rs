@@ -226,7 +226,7 @@ fn seq_of(value: &[u8]) -> Option<u64> {
 /// again, or not in the final log where it was delivered from; a stored
 /// message the consumer never acked.
 async fn kill_loop(kills: usize) -> KillLoop {
-    use common::history::{Acked, Consumed, Violation};
+    use common::history::{Consumed, Violation};
     use spool::client::{QueueConsumer, QueueOptions, Settled};
     use std::collections::HashSet;
     use std::sync::Arc;
@@ -242,44 +242,14 @@ async fn kill_loop(kills: usize) -> KillLoop {
     fully_replicated(&cluster, "h", PARTITIONS, 3).await;
 
     let stop = tokio_util::sync::CancellationToken::new();
-    let acked: Arc<parking_lot::Mutex<Vec<Acked>>> = Arc::default();
-    let producer = {
-        let config = ProducerConfig {
-            delivery_timeout: Duration::from_secs(60),
-            retries: u32::MAX,
-            ..ProducerConfig::default()
-        };
-        let producer = Producer::new(cluster.client(1).await, config);
-        let (acked, stop) = (acked.clone(), stop.clone());
-        tokio::spawn(async move {
-            let mut in_flight = tokio::task::JoinSet::new();
-            let mut seq = 0u64;
-            while !stop.is_cancelled() {
-                let key = format!("k{}", seq % 16).into_bytes();
-                match producer.send("h", Some(&key), seq.to_be_bytes()).await {
-                    Ok(delivery) => {
-                        let acked = acked.clone();
-                        in_flight.spawn(async move {
-                            if delivery.await.is_ok() {
-                                acked.lock().push(Acked { key, seq });
-                            }
-                        });
-                    }
-                    Err(e) => eprintln!("send: {e}"),
-                }
-                seq += 1;
-                while in_flight.len() > 2_000 {
-                    in_flight.join_next().await;
-                }
-                if seq % 64 == 0 {
-                    // Paced a little: two cores also run three brokers.
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-            }
-            let _ = producer.flush().await;
-            while in_flight.join_next().await.is_some() {}
-        })
-    };
+    // Paced a little: two cores also run three brokers.
+    let (producer, acked) = spawn_producer(
+        cluster.client(1).await,
+        "h",
+        16,
+        (64, Duration::from_millis(2)),
+        stop.clone(),
+    );
     // What the consumer acked, confirmed; and what was delivered again
     // after that.
     let consumed: Arc<parking_lot::Mutex<Vec<Consumed>>> = Arc::default();
@@ -523,6 +493,61 @@ async fn kill_loop(kills: usize) -> KillLoop {
         acked: acked.len(),
         consumed: consumed.len(),
     }
+}
+
+/// An idempotent producer with acks=all (retrying for up to a minute)
+/// sending 8-byte sequence numbers from 0 to `topic` under `keys` keys
+/// until `stop`, at most 2,000 unconfirmed, sleeping `pace.1` every
+/// `pace.0` messages; returns its task and what was acknowledged.
+fn spawn_producer(
+    client: Client,
+    topic: &'static str,
+    keys: u64,
+    pace: (u64, Duration),
+    stop: tokio_util::sync::CancellationToken,
+) -> (
+    tokio::task::JoinHandle<()>,
+    std::sync::Arc<parking_lot::Mutex<Vec<common::history::Acked>>>,
+) {
+    use common::history::Acked;
+    let acked: std::sync::Arc<parking_lot::Mutex<Vec<Acked>>> = Default::default();
+    let config = ProducerConfig {
+        delivery_timeout: Duration::from_secs(60),
+        retries: u32::MAX,
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::new(client, config);
+    let task = {
+        let acked = acked.clone();
+        tokio::spawn(async move {
+            let mut in_flight = tokio::task::JoinSet::new();
+            let mut seq = 0u64;
+            while !stop.is_cancelled() {
+                let key = format!("k{}", seq % keys).into_bytes();
+                match producer.send(topic, Some(&key), seq.to_be_bytes()).await {
+                    Ok(delivery) => {
+                        let acked = acked.clone();
+                        in_flight.spawn(async move {
+                            if delivery.await.is_ok() {
+                                acked.lock().push(Acked { key, seq });
+                            }
+                        });
+                    }
+                    Err(e) => eprintln!("send: {e}"),
+                }
+                seq += 1;
+                while in_flight.len() > 2_000 {
+                    in_flight.join_next().await;
+                }
+                if seq % pace.0 == 0 {
+                    tokio::time::sleep(pace.1).await;
+                }
+            }
+            let _ = producer.flush().await;
+            while in_flight.join_next().await.is_some() {}
+        })
+    };
+    (task, acked)
 }
 
 /// Every producer message in a broker's copy, in log order per partition.
@@ -1149,7 +1174,6 @@ async fn a_queue_group_loses_no_ack_and_no_message_when_its_leader_dies() {
 /// logs end up identical.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copies_move_to_a_new_broker_and_off_a_removed_one_without_loss() {
-    use common::history::Acked;
     use std::sync::Arc;
 
     let _serial = SERIAL.lock().await;
@@ -1164,37 +1188,13 @@ async fn copies_move_to_a_new_broker_and_off_a_removed_one_without_loss() {
     fully_replicated(&cluster, "re", PARTITIONS, 3).await;
 
     let stop = tokio_util::sync::CancellationToken::new();
-    let acked: Arc<parking_lot::Mutex<Vec<Acked>>> = Arc::default();
-    let producer = {
-        let config = ProducerConfig {
-            delivery_timeout: Duration::from_secs(60),
-            retries: u32::MAX,
-            ..ProducerConfig::default()
-        };
-        let producer = Producer::new(cluster.client(1).await, config);
-        let (acked, stop) = (acked.clone(), stop.clone());
-        tokio::spawn(async move {
-            let mut in_flight = tokio::task::JoinSet::new();
-            let mut seq = 0u64;
-            while !stop.is_cancelled() {
-                let key = format!("k{}", seq % 8).into_bytes();
-                if let Ok(delivery) = producer.send("re", Some(&key), seq.to_be_bytes()).await {
-                    let acked = acked.clone();
-                    in_flight.spawn(async move {
-                        if delivery.await.is_ok() {
-                            acked.lock().push(Acked { key, seq });
-                        }
-                    });
-                }
-                seq += 1;
-                if seq % 32 == 0 {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            }
-            let _ = producer.flush().await;
-            while in_flight.join_next().await.is_some() {}
-        })
-    };
+    let (producer, acked) = spawn_producer(
+        cluster.client(1).await,
+        "re",
+        8,
+        (32, Duration::from_millis(5)),
+        stop.clone(),
+    );
 
     // A queue group reads throughout: it must get every message, whichever
     // broker leads each partition as copies and leaders move.
