@@ -157,9 +157,9 @@ impl LeaseDesk {
 
     /// A broker's heartbeat, counted if this node leads. A broker that is
     /// not a member yet (or moved) is added first; its lease starts alive.
-    /// Counts a heartbeat; on success answers the index of the last entry
-    /// this leader has applied (the broker acts on its lease only once its
-    /// own state has caught up that far).
+    /// Answers the index of the last entry this leader has applied: the
+    /// broker acts on its lease only once its own state has caught up that
+    /// far.
     pub(crate) fn heartbeat(&self, member: Member) -> Result<u64, String> {
         self.heard
             .lock()
