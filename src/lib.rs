@@ -10,6 +10,8 @@
 pub mod broker;
 #[cfg(feature = "server")]
 pub mod cluster;
+pub mod leases;
+pub mod locks;
 #[cfg(feature = "server")]
 pub(crate) mod metrics;
 #[cfg(feature = "server")]

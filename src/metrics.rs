@@ -91,6 +91,16 @@ metric!(HANDOFF_PAUSE_SECONDS: Histogram = register_histogram_with_registry!(
     LATENCY_BUCKETS.to_vec(), REGISTRY));
 metric!(PLACEMENT_CHANGES: IntCounter = register_int_counter_with_registry!(
     "spool_placement_changes_total", "Placement epochs applied by this broker", REGISTRY));
+metric!(LOCK_GRANTS: IntCounter = register_int_counter_with_registry!(
+    "spool_lock_grants_total", "Lock grants answered by this broker", REGISTRY));
+metric!(LOCK_RELEASES: IntCounter = register_int_counter_with_registry!(
+    "spool_lock_releases_total", "Locks released by their holders through this broker", REGISTRY));
+metric!(LOCK_SESSION_EXPIRIES: IntCounter = register_int_counter_with_registry!(
+    "spool_lock_session_expiries_total", "Lock sessions this broker expired (as Raft leader, or as a single node): their locks were released", REGISTRY));
+metric!(LOCK_WAITERS: IntGauge = register_int_gauge_with_registry!(
+    "spool_lock_waiters", "Acquires waiting in a lock's queue at this broker", REGISTRY));
+metric!(FENCED_WRITES: IntCounter = register_int_counter_with_registry!(
+    "spool_fenced_writes_total", "Fenced batches refused because a higher fencing token was accepted for their lock", REGISTRY));
 
 /// Registers every metric now, so a scrape shows them all (at zero) before
 /// their first event.
@@ -123,4 +133,9 @@ pub fn register_all() {
     LazyLock::force(&RAFT_LEADER);
     LazyLock::force(&RAFT_APPLIED);
     LazyLock::force(&PLACEMENT_EPOCH);
+    LazyLock::force(&LOCK_GRANTS);
+    LazyLock::force(&LOCK_RELEASES);
+    LazyLock::force(&LOCK_SESSION_EXPIRIES);
+    LazyLock::force(&LOCK_WAITERS);
+    LazyLock::force(&FENCED_WRITES);
 }

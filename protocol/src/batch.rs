@@ -32,6 +32,15 @@ pub const NO_PRODUCER: u64 = 0;
 /// broker remembers, and so how many it may have in flight there at once:
 /// a retry of any of them is recognised.
 pub const IDEMPOTENCE_WINDOW: usize = 32;
+/// Attribute bit: the batch is fenced. Its first record carries the
+/// [`FENCE_HEADER`] header, and the partition's leader refuses it if it has
+/// accepted a higher fencing token for the same lock.
+pub const ATTR_FENCED: u32 = 1;
+/// The header, on a fenced batch's first record, that names the lock and
+/// token: the token as 8 bytes little-endian, then the lock's name (UTF-8).
+pub const FENCE_HEADER: &[u8] = b"spool.fence";
+/// Longest lock name, in bytes.
+pub const MAX_LOCK_NAME: usize = 255;
 /// Upper bound on a batch's total length. A length field above this is
 /// treated as corruption rather than trusted for an allocation or a scan.
 pub const MAX_BATCH_LEN: usize = 64 * 1024 * 1024;
@@ -69,6 +78,9 @@ pub enum BatchError {
     /// Attribute bits or reserved bytes set that this version does not define.
     #[error("reserved batch attributes set: {0:#x}")]
     BadAttributes(u32),
+    /// A fenced batch whose first record lacks a well-formed fence header.
+    #[error("fenced batch without a valid {} header on its first record", String::from_utf8_lossy(FENCE_HEADER))]
+    BadFence,
     /// The stored CRC does not match the bytes.
     #[error("batch CRC mismatch: stored {stored:#010x}, computed {computed:#010x}")]
     Crc {
@@ -120,6 +132,8 @@ pub struct BatchHeader {
     pub base_sequence: u32,
     /// Bytes of the header: where the records start.
     pub header_len: u32,
+    /// The batch carries a fence ([`ATTR_FENCED`]).
+    pub fenced: bool,
 }
 
 impl BatchHeader {
@@ -155,7 +169,8 @@ impl BatchHeader {
             (NO_PRODUCER, 0)
         };
         let attributes = read_u32(buf, MAGIC_POS) >> 8;
-        if attributes != 0 {
+        let known = if header_len == HEADER_LEN { ATTR_FENCED } else { 0 };
+        if attributes & !known != 0 {
             return Err(BatchError::BadAttributes(attributes));
         }
         let record_count = read_u32(buf, COUNT_POS);
@@ -178,6 +193,7 @@ impl BatchHeader {
             producer_id,
             base_sequence,
             header_len: header_len as u32,
+            fenced: attributes & ATTR_FENCED != 0,
         })
     }
 
@@ -244,7 +260,30 @@ impl<'a> Batch<'a> {
         verify_crc(buf, &header)?;
         let bytes = &buf[..header.batch_len as usize];
         check_records(bytes, &header)?;
-        Ok(Batch { header, bytes })
+        let batch = Batch { header, bytes };
+        if header.fenced && batch.fence().is_none() {
+            return Err(BatchError::BadFence);
+        }
+        Ok(batch)
+    }
+
+    /// The lock and fencing token a fenced batch was written under; `None`
+    /// for a batch that is not fenced (or a stored one whose fence does not
+    /// parse, which [`Batch::validate`] refuses).
+    pub fn fence(&self) -> Option<Fence<'a>> {
+        if !self.header.fenced {
+            return None;
+        }
+        let value = self.records().next()?.header(FENCE_HEADER)?;
+        let (token, name) = value.split_first_chunk::<8>()?;
+        let lock = std::str::from_utf8(name).ok()?;
+        if lock.is_empty() || lock.len() > MAX_LOCK_NAME {
+            return None;
+        }
+        Some(Fence {
+            lock,
+            token: u64::from_le_bytes(*token),
+        })
     }
 
     /// A batch read back from storage, which validated it completely when
@@ -287,6 +326,16 @@ impl<'a> Batch<'a> {
             count: self.header.record_count,
         }
     }
+}
+
+/// What a fenced batch was written under: a lock and the fencing token of
+/// its writer's grant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fence<'a> {
+    /// The lock's name.
+    pub lock: &'a str,
+    /// The grant's fencing token.
+    pub token: u64,
 }
 
 /// Iterates a buffer holding whole batches back to back, validating each.
@@ -542,6 +591,8 @@ pub struct BatchBuilder {
     record_count: u32,
     first_timestamp_ms: i64,
     max_timestamp_ms: i64,
+    /// The fence header's value, added to the first record.
+    fence: Option<Vec<u8>>,
 }
 
 impl Default for BatchBuilder {
@@ -565,7 +616,21 @@ impl BatchBuilder {
             record_count: 0,
             first_timestamp_ms: 0,
             max_timestamp_ms: i64::MIN,
+            fence: None,
         }
+    }
+
+    /// Makes the batch fenced by `lock` at `token` (see [`ATTR_FENCED`]).
+    /// Must be called before the first record is pushed; fails on an empty
+    /// or overlong lock name.
+    pub fn fenced(mut self, lock: &str, token: u64) -> Result<BatchBuilder, BatchError> {
+        if self.record_count > 0 || lock.is_empty() || lock.len() > MAX_LOCK_NAME {
+            return Err(BatchError::BadFence);
+        }
+        let mut value = token.to_le_bytes().to_vec();
+        value.extend_from_slice(lock.as_bytes());
+        self.fence = Some(value);
+        Ok(self)
     }
 
     /// Records pushed so far.
@@ -600,6 +665,23 @@ impl BatchBuilder {
     /// Appends one record. Fails (and leaves the builder unchanged) if the
     /// batch would exceed [`MAX_BATCH_LEN`].
     pub fn push(
+        &mut self,
+        timestamp_ms: i64,
+        key: Option<&[u8]>,
+        value: &[u8],
+        headers: &[(&[u8], &[u8])],
+    ) -> Result<(), BatchError> {
+        if self.record_count == 0 {
+            if let Some(fence) = self.fence.clone() {
+                let mut with_fence = headers.to_vec();
+                with_fence.push((FENCE_HEADER, &fence));
+                return self.push_record(timestamp_ms, key, value, &with_fence);
+            }
+        }
+        self.push_record(timestamp_ms, key, value, headers)
+    }
+
+    fn push_record(
         &mut self,
         timestamp_ms: i64,
         key: Option<&[u8]>,
@@ -659,6 +741,9 @@ impl BatchBuilder {
         buf[LEN_POS..LEN_POS + 4].copy_from_slice(&len.to_le_bytes());
         buf[MAGIC_POS] = MAGIC;
         buf[ATTRIBUTES_POS] = 0;
+        if self.fence.is_some() {
+            buf[ATTRIBUTES_POS] = ATTR_FENCED as u8;
+        }
         buf[COUNT_POS..COUNT_POS + 4].copy_from_slice(&self.record_count.to_le_bytes());
         buf[FIRST_TS_POS..FIRST_TS_POS + 8].copy_from_slice(&self.first_timestamp_ms.to_le_bytes());
         buf[MAX_TS_POS..MAX_TS_POS + 8].copy_from_slice(&self.max_timestamp_ms.to_le_bytes());

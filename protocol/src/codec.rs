@@ -125,6 +125,20 @@ impl Wire for u32 {
     }
 }
 
+/// An offset (a settled one in an ack state) or a session id (a lock's
+/// waiters).
+impl Wire for u64 {
+    const MIN_LEN: usize = 8;
+
+    fn put(&self, b: &mut BytesMut) {
+        b.put_u64_le(*self);
+    }
+
+    fn get(r: &mut Reader) -> Result<Self, DecodeError> {
+        r.u64("u64 item")
+    }
+}
+
 pub(crate) fn put_string(b: &mut BytesMut, s: &str) {
     // Names and messages longer than a u16 are cut at a char boundary,
     // never sent with a wrong length.

@@ -81,6 +81,15 @@ pub enum ErrorCode {
     /// first). It may or may not survive a failover: retry (an idempotent
     /// producer's retry is never stored twice).
     NotReplicated = 45,
+    /// Locks: a fenced batch carried a lower fencing token than one the
+    /// partition already accepted for the same lock: its writer no longer
+    /// holds the lock. Nothing was stored.
+    Fenced = 50,
+    /// Locks: the session is unknown or has expired (its locks are
+    /// released). Open a new one.
+    SessionExpired = 51,
+    /// Locks: the session does not hold that lock (or wait for it).
+    LockNotHeld = 52,
     /// A bug on the server side.
     Internal = 99,
 }
@@ -120,6 +129,9 @@ impl ErrorCode {
             43 => NotEnoughReplicas,
             44 => LeaderEpochMismatch,
             45 => NotReplicated,
+            50 => Fenced,
+            51 => SessionExpired,
+            52 => LockNotHeld,
             99 => Internal,
             _ => return None,
         })

@@ -184,6 +184,8 @@ struct Inner {
     producer_ids: super::producer_ids::ProducerIds,
     /// Where dead letters go when not to the local dead-letter topic.
     dead_letter_sink: std::sync::OnceLock<Arc<dyn DeadLetterSink>>,
+    /// The lock service, opened on first use.
+    locks: std::sync::OnceLock<Arc<crate::locks::LocalLocks>>,
 }
 
 /// Where a queue group's dead letters are written. Unset, they are appended
@@ -286,6 +288,7 @@ impl Broker {
                 lock: Mutex::new(Some(lock)),
                 producer_ids,
                 dead_letter_sink: std::sync::OnceLock::new(),
+                locks: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -316,6 +319,42 @@ impl Broker {
                 context: "allocating a producer id".into(),
                 source,
             })
+    }
+
+    /// The broker's lock service: sessions, locks and fencing tokens (see
+    /// [`crate::locks`]), kept in `<dir>/locks`.
+    pub fn locks(&self) -> Result<Arc<crate::locks::LocalLocks>, crate::locks::LockError> {
+        if let Some(locks) = self.inner.locks.get() {
+            return Ok(locks.clone());
+        }
+        let _admin = self.inner.admin.lock();
+        if let Some(locks) = self.inner.locks.get() {
+            return Ok(locks.clone());
+        }
+        let locks = crate::locks::LocalLocks::open(&self.inner.dir)?;
+        Ok(self.inner.locks.get_or_init(|| locks).clone())
+    }
+
+    /// Takes the lock `name`, waiting as `options` say, in a session of
+    /// its own that the returned guard keeps alive. `Ok(None)` if the wait
+    /// ran out. Must be called within a Tokio runtime.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let broker = spool::Broker::open(dir.path(), Default::default()).unwrap();
+    /// let guard = broker.lock("nightly-report", Default::default()).await.unwrap().unwrap();
+    /// // Pass guard.token() to whatever the lock protects.
+    /// assert!(guard.token() > 0);
+    /// guard.release().await.unwrap();
+    /// # });
+    /// ```
+    pub async fn lock(
+        &self,
+        name: &str,
+        options: crate::locks::LockOptions,
+    ) -> Result<Option<crate::locks::LockGuard>, crate::locks::LockError> {
+        crate::locks::LockGuard::acquire(self.locks()?, name, &options).await
     }
 
     /// The data directory.

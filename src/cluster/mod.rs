@@ -8,7 +8,7 @@ pub mod guide {
     #![doc = include_str!("../../docs/cluster.md")]
 }
 mod dead_letters;
-pub mod leases;
+mod locks;
 pub mod node;
 pub mod placement;
 pub mod raft;

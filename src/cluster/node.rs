@@ -104,6 +104,11 @@ impl ClusterNode {
         self.control.submit(command, ADMIN_TIMEOUT).await
     }
 
+    /// The control plane.
+    pub(super) fn control(&self) -> &ControlPlane {
+        &self.control
+    }
+
     /// A watcher of the committed state.
     pub(super) fn state_watch(&self) -> tokio::sync::watch::Receiver<Arc<ClusterState>> {
         self.control.state.clone()

@@ -17,21 +17,11 @@ use crate::cluster::placement::{self, NodeId};
 pub enum LeaseHolder {
     /// A member broker.
     Broker(NodeId),
-    /// A client session (granted by a later issue's lock service).
+    /// A client's lock session.
     Session(u64),
 }
 
-/// A lease as committed: alive or expired, and which grant it is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Lease {
-    /// Time to live of each grant, in milliseconds.
-    pub ttl_ms: u64,
-    /// False once the Raft leader committed its expiry.
-    pub alive: bool,
-    /// Bumped by every renewal after an expiry, so an expiry decided about
-    /// an older grant cannot kill a newer one.
-    pub generation: u64,
-}
+pub use crate::leases::Lease;
 
 /// A broker added to the cluster (alive or not: its lease says which).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -225,6 +215,38 @@ pub enum Command {
         /// Its settings, the same on every replica.
         config: GroupConfig,
     },
+    /// Opens a client's lock session: a lease in the lease table, expired
+    /// by the Raft leader like a broker's.
+    OpenSession {
+        /// Its TTL.
+        ttl_ms: u64,
+    },
+    /// Ends a lock session: its locks go to their next waiters.
+    CloseSession(u64),
+    /// Takes a lock for a session, or queues it.
+    AcquireLock {
+        /// The lock.
+        name: String,
+        /// The session.
+        session: u64,
+        /// Queue if held (else answer busy).
+        wait: bool,
+    },
+    /// Releases a lock the session holds, or leaves its queue.
+    ReleaseLock {
+        /// The lock.
+        name: String,
+        /// The session.
+        session: u64,
+    },
+    /// Leaves a lock's queue (a wait that ran out); a grant that came first
+    /// stands.
+    LeaveLockQueue {
+        /// The lock.
+        name: String,
+        /// The session.
+        session: u64,
+    },
 }
 
 /// What applying a command did.
@@ -236,6 +258,12 @@ pub enum Outcome {
     Unchanged,
     /// Refused, with the reason (a topic that exists, a member that does not).
     Refused(String),
+    /// A lock session opened, with its id.
+    SessionOpened(u64),
+    /// What an acquire did.
+    Lock(crate::locks::Acquired),
+    /// A lock command refused.
+    LockRefused(crate::locks::LockError),
 }
 
 /// Who holds a partition's data now, who has copies, and where it is
@@ -322,9 +350,19 @@ pub struct ClusterState {
     /// Members promoted to voters after the cluster started (the initial
     /// voters are the `--peers` list, in the Raft membership itself).
     pub promoted: BTreeSet<NodeId>,
+    /// Locks held and awaited by client sessions (whose leases are in
+    /// `leases`), and the fencing-token counter.
+    pub locks: crate::locks::LockTable,
 }
 
 impl ClusterState {
+    /// Ends a lock session: its lease goes, its locks go to their next
+    /// waiters.
+    fn end_session(&mut self, session: u64) {
+        self.leases.remove(&LeaseHolder::Session(session));
+        self.locks.drop_session(session);
+    }
+
     /// An empty cluster whose broker leases last `broker_ttl_ms`.
     pub fn new(broker_ttl_ms: u64) -> ClusterState {
         ClusterState {
@@ -471,6 +509,75 @@ impl ClusterState {
                 }
                 _ => Outcome::Unchanged,
             },
+            Command::ExpireLease {
+                holder: LeaseHolder::Session(session),
+                generation,
+            } => match self.leases.get(&LeaseHolder::Session(*session)) {
+                Some(lease) if lease.alive && lease.generation == *generation => {
+                    self.end_session(*session);
+                    Outcome::Applied
+                }
+                _ => Outcome::Unchanged,
+            },
+            Command::OpenSession { ttl_ms } => {
+                if self
+                    .leases
+                    .keys()
+                    .filter(|h| matches!(h, LeaseHolder::Session(_)))
+                    .count()
+                    >= crate::locks::MAX_SESSIONS
+                {
+                    return Outcome::LockRefused(crate::locks::LockError::LimitReached(format!(
+                        "{} sessions are open already",
+                        crate::locks::MAX_SESSIONS
+                    )));
+                }
+                let id = self.locks.new_session();
+                self.leases.insert(
+                    LeaseHolder::Session(id),
+                    Lease {
+                        ttl_ms: *ttl_ms,
+                        alive: true,
+                        generation: 0,
+                    },
+                );
+                Outcome::SessionOpened(id)
+            }
+            Command::CloseSession(session) => {
+                if !self.leases.contains_key(&LeaseHolder::Session(*session)) {
+                    return Outcome::LockRefused(crate::locks::LockError::SessionExpired(*session));
+                }
+                self.end_session(*session);
+                Outcome::Applied
+            }
+            Command::AcquireLock {
+                name,
+                session,
+                wait,
+            } => {
+                if !self.leases.contains_key(&LeaseHolder::Session(*session)) {
+                    return Outcome::LockRefused(crate::locks::LockError::SessionExpired(*session));
+                }
+                match self.locks.acquire(name, *session, *wait) {
+                    Ok(acquired) => Outcome::Lock(acquired),
+                    Err(e) => Outcome::LockRefused(e),
+                }
+            }
+            Command::ReleaseLock { name, session } => match self.locks.release(name, *session) {
+                Ok(_) => Outcome::Applied,
+                Err(e) => Outcome::LockRefused(e),
+            },
+            Command::LeaveLockQueue { name, session } => {
+                self.locks.leave_queue(name, *session);
+                // Whether a grant came first, so the waiter's broker need
+                // not wait to apply this entry to know.
+                match self.locks.holder(name) {
+                    Some((holder, token)) if holder == *session => {
+                        Outcome::Lock(crate::locks::Acquired::Granted(token))
+                    }
+                    _ => Outcome::Lock(crate::locks::Acquired::Busy),
+                }
+            }
             Command::ExpireLease { holder, generation } => match self.leases.get_mut(holder) {
                 Some(lease) if lease.alive && lease.generation == *generation => {
                     lease.alive = false;

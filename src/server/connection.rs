@@ -163,6 +163,10 @@ struct Handler {
     bytes_budget: Arc<Semaphore>,
     request_budget: Arc<Semaphore>,
     tasks: JoinSet<()>,
+    /// Acquires waiting in a lock's queue: dropped with the connection
+    /// (the session stays queued until it ends or expires; a client that
+    /// reconnects asks again and finds its place or its grant).
+    lock_waits: JoinSet<()>,
     handshaken: bool,
     /// Group members joined over this connection: they leave with it, so a
     /// consumer that dies hands its unacked messages back at once.
@@ -187,6 +191,7 @@ impl Handler {
             peer,
             tx,
             tasks: JoinSet::new(),
+            lock_waits: JoinSet::new(),
             handshaken: false,
             joined: Vec::new(),
             last_frame: Instant::now(),
@@ -196,6 +201,7 @@ impl Handler {
     async fn run(&mut self, frames: &mut FrameReader) {
         loop {
             while self.tasks.try_join_next().is_some() {}
+            while self.lock_waits.try_join_next().is_some() {}
             let Some((frame, memory)) = self.next_frame(frames).await else {
                 return;
             };
@@ -449,6 +455,12 @@ impl Handler {
                     respond(&tx, reply, kind_, correlation_id, started, permits).await;
                 });
             }
+            Request::AcquireLock(r) if r.wait_ms > 0 => {
+                self.lock_waits.spawn(async move {
+                    let reply = dispatch(&ctx, Request::AcquireLock(r)).await;
+                    respond(&tx, reply, kind_, correlation_id, started, permits).await;
+                });
+            }
             request => {
                 self.tasks.spawn(async move {
                     let reply = dispatch(&ctx, request).await;
@@ -467,7 +479,9 @@ impl Handler {
                 tracing::debug!(group, member, error = %err, "leaving group at disconnect");
             }
         }
+        self.lock_waits.abort_all();
         while self.tasks.join_next().await.is_some() {}
+        while self.lock_waits.join_next().await.is_some() {}
     }
 }
 
@@ -679,6 +693,14 @@ async fn dispatch(ctx: &ServerContext, request: Request) -> Result<Response, Err
             addr: ctx.advertised.clone(),
         }
         .into()),
+        lock @ (Request::OpenSession(_)
+        | Request::KeepAlive(_)
+        | Request::CloseSession(_)
+        | Request::AcquireLock(_)
+        | Request::ReleaseLock(_)
+        | Request::ListLocks(_)) => {
+            handlers::locks::handle(broker, ctx.cluster.as_ref(), lock).await
+        }
         Request::Handshake(_) => Err(error(ErrorCode::MalformedFrame, "handshake already done")),
         Request::Produce(_) => Err(error(
             ErrorCode::Internal,

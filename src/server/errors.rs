@@ -30,6 +30,8 @@ pub fn code_for(err: &BrokerError) -> ErrorCode {
             StorageError::InvalidBatch(_) => ErrorCode::InvalidBatch,
             StorageError::InvalidConfig(_) => ErrorCode::InvalidConfig,
             StorageError::OutOfOrderSequence { .. } => ErrorCode::OutOfOrderSequence,
+            StorageError::Fenced { .. } => ErrorCode::Fenced,
+            StorageError::TooManyFences(_) => ErrorCode::LimitReached,
             StorageError::Io { .. } | StorageError::Metadata { .. } => ErrorCode::StorageError,
         },
     }

@@ -473,7 +473,12 @@ impl PartitionLog {
             while !rest.is_empty() {
                 let header = BatchHeader::parse(rest)?;
                 if header.next_offset() > offset {
-                    table.record(&header, now_ms);
+                    let fence = if header.fenced {
+                        Batch::from_stored(rest).ok()
+                    } else {
+                        None
+                    };
+                    table.record(&header, fence.as_ref().and_then(Batch::fence), now_ms);
                 }
                 rest = rest.get(header.batch_len as usize..).unwrap_or_default();
             }
@@ -614,6 +619,7 @@ impl PartitionLog {
         let bytes = batch.bytes();
         let len = bytes.len() as u64;
         let mut writer = self.lock_writer();
+        let fence = batch.fence();
         match writer.producers.check(batch.header()) {
             Sequenced::New => {}
             Sequenced::Duplicate {
@@ -634,6 +640,7 @@ impl PartitionLog {
                 })
             }
         }
+        writer.producers.check_fence(fence)?;
         if writer.file.position() > 0
             && writer.file.position() + len > self.config.segment_size_bytes
         {
@@ -649,10 +656,10 @@ impl PartitionLog {
             "a batch must start at the log's end"
         );
         debug_assert!(next_offset > base_offset);
-        if batch.header().producer_id != spool_protocol::batch::NO_PRODUCER {
+        if batch.header().producer_id != spool_protocol::batch::NO_PRODUCER || fence.is_some() {
             let mut stored = *batch.header();
             stored.base_offset = base_offset;
-            writer.producers.record(&stored, wall_clock_ms());
+            writer.producers.record(&stored, fence, wall_clock_ms());
         }
         self.next_offset.store(next_offset.0, Ordering::Release);
         if self.config.sync == SyncPolicy::Never {

@@ -161,6 +161,22 @@ pub enum StorageError {
         /// The batch's first.
         got: u32,
     },
+    /// A fenced batch's token is below the highest one the partition has
+    /// accepted for its lock: its writer lost the lock. Nothing was
+    /// appended.
+    #[error("fenced: lock {lock:?} token {token} is below {highest}, already accepted by this partition")]
+    Fenced {
+        /// The lock.
+        lock: String,
+        /// The batch's token.
+        token: u64,
+        /// The highest accepted.
+        highest: u64,
+    },
+    /// A fenced batch names a lock beyond the partition's bound on locks
+    /// it remembers tokens for. Nothing was appended.
+    #[error("partition already remembers fencing tokens for {0} locks")]
+    TooManyFences(usize),
 }
 
 /// Milliseconds since the Unix epoch by the wall clock (batch timestamps

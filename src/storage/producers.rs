@@ -9,12 +9,19 @@
 //! segment is rolled, which covers everything before the new segment, plus
 //! a scan of the active segment. So it is exactly as durable as the batches
 //! it describes, and never claims a batch that recovery cut off.
+//!
+//! Fencing tokens live here too, for the same reasons: a fenced batch
+//! carries its lock and token (see `spool_protocol::batch::ATTR_FENCED`),
+//! and the table keeps the highest token accepted per lock, rebuilt from
+//! the batches like the producers' sequences, replicated with them byte for
+//! byte, and checked by the partition's leader before an append (Kafka's
+//! producer epochs fence zombie producers the same way).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use spool_protocol::batch::{BatchHeader, NO_PRODUCER};
+use spool_protocol::batch::{BatchHeader, Fence, NO_PRODUCER};
 use spool_protocol::Offset;
 
 use super::meta_file::{self, MetaKind};
@@ -29,10 +36,14 @@ pub const RECENT_BATCHES: usize = spool_protocol::batch::IDEMPOTENCE_WINDOW;
 pub const MAX_PRODUCERS: usize = 10_000;
 /// A producer that has appended nothing for this long is forgotten.
 pub const PRODUCER_EXPIRY_MS: i64 = 24 * 60 * 60 * 1000;
+/// Locks a partition remembers fencing tokens for. Never forgotten (a
+/// forgotten lock would let a stale holder write again); a fenced batch
+/// for one more lock is refused.
+pub const MAX_FENCES: usize = 10_000;
 
 const SNAPSHOT: MetaKind = MetaKind {
     magic: *b"SPPR",
-    version: 1,
+    version: 2,
 };
 
 /// What a batch is, given what its producer sent before.
@@ -79,6 +90,8 @@ struct ProducerState {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProducerTable {
     producers: BTreeMap<u64, ProducerState>,
+    /// The highest fencing token accepted per lock.
+    fences: BTreeMap<String, u64>,
 }
 
 impl ProducerTable {
@@ -126,9 +139,35 @@ impl ProducerTable {
         }
     }
 
+    /// Refuses a fenced batch whose token is below the highest accepted
+    /// for its lock (equal is the same holder writing again).
+    pub fn check_fence(&self, fence: Option<Fence<'_>>) -> Result<(), StorageError> {
+        let Some(fence) = fence else { return Ok(()) };
+        match self.fences.get(fence.lock) {
+            Some(&highest) if fence.token < highest => Err(StorageError::Fenced {
+                lock: fence.lock.to_string(),
+                token: fence.token,
+                highest,
+            }),
+            None if self.fences.len() >= MAX_FENCES => {
+                Err(StorageError::TooManyFences(self.fences.len()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The highest token accepted for `lock`.
+    pub fn fence(&self, lock: &str) -> Option<u64> {
+        self.fences.get(lock).copied()
+    }
+
     /// Records a batch appended at `now_ms` (its header with the assigned
-    /// offset).
-    pub fn record(&mut self, header: &BatchHeader, now_ms: i64) {
+    /// offset, and its fence if it has one).
+    pub fn record(&mut self, header: &BatchHeader, fence: Option<Fence<'_>>, now_ms: i64) {
+        if let Some(fence) = fence {
+            let highest = self.fences.entry(fence.lock.to_string()).or_default();
+            *highest = (*highest).max(fence.token);
+        }
         if header.producer_id == NO_PRODUCER {
             return;
         }
@@ -233,7 +272,7 @@ mod tests {
         let mut t = ProducerTable::default();
         let first = header(7, 0, 3, 0);
         assert_eq!(t.check(&first), Sequenced::New);
-        t.record(&first, 1_000);
+        t.record(&first, None, 1_000);
         // The same batch again: its original offsets.
         assert_eq!(
             t.check(&header(7, 0, 3, 99)),
@@ -268,7 +307,7 @@ mod tests {
     fn only_the_recent_batches_are_remembered_and_idle_producers_expire() {
         let mut t = ProducerTable::default();
         for i in 0..(RECENT_BATCHES as u32 + 2) {
-            t.record(&header(1, i, 1, u64::from(i)), 1_000);
+            t.record(&header(1, i, 1, u64::from(i)), None, 1_000);
         }
         // The oldest two are forgotten: a retry of them is out of order.
         assert!(matches!(
@@ -288,7 +327,7 @@ mod tests {
     #[test]
     fn sequences_wrap() {
         let mut t = ProducerTable::default();
-        t.record(&header(3, u32::MAX - 1, 2, 0), 1_000);
+        t.record(&header(3, u32::MAX - 1, 2, 0), None, 1_000);
         assert_eq!(t.check(&header(3, 0, 1, 2)), Sequenced::New);
     }
 
@@ -296,7 +335,7 @@ mod tests {
     fn a_snapshot_round_trips_and_names_parse() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut t = ProducerTable::default();
-        t.record(&header(9, 0, 2, 10), 1_000);
+        t.record(&header(9, 0, 2, 10), None, 1_000);
         t.save(dir.path(), Offset(12)).expect("save");
         assert_eq!(ProducerTable::load(dir.path(), Offset(12)), Some(t));
         assert_eq!(ProducerTable::load(dir.path(), Offset(13)), None);
@@ -305,5 +344,63 @@ mod tests {
             Some(Offset(12))
         );
         assert_eq!(parse_snapshot_name("12.producers"), None);
+    }
+
+    #[test]
+    fn a_lower_token_is_fenced_and_the_table_keeps_the_highest_per_lock() {
+        let fenced = |lock: &str, token: u64| {
+            let mut b = BatchBuilder::new().fenced(lock, token).expect("fence");
+            b.push(1, None, b"v", &[(b"h", b"x")]).expect("push");
+            b.push(2, None, b"w", &[]).expect("push");
+            b.finish().expect("finish").to_vec()
+        };
+        let mut t = ProducerTable::default();
+        let first = fenced("jobs", 7);
+        let batch = Batch::validate(&first).expect("valid");
+        let fence = batch.fence().expect("a fence");
+        assert_eq!((fence.lock, fence.token), ("jobs", 7));
+        assert_eq!(batch.records().next().and_then(|r| r.header(b"h")), Some(&b"x"[..]));
+        assert!(t.check_fence(Some(fence)).is_ok());
+        t.record(batch.header(), Some(fence), 1_000);
+        // The same holder again, and a newer one: accepted.
+        let same = fenced("jobs", 7);
+        let same = Batch::validate(&same).expect("valid");
+        assert!(t.check_fence(same.fence()).is_ok());
+        let newer = fenced("jobs", 9);
+        let newer = Batch::validate(&newer).expect("valid");
+        t.record(newer.header(), newer.fence(), 1_000);
+        // The old holder, a zombie now: refused, naming both tokens.
+        match t.check_fence(same.fence()) {
+            Err(StorageError::Fenced { lock, token, highest }) => {
+                assert_eq!((lock.as_str(), token, highest), ("jobs", 7, 9))
+            }
+            other => panic!("expected Fenced, got {other:?}"),
+        }
+        // Another lock's tokens are its own; an unfenced batch is never fenced.
+        let other = fenced("reports", 1);
+        assert!(t.check_fence(Batch::validate(&other).expect("valid").fence()).is_ok());
+        assert!(t.check_fence(None).is_ok());
+        assert_eq!(t.fence("jobs"), Some(9));
+    }
+
+    #[test]
+    fn a_fenced_batch_without_its_header_is_invalid() {
+        let mut b = BatchBuilder::new().fenced("jobs", 3).expect("fence");
+        b.push(1, None, b"v", &[]).expect("push");
+        let mut bytes = b.finish().expect("finish").to_vec();
+        // Rename the header ("spool.fence" -> "spool.fencf") and fix the CRC.
+        let at = bytes
+            .windows(11)
+            .position(|w| w == b"spool.fence")
+            .expect("header present");
+        bytes[at + 10] = b'f';
+        let crc = crc32fast::hash(&bytes[16..]);
+        bytes[12..16].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(
+            Batch::validate(&bytes).err(),
+            Some(spool_protocol::BatchError::BadFence)
+        );
+        assert!(BatchBuilder::new().fenced("", 1).is_err());
+        assert!(BatchBuilder::new().fenced(&"x".repeat(256), 1).is_err());
     }
 }

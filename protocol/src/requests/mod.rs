@@ -11,6 +11,7 @@
 mod fetch;
 mod groups;
 mod handshake;
+mod locks;
 mod metadata;
 mod produce;
 mod queue;
@@ -35,6 +36,11 @@ pub use groups::{
     WireGroupPartition, WirePending, WireResetTarget,
 };
 pub use handshake::{HandshakeRequest, HandshakeResponse};
+pub use locks::{
+    AcquireLockRequest, AcquireLockResponse, CloseSessionRequest, KeepAliveRequest,
+    ListLocksRequest, ListLocksResponse, OpenSessionRequest, OpenSessionResponse,
+    ReleaseLockRequest, WireLock,
+};
 pub use metadata::{
     AddVoterRequest, CoordinatorResponse, FindCoordinatorRequest, MetadataRequest,
     MetadataResponse, RemoveBrokerRequest, ServerStatusRequest, ServerStatusResponse, WireBroker,
@@ -122,6 +128,18 @@ pub mod kind {
     pub const PENDING_MESSAGES: u16 = 30;
     /// `ReplicaFetchRequest`: a follower copies a partition.
     pub const REPLICA_FETCH: u16 = 31;
+    /// `OpenSessionRequest`: a lock session.
+    pub const OPEN_SESSION: u16 = 32;
+    /// `KeepAliveRequest`: renew a lock session.
+    pub const KEEP_ALIVE: u16 = 33;
+    /// `CloseSessionRequest`: end a lock session.
+    pub const CLOSE_SESSION: u16 = 34;
+    /// `AcquireLockRequest`: take a lock, waiting in its queue.
+    pub const ACQUIRE_LOCK: u16 = 35;
+    /// `ReleaseLockRequest`: release a lock or leave its queue.
+    pub const RELEASE_LOCK: u16 = 36;
+    /// `ListLocksRequest`: locks, holders, tokens and waiters.
+    pub const LIST_LOCKS: u16 = 37;
 }
 
 /// A request body: its kind number and the type of its successful reply.
@@ -283,6 +301,18 @@ requests! {
     PendingMessages(PendingMessagesRequest) = PENDING_MESSAGES => PendingMessagesResponse;
     /// A follower copies a partition from its leader.
     ReplicaFetch(ReplicaFetchRequest) = REPLICA_FETCH => ReplicaFetchResponse, waits max_wait_ms;
+    /// Open a lock session.
+    OpenSession(OpenSessionRequest) = OPEN_SESSION => OpenSessionResponse;
+    /// Renew a lock session.
+    KeepAlive(KeepAliveRequest) = KEEP_ALIVE => ();
+    /// End a lock session.
+    CloseSession(CloseSessionRequest) = CLOSE_SESSION => ();
+    /// Take a lock.
+    AcquireLock(AcquireLockRequest) = ACQUIRE_LOCK => AcquireLockResponse, waits wait_ms;
+    /// Release a lock.
+    ReleaseLock(ReleaseLockRequest) = RELEASE_LOCK => ();
+    /// List locks.
+    ListLocks(ListLocksRequest) = LIST_LOCKS => ListLocksResponse;
 }
 
 /// Declares the successful replies: one variant per reply type, with the
@@ -365,6 +395,12 @@ responses! {
     PendingMessages(PendingMessagesResponse),
     /// Replica fetch.
     ReplicaFetch(ReplicaFetchResponse),
+    /// A lock session opened.
+    OpenSession(OpenSessionResponse),
+    /// An acquire's outcome.
+    AcquireLock(AcquireLockResponse),
+    /// Locks.
+    ListLocks(ListLocksResponse),
 }
 
 /// An error response.

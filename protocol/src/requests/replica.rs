@@ -192,19 +192,6 @@ impl Wire for WireAckRecord {
     }
 }
 
-/// An offset (a settled one in an ack state).
-impl Wire for u64 {
-    const MIN_LEN: usize = 8;
-
-    fn put(&self, b: &mut BytesMut) {
-        b.put_u64_le(*self);
-    }
-
-    fn get(r: &mut Reader) -> Result<Self, DecodeError> {
-        r.u64("offset")
-    }
-}
-
 impl Wire for WireAckState {
     const MIN_LEN: usize = 24;
 

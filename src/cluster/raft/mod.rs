@@ -26,7 +26,8 @@ pub use log_store::LogStore;
 pub use network::{Network, PeerRoutes};
 pub use state_machine::{ApplyFence, StateMachine};
 
-use crate::cluster::leases::LeaseTracker;
+use crate::leases::LeaseTracker;
+use crate::locks::LockError;
 use crate::cluster::placement::NodeId;
 use crate::cluster::state::{ClusterState, Command, LeaseHolder, Member, Outcome};
 
@@ -134,7 +135,7 @@ pub(crate) struct LeaseDesk {
     voters: Vec<(NodeId, String)>,
     raft: Raft,
     state: watch::Receiver<Arc<ClusterState>>,
-    tracker: parking_lot::Mutex<LeaseTracker>,
+    tracker: parking_lot::Mutex<LeaseTracker<LeaseHolder>>,
     /// The Raft term this node leads in, once its lease clock started.
     leading_term: parking_lot::Mutex<Option<u64>>,
     /// Until when this broker may act on its own lease.
@@ -195,9 +196,13 @@ impl LeaseDesk {
             tracing::info!(broker = %member.id, client = %member.client_addr, "adding a member that heartbeats");
             Some(Command::AddMember(member))
         } else {
-            self.tracker
+            let expired = self
+                .tracker
                 .lock()
-                .heartbeat(holder, std::time::Instant::now(), &state)
+                .heartbeat(holder, std::time::Instant::now(), &state.leases);
+            expired
+                .unwrap_or(false)
+                .then_some(Command::RenewLease(holder))
         };
         let alive = state.leases.get(&holder).is_some_and(|l| l.alive);
         let Some(command) = command else {
@@ -222,6 +227,43 @@ impl LeaseDesk {
             "broker {} has no live lease yet; renewal proposed",
             holder_id(holder)
         ))
+    }
+
+    /// A lock session's keep-alive, counted if this node leads and its
+    /// lease clock runs. Answers the session's TTL in milliseconds.
+    pub(crate) fn session_heartbeat(&self, session: u64) -> Result<u64, LockError> {
+        if !self.leading() || self.leading_term.lock().is_none() {
+            return Err(LockError::Unavailable(format!(
+                "broker {} is not the Raft leader",
+                self.id
+            )));
+        }
+        let state = self.state.borrow().clone();
+        let holder = LeaseHolder::Session(session);
+        match self
+            .tracker
+            .lock()
+            .heartbeat(holder, std::time::Instant::now(), &state.leases)
+        {
+            Some(false) => Ok(state.leases.get(&holder).map_or(0, |l| l.ttl_ms)),
+            _ => Err(LockError::SessionExpired(session)),
+        }
+    }
+
+    /// How long the holder of lock session `session` has before this
+    /// leader expires it, if this node leads.
+    pub(crate) fn session_expires_in(&self, session: u64) -> Option<Duration> {
+        if !self.leading() {
+            return None;
+        }
+        let state = self.state.borrow().clone();
+        let holder = LeaseHolder::Session(session);
+        let ttl = Duration::from_millis(state.leases.get(&holder)?.ttl_ms);
+        let age = self
+            .tracker
+            .lock()
+            .age(holder, std::time::Instant::now(), &state.leases)?;
+        Some(ttl.saturating_sub(age))
     }
 
     /// Commits `command` if this node leads.
@@ -279,11 +321,18 @@ impl LeaseDesk {
                 let mut leading = self.leading_term.lock();
                 let mut tracker = self.tracker.lock();
                 if *leading != Some(term) {
-                    tracker.on_leadership(now, &state, &self.heard.lock());
+                    tracker.on_leadership(now, &state.leases, &self.heard.lock());
                     *leading = Some(term);
                     tracing::info!(node = %self.id, term, leases = state.leases.len(), "leading: each lease runs from the last heartbeat heard here");
                 }
-                tracker.due(now, &state)
+                tracker
+                    .due(now, &state.leases)
+                    .into_iter()
+                    .map(|e| Command::ExpireLease {
+                        holder: e.holder,
+                        generation: e.generation,
+                    })
+                    .collect::<Vec<_>>()
             };
             // A move whose target has lost its lease would keep the
             // partition's writes paused: give it up.
@@ -310,6 +359,15 @@ impl LeaseDesk {
             for command in due {
                 tracing::info!(?command, "lease expired: no heartbeat for a whole TTL");
                 crate::metrics::LEASE_EXPIRIES.inc();
+                if matches!(
+                    command,
+                    Command::ExpireLease {
+                        holder: LeaseHolder::Session(_),
+                        ..
+                    }
+                ) {
+                    crate::metrics::LOCK_SESSION_EXPIRIES.inc();
+                }
                 if let Err(e) = self.raft.client_write(command).await {
                     tracing::warn!(error = %e, "lease expiry not committed");
                 }
@@ -697,6 +755,39 @@ impl ControlPlane {
             .map_err(|e| ControlPlaneError::Raft(e.to_string()))
     }
 
+    /// Keeps lock session `session` alive at the Raft leader, wherever it
+    /// is. Answers the session's TTL.
+    pub async fn keep_session_alive(&self, session: u64) -> Result<Duration, LockError> {
+        let ttl_ms = match self.desk.leader_peer() {
+            Some((leader, _)) if leader == self.id => self.desk.session_heartbeat(session)?,
+            Some((_, addr)) => {
+                let request = network::PeerRequest::SessionKeepAlive(session);
+                let mut peer = network::PeerClient::default();
+                match peer.call(&addr, &request, LEASE_HEARTBEAT).await {
+                    Ok(network::PeerResponse::SessionKeepAlive(result)) => result?,
+                    Ok(_) => {
+                        return Err(LockError::Unavailable(
+                            "peer answered a different request kind".into(),
+                        ))
+                    }
+                    Err(e) => return Err(LockError::Unavailable(e.to_string())),
+                }
+            }
+            None => {
+                return Err(LockError::Unavailable(
+                    "no Raft leader known (an election is under way)".into(),
+                ))
+            }
+        };
+        Ok(Duration::from_millis(ttl_ms))
+    }
+
+    /// How long lock session `session` has before the Raft leader expires
+    /// it, if this broker is that leader.
+    pub fn session_expires_in(&self, session: u64) -> Option<Duration> {
+        self.desk.session_expires_in(session)
+    }
+
     /// The voters of the Raft group, as this node knows them.
     pub fn voters(&self) -> BTreeSet<NodeId> {
         self.raft
@@ -728,7 +819,7 @@ impl ControlPlane {
             .keys()
             .filter_map(|id| {
                 tracker
-                    .age(LeaseHolder::Broker(*id), now, &state)
+                    .age(LeaseHolder::Broker(*id), now, &state.leases)
                     .map(|age| (*id, age))
             })
             .collect()

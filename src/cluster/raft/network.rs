@@ -45,6 +45,9 @@ pub(super) enum PeerRequest {
     Heartbeat(Member),
     /// A command for the Raft leader to commit.
     Propose(Command),
+    /// A client's lock session keep-alive, for the Raft leader's lease
+    /// clock.
+    SessionKeepAlive(u64),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -59,6 +62,8 @@ pub(super) enum PeerResponse {
     Heartbeat(Result<u64, String>),
     /// Committed, or why not (not the leader, no quorum).
     Propose(Result<Outcome, String>),
+    /// Counted, with the session's TTL in milliseconds, or why not.
+    SessionKeepAlive(Result<u64, crate::locks::LockError>),
 }
 
 fn codec() -> LengthDelimitedCodec {
@@ -351,6 +356,9 @@ async fn serve_peer(
             PeerRequest::Heartbeat(member) => PeerResponse::Heartbeat(desk.heartbeat(member)),
             PeerRequest::Propose(command) => {
                 PeerResponse::Propose(desk.propose_here(command).await)
+            }
+            PeerRequest::SessionKeepAlive(session) => {
+                PeerResponse::SessionKeepAlive(desk.session_heartbeat(session))
             }
         };
         let bytes = match encode(&response) {

@@ -30,7 +30,8 @@ const SNAPSHOT: MetaKind = MetaKind {
     magic: *b"SPRS",
     // 2: partitions carry replicas, in-sync sets and leader epochs.
     // 3: groups may be queue-mode groups (their settings).
-    version: 3,
+    // 4: lock sessions and the lock table.
+    version: 4,
 };
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -30,6 +30,7 @@ pub mod cluster_queues;
 pub mod fetch;
 pub mod groups;
 pub mod handshake;
+pub mod locks;
 pub mod produce;
 pub mod replica;
 pub mod status;
