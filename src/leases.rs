@@ -215,7 +215,7 @@ mod tests {
             (broker(3), start - Duration::from_millis(1200)),
         ]);
         t.on_leadership(start, &state.leases, &heard);
-        let due = |t: &mut LeaseTracker, ms: u64| -> Vec<LeaseHolder> {
+        let due = |t: &mut LeaseTracker<LeaseHolder>, ms: u64| -> Vec<LeaseHolder> {
             expiries(t.due(start + Duration::from_millis(ms), &state.leases))
                 .into_iter()
                 .filter_map(|c| match c {
@@ -258,7 +258,7 @@ mod tests {
         // not know that and must not act on it.
         t.on_leadership(start, &state.leases, &HashMap::new());
         assert!(t
-            .due(start + TTL - Duration::from_millis(1), &state)
+            .due(start + TTL - Duration::from_millis(1), &state.leases)
             .is_empty());
         assert_eq!(expiries(t.due(start + TTL, &state.leases)).len(), 3);
     }
@@ -283,7 +283,7 @@ mod tests {
         let renew = Command::RenewLease(broker(3));
         assert_eq!(state.apply(&renew), Outcome::Applied);
         assert!(t
-            .due(back + TTL - Duration::from_millis(1), &state)
+            .due(back + TTL - Duration::from_millis(1), &state.leases)
             .is_empty());
         assert_eq!(
             expiries(t.due(back + TTL, &state.leases)),

@@ -27,6 +27,7 @@ mod connection;
 mod consumer;
 mod delivery;
 mod group;
+mod locks;
 mod producer;
 mod queue_consumer;
 mod routing;
@@ -47,6 +48,7 @@ use tokio::sync::Mutex;
 pub use self::connection::{ConnectOptions, Connection};
 pub use self::consumer::{ConsumedMessage, Consumer, ConsumerConfig, StartAt};
 pub use self::group::GroupConsumer;
+pub use self::locks::{LockGuard, LockOptions, Session};
 pub use self::producer::{Delivery, DeliveryFuture, Producer, ProducerConfig};
 pub use self::queue_consumer::{QueueConsumer, QueueOptions, QueuedMessage, Settled};
 pub use spool_protocol::requests::{

@@ -39,7 +39,7 @@ pub const MIN_TTL: Duration = Duration::from_secs(1);
 /// Longest session TTL: a crashed holder keeps its locks this long.
 pub const MAX_TTL: Duration = Duration::from_secs(3600);
 /// The TTL of a session when none is asked for.
-pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
+pub const DEFAULT_TTL: Duration = spool_protocol::requests::DEFAULT_LOCK_TTL;
 /// Most locks held or awaited at once.
 pub const MAX_LOCKS: usize = 100_000;
 /// Most sessions waiting for one lock.
@@ -124,12 +124,7 @@ pub fn check_ttl(ttl: Duration) -> Result<(), LockError> {
     Ok(())
 }
 
-/// How much earlier than the deciding node a holder counts its session
-/// out: it stops work before the lock can be handed on. A fifth of the TTL,
-/// at most 2 s.
-pub fn safety_margin(ttl: Duration) -> Duration {
-    (ttl / 5).min(Duration::from_secs(2))
-}
+pub use spool_protocol::requests::lock_safety_margin as safety_margin;
 
 #[cfg(test)]
 mod tests {

@@ -47,6 +47,9 @@ pub fn error(code: ErrorCode, message: impl Into<String>) -> ErrorResponse {
     crate::metrics::REQUEST_ERRORS
         .with_label_values(&[&(code as u16).to_string()])
         .inc();
+    if code == ErrorCode::Fenced {
+        crate::metrics::FENCED_WRITES.inc();
+    }
     ErrorResponse {
         code: code as u16,
         message: message.into(),

@@ -1,9 +1,22 @@
 //! Distributed locks: client sessions (leases kept alive by the client)
 //! and the locks they hold, each grant with a fencing token.
 
+use std::time::Duration;
+
 use bytes::{BufMut, BytesMut};
 
 use crate::codec::{put_list, put_option_u64, put_string, DecodeError, Reader, Wire};
+
+/// A session's TTL when none is asked for.
+pub const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(10);
+
+/// How much earlier than the deciding broker a lock holder counts its
+/// session out, so that it stops work before the lock can be handed on: a
+/// fifth of the TTL, at most 2 s. The broker's embedded guard and the
+/// client both use it.
+pub fn lock_safety_margin(ttl: Duration) -> Duration {
+    (ttl / 5).min(Duration::from_secs(2))
+}
 
 /// Opens a session: a lease the client keeps alive with
 /// [`KeepAliveRequest`]s. Locks are held by sessions.

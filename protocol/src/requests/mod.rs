@@ -37,9 +37,9 @@ pub use groups::{
 };
 pub use handshake::{HandshakeRequest, HandshakeResponse};
 pub use locks::{
-    AcquireLockRequest, AcquireLockResponse, CloseSessionRequest, KeepAliveRequest,
+    lock_safety_margin, AcquireLockRequest, AcquireLockResponse, CloseSessionRequest, KeepAliveRequest,
     ListLocksRequest, ListLocksResponse, OpenSessionRequest, OpenSessionResponse,
-    ReleaseLockRequest, WireLock,
+    ReleaseLockRequest, WireLock, DEFAULT_LOCK_TTL,
 };
 pub use metadata::{
     AddVoterRequest, CoordinatorResponse, FindCoordinatorRequest, MetadataRequest,

@@ -10,6 +10,7 @@ mod cluster;
 mod consume;
 mod groups;
 mod inspect;
+mod locks;
 mod produce;
 mod serve;
 mod status;
@@ -60,6 +61,13 @@ enum Command {
         command: cluster::ClusterCommand,
     },
     /// Send each line of stdin (or a file) as one message.
+    /// Run a command while holding a distributed lock.
+    Lock(locks::LockArgs),
+    /// Distributed locks: list holders, tokens and waiters.
+    Locks {
+        #[command(subcommand)]
+        command: locks::LocksCommand,
+    },
     Produce(produce::ProduceArgs),
     /// Print message values, one per line.
     Consume(consume::ConsumeArgs),
@@ -205,6 +213,8 @@ fn main() -> ExitCode {
             Command::Groups { command } => groups::run(command).await,
             Command::Cluster { command } => cluster::run(command).await,
             Command::Produce(args) => produce::run(args).await,
+            Command::Lock(args) => locks::run_lock(args).await,
+            Command::Locks { command } => locks::run_locks(command).await,
             Command::Consume(args) => consume::run(args).await,
             Command::Inspect(args) => inspect::run(args),
             Command::Verify(args) => inspect::verify(args),
@@ -215,7 +225,10 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("spool: {}", failure.message);
+            // An empty message passes a command's own exit status on.
+            if !failure.message.is_empty() {
+                eprintln!("spool: {}", failure.message);
+            }
             ExitCode::from(failure.code)
         }
     }
