@@ -89,7 +89,12 @@ impl<H: Copy + Eq + Hash + Ord> LeaseTracker<H> {
     /// A heartbeat from `holder` arrived at `now`. Returns true if the
     /// committed table has its lease expired: a renewal is to be committed.
     /// None if the table has no lease for it.
-    pub fn heartbeat(&mut self, holder: H, now: Instant, leases: &BTreeMap<H, Lease>) -> Option<bool> {
+    pub fn heartbeat(
+        &mut self,
+        holder: H,
+        now: Instant,
+        leases: &BTreeMap<H, Lease>,
+    ) -> Option<bool> {
         let lease = leases.get(&holder)?;
         self.deadlines
             .insert(holder, now + Duration::from_millis(lease.ttl_ms));
@@ -108,7 +113,8 @@ impl<H: Copy + Eq + Hash + Ord> LeaseTracker<H> {
     /// passed. A lease the tracker has not seen before (added since it
     /// became leader) starts its TTL now instead.
     pub fn due(&mut self, now: Instant, leases: &BTreeMap<H, Lease>) -> Vec<Expired<H>> {
-        self.deadlines.retain(|holder, _| leases.contains_key(holder));
+        self.deadlines
+            .retain(|holder, _| leases.contains_key(holder));
         self.proposed.retain(|holder, generation| {
             leases
                 .get(holder)

@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use spool_protocol::requests::{
-    lock_safety_margin, AcquireLockRequest, CloseSessionRequest, KeepAliveRequest, ListLocksRequest,
-    ListLocksResponse, OpenSessionRequest, ReleaseLockRequest, DEFAULT_LOCK_TTL,
+    lock_safety_margin, AcquireLockRequest, CloseSessionRequest, KeepAliveRequest,
+    ListLocksRequest, ListLocksResponse, OpenSessionRequest, ReleaseLockRequest, DEFAULT_LOCK_TTL,
 };
 use spool_protocol::{Call, ErrorCode};
 use tokio::sync::watch;
@@ -147,7 +147,11 @@ impl Session {
     /// Takes `name`, waiting in its queue up to `wait` (`None`: until
     /// granted). Returns the grant's fencing token, or `None` if the wait
     /// ran out.
-    pub async fn acquire(&self, name: &str, wait: Option<Duration>) -> Result<Option<u64>, ClientError> {
+    pub async fn acquire(
+        &self,
+        name: &str,
+        wait: Option<Duration>,
+    ) -> Result<Option<u64>, ClientError> {
         let deadline = wait.map(|w| tokio::time::Instant::now() + w);
         loop {
             let left = match deadline {

@@ -79,7 +79,10 @@ pub enum BatchError {
     #[error("reserved batch attributes set: {0:#x}")]
     BadAttributes(u32),
     /// A fenced batch whose first record lacks a well-formed fence header.
-    #[error("fenced batch without a valid {} header on its first record", String::from_utf8_lossy(FENCE_HEADER))]
+    #[error(
+        "fenced batch without a valid {} header on its first record",
+        String::from_utf8_lossy(FENCE_HEADER)
+    )]
     BadFence,
     /// The stored CRC does not match the bytes.
     #[error("batch CRC mismatch: stored {stored:#010x}, computed {computed:#010x}")]
@@ -169,7 +172,11 @@ impl BatchHeader {
             (NO_PRODUCER, 0)
         };
         let attributes = read_u32(buf, MAGIC_POS) >> 8;
-        let known = if header_len == HEADER_LEN { ATTR_FENCED } else { 0 };
+        let known = if header_len == HEADER_LEN {
+            ATTR_FENCED
+        } else {
+            0
+        };
         if attributes & !known != 0 {
             return Err(BatchError::BadAttributes(attributes));
         }

@@ -160,7 +160,10 @@ impl LocalLocks {
             Ok(grants)
         })?;
         for session in &sessions {
-            tracing::info!(session, "lock session expired: no keep-alive for a whole TTL");
+            tracing::info!(
+                session,
+                "lock session expired: no keep-alive for a whole TTL"
+            );
         }
         self.counts
             .expiries
@@ -209,7 +212,12 @@ impl LocalLocks {
         let mut state = self.state.lock();
         let state = &mut *state;
         let ttl = state.persisted.sessions.get(&session).map(|l| l.ttl_ms);
-        match (state.tracker.heartbeat(session, Instant::now(), &state.persisted.sessions), ttl) {
+        match (
+            state
+                .tracker
+                .heartbeat(session, Instant::now(), &state.persisted.sessions),
+            ttl,
+        ) {
             (Some(_), Some(ttl_ms)) => Ok(Duration::from_millis(ttl_ms)),
             _ => Err(LockError::SessionExpired(session)),
         }
@@ -295,13 +303,19 @@ impl LocalLocks {
             l.change(|p| Ok(p.table.leave_queue(&name, session)))?;
             let state = l.state.lock();
             let holder = state.persisted.table.holder(&name);
-            Ok(holder.filter(|(h, _)| *h == session).map(|(_, token)| token))
+            Ok(holder
+                .filter(|(h, _)| *h == session)
+                .map(|(_, token)| token))
         })
         .await
     }
 
     /// Releases `lock`, which `session` must hold (or leaves its queue).
-    pub async fn release(self: &Arc<Self>, lock: &str, session: SessionId) -> Result<(), LockError> {
+    pub async fn release(
+        self: &Arc<Self>,
+        lock: &str,
+        session: SessionId,
+    ) -> Result<(), LockError> {
         check_name(lock)?;
         let name = lock.to_string();
         let grant = self

@@ -136,7 +136,10 @@ mod tests {
         assert!(check_name("").is_err());
         assert!(check_name(&"x".repeat(MAX_LOCK_NAME)).is_ok());
         let long = check_name(&"x".repeat(MAX_LOCK_NAME + 1)).expect_err("too long");
-        assert!(long.to_string().contains("256 bytes long, at most 255"), "{long}");
+        assert!(
+            long.to_string().contains("256 bytes long, at most 255"),
+            "{long}"
+        );
         assert!(check_name("a\nb").is_err());
         assert!(check_ttl(DEFAULT_TTL).is_ok());
         assert_eq!(
@@ -144,7 +147,13 @@ mod tests {
             Err(LockError::InvalidTtl { ttl_ms: 10 })
         );
         assert!(check_ttl(Duration::from_secs(86_400)).is_err());
-        assert_eq!(safety_margin(Duration::from_secs(10)), Duration::from_secs(2));
-        assert_eq!(safety_margin(Duration::from_secs(2)), Duration::from_millis(400));
+        assert_eq!(
+            safety_margin(Duration::from_secs(10)),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            safety_margin(Duration::from_secs(2)),
+            Duration::from_millis(400)
+        );
     }
 }

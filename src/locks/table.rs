@@ -236,11 +236,14 @@ mod tests {
         assert_eq!(grant.map(|g| (g.session, g.token)), Some((b, 4)));
         assert_eq!(t.release("l", b), Ok(None));
         assert_eq!(t.holder("l"), None);
-        assert_eq!(t.list(""), vec![LockInfo {
-            name: "m".into(),
-            holder: Some((a, 3)),
-            waiters: vec![]
-        }]);
+        assert_eq!(
+            t.list(""),
+            vec![LockInfo {
+                name: "m".into(),
+                holder: Some((a, 3)),
+                waiters: vec![]
+            }]
+        );
     }
 
     #[test]
@@ -272,7 +275,10 @@ mod tests {
         t.acquire("z", c, true).expect("z queued");
         let grants = t.drop_session(a);
         assert_eq!(
-            grants.iter().map(|g| (g.lock.as_str(), g.session)).collect::<Vec<_>>(),
+            grants
+                .iter()
+                .map(|g| (g.lock.as_str(), g.session))
+                .collect::<Vec<_>>(),
             vec![("x", b)]
         );
         assert_eq!(t.holder("y"), None);

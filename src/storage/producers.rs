@@ -359,7 +359,10 @@ mod tests {
         let batch = Batch::validate(&first).expect("valid");
         let fence = batch.fence().expect("a fence");
         assert_eq!((fence.lock, fence.token), ("jobs", 7));
-        assert_eq!(batch.records().next().and_then(|r| r.header(b"h")), Some(&b"x"[..]));
+        assert_eq!(
+            batch.records().next().and_then(|r| r.header(b"h")),
+            Some(&b"x"[..])
+        );
         assert!(t.check_fence(Some(fence)).is_ok());
         t.record(batch.header(), Some(fence), 1_000);
         // The same holder again, and a newer one: accepted.
@@ -371,14 +374,20 @@ mod tests {
         t.record(newer.header(), newer.fence(), 1_000);
         // The old holder, a zombie now: refused, naming both tokens.
         match t.check_fence(same.fence()) {
-            Err(StorageError::Fenced { lock, token, highest }) => {
+            Err(StorageError::Fenced {
+                lock,
+                token,
+                highest,
+            }) => {
                 assert_eq!((lock.as_str(), token, highest), ("jobs", 7, 9))
             }
             other => panic!("expected Fenced, got {other:?}"),
         }
         // Another lock's tokens are its own; an unfenced batch is never fenced.
         let other = fenced("reports", 1);
-        assert!(t.check_fence(Batch::validate(&other).expect("valid").fence()).is_ok());
+        assert!(t
+            .check_fence(Batch::validate(&other).expect("valid").fence())
+            .is_ok());
         assert!(t.check_fence(None).is_ok());
         assert_eq!(t.fence("jobs"), Some(9));
     }

@@ -37,8 +37,8 @@ pub use groups::{
 };
 pub use handshake::{HandshakeRequest, HandshakeResponse};
 pub use locks::{
-    lock_safety_margin, AcquireLockRequest, AcquireLockResponse, CloseSessionRequest, KeepAliveRequest,
-    ListLocksRequest, ListLocksResponse, OpenSessionRequest, OpenSessionResponse,
+    lock_safety_margin, AcquireLockRequest, AcquireLockResponse, CloseSessionRequest,
+    KeepAliveRequest, ListLocksRequest, ListLocksResponse, OpenSessionRequest, OpenSessionResponse,
     ReleaseLockRequest, WireLock, DEFAULT_LOCK_TTL,
 };
 pub use metadata::{

@@ -12,12 +12,14 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// Runs a command while holding a lock.
 #[derive(clap::Args)]
-#[command(after_help = "The command gets the grant's fencing token in SPOOL_LOCK_TOKEN (and the \
+#[command(
+    after_help = "The command gets the grant's fencing token in SPOOL_LOCK_TOKEN (and the \
 lock's name in SPOOL_LOCK_NAME); pass it with every write to what the lock protects. If the lock \
 is lost (the session could not be kept alive) the command gets SIGTERM, then SIGKILL 10 s later.\n\n\
 Exit status: the command's (128+N if a signal N ended it); 1 if the lock was lost or not \
 granted within --wait; 3 if no broker answers.\n\n\
-Examples:\n  spool lock nightly-report -- ./report.sh\n  spool lock deploy --ttl 30s --wait 1m -- make deploy")]
+Examples:\n  spool lock nightly-report -- ./report.sh\n  spool lock deploy --ttl 30s --wait 1m -- make deploy"
+)]
 pub struct LockArgs {
     /// The lock's name.
     name: String,
@@ -39,7 +41,9 @@ pub struct LockArgs {
 #[derive(clap::Subcommand)]
 pub enum LocksCommand {
     /// Locks with their holders, tokens, expiry and waiters.
-    #[command(after_help = "Examples:\n  spool locks list\n  spool locks list --prefix jobs/ --json")]
+    #[command(
+        after_help = "Examples:\n  spool locks list\n  spool locks list --prefix jobs/ --json"
+    )]
     List {
         /// Only locks whose names start with this.
         #[arg(long, default_value = "")]
@@ -95,7 +99,10 @@ pub async fn run_lock(args: LockArgs) -> Result<(), Failure> {
     if let Err(e) = guard.release().await {
         eprintln!("spool: releasing the lock: {e}");
     }
-    let code = match (status.code(), std::os::unix::process::ExitStatusExt::signal(&status)) {
+    let code = match (
+        status.code(),
+        std::os::unix::process::ExitStatusExt::signal(&status),
+    ) {
         (Some(code), _) => code,
         (None, Some(signal)) => 128 + signal,
         (None, None) => 1,
@@ -132,10 +139,16 @@ pub async fn run_locks(command: LocksCommand) -> Result<(), Failure> {
                 }));
             }
             if listed.locks.is_empty() {
-                println!("no locks held or awaited (last token granted: {})", listed.last_token);
+                println!(
+                    "no locks held or awaited (last token granted: {})",
+                    listed.last_token
+                );
                 return Ok(());
             }
-            println!("{:<32} {:>10} {:>12} {:>10} {:>8}", "LOCK", "SESSION", "TOKEN", "EXPIRES", "WAITERS");
+            println!(
+                "{:<32} {:>10} {:>12} {:>10} {:>8}",
+                "LOCK", "SESSION", "TOKEN", "EXPIRES", "WAITERS"
+            );
             for l in &listed.locks {
                 let holder = l.holder.map_or("-".to_string(), |s| s.to_string());
                 let expires = l

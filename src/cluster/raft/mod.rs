@@ -26,10 +26,10 @@ pub use log_store::LogStore;
 pub use network::{Network, PeerRoutes};
 pub use state_machine::{ApplyFence, StateMachine};
 
-use crate::leases::LeaseTracker;
-use crate::locks::LockError;
 use crate::cluster::placement::NodeId;
 use crate::cluster::state::{ClusterState, Command, LeaseHolder, Member, Outcome};
+use crate::leases::LeaseTracker;
+use crate::locks::LockError;
 
 openraft::declare_raft_types!(
     /// Spool's Raft types: entries carry a [`Command`], applying one yields
@@ -196,10 +196,10 @@ impl LeaseDesk {
             tracing::info!(broker = %member.id, client = %member.client_addr, "adding a member that heartbeats");
             Some(Command::AddMember(member))
         } else {
-            let expired = self
-                .tracker
-                .lock()
-                .heartbeat(holder, std::time::Instant::now(), &state.leases);
+            let expired =
+                self.tracker
+                    .lock()
+                    .heartbeat(holder, std::time::Instant::now(), &state.leases);
             expired
                 .unwrap_or(false)
                 .then_some(Command::RenewLease(holder))

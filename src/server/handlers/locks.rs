@@ -123,7 +123,10 @@ async fn answer(service: &Service, request: Request) -> Result<Response, LockErr
     })
 }
 
-async fn acquire(service: &Service, r: AcquireLockRequest) -> Result<AcquireLockResponse, LockError> {
+async fn acquire(
+    service: &Service,
+    r: AcquireLockRequest,
+) -> Result<AcquireLockResponse, LockError> {
     let wait = Duration::from_millis(u64::from(r.wait_ms)).min(MAX_WAIT);
     let _waiting = (!wait.is_zero()).then(Waiting::new);
     let token = match service {
