@@ -3,6 +3,7 @@
 // first definition of a link name wins).
 #![doc = "[protocol-spec]: crate::protocol::spec"]
 #![cfg_attr(feature = "server", doc = "[cluster-doc]: crate::cluster::guide")]
+#![doc = "[locks-doc]: crate::locks::guide"]
 #![doc = ""]
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]

@@ -69,6 +69,32 @@ impl CounterFile {
         self.op(|_, highest, counter| (highest, counter))
     }
 
+    /// Reads the counter for a read-modify-write under `token`: the token
+    /// is recorded first (refused if below the highest), so a holder that
+    /// lost the lock before this cannot write its stale result after it.
+    /// Without that claim, a zombie that read before the new holder and
+    /// writes after the new holder's read still loses an increment. Unfenced,
+    /// a plain read.
+    fn claim(&self, token: u64, fenced: bool) -> Option<u64> {
+        self.op(|file, highest, counter| {
+            if !fenced {
+                return Some(counter);
+            }
+            if token < highest {
+                return None;
+            }
+            Self::store(file, highest.max(token), counter);
+            Some(counter)
+        })
+    }
+
+    fn store(file: &mut std::fs::File, highest: u64, counter: u64) {
+        file.set_len(0).expect("truncate");
+        file.rewind().expect("rewind");
+        write!(file, "{highest} {counter}").expect("write counter file");
+        file.sync_data().expect("sync counter file");
+    }
+
     /// Writes `value` if `token` is not below the highest seen (or
     /// always, unfenced). True if written.
     fn write(&self, token: u64, value: u64, fenced: bool) -> bool {
@@ -76,10 +102,7 @@ impl CounterFile {
             if fenced && token < highest {
                 return false;
             }
-            file.set_len(0).expect("truncate");
-            file.rewind().expect("rewind");
-            write!(file, "{} {}", highest.max(token), value).expect("write counter file");
-            file.sync_data().expect("sync counter file");
+            Self::store(file, highest.max(token), value);
             true
         })
     }
@@ -139,12 +162,16 @@ async fn lock_worker() {
         };
         writeln!(log, "grant {token}").expect("log");
         // Read, work, write: a pause in the middle is the zombie case.
-        let (_, value) = counter.read();
-        std::thread::sleep(Duration::from_millis(3));
-        if counter.write(token, value + 1, fenced) {
-            writeln!(log, "inc {token} {}", value + 1).expect("log");
-        } else {
-            writeln!(log, "stale-file {token}").expect("log");
+        match counter.claim(token, fenced) {
+            Some(value) => {
+                std::thread::sleep(Duration::from_millis(3));
+                if counter.write(token, value + 1, fenced) {
+                    writeln!(log, "inc {token} {}", value + 1).expect("log");
+                } else {
+                    writeln!(log, "stale-file {token}").expect("log");
+                }
+            }
+            None => writeln!(log, "stale-file {token}").expect("log"),
         }
         let mut b = BatchBuilder::new();
         if fenced {

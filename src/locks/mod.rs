@@ -17,6 +17,11 @@
 //!   its own clock and persisting the table.
 //! - [`guard`]: the embedded API, [`crate::Broker::lock`].
 
+/// How locks work, why fencing tokens, and what the tests show
+/// (`docs/locks.md`).
+pub mod guide {
+    #![doc = include_str!("../../docs/locks.md")]
+}
 pub mod guard;
 pub mod local;
 pub mod table;
