@@ -3,6 +3,14 @@
 #
 #   benches/compare.sh            # MESSAGES=500000 SIZE=100 REPEAT=3 by default
 #   MESSAGES=1000000 SIZE=1024 benches/compare.sh
+#   PARTS=locks benches/compare.sh   # only the lock table (PARTS="messages locks" by default)
+#
+# Locks: `spool bench --locks` (uncontended acquire+release cycles, then
+# LOCK_CLIENTS sessions handing one lock around, LOCK_SECS each) against
+# etcd 3.4 (Debian's etcd-server: its lock service through the v3 JSON
+# gateway, fsync on every commit as it ships) and Redis (SET NX PX and a
+# compare-and-delete script, appendfsync always and everysec; Redis has no
+# wait queue, so its waiters poll every millisecond, and no fencing token).
 #
 # Installs redis-server and nats-server from the machine's Debian packages if
 # missing, starts them on loopback with the durability settings named in the
@@ -19,9 +27,12 @@ MESSAGES=${MESSAGES:-500000}
 SIZE=${SIZE:-100}
 REPEAT=${REPEAT:-3}
 
-if ! command -v redis-server >/dev/null || ! command -v nats-server >/dev/null; then
+PARTS=${PARTS:-"messages locks"}
+LOCK_CLIENTS=${LOCK_CLIENTS:-4}
+LOCK_SECS=${LOCK_SECS:-5}
+if ! command -v redis-server >/dev/null || ! command -v nats-server >/dev/null || ! command -v etcd >/dev/null; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server nats-server >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server nats-server etcd-server >/dev/null
 fi
 
 WORK=$(mktemp -d)
@@ -40,6 +51,11 @@ redis-server --port 6392 --bind 127.0.0.1 --dir "$WORK/redis-always" --appendonl
 PIDS+=($!)
 nats-server -js -sd "$WORK/nats" -p 4333 -a 127.0.0.1 >"$WORK/nats.log" 2>&1 &
 PIDS+=($!)
+if [[ " $PARTS " == *" locks "* ]]; then
+    etcd --data-dir "$WORK/etcd" --listen-client-urls http://127.0.0.1:23791 \
+        --advertise-client-urls http://127.0.0.1:23791 --listen-peer-urls http://127.0.0.1:23801 >"$WORK/etcd.log" 2>&1 &
+    PIDS+=($!)
+fi
 
 cargo build --release --quiet --bin spool
 (cd benches/peers && cargo build --release --quiet)
@@ -55,6 +71,13 @@ run() { # label, command...
 }
 for rep in $(seq "$REPEAT"); do
 echo "pass $rep of $REPEAT" >&2
+if [[ " $PARTS " == *" locks "* ]]; then
+    run "lock spool" env RUST_LOG=error target/release/spool bench --locks --json --lock-clients "$LOCK_CLIENTS" --duration-secs "$LOCK_SECS"
+    run "lock etcd" "$PEERS" --peer etcd --url http://127.0.0.1:23791 --locks --lock-clients "$LOCK_CLIENTS" --duration-secs "$LOCK_SECS"
+    run "lock redis-always" "$PEERS" --peer redis --url redis://127.0.0.1:6392 --locks --lock-clients "$LOCK_CLIENTS" --duration-secs "$LOCK_SECS"
+    run "lock redis-everysec" "$PEERS" --peer redis --url redis://127.0.0.1:6391 --locks --lock-clients "$LOCK_CLIENTS" --duration-secs "$LOCK_SECS"
+fi
+[[ " $PARTS " == *" messages "* ]] || continue
 for mode in queue stream; do
     run "spool $mode interval:100" env RUST_LOG=error target/release/spool bench --json --warmup-secs 0 \
         --messages "$MESSAGES" --size "$SIZE" --partitions 1 --mode "$mode" --sync interval:100
@@ -66,9 +89,32 @@ for mode in queue stream; do
 done
 done
 
+python3 - "$RESULTS" "$LOCK_CLIENTS" "$LOCK_SECS" "$REPEAT" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if json.loads(l)["label"].startswith("lock ")]
+if rows:
+    runs = {}
+    for r in rows:
+        runs.setdefault(r["label"], []).append(r)
+    fields = ["uncontended_cycles_per_sec", "uncontended_p50_us", "uncontended_p99_us", "contended_handovers_per_sec"]
+    by = {label: {f: statistics.median(r[f] for r in rs) for f in fields} for label, rs in runs.items()}
+    spool = by.get("lock spool")
+    print(f"\nLocks: acquire+release, uncontended and {sys.argv[2]} contending sessions, {sys.argv[3]} s each, loopback, median of {sys.argv[4]} passes\n")
+    print("| system | durability | cycles/s | p50 us | p99 us | handovers/s | Spool cycles/s / this | Spool handovers/s / this |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for label, durability in [("lock spool", "fsync per change"), ("lock etcd", "fsync per commit"), ("lock redis-always", "appendfsync always"), ("lock redis-everysec", "appendfsync everysec")]:
+        r = by.get(label)
+        if r is None:
+            continue
+        ratio = lambda f: "" if label == "lock spool" or spool is None else f"{spool[f] / r[f]:.2f}x"
+        print(f"| {label[5:]} | {durability} | {r['uncontended_cycles_per_sec']:,.0f} | {r['uncontended_p50_us']:,.0f} | {r['uncontended_p99_us']:,.0f} | {r['contended_handovers_per_sec']:,.0f} | {ratio('uncontended_cycles_per_sec')} | {ratio('contended_handovers_per_sec')} |")
+PY
+
 python3 - "$RESULTS" "$MESSAGES" "$SIZE" "$REPEAT" <<'PY'
 import json, statistics, sys
-rows = [json.loads(l) for l in open(sys.argv[1])]
+rows = [json.loads(l) for l in open(sys.argv[1]) if not json.loads(l)["label"].startswith("lock ")]
+if not rows:
+    sys.exit(0)
 # Median of the passes, field by field (these machines are noisy).
 runs = {}
 for r in rows:

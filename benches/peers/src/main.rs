@@ -17,10 +17,14 @@ use clap::{Parser, ValueEnum};
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 
+mod locks;
+
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Peer {
     Redis,
     Nats,
+    /// Locks only (`--locks`).
+    Etcd,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -48,6 +52,15 @@ struct Args {
     /// Label for the durability setting, echoed in the output.
     #[arg(long, default_value = "")]
     durability: String,
+    /// The lock workload of `spool bench --locks` (Redis or etcd).
+    #[arg(long)]
+    locks: bool,
+    /// Sessions contending for one lock.
+    #[arg(long, default_value_t = 4)]
+    lock_clients: u32,
+    /// Seconds of each lock part.
+    #[arg(long, default_value_t = 5.0)]
+    duration_secs: f64,
 }
 
 fn payload(size: usize, sent_ns: u64, seq: u64) -> Vec<u8> {
@@ -108,9 +121,21 @@ fn hist() -> Result<Histogram<u64>> {
 async fn main() -> Result<()> {
     let args = Args::parse();
     let epoch = Instant::now();
+    if args.locks {
+        let peer = match args.peer {
+            Peer::Redis => "redis",
+            Peer::Etcd => "etcd",
+            Peer::Nats => bail!("no lock workload for NATS"),
+        };
+        let duration = Duration::from_secs_f64(args.duration_secs);
+        let report = locks::run(peer, &args.url, args.lock_clients, duration).await?;
+        println!("{report}");
+        return Ok(());
+    }
     let (produce_secs, consume_secs, ack, tally) = match args.peer {
         Peer::Redis => redis_run(&args, epoch).await?,
         Peer::Nats => nats_run(&args, epoch).await?,
+        Peer::Etcd => bail!("etcd runs only the lock workload (--locks)"),
     };
     if tally.received != args.messages {
         bail!("received {} of {} messages", tally.received, args.messages);
@@ -121,7 +146,7 @@ async fn main() -> Result<()> {
     println!(
         "{}",
         serde_json::json!({
-            "peer": match args.peer { Peer::Redis => "redis-streams", Peer::Nats => "nats-jetstream" },
+            "peer": match args.peer { Peer::Redis => "redis-streams", Peer::Nats => "nats-jetstream", Peer::Etcd => "etcd" },
             "mode": match args.mode { Mode::Stream => "stream", Mode::Queue => "queue" },
             "durability": args.durability,
             "size": args.size,

@@ -32,6 +32,7 @@ use self::report::{Latency, Report};
 use crate::{resolve, Failure};
 
 mod local_cluster;
+mod locks;
 mod payload;
 mod report;
 
@@ -59,6 +60,7 @@ pub enum Mode {
   spool bench --size 1024 --consumers 0 --sync always   # produce only, fsync per batch
   spool bench --mode queue --consumers 4 --partitions 4 # a queue group, every message acked
   spool bench --replication 3 --partitions 3            # a local 3-broker cluster, acks=all
+  spool bench --locks --lock-clients 4                  # lock acquire+release latency, handovers/s
   spool bench --addr 127.0.0.1:7070 --duration-secs 30 --rate 10000 --json")]
 pub struct BenchArgs {
     /// Benchmark a running broker instead of starting one.
@@ -118,6 +120,15 @@ pub struct BenchArgs {
     /// Data directory of the embedded broker (default: a temporary one).
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Benchmark distributed locks instead of messages: uncontended
+    /// acquire+release latency and rate, then handovers per second between
+    /// --lock-clients sessions waiting for one lock (each part runs
+    /// --duration-secs, default 5).
+    #[arg(long)]
+    locks: bool,
+    /// Sessions contending for one lock with --locks.
+    #[arg(long, default_value_t = 4)]
+    lock_clients: u32,
 }
 
 /// Counters shared by all tasks.
@@ -175,6 +186,22 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
             (embedded.addr, Some(embedded))
         }
     };
+
+    if args.locks {
+        let duration = Duration::from_secs_f64(args.duration_secs.unwrap_or(5.0).max(0.1));
+        let measured = locks::run(addr, args.lock_clients, duration).await;
+        if let Some(embedded) = embedded {
+            embedded.stop().await;
+        }
+        drop(local_cluster);
+        let report = measured?;
+        if args.json {
+            println!("{}", report.to_json());
+        } else {
+            report.print_table();
+        }
+        return Ok(());
+    }
 
     let admin = Client::connect(addr).await?;
     let topic = format!(
