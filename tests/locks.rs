@@ -729,3 +729,101 @@ async fn the_embedded_broker_hands_a_lock_over_in_arrival_order() {
     assert!(!again.is_lost());
     again.release().await.expect("release");
 }
+
+/// `spool lock` hands the command its token and exit status; when the
+/// lock is lost (the `spool lock` process itself paused past its TTL) the
+/// command gets SIGTERM and `spool lock` exits 1, and the lock is handed
+/// on with a larger token.
+#[tokio::test]
+async fn spool_lock_runs_a_command_and_stops_it_when_the_lock_is_lost() {
+    let _serial = SERIAL.lock().await;
+    let server = SpoolServer::temporary();
+    let addr = server.addr.to_string();
+    let spool = env!("CARGO_BIN_EXE_spool");
+    let out = Command::new(spool)
+        .args(["lock", "cli", "--addr", &addr, "--"])
+        .args([
+            "sh",
+            "-c",
+            "echo token=$SPOOL_LOCK_TOKEN name=$SPOOL_LOCK_NAME; exit 7",
+        ])
+        .output()
+        .expect("run spool lock");
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("token=1 name=cli"), "{stdout}");
+
+    let work = tempfile::tempdir().expect("tempdir");
+    let marker = work.path().join("terminated");
+    let script = format!(
+        "trap 'echo yes > {}; exit 0' TERM; while true; do sleep 0.1; done",
+        marker.display()
+    );
+    let mut holder = Command::new(spool)
+        .args([
+            "lock", "cli", "--ttl", "1s", "--addr", &addr, "--", "sh", "-c", &script,
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn spool lock");
+    let client = server.client().await;
+    let first = eventually(Duration::from_secs(10), "the lock held", || async {
+        let listed = client.list_locks("cli").await.map_err(|e| e.to_string())?;
+        listed
+            .locks
+            .first()
+            .filter(|l| l.holder.is_some())
+            .map(|l| l.token)
+            .ok_or_else(|| "not held yet".to_string())
+    })
+    .await;
+    signal(holder.id() as i32, rustix::process::Signal::STOP);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Expired meanwhile: someone else holds it now.
+    let next = client
+        .lock(
+            "cli",
+            LockOptions {
+                wait: Some(Duration::from_secs(5)),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("lock")
+        .expect("handed on after the holder's session expired");
+    assert!(next.token() > first);
+    signal(holder.id() as i32, rustix::process::Signal::CONT);
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = holder.try_wait().expect("status") {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "spool lock did not stop"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut stderr = String::new();
+    if let Some(mut e) = holder.stderr.take() {
+        let _ = e.read_to_string(&mut stderr);
+    }
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("lost"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(&marker).unwrap_or_default().trim(),
+        "yes",
+        "the command did not get SIGTERM"
+    );
+    next.release().await.expect("release");
+    let metrics = server.http_get("/metrics");
+    assert!(
+        metrics.contains("spool_lock_session_expiries_total 1"),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("lock"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}

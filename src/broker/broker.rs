@@ -335,6 +335,11 @@ impl Broker {
         Ok(self.inner.locks.get_or_init(|| locks).clone())
     }
 
+    /// The lock service, if something has used it since the broker opened.
+    pub fn opened_locks(&self) -> Option<Arc<crate::locks::LocalLocks>> {
+        self.inner.locks.get().cloned()
+    }
+
     /// Takes the lock `name`, waiting as `options` say, in a session of
     /// its own that the returned guard keeps alive. `Ok(None)` if the wait
     /// ran out. Must be called within a Tokio runtime.

@@ -101,6 +101,18 @@ fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Full
 /// The registry's metrics plus per-partition offsets, read from the broker
 /// at scrape time so appends pay nothing for them.
 fn render(broker: &Broker) -> Result<Vec<u8>, String> {
+    // A single node's lock service counts its own session expiries (a
+    // cluster's Raft leader counts them as it commits them).
+    if let Some(locks) = broker.opened_locks() {
+        let expired = locks
+            .counts
+            .expiries
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let counted = crate::metrics::LOCK_SESSION_EXPIRIES.get();
+        if expired > counted {
+            crate::metrics::LOCK_SESSION_EXPIRIES.inc_by(expired - counted);
+        }
+    }
     let mut families = REGISTRY.gather();
     let start = IntGaugeVec::new(
         Opts::new("spool_partition_start_offset", "First offset stored"),

@@ -60,14 +60,18 @@ fn refused(what: &str, e: impl std::fmt::Display) -> Failure {
 }
 
 /// Runs both parts against the broker at `addr` for about `duration` each.
-pub async fn run(addr: SocketAddr, clients: u32, duration: Duration) -> Result<LockReport, Failure> {
+pub async fn run(
+    addr: SocketAddr,
+    clients: u32,
+    duration: Duration,
+) -> Result<LockReport, Failure> {
     let client = Client::connect(addr).await?;
     let session = client
         .open_session(Duration::from_secs(10))
         .await
         .map_err(|e| refused("open a session", e))?;
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
-        .map_err(|e| refused("histogram", e))?;
+    let mut hist =
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| refused("histogram", e))?;
     let mut last = 0;
     let started = Instant::now();
     let mut cycles = 0u64;
@@ -132,9 +136,7 @@ pub async fn run(addr: SocketAddr, clients: u32, duration: Duration) -> Result<L
     }
     let mut handovers = 0;
     for task in tasks {
-        handovers += task
-            .await
-            .map_err(|e| refused("a client task", e))??;
+        handovers += task.await.map_err(|e| refused("a client task", e))??;
     }
     let handovers_per_sec = handovers as f64 / started.elapsed().as_secs_f64();
     Ok(LockReport {
