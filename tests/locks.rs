@@ -431,30 +431,33 @@ async fn contend(
 
 // ----------------------------------------------------------------- tests
 
-#[tokio::test]
-async fn eight_workers_share_a_lock_on_one_broker_and_no_stale_write_gets_through() {
-    let _serial = SERIAL.lock().await;
+/// Eight workers, `rounds` each, against one broker, holders paused all
+/// along; what the checker found and how many pauses hit a holder.
+async fn one_broker_run(rounds: usize, fenced: bool) -> (Findings, usize, SpoolServer) {
     let server = SpoolServer::temporary();
     let client = server
         .client_with_topic(TOPIC, 1, TopicOptions::default())
         .await;
     let work = tempfile::tempdir().expect("tempdir");
     let addr = server.addr.to_string();
+    let run = Run {
+        dir: work.path(),
+        workers: 8,
+        rounds,
+        fenced,
+        addrs: &addr,
+        deadline: Duration::from_secs(600),
+    };
+    let pauses = contend(&client, &run, |_, _| {}).await;
+    let findings = check(work.path(), 8, &topic_tokens(&addr));
+    (findings, pauses, server)
+}
+
+#[tokio::test]
+async fn eight_workers_share_a_lock_on_one_broker_and_no_stale_write_gets_through() {
+    let _serial = SERIAL.lock().await;
     let rounds = rounds(1000);
-    let pauses = contend(
-        &client,
-        &Run {
-            dir: work.path(),
-            workers: 8,
-            rounds,
-            fenced: true,
-            addrs: &addr,
-            deadline: Duration::from_secs(600),
-        },
-        |_, _| {},
-    )
-    .await;
-    let f = check(work.path(), 8, &topic_tokens(&addr));
+    let (f, pauses, server) = one_broker_run(rounds, true).await;
     eprintln!("single broker: {f:?}, {pauses} holders paused");
     assert!(f.violations.is_empty(), "{:#?}", f.violations);
     assert_eq!(f.grants, 8 * rounds);
@@ -474,26 +477,7 @@ async fn eight_workers_share_a_lock_on_one_broker_and_no_stale_write_gets_throug
 #[tokio::test]
 async fn without_token_checks_the_checker_finds_stale_writes() {
     let _serial = SERIAL.lock().await;
-    let server = SpoolServer::temporary();
-    let client = server
-        .client_with_topic(TOPIC, 1, TopicOptions::default())
-        .await;
-    let work = tempfile::tempdir().expect("tempdir");
-    let addr = server.addr.to_string();
-    let pauses = contend(
-        &client,
-        &Run {
-            dir: work.path(),
-            workers: 8,
-            rounds: 120,
-            fenced: false,
-            addrs: &addr,
-            deadline: Duration::from_secs(600),
-        },
-        |_, _| {},
-    )
-    .await;
-    let f = check(work.path(), 8, &topic_tokens(&addr));
+    let (f, pauses, _server) = one_broker_run(120, false).await;
     eprintln!("unfenced: {f:?}, {pauses} holders paused");
     assert!(
         !f.violations.is_empty(),

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use spool_protocol::requests::{
     lock_safety_margin, AcquireLockRequest, CloseSessionRequest, KeepAliveRequest,
-    ListLocksRequest, ListLocksResponse, OpenSessionRequest, ReleaseLockRequest, DEFAULT_LOCK_TTL,
+    ListLocksRequest, ListLocksResponse, OpenSessionRequest, ReleaseLockRequest,
 };
 use spool_protocol::{Call, ErrorCode};
 use tokio::sync::watch;
@@ -34,24 +34,7 @@ const WAIT_CHUNK: Duration = Duration::from_secs(20);
 /// electing a new Raft leader).
 const RETRY_BUDGET: Duration = Duration::from_secs(10);
 
-/// How to take a lock.
-#[derive(Clone, Debug)]
-pub struct LockOptions {
-    /// The session's TTL: how long the lock outlives this client's last
-    /// keep-alive the server heard.
-    pub ttl: Duration,
-    /// Longest wait in the lock's queue; `None` waits until granted.
-    pub wait: Option<Duration>,
-}
-
-impl Default for LockOptions {
-    fn default() -> LockOptions {
-        LockOptions {
-            ttl: DEFAULT_LOCK_TTL,
-            wait: None,
-        }
-    }
-}
+pub use spool_protocol::requests::LockOptions;
 
 struct SessionInner {
     client: Client,

@@ -281,7 +281,37 @@ fn request() -> impl Strategy<Value = Request> {
                 max
             })
         ),
+        any::<u32>().prop_map(|ttl_ms| Request::OpenSession(OpenSessionRequest { ttl_ms })),
+        any::<u64>().prop_map(|session| Request::KeepAlive(KeepAliveRequest { session })),
+        any::<u64>().prop_map(|session| Request::CloseSession(CloseSessionRequest { session })),
+        (name(), any::<u64>(), any::<u32>()).prop_map(|(name, session, wait_ms)| {
+            Request::AcquireLock(AcquireLockRequest {
+                name,
+                session,
+                wait_ms,
+            })
+        }),
+        (name(), any::<u64>())
+            .prop_map(|(name, session)| Request::ReleaseLock(ReleaseLockRequest { name, session })),
+        name().prop_map(|prefix| Request::ListLocks(ListLocksRequest { prefix })),
     ]
+}
+
+fn lock() -> impl Strategy<Value = WireLock> {
+    (
+        name(),
+        proptest::option::of(any::<u64>()),
+        any::<u64>(),
+        proptest::option::of(any::<u64>()),
+        vec(any::<u64>(), 0..4),
+    )
+        .prop_map(|(name, holder, token, expires_in_ms, waiters)| WireLock {
+            name,
+            holder,
+            token,
+            expires_in_ms,
+            waiters,
+        })
 }
 
 fn metadata() -> impl Strategy<Value = MetadataResponse> {
@@ -600,6 +630,21 @@ fn response() -> impl Strategy<Value = (u16, Response)> {
                 disk_free_bytes: n[3],
                 disk_total_bytes: n[4],
             })
+        )),
+        (any::<u64>(), any::<u32>()).prop_map(|(session, ttl_ms)| (
+            kind::OPEN_SESSION,
+            Response::OpenSession(OpenSessionResponse { session, ttl_ms })
+        )),
+        Just((kind::KEEP_ALIVE, Response::Done)),
+        Just((kind::CLOSE_SESSION, Response::Done)),
+        proptest::option::of(any::<u64>()).prop_map(|token| (
+            kind::ACQUIRE_LOCK,
+            Response::AcquireLock(AcquireLockResponse { token })
+        )),
+        Just((kind::RELEASE_LOCK, Response::Done)),
+        (any::<u64>(), vec(lock(), 0..4)).prop_map(|(last_token, locks)| (
+            kind::LIST_LOCKS,
+            Response::ListLocks(ListLocksResponse { last_token, locks })
         )),
     ]
 }

@@ -9,26 +9,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::local::LocalLocks;
-use super::{safety_margin, LockError, SessionId, DEFAULT_TTL};
+use super::{safety_margin, LockError, SessionId};
 
-/// How to take a lock.
-#[derive(Clone, Debug)]
-pub struct LockOptions {
-    /// The session's TTL: how long the lock outlives its holder's last
-    /// keep-alive.
-    pub ttl: Duration,
-    /// Longest wait in the lock's queue; `None` waits until granted.
-    pub wait: Option<Duration>,
-}
-
-impl Default for LockOptions {
-    fn default() -> LockOptions {
-        LockOptions {
-            ttl: DEFAULT_TTL,
-            wait: None,
-        }
-    }
-}
+pub use spool_protocol::requests::LockOptions;
 
 /// A held lock. Its session is kept alive by a task until the guard is
 /// released or dropped (dropping releases it in the background).

@@ -220,7 +220,9 @@ mod tests {
         assert_eq!(t.acquire("l", a, true), Ok(Acquired::Granted(1)));
         assert_eq!(t.acquire("l", c, true), Ok(Acquired::Queued));
         assert_eq!(t.acquire("l", b, true), Ok(Acquired::Queued));
-        assert_eq!(t.acquire("l", b, false), Ok(Acquired::Queued));
+        // A try from a waiter answers busy and keeps its place.
+        assert_eq!(t.acquire("l", b, false), Ok(Acquired::Busy));
+        assert!(t.is_waiting("l", b));
         let grant = t.release("l", a).expect("holder releases");
         assert_eq!(
             grant,

@@ -18,6 +18,26 @@ pub fn lock_safety_margin(ttl: Duration) -> Duration {
     (ttl / 5).min(Duration::from_secs(2))
 }
 
+/// How to take a lock (the embedded broker's `Broker::lock` and the
+/// client's `Client::lock` take the same options).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LockOptions {
+    /// The session's TTL: how long the lock outlives its holder's last
+    /// keep-alive the deciding broker heard.
+    pub ttl: Duration,
+    /// Longest wait in the lock's queue; `None` waits until granted.
+    pub wait: Option<Duration>,
+}
+
+impl Default for LockOptions {
+    fn default() -> LockOptions {
+        LockOptions {
+            ttl: DEFAULT_LOCK_TTL,
+            wait: None,
+        }
+    }
+}
+
 /// Opens a session: a lease the client keeps alive with
 /// [`KeepAliveRequest`]s. Locks are held by sessions.
 #[derive(Clone, Debug, PartialEq, Eq)]

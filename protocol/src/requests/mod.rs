@@ -38,8 +38,8 @@ pub use groups::{
 pub use handshake::{HandshakeRequest, HandshakeResponse};
 pub use locks::{
     lock_safety_margin, AcquireLockRequest, AcquireLockResponse, CloseSessionRequest,
-    KeepAliveRequest, ListLocksRequest, ListLocksResponse, OpenSessionRequest, OpenSessionResponse,
-    ReleaseLockRequest, WireLock, DEFAULT_LOCK_TTL,
+    KeepAliveRequest, ListLocksRequest, ListLocksResponse, LockOptions, OpenSessionRequest,
+    OpenSessionResponse, ReleaseLockRequest, WireLock, DEFAULT_LOCK_TTL,
 };
 pub use metadata::{
     AddVoterRequest, CoordinatorResponse, FindCoordinatorRequest, MetadataRequest,
