@@ -82,9 +82,12 @@ pub async fn run_lock(args: LockArgs) -> Result<(), Failure> {
         status = child.wait() => status,
         () = guard.lost() => {
             eprintln!("spool: lock {:?} lost; stopping the command", args.name);
-            if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
-                // SAFETY: kill(2) on our own child's pid; no memory involved.
-                unsafe { libc::kill(pid, libc::SIGTERM) };
+            let pid = child
+                .id()
+                .and_then(|p| i32::try_from(p).ok())
+                .and_then(rustix::process::Pid::from_raw);
+            if let Some(pid) = pid {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
             }
             match tokio::time::timeout(Duration::from_secs(10), child.wait()).await {
                 Ok(_) => {}
