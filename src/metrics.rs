@@ -91,6 +91,8 @@ metric!(HANDOFF_PAUSE_SECONDS: Histogram = register_histogram_with_registry!(
     LATENCY_BUCKETS.to_vec(), REGISTRY));
 metric!(PLACEMENT_CHANGES: IntCounter = register_int_counter_with_registry!(
     "spool_placement_changes_total", "Placement epochs applied by this broker", REGISTRY));
+metric!(TLS_HANDSHAKE_FAILURES: IntCounter = register_int_counter_with_registry!(
+    "spool_tls_handshake_failures_total", "Client connections closed because their TLS handshake failed or timed out", REGISTRY));
 metric!(LOCK_GRANTS: IntCounter = register_int_counter_with_registry!(
     "spool_lock_grants_total", "Lock grants answered by this broker", REGISTRY));
 metric!(LOCK_RELEASES: IntCounter = register_int_counter_with_registry!(
@@ -133,6 +135,7 @@ pub fn register_all() {
     LazyLock::force(&RAFT_LEADER);
     LazyLock::force(&RAFT_APPLIED);
     LazyLock::force(&PLACEMENT_EPOCH);
+    LazyLock::force(&TLS_HANDSHAKE_FAILURES);
     LazyLock::force(&LOCK_GRANTS);
     LazyLock::force(&LOCK_RELEASES);
     LazyLock::force(&LOCK_SESSION_EXPIRIES);

@@ -39,6 +39,12 @@ struct Waiter {
 
 type Pending = Arc<Mutex<HashMap<u32, Waiter>>>;
 
+/// A connected socket: plain TCP, or TLS over it.
+enum Either {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
 /// How a client connects.
 #[derive(Clone, Debug)]
 pub struct ConnectOptions {
@@ -60,6 +66,8 @@ pub struct ConnectOptions {
     /// gives up on it and on the connection (a paused or partitioned
     /// server). The error is retriable.
     pub request_timeout: Duration,
+    /// Speak TLS to the brokers (`None`: plain TCP).
+    pub tls: Option<crate::TlsOptions>,
 }
 
 impl Default for ConnectOptions {
@@ -72,6 +80,7 @@ impl Default for ConnectOptions {
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             max_pending_requests: 4096,
             request_timeout: Duration::from_secs(30),
+            tls: None,
         }
     }
 }
@@ -101,8 +110,35 @@ impl Connection {
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
-            match tokio::time::timeout(options.connect_timeout, TcpStream::connect(addr)).await {
-                Ok(Ok(stream)) => return Connection::handshake(stream, options).await,
+            let connected = tokio::time::timeout(options.connect_timeout, async {
+                let stream = TcpStream::connect(addr).await?;
+                let _ = stream.set_nodelay(true);
+                match &options.tls {
+                    None => Ok::<_, std::io::Error>(Either::Plain(stream)),
+                    Some(tls) => Ok(Either::Tls(Box::new(tls.connect(addr, stream).await?))),
+                }
+            })
+            .await;
+            match connected {
+                Ok(Ok(Either::Plain(stream))) => {
+                    // Owned halves: no lock between reader and writer.
+                    let (rd, wr) = stream.into_split();
+                    return Connection::handshake(rd, wr, options).await;
+                }
+                Ok(Ok(Either::Tls(stream))) => {
+                    let (rd, wr) = tokio::io::split(*stream);
+                    return Connection::handshake(rd, wr, options).await;
+                }
+                // A certificate the client does not trust: trying again
+                // will not help.
+                Ok(Err(err))
+                    if options.tls.is_some() && err.kind() == std::io::ErrorKind::InvalidData =>
+                {
+                    return Err(ClientError::Connect {
+                        addr,
+                        source: Arc::new(err),
+                    })
+                }
                 Ok(Err(err)) => last_err = Some(err),
                 Err(_) => {
                     last_err = Some(std::io::Error::new(
@@ -118,12 +154,15 @@ impl Connection {
         })
     }
 
-    async fn handshake(
-        stream: TcpStream,
+    async fn handshake<R, W>(
+        rd: R,
+        wr: W,
         options: &ConnectOptions,
-    ) -> Result<Connection, ClientError> {
-        let _ = stream.set_nodelay(true);
-        let (rd, wr) = stream.into_split();
+    ) -> Result<Connection, ClientError>
+    where
+        R: tokio::io::AsyncRead + Send + Unpin + 'static,
+        W: tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
         // Unbounded in type, bounded in fact: a frame is queued only by a
         // request that holds one of `slots`.
         let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();

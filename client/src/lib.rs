@@ -31,6 +31,7 @@ mod locks;
 mod producer;
 mod queue_consumer;
 mod routing;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -51,6 +52,7 @@ pub use self::group::GroupConsumer;
 pub use self::locks::{LockGuard, LockOptions, Session};
 pub use self::producer::{Delivery, DeliveryFuture, Producer, ProducerConfig};
 pub use self::queue_consumer::{QueueConsumer, QueueOptions, QueuedMessage, Settled};
+pub use self::tls::TlsOptions;
 pub use spool_protocol::requests::{
     Acks, TopicSettings as TopicOptions, WireSync, WireTopic as TopicDescription,
 };

@@ -29,14 +29,13 @@ use spool_protocol::DecodeError;
 use spool_protocol::{ErrorCode, ErrorResponse, Frame, FrameError, FrameWriter, Request, Response};
 use std::net::SocketAddr;
 
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::errors::error;
-use super::frame_reader::{FrameMemory, FrameReader, ReadError};
+use super::frame_reader::{FrameMemory, FrameReader, ReadError, ReadHalf};
 use super::handlers;
 use super::ServerContext;
 use crate::broker::MemberId;
@@ -100,10 +99,39 @@ impl From<Frame> for Outgoing {
 
 /// Serves one connection until the client leaves, breaks the protocol, idles
 /// out, or the server shuts down (in which case in-flight requests finish).
-pub async fn serve(stream: TcpStream, ctx: Arc<ServerContext>, shutdown: CancellationToken) {
+pub async fn serve(
+    stream: TcpStream,
+    tls: Option<&crate::server::tls::ServerTls>,
+    ctx: Arc<ServerContext>,
+    shutdown: CancellationToken,
+) {
     let peer = stream.peer_addr().ok();
     let _ = stream.set_nodelay(true);
-    let (rd, wr) = stream.into_split();
+    let (rd, wr): (ReadHalf, WriteHalf) = match tls {
+        None => {
+            let (rd, wr) = stream.into_split();
+            (Box::new(rd), Box::new(wr))
+        }
+        Some(tls) => {
+            let deadline = crate::server::tls::HANDSHAKE_DEADLINE;
+            let failed = match tokio::time::timeout(deadline, tls.acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => {
+                    let (rd, wr) = tokio::io::split(stream);
+                    Ok((Box::new(rd) as ReadHalf, Box::new(wr) as WriteHalf))
+                }
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no TLS handshake within {deadline:?}")),
+            };
+            match failed {
+                Ok(halves) => halves,
+                Err(e) => {
+                    crate::metrics::TLS_HANDSHAKE_FAILURES.inc();
+                    tracing::debug!(?peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+            }
+        }
+    };
     let mut frames = FrameReader::new(rd);
     let (tx, rx) = mpsc::channel::<Outgoing>(RESPONSE_QUEUE);
     let writer = tokio::spawn(write_responses(wr, rx));
@@ -118,7 +146,10 @@ pub async fn serve(stream: TcpStream, ctx: Arc<ServerContext>, shutdown: Cancell
 
 /// Writes responses in the order they complete, batching whatever is ready
 /// into one write.
-async fn write_responses(wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Outgoing>) {
+/// The write half of a connection: plain TCP or TLS.
+type WriteHalf = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
+
+async fn write_responses(wr: WriteHalf, mut rx: mpsc::Receiver<Outgoing>) {
     let mut sink = FrameWriter::new(wr, usize::MAX);
     // The writer holds large response parts (fetched segment slices)
     // without copying them, so their permits are kept until the socket

@@ -26,7 +26,9 @@ use bytes::{Bytes, BytesMut};
 use spool_protocol::frame::PREFIX_LEN;
 use spool_protocol::{Frame, FrameError, FrameHead};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
-use tokio::net::tcp::OwnedReadHalf;
+
+/// The read half of a connection: plain TCP or TLS.
+pub type ReadHalf = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::metrics;
@@ -108,12 +110,12 @@ impl From<std::io::Error> for ReadError {
 
 /// The read half of a connection.
 pub struct FrameReader {
-    rd: BufReader<OwnedReadHalf>,
+    rd: BufReader<ReadHalf>,
 }
 
 impl FrameReader {
     /// Reads from `rd`.
-    pub fn new(rd: OwnedReadHalf) -> FrameReader {
+    pub fn new(rd: ReadHalf) -> FrameReader {
         FrameReader {
             rd: BufReader::with_capacity(READ_BUFFER, rd),
         }
@@ -169,7 +171,7 @@ async fn within<T>(
 }
 
 /// Exactly `len` bytes, in an allocation of exactly that size.
-async fn read_body(rd: &mut BufReader<OwnedReadHalf>, len: usize) -> std::io::Result<Bytes> {
+async fn read_body(rd: &mut BufReader<ReadHalf>, len: usize) -> std::io::Result<Bytes> {
     if len >= MAPPED_BODY {
         let mut body = memmap2::MmapMut::map_anon(len)?;
         rd.read_exact(&mut body[..]).await?;

@@ -12,6 +12,7 @@ mod errors;
 mod frame_reader;
 mod handlers;
 pub mod http;
+pub mod tls;
 
 use crate::cluster::node::ClusterNode;
 use std::net::SocketAddr;
@@ -48,6 +49,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// This broker's part in a cluster; `None` for a single-node server.
     pub cluster: Option<Arc<ClusterNode>>,
+    /// TLS on the client port; `None`: plain TCP.
+    pub tls: Option<tls::ServerTls>,
 }
 
 impl Default for ServerConfig {
@@ -60,6 +63,7 @@ impl Default for ServerConfig {
             topic_defaults: TopicConfig::new(1),
             shutdown_grace: Duration::from_secs(30),
             cluster: None,
+            tls: None,
         }
     }
 }
@@ -178,8 +182,9 @@ impl Server {
             metrics::CONNECTIONS.inc();
             let ctx = ctx.clone();
             let token = ctx.shutdown.clone();
+            let tls = config.tls.clone();
             connections.spawn(async move {
-                connection::serve(stream, ctx, token).await;
+                connection::serve(stream, tls.as_ref(), ctx, token).await;
                 metrics::CONNECTIONS.dec();
                 drop(slot);
                 drop(source);

@@ -37,6 +37,26 @@ use spool::client::ClientError;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Connect to brokers over TLS, trusting this CA certificate (PEM).
+    #[arg(long, global = true, env = "SPOOL_TLS_CA")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// TLS: the name the brokers' certificates must carry [default: the
+    /// address's IP].
+    #[arg(
+        long,
+        global = true,
+        env = "SPOOL_TLS_SERVER_NAME",
+        requires = "tls_ca"
+    )]
+    tls_server_name: Option<String>,
+}
+
+/// How client commands connect (set once from the global flags).
+static CONNECT: std::sync::OnceLock<spool::client::ConnectOptions> = std::sync::OnceLock::new();
+
+/// The connection options of client commands.
+pub fn connect_options() -> spool::client::ConnectOptions {
+    CONNECT.get().cloned().unwrap_or_default()
 }
 
 #[derive(Subcommand)]
@@ -172,10 +192,7 @@ pub async fn connect(addrs: &str) -> Result<spool::client::Client, Failure> {
     if resolved.is_empty() {
         return Err(Failure::usage("--addr names no broker"));
     }
-    Ok(
-        spool::client::Client::connect_any(&resolved, spool::client::ConnectOptions::default())
-            .await?,
-    )
+    Ok(spool::client::Client::connect_any(&resolved, connect_options()).await?)
 }
 
 pub fn resolve(addr: &str) -> Result<SocketAddr, Failure> {
@@ -196,6 +213,22 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    let mut options = spool::client::ConnectOptions::default();
+    if let Some(ca) = &cli.tls_ca {
+        match spool::client::TlsOptions::with_ca_file(ca) {
+            Ok(tls) => {
+                options.tls = Some(match &cli.tls_server_name {
+                    Some(name) => tls.server_name(name),
+                    None => tls,
+                })
+            }
+            Err(e) => {
+                eprintln!("spool: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let _ = CONNECT.set(options);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

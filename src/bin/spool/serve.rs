@@ -107,6 +107,16 @@ pub struct ServeArgs {
     /// this long leaves the in-sync set [default: 3000].
     #[arg(long)]
     replica_lag_ms: Option<u64>,
+    /// TLS on the client port: the broker's certificate chain (PEM).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS: the certificate's private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// TLS: clients must present a certificate signed by this CA (PEM):
+    /// mutual TLS.
+    #[arg(long, requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
 }
 
 /// Parses `1=127.0.0.1:7170,2=...`.
@@ -176,7 +186,10 @@ impl ServeArgs {
             lease_ttl_ms,
             peer_route,
             min_in_sync,
-            replica_lag_ms
+            replica_lag_ms,
+            tls_cert,
+            tls_key,
+            tls_client_ca
         )
     }
 }
@@ -235,6 +248,21 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         .validate()
         .map_err(|e| Failure::usage(e.to_string()))?;
     config.topic_defaults = topic;
+    config.tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            spool::server::tls::ServerTls::load(cert, key, args.tls_client_ca.as_deref())
+                .map_err(Failure::usage)?,
+        ),
+        (None, None) if args.tls_client_ca.is_none() => None,
+        _ => {
+            return Err(Failure::usage(
+                "TLS needs both --tls-cert and --tls-key (and --tls-client-ca only with them)",
+            ))
+        }
+    };
+    if config.tls.is_none() && !listen.ip().is_loopback() {
+        tracing::warn!(%listen, "listening in clear text on a non-loopback address: anyone on the network can read and change the traffic (use --tls-cert and --tls-key)");
+    }
 
     // Bind before touching the data directory: a second server on a busy
     // port fails without creating or opening anything.
