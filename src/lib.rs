@@ -8,6 +8,8 @@
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
+#[cfg(feature = "server")]
+pub mod auth;
 pub mod broker;
 #[cfg(feature = "server")]
 pub mod cluster;

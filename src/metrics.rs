@@ -93,6 +93,10 @@ metric!(PLACEMENT_CHANGES: IntCounter = register_int_counter_with_registry!(
     "spool_placement_changes_total", "Placement epochs applied by this broker", REGISTRY));
 metric!(TLS_HANDSHAKE_FAILURES: IntCounter = register_int_counter_with_registry!(
     "spool_tls_handshake_failures_total", "Client connections closed because their TLS handshake failed or timed out", REGISTRY));
+metric!(AUTHENTICATION_FAILURES: IntCounter = register_int_counter_with_registry!(
+    "spool_authentication_failures_total", "Failed authentications (wrong credentials or rate-limited addresses)", REGISTRY));
+metric!(AUTHORIZATION_REFUSALS: IntCounter = register_int_counter_with_registry!(
+    "spool_authorization_refusals_total", "Requests refused by the access rules", REGISTRY));
 metric!(LOCK_GRANTS: IntCounter = register_int_counter_with_registry!(
     "spool_lock_grants_total", "Lock grants answered by this broker", REGISTRY));
 metric!(LOCK_RELEASES: IntCounter = register_int_counter_with_registry!(
@@ -136,6 +140,8 @@ pub fn register_all() {
     LazyLock::force(&RAFT_APPLIED);
     LazyLock::force(&PLACEMENT_EPOCH);
     LazyLock::force(&TLS_HANDSHAKE_FAILURES);
+    LazyLock::force(&AUTHENTICATION_FAILURES);
+    LazyLock::force(&AUTHORIZATION_REFUSALS);
     LazyLock::force(&LOCK_GRANTS);
     LazyLock::force(&LOCK_RELEASES);
     LazyLock::force(&LOCK_SESSION_EXPIRIES);

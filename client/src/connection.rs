@@ -68,6 +68,26 @@ pub struct ConnectOptions {
     pub request_timeout: Duration,
     /// Speak TLS to the brokers (`None`: plain TCP).
     pub tls: Option<crate::TlsOptions>,
+    /// Authenticate every connection as this user (`None`: do not).
+    pub credentials: Option<Credentials>,
+}
+
+/// A user and password to authenticate with.
+#[derive(Clone)]
+pub struct Credentials {
+    /// The user.
+    pub user: String,
+    /// The password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    // Never a password in a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for ConnectOptions {
@@ -81,6 +101,7 @@ impl Default for ConnectOptions {
             max_pending_requests: 4096,
             request_timeout: Duration::from_secs(30),
             tls: None,
+            credentials: None,
         }
     }
 }
@@ -251,6 +272,18 @@ impl Connection {
         .await
         .map_err(|_| ClientError::Disconnected("handshake timed out".into()))??;
         conn.max_frame_bytes = reply.max_frame_bytes;
+        if let Some(credentials) = &options.credentials {
+            let request = spool_protocol::requests::AuthenticateRequest {
+                mechanism: "PLAIN".into(),
+                user: credentials.user.clone(),
+                password: credentials.password.clone(),
+            };
+            tokio::time::timeout(options.connect_timeout, async {
+                conn.start(&request).await?.await
+            })
+            .await
+            .map_err(|_| ClientError::Disconnected("authentication timed out".into()))??;
+        }
         Ok(conn)
     }
 

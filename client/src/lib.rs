@@ -46,7 +46,7 @@ use spool_protocol::{Call, ErrorCode};
 use thiserror::Error;
 use tokio::sync::Mutex;
 
-pub use self::connection::{ConnectOptions, Connection};
+pub use self::connection::{ConnectOptions, Connection, Credentials};
 pub use self::consumer::{ConsumedMessage, Consumer, ConsumerConfig, StartAt};
 pub use self::group::GroupConsumer;
 pub use self::locks::{LockGuard, LockOptions, Session};

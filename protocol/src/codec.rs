@@ -139,6 +139,19 @@ impl Wire for u64 {
     }
 }
 
+/// A name (a user in a list of users).
+impl Wire for String {
+    const MIN_LEN: usize = 2;
+
+    fn put(&self, b: &mut BytesMut) {
+        put_string(b, self);
+    }
+
+    fn get(r: &mut Reader) -> Result<Self, DecodeError> {
+        r.string("name")
+    }
+}
+
 pub(crate) fn put_string(b: &mut BytesMut, s: &str) {
     // Names and messages longer than a u16 are cut at a char boundary,
     // never sent with a wrong length.

@@ -90,6 +90,13 @@ pub enum ErrorCode {
     SessionExpired = 51,
     /// Locks: the session does not hold that lock (or wait for it).
     LockNotHeld = 52,
+    /// Security: the credentials were wrong (or too many attempts came
+    /// from this address lately). Nothing else is served on the connection
+    /// until an authentication succeeds.
+    AuthenticationFailed = 53,
+    /// Security: the principal may not do this; the message names the
+    /// operation and the resource. Also: not authenticated yet.
+    NotAuthorized = 54,
     /// A bug on the server side.
     Internal = 99,
 }
@@ -132,6 +139,8 @@ impl ErrorCode {
             50 => Fenced,
             51 => SessionExpired,
             52 => LockNotHeld,
+            53 => AuthenticationFailed,
+            54 => NotAuthorized,
             99 => Internal,
             _ => return None,
         })

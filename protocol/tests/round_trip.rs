@@ -294,7 +294,32 @@ fn request() -> impl Strategy<Value = Request> {
         (name(), any::<u64>())
             .prop_map(|(name, session)| Request::ReleaseLock(ReleaseLockRequest { name, session })),
         name().prop_map(|prefix| Request::ListLocks(ListLocksRequest { prefix })),
+        (name(), name(), name()).prop_map(|(mechanism, user, password)| {
+            Request::Authenticate(AuthenticateRequest {
+                mechanism,
+                user,
+                password,
+            })
+        }),
+        (name(), name())
+            .prop_map(|(name, password)| Request::UpsertUser(UpsertUserRequest { name, password })),
+        name().prop_map(|name| Request::DeleteUser(DeleteUserRequest { name })),
+        Just(Request::ListUsers(ListUsersRequest)),
+        acl().prop_map(|acl| Request::AddAcl(AddAclRequest { acl })),
+        acl().prop_map(|acl| Request::RemoveAcl(RemoveAclRequest { acl })),
+        Just(Request::ListAcls(ListAclsRequest)),
     ]
+}
+
+fn acl() -> impl Strategy<Value = WireAcl> {
+    (name(), 1u8..=4, name(), vec(name(), 0..3)).prop_map(
+        |(principal, resource_kind, pattern, operations)| WireAcl {
+            principal,
+            resource_kind,
+            pattern,
+            operations,
+        },
+    )
 }
 
 fn lock() -> impl Strategy<Value = WireLock> {
@@ -645,6 +670,22 @@ fn response() -> impl Strategy<Value = (u16, Response)> {
         (any::<u64>(), vec(lock(), 0..4)).prop_map(|(last_token, locks)| (
             kind::LIST_LOCKS,
             Response::ListLocks(ListLocksResponse { last_token, locks })
+        )),
+        name().prop_map(|principal| (
+            kind::AUTHENTICATE,
+            Response::Authenticate(AuthenticateResponse { principal })
+        )),
+        Just((kind::UPSERT_USER, Response::Done)),
+        Just((kind::DELETE_USER, Response::Done)),
+        vec(name(), 0..4).prop_map(|names| (
+            kind::LIST_USERS,
+            Response::ListUsers(ListUsersResponse { names })
+        )),
+        Just((kind::ADD_ACL, Response::Done)),
+        Just((kind::REMOVE_ACL, Response::Done)),
+        vec(acl(), 0..3).prop_map(|acls| (
+            kind::LIST_ACLS,
+            Response::ListAcls(ListAclsResponse { acls })
         )),
     ]
 }

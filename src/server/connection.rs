@@ -203,6 +203,8 @@ struct Handler {
     /// consumer that dies hands its unacked messages back at once.
     joined: Vec<(String, MemberId)>,
     last_frame: Instant,
+    /// Who the connection acts as, once authenticated.
+    principal: Option<String>,
 }
 
 type Permits = (OwnedSemaphorePermit, OwnedSemaphorePermit);
@@ -226,6 +228,7 @@ impl Handler {
             handshaken: false,
             joined: Vec::new(),
             last_frame: Instant::now(),
+            principal: None,
         }
     }
 
@@ -245,6 +248,16 @@ impl Handler {
             };
             if !self.handshaken {
                 if !self.handshake(request, kind_, correlation_id).await {
+                    return;
+                }
+                continue;
+            }
+            if let Some(reply) = self.gate(&request).await {
+                let sent = self
+                    .tx
+                    .send(to_frame(reply, kind_, correlation_id).into())
+                    .await;
+                if sent.is_err() {
                     return;
                 }
                 continue;
@@ -382,6 +395,84 @@ impl Handler {
             .await;
         self.handshaken = ok;
         ok && sent.is_ok()
+    }
+
+    /// With authentication on: answers an authentication, or refuses a
+    /// request its principal may not make (`None`: go on and serve it).
+    async fn gate(&mut self, request: &Request) -> Option<Result<Response, ErrorResponse>> {
+        use crate::auth::required::{needs, Needs};
+        let auth = self.ctx.auth.clone()?;
+        if let Request::Authenticate(r) = request {
+            return Some(self.authenticate(auth, r.clone()).await);
+        }
+        let needed = needs(request);
+        if needed == Needs::Nothing {
+            return None;
+        }
+        let Some(principal) = &self.principal else {
+            return Some(Err(error(
+                ErrorCode::NotAuthorized,
+                "authenticate first: this broker requires a user and password",
+            )));
+        };
+        let Needs::All(needs) = needed else {
+            return None;
+        };
+        for (operation, kind, name) in needs {
+            if !auth.allowed(principal, operation, kind, &name) {
+                tracing::warn!(principal = %principal, peer = ?self.peer, operation = operation.name(), resource = kind.name(), name = %name, "request refused by the access rules");
+                metrics::AUTHORIZATION_REFUSALS.inc();
+                return Some(Err(error(
+                    ErrorCode::NotAuthorized,
+                    format!(
+                        "{principal} may not {} {} {name:?}",
+                        operation.name(),
+                        kind.name()
+                    ),
+                )));
+            }
+        }
+        None
+    }
+
+    async fn authenticate(
+        &mut self,
+        auth: Arc<crate::auth::Auth>,
+        r: spool_protocol::requests::AuthenticateRequest,
+    ) -> Result<Response, ErrorResponse> {
+        if r.mechanism != "PLAIN" {
+            return Err(error(
+                ErrorCode::AuthenticationFailed,
+                format!(
+                    "unknown mechanism {:?} (this broker speaks PLAIN)",
+                    r.mechanism
+                ),
+            ));
+        }
+        let ip = self.peer.map(|p| p.ip());
+        let user = r.user.clone();
+        // argon2 is slow on purpose: off the async threads.
+        let checked =
+            tokio::task::spawn_blocking(move || auth.authenticate(ip, &r.user, &r.password))
+                .await
+                .map_err(|e| {
+                    error(
+                        ErrorCode::Internal,
+                        format!("authentication task failed: {e}"),
+                    )
+                })?;
+        match checked {
+            Ok(principal) => {
+                tracing::debug!(principal = %principal, peer = ?self.peer, "authenticated");
+                self.principal = Some(principal.clone());
+                Ok(spool_protocol::requests::AuthenticateResponse { principal }.into())
+            }
+            Err(e) => {
+                metrics::AUTHENTICATION_FAILURES.inc();
+                tracing::warn!(user = %user, peer = ?self.peer, error = %e, "authentication failed");
+                Err(error(ErrorCode::AuthenticationFailed, e.to_string()))
+            }
+        }
     }
 
     /// Takes the request's share of the budgets; this wait is the
@@ -724,6 +815,16 @@ async fn dispatch(ctx: &ServerContext, request: Request) -> Result<Response, Err
             addr: ctx.advertised.clone(),
         }
         .into()),
+        Request::Authenticate(_) => Ok(spool_protocol::requests::AuthenticateResponse {
+            principal: "anonymous".into(),
+        }
+        .into()),
+        admin @ (Request::UpsertUser(_)
+        | Request::DeleteUser(_)
+        | Request::ListUsers(_)
+        | Request::AddAcl(_)
+        | Request::RemoveAcl(_)
+        | Request::ListAcls(_)) => handlers::security::handle(ctx.auth.clone(), admin).await,
         lock @ (Request::OpenSession(_)
         | Request::KeepAlive(_)
         | Request::CloseSession(_)

@@ -51,6 +51,10 @@ pub struct ServerConfig {
     pub cluster: Option<Arc<ClusterNode>>,
     /// TLS on the client port; `None`: plain TCP.
     pub tls: Option<tls::ServerTls>,
+    /// Users and access rules: every connection must authenticate and
+    /// every request is checked. `None`: anyone who reaches the port may do
+    /// everything.
+    pub auth: Option<Arc<crate::auth::Auth>>,
 }
 
 impl Default for ServerConfig {
@@ -64,6 +68,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(30),
             cluster: None,
             tls: None,
+            auth: None,
         }
     }
 }
@@ -89,6 +94,8 @@ pub struct ServerContext {
     pub advertised: String,
     /// When the server started.
     pub started: std::time::Instant,
+    /// Users and access rules, when authentication is on.
+    pub auth: Option<Arc<crate::auth::Auth>>,
 }
 
 /// A bound, not yet running, server.
@@ -126,6 +133,7 @@ impl Server {
             cluster: config.cluster.clone(),
             advertised: listener.local_addr()?.to_string(),
             started: std::time::Instant::now(),
+            auth: config.auth.clone(),
         });
         Ok(Server {
             listener,

@@ -16,6 +16,7 @@ mod metadata;
 mod produce;
 mod queue;
 mod replica;
+mod security;
 mod topics;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -56,6 +57,11 @@ pub use queue::{
 pub use replica::{
     ReplicaFetchRequest, ReplicaFetchResponse, WireAckRecord, WireAckState, WireEpoch,
     WireGroupChanges, WireGroupCursor,
+};
+pub use security::{
+    AddAclRequest, AuthenticateRequest, AuthenticateResponse, DeleteUserRequest, ListAclsRequest,
+    ListAclsResponse, ListUsersRequest, ListUsersResponse, RemoveAclRequest, UpsertUserRequest,
+    WireAcl,
 };
 pub use topics::{
     CreateTopicRequest, DeleteTopicRequest, DescribeTopicRequest, ListTopicsRequest,
@@ -140,6 +146,20 @@ pub mod kind {
     pub const RELEASE_LOCK: u16 = 36;
     /// `ListLocksRequest`: locks, holders, tokens and waiters.
     pub const LIST_LOCKS: u16 = 37;
+    /// `AuthenticateRequest`: credentials, right after the handshake.
+    pub const AUTHENTICATE: u16 = 38;
+    /// `UpsertUserRequest`: create a user or change a password.
+    pub const UPSERT_USER: u16 = 39;
+    /// `DeleteUserRequest`.
+    pub const DELETE_USER: u16 = 40;
+    /// `ListUsersRequest`.
+    pub const LIST_USERS: u16 = 41;
+    /// `AddAclRequest`: allow a principal operations on resources.
+    pub const ADD_ACL: u16 = 42;
+    /// `RemoveAclRequest`.
+    pub const REMOVE_ACL: u16 = 43;
+    /// `ListAclsRequest`.
+    pub const LIST_ACLS: u16 = 44;
 }
 
 /// A request body: its kind number and the type of its successful reply.
@@ -313,6 +333,20 @@ requests! {
     ReleaseLock(ReleaseLockRequest) = RELEASE_LOCK => ();
     /// List locks.
     ListLocks(ListLocksRequest) = LIST_LOCKS => ListLocksResponse;
+    /// Authenticate the connection.
+    Authenticate(AuthenticateRequest) = AUTHENTICATE => AuthenticateResponse;
+    /// Create a user or set a password.
+    UpsertUser(UpsertUserRequest) = UPSERT_USER => ();
+    /// Remove a user.
+    DeleteUser(DeleteUserRequest) = DELETE_USER => ();
+    /// List users.
+    ListUsers(ListUsersRequest) = LIST_USERS => ListUsersResponse;
+    /// Add an access rule.
+    AddAcl(AddAclRequest) = ADD_ACL => ();
+    /// Remove an access rule.
+    RemoveAcl(RemoveAclRequest) = REMOVE_ACL => ();
+    /// List access rules.
+    ListAcls(ListAclsRequest) = LIST_ACLS => ListAclsResponse;
 }
 
 /// Declares the successful replies: one variant per reply type, with the
@@ -401,6 +435,12 @@ responses! {
     AcquireLock(AcquireLockResponse),
     /// Locks.
     ListLocks(ListLocksResponse),
+    /// Authenticated.
+    Authenticate(AuthenticateResponse),
+    /// Users.
+    ListUsers(ListUsersResponse),
+    /// Access rules.
+    ListAcls(ListAclsResponse),
 }
 
 /// An error response.

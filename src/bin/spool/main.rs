@@ -12,6 +12,7 @@ mod groups;
 mod inspect;
 mod locks;
 mod produce;
+mod security;
 mod serve;
 mod status;
 mod topics;
@@ -49,6 +50,10 @@ struct Cli {
         requires = "tls_ca"
     )]
     tls_server_name: Option<String>,
+    /// Authenticate as this user; the password comes from the
+    /// SPOOL_PASSWORD environment variable (never the command line).
+    #[arg(long, global = true, env = "SPOOL_USER")]
+    user: Option<String>,
 }
 
 /// How client commands connect (set once from the global flags).
@@ -87,6 +92,16 @@ enum Command {
     Locks {
         #[command(subcommand)]
         command: locks::LocksCommand,
+    },
+    /// Users (with `spool serve --auth`): add, remove, list.
+    Users {
+        #[command(subcommand)]
+        command: security::UsersCommand,
+    },
+    /// Access rules (with `spool serve --auth`): add, remove, list.
+    Acl {
+        #[command(subcommand)]
+        command: security::AclCommand,
     },
     Produce(produce::ProduceArgs),
     /// Print message values, one per line.
@@ -228,6 +243,16 @@ fn main() -> ExitCode {
             }
         }
     }
+    if let Some(user) = &cli.user {
+        let Ok(password) = std::env::var("SPOOL_PASSWORD") else {
+            eprintln!("spool: --user {user} needs the password in SPOOL_PASSWORD");
+            return ExitCode::from(2);
+        };
+        options.credentials = Some(spool::client::Credentials {
+            user: user.clone(),
+            password,
+        });
+    }
     let _ = CONNECT.set(options);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -247,6 +272,8 @@ fn main() -> ExitCode {
             Command::Cluster { command } => cluster::run(command).await,
             Command::Produce(args) => produce::run(args).await,
             Command::Lock(args) => locks::run_lock(args).await,
+            Command::Users { command } => security::run_users(command).await,
+            Command::Acl { command } => security::run_acl(command).await,
             Command::Locks { command } => locks::run_locks(command).await,
             Command::Consume(args) => consume::run(args).await,
             Command::Inspect(args) => inspect::run(args),

@@ -117,6 +117,11 @@ pub struct ServeArgs {
     /// mutual TLS.
     #[arg(long, requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
+    /// Require every client to authenticate (users: `spool users`) and
+    /// check every request against the access rules (`spool acl`); deny by
+    /// default, the user `admin` may do everything.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    auth: Option<bool>,
 }
 
 /// Parses `1=127.0.0.1:7170,2=...`.
@@ -189,7 +194,8 @@ impl ServeArgs {
             replica_lag_ms,
             tls_cert,
             tls_key,
-            tls_client_ca
+            tls_client_ca,
+            auth
         )
     }
 }
@@ -260,6 +266,18 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
             ))
         }
     };
+    if args.auth == Some(true) {
+        if args.node_id.is_some() {
+            return Err(Failure::usage(
+                "--auth is not supported in a cluster yet (brokers would need credentials for each other)",
+            ));
+        }
+        let auth = spool::auth::Auth::open(&data).map_err(|e| Failure::refused(e.to_string()))?;
+        if auth.users.names().is_empty() {
+            tracing::warn!("authentication is on but there are no users: create one with `spool users add admin --data DIR` while the broker is stopped");
+        }
+        config.auth = Some(std::sync::Arc::new(auth));
+    }
     if config.tls.is_none() && !listen.ip().is_loopback() {
         tracing::warn!(%listen, "listening in clear text on a non-loopback address: anyone on the network can read and change the traffic (use --tls-cert and --tls-key)");
     }

@@ -33,5 +33,6 @@ pub mod handshake;
 pub mod locks;
 pub mod produce;
 pub mod replica;
+pub mod security;
 pub mod status;
 pub mod topics;

@@ -1,0 +1,58 @@
+//! Users and access rules, administered over the protocol (the access
+//! rules require `admin` on the cluster for these).
+
+use std::sync::Arc;
+
+use spool_protocol::requests::{ListAclsResponse, ListUsersResponse};
+use spool_protocol::{ErrorCode, ErrorResponse, Request, Response};
+
+use crate::auth::{Auth, AuthError, Rule};
+use crate::server::errors::error;
+
+fn auth_error(e: &AuthError) -> ErrorResponse {
+    let code = match e {
+        AuthError::BadCredentials(_) | AuthError::RateLimited(_) => ErrorCode::AuthenticationFailed,
+        AuthError::Invalid(_) => ErrorCode::InvalidConfig,
+        AuthError::NotFound(_) => ErrorCode::InvalidConfig,
+        AuthError::Storage(_) => ErrorCode::StorageError,
+    };
+    error(code, e.to_string())
+}
+
+/// Answers a user or rule request.
+pub async fn handle(auth: Option<Arc<Auth>>, request: Request) -> Result<Response, ErrorResponse> {
+    let Some(auth) = auth else {
+        return Err(error(
+            ErrorCode::InvalidConfig,
+            "authentication is off on this broker (start it with spool serve --auth)",
+        ));
+    };
+    // Hashing and syncing files: off the async threads.
+    tokio::task::spawn_blocking(move || answer(&auth, request))
+        .await
+        .unwrap_or_else(|e| Err(error(ErrorCode::Internal, format!("task failed: {e}"))))
+}
+
+fn answer(auth: &Auth, request: Request) -> Result<Response, ErrorResponse> {
+    let done = |r: Result<(), AuthError>| r.map(|()| Response::Done).map_err(|e| auth_error(&e));
+    match request {
+        Request::UpsertUser(r) => done(auth.users.upsert(&r.name, &r.password)),
+        Request::DeleteUser(r) => done(auth.users.remove(&r.name)),
+        Request::ListUsers(_) => Ok(ListUsersResponse {
+            names: auth.users.names(),
+        }
+        .into()),
+        Request::AddAcl(r) => done(Rule::from_wire(&r.acl).and_then(|rule| auth.acls.add(rule))),
+        Request::RemoveAcl(r) => {
+            done(Rule::from_wire(&r.acl).and_then(|rule| auth.acls.remove(&rule)))
+        }
+        Request::ListAcls(_) => Ok(ListAclsResponse {
+            acls: auth.acls.list().iter().map(Rule::to_wire).collect(),
+        }
+        .into()),
+        other => Err(error(
+            ErrorCode::Internal,
+            format!("request kind {} is not a security request", other.kind()),
+        )),
+    }
+}
