@@ -8,7 +8,7 @@
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
-#[cfg(feature = "server")]
+#[cfg(feature = "auth")]
 pub mod auth;
 pub mod broker;
 #[cfg(feature = "server")]

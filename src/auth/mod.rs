@@ -9,6 +9,8 @@
 //!   one exhaustive match.
 
 pub mod acl;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod required;
 pub mod users;
 

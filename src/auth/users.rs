@@ -109,14 +109,21 @@ impl UserStore {
         let stored = self.users.read().get(name).cloned();
         let known = stored.is_some();
         let hash = stored.unwrap_or_else(|| self.decoy.clone());
-        let Ok(parsed) = PasswordHash::new(&hash) else {
-            return false;
-        };
-        let matches = Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok();
+        let matches = verify_against(&hash, password);
         known && matches
     }
+}
+
+/// True if `password` matches the stored PHC hash string `hash` (false
+/// for a hash that does not parse: a damaged users file locks the user out,
+/// it never lets anyone in).
+pub fn verify_against(hash: &str, password: &str) -> bool {
+    let Ok(parsed) = PasswordHash::new(hash) else {
+        return false;
+    };
+    Argon2::default()
+        .verify_password(password.as_bytes(), &parsed)
+        .is_ok()
 }
 
 #[cfg(test)]
