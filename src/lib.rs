@@ -4,6 +4,7 @@
 #![doc = "[protocol-spec]: crate::protocol::spec"]
 #![cfg_attr(feature = "server", doc = "[cluster-doc]: crate::cluster::guide")]
 #![doc = "[locks-doc]: crate::locks::guide"]
+#![cfg_attr(feature = "auth", doc = "[security-doc]: crate::auth::guide")]
 #![doc = ""]
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]

@@ -8,6 +8,10 @@
 //! - [`required`]: what each request kind needs, decided for every kind in
 //!   one exhaustive match.
 
+/// TLS, users, access rules and the threat model (`docs/security.md`).
+pub mod guide {
+    #![doc = include_str!("../../docs/security.md")]
+}
 pub mod acl;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
