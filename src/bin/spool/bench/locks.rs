@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use spool::client::Client;
+use spool::client::{Client, ConnectOptions};
 
 use crate::Failure;
 
@@ -62,10 +62,11 @@ fn refused(what: &str, e: impl std::fmt::Display) -> Failure {
 /// Runs both parts against the broker at `addr` for about `duration` each.
 pub async fn run(
     addr: SocketAddr,
+    connect: &ConnectOptions,
     clients: u32,
     duration: Duration,
 ) -> Result<LockReport, Failure> {
-    let client = Client::connect(addr).await?;
+    let client = Client::connect_with(addr, connect.clone()).await?;
     let session = client
         .open_session(Duration::from_secs(10))
         .await
@@ -102,9 +103,9 @@ pub async fn run(
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..clients.max(1) {
-        let highest = highest.clone();
+        let (highest, connect) = (highest.clone(), connect.clone());
         tasks.push(tokio::spawn(async move {
-            let client = Client::connect(addr).await?;
+            let client = Client::connect_with(addr, connect).await?;
             let session = client
                 .open_session(Duration::from_secs(10))
                 .await

@@ -129,6 +129,10 @@ pub struct BenchArgs {
     /// Sessions contending for one lock with --locks.
     #[arg(long, default_value_t = 4)]
     lock_clients: u32,
+    /// Speak TLS to the in-process broker, with a certificate made for the
+    /// run (to measure what TLS costs). Against --addr, pass --tls-ca.
+    #[arg(long, conflicts_with = "addr")]
+    tls: bool,
 }
 
 /// Counters shared by all tasks.
@@ -182,14 +186,21 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
             (addr, None)
         }
         None => {
-            let embedded = Embedded::start(args.data.as_deref()).await?;
+            let embedded = Embedded::start(args.data.as_deref(), args.tls).await?;
             (embedded.addr, Some(embedded))
         }
+    };
+    let connect = match embedded.as_ref().and_then(|e| e.client_tls.clone()) {
+        Some(tls) => spool::client::ConnectOptions {
+            tls: Some(tls),
+            ..crate::connect_options()
+        },
+        None => crate::connect_options(),
     };
 
     if args.locks {
         let duration = Duration::from_secs_f64(args.duration_secs.unwrap_or(5.0).max(0.1));
-        let measured = locks::run(addr, args.lock_clients, duration).await;
+        let measured = locks::run(addr, &connect, args.lock_clients, duration).await;
         if let Some(embedded) = embedded {
             embedded.stop().await;
         }
@@ -203,7 +214,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
         return Ok(());
     }
 
-    let admin = Client::connect(addr).await?;
+    let admin = Client::connect_with(addr, connect.clone()).await?;
     let topic = format!(
         "bench-{}",
         std::time::SystemTime::now()
@@ -239,7 +250,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
     let stop = CancellationToken::new();
     let mut consumers = Vec::new();
     for c in 0..args.consumers {
-        let client = Client::connect(addr).await?;
+        let client = Client::connect_with(addr, connect.clone()).await?;
         let (args, shared, topic, stop) =
             (args.clone(), shared.clone(), topic.clone(), stop.clone());
         consumers.push(tokio::spawn(async move {
@@ -250,7 +261,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
     let produce_started = Instant::now();
     let mut producers = Vec::new();
     for p in 0..args.producers {
-        let client = Client::connect(addr).await?;
+        let client = Client::connect_with(addr, connect.clone()).await?;
         let (args, shared, topic) = (args.clone(), shared.clone(), topic.clone());
         producers.push(tokio::spawn(async move {
             produce(p, client, &args, &topic, &shared).await
@@ -393,10 +404,13 @@ struct Embedded {
     server: tokio::task::JoinHandle<Result<(), spool::BrokerError>>,
     /// Removed when the bench ends (unless `--data` named a directory).
     _dir: Option<tempfile::TempDir>,
+    /// How clients reach it over TLS, if it speaks TLS.
+    client_tls: Option<spool::client::TlsOptions>,
+    _certs: Option<tempfile::TempDir>,
 }
 
 impl Embedded {
-    async fn start(data: Option<&std::path::Path>) -> Result<Embedded, Failure> {
+    async fn start(data: Option<&std::path::Path>, tls: bool) -> Result<Embedded, Failure> {
         let (dir, path) = match data {
             Some(path) => (None, path.to_path_buf()),
             None => {
@@ -407,7 +421,15 @@ impl Embedded {
             }
         };
         let broker = Broker::open(&path, BrokerConfig::default())?;
-        let server = Server::bind(([127, 0, 0, 1], 0).into(), broker, ServerConfig::default())
+        let mut config = ServerConfig::default();
+        let (client_tls, certs) = if tls {
+            let (server_tls, client_tls, certs) = bench_certificates()?;
+            config.tls = Some(server_tls);
+            (Some(client_tls), Some(certs))
+        } else {
+            (None, None)
+        };
+        let server = Server::bind(([127, 0, 0, 1], 0).into(), broker, config)
             .await
             .map_err(|e| Failure::io("binding the embedded server", e))?;
         let addr = server
@@ -420,6 +442,8 @@ impl Embedded {
             shutdown,
             server,
             _dir: dir,
+            client_tls,
+            _certs: certs,
         })
     }
 
@@ -427,6 +451,43 @@ impl Embedded {
         self.shutdown.cancel();
         let _ = self.server.await;
     }
+}
+
+/// A CA and a certificate for 127.0.0.1 made for one bench run: the
+/// server's TLS, the clients' trust, and the directory holding the PEMs.
+fn bench_certificates() -> Result<
+    (
+        spool::server::tls::ServerTls,
+        spool::client::TlsOptions,
+        tempfile::TempDir,
+    ),
+    Failure,
+> {
+    let failed = |e: &dyn std::fmt::Display| Failure::refused(format!("bench certificates: {e}"));
+    let dir = tempfile::tempdir().map_err(|e| Failure::io("creating a temporary directory", e))?;
+    let ca_key = rcgen::KeyPair::generate().map_err(|e| failed(&e))?;
+    let mut ca_params =
+        rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| failed(&e))?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).map_err(|e| failed(&e))?;
+    let key = rcgen::KeyPair::generate().map_err(|e| failed(&e))?;
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .and_then(|p| p.signed_by(&key, &ca, &ca_key))
+        .map_err(|e| failed(&e))?;
+    let path = |name: &str| dir.path().join(name);
+    for (name, pem) in [
+        ("ca.pem", ca.pem()),
+        ("cert.pem", cert.pem()),
+        ("key.pem", key.serialize_pem()),
+    ] {
+        std::fs::write(path(name), pem)
+            .map_err(|e| Failure::io("writing a bench certificate", e))?;
+    }
+    let server = spool::server::tls::ServerTls::load(&path("cert.pem"), &path("key.pem"), None)
+        .map_err(|e| failed(&e))?;
+    let client =
+        spool::client::TlsOptions::with_ca_file(&path("ca.pem")).map_err(|e| failed(&e))?;
+    Ok((server, client, dir))
 }
 
 fn histogram() -> Result<Histogram<u64>, Failure> {
