@@ -314,6 +314,13 @@ impl Connection {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed).max(1);
         let (done, wait) = oneshot::channel();
         self.pending.lock().insert(id, Waiter { done, _slot: slot });
+        // The reader marks the connection closed before it fails every
+        // waiter: a waiter added after that would wait out the whole
+        // request timeout for an answer nobody will deliver.
+        if self.is_closed() {
+            self.pending.lock().remove(&id);
+            return Err(ClientError::Disconnected("connection is closed".into()));
+        }
         let frame = request.to_frame(id);
         if self.tx.send(frame).is_err() {
             self.pending.lock().remove(&id);
