@@ -45,13 +45,10 @@ struct State {
     tracker: LeaseTracker<SessionId>,
 }
 
-/// Counts for metrics.
+/// Counts for metrics (grants and releases are counted where they are
+/// answered, in the server; only expiries happen here alone).
 #[derive(Debug, Default)]
 pub struct LockCounts {
-    /// Grants made (to callers and to waiters).
-    pub grants: AtomicU64,
-    /// Locks released by their holders.
-    pub releases: AtomicU64,
     /// Sessions expired.
     pub expiries: AtomicU64,
 }
@@ -150,14 +147,13 @@ impl LocalLocks {
     }
 
     fn expire(&self, sessions: Vec<SessionId>) -> Result<(), LockError> {
-        let grants = self.change(|p| {
-            let mut grants = Vec::new();
+        self.change(|p| {
             for session in &sessions {
                 if p.sessions.remove(session).is_some() {
-                    grants.extend(p.table.drop_session(*session));
+                    p.table.drop_session(*session);
                 }
             }
-            Ok(grants)
+            Ok(())
         })?;
         for session in &sessions {
             tracing::info!(
@@ -168,9 +164,6 @@ impl LocalLocks {
         self.counts
             .expiries
             .fetch_add(sessions.len() as u64, Ordering::Relaxed);
-        self.counts
-            .grants
-            .fetch_add(grants.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 
@@ -225,20 +218,16 @@ impl LocalLocks {
 
     /// Ends `session` now: its locks go to their next waiters.
     pub async fn close_session(self: &Arc<Self>, session: SessionId) -> Result<(), LockError> {
-        let grants = self
-            .blocking(move |l| {
-                l.change(|p| {
-                    p.sessions
-                        .remove(&session)
-                        .ok_or(LockError::SessionExpired(session))?;
-                    Ok(p.table.drop_session(session))
-                })
+        self.blocking(move |l| {
+            l.change(|p| {
+                p.sessions
+                    .remove(&session)
+                    .ok_or(LockError::SessionExpired(session))?;
+                p.table.drop_session(session);
+                Ok(())
             })
-            .await?;
-        self.counts
-            .grants
-            .fetch_add(grants.len() as u64, Ordering::Relaxed);
-        Ok(())
+        })
+        .await
     }
 
     /// Takes `lock` for `session`, waiting up to `wait` in its queue.
@@ -263,10 +252,7 @@ impl LocalLocks {
             })
             .await?;
         match first {
-            Acquired::Granted(token) => {
-                self.counts.grants.fetch_add(1, Ordering::Relaxed);
-                return Ok(Some(token));
-            }
+            Acquired::Granted(token) => return Ok(Some(token)),
             Acquired::Busy => return Ok(None),
             Acquired::Queued => {}
         }
@@ -318,14 +304,8 @@ impl LocalLocks {
     ) -> Result<(), LockError> {
         check_name(lock)?;
         let name = lock.to_string();
-        let grant = self
-            .blocking(move |l| l.change(|p| p.table.release(&name, session)))
-            .await?;
-        self.counts.releases.fetch_add(1, Ordering::Relaxed);
-        if grant.is_some() {
-            self.counts.grants.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(())
+        self.blocking(move |l| l.change(|p| p.table.release(&name, session).map(|_| ())))
+            .await
     }
 
     /// The locks whose names start with `prefix`, and the largest token
@@ -349,17 +329,5 @@ impl LocalLocks {
             })
             .collect();
         (locks, state.persisted.table.last_token())
-    }
-
-    /// Sessions waiting for a lock, over every lock.
-    pub fn waiters(&self) -> usize {
-        self.state
-            .lock()
-            .persisted
-            .table
-            .list("")
-            .iter()
-            .map(|l| l.waiters.len())
-            .sum()
     }
 }
