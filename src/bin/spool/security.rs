@@ -6,7 +6,7 @@
 use std::io::BufRead;
 use std::path::PathBuf;
 
-use spool::auth::{Auth, Operation, ResourceKind, Rule};
+use spool::auth::{Auth, ResourceKind, Rule};
 use spool::protocol::requests::{
     AddAclRequest, DeleteUserRequest, ListAclsRequest, ListUsersRequest, RemoveAclRequest,
     UpsertUserRequest, WireAcl,
@@ -70,35 +70,51 @@ pub struct ResourceArgs {
     cluster: bool,
 }
 
+/// A rule to add or remove, and where.
+#[derive(clap::Args)]
+pub struct RuleArgs {
+    /// A user, or `*` for every authenticated principal.
+    principal: String,
+    /// Comma-separated operations.
+    #[arg(long, value_delimiter = ',', required = true)]
+    allow: Vec<String>,
+    #[command(flatten)]
+    resource: ResourceArgs,
+    #[command(flatten)]
+    target: Target,
+}
+
+impl RuleArgs {
+    /// The rule, on the wire and checked, and where to apply it.
+    fn rule(self) -> Result<(WireAcl, Rule, Target), Failure> {
+        let (kind, pattern) = match self.resource {
+            ResourceArgs { topic: Some(p), .. } => (ResourceKind::Topic, p),
+            ResourceArgs { group: Some(p), .. } => (ResourceKind::Group, p),
+            ResourceArgs { lock: Some(p), .. } => (ResourceKind::Lock, p),
+            _ => (ResourceKind::Cluster, "*".to_string()),
+        };
+        let acl = WireAcl {
+            principal: self.principal,
+            resource_kind: kind.wire(),
+            pattern,
+            operations: self.allow,
+        };
+        // The broker checks it too; checked here, a typo is a usage error
+        // before anything is sent.
+        let rule = Rule::from_wire(&acl).map_err(|e| Failure::usage(e.to_string()))?;
+        Ok((acl, rule, self.target))
+    }
+}
+
 #[derive(clap::Subcommand)]
 pub enum AclCommand {
     /// Allow a principal operations on resources.
     #[command(
         after_help = "Operations: produce, consume, create, delete, describe, admin, lock.\n\nExamples:\n  spool acl add alice --allow produce,consume --topic 'orders.*'\n  spool acl add alice --allow consume --group 'billing-*'\n  spool acl add '*' --allow describe --cluster"
     )]
-    Add {
-        /// A user, or `*` for every authenticated principal.
-        principal: String,
-        /// Comma-separated operations.
-        #[arg(long, value_delimiter = ',', required = true)]
-        allow: Vec<String>,
-        #[command(flatten)]
-        resource: ResourceArgs,
-        #[command(flatten)]
-        target: Target,
-    },
+    Add(RuleArgs),
     /// Take operations away from a principal's rule.
-    Remove {
-        /// A user, or `*`.
-        principal: String,
-        /// Comma-separated operations.
-        #[arg(long, value_delimiter = ',', required = true)]
-        allow: Vec<String>,
-        #[command(flatten)]
-        resource: ResourceArgs,
-        #[command(flatten)]
-        target: Target,
-    },
+    Remove(RuleArgs),
     /// List the rules.
     List {
         #[command(flatten)]
@@ -185,60 +201,20 @@ pub async fn run_users(command: UsersCommand) -> Result<(), Failure> {
     Ok(())
 }
 
-fn wire_rule(
-    principal: String,
-    allow: Vec<String>,
-    resource: ResourceArgs,
-) -> Result<WireAcl, Failure> {
-    let (kind, pattern) = match resource {
-        ResourceArgs { topic: Some(p), .. } => (ResourceKind::Topic, p),
-        ResourceArgs { group: Some(p), .. } => (ResourceKind::Group, p),
-        ResourceArgs { lock: Some(p), .. } => (ResourceKind::Lock, p),
-        _ => (ResourceKind::Cluster, "*".to_string()),
-    };
-    for op in &allow {
-        if Operation::parse(op).is_none() {
-            return Err(Failure::usage(format!(
-                "unknown operation {op:?} (produce, consume, create, delete, describe, admin, lock)"
-            )));
-        }
-    }
-    Ok(WireAcl {
-        principal,
-        resource_kind: kind.wire(),
-        pattern,
-        operations: allow,
-    })
-}
-
-fn to_rule(acl: &WireAcl) -> Result<Rule, Failure> {
-    Rule::from_wire(acl).map_err(|e| Failure::usage(e.to_string()))
-}
-
 pub async fn run_acl(command: AclCommand) -> Result<(), Failure> {
     match command {
-        AclCommand::Add {
-            principal,
-            allow,
-            resource,
-            target,
-        } => {
-            let acl = wire_rule(principal, allow, resource)?;
+        AclCommand::Add(args) => {
+            let (acl, rule, target) = args.rule()?;
             match at(target).await? {
-                Where::Offline(auth) => auth.acls.add(to_rule(&acl)?).map_err(refused)?,
+                Where::Offline(auth) => auth.acls.add(rule).map_err(refused)?,
                 Where::Online(client) => client.call(&AddAclRequest { acl }).await?,
             }
             println!("rule added");
         }
-        AclCommand::Remove {
-            principal,
-            allow,
-            resource,
-            target,
-        } => {
-            let acl = wire_rule(principal, allow, resource)?;
+        AclCommand::Remove(args) => {
+            let (acl, rule, target) = args.rule()?;
             match at(target).await? {
-                Where::Offline(auth) => auth.acls.remove(&to_rule(&acl)?).map_err(refused)?,
+                Where::Offline(auth) => auth.acls.remove(&rule).map_err(refused)?,
                 Where::Online(client) => client.call(&RemoveAclRequest { acl }).await?,
             }
             println!("rule removed");
