@@ -5,10 +5,10 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    register_histogram_vec_with_registry, register_histogram_with_registry,
-    register_int_counter_vec_with_registry, register_int_counter_with_registry,
-    register_int_gauge_with_registry, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    Registry,
+    register_counter_vec_with_registry, register_histogram_vec_with_registry,
+    register_histogram_with_registry, register_int_counter_vec_with_registry,
+    register_int_counter_with_registry, register_int_gauge_with_registry, CounterVec, Histogram,
+    HistogramVec, IntCounter, IntCounterVec, IntGauge, Registry,
 };
 
 /// The registry `/metrics` renders.
@@ -97,6 +97,14 @@ metric!(AUTHENTICATION_FAILURES: IntCounter = register_int_counter_with_registry
     "spool_authentication_failures_total", "Failed authentications (wrong credentials or rate-limited addresses)", REGISTRY));
 metric!(AUTHORIZATION_REFUSALS: IntCounter = register_int_counter_with_registry!(
     "spool_authorization_refusals_total", "Requests refused by the access rules", REGISTRY));
+metric!(QUOTA_BYTES: IntCounterVec = register_int_counter_vec_with_registry!(
+    "spool_quota_bytes_total", "Bytes counted against principals' quotas, by principal and direction (produce, fetch); with --auth only",
+    &["principal", "direction"], REGISTRY));
+metric!(QUOTA_THROTTLE_SECONDS: CounterVec = register_counter_vec_with_registry!(
+    "spool_quota_throttle_seconds_total", "Time connections were paused to keep principals within their byte rates, by principal and direction",
+    &["principal", "direction"], REGISTRY));
+metric!(QUOTA_CONNECTIONS_REFUSED: IntCounter = register_int_counter_with_registry!(
+    "spool_quota_connections_refused_total", "Authentications refused because the principal held as many connections as its quota allows", REGISTRY));
 metric!(LOCK_GRANTS: IntCounter = register_int_counter_with_registry!(
     "spool_lock_grants_total", "Lock grants answered by this broker", REGISTRY));
 metric!(LOCK_RELEASES: IntCounter = register_int_counter_with_registry!(
@@ -142,6 +150,9 @@ pub fn register_all() {
     LazyLock::force(&TLS_HANDSHAKE_FAILURES);
     LazyLock::force(&AUTHENTICATION_FAILURES);
     LazyLock::force(&AUTHORIZATION_REFUSALS);
+    LazyLock::force(&QUOTA_BYTES);
+    LazyLock::force(&QUOTA_THROTTLE_SECONDS);
+    LazyLock::force(&QUOTA_CONNECTIONS_REFUSED);
     LazyLock::force(&LOCK_GRANTS);
     LazyLock::force(&LOCK_RELEASES);
     LazyLock::force(&LOCK_SESSION_EXPIRIES);

@@ -237,6 +237,18 @@ fn samples() -> Vec<Request> {
                 operations: vec!["consume".into()],
             },
         }),
+        Request::SetQuota(SetQuotaRequest {
+            quota: WireQuota {
+                principal: "zed".into(),
+                produce_bytes_per_sec: 1 << 20,
+                fetch_bytes_per_sec: 0,
+                max_connections: 0,
+            },
+        }),
+        Request::ListQuotas(ListQuotasRequest),
+        Request::RemoveQuota(RemoveQuotaRequest {
+            principal: "zed".into(),
+        }),
         Request::DeleteTopic(DeleteTopicRequest { name: topic() }),
     ]
 }
@@ -451,4 +463,228 @@ async fn a_principal_allowed_on_a_prefix_cannot_touch_other_topics_and_guessing_
         panic!("not rate-limited: {answer:?}");
     };
     assert!(message.contains("too many failed attempts"), "{message}");
+}
+
+/// Acknowledged value bytes of a producer sending `size`-byte messages to
+/// `topic` as `user` until `stop` is set.
+fn producing(
+    addr: SocketAddr,
+    user: &'static str,
+    password: &'static str,
+    topic: &'static str,
+    size: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+    use std::sync::atomic::Ordering;
+    let acked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = acked.clone();
+    tokio::spawn(async move {
+        let options = spool::client::ConnectOptions {
+            credentials: Some(spool::client::Credentials {
+                user: user.into(),
+                password: password.into(),
+            }),
+            ..Default::default()
+        };
+        let client = spool::client::Client::connect_with(addr, options)
+            .await
+            .expect("connect");
+        let producer = spool::client::Producer::new(client, Default::default());
+        let value = vec![7u8; size];
+        while !stop.load(Ordering::Relaxed) {
+            let delivery = producer.send(topic, None, &value).await.expect("send");
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                if delivery.await.is_ok() {
+                    counted.fetch_add(size as u64, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    acked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_slow_a_principal_to_its_rate_and_leave_others_alone() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+    const BOB_PASSWORD: &str = "bob-password-1";
+    const RATE: u64 = 1_000_000;
+    let (server, _dir) = auth_server();
+    let mut admin = Raw::connect(server.addr).await;
+    admin.login("admin", ADMIN_PASSWORD).await.expect("login");
+    admin
+        .send(&Request::UpsertUser(UpsertUserRequest {
+            name: "bob".into(),
+            password: BOB_PASSWORD.into(),
+        }))
+        .await
+        .expect("bob");
+    for principal in ["alice", "bob"] {
+        let acl = WireAcl {
+            principal: principal.into(),
+            resource_kind: 1,
+            pattern: "q.*".into(),
+            operations: vec!["produce".into(), "consume".into(), "describe".into()],
+        };
+        admin
+            .send(&Request::AddAcl(AddAclRequest { acl }))
+            .await
+            .expect("rule");
+    }
+    for topic in ["q.alice", "q.bob"] {
+        admin
+            .send(&Request::CreateTopic(CreateTopicRequest {
+                name: topic.into(),
+                partitions: 1,
+                settings: TopicSettings::default(),
+            }))
+            .await
+            .expect("topic");
+    }
+    // Through the command line, as scripts would.
+    let addr = server.addr.to_string();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spool"))
+        .args(["quotas", "set", "alice", "--produce", "1M", "--fetch", "1M"])
+        .args(["--addr", &addr, "--user", "admin"])
+        .env("SPOOL_PASSWORD", ADMIN_PASSWORD)
+        .output()
+        .expect("spool quotas set");
+    assert!(out.status.success(), "{}", stderr(&out));
+    admin
+        .send(&Request::SetQuota(SetQuotaRequest {
+            quota: WireQuota {
+                principal: "bob".into(),
+                produce_bytes_per_sec: 0,
+                fetch_bytes_per_sec: 0,
+                max_connections: 3,
+            },
+        }))
+        .await
+        .expect("bob's quota");
+
+    // Bob alone, then Alice beside him: Bob's rate must not drop to hers,
+    // and hers must be her quota.
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let bob = producing(
+        server.addr,
+        "bob",
+        BOB_PASSWORD,
+        "q.bob",
+        4096,
+        stop.clone(),
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (b0, t0) = (bob.load(Ordering::Relaxed), Instant::now());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let bob_alone = (bob.load(Ordering::Relaxed) - b0) as f64 / t0.elapsed().as_secs_f64();
+    let alice = producing(
+        server.addr,
+        "alice",
+        ALICE_PASSWORD,
+        "q.alice",
+        4096,
+        stop.clone(),
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (a1, b1, t1) = (
+        alice.load(Ordering::Relaxed),
+        bob.load(Ordering::Relaxed),
+        Instant::now(),
+    );
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let secs = t1.elapsed().as_secs_f64();
+    let alice_rate = (alice.load(Ordering::Relaxed) - a1) as f64 / secs;
+    let bob_beside = (bob.load(Ordering::Relaxed) - b1) as f64 / secs;
+    stop.store(true, Ordering::Relaxed);
+    eprintln!(
+        "bob alone {bob_alone:.0} B/s, beside alice {bob_beside:.0} B/s; alice {alice_rate:.0} B/s"
+    );
+    assert!(
+        (0.8..=1.2).contains(&(alice_rate / RATE as f64)),
+        "alice produced {alice_rate:.0} B/s under a quota of {RATE} B/s"
+    );
+    assert!(
+        bob_beside > 5.0 * RATE as f64 && bob_beside > 0.5 * bob_alone,
+        "bob slowed down: {bob_alone:.0} B/s alone, {bob_beside:.0} B/s beside alice"
+    );
+
+    // Fetching: Alice reads 2.5 MB of her topic at 1 MB/s (less one
+    // burst), one fetch at a time.
+    let mut reader = Raw::connect(server.addr).await;
+    reader.login("alice", ALICE_PASSWORD).await.expect("login");
+    let started = Instant::now();
+    let (mut offset, mut read) = (0u64, 0usize);
+    while read < 2_500_000 {
+        reader.next += 1;
+        let fetch = Request::Fetch(FetchRequest {
+            topic: "q.alice".into(),
+            partition: 0,
+            offset,
+            max_bytes: 256 * 1024,
+            max_wait_ms: 0,
+        });
+        reader
+            .framed
+            .send(fetch.to_frame(reader.next))
+            .await
+            .expect("send");
+        let frame = reader.framed.next().await.expect("answer").expect("frame");
+        assert!(!frame.is_error(), "fetch refused");
+        let Ok(Response::Fetch(r)) = Response::decode(frame.kind, frame.body.clone()) else {
+            panic!("not a fetch response");
+        };
+        assert!(r.next_offset > offset, "no progress at {offset}");
+        offset = r.next_offset;
+        read += frame.body.len();
+    }
+    let took = started.elapsed().as_secs_f64();
+    let fetch_rate = read as f64 / took;
+    assert!(
+        (0.8..=1.2).contains(&(fetch_rate / RATE as f64)),
+        "alice fetched {fetch_rate:.0} B/s under a quota of {RATE} B/s"
+    );
+
+    // Bob may hold three connections (his producer's is closed by now).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut c = Raw::connect(server.addr).await;
+        c.login("bob", BOB_PASSWORD)
+            .await
+            .expect("within the limit");
+        held.push(c);
+    }
+    let mut fourth = Raw::connect(server.addr).await;
+    let answer = fourth.login("bob", BOB_PASSWORD).await;
+    let Err((Some(ErrorCode::LimitReached), message)) = &answer else {
+        panic!("a fourth connection for bob: {answer:?}");
+    };
+    assert!(message.contains("bob"), "{message}");
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    fourth
+        .login("bob", BOB_PASSWORD)
+        .await
+        .expect("a slot came free");
+
+    // The pauses are in the metrics, by principal.
+    let metrics = server.http_get("/metrics");
+    let throttled = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("spool_quota_throttle_seconds_total")
+                && l.contains("principal=\"alice\"")
+                && l.contains("direction=\"produce\"")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(throttled > 1.0, "alice's produce pauses: {throttled}");
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("spool_quota_throttle_seconds_total")
+                && l.contains("principal=\"bob\"")),
+        "bob was throttled"
+    );
 }

@@ -308,7 +308,21 @@ fn request() -> impl Strategy<Value = Request> {
         acl().prop_map(|acl| Request::AddAcl(AddAclRequest { acl })),
         acl().prop_map(|acl| Request::RemoveAcl(RemoveAclRequest { acl })),
         Just(Request::ListAcls(ListAclsRequest)),
+        quota().prop_map(|quota| Request::SetQuota(SetQuotaRequest { quota })),
+        name().prop_map(|principal| Request::RemoveQuota(RemoveQuotaRequest { principal })),
+        Just(Request::ListQuotas(ListQuotasRequest)),
     ]
+}
+
+fn quota() -> impl Strategy<Value = WireQuota> {
+    (name(), any::<u64>(), any::<u64>(), any::<u32>()).prop_map(
+        |(principal, produce_bytes_per_sec, fetch_bytes_per_sec, max_connections)| WireQuota {
+            principal,
+            produce_bytes_per_sec,
+            fetch_bytes_per_sec,
+            max_connections,
+        },
+    )
 }
 
 fn acl() -> impl Strategy<Value = WireAcl> {
@@ -683,9 +697,15 @@ fn response() -> impl Strategy<Value = (u16, Response)> {
         )),
         Just((kind::ADD_ACL, Response::Done)),
         Just((kind::REMOVE_ACL, Response::Done)),
+        Just((kind::SET_QUOTA, Response::Done)),
+        Just((kind::REMOVE_QUOTA, Response::Done)),
         vec(acl(), 0..3).prop_map(|acls| (
             kind::LIST_ACLS,
             Response::ListAcls(ListAclsResponse { acls })
+        )),
+        vec(quota(), 0..3).prop_map(|quotas| (
+            kind::LIST_QUOTAS,
+            Response::ListQuotas(ListQuotasResponse { quotas })
         )),
     ]
 }

@@ -7,6 +7,8 @@
 //!   `<data>/acls`; deny by default, the user `admin` may do everything.
 //! - [`required`]: what each request kind needs, decided for every kind in
 //!   one exhaustive match.
+//! - [`quotas`]: byte rates and connection limits per principal, in
+//!   `<data>/quotas`, enforced by slowing down.
 
 /// TLS, users, access rules and the threat model (`docs/security.md`).
 pub mod guide {
@@ -15,6 +17,7 @@ pub mod guide {
 pub mod acl;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+pub mod quotas;
 pub mod required;
 pub mod users;
 
@@ -27,6 +30,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 pub use acl::{AclStore, Rule};
+pub use quotas::{ConnectionQuota, Direction, Quota, QuotaStore};
 pub use users::UserStore;
 
 /// The user who may do everything.
@@ -145,9 +149,12 @@ pub enum AuthError {
     /// The name or password breaks a rule.
     #[error("{0}")]
     Invalid(String),
-    /// No such user or rule.
+    /// No such user, rule or quota.
     #[error("{0}")]
     NotFound(String),
+    /// The principal holds as many connections as its quota allows.
+    #[error("{0}")]
+    TooManyConnections(String),
     /// The users or rules file could not be read or written.
     #[error("security storage: {0}")]
     Storage(#[from] crate::storage::StorageError),
@@ -159,6 +166,8 @@ pub struct Auth {
     pub users: UserStore,
     /// Access rules.
     pub acls: AclStore,
+    /// Byte rates and connection limits.
+    pub quotas: std::sync::Arc<QuotaStore>,
     failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
 }
 
@@ -177,6 +186,7 @@ impl Auth {
         Ok(Auth {
             users: UserStore::open(dir)?,
             acls: AclStore::open(dir)?,
+            quotas: std::sync::Arc::new(QuotaStore::open(dir)?),
             failures: Mutex::default(),
         })
     }

@@ -70,6 +70,9 @@ pub fn needs(request: &Request) -> Needs {
         | Request::ListUsers(_)
         | Request::AddAcl(_)
         | Request::RemoveAcl(_)
-        | Request::ListAcls(_) => cluster(Admin),
+        | Request::ListAcls(_)
+        | Request::SetQuota(_)
+        | Request::RemoveQuota(_)
+        | Request::ListQuotas(_) => cluster(Admin),
     }
 }

@@ -38,6 +38,7 @@ use super::errors::error;
 use super::frame_reader::{FrameMemory, FrameReader, ReadError, ReadHalf};
 use super::handlers;
 use super::ServerContext;
+use crate::auth::{ConnectionQuota, Direction};
 use crate::broker::MemberId;
 use crate::metrics;
 
@@ -205,6 +206,8 @@ struct Handler {
     last_frame: Instant,
     /// Who the connection acts as, once authenticated.
     principal: Option<String>,
+    /// Its principal's quota, once authenticated.
+    quota: Option<Arc<ConnectionQuota>>,
 }
 
 type Permits = (OwnedSemaphorePermit, OwnedSemaphorePermit);
@@ -229,6 +232,7 @@ impl Handler {
             joined: Vec::new(),
             last_frame: Instant::now(),
             principal: None,
+            quota: None,
         }
     }
 
@@ -269,6 +273,15 @@ impl Handler {
             // A produce's batch is appended by now; what other requests keep
             // of their (small) bodies is counted in the connection's budget.
             drop(memory);
+            if kind_ == kind::PRODUCE {
+                let pause = charge(self.quota.as_deref(), Direction::Produce, body_len);
+                // Reading nothing more is what slows the client down (its
+                // requests wait in its socket, then in its own window).
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(pause) => {}
+                }
+            }
         }
     }
 
@@ -452,8 +465,9 @@ impl Handler {
         let ip = self.peer.map(|p| p.ip());
         let user = r.user.clone();
         // argon2 is slow on purpose: off the async threads.
+        let checking = auth.clone();
         let checked =
-            tokio::task::spawn_blocking(move || auth.authenticate(ip, &r.user, &r.password))
+            tokio::task::spawn_blocking(move || checking.authenticate(ip, &r.user, &r.password))
                 .await
                 .map_err(|e| {
                     error(
@@ -463,7 +477,17 @@ impl Handler {
                 })?;
         match checked {
             Ok(principal) => {
+                // A connection that authenticates again stops counting
+                // as its former principal's first.
+                self.quota = None;
+                self.principal = None;
+                let quota = auth.quotas.connect(&principal).map_err(|e| {
+                    metrics::QUOTA_CONNECTIONS_REFUSED.inc();
+                    tracing::warn!(principal = %principal, peer = ?self.peer, error = %e, "connection refused by its principal's quota");
+                    super::handlers::security::auth_error(&e)
+                })?;
                 tracing::debug!(principal = %principal, peer = ?self.peer, "authenticated");
+                self.quota = Some(Arc::new(quota));
                 self.principal = Some(principal.clone());
                 Ok(spool_protocol::requests::AuthenticateResponse { principal }.into())
             }
@@ -581,6 +605,22 @@ impl Handler {
                 self.lock_waits.spawn(async move {
                     let reply = dispatch(&ctx, Request::AcquireLock(r)).await;
                     respond(&tx, reply, kind_, correlation_id, started, permits).await;
+                });
+            }
+            request @ (Request::Fetch(_) | Request::Deliver(_)) => {
+                let quota = self.quota.clone();
+                self.tasks.spawn(async move {
+                    let reply = dispatch(&ctx, request).await;
+                    let frame = to_frame(reply, kind_, correlation_id);
+                    let bytes = frame.body.len() + frame.tail.len();
+                    // Held back, not cut short: the client waits for what
+                    // it asked for as long as its rate requires.
+                    let pause = charge(quota.as_deref(), Direction::Fetch, bytes);
+                    tokio::select! {
+                        _ = ctx.shutdown.cancelled() => {}
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                    send_frame(&tx, frame, kind_, started, permits).await;
                 });
             }
             request => {
@@ -824,7 +864,10 @@ async fn dispatch(ctx: &ServerContext, request: Request) -> Result<Response, Err
         | Request::ListUsers(_)
         | Request::AddAcl(_)
         | Request::RemoveAcl(_)
-        | Request::ListAcls(_)) => handlers::security::handle(ctx.auth.clone(), admin).await,
+        | Request::ListAcls(_)
+        | Request::SetQuota(_)
+        | Request::RemoveQuota(_)
+        | Request::ListQuotas(_)) => handlers::security::handle(ctx.auth.clone(), admin).await,
         lock @ (Request::OpenSession(_)
         | Request::KeepAlive(_)
         | Request::CloseSession(_)
@@ -867,17 +910,47 @@ async fn respond(
     kind_: u16,
     correlation_id: u32,
     started: Instant,
-    permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+    permits: Permits,
+) {
+    let frame = to_frame(reply, kind_, correlation_id);
+    send_frame(tx, frame, kind_, started, permits).await;
+}
+
+async fn send_frame(
+    tx: &mpsc::Sender<Outgoing>,
+    frame: Frame,
+    kind_: u16,
+    started: Instant,
+    permits: Permits,
 ) {
     metrics::REQUEST_SECONDS
         .with_label_values(&[kind_name(kind_)])
         .observe(started.elapsed().as_secs_f64());
     // A closed channel means the client is gone; nothing to do.
     let out = Outgoing {
-        frame: to_frame(reply, kind_, correlation_id),
+        frame,
         permits: Some(permits),
     };
     let _ = tx.send(out).await;
+}
+
+/// Counts a transfer against the connection's quota (with auth on): how
+/// long to pause, with the bytes and the pause in the metrics.
+fn charge(quota: Option<&ConnectionQuota>, direction: Direction, bytes: usize) -> Duration {
+    let Some(quota) = quota else {
+        return Duration::ZERO;
+    };
+    let labels = [quota.principal(), direction.name()];
+    metrics::QUOTA_BYTES
+        .with_label_values(&labels)
+        .inc_by(bytes as u64);
+    let pause = quota.charge(direction, bytes);
+    if !pause.is_zero() {
+        metrics::QUOTA_THROTTLE_SECONDS
+            .with_label_values(&labels)
+            .inc_by(pause.as_secs_f64());
+    }
+    pause
 }
 
 fn kind_name(k: u16) -> &'static str {

@@ -60,8 +60,8 @@ pub use replica::{
 };
 pub use security::{
     AddAclRequest, AuthenticateRequest, AuthenticateResponse, DeleteUserRequest, ListAclsRequest,
-    ListAclsResponse, ListUsersRequest, ListUsersResponse, RemoveAclRequest, UpsertUserRequest,
-    WireAcl,
+    ListAclsResponse, ListQuotasRequest, ListQuotasResponse, ListUsersRequest, ListUsersResponse,
+    RemoveAclRequest, RemoveQuotaRequest, SetQuotaRequest, UpsertUserRequest, WireAcl, WireQuota,
 };
 pub use topics::{
     CreateTopicRequest, DeleteTopicRequest, DescribeTopicRequest, ListTopicsRequest,
@@ -160,6 +160,12 @@ pub mod kind {
     pub const REMOVE_ACL: u16 = 43;
     /// `ListAclsRequest`.
     pub const LIST_ACLS: u16 = 44;
+    /// `SetQuotaRequest`: a principal's byte rates and connection limit.
+    pub const SET_QUOTA: u16 = 45;
+    /// `RemoveQuotaRequest`.
+    pub const REMOVE_QUOTA: u16 = 46;
+    /// `ListQuotasRequest`.
+    pub const LIST_QUOTAS: u16 = 47;
 }
 
 /// A request body: its kind number and the type of its successful reply.
@@ -347,6 +353,12 @@ requests! {
     RemoveAcl(RemoveAclRequest) = REMOVE_ACL => ();
     /// List access rules.
     ListAcls(ListAclsRequest) = LIST_ACLS => ListAclsResponse;
+    /// Set a principal's quota.
+    SetQuota(SetQuotaRequest) = SET_QUOTA => ();
+    /// Remove a principal's quota.
+    RemoveQuota(RemoveQuotaRequest) = REMOVE_QUOTA => ();
+    /// List quotas.
+    ListQuotas(ListQuotasRequest) = LIST_QUOTAS => ListQuotasResponse;
 }
 
 /// Declares the successful replies: one variant per reply type, with the
@@ -441,6 +453,8 @@ responses! {
     ListUsers(ListUsersResponse),
     /// Access rules.
     ListAcls(ListAclsResponse),
+    /// Quotas.
+    ListQuotas(ListQuotasResponse),
 }
 
 /// An error response.

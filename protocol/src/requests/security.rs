@@ -274,3 +274,115 @@ impl Wire for ListAclsResponse {
         })
     }
 }
+
+/// A principal's quota: byte rates for produce and fetch, and how many
+/// connections it may hold at once. 0 means unlimited. A broker slows a
+/// principal over its rates down (it delays, it never drops).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WireQuota {
+    /// A user, or `*`: every principal without a quota of its own.
+    pub principal: String,
+    /// Produced bytes per second (request bytes).
+    pub produce_bytes_per_sec: u64,
+    /// Fetched and delivered bytes per second (response bytes).
+    pub fetch_bytes_per_sec: u64,
+    /// Connections at once.
+    pub max_connections: u32,
+}
+
+/// Sets a principal's quota (replacing the one it had).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetQuotaRequest {
+    /// The quota.
+    pub quota: WireQuota,
+}
+
+/// Removes a principal's quota (it falls back to `*`'s, or none).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoveQuotaRequest {
+    /// The principal.
+    pub principal: String,
+}
+
+/// Lists quotas.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListQuotasRequest;
+
+/// The quotas.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListQuotasResponse {
+    /// The quotas, by principal.
+    pub quotas: Vec<WireQuota>,
+}
+
+impl Wire for WireQuota {
+    const MIN_LEN: usize = 2 + 8 + 8 + 4;
+
+    fn put(&self, b: &mut BytesMut) {
+        put_string(b, &self.principal);
+        b.put_u64_le(self.produce_bytes_per_sec);
+        b.put_u64_le(self.fetch_bytes_per_sec);
+        b.put_u32_le(self.max_connections);
+    }
+
+    fn get(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(WireQuota {
+            principal: r.string("principal")?,
+            produce_bytes_per_sec: r.u64("produce bytes per second")?,
+            fetch_bytes_per_sec: r.u64("fetch bytes per second")?,
+            max_connections: r.u32("max connections")?,
+        })
+    }
+}
+
+impl Wire for SetQuotaRequest {
+    const MIN_LEN: usize = WireQuota::MIN_LEN;
+
+    fn put(&self, b: &mut BytesMut) {
+        self.quota.put(b);
+    }
+
+    fn get(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(SetQuotaRequest {
+            quota: WireQuota::get(r)?,
+        })
+    }
+}
+
+impl Wire for RemoveQuotaRequest {
+    const MIN_LEN: usize = 2;
+
+    fn put(&self, b: &mut BytesMut) {
+        put_string(b, &self.principal);
+    }
+
+    fn get(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(RemoveQuotaRequest {
+            principal: r.string("principal")?,
+        })
+    }
+}
+
+impl Wire for ListQuotasRequest {
+    const MIN_LEN: usize = 0;
+
+    fn put(&self, _: &mut BytesMut) {}
+
+    fn get(_: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(ListQuotasRequest)
+    }
+}
+
+impl Wire for ListQuotasResponse {
+    const MIN_LEN: usize = 4;
+
+    fn put(&self, b: &mut BytesMut) {
+        put_list(b, &self.quotas);
+    }
+
+    fn get(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(ListQuotasResponse {
+            quotas: r.list("quota count")?,
+        })
+    }
+}

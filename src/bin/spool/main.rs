@@ -103,6 +103,12 @@ enum Command {
         #[command(subcommand)]
         command: security::AclCommand,
     },
+    /// Quotas (with `spool serve --auth`): byte rates and connection
+    /// limits per principal.
+    Quotas {
+        #[command(subcommand)]
+        command: security::QuotasCommand,
+    },
     Produce(produce::ProduceArgs),
     /// Print message values, one per line.
     Consume(consume::ConsumeArgs),
@@ -274,6 +280,7 @@ fn main() -> ExitCode {
             Command::Lock(args) => locks::run_lock(args).await,
             Command::Users { command } => security::run_users(command).await,
             Command::Acl { command } => security::run_acl(command).await,
+            Command::Quotas { command } => security::run_quotas(command).await,
             Command::Locks { command } => locks::run_locks(command).await,
             Command::Consume(args) => consume::run(args).await,
             Command::Inspect(args) => inspect::run(args),

@@ -1,4 +1,5 @@
-//! `spool users add|remove|list` and `spool acl add|remove|list`: offline
+//! `spool users add|remove|list`, `spool acl add|remove|list` and
+//! `spool quotas set|remove|list`: offline
 //! on a stopped broker's data directory (`--data`, e.g. the first admin
 //! before the first start), or online through a broker (`--addr`, as an
 //! admin).
@@ -6,10 +7,10 @@
 use std::io::BufRead;
 use std::path::PathBuf;
 
-use spool::auth::{Auth, ResourceKind, Rule};
+use spool::auth::{Auth, Quota, ResourceKind, Rule};
 use spool::protocol::requests::{
-    AddAclRequest, DeleteUserRequest, ListAclsRequest, ListUsersRequest, RemoveAclRequest,
-    UpsertUserRequest, WireAcl,
+    AddAclRequest, DeleteUserRequest, ListAclsRequest, ListQuotasRequest, ListUsersRequest,
+    RemoveAclRequest, RemoveQuotaRequest, SetQuotaRequest, UpsertUserRequest, WireAcl,
 };
 
 use crate::{Failure, DEFAULT_ADDR};
@@ -123,6 +124,69 @@ pub enum AclCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(clap::Subcommand)]
+pub enum QuotasCommand {
+    /// Set a principal's quota (replacing the one it had); a principal over
+    /// its rates is slowed down, not refused.
+    #[command(
+        after_help = "Rates are bytes per second, with an optional unit: 500k, 1M, 1MiB, 2G (k, M, G: powers of 1000; Ki, Mi, Gi: of 1024).\n\nExamples:\n  spool quotas set alice --produce 1MiB --fetch 5MiB --connections 10\n  spool quotas set '*' --connections 50"
+    )]
+    Set {
+        /// A user, or `*` for everyone without a quota of their own.
+        principal: String,
+        /// Produced bytes per second [default: unlimited].
+        #[arg(long, value_parser = parse_rate)]
+        produce: Option<u64>,
+        /// Fetched and delivered bytes per second [default: unlimited].
+        #[arg(long, value_parser = parse_rate)]
+        fetch: Option<u64>,
+        /// Connections at once [default: unlimited].
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        connections: Option<u32>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Remove a principal's quota (it falls back to `*`'s, or none).
+    Remove {
+        /// The principal.
+        principal: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List quotas.
+    List {
+        #[command(flatten)]
+        target: Target,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A byte rate: a number with an optional unit (k, M, G in powers of 1000;
+/// Ki, Mi, Gi in powers of 1024; a trailing `B` and `/s` are allowed).
+fn parse_rate(text: &str) -> Result<u64, String> {
+    let t = text.trim().trim_end_matches("/s").trim_end_matches('B');
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let scale: u64 = match unit {
+        "" => 1,
+        "k" | "K" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        other => return Err(format!("unknown unit {other:?} in {text:?}")),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{text:?} is not a positive byte rate"))
 }
 
 fn read_password() -> Result<String, Failure> {
@@ -251,4 +315,105 @@ pub async fn run_acl(command: AclCommand) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+pub async fn run_quotas(command: QuotasCommand) -> Result<(), Failure> {
+    match command {
+        QuotasCommand::Set {
+            principal,
+            produce,
+            fetch,
+            connections,
+            target,
+        } => {
+            let quota = Quota {
+                produce_bytes_per_sec: produce,
+                fetch_bytes_per_sec: fetch,
+                max_connections: connections,
+            };
+            match at(target).await? {
+                Where::Offline(auth) => auth.quotas.set(&principal, quota).map_err(refused)?,
+                Where::Online(client) => {
+                    client
+                        .call(&SetQuotaRequest {
+                            quota: quota.to_wire(&principal),
+                        })
+                        .await?
+                }
+            }
+            println!("quota for {principal} saved");
+        }
+        QuotasCommand::Remove { principal, target } => {
+            match at(target).await? {
+                Where::Offline(auth) => auth.quotas.remove(&principal).map_err(refused)?,
+                Where::Online(client) => {
+                    client
+                        .call(&RemoveQuotaRequest {
+                            principal: principal.clone(),
+                        })
+                        .await?
+                }
+            }
+            println!("quota for {principal} removed");
+        }
+        QuotasCommand::List { target, json } => {
+            let quotas: Vec<(String, Quota)> = match at(target).await? {
+                Where::Offline(auth) => auth.quotas.list(),
+                Where::Online(client) => client
+                    .call(&ListQuotasRequest)
+                    .await?
+                    .quotas
+                    .iter()
+                    .map(Quota::from_wire)
+                    .collect(),
+            };
+            if json {
+                let list: Vec<serde_json::Value> = quotas
+                    .iter()
+                    .map(|(principal, q)| {
+                        serde_json::json!({
+                            "principal": principal,
+                            "produce_bytes_per_sec": q.produce_bytes_per_sec,
+                            "fetch_bytes_per_sec": q.fetch_bytes_per_sec,
+                            "max_connections": q.max_connections,
+                        })
+                    })
+                    .collect();
+                return crate::print_json(&serde_json::Value::Array(list));
+            }
+            let show = |n: Option<u64>| n.map_or("unlimited".to_string(), |n| format!("{n} B/s"));
+            println!(
+                "{:<20} {:>16} {:>16} {:>12}",
+                "PRINCIPAL", "PRODUCE", "FETCH", "CONNECTIONS"
+            );
+            for (principal, q) in &quotas {
+                println!(
+                    "{:<20} {:>16} {:>16} {:>12}",
+                    principal,
+                    show(q.produce_bytes_per_sec),
+                    show(q.fetch_bytes_per_sec),
+                    q.max_connections
+                        .map_or("unlimited".to_string(), |n| n.to_string())
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_rate;
+
+    #[test]
+    fn rates_take_decimal_and_binary_units() {
+        assert_eq!(parse_rate("1048576"), Ok(1 << 20));
+        assert_eq!(parse_rate("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_rate("1MiB/s"), Ok(1 << 20));
+        assert_eq!(parse_rate("500k"), Ok(500_000));
+        assert_eq!(parse_rate("2G"), Ok(2_000_000_000));
+        assert!(parse_rate("0").is_err());
+        assert!(parse_rate("1 parsec").is_err());
+        assert!(parse_rate("99999999999999999999G").is_err());
+    }
 }

@@ -1,19 +1,20 @@
-//! Users and access rules, administered over the protocol (the access
+//! Users, access rules and quotas, administered over the protocol (the access
 //! rules require `admin` on the cluster for these).
 
 use std::sync::Arc;
 
-use spool_protocol::requests::{ListAclsResponse, ListUsersResponse};
+use spool_protocol::requests::{ListAclsResponse, ListQuotasResponse, ListUsersResponse};
 use spool_protocol::{ErrorCode, ErrorResponse, Request, Response};
 
-use crate::auth::{Auth, AuthError, Rule};
+use crate::auth::{Auth, AuthError, Quota, Rule};
 use crate::server::errors::error;
 
-fn auth_error(e: &AuthError) -> ErrorResponse {
+pub(crate) fn auth_error(e: &AuthError) -> ErrorResponse {
     let code = match e {
         AuthError::BadCredentials(_) | AuthError::RateLimited(_) => ErrorCode::AuthenticationFailed,
         AuthError::Invalid(_) => ErrorCode::InvalidConfig,
         AuthError::NotFound(_) => ErrorCode::InvalidConfig,
+        AuthError::TooManyConnections(_) => ErrorCode::LimitReached,
         AuthError::Storage(_) => ErrorCode::StorageError,
     };
     error(code, e.to_string())
@@ -48,6 +49,20 @@ fn answer(auth: &Auth, request: Request) -> Result<Response, ErrorResponse> {
         }
         Request::ListAcls(_) => Ok(ListAclsResponse {
             acls: auth.acls.list().iter().map(Rule::to_wire).collect(),
+        }
+        .into()),
+        Request::SetQuota(r) => {
+            let (principal, quota) = Quota::from_wire(&r.quota);
+            done(auth.quotas.set(&principal, quota))
+        }
+        Request::RemoveQuota(r) => done(auth.quotas.remove(&r.principal)),
+        Request::ListQuotas(_) => Ok(ListQuotasResponse {
+            quotas: auth
+                .quotas
+                .list()
+                .iter()
+                .map(|(principal, quota)| quota.to_wire(principal))
+                .collect(),
         }
         .into()),
         other => Err(error(
