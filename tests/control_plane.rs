@@ -36,6 +36,7 @@ async fn start(id: u64, root: &Path, voters: &BTreeMap<NodeId, String>) -> Contr
             ClusterState::new(1500),
             &RaftTimings::default(),
             spool::cluster::raft::PeerRoutes::default(),
+            None,
         )
         .await
         {

@@ -8,61 +8,12 @@ mod common;
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::cli::{spool, stderr, stdout};
+use common::pki::Pki;
 use common::server::SpoolServer;
-use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 use spool::client::{Client, ConnectOptions, TlsOptions, TopicOptions};
-
-/// A CA, and certificates it signs, written as PEM files in `dir`.
-struct Pki {
-    dir: PathBuf,
-    ca: rcgen::Certificate,
-    ca_key: KeyPair,
-}
-
-impl Pki {
-    fn new(dir: &Path, name: &str) -> Pki {
-        let ca_key = KeyPair::generate().expect("CA key");
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, format!("{name} test CA"));
-        let ca = params.self_signed(&ca_key).expect("CA certificate");
-        std::fs::write(dir.join(format!("{name}-ca.pem")), ca.pem()).expect("write CA");
-        Pki {
-            dir: dir.to_path_buf(),
-            ca,
-            ca_key,
-        }
-    }
-
-    fn ca_file(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("{name}-ca.pem"))
-    }
-
-    /// A certificate for `names` (DNS names or IP addresses); returns its
-    /// (certificate, key) files.
-    fn issue(&self, file: &str, names: &[&str]) -> (PathBuf, PathBuf) {
-        let key = KeyPair::generate().expect("key");
-        let params =
-            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .expect("params");
-        let cert = params
-            .signed_by(&key, &self.ca, &self.ca_key)
-            .expect("certificate");
-        let (c, k) = (
-            self.dir.join(format!("{file}.pem")),
-            self.dir.join(format!("{file}.key")),
-        );
-        std::fs::write(&c, cert.pem()).expect("write certificate");
-        std::fs::write(&k, key.serialize_pem()).expect("write key");
-        (c, k)
-    }
-}
 
 fn tls_server(pki: &Pki, extra: &[&str]) -> SpoolServer {
     let (cert, key) = pki.issue("broker", &["127.0.0.1", "localhost"]);
@@ -228,4 +179,80 @@ async fn with_a_client_ca_only_clients_with_its_certificates_are_served() {
         Ok(client) => client.list_topics().await.is_err(),
     };
     assert!(refused, "a certificate from another CA was accepted");
+}
+
+#[tokio::test]
+async fn with_auth_a_client_certificate_names_the_principal_and_needs_no_password() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::new(dir.path(), "good");
+    let clients = Pki::new(dir.path(), "clients");
+    let client_ca = clients.ca_file("clients").display().to_string();
+    let server = tls_server(&pki, &["--tls-client-ca", &client_ca, "--auth"]);
+    let as_cert = |file: &str, cn: &str| {
+        let (cert, key) = clients.issue_named(file, cn, &[]);
+        TlsOptions::with_client_cert(&pki.ca_file("good"), &cert, &key).expect("identity")
+    };
+
+    // Alice's certificate makes her alice: refused by the rules (naming
+    // her), not asked for a password.
+    let alice = Client::connect_with(server.addr, options(as_cert("alice", "alice")))
+        .await
+        .expect("alice connects");
+    let err = alice
+        .create_topic("orders.eu", 1, TopicOptions::default())
+        .await
+        .err()
+        .expect("no rule yet");
+    assert!(
+        err.to_string().contains("alice may not create topic"),
+        "{err}"
+    );
+
+    // The admin's certificate, through the command line: allows her.
+    let (cert, key) = clients.issue_named("admin", "admin", &[]);
+    let addr = server.addr.to_string();
+    let ca = pki.ca_file("good").display().to_string();
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let cli = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend([
+            "--addr",
+            &addr,
+            "--tls-ca",
+            &ca,
+            "--tls-client-cert",
+            &cert,
+            "--tls-client-key",
+            &key,
+        ]);
+        spool(&all, None)
+    };
+    let out = cli(&[
+        "acl",
+        "add",
+        "alice",
+        "--allow",
+        "create,produce",
+        "--topic",
+        "orders.*",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    alice
+        .create_topic("orders.eu", 1, TopicOptions::default())
+        .await
+        .expect("allowed now");
+    alice
+        .produce_batch("orders.eu", 0, common::cluster::batch("by certificate"))
+        .await
+        .expect("produce");
+    let out = cli(&["topics", "list"]);
+    assert!(stdout(&out).contains("orders.eu"), "{}", stderr(&out));
+
+    // A certificate whose name is no user name names nobody: the
+    // connection must still authenticate with a password.
+    let nobody = Client::connect_with(server.addr, options(as_cert("odd", "not a user!")))
+        .await
+        .expect("connects");
+    let err = nobody.list_topics().await.err().expect("no principal");
+    assert!(err.to_string().contains("authenticate first"), "{err}");
 }

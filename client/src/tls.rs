@@ -131,7 +131,7 @@ impl TlsOptions {
     }
 
     /// The TLS handshake over `stream`, to the broker at `addr`.
-    pub(crate) async fn connect(
+    pub async fn connect(
         &self,
         addr: SocketAddr,
         stream: TcpStream,

@@ -35,6 +35,20 @@ pub use users::UserStore;
 
 /// The user who may do everything.
 pub const ADMIN: &str = "admin";
+/// How the principals of the cluster's brokers begin (they come from
+/// certificates signed by the cluster CA; no user name has a `:`). Brokers
+/// may do everything.
+pub const BROKER_PREFIX: &str = "broker:";
+
+/// The principal of the broker whose certificate names it `name`.
+pub fn broker_principal(name: &str) -> String {
+    format!("{BROKER_PREFIX}{name}")
+}
+
+/// True for a broker's principal.
+pub fn is_broker(principal: &str) -> bool {
+    principal.starts_with(BROKER_PREFIX)
+}
 /// Failed authentications from one address within [`FAILURE_WINDOW`]
 /// after which its attempts are refused unchecked until the window ends.
 pub const MAX_FAILURES: u32 = 5;
@@ -229,6 +243,8 @@ impl Auth {
         kind: ResourceKind,
         name: &str,
     ) -> bool {
-        principal == ADMIN || self.acls.allows(principal, operation, kind, name)
+        principal == ADMIN
+            || is_broker(principal)
+            || self.acls.allows(principal, operation, kind, name)
     }
 }

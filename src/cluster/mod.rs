@@ -10,6 +10,7 @@ pub mod guide {
 mod dead_letters;
 mod locks;
 pub mod node;
+pub mod peer_tls;
 pub mod placement;
 pub mod raft;
 pub mod replica_progress;

@@ -40,6 +40,9 @@ pub enum NotServed {
 pub struct ClusterNode {
     control: ControlPlane,
     pub(super) broker: Broker,
+    /// How this broker connects to other brokers' client ports (TLS with
+    /// the cluster's certificate when the client port speaks TLS).
+    pub(super) to_brokers: spool_client::ConnectOptions,
     /// The replicated partitions this broker leads and follows.
     pub(super) replicas: Replicas,
     stop: CancellationToken,
@@ -55,10 +58,12 @@ impl ClusterNode {
         control: ControlPlane,
         broker: Broker,
         replication: ReplicationSettings,
+        to_brokers: spool_client::ConnectOptions,
     ) -> Arc<ClusterNode> {
         let node = Arc::new(ClusterNode {
             control,
             broker,
+            to_brokers,
             replicas: Replicas::new(replication),
             stop: CancellationToken::new(),
             others: tokio::sync::Mutex::default(),
@@ -489,7 +494,7 @@ impl ClusterNode {
         // has something better to do than back off on it.
         let options = spool_client::ConnectOptions {
             connect_attempts: 1,
-            ..Default::default()
+            ..self.to_brokers.clone()
         };
         let client = spool_client::Client::connect_with(sock, options)
             .await
@@ -673,7 +678,7 @@ impl ClusterNode {
             .map(|m| m.client_addr.clone())
             .ok_or_else(|| format!("holder {holder} is not a member"))?;
         let addr: std::net::SocketAddr = addr.parse().map_err(|_| format!("bad address {addr}"))?;
-        let client = spool_client::Client::connect(addr)
+        let client = spool_client::Client::connect_with(addr, self.to_brokers.clone())
             .await
             .map_err(|e| e.to_string())?;
         {

@@ -759,7 +759,7 @@ impl ClusterNode {
                         let sock: std::net::SocketAddr = addr
                             .parse()
                             .map_err(|_| format!("leader address {addr:?} is not an address"))?;
-                        let c = spool_client::Client::connect(sock)
+                        let c = spool_client::Client::connect_with(sock, self.to_brokers.clone())
                             .await
                             .map_err(|e| e.to_string())?;
                         client = Some(c.clone());

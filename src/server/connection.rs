@@ -108,6 +108,8 @@ pub async fn serve(
 ) {
     let peer = stream.peer_addr().ok();
     let _ = stream.set_nodelay(true);
+    // Who a verified client certificate says the client is.
+    let mut certified = None;
     let (rd, wr): (ReadHalf, WriteHalf) = match tls {
         None => {
             let (rd, wr) = stream.into_split();
@@ -117,6 +119,9 @@ pub async fn serve(
             let deadline = crate::server::tls::HANDSHAKE_DEADLINE;
             let failed = match tokio::time::timeout(deadline, tls.acceptor.accept(stream)).await {
                 Ok(Ok(stream)) => {
+                    certified = stream.get_ref().1.peer_certificates().and_then(|chain| {
+                        crate::server::tls::certified_principal(chain, ctx.peer_tls.as_ref())
+                    });
                     let (rd, wr) = tokio::io::split(stream);
                     Ok((Box::new(rd) as ReadHalf, Box::new(wr) as WriteHalf))
                 }
@@ -137,6 +142,7 @@ pub async fn serve(
     let (tx, rx) = mpsc::channel::<Outgoing>(RESPONSE_QUEUE);
     let writer = tokio::spawn(write_responses(wr, rx));
     let mut handler = Handler::new(ctx, shutdown, peer, tx);
+    handler.certified = certified;
     handler.run(&mut frames).await;
     // Let what was accepted finish (bounded: fetches wait at most 30 s), then
     // close the writer, which flushes what is queued.
@@ -208,6 +214,9 @@ struct Handler {
     principal: Option<String>,
     /// Its principal's quota, once authenticated.
     quota: Option<Arc<ConnectionQuota>>,
+    /// The principal its client certificate names, if any: with
+    /// authentication on, the connection acts as it from the handshake on.
+    certified: Option<String>,
 }
 
 type Permits = (OwnedSemaphorePermit, OwnedSemaphorePermit);
@@ -233,6 +242,7 @@ impl Handler {
             last_frame: Instant::now(),
             principal: None,
             quota: None,
+            certified: None,
         }
     }
 
@@ -401,6 +411,13 @@ impl Handler {
                 "the first request must be a handshake",
             )),
         };
+        // A client certificate authenticates the connection by itself.
+        let reply = match (reply, self.ctx.auth.clone(), self.certified.clone()) {
+            (Ok(reply), Some(auth), Some(principal)) => {
+                self.act_as(&auth, principal).map(|()| reply)
+            }
+            (reply, _, _) => reply,
+        };
         let ok = reply.is_ok();
         let sent = self
             .tx
@@ -408,6 +425,27 @@ impl Handler {
             .await;
         self.handshaken = ok;
         ok && sent.is_ok()
+    }
+
+    /// Makes the connection act as `principal` (authenticated by password
+    /// or certificate), counted against its connection quota (brokers have
+    /// none).
+    fn act_as(&mut self, auth: &crate::auth::Auth, principal: String) -> Result<(), ErrorResponse> {
+        // A connection that authenticates again stops counting as its
+        // former principal's first.
+        self.quota = None;
+        self.principal = None;
+        if !crate::auth::is_broker(&principal) {
+            let quota = auth.quotas.connect(&principal).map_err(|e| {
+                metrics::QUOTA_CONNECTIONS_REFUSED.inc();
+                tracing::warn!(principal = %principal, peer = ?self.peer, error = %e, "connection refused by its principal's quota");
+                super::handlers::security::auth_error(&e)
+            })?;
+            self.quota = Some(Arc::new(quota));
+        }
+        tracing::debug!(principal = %principal, peer = ?self.peer, "authenticated");
+        self.principal = Some(principal);
+        Ok(())
     }
 
     /// With authentication on: answers an authentication, or refuses a
@@ -477,18 +515,7 @@ impl Handler {
                 })?;
         match checked {
             Ok(principal) => {
-                // A connection that authenticates again stops counting
-                // as its former principal's first.
-                self.quota = None;
-                self.principal = None;
-                let quota = auth.quotas.connect(&principal).map_err(|e| {
-                    metrics::QUOTA_CONNECTIONS_REFUSED.inc();
-                    tracing::warn!(principal = %principal, peer = ?self.peer, error = %e, "connection refused by its principal's quota");
-                    super::handlers::security::auth_error(&e)
-                })?;
-                tracing::debug!(principal = %principal, peer = ?self.peer, "authenticated");
-                self.quota = Some(Arc::new(quota));
-                self.principal = Some(principal.clone());
+                self.act_as(&auth, principal.clone())?;
                 Ok(spool_protocol::requests::AuthenticateResponse { principal }.into())
             }
             Err(e) => {

@@ -55,6 +55,9 @@ pub struct ServerConfig {
     /// every request is checked. `None`: anyone who reaches the port may do
     /// everything.
     pub auth: Option<Arc<crate::auth::Auth>>,
+    /// The cluster's mutual TLS: a client certificate it signed is a
+    /// broker's.
+    pub peer_tls: Option<crate::cluster::peer_tls::PeerTls>,
 }
 
 impl Default for ServerConfig {
@@ -69,6 +72,7 @@ impl Default for ServerConfig {
             cluster: None,
             tls: None,
             auth: None,
+            peer_tls: None,
         }
     }
 }
@@ -96,6 +100,8 @@ pub struct ServerContext {
     pub started: std::time::Instant,
     /// Users and access rules, when authentication is on.
     pub auth: Option<Arc<crate::auth::Auth>>,
+    /// The cluster's mutual TLS, to tell brokers' certificates.
+    pub peer_tls: Option<crate::cluster::peer_tls::PeerTls>,
 }
 
 /// A bound, not yet running, server.
@@ -134,6 +140,7 @@ impl Server {
             advertised: listener.local_addr()?.to_string(),
             started: std::time::Instant::now(),
             auth: config.auth.clone(),
+            peer_tls: config.peer_tls.clone(),
         });
         Ok(Server {
             listener,

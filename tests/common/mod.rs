@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod cluster;
 pub mod history;
+pub mod pki;
 pub mod proxy;
 pub mod server;
 

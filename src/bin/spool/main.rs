@@ -50,6 +50,24 @@ struct Cli {
         requires = "tls_ca"
     )]
     tls_server_name: Option<String>,
+    /// TLS: present this client certificate (PEM; mutual TLS). With
+    /// `--auth`, the broker takes the certificate's common name as the
+    /// user, and no password is needed.
+    #[arg(
+        long,
+        global = true,
+        env = "SPOOL_TLS_CLIENT_CERT",
+        requires_all = ["tls_ca", "tls_client_key"]
+    )]
+    tls_client_cert: Option<std::path::PathBuf>,
+    /// TLS: the key of --tls-client-cert (PEM).
+    #[arg(
+        long,
+        global = true,
+        env = "SPOOL_TLS_CLIENT_KEY",
+        requires = "tls_client_cert"
+    )]
+    tls_client_key: Option<std::path::PathBuf>,
     /// Authenticate as this user; the password comes from the
     /// SPOOL_PASSWORD environment variable (never the command line).
     #[arg(long, global = true, env = "SPOOL_USER")]
@@ -236,7 +254,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let mut options = spool::client::ConnectOptions::default();
     if let Some(ca) = &cli.tls_ca {
-        match spool::client::TlsOptions::with_ca_file(ca) {
+        let tls = match (&cli.tls_client_cert, &cli.tls_client_key) {
+            (Some(cert), Some(key)) => spool::client::TlsOptions::with_client_cert(ca, cert, key),
+            _ => spool::client::TlsOptions::with_ca_file(ca),
+        };
+        match tls {
             Ok(tls) => {
                 options.tls = Some(match &cli.tls_server_name {
                     Some(name) => tls.server_name(name),

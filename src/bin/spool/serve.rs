@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use spool::cluster::node::ClusterNode;
+use spool::cluster::peer_tls::PeerTls;
 use spool::cluster::raft::{ControlPlane, PeerRoutes, RaftTimings};
 use spool::cluster::replication::ReplicationSettings;
 use spool::cluster::state::Member;
@@ -117,6 +118,23 @@ pub struct ServeArgs {
     /// mutual TLS.
     #[arg(long, requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
+    /// Cluster: mutual TLS between brokers. This broker's certificate
+    /// chain (PEM), signed by --peer-tls-ca; it must name the address
+    /// peers dial (an IP address SAN) unless --peer-tls-server-name is
+    /// given.
+    #[arg(long)]
+    peer_tls_cert: Option<PathBuf>,
+    /// Cluster TLS: the key of --peer-tls-cert (PEM).
+    #[arg(long)]
+    peer_tls_key: Option<PathBuf>,
+    /// Cluster TLS: the CA that signs every broker's certificate (PEM);
+    /// only brokers with such a certificate may join.
+    #[arg(long)]
+    peer_tls_ca: Option<PathBuf>,
+    /// Cluster TLS: the DNS name every broker's certificate carries
+    /// [default: each peer's IP address].
+    #[arg(long)]
+    peer_tls_server_name: Option<String>,
     /// Require every client to authenticate (users: `spool users`) and
     /// check every request against the access rules (`spool acl`); deny by
     /// default, the user `admin` may do everything.
@@ -195,6 +213,10 @@ impl ServeArgs {
             tls_cert,
             tls_key,
             tls_client_ca,
+            peer_tls_cert,
+            peer_tls_key,
+            peer_tls_ca,
+            peer_tls_server_name,
             auth
         )
     }
@@ -254,10 +276,45 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         .validate()
         .map_err(|e| Failure::usage(e.to_string()))?;
     config.topic_defaults = topic;
-    config.tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(
-            spool::server::tls::ServerTls::load(cert, key, args.tls_client_ca.as_deref())
+    let clustered = args.node_id.is_some();
+    let peer_tls = match (&args.peer_tls_cert, &args.peer_tls_key, &args.peer_tls_ca) {
+        (Some(cert), Some(key), Some(ca)) if clustered => Some(
+            PeerTls::load(cert, key, ca, args.peer_tls_server_name.as_deref())
                 .map_err(Failure::usage)?,
+        ),
+        (None, None, None) if args.peer_tls_server_name.is_none() => None,
+        _ => {
+            return Err(Failure::usage(
+                "cluster TLS needs --node-id and all of --peer-tls-cert, --peer-tls-key and --peer-tls-ca",
+            ))
+        }
+    };
+    if let (Some(clients), Some(brokers)) = (&args.tls_client_ca, &args.peer_tls_ca) {
+        let same = |a: &PathBuf, b: &PathBuf| match (std::fs::read(a), std::fs::read(b)) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        };
+        if same(clients, brokers) {
+            return Err(Failure::usage(
+                "--tls-client-ca and --peer-tls-ca must be different CAs: a certificate the cluster CA signs is a broker's, with every right",
+            ));
+        }
+    }
+    config.peer_tls = peer_tls.clone();
+    config.tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(_), Some(_)) if clustered && peer_tls.is_none() => {
+            return Err(Failure::usage(
+                "TLS on the client port of a clustered broker needs cluster TLS too (--peer-tls-cert, --peer-tls-key, --peer-tls-ca): brokers replicate through each other's client port",
+            ))
+        }
+        (Some(cert), Some(key)) => Some(
+            spool::server::tls::ServerTls::load(
+                cert,
+                key,
+                args.tls_client_ca.as_deref(),
+                args.peer_tls_ca.as_deref(),
+            )
+            .map_err(Failure::usage)?,
         ),
         (None, None) if args.tls_client_ca.is_none() => None,
         _ => {
@@ -324,6 +381,7 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
                     .map(|(id, addr)| (id.0, addr))
                     .collect(),
                 )),
+                peer_tls.clone(),
             )
             .await
             .map_err(|e| Failure::refused(format!("cluster: {e}")))?;
@@ -338,7 +396,23 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
                     .map_or(defaults.max_lag, Duration::from_millis),
                 ..defaults
             };
-            Some(ClusterNode::new(control, broker.clone(), replication))
+            // Brokers reach each other's client port (replication,
+            // forwarded requests) as brokers: with the cluster's
+            // certificate, which also names them when --auth is on.
+            let to_brokers = spool::client::ConnectOptions {
+                tls: config
+                    .tls
+                    .as_ref()
+                    .and(peer_tls.as_ref())
+                    .map(|t| t.client.clone()),
+                ..Default::default()
+            };
+            Some(ClusterNode::new(
+                control,
+                broker.clone(),
+                replication,
+                to_brokers,
+            ))
         }
         (None, None, None) => None,
         _ => {

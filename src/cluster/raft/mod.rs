@@ -130,6 +130,8 @@ pub(crate) struct LeaseDesk {
     me: Member,
     /// Where to dial peers.
     routes: PeerRoutes,
+    /// Mutual TLS with peers, if the cluster uses it.
+    tls: Option<crate::cluster::peer_tls::PeerTls>,
     /// The voters' peer addresses, tried in turn while no leader is known
     /// (a new broker's first heartbeats).
     voters: Vec<(NodeId, String)>,
@@ -466,7 +468,7 @@ impl LeaseDesk {
     /// broker (a dead one included) a whole fresh TTL, which would add a
     /// TTL to every failover that loses the control plane's leader too.
     async fn heartbeat_voters(self: Arc<Self>, stop: CancellationToken) {
-        let mut peer = network::PeerClient::default();
+        let mut peer = network::PeerClient::new(self.tls.clone());
         let mut beats = Heartbeats::new(stop);
         while beats.next().await {
             let leader = self.leader_peer().map(|(id, _)| id);
@@ -503,7 +505,7 @@ impl LeaseDesk {
     /// Heartbeats the leader every [`LEASE_HEARTBEAT`] and records how long
     /// this broker's own lease lasts.
     async fn heartbeat_leader(self: Arc<Self>, stop: CancellationToken) {
-        let mut peer = network::PeerClient::default();
+        let mut peer = network::PeerClient::new(self.tls.clone());
         let mut beats = Heartbeats::new(stop);
         while beats.next().await {
             let holder = LeaseHolder::Broker(self.id);
@@ -607,6 +609,7 @@ impl ControlPlane {
         initial: ClusterState,
         timings: &RaftTimings,
         routes: PeerRoutes,
+        tls: Option<crate::cluster::peer_tls::PeerTls>,
     ) -> Result<ControlPlane, ControlPlaneError> {
         let id = me.id;
         let log = LogStore::open(dir)?;
@@ -640,6 +643,7 @@ impl ControlPlane {
             config,
             Network {
                 routes: routes.clone(),
+                tls: tls.clone(),
             },
             log,
             machine,
@@ -655,6 +659,7 @@ impl ControlPlane {
                 .map(|(id, addr)| (*id, routes.dial(id.0, addr)))
                 .collect(),
             routes,
+            tls: tls.clone(),
             raft: raft.clone(),
             state: state.clone(),
             tracker: parking_lot::Mutex::new(LeaseTracker::default()),
@@ -668,6 +673,7 @@ impl ControlPlane {
             listener,
             raft.clone(),
             desk.clone(),
+            tls,
             stop.clone(),
         ));
         tokio::spawn(desk.clone().keep_leases(stop.clone()));
@@ -712,7 +718,7 @@ impl ControlPlane {
         within: Duration,
     ) -> Result<Outcome, ControlPlaneError> {
         let deadline = tokio::time::Instant::now() + within;
-        let mut peer = network::PeerClient::default();
+        let mut peer = network::PeerClient::new(self.desk.tls.clone());
         loop {
             let attempt = match self.desk.leader_peer() {
                 Some((leader, _)) if leader == self.id => {
@@ -762,7 +768,7 @@ impl ControlPlane {
             Some((leader, _)) if leader == self.id => self.desk.session_heartbeat(session)?,
             Some((_, addr)) => {
                 let request = network::PeerRequest::SessionKeepAlive(session);
-                let mut peer = network::PeerClient::default();
+                let mut peer = network::PeerClient::new(self.desk.tls.clone());
                 match peer.call(&addr, &request, LEASE_HEARTBEAT).await {
                     Ok(network::PeerResponse::SessionKeepAlive(result)) => result?,
                     Ok(_) => {

@@ -26,6 +26,7 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 
 use super::{LeaseDesk, Raft, TypeConfig};
+use crate::cluster::peer_tls::PeerTls;
 use crate::cluster::state::{Command, Member, Outcome};
 
 type NodeIdRaw = u64;
@@ -108,6 +109,8 @@ impl PeerRoutes {
 pub struct Network {
     /// Overrides of where to dial.
     pub routes: PeerRoutes,
+    /// Mutual TLS with peers, if the cluster uses it.
+    pub tls: Option<PeerTls>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -117,7 +120,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         PeerConnection {
             target,
             addr: self.routes.dial(target, &node.addr),
-            client: PeerClient::default(),
+            client: PeerClient::new(self.tls.clone()),
         }
     }
 }
@@ -236,15 +239,48 @@ impl std::fmt::Display for PeerCallError {
     }
 }
 
+/// A peer connection's byte stream: plain TCP or TLS.
+trait PeerIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Sync + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Sync + Unpin> PeerIo for T {}
+
 /// A connection to one peer (for Raft, heartbeats and forwarded commands
 /// alike), made on first use and again after a failure.
-#[derive(Default)]
 pub(super) struct PeerClient {
     addr: String,
-    conn: Option<Framed<TcpStream, LengthDelimitedCodec>>,
+    tls: Option<PeerTls>,
+    conn: Option<Framed<Box<dyn PeerIo>, LengthDelimitedCodec>>,
 }
 
 impl PeerClient {
+    /// A client speaking TLS to peers if `tls` is given.
+    pub(super) fn new(tls: Option<PeerTls>) -> PeerClient {
+        PeerClient {
+            addr: String::new(),
+            tls,
+            conn: None,
+        }
+    }
+
+    /// Connects to `addr`, with the TLS handshake if the cluster uses TLS.
+    async fn connect(&self, addr: &str) -> Result<Box<dyn PeerIo>, String> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        let Some(tls) = &self.tls else {
+            return Ok(Box::new(stream));
+        };
+        let sock = stream
+            .peer_addr()
+            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        let stream = tls
+            .client
+            .connect(sock, stream)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Box::new(stream))
+    }
+
     /// Sends `request` to the peer at `addr` and waits up to `timeout` for
     /// its answer, connecting first if need be (within [`CONNECT_TIMEOUT`]
     /// or `timeout`, whichever is shorter).
@@ -259,12 +295,10 @@ impl PeerClient {
             self.conn = None;
         }
         if self.conn.is_none() {
-            let connect = TcpStream::connect(addr);
-            let stream = tokio::time::timeout(CONNECT_TIMEOUT.min(timeout), connect)
+            let stream = tokio::time::timeout(CONNECT_TIMEOUT.min(timeout), self.connect(addr))
                 .await
                 .map_err(|_| PeerCallError::Connect(format!("connecting to {addr} timed out")))?
-                .map_err(|e| PeerCallError::Connect(format!("cannot connect to {addr}: {e}")))?;
-            let _ = stream.set_nodelay(true);
+                .map_err(PeerCallError::Connect)?;
             self.conn = Some(Framed::new(stream, codec()));
         }
         let exchange = async {
@@ -298,8 +332,10 @@ pub(super) async fn serve_peers(
     listener: TcpListener,
     raft: Raft,
     desk: std::sync::Arc<LeaseDesk>,
+    tls: Option<PeerTls>,
     stop: CancellationToken,
 ) {
+    let refusals = Arc::new(PeerRefusals::default());
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => return,
@@ -317,7 +353,20 @@ pub(super) async fn serve_peers(
         let raft = raft.clone();
         let desk = desk.clone();
         let stop = stop.clone();
+        let tls = tls.clone();
+        let refusals = refusals.clone();
         tokio::spawn(async move {
+            let stream: Box<dyn PeerIo> = match tls {
+                None => Box::new(stream),
+                Some(tls) => {
+                    let deadline = crate::server::tls::HANDSHAKE_DEADLINE;
+                    match tokio::time::timeout(deadline, tls.server.acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => Box::new(stream),
+                        Ok(Err(e)) => return refusals.note(peer, &e.to_string()),
+                        Err(_) => return refusals.note(peer, "no TLS handshake in time"),
+                    }
+                }
+            };
             tokio::select! {
                 _ = stop.cancelled() => {}
                 _ = serve_peer(stream, peer, raft, desk) => {}
@@ -326,8 +375,30 @@ pub(super) async fn serve_peers(
     }
 }
 
+/// Logs peers refused at the TLS handshake, once a minute per address (a
+/// misconfigured broker retries every heartbeat).
+#[derive(Default)]
+struct PeerRefusals {
+    logged: parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, std::time::Instant>>,
+}
+
+impl PeerRefusals {
+    fn note(&self, peer: SocketAddr, error: &str) {
+        crate::metrics::TLS_HANDSHAKE_FAILURES.inc();
+        let mut logged = self.logged.lock();
+        let now = std::time::Instant::now();
+        let recent = logged
+            .get(&peer.ip())
+            .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(60));
+        if !recent {
+            logged.insert(peer.ip(), now);
+            tracing::warn!(%peer, error, "refused a peer at the TLS handshake (is its certificate signed by the cluster CA?)");
+        }
+    }
+}
+
 async fn serve_peer(
-    stream: TcpStream,
+    stream: Box<dyn PeerIo>,
     peer: SocketAddr,
     raft: Raft,
     desk: std::sync::Arc<LeaseDesk>,

@@ -483,8 +483,9 @@ fn bench_certificates() -> Result<
         std::fs::write(path(name), pem)
             .map_err(|e| Failure::io("writing a bench certificate", e))?;
     }
-    let server = spool::server::tls::ServerTls::load(&path("cert.pem"), &path("key.pem"), None)
-        .map_err(|e| failed(&e))?;
+    let server =
+        spool::server::tls::ServerTls::load(&path("cert.pem"), &path("key.pem"), None, None)
+            .map_err(|e| failed(&e))?;
     let client =
         spool::client::TlsOptions::with_ca_file(&path("ca.pem")).map_err(|e| failed(&e))?;
     Ok((server, client, dir))
