@@ -35,8 +35,7 @@ async fn start(id: u64, root: &Path, voters: &BTreeMap<NodeId, String>) -> Contr
             voters,
             ClusterState::new(1500),
             &RaftTimings::default(),
-            spool::cluster::raft::PeerRoutes::default(),
-            None,
+            spool::cluster::raft::Network::default(),
         )
         .await
         {

@@ -201,8 +201,7 @@ async fn with_auth_a_client_certificate_names_the_principal_and_needs_no_passwor
     let err = alice
         .create_topic("orders.eu", 1, TopicOptions::default())
         .await
-        .err()
-        .expect("no rule yet");
+        .expect_err("no rule yet");
     assert!(
         err.to_string().contains("alice may not create topic"),
         "{err}"
@@ -253,6 +252,6 @@ async fn with_auth_a_client_certificate_names_the_principal_and_needs_no_passwor
     let nobody = Client::connect_with(server.addr, options(as_cert("odd", "not a user!")))
         .await
         .expect("connects");
-    let err = nobody.list_topics().await.err().expect("no principal");
+    let err = nobody.list_topics().await.expect_err("no principal");
     assert!(err.to_string().contains("authenticate first"), "{err}");
 }

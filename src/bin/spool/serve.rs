@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use spool::cluster::node::ClusterNode;
 use spool::cluster::peer_tls::PeerTls;
-use spool::cluster::raft::{ControlPlane, PeerRoutes, RaftTimings};
+use spool::cluster::raft::{ControlPlane, Network, PeerRoutes, RaftTimings};
 use spool::cluster::replication::ReplicationSettings;
 use spool::cluster::state::Member;
 use spool::cluster::{ClusterState, NodeId};
@@ -372,16 +372,18 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
                 &voters,
                 ClusterState::new(ttl),
                 &RaftTimings::default(),
-                PeerRoutes(std::sync::Arc::new(
-                    match &args.peer_route {
-                        Some(text) => parse_peers("--peer-route", text)?,
-                        None => Default::default(),
-                    }
-                    .into_iter()
-                    .map(|(id, addr)| (id.0, addr))
-                    .collect(),
-                )),
-                peer_tls.clone(),
+                Network {
+                    routes: PeerRoutes(std::sync::Arc::new(
+                        match &args.peer_route {
+                            Some(text) => parse_peers("--peer-route", text)?,
+                            None => Default::default(),
+                        }
+                        .into_iter()
+                        .map(|(id, addr)| (id.0, addr))
+                        .collect(),
+                    )),
+                    tls: peer_tls.clone(),
+                },
             )
             .await
             .map_err(|e| Failure::refused(format!("cluster: {e}")))?;

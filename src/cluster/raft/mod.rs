@@ -608,9 +608,9 @@ impl ControlPlane {
         voters: &BTreeMap<NodeId, String>,
         initial: ClusterState,
         timings: &RaftTimings,
-        routes: PeerRoutes,
-        tls: Option<crate::cluster::peer_tls::PeerTls>,
+        network: Network,
     ) -> Result<ControlPlane, ControlPlaneError> {
+        let Network { routes, tls } = network.clone();
         let id = me.id;
         let log = LogStore::open(dir)?;
         let fence = ApplyFence::default();
@@ -638,18 +638,9 @@ impl ControlPlane {
                     addr: peer_listen,
                     source,
                 })?;
-        let raft = Raft::new(
-            id.0,
-            config,
-            Network {
-                routes: routes.clone(),
-                tls: tls.clone(),
-            },
-            log,
-            machine,
-        )
-        .await
-        .map_err(|e| ControlPlaneError::Raft(e.to_string()))?;
+        let raft = Raft::new(id.0, config, network, log, machine)
+            .await
+            .map_err(|e| ControlPlaneError::Raft(e.to_string()))?;
         let stop = CancellationToken::new();
         let desk = Arc::new(LeaseDesk {
             id,

@@ -104,8 +104,8 @@ impl PeerRoutes {
     }
 }
 
-/// Makes connections to peers.
-#[derive(Clone, Default)]
+/// Makes connections to peers: where to dial them, and how.
+#[derive(Clone, Debug, Default)]
 pub struct Network {
     /// Overrides of where to dial.
     pub routes: PeerRoutes,
