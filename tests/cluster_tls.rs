@@ -1,0 +1,156 @@
+//! A cluster over TLS, through the real binary: three brokers with mutual
+//! TLS on the peer port and TLS on the client port replicate a topic with
+//! acks=all (followers fetch from leaders over TLS, presenting the
+//! cluster's certificate); a broker whose certificate another CA signed,
+//! and one that speaks clear text, cannot join.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::cluster::{free_port, metadata, Cluster};
+use common::pki::Pki;
+use common::server::SpoolServer;
+use spool::client::{Client, ConnectOptions, Producer, ProducerConfig, TlsOptions, TopicOptions};
+
+fn tls_flags(pki: &Pki, file: &str) -> Vec<String> {
+    let (cert, key) = pki.issue_named(file, file, &["127.0.0.1"]);
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let ca = pki.ca_file("cluster").display().to_string();
+    [
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--peer-tls-cert",
+        &cert,
+        "--peer-tls-key",
+        &key,
+        "--peer-tls-ca",
+        &ca,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn handshake_failures(server: &SpoolServer) -> u64 {
+    server
+        .http_get("/metrics")
+        .lines()
+        .find(|l| l.starts_with("spool_tls_handshake_failures_total "))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Starts a broker that tries to join `cluster` as node `id` with `flags`.
+fn joiner(cluster: &Cluster, id: u64, flags: &[String]) -> SpoolServer {
+    let peer_list = cluster.flags[0][7].clone();
+    let mut args: Vec<String> = vec![
+        "--listen".into(),
+        free_port().to_string(),
+        "--node-id".into(),
+        id.to_string(),
+        "--peer-listen".into(),
+        free_port().to_string(),
+        "--peers".into(),
+        peer_list,
+    ];
+    args.extend(flags.iter().cloned());
+    let data = cluster.brokers[0]
+        .dir
+        .parent()
+        .expect("cluster dir")
+        .join(format!("broker-{id}"));
+    std::fs::create_dir_all(&data).expect("mkdir");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    SpoolServer::start_with(&data, &args)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_cluster_replicates_and_refuses_brokers_without_its_certificate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::new(dir.path(), "cluster");
+    let rogue = Pki::new(dir.path(), "rogue");
+    let flags = tls_flags(&pki, "broker");
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let cluster = Cluster::start_with(3, false, &flags);
+
+    let tls = TlsOptions::with_ca_file(&pki.ca_file("cluster")).expect("CA");
+    let options = ConnectOptions {
+        tls: Some(tls),
+        ..ConnectOptions::default()
+    };
+    let addrs: Vec<SocketAddr> = cluster.brokers.iter().map(|b| b.addr).collect();
+    let client = Client::connect_any(&addrs, options.clone())
+        .await
+        .expect("TLS client");
+    cluster.ready(&client, 3).await;
+
+    // acks=all needs the followers' copies, which they fetch over TLS.
+    client
+        .create_topic(
+            "secure",
+            2,
+            TopicOptions {
+                replication: Some(3),
+                ..TopicOptions::default()
+            },
+        )
+        .await
+        .expect("create");
+    let producer = Producer::new(client.clone(), ProducerConfig::default());
+    let mut deliveries = Vec::new();
+    for i in 0..200 {
+        let value = format!("m{i}");
+        deliveries.push(
+            producer
+                .send("secure", Some(value.as_bytes()), value.as_bytes())
+                .await
+                .expect("send"),
+        );
+    }
+    for d in deliveries {
+        d.await.expect("acknowledged by all in-sync replicas");
+    }
+    // Every replica of every partition is in sync: the followers did
+    // fetch everything over TLS.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = metadata(&client).await.expect("metadata");
+        let topic = m.topics.iter().find(|t| t.name == "secure").expect("topic");
+        let in_sync: Vec<usize> = topic
+            .partitions
+            .iter()
+            .map(|p| p.replicas.iter().filter(|r| r.in_sync).count())
+            .collect();
+        if in_sync.iter().all(|n| *n == 3) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas not in sync over TLS: {in_sync:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // A broker with another CA's certificate, and one in clear text: the
+    // voters refuse them at the handshake, and they never become members.
+    let before: u64 = cluster.brokers.iter().map(handshake_failures).sum();
+    let _rogue = joiner(&cluster, 4, &tls_flags(&rogue, "rogue"));
+    let _plain = joiner(&cluster, 5, &[]);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let m = metadata(&client).await.expect("metadata");
+    let members: Vec<u64> = m.brokers.iter().map(|b| b.id).collect();
+    assert_eq!(
+        members,
+        vec![1, 2, 3],
+        "a broker without the cluster's certificate joined"
+    );
+    let after: u64 = cluster.brokers.iter().map(handshake_failures).sum();
+    assert!(
+        after >= before + 2,
+        "refused peers not counted: {before} -> {after}"
+    );
+}
