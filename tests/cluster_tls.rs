@@ -154,3 +154,128 @@ async fn a_tls_cluster_replicates_and_refuses_brokers_without_its_certificate() 
         "refused peers not counted: {before} -> {after}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_auth_users_and_rules_are_the_clusters_and_brokers_replicate_as_brokers() {
+    use spool::protocol::requests::{AddAclRequest, ListUsersRequest, UpsertUserRequest, WireAcl};
+    const ADMIN_PASSWORD: &str = "admin-password-1";
+    const ALICE_PASSWORD: &str = "alice-password-1";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::new(dir.path(), "cluster");
+    let mut flags = tls_flags(&pki, "broker");
+    flags.push("--auth".into());
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let mut cluster = Cluster::start_with(3, false, &flags);
+
+    // The admin is created offline on broker 1 only, which seeds the
+    // cluster's (still unset) users when it comes back.
+    cluster.brokers[0].kill();
+    let data = cluster.brokers[0].dir.display().to_string();
+    let out = common::cli::spool(
+        &["users", "add", "admin", "--data", &data],
+        Some(&format!("{ADMIN_PASSWORD}\n")),
+    );
+    assert!(out.status.success(), "{}", common::cli::stderr(&out));
+    cluster.restart(0);
+
+    let tls = TlsOptions::with_ca_file(&pki.ca_file("cluster")).expect("CA");
+    let as_user = |user: &str, password: &str| ConnectOptions {
+        tls: Some(tls.clone()),
+        credentials: Some(spool::client::Credentials {
+            user: user.into(),
+            password: password.into(),
+        }),
+        connect_attempts: 1,
+        ..ConnectOptions::default()
+    };
+    // The admin logs in at broker 3, which never had a users file.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let admin = loop {
+        match Client::connect_with(cluster.brokers[2].addr, as_user("admin", ADMIN_PASSWORD)).await
+        {
+            Ok(c) => break c,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "admin never known at broker 3: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    };
+    // Alice is created at broker 3 and allowed at broker 2.
+    admin
+        .call(&UpsertUserRequest {
+            name: "alice".into(),
+            password: ALICE_PASSWORD.into(),
+        })
+        .await
+        .expect("alice");
+    let at_broker_2 =
+        Client::connect_with(cluster.brokers[1].addr, as_user("admin", ADMIN_PASSWORD))
+            .await
+            .expect("admin at broker 2");
+    at_broker_2
+        .call(&AddAclRequest {
+            acl: WireAcl {
+                principal: "alice".into(),
+                resource_kind: 1,
+                pattern: "orders.*".into(),
+                operations: vec!["create".into(), "produce".into(), "describe".into()],
+            },
+        })
+        .await
+        .expect("rule");
+    let names = at_broker_2
+        .call(&ListUsersRequest)
+        .await
+        .expect("list")
+        .names;
+    assert_eq!(names, vec!["admin".to_string(), "alice".to_string()]);
+
+    // Alice, at broker 1: a replicated topic, acks=all (the followers
+    // fetch as brokers, by certificate), and nothing beyond her rule.
+    let addrs: Vec<SocketAddr> = cluster.brokers.iter().map(|b| b.addr).collect();
+    let alice = Client::connect_any(&addrs, as_user("alice", ALICE_PASSWORD))
+        .await
+        .expect("alice logs in");
+    cluster.ready(&alice, 3).await;
+    alice
+        .create_topic(
+            "orders.eu",
+            1,
+            TopicOptions {
+                replication: Some(3),
+                ..TopicOptions::default()
+            },
+        )
+        .await
+        .expect("her topic");
+    let producer = Producer::new(alice.clone(), ProducerConfig::default());
+    let mut deliveries = Vec::new();
+    for i in 0..50 {
+        let value = format!("o{i}");
+        deliveries.push(
+            producer
+                .send("orders.eu", None, value.as_bytes())
+                .await
+                .expect("send"),
+        );
+    }
+    for d in deliveries {
+        d.await.expect("replicated to every in-sync broker");
+    }
+    let err = alice
+        .create_topic("payments", 1, TopicOptions::default())
+        .await
+        .expect_err("not her topic");
+    assert!(
+        err.to_string().contains("alice may not create topic"),
+        "{err}"
+    );
+
+    // Every broker keeps the cluster's users in its own files too.
+    let data = cluster.brokers[1].dir.display().to_string();
+    let out = common::cli::spool(&["users", "list", "--data", &data], None);
+    assert_eq!(common::cli::stdout(&out), "admin\nalice\n");
+}

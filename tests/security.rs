@@ -509,6 +509,7 @@ async fn quotas_slow_a_principal_to_its_rate_and_leave_others_alone() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::{Duration, Instant};
     const BOB_PASSWORD: &str = "bob-password-1";
+    const CAROL_PASSWORD: &str = "carol-password-1";
     const RATE: u64 = 1_000_000;
     let (server, _dir) = auth_server();
     let mut admin = Raw::connect(server.addr).await;
@@ -520,6 +521,13 @@ async fn quotas_slow_a_principal_to_its_rate_and_leave_others_alone() {
         }))
         .await
         .expect("bob");
+    admin
+        .send(&Request::UpsertUser(UpsertUserRequest {
+            name: "carol".into(),
+            password: CAROL_PASSWORD.into(),
+        }))
+        .await
+        .expect("carol");
     for principal in ["alice", "bob"] {
         let acl = WireAcl {
             principal: principal.into(),
@@ -554,14 +562,14 @@ async fn quotas_slow_a_principal_to_its_rate_and_leave_others_alone() {
     admin
         .send(&Request::SetQuota(SetQuotaRequest {
             quota: WireQuota {
-                principal: "bob".into(),
+                principal: "carol".into(),
                 produce_bytes_per_sec: 0,
                 fetch_bytes_per_sec: 0,
                 max_connections: 3,
             },
         }))
         .await
-        .expect("bob's quota");
+        .expect("carol's quota");
 
     // Bob alone, then Alice beside him: Bob's rate must not drop to hers,
     // and hers must be her quota.
@@ -645,26 +653,25 @@ async fn quotas_slow_a_principal_to_its_rate_and_leave_others_alone() {
         "alice fetched {fetch_rate:.0} B/s under a quota of {RATE} B/s"
     );
 
-    // Bob may hold three connections (his producer's is closed by now).
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Carol may hold three connections.
     let mut held = Vec::new();
     for _ in 0..3 {
         let mut c = Raw::connect(server.addr).await;
-        c.login("bob", BOB_PASSWORD)
+        c.login("carol", CAROL_PASSWORD)
             .await
             .expect("within the limit");
         held.push(c);
     }
     let mut fourth = Raw::connect(server.addr).await;
-    let answer = fourth.login("bob", BOB_PASSWORD).await;
+    let answer = fourth.login("carol", CAROL_PASSWORD).await;
     let Err((Some(ErrorCode::LimitReached), message)) = &answer else {
-        panic!("a fourth connection for bob: {answer:?}");
+        panic!("a fourth connection for carol: {answer:?}");
     };
-    assert!(message.contains("bob"), "{message}");
+    assert!(message.contains("carol"), "{message}");
     drop(held.pop());
     tokio::time::sleep(Duration::from_millis(300)).await;
     fourth
-        .login("bob", BOB_PASSWORD)
+        .login("carol", CAROL_PASSWORD)
         .await
         .expect("a slot came free");
 

@@ -1,22 +1,13 @@
 //! Access rules: a principal may do some operations on the resources of a
 //! kind whose names match a pattern (`orders.*`: the prefix `orders.`;
-//! `*`: all; otherwise the exact name). Deny by default. `<data>/acls`,
-//! replaced atomically and synced.
+//! `*`: all; otherwise the exact name). Deny by default.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
 
-use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
 use super::{AuthError, Operation, ResourceKind};
-use crate::storage::atomic_file::Durability;
-use crate::storage::meta_file::{self, MetaKind};
 
-const KIND: MetaKind = MetaKind {
-    magic: *b"SPAC",
-    version: 1,
-};
 /// The file, in the data directory.
 pub const FILE: &str = "acls";
 /// Most rules.
@@ -82,104 +73,64 @@ impl Rule {
             }
     }
 
-    fn same_target(&self, other: &Rule) -> bool {
+    pub(super) fn same_target(&self, other: &Rule) -> bool {
         self.principal == other.principal
             && self.kind == other.kind
             && self.pattern == other.pattern
     }
 }
 
-/// The rules.
-pub struct AclStore {
-    path: PathBuf,
-    rules: RwLock<Vec<Rule>>,
+/// Allows `rule`'s operations (merged into a rule for the same principal,
+/// kind and pattern).
+pub fn add(rules: &mut Vec<Rule>, rule: &Rule) -> Result<(), AuthError> {
+    if rule.operations.is_empty() || rule.pattern.is_empty() || rule.principal.is_empty() {
+        return Err(AuthError::Invalid(
+            "a rule needs a principal, a pattern and at least one operation".into(),
+        ));
+    }
+    if let Some(existing) = rules.iter_mut().find(|r| r.same_target(rule)) {
+        existing.operations.extend(rule.operations.iter().copied());
+        return Ok(());
+    }
+    if rules.len() >= MAX_RULES {
+        return Err(AuthError::Invalid(format!(
+            "{MAX_RULES} rules exist already"
+        )));
+    }
+    rules.push(rule.clone());
+    Ok(())
 }
 
-impl AclStore {
-    /// Opens the rules kept in `dir`.
-    pub fn open(dir: &Path) -> Result<AclStore, AuthError> {
-        let path = dir.join(FILE);
-        let rules = meta_file::read(&path, KIND)?.unwrap_or_default();
-        Ok(AclStore {
-            path,
-            rules: RwLock::new(rules),
-        })
+/// Takes `rule`'s operations away from the rule for the same principal,
+/// kind and pattern (removing it when none is left).
+pub fn remove(rules: &mut Vec<Rule>, rule: &Rule) -> Result<(), AuthError> {
+    let Some(at) = rules.iter().position(|r| r.same_target(rule)) else {
+        return Err(AuthError::NotFound(format!(
+            "no rule for {} on {} {:?}",
+            rule.principal,
+            rule.kind.name(),
+            rule.pattern
+        )));
+    };
+    let existing = &mut rules[at];
+    existing.operations.retain(|o| !rule.operations.contains(o));
+    if existing.operations.is_empty() {
+        rules.remove(at);
     }
+    Ok(())
+}
 
-    fn replace(
-        &self,
-        change: impl FnOnce(&mut Vec<Rule>) -> Result<(), AuthError>,
-    ) -> Result<(), AuthError> {
-        let mut rules = self.rules.write();
-        let mut next = rules.clone();
-        change(&mut next)?;
-        meta_file::write(&self.path, KIND, &next, Durability::Synced)?;
-        *rules = next;
-        Ok(())
-    }
-
-    /// Allows `rule`'s operations (merged into a rule for the same
-    /// principal, kind and pattern).
-    pub fn add(&self, rule: Rule) -> Result<(), AuthError> {
-        if rule.operations.is_empty() || rule.pattern.is_empty() || rule.principal.is_empty() {
-            return Err(AuthError::Invalid(
-                "a rule needs a principal, a pattern and at least one operation".into(),
-            ));
-        }
-        self.replace(|rules| {
-            if let Some(existing) = rules.iter_mut().find(|r| r.same_target(&rule)) {
-                existing.operations.extend(rule.operations);
-                return Ok(());
-            }
-            if rules.len() >= MAX_RULES {
-                return Err(AuthError::Invalid(format!(
-                    "{MAX_RULES} rules exist already"
-                )));
-            }
-            rules.push(rule);
-            Ok(())
-        })
-    }
-
-    /// Takes `rule`'s operations away from the rule for the same
-    /// principal, kind and pattern (removing it when none is left).
-    pub fn remove(&self, rule: &Rule) -> Result<(), AuthError> {
-        self.replace(|rules| {
-            let Some(at) = rules.iter().position(|r| r.same_target(rule)) else {
-                return Err(AuthError::NotFound(format!(
-                    "no rule for {} on {} {:?}",
-                    rule.principal,
-                    rule.kind.name(),
-                    rule.pattern
-                )));
-            };
-            let existing = &mut rules[at];
-            existing.operations.retain(|o| !rule.operations.contains(o));
-            if existing.operations.is_empty() {
-                rules.remove(at);
-            }
-            Ok(())
-        })
-    }
-
-    /// Every rule.
-    pub fn list(&self) -> Vec<Rule> {
-        self.rules.read().clone()
-    }
-
-    /// True if some rule allows it.
-    pub fn allows(
-        &self,
-        principal: &str,
-        operation: Operation,
-        kind: ResourceKind,
-        name: &str,
-    ) -> bool {
-        self.rules
-            .read()
-            .iter()
-            .any(|r| r.operations.contains(&operation) && r.matches(principal, kind, name))
-    }
+/// True if one of `rules` allows it.
+pub fn allows(
+    rules: &[Rule],
+    principal: &str,
+    operation: Operation,
+    kind: ResourceKind,
+    name: &str,
+) -> bool {
+    rules
+        .iter()
+        .any(|r| r.operations.contains(&operation) && r.matches(principal, kind, name))
 }
 
 #[cfg(test)]
@@ -197,26 +148,26 @@ mod tests {
 
     #[test]
     fn prefixes_exact_names_and_deny_by_default() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let acls = AclStore::open(dir.path()).expect("open");
         use Operation::*;
         use ResourceKind::*;
-        acls.add(rule("alice", Topic, "orders.*", &[Produce, Consume]))
-            .expect("add");
-        acls.add(rule("*", Topic, "public", &[Consume]))
-            .expect("add");
-        assert!(acls.allows("alice", Produce, Topic, "orders.eu"));
-        assert!(!acls.allows("alice", Produce, Topic, "payments"));
-        assert!(!acls.allows("alice", Delete, Topic, "orders.eu"));
-        assert!(!acls.allows("alice", Consume, Group, "orders.eu"));
-        assert!(acls.allows("bob", Consume, Topic, "public"));
-        assert!(!acls.allows("bob", Consume, Topic, "public2"));
-        // Removing one operation keeps the others; the rules persist.
-        acls.remove(&rule("alice", Topic, "orders.*", &[Produce]))
-            .expect("remove");
-        let acls = AclStore::open(dir.path()).expect("reopen");
-        assert!(!acls.allows("alice", Produce, Topic, "orders.eu"));
-        assert!(acls.allows("alice", Consume, Topic, "orders.eu"));
-        assert!(acls.remove(&rule("carol", Topic, "x", &[Produce])).is_err());
+        let mut rules = Vec::new();
+        add(
+            &mut rules,
+            &rule("alice", Topic, "orders.*", &[Produce, Consume]),
+        )
+        .expect("add");
+        add(&mut rules, &rule("*", Topic, "public", &[Consume])).expect("add");
+        assert!(allows(&rules, "alice", Produce, Topic, "orders.eu"));
+        assert!(!allows(&rules, "alice", Produce, Topic, "payments"));
+        assert!(!allows(&rules, "alice", Delete, Topic, "orders.eu"));
+        assert!(!allows(&rules, "alice", Consume, Group, "orders.eu"));
+        assert!(allows(&rules, "bob", Consume, Topic, "public"));
+        assert!(!allows(&rules, "bob", Consume, Topic, "public2"));
+        // Removing one operation keeps the others.
+        remove(&mut rules, &rule("alice", Topic, "orders.*", &[Produce])).expect("remove");
+        assert!(!allows(&rules, "alice", Produce, Topic, "orders.eu"));
+        assert!(allows(&rules, "alice", Consume, Topic, "orders.eu"));
+        assert!(remove(&mut rules, &rule("carol", Topic, "x", &[Produce])).is_err());
+        assert!(add(&mut rules, &rule("carol", Topic, "x", &[])).is_err());
     }
 }

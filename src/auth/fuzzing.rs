@@ -16,7 +16,8 @@ fn auth() -> Option<&'static Auth> {
     AUTH.get_or_init(|| {
         let dir = tempfile_free::Dir::new()?;
         let auth = Auth::open(dir.path()).ok()?;
-        auth.users.upsert("fuzz", "fuzz-password").ok()?;
+        auth.change(super::SecurityChange::new_user("fuzz", "fuzz-password").ok()?)
+            .ok()?;
         Some((dir, auth))
     })
     .as_ref()

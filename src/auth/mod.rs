@@ -1,20 +1,22 @@
 //! Authentication and authorization for the server (the embedded broker
 //! has none: the application is its own principal).
 //!
-//! - [`users`]: users and their salted argon2id password hashes, in
-//!   `<data>/users`.
-//! - [`acl`]: access rules (principal, operations, resource pattern), in
-//!   `<data>/acls`; deny by default, the user `admin` may do everything.
+//! - [`users`]: user names and their salted argon2id password hashes.
+//! - [`acl`]: access rules (principal, operations, resource pattern); deny
+//!   by default, the user `admin` may do everything.
+//! - [`data`]: users, rules and quotas together, and the changes to them
+//!   (applied by a single broker, or committed through Raft in a cluster).
 //! - [`required`]: what each request kind needs, decided for every kind in
 //!   one exhaustive match.
-//! - [`quotas`]: byte rates and connection limits per principal, in
-//!   `<data>/quotas`, enforced by slowing down.
+//! - [`quotas`]: byte rates and connection limits per principal, enforced
+//!   by slowing down.
 
 /// TLS, users, access rules and the threat model (`docs/security.md`).
 pub mod guide {
     #![doc = include_str!("../../docs/security.md")]
 }
 pub mod acl;
+pub mod data;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod quotas;
@@ -23,15 +25,19 @@ pub mod users;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
-pub use acl::{AclStore, Rule};
-pub use quotas::{ConnectionQuota, Direction, Quota, QuotaStore};
-pub use users::UserStore;
+use crate::storage::atomic_file::Durability;
+use crate::storage::meta_file::{self, MetaKind};
+
+pub use acl::Rule;
+pub use data::{SecurityChange, SecurityData};
+pub use quotas::{ConnectionQuota, Direction, Quota};
 
 /// The user who may do everything.
 pub const ADMIN: &str = "admin";
@@ -174,34 +180,146 @@ pub enum AuthError {
     Storage(#[from] crate::storage::StorageError),
 }
 
-/// A server's users, rules and failed-attempt counts.
+/// A server's users, rules and quotas, the meters of the principals
+/// connected now, and failed-attempt counts.
+///
+/// A single broker changes them itself ([`Auth::change`]) and keeps them
+/// in `<data>/users`, `<data>/acls` and `<data>/quotas` (each replaced
+/// atomically and synced). In a cluster they live in the Raft state; each
+/// broker takes every committed state ([`Auth::replace`]) and keeps the
+/// same files as a copy.
 pub struct Auth {
-    /// Users.
-    pub users: UserStore,
-    /// Access rules.
-    pub acls: AclStore,
-    /// Byte rates and connection limits.
-    pub quotas: std::sync::Arc<QuotaStore>,
+    dir: PathBuf,
+    data: RwLock<SecurityData>,
+    meters: quotas::Meters,
     failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    /// A hash to verify against for unknown users, so that the time taken
+    /// does not say whether a user exists.
+    decoy: String,
 }
 
 impl std::fmt::Debug for Auth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let data = self.data.read();
         f.debug_struct("Auth")
-            .field("users", &self.users.names().len())
-            .field("rules", &self.acls.list().len())
+            .field("users", &data.users.len())
+            .field("rules", &data.rules.len())
+            .field("quotas", &data.quotas.len())
             .finish()
     }
 }
 
+const USERS: MetaKind = MetaKind {
+    magic: *b"SPUS",
+    version: 1,
+};
+const RULES: MetaKind = MetaKind {
+    magic: *b"SPAC",
+    version: 1,
+};
+const QUOTAS: MetaKind = MetaKind {
+    magic: *b"SPQU",
+    version: 1,
+};
+
 impl Auth {
-    /// Opens the users and rules kept in `dir`.
+    /// Opens the users, rules and quotas kept in `dir`.
     pub fn open(dir: &Path) -> Result<Auth, AuthError> {
+        let users: std::collections::BTreeMap<String, String> =
+            meta_file::read(&dir.join(users::FILE), USERS)?.unwrap_or_default();
+        let rules: Vec<Rule> = meta_file::read(&dir.join(acl::FILE), RULES)?.unwrap_or_default();
+        let quotas: std::collections::BTreeMap<String, Quota> =
+            meta_file::read(&dir.join(quotas::FILE), QUOTAS)?.unwrap_or_default();
+        let data = SecurityData {
+            initialized: !(users.is_empty() && rules.is_empty() && quotas.is_empty()),
+            users,
+            rules,
+            quotas,
+        };
         Ok(Auth {
-            users: UserStore::open(dir)?,
-            acls: AclStore::open(dir)?,
-            quotas: std::sync::Arc::new(QuotaStore::open(dir)?),
+            dir: dir.to_path_buf(),
+            data: RwLock::new(data),
+            meters: quotas::Meters::default(),
             failures: Mutex::default(),
+            decoy: users::hash_password("not a password of anyone")?,
+        })
+    }
+
+    /// Writes the parts of `next` that differ from `current`.
+    fn save(&self, current: &SecurityData, next: &SecurityData) -> Result<(), AuthError> {
+        if current.users != next.users {
+            meta_file::write(
+                &self.dir.join(users::FILE),
+                USERS,
+                &next.users,
+                Durability::Synced,
+            )?;
+        }
+        if current.rules != next.rules {
+            meta_file::write(
+                &self.dir.join(acl::FILE),
+                RULES,
+                &next.rules,
+                Durability::Synced,
+            )?;
+        }
+        if current.quotas != next.quotas {
+            meta_file::write(
+                &self.dir.join(quotas::FILE),
+                QUOTAS,
+                &next.quotas,
+                Durability::Synced,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Applies `change` and saves it (a single broker, or offline).
+    pub fn change(&self, change: SecurityChange) -> Result<(), AuthError> {
+        let mut data = self.data.write();
+        let mut next = data.clone();
+        next.apply(&change)?;
+        self.save(&data, &next)?;
+        *data = next;
+        Ok(())
+    }
+
+    /// Takes `next` whole (a cluster's committed state) and saves it.
+    pub fn replace(&self, next: &SecurityData) -> Result<(), AuthError> {
+        let mut data = self.data.write();
+        if *data == *next {
+            return Ok(());
+        }
+        self.save(&data, next)?;
+        *data = next.clone();
+        Ok(())
+    }
+
+    /// Everything, as it stands.
+    pub fn data(&self) -> SecurityData {
+        self.data.read().clone()
+    }
+
+    /// The users' names.
+    pub fn user_names(&self) -> Vec<String> {
+        self.data.read().users.keys().cloned().collect()
+    }
+
+    /// The quota that applies to `principal` now.
+    pub fn quota_of(&self, principal: &str) -> Quota {
+        self.data.read().quota_of(principal)
+    }
+
+    /// Counts a new connection of `principal`: its share of the principal's
+    /// meters, or an error when the principal holds as many connections as
+    /// its quota allows.
+    pub fn connect(self: &Arc<Self>, principal: &str) -> Result<ConnectionQuota, AuthError> {
+        let limit = self.quota_of(principal).max_connections;
+        let meter = self.meters.join(principal, limit)?;
+        Ok(ConnectionQuota {
+            auth: self.clone(),
+            principal: principal.to_string(),
+            meter,
         })
     }
 
@@ -223,7 +341,10 @@ impl Auth {
                 }
             }
         }
-        if self.users.verify(user, password) {
+        let stored = self.data.read().users.get(user).cloned();
+        let known = stored.is_some();
+        let hash = stored.unwrap_or_else(|| self.decoy.clone());
+        if users::verify_against(&hash, password) && known {
             return Ok(user.to_string());
         }
         if let Some(ip) = from {
@@ -245,6 +366,6 @@ impl Auth {
     ) -> bool {
         principal == ADMIN
             || is_broker(principal)
-            || self.acls.allows(principal, operation, kind, name)
+            || acl::allows(&self.data.read().rules, principal, operation, kind, name)
     }
 }

@@ -6,25 +6,17 @@
 //! Every connection of a principal draws on one meter, so opening more
 //! connections does not buy more bandwidth.
 //!
-//! The quotas live in `<data>/quotas` (replaced atomically and synced);
-//! the principal `*` is the quota of everyone without one of their own.
+//! The principal `*` is the quota of everyone without one of their own.
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use super::AuthError;
-use crate::storage::atomic_file::Durability;
-use crate::storage::meta_file::{self, MetaKind};
 
-const KIND: MetaKind = MetaKind {
-    magic: *b"SPQU",
-    version: 1,
-};
 /// The file, in the data directory.
 pub const FILE: &str = "quotas";
 /// The principal whose quota applies to everyone without one.
@@ -92,80 +84,18 @@ impl Direction {
     }
 }
 
-/// The quotas, and the meters of the principals connected now.
-pub struct QuotaStore {
-    path: PathBuf,
-    quotas: RwLock<BTreeMap<String, Quota>>,
-    meters: Mutex<HashMap<String, Arc<Meter>>>,
-}
+/// The meters of the principals connected now, by principal.
+#[derive(Default)]
+pub(super) struct Meters(Mutex<HashMap<String, Arc<Meter>>>);
 
-impl QuotaStore {
-    /// Opens the quotas kept in `dir`.
-    pub fn open(dir: &Path) -> Result<QuotaStore, AuthError> {
-        let path = dir.join(FILE);
-        let quotas = meta_file::read(&path, KIND)?.unwrap_or_default();
-        Ok(QuotaStore {
-            path,
-            quotas: RwLock::new(quotas),
-            meters: Mutex::default(),
-        })
-    }
-
-    /// Sets `principal`'s quota.
-    pub fn set(&self, principal: &str, quota: Quota) -> Result<(), AuthError> {
-        if principal != DEFAULT_PRINCIPAL {
-            super::users::check_name(principal)?;
-        }
-        let mut quotas = self.quotas.write();
-        let mut next = quotas.clone();
-        next.insert(principal.to_string(), quota);
-        if next.len() > MAX_QUOTAS {
-            return Err(AuthError::Invalid(format!(
-                "{MAX_QUOTAS} quotas exist already"
-            )));
-        }
-        meta_file::write(&self.path, KIND, &next, Durability::Synced)?;
-        *quotas = next;
-        Ok(())
-    }
-
-    /// Removes `principal`'s quota.
-    pub fn remove(&self, principal: &str) -> Result<(), AuthError> {
-        let mut quotas = self.quotas.write();
-        let mut next = quotas.clone();
-        if next.remove(principal).is_none() {
-            return Err(AuthError::NotFound(format!("no quota for {principal:?}")));
-        }
-        meta_file::write(&self.path, KIND, &next, Durability::Synced)?;
-        *quotas = next;
-        Ok(())
-    }
-
-    /// Every quota, by principal.
-    pub fn list(&self) -> Vec<(String, Quota)> {
-        self.quotas
-            .read()
-            .iter()
-            .map(|(p, q)| (p.clone(), *q))
-            .collect()
-    }
-
-    /// The quota that applies to `principal` now (its own, else `*`'s).
-    pub fn quota_of(&self, principal: &str) -> Quota {
-        let quotas = self.quotas.read();
-        quotas
-            .get(principal)
-            .or_else(|| quotas.get(DEFAULT_PRINCIPAL))
-            .copied()
-            .unwrap_or_default()
-    }
-
-    /// Counts a new connection of `principal`: its share of the meter, or
-    /// an error when the principal holds as many connections as its quota
-    /// allows.
-    pub fn connect(self: &Arc<Self>, principal: &str) -> Result<ConnectionQuota, AuthError> {
-        let limit = self.quota_of(principal).max_connections;
-        let mut meters = self.meters.lock();
+impl Meters {
+    /// Counts a new connection of `principal` against `limit`.
+    pub(super) fn join(
+        &self,
+        principal: &str,
+        limit: Option<u32>,
+    ) -> Result<Arc<Meter>, AuthError> {
+        let mut meters = self.0.lock();
         let meter = meters
             .entry(principal.to_string())
             .or_insert_with(|| Arc::new(Meter::default()))
@@ -180,11 +110,19 @@ impl QuotaStore {
         }
         *connections += 1;
         drop(connections);
-        Ok(ConnectionQuota {
-            store: self.clone(),
-            principal: principal.to_string(),
-            meter,
-        })
+        Ok(meter)
+    }
+
+    fn leave(&self, principal: &str, meter: &Meter) {
+        let mut meters = self.0.lock();
+        let mut connections = meter.connections.lock();
+        *connections = connections.saturating_sub(1);
+        if *connections == 0 {
+            // The last connection takes the meter with it: a principal
+            // that reconnects starts with an empty bucket (no burst saved
+            // up while away).
+            meters.remove(principal);
+        }
     }
 }
 
@@ -222,7 +160,7 @@ impl Bucket {
 
 /// One principal's rates and connection count, shared by its connections.
 #[derive(Debug, Default)]
-struct Meter {
+pub(super) struct Meter {
     produce: Mutex<Bucket>,
     fetch: Mutex<Bucket>,
     connections: Mutex<u32>,
@@ -231,9 +169,9 @@ struct Meter {
 /// A connection's share of its principal's quota: counted among the
 /// principal's connections until dropped.
 pub struct ConnectionQuota {
-    store: Arc<QuotaStore>,
-    principal: String,
-    meter: Arc<Meter>,
+    pub(super) auth: Arc<super::Auth>,
+    pub(super) principal: String,
+    pub(super) meter: Arc<Meter>,
 }
 
 impl std::fmt::Debug for ConnectionQuota {
@@ -248,7 +186,7 @@ impl ConnectionQuota {
     /// Counts `bytes` moved in `direction`: how long the connection must
     /// pause to keep its principal within its rate (zero when it has none).
     pub fn charge(&self, direction: Direction, bytes: usize) -> Duration {
-        let quota = self.store.quota_of(&self.principal);
+        let quota = self.auth.quota_of(&self.principal);
         let (rate, bucket) = match direction {
             Direction::Produce => (quota.produce_bytes_per_sec, &self.meter.produce),
             Direction::Fetch => (quota.fetch_bytes_per_sec, &self.meter.fetch),
@@ -267,15 +205,7 @@ impl ConnectionQuota {
 
 impl Drop for ConnectionQuota {
     fn drop(&mut self) {
-        let mut meters = self.store.meters.lock();
-        let mut connections = self.meter.connections.lock();
-        *connections = connections.saturating_sub(1);
-        if *connections == 0 {
-            // The last connection takes the meter with it: a principal
-            // that reconnects starts with an empty bucket (no burst saved
-            // up while away).
-            meters.remove(&self.principal);
-        }
+        self.auth.meters.leave(&self.principal, &self.meter);
     }
 }
 
@@ -305,42 +235,39 @@ mod tests {
     }
 
     #[test]
-    fn quotas_persist_fall_back_to_the_default_and_limit_connections() {
+    fn quotas_fall_back_to_the_default_and_limit_connections() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Arc::new(QuotaStore::open(dir.path()).expect("open"));
+        let auth = Arc::new(super::super::Auth::open(dir.path()).expect("open"));
         let limited = Quota {
             produce_bytes_per_sec: Some(1000),
             fetch_bytes_per_sec: None,
             max_connections: Some(2),
         };
-        store.set("alice", limited).expect("set");
-        store
-            .set(
-                DEFAULT_PRINCIPAL,
-                Quota {
-                    max_connections: Some(1),
-                    ..Quota::default()
-                },
-            )
+        let set = |principal: &str, quota| super::super::SecurityChange::SetQuota {
+            principal: principal.into(),
+            quota,
+        };
+        auth.change(set("alice", limited)).expect("set");
+        let one = Quota {
+            max_connections: Some(1),
+            ..Quota::default()
+        };
+        auth.change(set(DEFAULT_PRINCIPAL, one))
             .expect("set default");
-        assert!(store.set("bad name!", limited).is_err());
-        let store = Arc::new(QuotaStore::open(dir.path()).expect("reopen"));
-        assert_eq!(store.quota_of("alice"), limited);
-        assert_eq!(store.quota_of("bob").max_connections, Some(1));
+        assert!(auth.change(set("bad name!", limited)).is_err());
+        let auth = Arc::new(super::super::Auth::open(dir.path()).expect("reopen"));
+        assert_eq!(auth.quota_of("alice"), limited);
+        assert_eq!(auth.quota_of("bob").max_connections, Some(1));
 
-        let a1 = store.connect("alice").expect("first");
-        let a2 = store.connect("alice").expect("second");
-        assert!(store.connect("alice").is_err(), "a third connection");
+        let a1 = auth.connect("alice").expect("first");
+        let a2 = auth.connect("alice").expect("second");
+        assert!(auth.connect("alice").is_err(), "a third connection");
         drop(a1);
-        let _a3 = store.connect("alice").expect("a slot came free");
+        let _a3 = auth.connect("alice").expect("a slot came free");
         // Alice's connections share one meter: the second pays for the
         // first's bytes.
         assert_eq!(a2.charge(Direction::Fetch, 1 << 30), Duration::ZERO);
         let first = a2.charge(Direction::Produce, 1000);
         assert!(first >= Duration::from_millis(900), "{first:?}");
-
-        store.remove("alice").expect("remove");
-        assert!(store.remove("alice").is_err());
-        assert_eq!(store.quota_of("alice").max_connections, Some(1));
     }
 }

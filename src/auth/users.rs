@@ -1,22 +1,12 @@
-//! Users and their password hashes: salted argon2id in PHC strings, never
-//! the password. `<data>/users`, replaced atomically and synced.
-
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+//! Users' names and password hashes: salted argon2id in PHC strings, never
+//! the password.
 
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
-use parking_lot::RwLock;
 
 use super::AuthError;
-use crate::storage::atomic_file::Durability;
-use crate::storage::meta_file::{self, MetaKind};
 
-const KIND: MetaKind = MetaKind {
-    magic: *b"SPUS",
-    version: 1,
-};
 /// The file, in the data directory.
 pub const FILE: &str = "users";
 /// Longest user name, in bytes.
@@ -24,21 +14,26 @@ pub const MAX_NAME: usize = 128;
 /// Shortest password.
 pub const MIN_PASSWORD: usize = 8;
 
-/// The users.
-pub struct UserStore {
-    path: PathBuf,
-    users: RwLock<BTreeMap<String, String>>,
-    /// A hash to verify against for unknown users, so that the time taken
-    /// does not say whether a user exists.
-    decoy: String,
-}
-
-fn hash(password: &str) -> Result<String, AuthError> {
+/// Hashes `password` with a fresh salt (slow by design).
+pub fn hash_password(password: &str) -> Result<String, AuthError> {
+    if password.chars().count() < MIN_PASSWORD {
+        return Err(AuthError::Invalid(format!(
+            "the password must have at least {MIN_PASSWORD} characters"
+        )));
+    }
     let salt = SaltString::generate(&mut OsRng);
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
         .map_err(|e| AuthError::Invalid(format!("cannot hash the password: {e}")))
+}
+
+/// Checks that `hash` is a PHC string (a change carrying anything else is
+/// refused rather than stored to lock its user out).
+pub fn check_hash(hash: &str) -> Result<(), AuthError> {
+    PasswordHash::new(hash)
+        .map(|_| ())
+        .map_err(|e| AuthError::Invalid(format!("not a password hash: {e}")))
 }
 
 /// Checks a user name: 1 to [`MAX_NAME`] bytes of letters, digits, `.`,
@@ -55,62 +50,6 @@ pub fn check_name(name: &str) -> Result<(), AuthError> {
         Err(AuthError::Invalid(format!(
             "invalid user name {name:?}: 1 to {MAX_NAME} letters, digits, '.', '_', '-' or '@'"
         )))
-    }
-}
-
-impl UserStore {
-    /// Opens the users kept in `dir`.
-    pub fn open(dir: &Path) -> Result<UserStore, AuthError> {
-        let path = dir.join(FILE);
-        let users = meta_file::read(&path, KIND)?.unwrap_or_default();
-        Ok(UserStore {
-            path,
-            users: RwLock::new(users),
-            decoy: hash("not a password of anyone")?,
-        })
-    }
-
-    /// Creates `name` or sets its password (slow: hashes).
-    pub fn upsert(&self, name: &str, password: &str) -> Result<(), AuthError> {
-        check_name(name)?;
-        if password.chars().count() < MIN_PASSWORD {
-            return Err(AuthError::Invalid(format!(
-                "the password must have at least {MIN_PASSWORD} characters"
-            )));
-        }
-        let hashed = hash(password)?;
-        let mut users = self.users.write();
-        let mut next = users.clone();
-        next.insert(name.to_string(), hashed);
-        meta_file::write(&self.path, KIND, &next, Durability::Synced)?;
-        *users = next;
-        Ok(())
-    }
-
-    /// Removes `name`.
-    pub fn remove(&self, name: &str) -> Result<(), AuthError> {
-        let mut users = self.users.write();
-        let mut next = users.clone();
-        if next.remove(name).is_none() {
-            return Err(AuthError::NotFound(format!("no user {name:?}")));
-        }
-        meta_file::write(&self.path, KIND, &next, Durability::Synced)?;
-        *users = next;
-        Ok(())
-    }
-
-    /// The users' names.
-    pub fn names(&self) -> Vec<String> {
-        self.users.read().keys().cloned().collect()
-    }
-
-    /// True if `password` is `name`'s (slow by design).
-    pub fn verify(&self, name: &str, password: &str) -> bool {
-        let stored = self.users.read().get(name).cloned();
-        let known = stored.is_some();
-        let hash = stored.unwrap_or_else(|| self.decoy.clone());
-        let matches = verify_against(&hash, password);
-        known && matches
     }
 }
 
@@ -131,25 +70,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn passwords_are_stored_hashed_and_checked() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = UserStore::open(dir.path()).expect("open");
-        store.upsert("alice", "correct horse").expect("add");
-        assert!(store.verify("alice", "correct horse"));
-        assert!(!store.verify("alice", "wrong horse!"));
-        assert!(!store.verify("bob", "correct horse"));
-        let raw = std::fs::read(dir.path().join(FILE)).expect("file");
-        assert!(
-            !raw.windows(13).any(|w| w == b"correct horse"),
-            "the password is in the users file"
-        );
-        // Survives a reopen; removal works once.
-        let store = UserStore::open(dir.path()).expect("reopen");
-        assert!(store.verify("alice", "correct horse"));
-        assert!(store.upsert("bad name!", "long enough").is_err());
-        assert!(store.upsert("carol", "short").is_err());
-        store.remove("alice").expect("remove");
-        assert!(store.remove("alice").is_err());
-        assert!(!store.verify("alice", "correct horse"));
+    fn passwords_are_hashed_salted_and_checked() {
+        let a = hash_password("correct horse").expect("hash");
+        let b = hash_password("correct horse").expect("hash");
+        assert_ne!(a, b, "no salt");
+        assert!(!a.contains("correct horse"));
+        assert!(verify_against(&a, "correct horse"));
+        assert!(!verify_against(&a, "wrong horse!"));
+        assert!(!verify_against("garbage", "correct horse"));
+        assert!(hash_password("short").is_err());
+        assert!(check_name("bad name!").is_err());
+        assert!(check_name("broker:1").is_err());
+        assert!(check_name("alice@example.com").is_ok());
     }
 }

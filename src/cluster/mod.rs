@@ -15,6 +15,7 @@ pub mod placement;
 pub mod raft;
 pub mod replica_progress;
 pub mod replication;
+pub mod security;
 pub mod state;
 
 pub use placement::NodeId;

@@ -38,14 +38,14 @@ pub enum NotServed {
 
 /// This broker's membership in a cluster.
 pub struct ClusterNode {
-    control: ControlPlane,
+    pub(super) control: ControlPlane,
     pub(super) broker: Broker,
     /// How this broker connects to other brokers' client ports (TLS with
     /// the cluster's certificate when the client port speaks TLS).
     pub(super) to_brokers: spool_client::ConnectOptions,
     /// The replicated partitions this broker leads and follows.
     pub(super) replicas: Replicas,
-    stop: CancellationToken,
+    pub(super) stop: CancellationToken,
     /// Client connections to other brokers' client ports, by address (for
     /// what only a partition's leader or a group's coordinator knows).
     others: tokio::sync::Mutex<BTreeMap<String, spool_client::Client>>,
@@ -559,7 +559,7 @@ impl ClusterNode {
     }
 
     /// Waits (briefly) until this broker has applied what was committed.
-    async fn wait_applied(&self, done: impl Fn(&ClusterState) -> bool) {
+    pub(super) async fn wait_applied(&self, done: impl Fn(&ClusterState) -> bool) {
         let mut state = self.control.state.clone();
         let _ = tokio::time::timeout(ADMIN_TIMEOUT, state.wait_for(|s| done(s))).await;
     }

@@ -247,6 +247,8 @@ pub enum Command {
         /// The session.
         session: u64,
     },
+    /// A change to the users, access rules or quotas.
+    Security(crate::auth::SecurityChange),
 }
 
 /// What applying a command did.
@@ -353,6 +355,8 @@ pub struct ClusterState {
     /// Locks held and awaited by client sessions (whose leases are in
     /// `leases`), and the fencing-token counter.
     pub locks: crate::locks::LockTable,
+    /// Users, access rules and quotas (with `spool serve --auth`).
+    pub security: crate::auth::SecurityData,
 }
 
 impl ClusterState {
@@ -566,6 +570,10 @@ impl ClusterState {
             Command::ReleaseLock { name, session } => match self.locks.release(name, *session) {
                 Ok(_) => Outcome::Applied,
                 Err(e) => Outcome::LockRefused(e),
+            },
+            Command::Security(change) => match self.security.apply(change) {
+                Ok(()) => Outcome::Applied,
+                Err(e) => Outcome::Refused(e.to_string()),
             },
             Command::LeaveLockQueue { name, session } => {
                 self.locks.leave_queue(name, *session);

@@ -430,13 +430,17 @@ impl Handler {
     /// Makes the connection act as `principal` (authenticated by password
     /// or certificate), counted against its connection quota (brokers have
     /// none).
-    fn act_as(&mut self, auth: &crate::auth::Auth, principal: String) -> Result<(), ErrorResponse> {
+    fn act_as(
+        &mut self,
+        auth: &Arc<crate::auth::Auth>,
+        principal: String,
+    ) -> Result<(), ErrorResponse> {
         // A connection that authenticates again stops counting as its
         // former principal's first.
         self.quota = None;
         self.principal = None;
         if !crate::auth::is_broker(&principal) {
-            let quota = auth.quotas.connect(&principal).map_err(|e| {
+            let quota = auth.connect(&principal).map_err(|e| {
                 metrics::QUOTA_CONNECTIONS_REFUSED.inc();
                 tracing::warn!(principal = %principal, peer = ?self.peer, error = %e, "connection refused by its principal's quota");
                 super::handlers::security::auth_error(&e)
@@ -894,7 +898,9 @@ async fn dispatch(ctx: &ServerContext, request: Request) -> Result<Response, Err
         | Request::ListAcls(_)
         | Request::SetQuota(_)
         | Request::RemoveQuota(_)
-        | Request::ListQuotas(_)) => handlers::security::handle(ctx.auth.clone(), admin).await,
+        | Request::ListQuotas(_)) => {
+            handlers::security::handle(ctx.auth.clone(), ctx.cluster.as_ref(), admin).await
+        }
         lock @ (Request::OpenSession(_)
         | Request::KeepAlive(_)
         | Request::CloseSession(_)

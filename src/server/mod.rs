@@ -162,6 +162,10 @@ impl Server {
             config,
             ctx,
         } = self;
+        if let (Some(node), Some(auth)) = (&ctx.cluster, &ctx.auth) {
+            // In a cluster, users, rules and quotas are the Raft state's.
+            tokio::spawn(node.clone().mirror_security(auth.clone()));
+        }
         let slots = Arc::new(Semaphore::new(config.max_connections));
         let per_ip = Arc::new(PerSource::new(config.max_connections_per_ip));
         let mut refusals = RefusalLog::default();

@@ -7,7 +7,7 @@
 use std::io::BufRead;
 use std::path::PathBuf;
 
-use spool::auth::{Auth, Quota, ResourceKind, Rule};
+use spool::auth::{Auth, Quota, ResourceKind, Rule, SecurityChange};
 use spool::protocol::requests::{
     AddAclRequest, DeleteUserRequest, ListAclsRequest, ListQuotasRequest, ListUsersRequest,
     RemoveAclRequest, RemoveQuotaRequest, SetQuotaRequest, UpsertUserRequest, WireAcl,
@@ -229,7 +229,9 @@ pub async fn run_users(command: UsersCommand) -> Result<(), Failure> {
         UsersCommand::Add { name, target } => {
             let password = read_password()?;
             match at(target).await? {
-                Where::Offline(auth) => auth.users.upsert(&name, &password).map_err(refused)?,
+                Where::Offline(auth) => auth
+                    .change(SecurityChange::new_user(&name, &password).map_err(refused)?)
+                    .map_err(refused)?,
                 Where::Online(client) => {
                     client
                         .call(&UpsertUserRequest {
@@ -243,7 +245,9 @@ pub async fn run_users(command: UsersCommand) -> Result<(), Failure> {
         }
         UsersCommand::Remove { name, target } => {
             match at(target).await? {
-                Where::Offline(auth) => auth.users.remove(&name).map_err(refused)?,
+                Where::Offline(auth) => auth
+                    .change(SecurityChange::DeleteUser(name.clone()))
+                    .map_err(refused)?,
                 Where::Online(client) => {
                     client
                         .call(&DeleteUserRequest { name: name.clone() })
@@ -254,7 +258,7 @@ pub async fn run_users(command: UsersCommand) -> Result<(), Failure> {
         }
         UsersCommand::List { target } => {
             let names = match at(target).await? {
-                Where::Offline(auth) => auth.users.names(),
+                Where::Offline(auth) => auth.user_names(),
                 Where::Online(client) => client.call(&ListUsersRequest).await?.names,
             };
             for name in names {
@@ -270,7 +274,9 @@ pub async fn run_acl(command: AclCommand) -> Result<(), Failure> {
         AclCommand::Add(args) => {
             let (acl, rule, target) = args.rule()?;
             match at(target).await? {
-                Where::Offline(auth) => auth.acls.add(rule).map_err(refused)?,
+                Where::Offline(auth) => auth
+                    .change(SecurityChange::AddRule(rule))
+                    .map_err(refused)?,
                 Where::Online(client) => client.call(&AddAclRequest { acl }).await?,
             }
             println!("rule added");
@@ -278,14 +284,16 @@ pub async fn run_acl(command: AclCommand) -> Result<(), Failure> {
         AclCommand::Remove(args) => {
             let (acl, rule, target) = args.rule()?;
             match at(target).await? {
-                Where::Offline(auth) => auth.acls.remove(&rule).map_err(refused)?,
+                Where::Offline(auth) => auth
+                    .change(SecurityChange::RemoveRule(rule))
+                    .map_err(refused)?,
                 Where::Online(client) => client.call(&RemoveAclRequest { acl }).await?,
             }
             println!("rule removed");
         }
         AclCommand::List { target, json } => {
             let acls = match at(target).await? {
-                Where::Offline(auth) => auth.acls.list().iter().map(Rule::to_wire).collect(),
+                Where::Offline(auth) => auth.data().rules.iter().map(Rule::to_wire).collect(),
                 Where::Online(client) => client.call(&ListAclsRequest).await?.acls,
             };
             if json {
@@ -332,7 +340,12 @@ pub async fn run_quotas(command: QuotasCommand) -> Result<(), Failure> {
                 max_connections: connections,
             };
             match at(target).await? {
-                Where::Offline(auth) => auth.quotas.set(&principal, quota).map_err(refused)?,
+                Where::Offline(auth) => auth
+                    .change(SecurityChange::SetQuota {
+                        principal: principal.clone(),
+                        quota,
+                    })
+                    .map_err(refused)?,
                 Where::Online(client) => {
                     client
                         .call(&SetQuotaRequest {
@@ -345,7 +358,9 @@ pub async fn run_quotas(command: QuotasCommand) -> Result<(), Failure> {
         }
         QuotasCommand::Remove { principal, target } => {
             match at(target).await? {
-                Where::Offline(auth) => auth.quotas.remove(&principal).map_err(refused)?,
+                Where::Offline(auth) => auth
+                    .change(SecurityChange::RemoveQuota(principal.clone()))
+                    .map_err(refused)?,
                 Where::Online(client) => {
                     client
                         .call(&RemoveQuotaRequest {
@@ -358,7 +373,7 @@ pub async fn run_quotas(command: QuotasCommand) -> Result<(), Failure> {
         }
         QuotasCommand::List { target, json } => {
             let quotas: Vec<(String, Quota)> = match at(target).await? {
-                Where::Offline(auth) => auth.quotas.list(),
+                Where::Offline(auth) => auth.data().quotas.into_iter().collect(),
                 Where::Online(client) => client
                     .call(&ListQuotasRequest)
                     .await?

@@ -324,13 +324,13 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         }
     };
     if args.auth == Some(true) {
-        if args.node_id.is_some() {
+        if clustered && (peer_tls.is_none() || config.tls.is_none()) {
             return Err(Failure::usage(
-                "--auth is not supported in a cluster yet (brokers would need credentials for each other)",
+                "--auth in a cluster needs TLS on both ports (--tls-cert, --tls-key and --peer-tls-cert, --peer-tls-key, --peer-tls-ca): brokers prove to each other who they are with the cluster's certificates",
             ));
         }
         let auth = spool::auth::Auth::open(&data).map_err(|e| Failure::refused(e.to_string()))?;
-        if auth.users.names().is_empty() {
+        if auth.user_names().is_empty() {
             tracing::warn!("authentication is on but there are no users: create one with `spool users add admin --data DIR` while the broker is stopped");
         }
         config.auth = Some(std::sync::Arc::new(auth));

@@ -31,7 +31,8 @@ const SNAPSHOT: MetaKind = MetaKind {
     // 2: partitions carry replicas, in-sync sets and leader epochs.
     // 3: groups may be queue-mode groups (their settings).
     // 4: lock sessions and the lock table.
-    version: 4,
+    // 5: users, access rules and quotas.
+    version: 5,
 };
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

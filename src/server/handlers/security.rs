@@ -1,12 +1,16 @@
-//! Users, access rules and quotas, administered over the protocol (the access
-//! rules require `admin` on the cluster for these).
+//! Users, access rules and quotas, administered over the protocol (the
+//! access rules require `admin` on the cluster for these). A single broker
+//! applies a change itself; a clustered one commits it through Raft, and
+//! every broker takes the committed state.
 
 use std::sync::Arc;
 
 use spool_protocol::requests::{ListAclsResponse, ListQuotasResponse, ListUsersResponse};
 use spool_protocol::{ErrorCode, ErrorResponse, Request, Response};
 
-use crate::auth::{Auth, AuthError, Quota, Rule};
+use crate::auth::{Auth, AuthError, Quota, Rule, SecurityChange, SecurityData};
+use crate::cluster::node::ClusterNode;
+use crate::cluster::security::SecurityChangeError;
 use crate::server::errors::error;
 
 pub(crate) fn auth_error(e: &AuthError) -> ErrorResponse {
@@ -20,54 +24,85 @@ pub(crate) fn auth_error(e: &AuthError) -> ErrorResponse {
     error(code, e.to_string())
 }
 
-/// Answers a user or rule request.
-pub async fn handle(auth: Option<Arc<Auth>>, request: Request) -> Result<Response, ErrorResponse> {
+/// Answers a user, rule or quota request.
+pub async fn handle(
+    auth: Option<Arc<Auth>>,
+    cluster: Option<&Arc<ClusterNode>>,
+    request: Request,
+) -> Result<Response, ErrorResponse> {
     let Some(auth) = auth else {
         return Err(error(
             ErrorCode::InvalidConfig,
             "authentication is off on this broker (start it with spool serve --auth)",
         ));
     };
-    // Hashing and syncing files: off the async threads.
-    tokio::task::spawn_blocking(move || answer(&auth, request))
+    if let Some(listing) = listing(&auth.data(), &request) {
+        return Ok(listing);
+    }
+    // Hashing a password is slow on purpose: off the async threads.
+    let change = tokio::task::spawn_blocking(move || change_for(request))
         .await
-        .unwrap_or_else(|e| Err(error(ErrorCode::Internal, format!("task failed: {e}"))))
+        .unwrap_or_else(|e| Err(AuthError::Invalid(format!("task failed: {e}"))))
+        .map_err(|e| auth_error(&e))?;
+    match cluster {
+        Some(node) => node
+            .change_security(&auth, change)
+            .await
+            .map_err(|e| match e {
+                SecurityChangeError::Refused(why) => error(ErrorCode::InvalidConfig, why),
+                SecurityChangeError::Unavailable(why) => error(ErrorCode::ClusterUnavailable, why),
+                SecurityChangeError::Local(e) => auth_error(&e),
+            })?,
+        None => {
+            tokio::task::spawn_blocking(move || auth.change(change))
+                .await
+                .unwrap_or_else(|e| Err(AuthError::Invalid(format!("task failed: {e}"))))
+                .map_err(|e| auth_error(&e))?;
+        }
+    }
+    Ok(Response::Done)
 }
 
-fn answer(auth: &Auth, request: Request) -> Result<Response, ErrorResponse> {
-    let done = |r: Result<(), AuthError>| r.map(|()| Response::Done).map_err(|e| auth_error(&e));
-    match request {
-        Request::UpsertUser(r) => done(auth.users.upsert(&r.name, &r.password)),
-        Request::DeleteUser(r) => done(auth.users.remove(&r.name)),
-        Request::ListUsers(_) => Ok(ListUsersResponse {
-            names: auth.users.names(),
+/// The answer to a listing request, `None` for a change.
+fn listing(data: &SecurityData, request: &Request) -> Option<Response> {
+    Some(match request {
+        Request::ListUsers(_) => ListUsersResponse {
+            names: data.users.keys().cloned().collect(),
         }
-        .into()),
-        Request::AddAcl(r) => done(Rule::from_wire(&r.acl).and_then(|rule| auth.acls.add(rule))),
-        Request::RemoveAcl(r) => {
-            done(Rule::from_wire(&r.acl).and_then(|rule| auth.acls.remove(&rule)))
+        .into(),
+        Request::ListAcls(_) => ListAclsResponse {
+            acls: data.rules.iter().map(Rule::to_wire).collect(),
         }
-        Request::ListAcls(_) => Ok(ListAclsResponse {
-            acls: auth.acls.list().iter().map(Rule::to_wire).collect(),
-        }
-        .into()),
-        Request::SetQuota(r) => {
-            let (principal, quota) = Quota::from_wire(&r.quota);
-            done(auth.quotas.set(&principal, quota))
-        }
-        Request::RemoveQuota(r) => done(auth.quotas.remove(&r.principal)),
-        Request::ListQuotas(_) => Ok(ListQuotasResponse {
-            quotas: auth
+        .into(),
+        Request::ListQuotas(_) => ListQuotasResponse {
+            quotas: data
                 .quotas
-                .list()
                 .iter()
                 .map(|(principal, quota)| quota.to_wire(principal))
                 .collect(),
         }
-        .into()),
-        other => Err(error(
-            ErrorCode::Internal,
-            format!("request kind {} is not a security request", other.kind()),
-        )),
-    }
+        .into(),
+        _ => return None,
+    })
+}
+
+/// The change a request asks for (hashing a new password: slow).
+fn change_for(request: Request) -> Result<SecurityChange, AuthError> {
+    Ok(match request {
+        Request::UpsertUser(r) => SecurityChange::new_user(&r.name, &r.password)?,
+        Request::DeleteUser(r) => SecurityChange::DeleteUser(r.name),
+        Request::AddAcl(r) => SecurityChange::AddRule(Rule::from_wire(&r.acl)?),
+        Request::RemoveAcl(r) => SecurityChange::RemoveRule(Rule::from_wire(&r.acl)?),
+        Request::SetQuota(r) => {
+            let (principal, quota) = Quota::from_wire(&r.quota);
+            SecurityChange::SetQuota { principal, quota }
+        }
+        Request::RemoveQuota(r) => SecurityChange::RemoveQuota(r.principal),
+        other => {
+            return Err(AuthError::Invalid(format!(
+                "request kind {} is not a security request",
+                other.kind()
+            )))
+        }
+    })
 }
