@@ -246,14 +246,21 @@ fn the_example_config_loads_and_names_every_flag() {
         .split_whitespace()
         .filter_map(|w| w.strip_prefix("--"))
         .map(|w| w.trim_end_matches(|c: char| !c.is_ascii_alphanumeric() && c != '-'))
-        // The global client flags (--tls-ca, --tls-server-name, --user)
-        // show in every command's help; they say how to reach a broker,
-        // they are not settings of one.
+        // The global client flags (--tls-ca, --tls-server-name,
+        // --tls-client-cert, --tls-client-key, --user) show in every
+        // command's help; they say how to reach a broker, they are not
+        // settings of one.
         .filter(|w| {
             !w.is_empty()
                 && !matches!(
                     *w,
-                    "help" | "config" | "tls-ca" | "tls-server-name" | "user"
+                    "help"
+                        | "config"
+                        | "tls-ca"
+                        | "tls-server-name"
+                        | "tls-client-cert"
+                        | "tls-client-key"
+                        | "user"
                 )
         })
         .collect();
