@@ -25,6 +25,7 @@
 mod accumulator;
 mod connection;
 mod consumer;
+pub mod dead_letters;
 mod delivery;
 mod group;
 mod locks;
@@ -48,6 +49,7 @@ use tokio::sync::Mutex;
 
 pub use self::connection::{ConnectOptions, Connection, Credentials};
 pub use self::consumer::{ConsumedMessage, Consumer, ConsumerConfig, StartAt};
+pub use self::dead_letters::{DeadLetter, ReplayOptions, ReplayReport};
 pub use self::group::GroupConsumer;
 pub use self::locks::{LockGuard, LockOptions, Session};
 pub use self::producer::{Delivery, DeliveryFuture, Producer, ProducerConfig};

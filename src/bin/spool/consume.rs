@@ -115,7 +115,11 @@ impl Printed<'_> {
 }
 
 /// `name`: the bytes as a string if they are UTF-8, else `name_hex`.
-fn put_bytes(object: &mut serde_json::Map<String, serde_json::Value>, name: &str, bytes: &[u8]) {
+pub fn put_bytes(
+    object: &mut serde_json::Map<String, serde_json::Value>,
+    name: &str,
+    bytes: &[u8],
+) {
     match std::str::from_utf8(bytes) {
         Ok(text) => {
             object.insert(name.into(), text.into());

@@ -8,6 +8,7 @@
 mod bench;
 mod cluster;
 mod consume;
+mod dlq;
 mod groups;
 mod inspect;
 mod locks;
@@ -120,6 +121,11 @@ enum Command {
     Acl {
         #[command(subcommand)]
         command: security::AclCommand,
+    },
+    /// A queue group's dead letters: list them, replay them.
+    Dlq {
+        #[command(subcommand)]
+        command: dlq::DlqCommand,
     },
     /// Quotas (with `spool serve --auth`): byte rates and connection
     /// limits per principal.
@@ -303,6 +309,7 @@ fn main() -> ExitCode {
             Command::Users { command } => security::run_users(command).await,
             Command::Acl { command } => security::run_acl(command).await,
             Command::Quotas { command } => security::run_quotas(command).await,
+            Command::Dlq { command } => dlq::run(command).await,
             Command::Locks { command } => locks::run_locks(command).await,
             Command::Consume(args) => consume::run(args).await,
             Command::Inspect(args) => inspect::run(args),
