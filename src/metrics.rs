@@ -76,6 +76,8 @@ metric!(RAFT_APPLIED: IntGauge = register_int_gauge_with_registry!(
     "spool_raft_applied_index", "Last Raft log index applied to the cluster state here", REGISTRY));
 metric!(PLACEMENT_EPOCH: IntGauge = register_int_gauge_with_registry!(
     "spool_placement_epoch", "Placement epoch of the cluster state applied here", REGISTRY));
+metric!(PARTITIONS_WITHOUT_LEADER: IntGauge = register_int_gauge_with_registry!(
+    "spool_partitions_without_leader", "Partitions whose holder's lease has lapsed or that are mid-move, in this broker's applied cluster state", REGISTRY));
 metric!(UNDER_REPLICATED: IntGauge = register_int_gauge_with_registry!(
     "spool_under_replicated_partitions", "Replicated partitions this broker leads whose in-sync set lacks a replica", REGISTRY));
 metric!(REPLICATION_LAG: IntGauge = register_int_gauge_with_registry!(
@@ -140,6 +142,7 @@ pub fn register_all() {
     LazyLock::force(&HANDOFF_PAUSE_SECONDS);
     LazyLock::force(&LEADERSHIPS_TAKEN);
     LazyLock::force(&UNDER_REPLICATED);
+    LazyLock::force(&PARTITIONS_WITHOUT_LEADER);
     LazyLock::force(&REPLICATION_LAG);
     LazyLock::force(&LEADING_REPLICATED);
     LazyLock::force(&REPLICA_TRUNCATIONS);

@@ -950,6 +950,15 @@ impl ClusterState {
             .map(|a| a.holder)
     }
 
+    /// How many partitions have no leader now.
+    pub fn partitions_without_leader(&self) -> usize {
+        self.assignments
+            .iter()
+            .flat_map(|(topic, parts)| (0..parts.len()).map(move |p| (topic, p as u32)))
+            .filter(|(topic, p)| self.leader(topic, PartitionId(*p)).is_none())
+            .count()
+    }
+
     /// The broker that serves the partition's reads: its holder while its
     /// lease is alive, also during a move (the new holder reads from it).
     pub fn read_leader(&self, topic: &str, partition: PartitionId) -> Option<NodeId> {

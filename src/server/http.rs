@@ -149,6 +149,23 @@ fn render(broker: &Broker) -> Result<Vec<u8>, String> {
     storage
         .with_label_values(&["partitions_out_of_space"])
         .set(stats.partitions_out_of_space as i64);
+    // The file system of the data directory: what an operator alerts on
+    // before a partition runs out of space.
+    let disk = IntGaugeVec::new(
+        Opts::new(
+            "spool_disk_bytes",
+            "The data directory's file system: total and available bytes",
+        ),
+        &["what"],
+    )
+    .map_err(|e| e.to_string())?;
+    if let Ok(fs) = rustix::fs::statvfs(broker.dir()) {
+        let block = fs.f_frsize as i64;
+        disk.with_label_values(&["total"])
+            .set(fs.f_blocks as i64 * block);
+        disk.with_label_values(&["available"])
+            .set(fs.f_bavail as i64 * block);
+    }
     let group_gauge =
         |name: &str, help: &str| IntGaugeVec::new(Opts::new(name, help), &["group", "partition"]);
     let lag = group_gauge(
@@ -190,6 +207,7 @@ fn render(broker: &Broker) -> Result<Vec<u8>, String> {
     families.extend(start.collect());
     families.extend(end.collect());
     families.extend(storage.collect());
+    families.extend(disk.collect());
     // The encoder refuses a family without samples (no topics or groups yet).
     families.retain(|f| !f.get_metric().is_empty());
     let mut out = Vec::new();

@@ -310,7 +310,11 @@ impl LeaseDesk {
                 crate::metrics::RAFT_TERM.set(m.current_term as i64);
                 crate::metrics::RAFT_LEADER.set(m.current_leader.map_or(0, |l| l as i64));
                 crate::metrics::RAFT_APPLIED.set(m.last_applied.map_or(0, |l| l.index as i64));
-                crate::metrics::PLACEMENT_EPOCH.set(self.state.borrow().placement_epoch as i64);
+                let state = self.state.borrow();
+                crate::metrics::PLACEMENT_EPOCH.set(state.placement_epoch as i64);
+                crate::metrics::PARTITIONS_WITHOUT_LEADER
+                    .set(state.partitions_without_leader() as i64);
+                drop(state);
                 m.current_term
             };
             if !self.leading() {
