@@ -61,18 +61,21 @@ impl ClusterNode {
             session,
             wait: !wait.is_zero(),
         };
-        match self.lock_command(command).await? {
+        let queued_after = match self.lock_command(command).await? {
             Outcome::Lock(Acquired::Granted(token)) => return Ok(Some(token)),
             Outcome::Lock(Acquired::Busy) => return Ok(None),
-            Outcome::Lock(Acquired::Queued) => {}
+            Outcome::LockQueued { last_token } => last_token,
             other => return Err(unexpected(other)),
-        }
+        };
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             {
                 let now = state.borrow_and_update();
                 if let Some((holder, token)) = now.locks.holder(lock) {
-                    if holder == session {
+                    // Only a grant made after this acquire queued: this
+                    // broker's state may lag behind the release of an
+                    // earlier grant to the same session.
+                    if holder == session && token > queued_after {
                         return Ok(Some(token));
                     }
                 }

@@ -264,6 +264,14 @@ pub enum Outcome {
     SessionOpened(u64),
     /// What an acquire did.
     Lock(crate::locks::Acquired),
+    /// An acquire queued when the largest token granted was `last_token`:
+    /// its grant, when it comes, has a larger one. (A broker whose applied
+    /// state lags may still show this session holding the lock under an
+    /// earlier grant it has since released; that one is not this one.)
+    LockQueued {
+        /// The largest token granted when it queued.
+        last_token: u64,
+    },
     /// A lock command refused.
     LockRefused(crate::locks::LockError),
 }
@@ -563,6 +571,9 @@ impl ClusterState {
                     return Outcome::LockRefused(crate::locks::LockError::SessionExpired(*session));
                 }
                 match self.locks.acquire(name, *session, *wait) {
+                    Ok(crate::locks::Acquired::Queued) => Outcome::LockQueued {
+                        last_token: self.locks.last_token(),
+                    },
                     Ok(acquired) => Outcome::Lock(acquired),
                     Err(e) => Outcome::LockRefused(e),
                 }
