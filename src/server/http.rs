@@ -1,5 +1,5 @@
-//! The operator endpoint: `GET /metrics` (Prometheus text format) and
-//! `GET /health`.
+//! The operator endpoint: `GET /metrics` (Prometheus text format),
+//! `GET /health`, and the web console (`super::console`) at `/`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use super::console::Console;
 use crate::broker::Broker;
 use crate::metrics::REGISTRY;
 
@@ -27,7 +28,7 @@ pub const MAX_HTTP_CONNECTIONS: usize = 64;
 const HTTP_CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Serves the endpoint on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, broker: Broker, shutdown: CancellationToken) {
+pub async fn serve(listener: TcpListener, console: Console, shutdown: CancellationToken) {
     let slots = Arc::new(Semaphore::new(MAX_HTTP_CONNECTIONS));
     loop {
         let stream = tokio::select! {
@@ -48,12 +49,25 @@ pub async fn serve(listener: TcpListener, broker: Broker, shutdown: Cancellation
             drop(stream);
             continue;
         };
-        let broker = broker.clone();
+        let console = console.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let service = hyper::service::service_fn(move |req| {
-                let broker = broker.clone();
-                async move { Ok::<_, Infallible>(route(&req, &broker)) }
+                let console = console.clone();
+                async move {
+                    // Pages read files and walk every partition: not on
+                    // an async worker.
+                    let response = tokio::task::spawn_blocking(move || route(&req, &console))
+                        .await
+                        .unwrap_or_else(|e| {
+                            reply(
+                                StatusCode::INTERNAL_SERVER_ERROR,
+                                "text/plain",
+                                format!("console task failed: {e}\n").into_bytes(),
+                            )
+                        });
+                    Ok::<_, Infallible>(response)
+                }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service);
@@ -72,7 +86,8 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-fn route(req: &Request<Incoming>, broker: &Broker) -> Response<Full<Bytes>> {
+fn route(req: &Request<Incoming>, console: &Console) -> Response<Full<Bytes>> {
+    let broker = &console.broker;
     match (req.method().as_str(), req.uri().path()) {
         ("GET", "/metrics") => match render(broker) {
             Ok(body) => reply(StatusCode::OK, "text/plain; version=0.0.4", body),
@@ -83,6 +98,14 @@ fn route(req: &Request<Incoming>, broker: &Broker) -> Response<Full<Bytes>> {
             ),
         },
         ("GET", "/health") => reply(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
+        ("GET", path) => match console.page(path, req.uri().query()) {
+            Some(page) => reply(
+                StatusCode::from_u16(page.status).unwrap_or(StatusCode::OK),
+                page.content_type,
+                page.body,
+            ),
+            None => reply(StatusCode::NOT_FOUND, "text/plain", b"not found\n".to_vec()),
+        },
         _ => reply(StatusCode::NOT_FOUND, "text/plain", b"not found\n".to_vec()),
     }
 }

@@ -8,6 +8,7 @@
 //! (flushing every partition).
 
 mod connection;
+pub mod console;
 mod errors;
 mod frame_reader;
 mod handlers;

@@ -438,7 +438,12 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     println!("listening on {bound} metrics on {metrics_bound}");
 
     let shutdown = CancellationToken::new();
-    tokio::spawn(http::serve(metrics_listener, broker, shutdown.clone()));
+    let console = spool::server::console::Console {
+        broker: broker.clone(),
+        cluster: cluster.clone(),
+        started: std::time::Instant::now(),
+    };
+    tokio::spawn(http::serve(metrics_listener, console, shutdown.clone()));
     {
         let shutdown = shutdown.clone();
         tokio::spawn(async move {

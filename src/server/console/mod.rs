@@ -1,0 +1,136 @@
+//! The web console, on the HTTP port beside `/metrics`: what this broker
+//! holds and how the cluster stands, as server-rendered HTML (maud) that
+//! works with JavaScript off. Only the overview's live rate chart uses a
+//! little JavaScript (it polls `/api/rates`). Read-only.
+//!
+//! Pages: `/` (overview), `/topics`, `/topics/NAME` (partitions and the
+//! message browser form), `/topics/NAME/messages?partition=P&offset=O`
+//! (or `&time=MS`; `&format=hex`), `/groups`, `/groups/NAME`, `/cluster`,
+//! `/locks`. In a cluster each broker shows the cluster's state and the
+//! partitions and groups it holds itself.
+
+mod pages;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::broker::Broker;
+use crate::cluster::node::ClusterNode;
+
+/// Most records one message-browser page shows.
+pub const PAGE_RECORDS: usize = 50;
+/// Bytes read for one message-browser page.
+const PAGE_BYTES: u32 = 1 << 20;
+
+/// What the console reads from.
+#[derive(Clone)]
+pub struct Console {
+    /// The broker.
+    pub broker: Broker,
+    /// Its cluster, if any.
+    pub cluster: Option<Arc<ClusterNode>>,
+    /// When the server started.
+    pub started: Instant,
+}
+
+/// A page: status, content type and body.
+pub struct Page {
+    /// HTTP status.
+    pub status: u16,
+    /// Content type.
+    pub content_type: &'static str,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+impl Page {
+    fn html(markup: maud::Markup) -> Page {
+        Page {
+            status: 200,
+            content_type: "text/html; charset=utf-8",
+            body: markup.into_string().into_bytes(),
+        }
+    }
+
+    fn not_found(what: &str) -> Page {
+        Page {
+            status: 404,
+            content_type: "text/html; charset=utf-8",
+            body: pages::not_found(what).into_string().into_bytes(),
+        }
+    }
+}
+
+/// The query string's parameters.
+fn query(q: Option<&str>) -> HashMap<String, String> {
+    form_urlencoded::parse(q.unwrap_or("").as_bytes())
+        .into_owned()
+        .collect()
+}
+
+/// A path segment, percent-decoded.
+fn segment(s: &str) -> String {
+    form_urlencoded::parse(format!("x={s}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+impl Console {
+    /// The page at `path` (`None`: not a console path).
+    pub fn page(&self, path: &str, query_string: Option<&str>) -> Option<Page> {
+        let q = query(query_string);
+        let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+        Some(match parts.as_slice() {
+            [""] => Page::html(pages::overview(self)),
+            ["topics"] => Page::html(pages::topics(self)),
+            ["topics", name] => match self.broker.describe_topic(&segment(name)) {
+                Ok(topic) => Page::html(pages::topic(self, &topic)),
+                Err(_) => Page::not_found(&format!("topic {}", segment(name))),
+            },
+            ["topics", name, "messages"] => {
+                let name = segment(name);
+                match self.broker.describe_topic(&name) {
+                    Ok(topic) => Page::html(pages::messages(self, &topic, &q)),
+                    Err(_) => Page::not_found(&format!("topic {name}")),
+                }
+            }
+            ["groups"] => Page::html(pages::groups(self)),
+            ["groups", name] => match self.broker.describe_group(&segment(name)) {
+                Ok(group) => Page::html(pages::group(self, &group)),
+                Err(_) => Page::not_found(&format!("group {}", segment(name))),
+            },
+            ["cluster"] => Page::html(pages::cluster(self)),
+            ["locks"] => Page::html(pages::locks(self)),
+            ["api", "rates"] => Page {
+                status: 200,
+                content_type: "application/json",
+                body: rates().to_string().into_bytes(),
+            },
+            _ => return None,
+        })
+    }
+}
+
+/// The counters the live chart turns into rates.
+fn rates() -> serde_json::Value {
+    let sum = |c: &prometheus::IntCounterVec| -> u64 {
+        use prometheus::core::Collector;
+        c.collect()
+            .iter()
+            .flat_map(|f| f.get_metric().iter())
+            .map(|m| m.get_counter().get_value() as u64)
+            .sum()
+    };
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    serde_json::json!({
+        "at_ms": now_ms,
+        "messages_in": sum(&crate::metrics::MESSAGES_IN),
+        "messages_out": sum(&crate::metrics::MESSAGES_OUT),
+        "bytes_in": sum(&crate::metrics::BYTES_IN),
+        "bytes_out": sum(&crate::metrics::BYTES_OUT),
+    })
+}
