@@ -422,10 +422,11 @@ pub(super) fn cluster(c: &Console) -> Markup {
         .assignments
         .iter()
         .flat_map(|(topic, parts)| {
-            parts.iter().enumerate().filter_map(move |(p, a)| {
-                (a.in_sync.len() < a.replicas.len())
-                    .then(|| (topic.clone(), p, ids(&a.replicas), ids(&a.in_sync)))
-            })
+            parts
+                .iter()
+                .enumerate()
+                .filter(|(_, a)| a.in_sync.len() < a.replicas.len())
+                .map(move |(p, a)| (topic.clone(), p, ids(&a.replicas), ids(&a.in_sync)))
         })
         .collect();
     layout(
