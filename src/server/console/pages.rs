@@ -97,7 +97,7 @@ pub(super) fn overview(c: &Console) -> Markup {
     let disk = rustix::fs::statvfs(c.broker.dir()).ok();
     let role = match &c.cluster {
         Some(node) => format!("broker {} of a cluster", node.id().0),
-        None => "single broker".to_string(),
+        None => "a single broker".to_string(),
     };
     let brokers = c.cluster.as_ref().map_or(1, |n| n.state().members.len());
     let up = c.started.elapsed().as_secs();
