@@ -64,6 +64,7 @@ fn pages(c: &mut Criterion) {
         broker: broker.clone(),
         cluster: None,
         started: std::time::Instant::now(),
+        auth: None,
     };
     let mut group = c.benchmark_group("console_1000_partitions");
     group.measurement_time(Duration::from_secs(5));
@@ -78,7 +79,9 @@ fn pages(c: &mut Criterion) {
     ] {
         group.bench_function(path, |b| {
             b.iter(|| {
-                let page = console.page(path, Some("partition=7&offset=0")).unwrap();
+                let page = console
+                    .page(path, Some("partition=7&offset=0"), None)
+                    .unwrap();
                 assert_eq!(page.status, 200);
                 page.body.len()
             })

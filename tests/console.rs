@@ -452,3 +452,110 @@ async fn every_console_page_shows_what_the_api_says_in_a_real_browser() {
         "cluster",
     );
 }
+
+/// `GET path` from `host` with HTTP Basic credentials; the whole response.
+fn get_as(host: &str, path: &str, credentials: Option<(&str, &str)>) -> String {
+    use base64::Engine;
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(host).expect("connect for HTTP");
+    let auth = credentials
+        .map(|(u, p)| {
+            let token = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
+            format!("Authorization: Basic {token}\r\n")
+        })
+        .unwrap_or_default();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n{auth}\r\n").expect("request");
+    let mut response = String::new();
+    s.read_to_string(&mut response).expect("response");
+    response
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_auth_the_console_asks_who_you_are_and_shows_only_what_you_may_see() {
+    const ADMIN: (&str, &str) = ("admin", "admin-password-1");
+    const ALICE: (&str, &str) = ("alice", "alice-password-1");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().display().to_string();
+    for (user, password) in [ADMIN, ALICE] {
+        let out = common::cli::spool(
+            &["users", "add", user, "--data", &data],
+            Some(&format!("{password}\n")),
+        );
+        assert!(out.status.success(), "{}", common::cli::stderr(&out));
+    }
+    let out = common::cli::spool(
+        &[
+            "acl",
+            "add",
+            "alice",
+            "--allow",
+            "consume,describe",
+            "--topic",
+            "orders.*",
+            "--data",
+            &data,
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", common::cli::stderr(&out));
+    let server = SpoolServer::start_with(dir.path(), &["--auth"]);
+    let admin = Client::connect_with(
+        server.addr,
+        spool::client::ConnectOptions {
+            credentials: Some(spool::client::Credentials {
+                user: ADMIN.0.into(),
+                password: ADMIN.1.into(),
+            }),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("admin");
+    for topic in ["orders.eu", "payments"] {
+        admin
+            .create_topic(topic, 1, TopicOptions::default())
+            .await
+            .expect("topic");
+        admin
+            .produce_batch(topic, 0, common::cluster::batch("secret"))
+            .await
+            .expect("produce");
+    }
+    let host = server.metrics.to_string();
+    let status = |r: &str| r.lines().next().unwrap_or("").to_string();
+
+    // No credentials, or wrong ones: asked for them, shown nothing.
+    let anonymous = get_as(&host, "/topics/payments/messages", None);
+    assert!(status(&anonymous).contains("401"), "{anonymous}");
+    assert!(
+        anonymous.contains("WWW-Authenticate: Basic")
+            || anonymous.contains("www-authenticate: Basic")
+    );
+    assert!(!anonymous.contains("secret"));
+    let wrong = get_as(&host, "/", Some(("alice", "not-her-password")));
+    assert!(status(&wrong).contains("401"), "{wrong}");
+    // Scrapers need no password.
+    assert!(status(&get_as(&host, "/metrics", None)).contains("200"));
+
+    // Alice reads her topic's messages and nothing else.
+    let hers = get_as(&host, "/topics/orders.eu/messages?partition=0", Some(ALICE));
+    assert!(status(&hers).contains("200"), "{hers}");
+    assert!(hers.contains("secret"));
+    let theirs = get_as(&host, "/topics/payments/messages?partition=0", Some(ALICE));
+    assert!(status(&theirs).contains("403"), "{theirs}");
+    assert!(theirs.contains("alice may not consume topic"), "{theirs}");
+    assert!(!theirs.contains("secret"));
+    assert!(status(&get_as(&host, "/", Some(ALICE))).contains("403"));
+
+    // The admin sees everything.
+    for path in [
+        "/",
+        "/topics",
+        "/topics/payments/messages?partition=0",
+        "/cluster",
+        "/locks",
+    ] {
+        let page = get_as(&host, path, Some(ADMIN));
+        assert!(status(&page).contains("200"), "{path}: {page}");
+    }
+}

@@ -34,7 +34,7 @@ pub async fn serve(listener: TcpListener, console: Console, shutdown: Cancellati
         let stream = tokio::select! {
             _ = shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(err) => {
                     tracing::warn!(error = %err, "metrics accept failed");
                     continue;
@@ -49,23 +49,26 @@ pub async fn serve(listener: TcpListener, console: Console, shutdown: Cancellati
             drop(stream);
             continue;
         };
+        let (stream, peer) = stream;
         let console = console.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let service = hyper::service::service_fn(move |req| {
                 let console = console.clone();
                 async move {
-                    // Pages read files and walk every partition: not on
-                    // an async worker.
-                    let response = tokio::task::spawn_blocking(move || route(&req, &console))
-                        .await
-                        .unwrap_or_else(|e| {
-                            reply(
-                                StatusCode::INTERNAL_SERVER_ERROR,
-                                "text/plain",
-                                format!("console task failed: {e}\n").into_bytes(),
-                            )
-                        });
+                    // Pages read files and walk every partition, and a
+                    // password check is slow on purpose: not on an async
+                    // worker.
+                    let response =
+                        tokio::task::spawn_blocking(move || route(&req, &console, peer.ip()))
+                            .await
+                            .unwrap_or_else(|e| {
+                                reply(
+                                    StatusCode::INTERNAL_SERVER_ERROR,
+                                    "text/plain",
+                                    format!("console task failed: {e}\n").into_bytes(),
+                                )
+                            });
                     Ok::<_, Infallible>(response)
                 }
             });
@@ -86,7 +89,11 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-fn route(req: &Request<Incoming>, console: &Console) -> Response<Full<Bytes>> {
+fn route(
+    req: &Request<Incoming>,
+    console: &Console,
+    from: std::net::IpAddr,
+) -> Response<Full<Bytes>> {
     let broker = &console.broker;
     match (req.method().as_str(), req.uri().path()) {
         ("GET", "/metrics") => match render(broker) {
@@ -98,16 +105,49 @@ fn route(req: &Request<Incoming>, console: &Console) -> Response<Full<Bytes>> {
             ),
         },
         ("GET", "/health") => reply(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
-        ("GET", path) => match console.page(path, req.uri().query()) {
-            Some(page) => reply(
-                StatusCode::from_u16(page.status).unwrap_or(StatusCode::OK),
-                page.content_type,
-                page.body,
-            ),
-            None => reply(StatusCode::NOT_FOUND, "text/plain", b"not found\n".to_vec()),
-        },
+        ("GET", path) => {
+            let principal = match console.authenticate(basic_credentials(req), from) {
+                Ok(principal) => principal,
+                Err(refusal) => {
+                    let mut response =
+                        reply(StatusCode::UNAUTHORIZED, "text/plain", refusal.into_bytes());
+                    response.headers_mut().insert(
+                        hyper::header::WWW_AUTHENTICATE,
+                        hyper::header::HeaderValue::from_static(
+                            "Basic realm=\"Spool console\", charset=\"UTF-8\"",
+                        ),
+                    );
+                    return response;
+                }
+            };
+            match console.page(path, req.uri().query(), principal.as_deref()) {
+                Some(page) => reply(
+                    StatusCode::from_u16(page.status).unwrap_or(StatusCode::OK),
+                    page.content_type,
+                    page.body,
+                ),
+                None => reply(StatusCode::NOT_FOUND, "text/plain", b"not found\n".to_vec()),
+            }
+        }
         _ => reply(StatusCode::NOT_FOUND, "text/plain", b"not found\n".to_vec()),
     }
+}
+
+/// The user and password of an `Authorization: Basic` header.
+fn basic_credentials(req: &Request<Incoming>) -> Option<(String, String)> {
+    use base64::Engine;
+    let value = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let encoded = value.strip_prefix("Basic ")?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, password) = text.split_once(':')?;
+    Some((user.to_string(), password.to_string()))
 }
 
 fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Full<Bytes>> {

@@ -424,6 +424,7 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         }
     };
     config.cluster = cluster.clone();
+    let auth_for_console = config.auth.clone();
     let server = Server::with_listener(listener, broker.clone(), config)
         .map_err(|e| Failure::io(&format!("listening on {listen}"), e))?;
     let bound = server
@@ -442,6 +443,7 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         broker: broker.clone(),
         cluster: cluster.clone(),
         started: std::time::Instant::now(),
+        auth: auth_for_console,
     };
     tokio::spawn(http::serve(metrics_listener, console, shutdown.clone()));
     {

@@ -32,6 +32,9 @@ pub struct Console {
     pub cluster: Option<Arc<ClusterNode>>,
     /// When the server started.
     pub started: Instant,
+    /// Users and rules (with `--auth`): every page then needs a user's
+    /// HTTP Basic credentials and the rights to see what it shows.
+    pub auth: Option<Arc<crate::auth::Auth>>,
 }
 
 /// A page: status, content type and body.
@@ -78,10 +81,68 @@ fn segment(s: &str) -> String {
 }
 
 impl Console {
-    /// The page at `path` (`None`: not a console path).
-    pub fn page(&self, path: &str, query_string: Option<&str>) -> Option<Page> {
+    /// Who is asking: `Ok(None)` without `--auth`, the principal with it,
+    /// or why not (no or wrong credentials).
+    pub fn authenticate(
+        &self,
+        credentials: Option<(String, String)>,
+        from: std::net::IpAddr,
+    ) -> Result<Option<String>, String> {
+        let Some(auth) = &self.auth else {
+            return Ok(None);
+        };
+        let Some((user, password)) = credentials else {
+            return Err("this broker requires a user and password (HTTP Basic)\n".into());
+        };
+        match auth.authenticate(Some(from), &user, &password) {
+            Ok(principal) => Ok(Some(principal)),
+            Err(e) => {
+                crate::metrics::AUTHENTICATION_FAILURES.inc();
+                tracing::warn!(user = %user, peer = %from, error = %e, "console authentication failed");
+                Err(format!("{e}\n"))
+            }
+        }
+    }
+
+    /// What `principal` needs to see the page at `parts`, checked: `None`
+    /// if allowed (or without `--auth`), else the refusal.
+    fn refused(&self, principal: Option<&str>, parts: &[&str]) -> Option<Page> {
+        use crate::auth::{Operation, ResourceKind};
+        let (auth, principal) = (self.auth.as_ref()?, principal?);
+        let need = match parts {
+            ["topics", name] => (Operation::Describe, ResourceKind::Topic, segment(name)),
+            ["topics", name, "messages"] => {
+                (Operation::Consume, ResourceKind::Topic, segment(name))
+            }
+            ["groups", name] => (Operation::Describe, ResourceKind::Group, segment(name)),
+            _ => (Operation::Describe, ResourceKind::Cluster, "*".to_string()),
+        };
+        if auth.allowed(principal, need.0, need.1, &need.2) {
+            return None;
+        }
+        crate::metrics::AUTHORIZATION_REFUSALS.inc();
+        tracing::warn!(principal, operation = need.0.name(), resource = need.1.name(), name = %need.2, "console page refused by the access rules");
+        Some(Page {
+            status: 403,
+            content_type: "text/html; charset=utf-8",
+            body: pages::refused(principal, need.0.name(), need.1.name(), &need.2)
+                .into_string()
+                .into_bytes(),
+        })
+    }
+
+    /// The page at `path` for `principal` (`None`: not a console path).
+    pub fn page(
+        &self,
+        path: &str,
+        query_string: Option<&str>,
+        principal: Option<&str>,
+    ) -> Option<Page> {
         let q = query(query_string);
         let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+        if let Some(refusal) = self.refused(principal, &parts) {
+            return Some(refusal);
+        }
         Some(match parts.as_slice() {
             [""] => Page::html(pages::overview(self)),
             ["topics"] => Page::html(pages::topics(self)),

@@ -89,6 +89,13 @@ pub(super) fn not_found(what: &str) -> Markup {
     )
 }
 
+pub(super) fn refused(principal: &str, operation: &str, kind: &str, name: &str) -> Markup {
+    layout(
+        "Not allowed",
+        html! { p.bad { (principal) " may not " (operation) " " (kind) " " (format!("{name:?}")) "." } },
+    )
+}
+
 pub(super) fn overview(c: &Console) -> Markup {
     let topics = c.broker.list_topics();
     let groups = c.broker.list_groups();
