@@ -65,6 +65,7 @@ fn pages(c: &mut Criterion) {
         cluster: None,
         started: std::time::Instant::now(),
         auth: None,
+        admin: None,
     };
     let mut group = c.benchmark_group("console_1000_partitions");
     group.measurement_time(Duration::from_secs(5));

@@ -559,3 +559,171 @@ async fn with_auth_the_console_asks_who_you_are_and_shows_only_what_you_may_see(
         assert!(status(&page).contains("200"), "{path}: {page}");
     }
 }
+
+/// `POST path` with form `body`, as `credentials`, from `origin` if given.
+fn post_as(
+    host: &str,
+    path: &str,
+    body: &str,
+    credentials: (&str, &str),
+    origin: Option<&str>,
+) -> String {
+    use base64::Engine;
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(host).expect("connect for HTTP");
+    let token = base64::engine::general_purpose::STANDARD
+        .encode(format!("{}:{}", credentials.0, credentials.1));
+    let origin = origin
+        .map(|o| format!("Origin: {o}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "POST {path} HTTP/1.0\r\nHost: {host}\r\nAuthorization: Basic {token}\r\n{origin}Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("request");
+    let mut response = String::new();
+    s.read_to_string(&mut response).expect("response");
+    response
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_admin_actions_are_off_by_default_and_follow_the_access_rules() {
+    const ADMIN: (&str, &str) = ("admin", "admin-password-1");
+    const ALICE: (&str, &str) = ("alice", "alice-password-1");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().display().to_string();
+    for (user, password) in [ADMIN, ALICE] {
+        let out = common::cli::spool(
+            &["users", "add", user, "--data", &data],
+            Some(&format!("{password}\n")),
+        );
+        assert!(out.status.success(), "{}", common::cli::stderr(&out));
+    }
+    let out = common::cli::spool(
+        &[
+            "acl",
+            "add",
+            "alice",
+            "--allow",
+            "create,describe",
+            "--topic",
+            "orders.*",
+            "--data",
+            &data,
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", common::cli::stderr(&out));
+    let status = |r: &str| r.lines().next().unwrap_or("").to_string();
+
+    // Read-only unless asked.
+    let plain = SpoolServer::start_with(dir.path(), &["--auth"]);
+    let host = plain.metrics.to_string();
+    let off = post_as(&host, "/topics", "name=orders.x&partitions=1", ADMIN, None);
+    assert!(
+        status(&off).contains("403") && off.contains("--console-admin"),
+        "{off}"
+    );
+    drop(plain);
+
+    let server = SpoolServer::start_with(dir.path(), &["--auth", "--console-admin"]);
+    let host = server.metrics.to_string();
+    let admin = Client::connect_with(
+        server.addr,
+        spool::client::ConnectOptions {
+            credentials: Some(spool::client::Credentials {
+                user: ADMIN.0.into(),
+                password: ADMIN.1.into(),
+            }),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("admin client");
+
+    // Alice creates what her rule allows, and nothing else.
+    let created = post_as(&host, "/topics", "name=orders.eu&partitions=2", ALICE, None);
+    assert!(status(&created).contains("303"), "{created}");
+    assert!(created.contains("/topics/orders.eu"), "{created}");
+    let described = admin.describe_topic("orders.eu").await.expect("created");
+    assert_eq!(described.partitions.len(), 2);
+    let refused = post_as(&host, "/topics", "name=payments&partitions=1", ALICE, None);
+    assert!(status(&refused).contains("403"), "{refused}");
+    assert!(refused.contains("alice may not create topic"), "{refused}");
+    assert!(admin.describe_topic("payments").await.is_err());
+    // A form from another site does nothing, whoever's credentials ride
+    // along.
+    let forged = post_as(
+        &host,
+        "/topics/orders.eu/delete",
+        "confirm=orders.eu",
+        ADMIN,
+        Some("http://evil.example"),
+    );
+    assert!(status(&forged).contains("403"), "{forged}");
+    assert!(admin.describe_topic("orders.eu").await.is_ok());
+
+    // Reset a group back to the start.
+    let producer = spool::client::Producer::new(admin.clone(), ProducerConfig::default());
+    let mut acks = Vec::new();
+    for i in 0..5 {
+        acks.push(
+            producer
+                .send_to("orders.eu", 0, None, format!("m{i}"))
+                .await
+                .expect("send"),
+        );
+    }
+    for a in acks {
+        a.await.expect("stored");
+    }
+    let options = QueueOptions {
+        max_wait: Duration::from_millis(100),
+        ..QueueOptions::default()
+    };
+    let mut consumer = QueueConsumer::join(admin.clone(), "billing", "orders.eu", options)
+        .await
+        .expect("join");
+    let mut got = 0;
+    while got < 5 {
+        if let Some(m) = consumer
+            .receive_timeout(Duration::from_millis(300))
+            .await
+            .expect("receive")
+        {
+            consumer.ack(&m).await.expect("ack");
+            got += 1;
+        }
+    }
+    drop(consumer);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let reset = post_as(&host, "/groups/billing/reset", "to=earliest", ADMIN, None);
+    assert!(status(&reset).contains("303"), "{reset}");
+    let group = admin
+        .call_group(
+            "billing",
+            &DescribeGroupRequest {
+                group: "billing".into(),
+            },
+        )
+        .await
+        .expect("describe");
+    assert!(
+        group.partitions.iter().all(|p| p.position == 0),
+        "{group:?}"
+    );
+
+    // Deleting needs the name typed again.
+    let unconfirmed = post_as(&host, "/topics/orders.eu/delete", "confirm=", ADMIN, None);
+    assert!(status(&unconfirmed).contains("400"), "{unconfirmed}");
+    let deleted = post_as(
+        &host,
+        "/topics/orders.eu/delete",
+        "confirm=orders.eu",
+        ADMIN,
+        None,
+    );
+    assert!(status(&deleted).contains("303"), "{deleted}");
+    assert!(admin.describe_topic("orders.eu").await.is_err());
+}

@@ -678,7 +678,10 @@ impl Handler {
     }
 }
 
-async fn dispatch(ctx: &ServerContext, request: Request) -> Result<Response, ErrorResponse> {
+pub(crate) async fn dispatch(
+    ctx: &ServerContext,
+    request: Request,
+) -> Result<Response, ErrorResponse> {
     let broker = &ctx.broker;
     // A long poll (fetch, delivery) answers at once at shutdown with what
     // there is.

@@ -53,9 +53,30 @@ pub async fn serve(listener: TcpListener, console: Console, shutdown: Cancellati
         let console = console.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            let service = hyper::service::service_fn(move |req| {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let console = console.clone();
                 async move {
+                    let (parts, body) = req.into_parts();
+                    // A form is small: more is refused unread.
+                    let body = if parts.method == hyper::Method::POST {
+                        use http_body_util::BodyExt;
+                        match http_body_util::Limited::new(body, MAX_FORM_BYTES)
+                            .collect()
+                            .await
+                        {
+                            Ok(collected) => collected.to_bytes(),
+                            Err(_) => {
+                                return Ok(reply(
+                                    StatusCode::PAYLOAD_TOO_LARGE,
+                                    "text/plain",
+                                    b"form too large\n".to_vec(),
+                                ))
+                            }
+                        }
+                    } else {
+                        Bytes::new()
+                    };
+                    let req = Request::from_parts(parts, body);
                     // Pages read files and walk every partition, and a
                     // password check is slow on purpose: not on an async
                     // worker.
@@ -89,11 +110,7 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-fn route(
-    req: &Request<Incoming>,
-    console: &Console,
-    from: std::net::IpAddr,
-) -> Response<Full<Bytes>> {
+fn route(req: &Request<Bytes>, console: &Console, from: std::net::IpAddr) -> Response<Full<Bytes>> {
     let broker = &console.broker;
     match (req.method().as_str(), req.uri().path()) {
         ("GET", "/metrics") => match render(broker) {
@@ -105,7 +122,14 @@ fn route(
             ),
         },
         ("GET", "/health") => reply(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
-        ("GET", path) => {
+        ("GET" | "POST", path) => {
+            if req.method() == hyper::Method::POST && cross_site(req) {
+                return reply(
+                    StatusCode::FORBIDDEN,
+                    "text/plain",
+                    b"a form from another site may not act on this console\n".to_vec(),
+                );
+            }
             let principal = match console.authenticate(basic_credentials(req), from) {
                 Ok(principal) => principal,
                 Err(refusal) => {
@@ -120,6 +144,20 @@ fn route(
                     return response;
                 }
             };
+            if req.method() == hyper::Method::POST {
+                let page = console.action(path, req.body(), principal.as_deref());
+                let mut response = reply(
+                    StatusCode::from_u16(page.status).unwrap_or(StatusCode::OK),
+                    page.content_type,
+                    page.body.clone(),
+                );
+                if page.status == 303 {
+                    if let Ok(to) = hyper::header::HeaderValue::from_bytes(&page.body) {
+                        response.headers_mut().insert(hyper::header::LOCATION, to);
+                    }
+                }
+                return response;
+            }
             match console.page(path, req.uri().query(), principal.as_deref()) {
                 Some(page) => reply(
                     StatusCode::from_u16(page.status).unwrap_or(StatusCode::OK),
@@ -133,8 +171,32 @@ fn route(
     }
 }
 
+/// Largest admin form accepted.
+const MAX_FORM_BYTES: usize = 16 * 1024;
+
+/// True if a POST comes from a page of another site (its `Origin` names
+/// another host than the one it was sent to): a cross-site form must not
+/// act with the credentials the browser holds for the console.
+fn cross_site(req: &Request<Bytes>) -> bool {
+    let host = req
+        .headers()
+        .get(hyper::header::HOST)
+        .and_then(|h| h.to_str().ok());
+    match req
+        .headers()
+        .get(hyper::header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+    {
+        None => false,
+        Some(origin) => {
+            let origin_host = origin.split("://").nth(1).unwrap_or(origin);
+            Some(origin_host) != host
+        }
+    }
+}
+
 /// The user and password of an `Authorization: Basic` header.
-fn basic_credentials(req: &Request<Incoming>) -> Option<(String, String)> {
+fn basic_credentials(req: &Request<Bytes>) -> Option<(String, String)> {
     use base64::Engine;
     let value = req
         .headers()

@@ -7,7 +7,7 @@
 //! lets every connection finish what it accepted, then closes the broker
 //! (flushing every partition).
 
-mod connection;
+pub(crate) mod connection;
 pub mod console;
 mod errors;
 mod frame_reader;
@@ -148,6 +148,12 @@ impl Server {
             config,
             ctx,
         })
+    }
+
+    /// What its connections share: the console's admin actions go
+    /// through the same dispatch.
+    pub fn context(&self) -> Arc<ServerContext> {
+        self.ctx.clone()
     }
 
     /// The address actually bound (useful with port 0).

@@ -140,6 +140,11 @@ pub struct ServeArgs {
     /// default, the user `admin` may do everything.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     auth: Option<bool>,
+    /// Let the web console (on the --metrics port) create and delete
+    /// topics and reset groups; with --auth, as the logged-in user and as
+    /// far as the access rules allow. Off: the console is read-only.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    console_admin: Option<bool>,
 }
 
 /// Parses `1=127.0.0.1:7170,2=...`.
@@ -217,7 +222,8 @@ impl ServeArgs {
             peer_tls_key,
             peer_tls_ca,
             peer_tls_server_name,
-            auth
+            auth,
+            console_admin
         )
     }
 }
@@ -444,6 +450,7 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         cluster: cluster.clone(),
         started: std::time::Instant::now(),
         auth: auth_for_console,
+        admin: (args.console_admin == Some(true)).then(|| server.context()),
     };
     tokio::spawn(http::serve(metrics_listener, console, shutdown.clone()));
     {

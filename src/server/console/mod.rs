@@ -1,13 +1,19 @@
 //! The web console, on the HTTP port beside `/metrics`: what this broker
 //! holds and how the cluster stands, as server-rendered HTML (maud) that
 //! works with JavaScript off. Only the overview's live rate chart uses a
-//! little JavaScript (it polls `/api/rates`). Read-only.
+//! little JavaScript (it polls `/api/rates`). Read-only unless admin
+//! actions are turned on.
 //!
 //! Pages: `/` (overview), `/topics`, `/topics/NAME` (partitions and the
 //! message browser form), `/topics/NAME/messages?partition=P&offset=O`
 //! (or `&time=MS`; `&format=hex`), `/groups`, `/groups/NAME`, `/cluster`,
 //! `/locks`. In a cluster each broker shows the cluster's state and the
 //! partitions and groups it holds itself.
+//!
+//! With `--console-admin`, forms POST admin actions: `/topics` (create),
+//! `/topics/NAME/delete`, `/groups/NAME/reset`. Each is the protocol
+//! request a client would send, refused unless the access rules allow it
+//! (with `--auth`), and dispatched as a connection's request would be.
 
 mod pages;
 
@@ -35,6 +41,10 @@ pub struct Console {
     /// Users and rules (with `--auth`): every page then needs a user's
     /// HTTP Basic credentials and the rights to see what it shows.
     pub auth: Option<Arc<crate::auth::Auth>>,
+    /// The server, when admin actions are on (`spool serve
+    /// --console-admin`): they are protocol requests, checked by the
+    /// access rules and dispatched as a connection's would be.
+    pub admin: Option<Arc<crate::server::ServerContext>>,
 }
 
 /// A page: status, content type and body.
@@ -53,6 +63,14 @@ impl Page {
             status: 200,
             content_type: "text/html; charset=utf-8",
             body: markup.into_string().into_bytes(),
+        }
+    }
+
+    fn message(status: u16, text: &str) -> Page {
+        Page {
+            status,
+            content_type: "text/html; charset=utf-8",
+            body: pages::message(text).into_string().into_bytes(),
         }
     }
 
@@ -194,4 +212,107 @@ fn rates() -> serde_json::Value {
         "bytes_in": sum(&crate::metrics::BYTES_IN),
         "bytes_out": sum(&crate::metrics::BYTES_OUT),
     })
+}
+
+impl Console {
+    /// Runs the admin action POSTed to `path` with form `body`.
+    pub fn action(&self, path: &str, body: &[u8], principal: Option<&str>) -> Page {
+        use spool_protocol::requests::{
+            CreateTopicRequest, DeleteTopicRequest, ResetGroupRequest, TopicSettings,
+            WireResetTarget,
+        };
+        use spool_protocol::Request;
+        let Some(ctx) = &self.admin else {
+            return Page::message(
+                403,
+                "Admin actions are off (start the broker with --console-admin).",
+            );
+        };
+        let form: HashMap<String, String> = form_urlencoded::parse(body).into_owned().collect();
+        let field = |name: &str| form.get(name).cloned().unwrap_or_default();
+        let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let (request, done) = match parts.as_slice() {
+            ["topics"] => {
+                let name = field("name");
+                let Ok(partitions) = field("partitions").parse::<u32>() else {
+                    return Page::message(400, "partitions: a number of at least 1");
+                };
+                let settings = TopicSettings {
+                    replication: field("replication").parse().ok(),
+                    ..TopicSettings::default()
+                };
+                let request = Request::CreateTopic(CreateTopicRequest {
+                    name: name.clone(),
+                    partitions,
+                    settings,
+                });
+                (request, format!("/topics/{}", encode(&name)))
+            }
+            ["topics", name, "delete"] => {
+                let name = segment(name);
+                if field("confirm") != name {
+                    return Page::message(400, "type the topic's name to confirm its deletion");
+                }
+                (
+                    Request::DeleteTopic(DeleteTopicRequest { name }),
+                    "/topics".to_string(),
+                )
+            }
+            ["groups", name, "reset"] => {
+                let name = segment(name);
+                let to = match field("to").as_str() {
+                    "earliest" => WireResetTarget::Earliest,
+                    "latest" => WireResetTarget::Latest,
+                    offset => match offset.parse() {
+                        Ok(o) => WireResetTarget::Offset(o),
+                        Err(_) => return Page::message(400, "to: earliest, latest or an offset"),
+                    },
+                };
+                let request = Request::ResetGroup(ResetGroupRequest {
+                    group: name.clone(),
+                    to,
+                    partition: None,
+                });
+                (request, format!("/groups/{}", encode(&name)))
+            }
+            _ => return Page::message(404, "no such action"),
+        };
+        if let (Some(auth), Some(principal)) = (&self.auth, principal) {
+            if let crate::auth::required::Needs::All(needs) = crate::auth::required::needs(&request)
+            {
+                for (operation, kind, name) in needs {
+                    if !auth.allowed(principal, operation, kind, &name) {
+                        crate::metrics::AUTHORIZATION_REFUSALS.inc();
+                        return Page::message(
+                            403,
+                            &format!(
+                                "{principal} may not {} {} {name:?}",
+                                operation.name(),
+                                kind.name()
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        tracing::info!(
+            principal = principal.unwrap_or("-"),
+            ?request,
+            "console admin action"
+        );
+        match tokio::runtime::Handle::current()
+            .block_on(crate::server::connection::dispatch(ctx, request))
+        {
+            Ok(_) => Page {
+                status: 303,
+                content_type: "text/plain",
+                body: done.into_bytes(),
+            },
+            Err(e) => Page::message(409, &e.message),
+        }
+    }
+}
+
+fn encode(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }

@@ -89,6 +89,13 @@ pub(super) fn not_found(what: &str) -> Markup {
     )
 }
 
+pub(super) fn message(text: &str) -> Markup {
+    layout(
+        "Console",
+        html! { p { (text) } p { a href="/" { "Back to the overview" } } },
+    )
+}
+
 pub(super) fn refused(principal: &str, operation: &str, kind: &str, name: &str) -> Markup {
     layout(
         "Not allowed",
@@ -167,6 +174,18 @@ pub(super) fn topics(c: &Console) -> Markup {
                 }
             }
             @if topics.is_empty() { p { "No topics yet." } }
+            @if c.admin.is_some() {
+                h2 { "Create a topic" }
+                form id="create-topic" method="post" action="/topics" {
+                    label { "Name " input type="text" name="name" required; }
+                    " "
+                    label { "partitions " input type="number" name="partitions" min="1" value="1" size="4"; }
+                    " "
+                    label { "replication " input type="number" name="replication" min="1" size="3" placeholder="default"; }
+                    " "
+                    button type="submit" { "Create" }
+                }
+            }
         },
     )
 }
@@ -229,6 +248,14 @@ pub(super) fn topic(c: &Console, t: &TopicInfo) -> Markup {
                 label { "as " select name="format" { option value="text" { "text" } option value="hex" { "hex" } } }
                 " "
                 button type="submit" { "Show" }
+            }
+            @if c.admin.is_some() {
+                h2 { "Delete this topic" }
+                form id="delete-topic" method="post" action=(format!("/topics/{}/delete", enc(&t.name))) {
+                    label { "Type its name to confirm " input type="text" name="confirm" required; }
+                    " "
+                    button type="submit" { "Delete " (t.name) " and all its messages" }
+                }
             }
         },
     )
@@ -408,6 +435,14 @@ pub(super) fn group(c: &Console, g: &GroupInfo) -> Markup {
                 p {
                     "Dead letters are in " a href=(format!("/topics/{}", enc(&dlq))) { (dlq) }
                     ". Replay them with " code { "spool dlq replay " (g.name) } "."
+                }
+            }
+            @if c.admin.is_some() {
+                h2 { "Reset the group" }
+                form id="reset-group" method="post" action=(format!("/groups/{}/reset", enc(&g.name))) {
+                    label { "to " select name="to" { option value="earliest" { "the earliest offset" } option value="latest" { "the end" } } }
+                    " "
+                    button type="submit" { "Reset (members must have left)" }
                 }
             }
         },
