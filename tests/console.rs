@@ -714,6 +714,66 @@ async fn console_admin_actions_are_off_by_default_and_follow_the_access_rules() 
         "{group:?}"
     );
 
+    // Dead letters replayed from the console come back and can be acked.
+    let options = QueueOptions {
+        ack_wait: Duration::from_millis(300),
+        max_deliveries: 1,
+        max_wait: Duration::from_millis(100),
+        ..QueueOptions::default()
+    };
+    let mut audit = QueueConsumer::join(admin.clone(), "audit", "orders.eu", options)
+        .await
+        .expect("join");
+    let mut first = 0;
+    while first < 5 {
+        if audit
+            .receive_timeout(Duration::from_millis(300))
+            .await
+            .expect("receive")
+            .is_some()
+        {
+            first += 1;
+        }
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while admin.describe_topic("audit.dlq").await.is_err()
+        || admin
+            .describe_topic("audit.dlq")
+            .await
+            .expect("dlq")
+            .partitions[0]
+            .end
+            < 5
+    {
+        assert!(std::time::Instant::now() < deadline, "no dead letters");
+        let _ = audit.receive_timeout(Duration::from_millis(200)).await;
+    }
+    let refused = post_as(&host, "/groups/audit/replay", "count=", ALICE, None);
+    assert!(status(&refused).contains("403"), "{refused}");
+    let replayed = post_as(&host, "/groups/audit/replay", "count=", ADMIN, None);
+    assert!(status(&replayed).contains("303"), "{replayed}");
+    assert!(replayed.contains("replayed=5"), "{replayed}");
+    let mut again = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while again < 5 && std::time::Instant::now() < deadline {
+        if let Some(m) = audit
+            .receive_timeout(Duration::from_millis(300))
+            .await
+            .expect("receive")
+        {
+            let replays = m
+                .headers
+                .iter()
+                .find(|(k, _)| k.as_ref() == b"spool.dlq.replays")
+                .map(|(_, v)| v.clone());
+            assert_eq!(replays.as_deref(), Some(&b"1"[..]));
+            audit.ack(&m).await.expect("ack");
+            again += 1;
+        }
+    }
+    assert_eq!(again, 5, "replayed dead letters delivered again");
+    drop(audit);
+
     // Deleting needs the name typed again.
     let unconfirmed = post_as(&host, "/topics/orders.eu/delete", "confirm=", ADMIN, None);
     assert!(status(&unconfirmed).contains("400"), "{unconfirmed}");

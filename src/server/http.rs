@@ -145,7 +145,12 @@ fn route(req: &Request<Bytes>, console: &Console, from: std::net::IpAddr) -> Res
                 }
             };
             if req.method() == hyper::Method::POST {
-                let page = console.action(path, req.body(), principal.as_deref());
+                let page = console.action(
+                    path,
+                    req.body(),
+                    principal.as_deref(),
+                    basic_credentials(req),
+                );
                 let mut response = reply(
                     StatusCode::from_u16(page.status).unwrap_or(StatusCode::OK),
                     page.content_type,

@@ -103,6 +103,8 @@ pub struct ServerContext {
     pub auth: Option<Arc<crate::auth::Auth>>,
     /// The cluster's mutual TLS, to tell brokers' certificates.
     pub peer_tls: Option<crate::cluster::peer_tls::PeerTls>,
+    /// The client port speaks TLS.
+    pub tls_on: bool,
 }
 
 /// A bound, not yet running, server.
@@ -142,6 +144,7 @@ impl Server {
             started: std::time::Instant::now(),
             auth: config.auth.clone(),
             peer_tls: config.peer_tls.clone(),
+            tls_on: config.tls.is_some(),
         });
         Ok(Server {
             listener,

@@ -177,7 +177,11 @@ impl Console {
             }
             ["groups"] => Page::html(pages::groups(self)),
             ["groups", name] => match self.broker.describe_group(&segment(name)) {
-                Ok(group) => Page::html(pages::group(self, &group)),
+                Ok(group) => Page::html(pages::group(
+                    self,
+                    &group,
+                    q.get("replayed").and_then(|n| n.parse().ok()),
+                )),
                 Err(_) => Page::not_found(&format!("group {}", segment(name))),
             },
             ["cluster"] => Page::html(pages::cluster(self)),
@@ -215,8 +219,15 @@ fn rates() -> serde_json::Value {
 }
 
 impl Console {
-    /// Runs the admin action POSTed to `path` with form `body`.
-    pub fn action(&self, path: &str, body: &[u8], principal: Option<&str>) -> Page {
+    /// Runs the admin action POSTed to `path` with form `body`, for
+    /// `principal` (who gave `credentials`).
+    pub fn action(
+        &self,
+        path: &str,
+        body: &[u8],
+        principal: Option<&str>,
+        credentials: Option<(String, String)>,
+    ) -> Page {
         use spool_protocol::requests::{
             CreateTopicRequest, DeleteTopicRequest, ResetGroupRequest, TopicSettings,
             WireResetTarget,
@@ -275,6 +286,11 @@ impl Console {
                 });
                 (request, format!("/groups/{}", encode(&name)))
             }
+            ["groups", name, "replay"] => {
+                let count = field("count").parse().ok();
+                let to = Some(field("to")).filter(|t| !t.is_empty());
+                return self.replay(ctx, &segment(name), count, to, principal, credentials);
+            }
             _ => return Page::message(404, "no such action"),
         };
         if let (Some(auth), Some(principal)) = (&self.auth, principal) {
@@ -309,6 +325,95 @@ impl Console {
                 body: done.into_bytes(),
             },
             Err(e) => Page::message(409, &e.message),
+        }
+    }
+}
+
+impl Console {
+    /// Replays `group`'s dead letters the way `spool dlq replay` does: as a
+    /// client of this broker's own client port, acting as the console's
+    /// user (the access rules are checked first, and again by the broker).
+    fn replay(
+        &self,
+        ctx: &crate::server::ServerContext,
+        group: &str,
+        count: Option<u64>,
+        to: Option<String>,
+        principal: Option<&str>,
+        credentials: Option<(String, String)>,
+    ) -> Page {
+        use crate::auth::{Operation, ResourceKind};
+        let target = match &to {
+            Some(t) => t.clone(),
+            None => match self.broker.describe_group(group) {
+                Ok(g) => g.topic,
+                Err(_) => String::new(),
+            },
+        };
+        if let (Some(auth), Some(principal)) = (&self.auth, principal) {
+            let needs = [
+                (Operation::Consume, ResourceKind::Group, group.to_string()),
+                (
+                    Operation::Consume,
+                    ResourceKind::Topic,
+                    spool_client::dead_letters::dead_letter_topic(group),
+                ),
+                (Operation::Produce, ResourceKind::Topic, target.clone()),
+            ];
+            for (operation, kind, name) in needs {
+                if !auth.allowed(principal, operation, kind, &name) {
+                    crate::metrics::AUTHORIZATION_REFUSALS.inc();
+                    return Page::message(
+                        403,
+                        &format!(
+                            "{principal} may not {} {} {name:?}",
+                            operation.name(),
+                            kind.name()
+                        ),
+                    );
+                }
+            }
+        }
+        let tls = match (ctx.tls_on, &ctx.peer_tls) {
+            (false, _) => None,
+            (true, Some(peer)) => Some(peer.client.clone()),
+            (true, None) => {
+                return Page::message(
+                    409,
+                    &format!("The console cannot reach this broker's TLS port as a client; replay with: spool dlq replay {group}"),
+                )
+            }
+        };
+        let Ok(addr) = ctx.advertised.parse::<std::net::SocketAddr>() else {
+            return Page::message(409, "this broker's client address is not an address");
+        };
+        let options = spool_client::ConnectOptions {
+            tls,
+            credentials: credentials
+                .map(|(user, password)| spool_client::Credentials { user, password }),
+            ..Default::default()
+        };
+        let options_for_replay = spool_client::ReplayOptions { count, to };
+        let replayed = tokio::runtime::Handle::current().block_on(async move {
+            let client = spool_client::Client::connect_with(addr, options).await?;
+            client.replay_dead_letters(group, options_for_replay).await
+        });
+        match replayed {
+            Ok(report) => {
+                tracing::info!(
+                    principal = principal.unwrap_or("-"),
+                    group,
+                    replayed = report.replayed,
+                    "console replayed dead letters"
+                );
+                Page {
+                    status: 303,
+                    content_type: "text/plain",
+                    body: format!("/groups/{}?replayed={}", encode(group), report.replayed)
+                        .into_bytes(),
+                }
+            }
+            Err(e) => Page::message(409, &format!("replay failed: {e}")),
         }
     }
 }

@@ -406,13 +406,14 @@ pub(super) fn groups(c: &Console) -> Markup {
     )
 }
 
-pub(super) fn group(c: &Console, g: &GroupInfo) -> Markup {
+pub(super) fn group(c: &Console, g: &GroupInfo, replayed: Option<u64>) -> Markup {
     let dead: u64 = g.partitions.iter().map(|p| p.dead_letters).sum();
     let dlq = format!("{}.dlq", g.name);
     let has_dlq = c.broker.describe_topic(&dlq).is_ok();
     layout(
         &format!("Group {}", g.name),
         html! {
+            @if let Some(n) = replayed { p.ok id="replayed" { "Replayed " (n) " dead letters." } }
             p {
                 (mode(g)) " group on topic " a href=(format!("/topics/{}", enc(&g.topic))) { (g.topic) } ", "
                 (g.members) " members, " (g.redeliveries) " redeliveries since start, " (dead) " dead letters."
@@ -435,6 +436,16 @@ pub(super) fn group(c: &Console, g: &GroupInfo) -> Markup {
                 p {
                     "Dead letters are in " a href=(format!("/topics/{}", enc(&dlq))) { (dlq) }
                     ". Replay them with " code { "spool dlq replay " (g.name) } "."
+                }
+            }
+            @if c.admin.is_some() && has_dlq {
+                h2 { "Replay dead letters" }
+                form id="replay" method="post" action=(format!("/groups/{}/replay", enc(&g.name))) {
+                    label { "at most " input type="number" name="count" min="1" size="6" placeholder="all"; }
+                    " "
+                    label { "to topic " input type="text" name="to" placeholder=(g.topic); }
+                    " "
+                    button type="submit" { "Replay" }
                 }
             }
             @if c.admin.is_some() {
