@@ -81,3 +81,32 @@ fn a_bad_run_is_refused_not_reported() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn a_run_shorter_than_its_warm_up_reports_latency_as_not_measured() {
+    let out = Command::new(env!("CARGO_BIN_EXE_spool"))
+        .args(["bench", "--messages", "2000", "--size", "64"])
+        .args(["--json", "--warmup-secs", "60"])
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["messages_verified"], 2000);
+    for key in ["ack_p50_us", "ack_p99_us", "e2e_p50_us", "e2e_max_us"] {
+        assert!(
+            r[key].is_null(),
+            "{key}: {} (not measured must not read 0)",
+            r[key]
+        );
+    }
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("latencies not measured"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

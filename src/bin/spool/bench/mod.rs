@@ -364,9 +364,15 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
         consume_msgs_per_sec: consume_rate,
         consume_mb_per_sec: consume_rate * args.size as f64 / 1e6,
         ack: Latency::of(&ack),
-        e2e: Latency::of(&e2e),
+        e2e: Latency::of(&e2e).filter(|_| args.consumers > 0),
         errors: errors.clone(),
     };
+    if report.ack.is_none() {
+        eprintln!(
+            "spool bench: latencies not measured: the run ended within its {} s warm-up (give it more messages, or --warmup-secs 0)",
+            args.warmup_secs
+        );
+    }
     if args.json {
         println!(
             "{}",

@@ -15,16 +15,23 @@ pub(super) struct Latency {
 }
 
 impl Latency {
-    /// From a histogram of nanoseconds.
-    pub(super) fn of(h: &Histogram<u64>) -> Latency {
+    /// The JSON field names (each prefixed `ack_` or `e2e_`).
+    const FIELDS: [&'static str; 5] = ["p50_us", "p90_us", "p99_us", "p999_us", "max_us"];
+
+    /// From a histogram of nanoseconds; `None` if it has no samples (the
+    /// run ended within its warm-up): not measured, which is not zero.
+    pub(super) fn of(h: &Histogram<u64>) -> Option<Latency> {
+        if h.is_empty() {
+            return None;
+        }
         let us = |q: f64| h.value_at_quantile(q) / 1000;
-        Latency {
+        Some(Latency {
             p50_us: us(0.5),
             p90_us: us(0.9),
             p99_us: us(0.99),
             p999_us: us(0.999),
             max_us: h.max() / 1000,
-        }
+        })
     }
 }
 
@@ -48,9 +55,9 @@ pub(super) struct Report {
     pub consume_msgs_per_sec: f64,
     pub consume_mb_per_sec: f64,
     #[serde(skip)]
-    pub ack: Latency,
+    pub ack: Option<Latency>,
     #[serde(skip)]
-    pub e2e: Latency,
+    pub e2e: Option<Latency>,
     pub errors: Vec<String>,
 }
 
@@ -61,9 +68,19 @@ impl Report {
         let mut value = serde_json::to_value(self)?;
         if let Some(object) = value.as_object_mut() {
             for (prefix, latency) in [("ack", &self.ack), ("e2e", &self.e2e)] {
-                if let serde_json::Value::Object(fields) = serde_json::to_value(latency)? {
-                    for (name, v) in fields {
-                        object.insert(format!("{prefix}_{name}"), v);
+                match latency {
+                    Some(latency) => {
+                        if let serde_json::Value::Object(fields) = serde_json::to_value(latency)? {
+                            for (name, v) in fields {
+                                object.insert(format!("{prefix}_{name}"), v);
+                            }
+                        }
+                    }
+                    // Not measured: null, never a made-up 0.
+                    None => {
+                        for name in Latency::FIELDS {
+                            object.insert(format!("{prefix}_{name}"), serde_json::Value::Null);
+                        }
                     }
                 }
             }
@@ -95,10 +112,13 @@ impl Report {
         );
         println!("  latency (us)      p50      p90      p99    p99.9      max");
         for (name, l) in [("ack", &self.ack), ("end-to-end", &self.e2e)] {
-            println!(
-                "  {name:<12} {:>8} {:>8} {:>8} {:>8} {:>8}",
-                l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us
-            );
+            match l {
+                Some(l) => println!(
+                    "  {name:<12} {:>8} {:>8} {:>8} {:>8} {:>8}",
+                    l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us
+                ),
+                None => println!("  {name:<12} not measured"),
+            }
         }
         println!(
             "  verified {} of {} messages, {} duplicates",
