@@ -198,24 +198,49 @@ impl Console {
 
 /// The counters the live chart turns into rates.
 fn rates() -> serde_json::Value {
-    let sum = |c: &prometheus::IntCounterVec| -> u64 {
-        use prometheus::core::Collector;
-        c.collect()
-            .iter()
-            .flat_map(|f| f.get_metric().iter())
-            .map(|m| m.get_counter().get_value() as u64)
-            .sum()
-    };
+    use crate::metrics::{BYTES_IN, BYTES_OUT, MESSAGES_IN, MESSAGES_OUT};
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
+    let (into, out) = (by_topic(&MESSAGES_IN), by_topic(&MESSAGES_OUT));
+    let topics: serde_json::Map<String, serde_json::Value> = into
+        .keys()
+        .chain(out.keys())
+        .map(|t| {
+            let count =
+                |m: &std::collections::BTreeMap<String, u64>| m.get(t).copied().unwrap_or(0);
+            (
+                t.clone(),
+                serde_json::json!({ "in": count(&into), "out": count(&out) }),
+            )
+        })
+        .collect();
     serde_json::json!({
         "at_ms": now_ms,
-        "messages_in": sum(&crate::metrics::MESSAGES_IN),
-        "messages_out": sum(&crate::metrics::MESSAGES_OUT),
-        "bytes_in": sum(&crate::metrics::BYTES_IN),
-        "bytes_out": sum(&crate::metrics::BYTES_OUT),
+        "messages_in": by_topic(&MESSAGES_IN).values().sum::<u64>(),
+        "messages_out": by_topic(&MESSAGES_OUT).values().sum::<u64>(),
+        "bytes_in": by_topic(&BYTES_IN).values().sum::<u64>(),
+        "bytes_out": by_topic(&BYTES_OUT).values().sum::<u64>(),
+        "topics": topics,
     })
+}
+
+/// A per-topic counter's values since start, by topic.
+pub(super) fn by_topic(c: &prometheus::IntCounterVec) -> std::collections::BTreeMap<String, u64> {
+    use prometheus::core::Collector;
+    let mut out = std::collections::BTreeMap::new();
+    for family in c.collect() {
+        for m in family.get_metric() {
+            let topic = m
+                .get_label()
+                .iter()
+                .find(|l| l.name() == "topic")
+                .map(|l| l.value().to_string())
+                .unwrap_or_default();
+            *out.entry(topic).or_default() += m.get_counter().get_value() as u64;
+        }
+    }
+    out
 }
 
 impl Console {

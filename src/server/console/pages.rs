@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
-use super::{Console, PAGE_BYTES, PAGE_RECORDS};
+use super::{by_topic, Console, PAGE_BYTES, PAGE_RECORDS};
 use crate::broker::{GroupInfo, GroupMode, TopicInfo};
 use crate::cluster::state::LeaseHolder;
 use crate::{Offset, PartitionId};
@@ -32,6 +32,16 @@ document.getElementById('rate-now').textContent='in '+Math.round(pts.in[pts.in.l
 function poll(){fetch('/api/rates').then(function(r){return r.json()}).then(function(c){
 if(last){var s=Math.max(0.001,(c.at_ms-last.at_ms)/1000);pts.in.push((c.messages_in-last.messages_in)/s);pts.out.push((c.messages_out-last.messages_out)/s);
 if(pts.in.length>60){pts.in.shift();pts.out.shift();}draw();}last=c;}).catch(function(){});}
+poll();setInterval(poll,2000);})();"#;
+
+/// Fills the topics table's rate columns from `/api/rates` every 2 s
+/// (without JavaScript they show `-` and the totals stay).
+const TOPIC_RATES_JS: &str = r#"(function(){var last=null;
+function poll(){fetch('/api/rates').then(function(r){return r.json()}).then(function(c){
+if(last){var s=Math.max(0.001,(c.at_ms-last.at_ms)/1000);
+document.querySelectorAll('tr[data-topic]').forEach(function(row){var t=row.getAttribute('data-topic'),a=c.topics[t]||{in:0,out:0},b=last.topics[t]||{in:0,out:0};
+row.querySelector('.rate-in').textContent=Math.round((a.in-b.in)/s);row.querySelector('.rate-out').textContent=Math.round((a.out-b.out)/s);});}
+last=c;}).catch(function(){});}
 poll();setInterval(poll,2000);})();"#;
 
 fn layout(title: &str, body: Markup) -> Markup {
@@ -115,15 +125,7 @@ pub(super) fn overview(c: &Console) -> Markup {
     };
     let brokers = c.cluster.as_ref().map_or(1, |n| n.state().members.len());
     let up = c.started.elapsed().as_secs();
-    let sum = |counter: &prometheus::IntCounterVec| -> u64 {
-        use prometheus::core::Collector;
-        counter
-            .collect()
-            .iter()
-            .flat_map(|f| f.get_metric().iter())
-            .map(|m| m.get_counter().get_value() as u64)
-            .sum()
-    };
+    let sum = |counter: &prometheus::IntCounterVec| -> u64 { by_topic(counter).values().sum() };
     let body = html! {
         p { "This is " (role) ", up " (up / 3600) " h " (up / 60 % 60) " min." }
         div.cards {
@@ -158,21 +160,35 @@ pub(super) fn overview(c: &Console) -> Markup {
 
 pub(super) fn topics(c: &Console) -> Markup {
     let topics = c.broker.list_topics();
+    let (into, out) = (
+        by_topic(&crate::metrics::MESSAGES_IN),
+        by_topic(&crate::metrics::MESSAGES_OUT),
+    );
+    let count =
+        |m: &std::collections::BTreeMap<String, u64>, t: &str| m.get(t).copied().unwrap_or(0);
     layout(
         "Topics",
         html! {
             table id="topics" {
-                tr { th { "Topic" } th { "Partitions" } th { "Messages" } th { "Sync" } th { "Retention" } }
+                tr {
+                    th { "Topic" } th { "Partitions" } th { "Messages" } th { "Sync" } th { "Retention" }
+                    th { "In since start" } th { "Out since start" } th { "In msg/s" } th { "Out msg/s" }
+                }
                 @for t in &topics {
-                    tr {
+                    tr data-topic=(t.name) {
                         td { a href=(format!("/topics/{}", enc(&t.name))) { (t.name) } }
                         td.n { (t.partitions.len()) }
                         td.n { (messages_of(t)) }
                         td { (t.config.log.sync.to_string()) }
                         td { (retention(t)) }
+                        td.n { (count(&into, &t.name)) }
+                        td.n { (count(&out, &t.name)) }
+                        td.n.rate-in { "-" }
+                        td.n.rate-out { "-" }
                     }
                 }
             }
+            script { (PreEscaped(TOPIC_RATES_JS)) }
             @if topics.is_empty() { p { "No topics yet." } }
             @if c.admin.is_some() {
                 h2 { "Create a topic" }
