@@ -464,6 +464,31 @@ async fn every_console_page_shows_what_the_api_says_in_a_real_browser() {
     );
 }
 
+const ADMIN: (&str, &str) = ("admin", "admin-password-1");
+const ALICE: (&str, &str) = ("alice", "alice-password-1");
+
+/// A data directory with the users admin and alice, alice allowed
+/// `operations` on the topics `orders.*`, made offline.
+fn users_and_rules(operations: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().display().to_string();
+    for (user, password) in [ADMIN, ALICE] {
+        let out = common::cli::spool(
+            &["users", "add", user, "--data", &data],
+            Some(&format!("{password}\n")),
+        );
+        assert!(out.status.success(), "{}", common::cli::stderr(&out));
+    }
+    let out = common::cli::spool(
+        &[
+            "acl", "add", "alice", "--allow", operations, "--topic", "orders.*", "--data", &data,
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", common::cli::stderr(&out));
+    dir
+}
+
 /// `GET path` from `host` with HTTP Basic credentials; the whole response.
 fn get_as(host: &str, path: &str, credentials: Option<(&str, &str)>) -> String {
     use base64::Engine;
@@ -483,32 +508,7 @@ fn get_as(host: &str, path: &str, credentials: Option<(&str, &str)>) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_auth_the_console_asks_who_you_are_and_shows_only_what_you_may_see() {
-    const ADMIN: (&str, &str) = ("admin", "admin-password-1");
-    const ALICE: (&str, &str) = ("alice", "alice-password-1");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().display().to_string();
-    for (user, password) in [ADMIN, ALICE] {
-        let out = common::cli::spool(
-            &["users", "add", user, "--data", &data],
-            Some(&format!("{password}\n")),
-        );
-        assert!(out.status.success(), "{}", common::cli::stderr(&out));
-    }
-    let out = common::cli::spool(
-        &[
-            "acl",
-            "add",
-            "alice",
-            "--allow",
-            "consume,describe",
-            "--topic",
-            "orders.*",
-            "--data",
-            &data,
-        ],
-        None,
-    );
-    assert!(out.status.success(), "{}", common::cli::stderr(&out));
+    let dir = users_and_rules("consume,describe");
     let server = SpoolServer::start_with(dir.path(), &["--auth"]);
     let admin = Client::connect_with(
         server.addr,
@@ -600,32 +600,7 @@ fn post_as(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_admin_actions_are_off_by_default_and_follow_the_access_rules() {
-    const ADMIN: (&str, &str) = ("admin", "admin-password-1");
-    const ALICE: (&str, &str) = ("alice", "alice-password-1");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().display().to_string();
-    for (user, password) in [ADMIN, ALICE] {
-        let out = common::cli::spool(
-            &["users", "add", user, "--data", &data],
-            Some(&format!("{password}\n")),
-        );
-        assert!(out.status.success(), "{}", common::cli::stderr(&out));
-    }
-    let out = common::cli::spool(
-        &[
-            "acl",
-            "add",
-            "alice",
-            "--allow",
-            "create,describe",
-            "--topic",
-            "orders.*",
-            "--data",
-            &data,
-        ],
-        None,
-    );
-    assert!(out.status.success(), "{}", common::cli::stderr(&out));
+    let dir = users_and_rules("create,describe");
     let status = |r: &str| r.lines().next().unwrap_or("").to_string();
 
     // Read-only unless asked.

@@ -141,8 +141,13 @@ impl Cluster {
     /// Starts broker `id` (not one of the voters) and has it join: it
     /// heartbeats the voters until the leader adds it.
     pub fn add_broker(&mut self, id: u64) {
+        self.add_broker_with(id, &[]);
+    }
+
+    /// As [`Cluster::add_broker`], with `extra` flags.
+    pub fn add_broker_with(&mut self, id: u64, extra: &[String]) {
         let peer_list = self.flags[0][7].clone();
-        let flags: Vec<String> = vec![
+        let mut flags: Vec<String> = vec![
             "--listen".into(),
             free_port().to_string(),
             "--node-id".into(),
@@ -154,6 +159,7 @@ impl Cluster {
             "--default-segment-bytes".into(),
             SEGMENT_BYTES.to_string(),
         ];
+        flags.extend(extra.iter().cloned());
         let data = self.brokers[0]
             .dir
             .parent()

@@ -126,7 +126,6 @@ impl Console {
     /// if allowed (or without `--auth`), else the refusal.
     fn refused(&self, principal: Option<&str>, parts: &[&str]) -> Option<Page> {
         use crate::auth::{Operation, ResourceKind};
-        let (auth, principal) = (self.auth.as_ref()?, principal?);
         let need = match parts {
             ["topics", name] => (Operation::Describe, ResourceKind::Topic, segment(name)),
             ["topics", name, "messages"] => {
@@ -135,15 +134,26 @@ impl Console {
             ["groups", name] => (Operation::Describe, ResourceKind::Group, segment(name)),
             _ => (Operation::Describe, ResourceKind::Cluster, "*".to_string()),
         };
-        if auth.allowed(principal, need.0, need.1, &need.2) {
-            return None;
-        }
+        self.forbidden(principal, vec![need])
+    }
+
+    /// `None` if `principal` may do every one of `needs` (or without
+    /// `--auth`), else the refusal, naming the first it may not.
+    fn forbidden(
+        &self,
+        principal: Option<&str>,
+        needs: Vec<(crate::auth::Operation, crate::auth::ResourceKind, String)>,
+    ) -> Option<Page> {
+        let (auth, principal) = (self.auth.as_ref()?, principal?);
+        let (operation, kind, name) = needs
+            .into_iter()
+            .find(|(operation, kind, name)| !auth.allowed(principal, *operation, *kind, name))?;
         crate::metrics::AUTHORIZATION_REFUSALS.inc();
-        tracing::warn!(principal, operation = need.0.name(), resource = need.1.name(), name = %need.2, "console page refused by the access rules");
+        tracing::warn!(principal, operation = operation.name(), resource = kind.name(), %name, "console request refused by the access rules");
         Some(Page {
             status: 403,
             content_type: "text/html; charset=utf-8",
-            body: pages::refused(principal, need.0.name(), need.1.name(), &need.2)
+            body: pages::refused(principal, operation.name(), kind.name(), &name)
                 .into_string()
                 .into_bytes(),
         })
@@ -318,22 +328,9 @@ impl Console {
             }
             _ => return Page::message(404, "no such action"),
         };
-        if let (Some(auth), Some(principal)) = (&self.auth, principal) {
-            if let crate::auth::required::Needs::All(needs) = crate::auth::required::needs(&request)
-            {
-                for (operation, kind, name) in needs {
-                    if !auth.allowed(principal, operation, kind, &name) {
-                        crate::metrics::AUTHORIZATION_REFUSALS.inc();
-                        return Page::message(
-                            403,
-                            &format!(
-                                "{principal} may not {} {} {name:?}",
-                                operation.name(),
-                                kind.name()
-                            ),
-                        );
-                    }
-                }
+        if let crate::auth::required::Needs::All(needs) = crate::auth::required::needs(&request) {
+            if let Some(refusal) = self.forbidden(principal, needs) {
+                return refusal;
             }
         }
         tracing::info!(
@@ -375,29 +372,17 @@ impl Console {
                 Err(_) => String::new(),
             },
         };
-        if let (Some(auth), Some(principal)) = (&self.auth, principal) {
-            let needs = [
-                (Operation::Consume, ResourceKind::Group, group.to_string()),
-                (
-                    Operation::Consume,
-                    ResourceKind::Topic,
-                    spool_client::dead_letters::dead_letter_topic(group),
-                ),
-                (Operation::Produce, ResourceKind::Topic, target.clone()),
-            ];
-            for (operation, kind, name) in needs {
-                if !auth.allowed(principal, operation, kind, &name) {
-                    crate::metrics::AUTHORIZATION_REFUSALS.inc();
-                    return Page::message(
-                        403,
-                        &format!(
-                            "{principal} may not {} {} {name:?}",
-                            operation.name(),
-                            kind.name()
-                        ),
-                    );
-                }
-            }
+        let needs = vec![
+            (Operation::Consume, ResourceKind::Group, group.to_string()),
+            (
+                Operation::Consume,
+                ResourceKind::Topic,
+                spool_client::dead_letters::dead_letter_topic(group),
+            ),
+            (Operation::Produce, ResourceKind::Topic, target.clone()),
+        ];
+        if let Some(refusal) = self.forbidden(principal, needs) {
+            return refusal;
         }
         let tls = match (ctx.tls_on, &ctx.peer_tls) {
             (false, _) => None,
