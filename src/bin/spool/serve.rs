@@ -445,6 +445,9 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     println!("listening on {bound} metrics on {metrics_bound}");
 
     let shutdown = CancellationToken::new();
+    if args.console_admin == Some(true) && auth_for_console.is_none() {
+        tracing::warn!(metrics = %metrics_bound, "--console-admin without --auth: anyone who reaches the metrics port may create and delete topics");
+    }
     let console = spool::server::console::Console {
         broker: broker.clone(),
         cluster: cluster.clone(),
