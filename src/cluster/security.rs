@@ -60,11 +60,16 @@ impl ClusterNode {
         loop {
             let state = states.borrow_and_update().clone();
             if state.security.initialized {
-                let local = auth.data();
-                let same = local.users == state.security.users
-                    && local.rules == state.security.rules
-                    && local.quotas == state.security.quotas;
-                if first && !same && !local.is_empty() {
+                // Only the first copy can overwrite files made offline;
+                // later ones follow the cluster's own changes.
+                let differs = first && {
+                    let local = auth.data();
+                    !local.is_empty()
+                        && (local.users != state.security.users
+                            || local.rules != state.security.rules
+                            || local.quotas != state.security.quotas)
+                };
+                if differs {
                     tracing::warn!("this broker's users, rules and quotas differ from the cluster's: taking the cluster's (change them online with --addr; offline changes only seed a new cluster)");
                 }
                 first = false;

@@ -289,12 +289,9 @@ fn render(broker: &Broker) -> Result<Vec<u8>, String> {
         &["what"],
     )
     .map_err(|e| e.to_string())?;
-    if let Ok(fs) = rustix::fs::statvfs(broker.dir()) {
-        let block = fs.f_frsize as i64;
-        disk.with_label_values(&["total"])
-            .set(fs.f_blocks as i64 * block);
-        disk.with_label_values(&["available"])
-            .set(fs.f_bavail as i64 * block);
+    if let Some((available, total)) = super::handlers::status::disk_space(broker.dir()) {
+        disk.with_label_values(&["total"]).set(total as i64);
+        disk.with_label_values(&["available"]).set(available as i64);
     }
     let group_gauge =
         |name: &str, help: &str| IntGaugeVec::new(Opts::new(name, help), &["group", "partition"]);

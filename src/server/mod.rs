@@ -9,6 +9,7 @@
 
 pub(crate) mod connection;
 pub mod console;
+pub mod display;
 mod errors;
 mod frame_reader;
 mod handlers;

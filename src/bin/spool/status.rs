@@ -5,6 +5,8 @@
 
 use spool::protocol::requests::{ListGroupsRequest, MetadataRequest, ServerStatusRequest};
 
+use spool::server::display::{bytes, duration};
+
 use crate::{Failure, DEFAULT_ADDR};
 
 /// Arguments of `spool status`.
@@ -102,31 +104,4 @@ pub async fn run(args: StatusArgs) -> Result<(), Failure> {
         }
     }
     Ok(())
-}
-
-/// `3d 4h`, `5m 2s`, `12s`.
-fn duration(secs: u64) -> String {
-    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
-    match (d, h, m) {
-        (0, 0, 0) => format!("{s}s"),
-        (0, 0, _) => format!("{m}m {s}s"),
-        (0, _, _) => format!("{h}h {m}m"),
-        _ => format!("{d}d {h}h"),
-    }
-}
-
-/// Bytes in binary units, one decimal.
-fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
 }

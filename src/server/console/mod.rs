@@ -227,8 +227,8 @@ fn rates() -> serde_json::Value {
         .collect();
     serde_json::json!({
         "at_ms": now_ms,
-        "messages_in": by_topic(&MESSAGES_IN).values().sum::<u64>(),
-        "messages_out": by_topic(&MESSAGES_OUT).values().sum::<u64>(),
+        "messages_in": into.values().sum::<u64>(),
+        "messages_out": out.values().sum::<u64>(),
         "bytes_in": by_topic(&BYTES_IN).values().sum::<u64>(),
         "bytes_out": by_topic(&BYTES_OUT).values().sum::<u64>(),
         "topics": topics,
@@ -428,6 +428,7 @@ impl Console {
     }
 }
 
-fn encode(s: &str) -> String {
+/// A path segment, percent-encoded (the inverse of [`segment`]).
+pub(super) fn encode(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }

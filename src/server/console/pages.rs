@@ -6,9 +6,10 @@ use std::collections::HashMap;
 
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
-use super::{by_topic, Console, PAGE_BYTES, PAGE_RECORDS};
+use super::{by_topic, encode as enc, Console, PAGE_BYTES, PAGE_RECORDS};
 use crate::broker::{GroupInfo, GroupMode, TopicInfo};
 use crate::cluster::state::LeaseHolder;
+use crate::server::display::{bytes, duration};
 use crate::{Offset, PartitionId};
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0;color:#1d2733;background:#f6f7f9}\
@@ -68,26 +69,6 @@ fn layout(title: &str, body: Markup) -> Markup {
     }
 }
 
-/// A path segment, percent-encoded.
-fn enc(s: &str) -> String {
-    form_urlencoded::byte_serialize(s.as_bytes()).collect()
-}
-
-fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
-}
-
 fn messages_of(topic: &TopicInfo) -> u64 {
     topic.partitions.iter().map(|p| p.end.0 - p.start.0).sum()
 }
@@ -118,16 +99,16 @@ pub(super) fn overview(c: &Console) -> Markup {
     let groups = c.broker.list_groups();
     let partitions: usize = topics.iter().map(|t| t.partitions.len()).sum();
     let stats = c.broker.storage_stats();
-    let disk = rustix::fs::statvfs(c.broker.dir()).ok();
+    let disk = crate::server::handlers::status::disk_space(c.broker.dir());
     let role = match &c.cluster {
         Some(node) => format!("broker {} of a cluster", node.id().0),
         None => "a single broker".to_string(),
     };
     let brokers = c.cluster.as_ref().map_or(1, |n| n.state().members.len());
-    let up = c.started.elapsed().as_secs();
+    let up = duration(c.started.elapsed().as_secs());
     let sum = |counter: &prometheus::IntCounterVec| -> u64 { by_topic(counter).values().sum() };
     let body = html! {
-        p { "This is " (role) ", up " (up / 3600) " h " (up / 60 % 60) " min." }
+        p { "This is " (role) ", up " (up) "." }
         div.cards {
             div.card id="card-brokers" { "Brokers" b { (brokers) } }
             div.card id="card-topics" { "Topics" b { (topics.len()) } }
@@ -136,9 +117,7 @@ pub(super) fn overview(c: &Console) -> Markup {
             div.card id="card-messages-in" { "Messages in (since start)" b { (sum(&crate::metrics::MESSAGES_IN)) } }
             div.card id="card-messages-out" { "Messages out (since start)" b { (sum(&crate::metrics::MESSAGES_OUT)) } }
             div.card id="card-stored" { "Stored" b { (bytes(stats.size_bytes)) } (stats.segments) " segments" }
-            @if let Some(fs) = &disk {
-                @let total = fs.f_blocks * fs.f_frsize;
-                @let free = fs.f_bavail * fs.f_frsize;
+            @if let Some((free, total)) = disk {
                 div.card id="card-disk" {
                     "Data disk used"
                     b { (format!("{:.0} %", 100.0 * (1.0 - free as f64 / total.max(1) as f64))) }
