@@ -157,12 +157,8 @@ async fn with_auth_users_and_rules_are_the_clusters_and_brokers_replicate_as_bro
     let tls = TlsOptions::with_ca_file(&pki.ca_file("cluster")).expect("CA");
     let as_user = |user: &str, password: &str| ConnectOptions {
         tls: Some(tls.clone()),
-        credentials: Some(spool::client::Credentials {
-            user: user.into(),
-            password: password.into(),
-        }),
         connect_attempts: 1,
-        ..ConnectOptions::default()
+        ..common::server::as_user(user, password)
     };
     // The admin logs in at broker 3, which never had a users file.
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -489,39 +489,26 @@ fn users_and_rules(operations: &str) -> tempfile::TempDir {
     dir
 }
 
+/// The `Authorization` header of HTTP Basic `credentials`.
+fn basic((user, password): (&str, &str)) -> String {
+    use base64::Engine;
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    format!("Authorization: Basic {token}")
+}
+
 /// `GET path` from `host` with HTTP Basic credentials; the whole response.
 fn get_as(host: &str, path: &str, credentials: Option<(&str, &str)>) -> String {
-    use base64::Engine;
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(host).expect("connect for HTTP");
-    let auth = credentials
-        .map(|(u, p)| {
-            let token = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
-            format!("Authorization: Basic {token}\r\n")
-        })
-        .unwrap_or_default();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n{auth}\r\n").expect("request");
-    let mut response = String::new();
-    s.read_to_string(&mut response).expect("response");
-    response
+    let headers: Vec<String> = credentials.map(basic).into_iter().collect();
+    common::server::http(host, "GET", path, &headers, "")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_auth_the_console_asks_who_you_are_and_shows_only_what_you_may_see() {
     let dir = users_and_rules("consume,describe");
     let server = SpoolServer::start_with(dir.path(), &["--auth"]);
-    let admin = Client::connect_with(
-        server.addr,
-        spool::client::ConnectOptions {
-            credentials: Some(spool::client::Credentials {
-                user: ADMIN.0.into(),
-                password: ADMIN.1.into(),
-            }),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("admin");
+    let admin = Client::connect_with(server.addr, common::server::as_user(ADMIN.0, ADMIN.1))
+        .await
+        .expect("admin");
     for topic in ["orders.eu", "payments"] {
         admin
             .create_topic(topic, 1, TopicOptions::default())
@@ -579,23 +566,12 @@ fn post_as(
     credentials: (&str, &str),
     origin: Option<&str>,
 ) -> String {
-    use base64::Engine;
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(host).expect("connect for HTTP");
-    let token = base64::engine::general_purpose::STANDARD
-        .encode(format!("{}:{}", credentials.0, credentials.1));
-    let origin = origin
-        .map(|o| format!("Origin: {o}\r\n"))
-        .unwrap_or_default();
-    write!(
-        s,
-        "POST {path} HTTP/1.0\r\nHost: {host}\r\nAuthorization: Basic {token}\r\n{origin}Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .expect("request");
-    let mut response = String::new();
-    s.read_to_string(&mut response).expect("response");
-    response
+    let mut headers = vec![
+        basic(credentials),
+        "Content-Type: application/x-www-form-urlencoded".to_string(),
+    ];
+    headers.extend(origin.map(|o| format!("Origin: {o}")));
+    common::server::http(host, "POST", path, &headers, body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -615,18 +591,9 @@ async fn console_admin_actions_are_off_by_default_and_follow_the_access_rules() 
 
     let server = SpoolServer::start_with(dir.path(), &["--auth", "--console-admin"]);
     let host = server.metrics.to_string();
-    let admin = Client::connect_with(
-        server.addr,
-        spool::client::ConnectOptions {
-            credentials: Some(spool::client::Credentials {
-                user: ADMIN.0.into(),
-                password: ADMIN.1.into(),
-            }),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("admin client");
+    let admin = Client::connect_with(server.addr, common::server::as_user(ADMIN.0, ADMIN.1))
+        .await
+        .expect("admin client");
 
     // Alice creates what her rule allows, and nothing else.
     let created = post_as(&host, "/topics", "name=orders.eu&partitions=2", ALICE, None);

@@ -479,16 +479,10 @@ fn producing(
     let acked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let counted = acked.clone();
     tokio::spawn(async move {
-        let options = spool::client::ConnectOptions {
-            credentials: Some(spool::client::Credentials {
-                user: user.into(),
-                password: password.into(),
-            }),
-            ..Default::default()
-        };
-        let client = spool::client::Client::connect_with(addr, options)
-            .await
-            .expect("connect");
+        let client =
+            spool::client::Client::connect_with(addr, common::server::as_user(user, password))
+                .await
+                .expect("connect");
         let producer = spool::client::Producer::new(client, Default::default());
         let value = vec![7u8; size];
         while !stop.load(Ordering::Relaxed) {

@@ -179,6 +179,17 @@ impl SpoolServer {
     }
 }
 
+/// Connection options that authenticate as `user` with `password`.
+pub fn as_user(user: &str, password: &str) -> spool::client::ConnectOptions {
+    spool::client::ConnectOptions {
+        credentials: Some(spool::client::Credentials {
+            user: user.into(),
+            password: password.into(),
+        }),
+        ..Default::default()
+    }
+}
+
 /// Resident memory of process `pid`, in KiB (0 once it is gone).
 pub fn rss_kib_of(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -193,9 +204,23 @@ pub fn rss_kib_of(pid: u32) -> u64 {
 /// The whole response (headers and body) to `GET path` from `host`, over
 /// plain HTTP/1.0.
 pub fn http_get(host: &str, path: &str) -> String {
+    http(host, "GET", path, &[], "")
+}
+
+/// The whole response to `method path` from `host` with `headers` and
+/// `body`, over plain HTTP/1.0.
+pub fn http(host: &str, method: &str, path: &str, headers: &[String], body: &str) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(host).expect("connect for HTTP");
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").unwrap();
+    let mut head = format!("{method} {path} HTTP/1.0\r\nHost: {host}\r\n");
+    for h in headers {
+        head.push_str(h);
+        head.push_str("\r\n");
+    }
+    if !body.is_empty() {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    write!(s, "{head}\r\n{body}").unwrap();
     let mut response = String::new();
     s.read_to_string(&mut response).unwrap();
     response
