@@ -46,7 +46,7 @@ metric!(REQUEST_SECONDS: HistogramVec = register_histogram_vec_with_registry!(
 metric!(REQUEST_ERRORS: IntCounterVec = register_int_counter_vec_with_registry!(
     "spool_request_errors_total", "Error responses, by error code", &["code"], REGISTRY));
 metric!(FLUSH_SECONDS: Histogram = register_histogram_with_registry!(
-    "spool_flush_duration_seconds", "Duration of one group-commit flush (msync)",
+    "spool_flush_duration_seconds", "Duration of one flush of a partition (fdatasync)",
     LATENCY_BUCKETS.to_vec(), REGISTRY));
 metric!(CORRUPT_BATCHES: IntCounter = register_int_counter_with_registry!(
     "spool_corrupt_batches_total", "Damaged batches found by recovery (kept, never served)", REGISTRY));

@@ -29,9 +29,7 @@ use super::group::queue_state::MemberId;
 use super::group::{self, Group};
 use super::topic::{self, PartitionOffsets, Topic, TopicConfig, TopicInfo};
 use super::BrokerError;
-use crate::storage::{
-    AppendInfo, Fetched, FileSync, Flusher, PartitionLog, StorageError, SyncPolicy,
-};
+use crate::storage::{AppendInfo, Fetched, FileSync, Flusher, PartitionLog, StorageError};
 
 pub(super) const LOCK_FILE: &str = "LOCK";
 const CLEAN_SHUTDOWN_FILE: &str = "clean-shutdown";
@@ -87,6 +85,9 @@ pub struct StorageStats {
     pub flushes: u64,
     /// Partitions whose appends fail now for want of disk space.
     pub partitions_out_of_space: usize,
+    /// `interval` appends whose acknowledgement waited for a flush because
+    /// the flusher was behind (the disk slower than the producers).
+    pub flush_waits: u64,
     /// Syncs of consumer groups' ack logs since open (`always` topics;
     /// concurrent acks share one).
     pub ack_log_syncs: u64,
@@ -521,7 +522,7 @@ impl Broker {
             context: context(),
             source,
         })?;
-        let wait = if log.config().sync == SyncPolicy::Always {
+        let wait = if log.ack_waits_for_flush() {
             let flusher = self.inner.flusher.lock();
             Some((
                 Box::pin(flusher.request_sync(log.clone(), info.next_offset)) as DurableWait,
@@ -618,6 +619,7 @@ impl Broker {
                 stats.size_bytes += log.size_bytes();
                 stats.flushes += log.flush_count();
                 stats.partitions_out_of_space += usize::from(log.out_of_space());
+                stats.flush_waits += log.flush_wait_count();
             }
         }
         stats.ack_log_syncs = self.inner.flusher.lock().file_sync_count();

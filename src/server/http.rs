@@ -279,6 +279,9 @@ fn render(broker: &Broker) -> Result<Vec<u8>, String> {
     storage
         .with_label_values(&["partitions_out_of_space"])
         .set(stats.partitions_out_of_space as i64);
+    storage
+        .with_label_values(&["flush_waits"])
+        .set(stats.flush_waits as i64);
     // The file system of the data directory: what an operator alerts on
     // before a partition runs out of space.
     let disk = IntGaugeVec::new(

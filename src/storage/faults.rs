@@ -15,12 +15,10 @@
 //! every layer.
 
 use std::fs::File;
-use std::io;
+use std::io::{self, IoSlice};
 use std::os::unix::fs::FileExt;
 
-use memmap2::MmapRaw;
-
-/// Writes `bytes` at `offset` (space reservation).
+/// Writes `bytes` at `offset` (zeroing a truncated range).
 pub(crate) fn write_all_at(
     file: &File,
     path: &std::path::Path,
@@ -29,32 +27,59 @@ pub(crate) fn write_all_at(
 ) -> io::Result<()> {
     #[cfg(feature = "fault-injection")]
     if let Some(fault) = armed::take(path, Operation::Write) {
-        return fault.apply_to_write(file, bytes, offset);
+        fault.apply_to_write(file, bytes, offset)?;
     }
     let _ = path;
     file.write_all_at(bytes, offset)
 }
 
-/// Flushes a range of a shared map to the file (`msync`).
-pub(crate) fn flush_map(
-    map: &MmapRaw,
+/// Writes `parts`, one after the other, at `offset` with `pwritev`: one
+/// system call for a batch and its patched header in the common case,
+/// more only after a short write.
+pub(crate) fn write_all_vectored_at(
+    file: &File,
     path: &std::path::Path,
-    offset: usize,
-    len: usize,
+    parts: &[&[u8]],
+    offset: u64,
 ) -> io::Result<()> {
     #[cfg(feature = "fault-injection")]
-    if let Some(fault) = armed::take(path, Operation::Sync) {
-        return Err(fault.error());
+    if let Some(fault) = armed::take(path, Operation::Write) {
+        fault.apply_to_write(file, &parts.concat(), offset)?;
     }
     let _ = path;
-    map.flush_range(offset, len)
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    let mut done = 0usize;
+    while done < total {
+        // The parts not yet written, the first of them cut where the last
+        // write stopped.
+        let mut skip = done;
+        let mut slices: [IoSlice<'_>; 4] = [IoSlice::new(&[]); 4];
+        let mut n = 0;
+        for part in parts {
+            if skip >= part.len() {
+                skip -= part.len();
+                continue;
+            }
+            assert!(n < slices.len(), "at most 4 parts per vectored write");
+            slices[n] = IoSlice::new(&part[skip..]);
+            skip = 0;
+            n += 1;
+        }
+        match rustix::io::pwritev(file, &slices[..n], offset + done as u64) {
+            Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+            Ok(written) => done += written,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// `fsync` of a whole file (data and metadata).
 pub(crate) fn sync_all(file: &File, path: &std::path::Path) -> io::Result<()> {
     #[cfg(feature = "fault-injection")]
-    if let Some(fault) = armed::take(path, Operation::Sync) {
-        return Err(fault.error());
+    if let Some(err) = armed::take(path, Operation::Sync).and_then(|f| f.stall_or_error()) {
+        return Err(err);
     }
     let _ = path;
     file.sync_all()
@@ -63,8 +88,8 @@ pub(crate) fn sync_all(file: &File, path: &std::path::Path) -> io::Result<()> {
 /// `fdatasync` of a file.
 pub(crate) fn sync_data(file: &File, path: &std::path::Path) -> io::Result<()> {
     #[cfg(feature = "fault-injection")]
-    if let Some(fault) = armed::take(path, Operation::Sync) {
-        return Err(fault.error());
+    if let Some(err) = armed::take(path, Operation::Sync).and_then(|f| f.stall_or_error()) {
+        return Err(err);
     }
     let _ = path;
     file.sync_data()
@@ -73,9 +98,9 @@ pub(crate) fn sync_data(file: &File, path: &std::path::Path) -> io::Result<()> {
 /// Which storage call a fault breaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Operation {
-    /// Writes that reserve space (segment preallocation).
+    /// Writes of appended batches, and of zeros over a truncated range.
     Write,
-    /// Flushes to stable storage: `msync`, `fsync`, `fdatasync`.
+    /// Flushes to stable storage: `fsync`, `fdatasync`.
     Sync,
 }
 
@@ -89,6 +114,12 @@ pub enum FaultKind {
     /// A write stores only part of its bytes, then the device reports
     /// nothing more written (`WriteZero`).
     ShortWrite,
+    /// The call takes this many milliseconds more, then works: a disk
+    /// slower than the producers.
+    Stall {
+        /// Added duration.
+        ms: u32,
+    },
 }
 
 #[cfg(feature = "fault-injection")]
@@ -116,8 +147,21 @@ mod armed {
     }
 
     impl Fault {
-        pub(super) fn error(&self) -> io::Error {
+        /// Sleeps for a stall and returns `None`; else the error to fail
+        /// the call with.
+        pub(super) fn stall_or_error(&self) -> Option<io::Error> {
             match self.kind {
+                FaultKind::Stall { ms } => {
+                    std::thread::sleep(std::time::Duration::from_millis(u64::from(ms)));
+                    None
+                }
+                _ => Some(self.error()),
+            }
+        }
+
+        fn error(&self) -> io::Error {
+            match self.kind {
+                FaultKind::Stall { .. } => io::Error::other("a stall is not an error"),
                 FaultKind::Eio => {
                     io::Error::from_raw_os_error(rustix::io::Errno::IO.raw_os_error())
                 }
@@ -128,6 +172,7 @@ mod armed {
             }
         }
 
+        /// Fails the write (`Err`), or stalls it and lets it go on (`Ok`).
         pub(super) fn apply_to_write(
             &self,
             file: &File,
@@ -138,7 +183,10 @@ mod armed {
                 // Part of the bytes land, as in a real short write.
                 file.write_all_at(&bytes[..bytes.len() / 2], offset)?;
             }
-            Err(self.error())
+            match self.stall_or_error() {
+                Some(err) => Err(err),
+                None => Ok(()),
+            }
         }
     }
 

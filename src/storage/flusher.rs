@@ -1,19 +1,23 @@
 //! When appended bytes reach stable storage.
 //!
-//! Writes go through a shared memory map, so the moment an append returns its
-//! bytes are in the kernel's page cache: a crash of the process (SIGKILL,
+//! Appends are written into the segment file, so the moment an append
+//! returns its bytes are in the kernel's page cache: a crash of the process (SIGKILL,
 //! panic, OOM kill) loses nothing that was appended, under every policy.
 //! The policy only decides what survives a crash of the *machine* (power
 //! loss, kernel panic):
 //!
 //! - [`SyncPolicy::Always`]: an append is acknowledged only after its bytes
-//!   were flushed (`msync`, which also persists the block allocation).
+//!   were flushed (`fdatasync`, which also persists the block allocation).
 //!   Concurrent appenders share flushes: one flush covers everything written
 //!   before it started (group commit). Readers see a batch only once it is
 //!   durable, so no consumer ever acts on a message a power loss could undo.
-//! - [`SyncPolicy::Interval`]: a background flush every `ms` milliseconds;
-//!   a power loss can lose up to that window (plus one flush's duration) of
-//!   acknowledged appends.
+//! - [`SyncPolicy::Interval`]: a background flush about every `ms`
+//!   milliseconds, started early enough that the oldest unflushed append is
+//!   at most `ms` old when it ends. A power loss loses at most `ms` of
+//!   acknowledged appends, however slow the disk: when the flusher falls
+//!   behind, acknowledgements wait for the flush
+//!   ([`PartitionLog::ack_waits_for_flush`]), which slows producers down to
+//!   what the disk takes.
 //! - [`SyncPolicy::Never`]: the OS writes back when it likes (typically
 //!   within 30 s on Linux); a power loss can lose that much.
 //!
@@ -236,7 +240,9 @@ fn run(rx: mpsc::Receiver<Request>, unmap_idle_ms: u64, file_syncs: &std::sync::
             .iter()
             .filter_map(Weak::upgrade)
             .filter_map(|log| match log.config().sync {
-                SyncPolicy::Interval { ms } => Some(ms),
+                // A quarter period: a flush falls due (`interval_flush_due`)
+                // at most this long before it is noticed.
+                SyncPolicy::Interval { ms } => Some(ms / 4),
                 _ => None,
             })
             .min()

@@ -33,6 +33,8 @@ use super::{monotonic_ms, wall_clock_ms, LogConfig, StorageError, SyncPolicy};
 
 /// Newest bytes of an active segment kept mapped (the tail consumers read).
 const ACTIVE_RESIDENT_BYTES: u64 = 64 * 1024;
+/// `oldest_unflushed_ms` when no append waits for a flush.
+const NONE_PENDING: u64 = u64::MAX;
 
 /// Where an appended batch landed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,7 +142,17 @@ pub struct PartitionLog {
     start_offset: AtomicU64,
     next_offset: AtomicU64,
     durable_offset: AtomicU64,
-    last_flush_ms: AtomicU64,
+    /// `interval`: when the oldest append that no flush covers yet was
+    /// made (`NONE_PENDING` when there is none), when the oldest append
+    /// the running flush covers was made (its bytes are not durable until
+    /// it ends), and how long the last flush took. Together they bound the
+    /// loss window (`interval_flush_due`, `ack_waits_for_flush`).
+    oldest_unflushed_ms: AtomicU64,
+    flushing_oldest_ms: AtomicU64,
+    last_flush_duration_ms: AtomicU64,
+    /// Appends whose acknowledgement waited for a flush because the
+    /// flusher lagged (`interval` only).
+    flush_waits: AtomicU64,
     flushes: AtomicU64,
     failed: AtomicBool,
     /// Set while appends fail for want of disk space (logged once each way).
@@ -184,13 +196,8 @@ impl PartitionLog {
         let capacity = capacity_for(&config);
         let (active, file) = match bases.last() {
             None => {
-                let (seg, file) = Segment::create(
-                    dir,
-                    Offset(0),
-                    capacity,
-                    config.segment_size_bytes,
-                    config.index_interval_bytes,
-                )?;
+                let (seg, file) =
+                    Segment::create(dir, Offset(0), capacity, config.index_interval_bytes)?;
                 super::atomic_file::sync_dir(dir)?;
                 (seg, file)
             }
@@ -202,7 +209,6 @@ impl PartitionLog {
                     dir,
                     last,
                     capacity,
-                    config.segment_size_bytes,
                     config.index_interval_bytes,
                     clean_shutdown,
                     durable,
@@ -253,7 +259,10 @@ impl PartitionLog {
             start_offset: AtomicU64::new(start.0),
             next_offset: AtomicU64::new(next.0),
             durable_offset: AtomicU64::new(next.0),
-            last_flush_ms: AtomicU64::new(monotonic_ms()),
+            oldest_unflushed_ms: AtomicU64::new(NONE_PENDING),
+            flushing_oldest_ms: AtomicU64::new(NONE_PENDING),
+            last_flush_duration_ms: AtomicU64::new(0),
+            flush_waits: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
             failed: AtomicBool::new(false),
             out_of_space: AtomicBool::new(false),
@@ -394,7 +403,6 @@ impl PartitionLog {
             &self.dir,
             cut_segment.base(),
             capacity_for(&self.config),
-            self.config.segment_size_bytes,
             self.config.index_interval_bytes,
             false,
             None,
@@ -549,9 +557,39 @@ impl PartitionLog {
         self.visible_end_moved.notify_waiters();
     }
 
-    /// Flushes (msync calls) done by the group commit so far.
+    /// Flushes (`fdatasync` calls) done so far.
     pub fn flush_count(&self) -> u64 {
         self.flushes.load(Ordering::Relaxed)
+    }
+
+    /// Whether the acknowledgement of an append just made must wait for a
+    /// flush. Always under `always`. Under `interval:MS`, when the oldest
+    /// append no flush covers yet is more than `MS` old: the flusher is
+    /// behind (the disk is slower than the producers), and holding the
+    /// acknowledgements back until the flush is done is what keeps a power
+    /// loss from losing more than `MS` of acknowledged appends. Counted in
+    /// [`PartitionLog::flush_wait_count`].
+    pub fn ack_waits_for_flush(&self) -> bool {
+        match self.config.sync {
+            SyncPolicy::Always => true,
+            SyncPolicy::Never => false,
+            SyncPolicy::Interval { ms } => {
+                let oldest = self
+                    .oldest_unflushed_ms
+                    .load(Ordering::SeqCst)
+                    .min(self.flushing_oldest_ms.load(Ordering::SeqCst));
+                let lagging = oldest != NONE_PENDING && monotonic_ms().saturating_sub(oldest) > ms;
+                if lagging {
+                    self.flush_waits.fetch_add(1, Ordering::Relaxed);
+                }
+                lagging
+            }
+        }
+    }
+
+    /// Appends whose acknowledgement waited for a lagging `interval` flush.
+    pub fn flush_wait_count(&self) -> u64 {
+        self.flush_waits.load(Ordering::Relaxed)
     }
 
     /// A future that completes the next time the visible end moves. Create
@@ -661,7 +699,16 @@ impl PartitionLog {
             stored.base_offset = base_offset;
             writer.producers.record(&stored, fence, wall_clock_ms());
         }
-        self.next_offset.store(next_offset.0, Ordering::Release);
+        self.next_offset.store(next_offset.0, Ordering::SeqCst);
+        if self.oldest_unflushed_ms.load(Ordering::SeqCst) == NONE_PENDING {
+            // After the batch was published: see `flush_locked`.
+            let _ = self.oldest_unflushed_ms.compare_exchange(
+                NONE_PENDING,
+                monotonic_ms(),
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            );
+        }
         if self.config.sync == SyncPolicy::Never {
             // Nothing will ever flush explicitly; durable means "in the page
             // cache" for this policy.
@@ -698,7 +745,6 @@ impl PartitionLog {
             &self.dir,
             base,
             capacity_for(&self.config),
-            self.config.segment_size_bytes,
             self.config.index_interval_bytes,
         )?;
         let durable = self.config.sync != SyncPolicy::Never;
@@ -910,7 +956,24 @@ impl PartitionLog {
         let Some(active) = active else { return Ok(()) };
         #[cfg(feature = "server")]
         let started = std::time::Instant::now();
+        let started_ms = monotonic_ms();
+        // The appends this flush covers stay exposed until it ends: their
+        // time moves to `flushing_oldest_ms` (never leaving both empty).
+        // `oldest_unflushed_ms` is cleared before the flush reads the
+        // published end, so an append the flush misses published its batch
+        // after that, finds it cleared and stamps its own time
+        // (`append_now`).
+        self.flushing_oldest_ms.store(
+            self.oldest_unflushed_ms.load(Ordering::SeqCst),
+            Ordering::SeqCst,
+        );
+        let covered = self
+            .oldest_unflushed_ms
+            .swap(NONE_PENDING, Ordering::SeqCst);
+        self.flushing_oldest_ms.fetch_min(covered, Ordering::SeqCst);
         let flushed = active.flush();
+        self.flushing_oldest_ms
+            .store(NONE_PENDING, Ordering::SeqCst);
         // The one metric storage feeds directly: flush time is only known here.
         #[cfg(feature = "server")]
         crate::metrics::FLUSH_SECONDS.observe(started.elapsed().as_secs_f64());
@@ -933,7 +996,8 @@ impl PartitionLog {
         // may briefly run ahead of it.)
         self.durable_offset
             .fetch_max(end.end_offset.0, Ordering::AcqRel);
-        self.last_flush_ms.store(monotonic_ms(), Ordering::Relaxed);
+        self.last_flush_duration_ms
+            .store(monotonic_ms() - started_ms, Ordering::Relaxed);
         self.flushes.fetch_add(1, Ordering::Relaxed);
         if self.config.sync == SyncPolicy::Always {
             self.visible_end_moved.notify_waiters();
@@ -941,13 +1005,23 @@ impl PartitionLog {
         Ok(())
     }
 
-    /// True if the policy is `interval`, its period has passed since the
-    /// last flush, and there is something to flush.
+    /// True if the policy is `interval:MS` and the oldest unflushed append
+    /// will be `MS` old by the time a flush started now ends (twice the
+    /// last flush's duration ahead, at most `MS / 2`), so that producers
+    /// wait for flushes (`ack_waits_for_flush`) only when the disk cannot
+    /// keep up. Under a steady load that flushes about every `MS`.
     pub fn interval_flush_due(&self, now_ms: u64) -> bool {
         match self.config.sync {
             SyncPolicy::Interval { ms } => {
-                self.durable_offset() < self.next_offset()
-                    && now_ms.saturating_sub(self.last_flush_ms.load(Ordering::Relaxed)) >= ms
+                let oldest = self.oldest_unflushed_ms.load(Ordering::SeqCst);
+                let lead = self
+                    .last_flush_duration_ms
+                    .load(Ordering::Relaxed)
+                    .saturating_mul(2)
+                    .min(ms / 2);
+                oldest != NONE_PENDING
+                    && self.durable_offset() < self.next_offset()
+                    && now_ms.saturating_sub(oldest) + lead >= ms
             }
             _ => false,
         }

@@ -1,16 +1,19 @@
-//! A segment file's shared memory map, and all of storage's `unsafe` code.
+//! A segment file's read-only shared memory map, and all of storage's
+//! `unsafe` code.
 //!
-//! Soundness rests on one rule that the segment and log code keep (and
-//! assert): bytes below a segment's *published length* are never written
-//! again. The log appends only above it, under its writer lock, and a sealed
-//! file is trimmed to exactly that length. So:
+//! Nothing writes through a map: the log's single writer `pwrite`s batches
+//! into the file (`segment.rs`), and on Linux the page cache makes those
+//! bytes visible through every shared map of the file. Soundness rests on
+//! one rule that the segment and log code keep (and assert): bytes below a
+//! segment's *published length* are never written again. The writer
+//! appends only above it, publishes a batch (a `Release` store of the
+//! length) after its `pwrite` returned, and a sealed file is trimmed to
+//! exactly that length. So:
 //!
 //! - [`SegmentMap::prefix`] hands out `&[u8]` of the published bytes, tied
 //!   to the borrow of the map;
 //! - [`SegmentMap::bytes`] hands out `Bytes` of them that keep the map alive
-//!   (an `Arc`) for as long as any reader holds them;
-//! - [`SegmentMap::write_batch`] copies a batch above the published length,
-//!   which only the single writer does.
+//!   (an `Arc`) for as long as any reader holds them.
 //!
 //! Callers pass lengths that are published (or, during recovery, a map no
 //! reader can see yet); every function checks its range against the map.
@@ -22,27 +25,17 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use memmap2::{MmapOptions, MmapRaw};
-use spool_protocol::batch::{set_base_offset, HEADER_LEN_V1};
-use spool_protocol::Offset;
 
-use super::faults;
 use super::StorageError;
 
-/// A shared, writable map of one segment file.
+/// A shared, read-only map of one segment file.
 #[derive(Debug)]
 pub(crate) struct SegmentMap(MmapRaw);
 
 impl SegmentMap {
-    /// Maps the first `len` bytes of `file`, shared and writable.
-    pub(crate) fn map_rw(file: &File, len: u64, path: &Path) -> Result<SegmentMap, StorageError> {
-        MmapOptions::new()
-            .len(len as usize)
-            .map_raw(file)
-            .map(SegmentMap)
-            .map_err(|e| StorageError::io(path, e))
-    }
-
-    /// Maps the first `len` bytes of a sealed `file`, read-only.
+    /// Maps the first `len` bytes of `file`, shared and read-only. The map
+    /// may reach past the file's end (an active segment's map covers its
+    /// capacity); only written, published bytes are ever read.
     pub(crate) fn map_ro(file: &File, len: u64, path: &Path) -> Result<SegmentMap, StorageError> {
         MmapOptions::new()
             .len(len as usize)
@@ -95,31 +88,6 @@ impl SegmentMap {
         })
     }
 
-    /// Copies a validated batch to `pos` and stamps its base offset. Only
-    /// the segment's single writer calls this, above the published length;
-    /// the caller publishes the bytes afterwards.
-    pub(crate) fn write_batch(&self, pos: usize, batch: &[u8], base: Offset) {
-        assert!(
-            batch.len() >= HEADER_LEN_V1,
-            "a batch has at least a header"
-        );
-        assert!(
-            pos.checked_add(batch.len())
-                .is_some_and(|end| end <= self.len()),
-            "write {pos}+{} past the map's {}",
-            batch.len(),
-            self.len()
-        );
-        // SAFETY: inside the map (checked); above the published length, so
-        // no reader looks at these bytes, and the log's writer lock makes this
-        // the only writer. The mutable borrow ends before publication.
-        unsafe {
-            let dst = self.0.as_mut_ptr().add(pos);
-            std::ptr::copy_nonoverlapping(batch.as_ptr(), dst, batch.len());
-            set_base_offset(std::slice::from_raw_parts_mut(dst, HEADER_LEN_V1), base);
-        }
-    }
-
     /// Drops this process's mappings of the pages in `start..start + len`.
     /// On a shared file map the contents (dirty or not) stay in the page
     /// cache and fault back in on the next access, so readers see no change.
@@ -131,19 +99,6 @@ impl SegmentMap {
             self.0
                 .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len)
         }
-    }
-
-    /// Asks the kernel to fault in the pages of a range about to be written
-    /// (a hint; old kernels refuse it and nothing changes).
-    pub(crate) fn prefault_for_write(&self, start: usize, len: usize) {
-        let _ = self
-            .0
-            .advise_range(memmap2::Advice::PopulateWrite, start, len);
-    }
-
-    /// Flushes a range to the file (`msync`), through the fault seam.
-    pub(crate) fn flush(&self, path: &Path, start: usize, len: usize) -> io::Result<()> {
-        faults::flush_map(&self.0, path, start, len)
     }
 }
 

@@ -1,14 +1,17 @@
 //! One segment file: batches back to back, named by the offset of its first
-//! record (`00000000000000000000.log`), written and read through a memory
-//! map.
+//! record (`00000000000000000000.log`), written with `pwritev` and read
+//! through a memory map.
 //!
 //! The active segment is created sparse at its full capacity and mapped
-//! once; blocks are reserved a chunk ahead of the write position by writing
-//! zeros (see `allocate` for why not `fallocate`). A full disk therefore
-//! fails the reservation with `ENOSPC`, a clean error before any byte is
-//! copied, and never a SIGBUS on a store into an unbacked page. Reserving in
-//! chunks instead of the whole segment keeps a broker with a thousand mostly
-//! idle partitions from reserving a thousand segments' worth of disk.
+//! once, read-only. Each batch is written into the file with one `pwritev`
+//! (the batch, with its base offset patched in a copy of its header), which
+//! copies every byte once into the page cache. Copying into a shared
+//! writable map instead costs a page fault per fresh page and needs the
+//! blocks reserved ahead (a store into an unbacked page of a full disk is a
+//! SIGBUS, not an error); measured with `cargo bench --bench storage --
+//! append`, the write is the faster of the two for every batch size (see
+//! the README's performance notes). A full disk fails the write with
+//! `ENOSPC`, a clean error, and the batch is not published.
 //!
 //! A sealed segment is trimmed to its exact length, never changes again,
 //! and is mapped only while something reads it: [`Segment::evict_if_idle`]
@@ -34,10 +37,6 @@ use super::index::{self, IndexEntry};
 use super::mapping::SegmentMap;
 use super::{monotonic_ms, StorageError};
 
-/// Blocks are reserved this far ahead of the write position.
-pub const ALLOCATION_CHUNK_BYTES: u64 = 1024 * 1024;
-/// Batches at least this large have their pages prefaulted before the copy.
-const PREFAULT_MIN_BYTES: u64 = 64 * 1024;
 const PAGE_BYTES: u64 = 4096;
 
 /// The file name of the segment starting at `base`.
@@ -71,6 +70,9 @@ pub struct Segment {
     published: Mutex<Published>,
     sealed: AtomicBool,
     map: Mutex<Option<Arc<SegmentMap>>>,
+    /// The active segment's file, shared with its writer, for the flusher's
+    /// `fdatasync`; `None` once sealed.
+    file: Mutex<Option<Arc<File>>>,
     index: RwLock<Vec<IndexEntry>>,
     last_access_ms: AtomicU64,
     /// Bytes below this were handed back to the page cache with
@@ -91,28 +93,14 @@ pub struct Published {
 /// The writer's half of the active segment: only the partition's append
 /// path, holding the log's writer lock, touches it.
 pub struct ActiveFile {
-    file: File,
-    map: Arc<SegmentMap>,
+    file: Arc<File>,
     capacity: u64,
-    allocated: u64,
-    /// Reservation step: never more than a segment holds, so sealing a
-    /// small segment does not free (and, with `-o discard`, synchronously
-    /// discard) a mostly unused reservation.
-    chunk_bytes: u64,
     pos: u64,
     next_offset: Offset,
     bytes_since_index: u64,
     index_interval_bytes: u64,
     /// Largest record timestamp appended to the segment so far.
     max_timestamp_ms: i64,
-}
-
-/// Reservation step for segments of `segment_size_bytes`.
-pub fn allocation_chunk_for(segment_size_bytes: u64) -> u64 {
-    segment_size_bytes
-        .div_ceil(PAGE_BYTES)
-        .saturating_mul(PAGE_BYTES)
-        .clamp(PAGE_BYTES, ALLOCATION_CHUNK_BYTES)
 }
 
 /// What recovery found in the active segment.
@@ -140,6 +128,7 @@ impl Segment {
             published: Mutex::new(Published { len, end_offset }),
             sealed: AtomicBool::new(sealed),
             map: Mutex::new(None),
+            file: Mutex::new(None),
             index: RwLock::new(Vec::new()),
             last_access_ms: AtomicU64::new(monotonic_ms()),
             released: AtomicU64::new(0),
@@ -201,12 +190,11 @@ impl Segment {
     }
 
     /// Creates a new, empty active segment. `capacity` is the logical size
-    /// of the sparse file and the map; nothing is reserved yet.
+    /// of the sparse file and the map; no block is allocated yet.
     pub fn create(
         dir: &Path,
         base: Offset,
         capacity: u64,
-        segment_size_bytes: u64,
         index_interval_bytes: u32,
     ) -> Result<(Arc<Segment>, ActiveFile), StorageError> {
         let segment = Segment::new(dir, base, 0, base, false);
@@ -217,15 +205,10 @@ impl Segment {
             .create_new(true)
             .open(&path)
             .map_err(|e| StorageError::io(&path, e))?;
-        let chunk_bytes = allocation_chunk_for(segment_size_bytes);
-        let reserved = chunk_bytes.min(capacity);
         let mapped = (|| {
             file.set_len(capacity)
                 .map_err(|e| StorageError::io(&path, e))?;
-            // Reserve the first chunk now, so that a full disk stops the roll
-            // before the new segment becomes active.
-            allocate(&file, &path, 0, reserved).map_err(|e| StorageError::io(&path, e))?;
-            SegmentMap::map_rw(&file, capacity, &path)
+            SegmentMap::map_ro(&file, capacity, &path)
         })();
         let map = match mapped {
             Ok(map) => Arc::new(map),
@@ -235,19 +218,18 @@ impl Segment {
                 return Err(err);
             }
         };
+        let file = Arc::new(file);
+        *segment.file.lock() = Some(file.clone());
         let active = ActiveFile {
             file,
-            map,
             capacity,
-            allocated: reserved,
-            chunk_bytes,
             pos: 0,
             next_offset: base,
             bytes_since_index: u64::MAX,
             index_interval_bytes: u64::from(index_interval_bytes),
             max_timestamp_ms: i64::MIN,
         };
-        *segment.map.lock() = Some(active.map.clone());
+        *segment.map.lock() = Some(map);
         Ok((Arc::new(segment), active))
     }
 
@@ -265,7 +247,6 @@ impl Segment {
         dir: &Path,
         base: Offset,
         min_capacity: u64,
-        segment_size_bytes: u64,
         index_interval_bytes: u32,
         trust_index: bool,
         durable: Option<Published>,
@@ -283,7 +264,7 @@ impl Segment {
         if file_len < capacity {
             file.set_len(capacity).map_err(io)?;
         }
-        let map = SegmentMap::map_rw(&file, capacity, &path)?;
+        let map = SegmentMap::map_ro(&file, capacity, &path)?;
         // No reader sees this file yet and nothing else writes it while we scan.
         let bytes = map.prefix(capacity as usize);
 
@@ -335,7 +316,7 @@ impl Segment {
             file.set_len(capacity).map_err(io)?;
             file.sync_all().map_err(io)?;
         }
-        let map = Arc::new(SegmentMap::map_rw(&file, capacity, &path)?);
+        let map = Arc::new(SegmentMap::map_ro(&file, capacity, &path)?);
 
         segment.len.store(scan.end_pos, Ordering::Release);
         segment.flushed_len.store(scan.end_pos, Ordering::Release);
@@ -347,15 +328,14 @@ impl Segment {
             end_offset: scan.next_offset,
         };
         *segment.index.write() = entries;
-        *segment.map.lock() = Some(map.clone());
+        *segment.map.lock() = Some(map);
+        let file = Arc::new(file);
+        *segment.file.lock() = Some(file.clone());
         let _ = fs::remove_file(&segment.index_path);
 
         let active = ActiveFile {
             file,
-            map,
             capacity,
-            allocated: scan.end_pos,
-            chunk_bytes: allocation_chunk_for(segment_size_bytes),
             pos: scan.end_pos,
             next_offset: scan.next_offset,
             bytes_since_index: scan.bytes_since_index,
@@ -667,15 +647,15 @@ impl Segment {
             self.len(),
             "writer and published length disagree"
         );
-        if durable && active.pos > self.flushed_len() {
-            self.release_below(&active.map, active.pos);
-            active.map.flush(path, 0, active.pos as usize).map_err(io)?;
+        if let Some(map) = self.map.lock().as_ref() {
+            self.release_below(map, active.pos);
         }
         active.file.set_len(active.pos).map_err(io)?;
         if durable {
             faults::sync_all(&active.file, path).map_err(io)?;
         }
         self.flushed_len.store(active.pos, Ordering::Release);
+        *self.file.lock() = None;
         let entries = self.index.read().clone();
         if let Err(err) = index::store(&self.index_path, &entries, active.pos) {
             // The index is only an accelerator: it is rebuilt when missing.
@@ -693,8 +673,8 @@ impl Segment {
         index::store(&self.index_path, &entries, capacity as u64)
     }
 
-    /// Flushes the active segment's bytes from `flushed_len` to the last
-    /// published batch boundary and records them as durable. Returns that
+    /// Flushes the active segment (`fdatasync`) and records the last
+    /// batch boundary published before it as durable. Returns that
     /// boundary, and whether anything was flushed to reach it. Called under
     /// the log's flush lock only.
     pub fn flush(&self) -> Result<(Published, bool), StorageError> {
@@ -704,11 +684,14 @@ impl Segment {
         if len <= flushed {
             return Ok((published, false));
         }
-        let map = self.map.lock().clone();
-        if let Some(map) = map {
-            // Whole pages below `len` are never written again.
+        if let Some(map) = self.map.lock().clone() {
+            // Readers' pages below `len` are never written again; unmapping
+            // them keeps resident memory to the working set.
             self.release_below(&map, len);
-            map.flush(&self.log_path, flushed as usize, (len - flushed) as usize)
+        }
+        let file = self.file.lock().clone();
+        if let Some(file) = file {
+            faults::sync_data(&file, &self.log_path)
                 .map_err(|e| StorageError::io(&self.log_path, e))?;
         }
         self.flushed_len.fetch_max(len, Ordering::AcqRel);
@@ -747,24 +730,10 @@ impl ActiveFile {
         self.next_offset
     }
 
-    /// Reserves disk blocks for `needed` bytes past the write position.
-    fn reserve(&mut self, path: &Path, needed: u64) -> Result<(), StorageError> {
-        let end = self.pos + needed;
-        if end <= self.allocated {
-            return Ok(());
-        }
-        let target = end
-            .div_ceil(self.chunk_bytes)
-            .saturating_mul(self.chunk_bytes)
-            .min(self.capacity);
-        allocate(&self.file, path, self.allocated, target - self.allocated)
-            .map_err(|e| StorageError::io(path, e))?;
-        self.allocated = target;
-        Ok(())
-    }
-
-    /// Copies a validated batch into the segment, stamps its base offset and
-    /// publishes it to readers. The caller checked that it fits.
+    /// Writes a validated batch into the segment with its base offset
+    /// stamped, and publishes it to readers. The caller checked that it
+    /// fits. A failed write publishes nothing: the next append writes over
+    /// whatever part of it landed.
     pub fn append(
         &mut self,
         segment: &Segment,
@@ -775,24 +744,23 @@ impl ActiveFile {
         assert!(len <= self.remaining(), "append past segment capacity");
         // A sealed segment never changes again: readers hold slices of it.
         assert!(!segment.is_sealed(), "append to a sealed segment");
-        self.reserve(&segment.log_path, len)?;
-        debug_assert!(
-            self.pos + len <= self.allocated,
-            "copy into unreserved blocks"
+        assert!(
+            batch_bytes.len() >= HEADER_LEN_V1,
+            "a batch has at least a header"
         );
-        if len >= PREFAULT_MIN_BYTES {
-            // Fault the batch's pages in with one call instead of one fault
-            // per 4 KiB during the copy (about twice the append throughput
-            // for large batches). Only the pages about to be written, so idle
-            // partitions hold no extra memory. A hint: kernels before 5.14
-            // refuse it and the copy faults the pages in as usual.
-            let page_start = self.pos & !(PAGE_BYTES - 1);
-            self.map
-                .prefault_for_write(page_start as usize, (self.pos + len - page_start) as usize);
-        }
         let base = self.next_offset;
-        // Above the published length, by the log's single writer.
-        self.map.write_batch(self.pos as usize, batch_bytes, base);
+        let mut header_bytes = [0u8; HEADER_LEN_V1];
+        header_bytes.copy_from_slice(&batch_bytes[..HEADER_LEN_V1]);
+        batch::set_base_offset(&mut header_bytes, base);
+        // Above the published length, by the log's single writer (module
+        // docs of `mapping.rs`).
+        faults::write_all_vectored_at(
+            &self.file,
+            &segment.log_path,
+            &[&header_bytes, &batch_bytes[HEADER_LEN_V1..]],
+            self.pos,
+        )
+        .map_err(|e| StorageError::io(&segment.log_path, e))?;
         if self.bytes_since_index >= self.index_interval_bytes {
             let entry = IndexEntry {
                 relative_offset: (base.0 - segment.base.0) as u32,
@@ -1055,19 +1023,6 @@ fn entry_matches(bytes: &[u8], base: Offset, entry: &IndexEntry) -> bool {
         }
         Err(_) => false,
     }
-}
-
-/// Reserves disk blocks for `offset..offset + len` by writing zeros there.
-///
-/// Not `fallocate`: on ext4 the first store through a shared map into an
-/// unwritten (fallocated) or sparse block costs milliseconds (the fault has
-/// to convert the extent under the journal), measured at about 3 ms per fresh
-/// segment versus 0.1 ms for zero-written blocks. Writing zeros reserves the
-/// blocks just as well (delayed allocation reserves at write time, so a full
-/// disk fails here, before any data is copied), and leaves the pages in the
-/// page cache, where the append's copy overwrites them before write-back.
-fn allocate(file: &File, path: &Path, offset: u64, len: u64) -> std::io::Result<()> {
-    write_zeros(file, path, offset, len)
 }
 
 /// Writes `len` zero bytes at `offset` (through the fault seam).
