@@ -120,7 +120,7 @@ async fn deliveries_name_where_each_message_landed_and_dropping_the_producer_sen
         ProducerConfig {
             batch_bytes: 4096,
             linger: Duration::from_secs(600),
-            queue_messages: 64,
+            buffer_bytes: 2048,
             ..ProducerConfig::default()
         },
     );
@@ -446,4 +446,61 @@ async fn a_request_to_a_server_that_never_answers_times_out() {
     );
     // Running again: the next call reconnects and is answered.
     client.list_topics().await.expect("answered after SIGCONT");
+}
+
+/// The producer holds at most `buffer_bytes` of messages between `send`
+/// and their acknowledgement: against a broker that stopped answering
+/// (SIGSTOP), `send` takes messages until the buffer is full and then
+/// waits, instead of queueing without bound; once the broker runs again
+/// every message taken is stored.
+#[tokio::test]
+async fn a_producer_buffers_at_most_buffer_bytes_then_send_waits() {
+    let server = SpoolServer::temporary();
+    let client = server
+        .client_with_topic("buf", 1, options(WireSync::Interval(50)))
+        .await;
+    const BUFFER: usize = 64 * 1024;
+    let producer = Producer::new(
+        client.clone(),
+        ProducerConfig {
+            batch_bytes: 8 * 1024,
+            buffer_bytes: BUFFER,
+            ..ProducerConfig::default()
+        },
+    );
+    // The first send learns the topic while the broker still answers.
+    producer
+        .send("buf", None, b"first")
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let pid = rustix::process::Pid::from_raw(server.pid() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    let value = vec![7u8; 1000];
+    let record = BatchBuilder::encoded_record_len(0, 0, None, &value, &[]);
+    let mut deliveries = Vec::new();
+    let blocked = loop {
+        match tokio::time::timeout(Duration::from_secs(1), producer.send("buf", None, &value)).await
+        {
+            Ok(sent) => deliveries.push(sent.unwrap()),
+            Err(_) => break deliveries.len(),
+        }
+        assert!(deliveries.len() < 10 * BUFFER / record, "send never waited");
+    };
+    rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
+    eprintln!("{blocked} messages of {record} bytes taken with a {BUFFER}-byte buffer");
+    assert!(blocked * record <= BUFFER, "{blocked} messages held");
+    assert!(
+        (blocked + 1) * record > BUFFER,
+        "send waited with room left"
+    );
+    for delivery in deliveries {
+        delivery.await.unwrap();
+    }
+    producer.flush().await.unwrap();
+    assert_eq!(
+        consume_all(&client, "buf", blocked + 1).await.len(),
+        blocked + 1
+    );
 }

@@ -26,6 +26,8 @@ struct Open {
     builder: BatchBuilder,
     outcome: Completer,
     deadline: Instant,
+    /// Bytes of the producer's buffer its records hold.
+    held_bytes: usize,
 }
 
 /// A batch ready for the wire, in the order batches became ready.
@@ -34,6 +36,8 @@ pub(super) struct Ready {
     pub(super) partition: u32,
     pub(super) builder: BatchBuilder,
     pub(super) outcome: Completer,
+    /// Bytes of the producer's buffer its records hold until it settles.
+    pub(super) held_bytes: usize,
 }
 
 struct TopicBatches {
@@ -104,6 +108,7 @@ impl Accumulator {
         timestamp_ms: i64,
         batch_bytes: usize,
         deadline: Instant,
+        held_bytes: usize,
     ) -> Result<Appended, BatchError> {
         let topic = &self.topics[t];
         let pinned = partition.is_some() || key.is_some();
@@ -138,6 +143,7 @@ impl Accumulator {
                     builder: BatchBuilder::with_capacity(batch_bytes.min(1 << 20) + 64),
                     outcome: Completer(BatchOutcome::new()),
                     deadline,
+                    held_bytes: 0,
                 })
             }
         };
@@ -151,6 +157,7 @@ impl Accumulator {
             }
             return Err(err);
         }
+        open.held_bytes += held_bytes;
         let outcome = open.outcome.0.clone();
         let full = open.builder.len_bytes() >= batch_bytes;
         if is_new {
@@ -184,6 +191,7 @@ impl Accumulator {
             partition,
             builder: open.builder,
             outcome: open.outcome,
+            held_bytes: open.held_bytes,
         });
     }
 
@@ -263,7 +271,7 @@ mod tests {
         let mut placed = Vec::new();
         for i in 0..30u32 {
             let a = acc
-                .append(t, None, None, &[i as u8; 100], 0, 1_012, later)
+                .append(t, None, None, &[i as u8; 100], 0, 1_012, later, 0)
                 .unwrap();
             placed.push((a.partition, a.index));
         }
@@ -305,7 +313,7 @@ mod tests {
         let (mut acc, t) = acc(4);
         let later = Instant::now() + Duration::from_secs(60);
         let a = acc
-            .append(t, None, Some(b"user-1"), b"v", 0, 1_000, later)
+            .append(t, None, Some(b"user-1"), b"v", 0, 1_000, later, 0)
             .unwrap();
         assert_eq!(
             a.partition,
@@ -313,14 +321,14 @@ mod tests {
         );
         assert!(a.wake_sender, "opening a batch wakes the sender");
         let b = acc
-            .append(t, None, Some(b"user-1"), b"w", 0, 1_000, later)
+            .append(t, None, Some(b"user-1"), b"w", 0, 1_000, later, 0)
             .unwrap();
         assert!(!b.wake_sender, "adding to an open batch does not");
         assert!(Arc::ptr_eq(&a.outcome, &b.outcome));
         assert_eq!(b.index, 1);
         let huge = vec![0u8; spool_protocol::batch::MAX_BATCH_LEN];
         assert!(acc
-            .append(t, None, Some(b"other"), &huge, 0, 1_000, later)
+            .append(t, None, Some(b"other"), &huge, 0, 1_000, later, 0)
             .is_err());
         // Only the user-1 batch exists.
         let (next, _) = acc.next_batch(Instant::now(), true);

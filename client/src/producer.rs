@@ -46,7 +46,7 @@ use std::time::Duration;
 
 use spool_protocol::batch::{IDEMPOTENCE_WINDOW, NO_PRODUCER};
 use spool_protocol::requests::{Acks, InitProducerRequest, ProduceRequest};
-use spool_protocol::ErrorCode;
+use spool_protocol::{BatchBuilder, ErrorCode};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio::time::Instant;
 
@@ -69,8 +69,14 @@ pub struct ProducerConfig {
     pub retries: u32,
     /// Longest a batch is retried before it fails.
     pub delivery_timeout: Duration,
-    /// Messages held in unsent batches before `send` waits.
-    pub queue_messages: usize,
+    /// Bytes of messages (as encoded in their batches) the producer holds
+    /// from `send` until their batch is acknowledged or fails, unsent and
+    /// in flight alike, as Kafka's `buffer.memory`. Beyond it `send`
+    /// waits, so a producer that outruns the broker holds bounded memory
+    /// and its messages wait a bounded time (about this many bytes over
+    /// the broker's rate). A message larger than the whole buffer waits
+    /// for an empty one.
+    pub buffer_bytes: usize,
     /// Store each batch once, however often it is retried, and never
     /// reorder a partition by a retry (see the module docs).
     pub idempotent: bool,
@@ -88,7 +94,7 @@ impl Default for ProducerConfig {
             max_in_flight: 64,
             retries: 10,
             delivery_timeout: Duration::from_secs(30),
-            queue_messages: 64 * 1024,
+            buffer_bytes: 32 * 1024 * 1024,
             idempotent: true,
             acks: Acks::All,
         }
@@ -102,8 +108,10 @@ struct Shared {
     /// Wakes the sender: a batch was opened or filled, or the producer
     /// closed.
     wake: Notify,
-    /// One permit per message the unsent batches may still take.
-    queue_space: Semaphore,
+    /// One permit per byte of `buffer_bytes` not held by a message.
+    buffer_space: Semaphore,
+    /// `buffer_bytes` as permits (at most what a semaphore holds).
+    buffer_permits: usize,
     /// The idempotent producer's id: 0 until the broker gave one (or with
     /// idempotence off), and again after a batch failed for good.
     producer_id: AtomicU64,
@@ -152,9 +160,11 @@ pub struct Producer {
 impl Producer {
     /// Starts the producer's sender task.
     pub fn new(client: Client, config: ProducerConfig) -> Producer {
+        let buffer_permits = config.buffer_bytes.clamp(1, Semaphore::MAX_PERMITS);
         let shared = Arc::new(Shared {
             client,
-            queue_space: Semaphore::new(config.queue_messages.clamp(1, Semaphore::MAX_PERMITS)),
+            buffer_space: Semaphore::new(buffer_permits),
+            buffer_permits,
             config,
             acc: Mutex::new(Accumulator::default()),
             wake: Notify::new(),
@@ -168,9 +178,9 @@ impl Producer {
     }
 
     /// Adds a message to its partition's batch; the returned future
-    /// resolves once it is stored. Waits only if the producer already
-    /// holds `queue_messages` unsent messages (or, the first time a topic
-    /// is used, to look up its partitions). Fails at once if the topic does
+    /// resolves once it is stored. Waits only if the producer's buffer
+    /// (`buffer_bytes`) is full (or, the first time a topic is used, to
+    /// look up its partitions). Fails at once if the topic does
     /// not exist or the message cannot fit in a batch.
     pub async fn send(
         &self,
@@ -194,7 +204,7 @@ impl Producer {
             .await
     }
 
-    /// Takes a place in the queue of unsent messages, then appends.
+    /// Takes the message's bytes of the buffer, then appends.
     async fn enqueue(
         &self,
         topic: &str,
@@ -203,16 +213,19 @@ impl Producer {
         value: &[u8],
     ) -> Result<DeliveryFuture, ClientError> {
         let shared = &self.handle.0;
-        match shared.queue_space.try_acquire() {
+        let held = BatchBuilder::encoded_record_len(0, 0, key, value, &[])
+            .min(shared.buffer_permits)
+            .min(u32::MAX as usize);
+        match shared.buffer_space.try_acquire_many(held as u32) {
             Ok(permit) => permit.forget(),
             Err(TryAcquireError::NoPermits) => {
-                // The sender sends open batches early while the queue is
-                // full (see `run_sender`): wake it, or a long linger would
-                // hold the space this send waits for.
+                // The sender sends open batches early while the buffer is
+                // nearly full (see `run_sender`): wake it, or a long linger
+                // would hold the space this send waits for.
                 shared.wake.notify_one();
                 shared
-                    .queue_space
-                    .acquire()
+                    .buffer_space
+                    .acquire_many(held as u32)
                     .await
                     .map_err(|_| ClientError::Disconnected("producer stopped".into()))?
                     .forget()
@@ -221,9 +234,9 @@ impl Producer {
                 return Err(ClientError::Disconnected("producer stopped".into()))
             }
         }
-        let appended = self.append(topic, partition, key, value).await;
+        let appended = self.append(topic, partition, key, value, held).await;
         if appended.is_err() {
-            shared.queue_space.add_permits(1);
+            shared.buffer_space.add_permits(held);
         }
         appended
     }
@@ -234,6 +247,7 @@ impl Producer {
         partition: Option<u32>,
         key: Option<&[u8]>,
         value: &[u8],
+        held: usize,
     ) -> Result<DeliveryFuture, ClientError> {
         let shared = &self.handle.0;
         let timestamp_ms = std::time::SystemTime::now()
@@ -264,6 +278,7 @@ impl Producer {
                 timestamp_ms,
                 batch_bytes,
                 Instant::now() + shared.config.linger,
+                held,
             )
             .map_err(|err| ClientError::Invalid(format!("message does not fit a batch: {err}")))?;
         drop(acc);
@@ -307,6 +322,18 @@ impl Producer {
     }
 }
 
+/// A settling batch's share of the producer's buffer, given back on drop.
+struct BufferHold {
+    shared: Arc<Shared>,
+    bytes: usize,
+}
+
+impl Drop for BufferHold {
+    fn drop(&mut self) {
+        self.shared.buffer_space.add_permits(self.bytes);
+    }
+}
+
 /// Takes batches out of the accumulator and puts them on the wire, one
 /// in-flight slot each.
 async fn run_sender(shared: Arc<Shared>) {
@@ -318,21 +345,19 @@ async fn run_sender(shared: Arc<Shared>) {
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
-        // A full queue makes every open batch due, as in Kafka: senders
-        // are waiting for the space those batches hold.
-        let hurry = linger_zero || shared.queue_space.available_permits() == 0;
+        // A nearly full buffer makes every open batch due, as in Kafka:
+        // senders are waiting for the space those batches hold, which only
+        // their acknowledgement gives back.
+        let hurry = linger_zero
+            || shared.buffer_space.available_permits()
+                < shared.config.batch_bytes.min(shared.buffer_permits / 2);
         let (next, deadline, closed) = {
             let mut acc = shared.lock();
             let (next, deadline) = acc.next_batch(Instant::now(), hurry);
             (next, deadline, acc.closed)
         };
         match next {
-            Some(batch) => {
-                shared
-                    .queue_space
-                    .add_permits(batch.builder.record_count() as usize);
-                dispatch(&shared, batch, permit).await;
-            }
+            Some(batch) => dispatch(&shared, batch, permit).await,
             None if closed => return,
             None => {
                 drop(permit);
@@ -378,8 +403,14 @@ async fn dispatch(shared: &Arc<Shared>, batch: Ready, permit: OwnedSemaphorePerm
         partition,
         builder,
         outcome,
-        ..
+        held_bytes,
     } = batch;
+    // Gives the batch's bytes of the buffer back once it settles, however
+    // this function or its task ends.
+    let held = BufferHold {
+        shared: shared.clone(),
+        bytes: held_bytes,
+    };
     // Idempotent: number the batch and take a place in its partition's
     // window (waiting, in order, if the window is full).
     let (producer_id, window) = if shared.config.idempotent {
@@ -485,6 +516,7 @@ async fn dispatch(shared: &Arc<Shared>, batch: Ready, permit: OwnedSemaphorePerm
         }
         let result = result.map(|stored| stored.base_offset);
         outcome.complete(result);
+        drop(held);
         drop(permit);
         if let Some((place, previous, done)) = window {
             if let Some(previous) = previous {
