@@ -73,6 +73,55 @@ fn queue_bench_acks_every_message_for_a_few_seconds() {
     assert!(r["consume_msgs_per_sec"].as_f64().unwrap() > 0.0);
 }
 
+/// `--output DIR`: one sample per second of the run in `report.json`, whose
+/// rates add up to what was produced, the broker's CPU and memory, and a
+/// page of charts.
+#[test]
+fn output_writes_per_second_samples_and_a_page_of_charts() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let r = bench(&[
+        "--duration-secs",
+        "3",
+        "--rate",
+        "20000",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    let produced = r["messages_produced"].as_f64().unwrap();
+    assert!(r["broker_cpu_secs"].as_f64().unwrap() > 0.0);
+    assert!(r["broker_peak_rss_mib"].as_f64().unwrap() > 1.0);
+    assert!(r["ack_p95_us"].as_u64().is_some() && r["e2e_p9999_us"].as_u64().is_some());
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(json["report"]["messages_produced"], r["messages_produced"]);
+    let samples = json["samples"].as_array().unwrap();
+    assert!(
+        (3..=5).contains(&samples.len()),
+        "{} samples",
+        samples.len()
+    );
+    // 20,000 msg/s offered: each full second inside the run saw about that.
+    let inside = &samples[..2];
+    for s in inside {
+        let rate = s["produced_per_sec"].as_f64().unwrap();
+        assert!((15_000.0..25_000.0).contains(&rate), "{s}");
+        assert!(s["ack_p99_us"].as_u64().is_some(), "{s}");
+        assert!(s["broker_rss_mib"].as_f64().unwrap() > 1.0, "{s}");
+    }
+    let summed: f64 = samples
+        .iter()
+        .map(|s| s["produced_per_sec"].as_f64().unwrap())
+        .sum();
+    assert!(
+        (summed - produced).abs() < produced * 0.2,
+        "samples add up to {summed}, {produced} produced"
+    );
+    let page = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert_eq!(page.matches("<svg").count(), 5);
+    assert!(!page.contains("<script"));
+}
+
 #[test]
 fn a_bad_run_is_refused_not_reported() {
     let out = Command::new(env!("CARGO_BIN_EXE_spool"))

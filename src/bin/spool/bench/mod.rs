@@ -29,12 +29,14 @@ use spool::{Broker, BrokerConfig, SyncPolicy};
 
 use self::payload::{check, fillers, write_payload, Seen, PAYLOAD_HEADER};
 use self::report::{Latency, Report};
+use self::timeline::{ProcessProbe, Timeline};
 use crate::{resolve, Failure};
 
 mod local_cluster;
 mod locks;
 mod payload;
 mod report;
+mod timeline;
 
 /// When a produce counts as stored (see `ProducerConfig::acks`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -133,6 +135,42 @@ pub struct BenchArgs {
     /// run (to measure what TLS costs). Against --addr, pass --tls-ca.
     #[arg(long, conflicts_with = "addr")]
     tls: bool,
+    /// Write `report.json` (the report and per-second samples of
+    /// throughput, latency, broker CPU and memory) and `report.html`
+    /// (charts of them) into this directory.
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// The broker's process id, with --addr: its CPU time and memory are
+    /// reported (without --addr the broker is this process).
+    #[arg(long, requires = "addr")]
+    broker_pid: Option<u32>,
+}
+
+/// A latency histogram for the whole run, and one for the current second
+/// (`--output`'s samples).
+struct Latencies {
+    total: Histogram<u64>,
+    second: Histogram<u64>,
+}
+
+impl Latencies {
+    fn new() -> Result<Latencies, Failure> {
+        Ok(Latencies {
+            total: histogram()?,
+            second: histogram()?,
+        })
+    }
+
+    fn record(&mut self, ns: u64) {
+        let _ = self.total.record(ns);
+        let _ = self.second.record(ns);
+    }
+
+    /// This second's histogram, leaving an empty one.
+    fn take_second(&mut self) -> Histogram<u64> {
+        let empty = Histogram::new_from(&self.second);
+        std::mem::replace(&mut self.second, empty)
+    }
 }
 
 /// Counters shared by all tasks.
@@ -144,8 +182,8 @@ struct Shared {
     /// Messages that arrived damaged: they will never verify, so waiting
     /// for them would only end in a stall.
     damaged: AtomicU64,
-    ack_latency: Mutex<Histogram<u64>>,
-    e2e_latency: Mutex<Histogram<u64>>,
+    ack_latency: Mutex<Latencies>,
+    e2e_latency: Mutex<Latencies>,
     errors: Mutex<Vec<String>>,
     fillers: Vec<Vec<u8>>,
     filler_crcs: Vec<u32>,
@@ -240,11 +278,22 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
         acked: AtomicU64::new(0),
         consumed: AtomicU64::new(0),
         damaged: AtomicU64::new(0),
-        ack_latency: Mutex::new(histogram()?),
-        e2e_latency: Mutex::new(histogram()?),
+        ack_latency: Mutex::new(Latencies::new()?),
+        e2e_latency: Mutex::new(Latencies::new()?),
         errors: Mutex::new(Vec::new()),
     });
-    let progress = spawn_progress(shared.clone());
+    // The broker's process: this one when the broker runs in it.
+    let (broker_pid, broker_process) = match (embedded.is_some(), args.broker_pid) {
+        (true, _) => (
+            Some(std::process::id()),
+            "the bench process: broker and clients".to_string(),
+        ),
+        (false, Some(pid)) => (Some(pid), format!("pid {pid}")),
+        (false, None) => (None, "not observed (--broker-pid)".to_string()),
+    };
+    let broker_at_start = broker_pid.and_then(|pid| ProcessProbe::new(pid).usage());
+    let timeline = Arc::new(Mutex::new(Timeline::new(broker_pid)));
+    let progress = spawn_progress(shared.clone(), timeline.clone());
 
     // Consumers first, so nothing they should see is missed.
     let stop = CancellationToken::new();
@@ -343,8 +392,9 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
     } else {
         0.0
     };
-    let ack = shared.ack_latency.lock().clone();
-    let e2e = shared.e2e_latency.lock().clone();
+    let ack = shared.ack_latency.lock().total.clone();
+    let e2e = shared.e2e_latency.lock().total.clone();
+    let broker_at_end = broker_pid.and_then(|pid| ProcessProbe::new(pid).usage());
     let errors = shared.errors.lock().clone();
     let report = Report {
         mode: format!("{:?}", args.mode).to_lowercase(),
@@ -363,6 +413,10 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
         produce_mb_per_sec: produce_rate * args.size as f64 / 1e6,
         consume_msgs_per_sec: consume_rate,
         consume_mb_per_sec: consume_rate * args.size as f64 / 1e6,
+        broker_cpu_secs: broker_at_start
+            .zip(broker_at_end)
+            .map(|(start, end)| end.cpu_secs - start.cpu_secs),
+        broker_peak_rss_mib: broker_at_end.map(|u| u.peak_rss_mib),
         ack: Latency::of(&ack),
         e2e: Latency::of(&e2e).filter(|_| args.consumers > 0),
         errors: errors.clone(),
@@ -382,6 +436,20 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
         );
     } else {
         report.print_table();
+    }
+    if let Some(dir) = &args.output {
+        let value = report
+            .to_value()
+            .map_err(|e| Failure::refused(e.to_string()))?;
+        let samples = timeline.lock().samples.clone();
+        timeline::write(dir, &value, &broker_process, &samples).map_err(|e| {
+            Failure::refused(format!("cannot write the report to {}: {e}", dir.display()))
+        })?;
+        eprintln!(
+            "spool bench: wrote {} and {}",
+            dir.join("report.json").display(),
+            dir.join("report.html").display()
+        );
     }
 
     // Leave a remote broker as we found it.
@@ -502,7 +570,10 @@ fn histogram() -> Result<Histogram<u64>, Failure> {
     Histogram::new_with_bounds(1_000, 60_000_000_000, 3).map_err(|e| Failure::usage(e.to_string()))
 }
 
-fn spawn_progress(shared: Arc<Shared>) -> tokio::task::JoinHandle<()> {
+fn spawn_progress(
+    shared: Arc<Shared>,
+    timeline: Arc<Mutex<Timeline>>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut last = (0u64, 0u64, Instant::now());
         loop {
@@ -512,6 +583,15 @@ fn spawn_progress(shared: Arc<Shared>) -> tokio::task::JoinHandle<()> {
                 shared.consumed.load(Ordering::Relaxed),
             );
             let secs = last.2.elapsed().as_secs_f64();
+            let ack = shared.ack_latency.lock().take_second();
+            let e2e = shared.e2e_latency.lock().take_second();
+            timeline.lock().record(
+                shared.epoch.elapsed().as_secs_f64(),
+                (acked - last.0) as f64 / secs,
+                (consumed - last.1) as f64 / secs,
+                &ack,
+                &e2e,
+            );
             eprint!(
                 "\r[{:>5.1}s] produced {acked} ({:.0}/s)  consumed {consumed} ({:.0}/s)    ",
                 shared.epoch.elapsed().as_secs_f64(),
@@ -577,7 +657,7 @@ async fn produce(
                                 let now = shared.now_ns();
                                 let mut h = shared.ack_latency.lock();
                                 for sent_ns in sent.into_iter().filter(|&s| s >= shared.warmup_ns) {
-                                    let _ = h.record(now.saturating_sub(sent_ns).max(1_000));
+                                    h.record(now.saturating_sub(sent_ns).max(1_000));
                                 }
                             }
                             Err(e) => shared.error(format!("a produce failed: {e}")),

@@ -96,7 +96,7 @@ pub(super) fn check(seen: &mut Seen, shared: &Shared, partition: u32, value: &[u
     }
     shared.consumed.fetch_add(1, Ordering::Relaxed);
     if sent_ns >= shared.warmup_ns {
-        let _ = shared
+        shared
             .e2e_latency
             .lock()
             .record(now.saturating_sub(sent_ns).max(1_000));
