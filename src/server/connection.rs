@@ -287,10 +287,7 @@ impl Handler {
                 let pause = charge(self.quota.as_deref(), Direction::Produce, body_len);
                 // Reading nothing more is what slows the client down (its
                 // requests wait in its socket, then in its own window).
-                tokio::select! {
-                    _ = self.shutdown.cancelled() => {}
-                    _ = tokio::time::sleep(pause) => {}
-                }
+                wait_out(&self.shutdown, pause).await;
             }
         }
     }
@@ -647,10 +644,7 @@ impl Handler {
                     // Held back, not cut short: the client waits for what
                     // it asked for as long as its rate requires.
                     let pause = charge(quota.as_deref(), Direction::Fetch, bytes);
-                    tokio::select! {
-                        _ = ctx.shutdown.cancelled() => {}
-                        _ = tokio::time::sleep(pause) => {}
-                    }
+                    wait_out(&ctx.shutdown, pause).await;
                     send_frame(&tx, frame, kind_, started, permits).await;
                 });
             }
@@ -987,6 +981,20 @@ fn charge(quota: Option<&ConnectionQuota>, direction: Direction, bytes: usize) -
             .inc_by(pause.as_secs_f64());
     }
     pause
+}
+
+/// Waits out a quota's pause, or until shutdown. A zero pause returns at
+/// once: even a zero-length tokio sleep waits for the timer's next tick
+/// (about a millisecond), which capped a connection at ~1,000 produces a
+/// second and added that much to every fetch before this check.
+async fn wait_out(shutdown: &CancellationToken, pause: Duration) {
+    if pause.is_zero() {
+        return;
+    }
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::sleep(pause) => {}
+    }
 }
 
 fn kind_name(k: u16) -> &'static str {

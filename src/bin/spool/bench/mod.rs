@@ -95,6 +95,10 @@ pub struct BenchArgs {
     /// Producer batch size in bytes.
     #[arg(long, default_value_t = 256 * 1024)]
     batch_bytes: usize,
+    /// Bytes each producer holds between send and acknowledgement (the
+    /// client's `buffer_bytes`; default: the client's default).
+    #[arg(long)]
+    buffer_bytes: Option<usize>,
     /// Producer linger in milliseconds (0: send whenever the producer's
     /// queue runs empty).
     #[arg(long, default_value_t = 0)]
@@ -611,6 +615,9 @@ async fn produce(
     shared: &Arc<Shared>,
 ) -> Result<u64, String> {
     let config = ProducerConfig {
+        buffer_bytes: args
+            .buffer_bytes
+            .unwrap_or(ProducerConfig::default().buffer_bytes),
         batch_bytes: args.batch_bytes,
         linger: Duration::from_millis(args.linger_ms),
         idempotent: !args.no_idempotence,
