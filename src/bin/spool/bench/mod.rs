@@ -370,6 +370,8 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
         }
     }
     progress.abort();
+    // The part of the run after the last whole second.
+    record_sample(&shared, &timeline);
     eprintln!();
 
     // Verify: every (producer, seq) exactly once, intact, in order.
@@ -574,6 +576,19 @@ fn histogram() -> Result<Histogram<u64>, Failure> {
     Histogram::new_with_bounds(1_000, 60_000_000_000, 3).map_err(|e| Failure::usage(e.to_string()))
 }
 
+/// Adds a sample to the timeline: what happened since the last one.
+fn record_sample(shared: &Shared, timeline: &Mutex<Timeline>) {
+    let counts = (
+        shared.acked.load(Ordering::Relaxed),
+        shared.consumed.load(Ordering::Relaxed),
+    );
+    let ack = shared.ack_latency.lock().take_second();
+    let e2e = shared.e2e_latency.lock().take_second();
+    timeline
+        .lock()
+        .record(shared.epoch.elapsed().as_secs_f64(), counts, &ack, &e2e);
+}
+
 fn spawn_progress(
     shared: Arc<Shared>,
     timeline: Arc<Mutex<Timeline>>,
@@ -587,15 +602,7 @@ fn spawn_progress(
                 shared.consumed.load(Ordering::Relaxed),
             );
             let secs = last.2.elapsed().as_secs_f64();
-            let ack = shared.ack_latency.lock().take_second();
-            let e2e = shared.e2e_latency.lock().take_second();
-            timeline.lock().record(
-                shared.epoch.elapsed().as_secs_f64(),
-                (acked - last.0) as f64 / secs,
-                (consumed - last.1) as f64 / secs,
-                &ack,
-                &e2e,
-            );
+            record_sample(&shared, &timeline);
             eprint!(
                 "\r[{:>5.1}s] produced {acked} ({:.0}/s)  consumed {consumed} ({:.0}/s)    ",
                 shared.epoch.elapsed().as_secs_f64(),

@@ -21,6 +21,8 @@ use serde::Serialize;
 pub(super) struct Sample {
     /// Seconds since the run started, at the end of this sample.
     pub t_secs: f64,
+    /// Seconds the sample covers (1, but less for the last).
+    pub secs: f64,
     pub produced_per_sec: f64,
     pub consumed_per_sec: f64,
     pub ack_p50_us: Option<u64>,
@@ -90,10 +92,13 @@ impl ProcessProbe {
     }
 }
 
-/// Collects samples; fed once a second by the bench's progress task.
+/// Collects samples; fed once a second by the bench's progress task, and
+/// once more when the run ends.
 pub(super) struct Timeline {
     pub samples: Vec<Sample>,
     probe: Option<ProcessProbe>,
+    /// Counts and time at the end of the last sample.
+    last: (u64, u64, Instant),
 }
 
 impl Timeline {
@@ -105,16 +110,17 @@ impl Timeline {
         Timeline {
             samples: Vec::new(),
             probe,
+            last: (0, 0, Instant::now()),
         }
     }
 
-    /// Records one second: rates, and the latencies of the messages timed
-    /// in it (the histograms are this second's only).
+    /// Records the time since the last sample: rates from the counts of
+    /// messages acknowledged and consumed so far, and the latencies of the
+    /// messages timed in it (the histograms hold this sample's only).
     pub(super) fn record(
         &mut self,
         t_secs: f64,
-        produced_per_sec: f64,
-        consumed_per_sec: f64,
+        (acked, consumed): (u64, u64),
         ack: &Histogram<u64>,
         e2e: &Histogram<u64>,
     ) {
@@ -124,8 +130,14 @@ impl Timeline {
             .probe
             .as_mut()
             .map_or((None, None), ProcessProbe::sample);
+        let now = Instant::now();
+        let secs = now.duration_since(self.last.2).as_secs_f64().max(1e-3);
+        let produced_per_sec = acked.saturating_sub(self.last.0) as f64 / secs;
+        let consumed_per_sec = consumed.saturating_sub(self.last.1) as f64 / secs;
+        self.last = (acked, consumed, now);
         self.samples.push(Sample {
             t_secs,
+            secs,
             produced_per_sec,
             consumed_per_sec,
             ack_p50_us: at(ack, 0.5),
@@ -309,6 +321,7 @@ mod tests {
         let samples: Vec<Sample> = (1..=3)
             .map(|i| Sample {
                 t_secs: f64::from(i),
+                secs: 1.0,
                 produced_per_sec: 1000.0 * f64::from(i),
                 consumed_per_sec: 900.0,
                 ack_p50_us: Some(50),
