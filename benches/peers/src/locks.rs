@@ -43,7 +43,8 @@ impl Locker {
             }
             "etcd" => {
                 let http = reqwest::Client::new();
-                let granted: Value = post(&http, url, "/v3/lease/grant", json!({"TTL": 60})).await?;
+                let granted: Value =
+                    post(&http, url, "/v3/lease/grant", json!({"TTL": 60})).await?;
                 let lease = granted["ID"]
                     .as_str()
                     .map(str::to_string)

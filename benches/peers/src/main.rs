@@ -23,7 +23,6 @@
 //!   send in flight, as `iggy-bench` does; the consumer polls `--batch`
 //!   messages by offset. Stream mode only: Iggy has no per-message acks.
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -71,6 +70,10 @@ struct Args {
     /// RabbitMQ: the consumer's prefetch window.
     #[arg(long, default_value_t = 2000)]
     prefetch: u16,
+    /// Offered load in messages per second: each message is sent on its
+    /// own at its time (a latency run); flat out without it.
+    #[arg(long)]
+    rate: Option<u64>,
     /// Label for the durability setting, echoed in the output.
     #[arg(long, default_value = "")]
     durability: String,
@@ -133,6 +136,34 @@ impl Tally {
             self.received += 1;
         }
     }
+}
+
+impl Args {
+    /// Messages per producer request: one at a time under `--rate`.
+    fn produce_batch(&self) -> usize {
+        if self.rate.is_some() {
+            1
+        } else {
+            self.batch.max(1)
+        }
+    }
+
+    /// Waits until message `seq` is due under `--rate` (from `start`).
+    async fn pace(&self, start: Instant, seq: u64) {
+        if let Some(rate) = self.rate {
+            let due = start + Duration::from_secs_f64(seq as f64 / rate.max(1) as f64);
+            tokio::time::sleep_until(due.into()).await;
+        }
+    }
+}
+
+/// Records the time since `sent` (ns on the `epoch` clock), at least 1 us.
+fn record_since(h: &mut Histogram<u64>, epoch: Instant, sent: u64) {
+    let _ = h.record(
+        (epoch.elapsed().as_nanos() as u64)
+            .saturating_sub(sent)
+            .max(1000),
+    );
 }
 
 fn hist() -> Result<Histogram<u64>> {
@@ -215,32 +246,43 @@ async fn redis_run(args: &Args, epoch: Instant) -> Result<(f64, f64, Histogram<u
             // several in flight overlaps the server's work on one with the
             // network and client work of the next.
             let mut in_flight = FuturesOrdered::new();
+            // Under --rate the pipeline has room for every message of a
+            // latency run: answers are timed as they arrive, never held
+            // behind the pacing.
+            let depth = if args.rate.is_some() {
+                usize::MAX
+            } else {
+                args.inflight.max(1)
+            };
             loop {
-                while seq < args.messages && in_flight.len() < args.inflight.max(1) {
-                    let mut pipe = redis::pipe();
-                    let n = (args.messages - seq).min(args.batch as u64);
-                    let sent = epoch.elapsed().as_nanos() as u64;
-                    for i in 0..n {
-                        pipe.cmd("XADD").arg(&key).arg("*").arg("d").arg(payload(
-                            args.size,
-                            sent,
-                            seq + i,
-                        ));
+                tokio::select! {
+                    biased;
+                    Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                        let (sent, n) = done?;
+                        let now = epoch.elapsed().as_nanos() as u64;
+                        for _ in 0..n {
+                            let _ = ack.record(now.saturating_sub(sent).max(1000));
+                        }
                     }
-                    let mut con = con.clone();
-                    in_flight.push_back(async move {
-                        let r: redis::RedisResult<Vec<String>> = pipe.query_async(&mut con).await;
-                        r.map(|_| (sent, n))
-                    });
-                    seq += n;
-                }
-                let Some(done) = in_flight.next().await else {
-                    break;
-                };
-                let (sent, n) = done?;
-                let now = epoch.elapsed().as_nanos() as u64;
-                for _ in 0..n {
-                    let _ = ack.record(now.saturating_sub(sent).max(1000));
+                    _ = args.pace(start, seq), if seq < args.messages && in_flight.len() < depth => {
+                        let mut pipe = redis::pipe();
+                        let n = (args.messages - seq).min(args.produce_batch() as u64);
+                        let sent = epoch.elapsed().as_nanos() as u64;
+                        for i in 0..n {
+                            pipe.cmd("XADD").arg(&key).arg("*").arg("d").arg(payload(
+                                args.size,
+                                sent,
+                                seq + i,
+                            ));
+                        }
+                        let mut con = con.clone();
+                        in_flight.push_back(async move {
+                            let r: redis::RedisResult<Vec<String>> = pipe.query_async(&mut con).await;
+                            r.map(|_| (sent, n))
+                        });
+                        seq += n;
+                    }
+                    else => break,
                 }
             }
             anyhow::Ok((start.elapsed().as_secs_f64(), ack))
@@ -261,11 +303,7 @@ async fn redis_run(args: &Args, epoch: Instant) -> Result<(f64, f64, Histogram<u
                 // this XREADGROUP.
                 let mut pipe = redis::pipe();
                 if !to_ack.is_empty() {
-                    pipe.cmd("XACK")
-                        .arg(&key)
-                        .arg("g")
-                        .arg(&to_ack)
-                        .ignore();
+                    pipe.cmd("XACK").arg(&key).arg("g").arg(&to_ack).ignore();
                 }
                 pipe.cmd("XREADGROUP")
                     .arg("GROUP")
@@ -357,31 +395,28 @@ async fn nats_run(args: &Args, epoch: Instant) -> Result<(f64, f64, Histogram<u6
         let (js, subject, args) = (js.clone(), subject.clone(), args.clone());
         tokio::spawn(async move {
             let mut ack = hist()?;
-            let mut window = VecDeque::new();
-            for seq in 0..args.messages {
-                let sent = epoch.elapsed().as_nanos() as u64;
-                let future = js
-                    .publish(subject.clone(), payload(args.size, sent, seq).into())
-                    .await?;
-                window.push_back((sent, future));
-                if window.len() >= args.batch {
-                    if let Some((sent, f)) = window.pop_front() {
-                        f.await?;
-                        let _ = ack.record(
-                            (epoch.elapsed().as_nanos() as u64)
-                                .saturating_sub(sent)
-                                .max(1000),
-                        );
+            // Publish acks awaited as they arrive, `--batch` outstanding.
+            let mut window = futures_util::stream::FuturesOrdered::new();
+            let mut seq = 0u64;
+            loop {
+                tokio::select! {
+                    biased;
+                    Some(done) = window.next(), if !window.is_empty() => {
+                        let sent: u64 = done?;
+                        record_since(&mut ack, epoch, sent);
                     }
+                    _ = args.pace(start, seq), if seq < args.messages && window.len() < args.batch => {
+                        let sent = epoch.elapsed().as_nanos() as u64;
+                        let future = js
+                            .publish(subject.clone(), payload(args.size, sent, seq).into())
+                            .await?;
+                        window.push_back(async move {
+                            future.await.map(|_| sent).map_err(|e| anyhow::anyhow!("{e}"))
+                        });
+                        seq += 1;
+                    }
+                    else => break,
                 }
-            }
-            while let Some((sent, f)) = window.pop_front() {
-                f.await?;
-                let _ = ack.record(
-                    (epoch.elapsed().as_nanos() as u64)
-                        .saturating_sub(sent)
-                        .max(1000),
-                );
             }
             anyhow::Ok((start.elapsed().as_secs_f64(), ack))
         })
@@ -449,38 +484,37 @@ async fn rabbit_run(args: &Args, epoch: Instant) -> Result<(f64, f64, Histogram<
                 .confirm_select(ConfirmSelectOptions::default())
                 .await?;
             let mut ack = hist()?;
-            let mut window = VecDeque::new();
-            let settle = |sent: u64, acked: bool, ack: &mut Histogram<u64>| {
-                if !acked {
-                    bail!("rabbitmq refused a publish");
-                }
-                let _ = ack.record(
-                    (epoch.elapsed().as_nanos() as u64)
-                        .saturating_sub(sent)
-                        .max(1000),
-                );
-                Ok(())
-            };
-            for seq in 0..args.messages {
-                let sent = epoch.elapsed().as_nanos() as u64;
-                let confirm = channel
-                    .basic_publish(
-                        "".into(),
-                        queue.as_str().into(),
-                        BasicPublishOptions::default(),
-                        &payload(args.size, sent, seq),
-                        BasicProperties::default().with_delivery_mode(2),
-                    )
-                    .await?;
-                window.push_back((sent, confirm));
-                if window.len() >= args.batch {
-                    if let Some((sent, confirm)) = window.pop_front() {
-                        settle(sent, confirm.await?.is_ack(), &mut ack)?;
+            // Confirms awaited as they arrive, `--batch` outstanding.
+            let mut window = futures_util::stream::FuturesOrdered::new();
+            let mut seq = 0u64;
+            loop {
+                tokio::select! {
+                    biased;
+                    Some(done) = window.next(), if !window.is_empty() => {
+                        let (sent, acked): (u64, bool) = done?;
+                        if !acked {
+                            bail!("rabbitmq refused a publish");
+                        }
+                        record_since(&mut ack, epoch, sent);
                     }
+                    _ = args.pace(start, seq), if seq < args.messages && window.len() < args.batch => {
+                        let sent = epoch.elapsed().as_nanos() as u64;
+                        let confirm = channel
+                            .basic_publish(
+                                "".into(),
+                                queue.as_str().into(),
+                                BasicPublishOptions::default(),
+                                &payload(args.size, sent, seq),
+                                BasicProperties::default().with_delivery_mode(2),
+                            )
+                            .await?;
+                        window.push_back(async move {
+                            confirm.await.map(|c| (sent, c.is_ack())).map_err(anyhow::Error::from)
+                        });
+                        seq += 1;
+                    }
+                    else => break,
                 }
-            }
-            while let Some((sent, confirm)) = window.pop_front() {
-                settle(sent, confirm.await?.is_ack(), &mut ack)?;
             }
             anyhow::Ok((start.elapsed().as_secs_f64(), ack))
         })
@@ -492,7 +526,10 @@ async fn rabbit_run(args: &Args, epoch: Instant) -> Result<(f64, f64, Histogram<
         .await?;
     let mut consume_arguments = FieldTable::default();
     if args.mode == Mode::Stream {
-        consume_arguments.insert("x-stream-offset".into(), AMQPValue::LongString("first".into()));
+        consume_arguments.insert(
+            "x-stream-offset".into(),
+            AMQPValue::LongString("first".into()),
+        );
     }
     let mut consumer = consumer_channel
         .basic_consume(
@@ -512,9 +549,7 @@ async fn rabbit_run(args: &Args, epoch: Instant) -> Result<(f64, f64, Histogram<
         tally.see(&delivery.data);
         // Every message is acknowledged: cumulatively, up to this one.
         if tally.received % ack_every == 0 || tally.received == args.messages {
-            delivery
-                .ack(BasicAckOptions { multiple: true })
-                .await?;
+            delivery.ack(BasicAckOptions { multiple: true }).await?;
         }
     }
     let consume_secs = start.elapsed().as_secs_f64();
@@ -576,7 +611,8 @@ async fn iggy_run(args: &Args, epoch: Instant) -> Result<(f64, f64, Histogram<u6
             let mut ack = hist()?;
             let mut seq = 0u64;
             while seq < args.messages {
-                let n = (args.messages - seq).min(args.batch as u64);
+                args.pace(start, seq).await;
+                let n = (args.messages - seq).min(args.produce_batch() as u64);
                 let sent = epoch.elapsed().as_nanos() as u64;
                 let mut messages = (0..n)
                     .map(|i| {
