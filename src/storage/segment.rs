@@ -265,8 +265,14 @@ impl Segment {
             file.set_len(capacity).map_err(io)?;
         }
         let map = SegmentMap::map_ro(&file, capacity, &path)?;
-        // No reader sees this file yet and nothing else writes it while we scan.
-        let bytes = map.prefix(capacity as usize);
+        // No reader sees this file yet and nothing else writes it while we
+        // scan. The scan stops where the written data does (or at the
+        // durable mark, which is written data): reading a hole through a
+        // map of a full tmpfs is a SIGBUS, not zeros.
+        let scan_end = data_end(&file, capacity)
+            .max(durable.map_or(0, |d| d.len))
+            .min(capacity);
+        let bytes = map.prefix(scan_end as usize);
 
         let mut entries = if trust_index {
             let stored = index::load(&segment.index_path, capacity).unwrap_or_default();
@@ -1023,6 +1029,14 @@ fn entry_matches(bytes: &[u8], base: Offset, entry: &IndexEntry) -> bool {
         }
         Err(_) => false,
     }
+}
+
+/// Where `file`'s written data ends: its first hole (page-rounded), or
+/// `len` where the file system cannot tell. Scans of a sparse active
+/// segment stop there, so that they never fault in a hole: on tmpfs that
+/// allocates a page, and on a full one it is a SIGBUS.
+pub(super) fn data_end(file: &File, len: u64) -> u64 {
+    rustix::fs::seek(file, rustix::fs::SeekFrom::Hole(0)).map_or(len, |hole| hole.min(len))
 }
 
 /// Writes `len` zero bytes at `offset` (through the fault seam).

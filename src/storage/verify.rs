@@ -109,7 +109,11 @@ pub fn check_partition(dir: &Path) -> Result<PartitionCheck, StorageError> {
                 .filter(|mark| mark.segment == base)
                 .map(|mark| mark.at),
         };
-        let found = check_bytes(map.prefix(len as usize), base, durable);
+        // Never into a hole of a sparse active segment (see `data_end`).
+        let scan_end = super::segment::data_end(&file, len)
+            .max(durable.map_or(0, |d| d.len))
+            .min(len);
+        let found = check_bytes(map.prefix(scan_end as usize), base, durable);
         check.bytes += found.end_pos;
         for d in &found.damaged {
             check.problems.push(Problem {
