@@ -63,8 +63,13 @@ chmod 755 "$WORK"
 PIDS=()
 cleanup() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    # RabbitMQ's start script leaves its Erlang VM running: stop what
+    # listens on its ports.
     if [ -n "${RABBIT_NODE:-}" ]; then
-        pkill -f "beam.smp.*$RABBIT_NODE" 2>/dev/null || true
+        for port in 5673 25673; do
+            pid=$(port_pid "$port")
+            [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
+        done
     fi
     wait 2>/dev/null || true
     rm -rf "$WORK"
