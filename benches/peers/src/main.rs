@@ -74,6 +74,9 @@ struct Args {
     /// own at its time (a latency run); flat out without it.
     #[arg(long)]
     rate: Option<u64>,
+    /// Iggy: produce only, no consumer (for the produce-only comparison).
+    #[arg(long)]
+    produce_only: bool,
     /// Label for the durability setting, echoed in the output.
     #[arg(long, default_value = "")]
     durability: String,
@@ -192,12 +195,19 @@ async fn main() -> Result<()> {
         Peer::Iggy => iggy_run(&args, epoch).await?,
         Peer::Etcd => bail!("etcd runs only the lock workload (--locks)"),
     };
-    if tally.received != args.messages {
+    if args.produce_only && args.peer != Peer::Iggy {
+        bail!("--produce-only is for --peer iggy");
+    }
+    if !args.produce_only && tally.received != args.messages {
         bail!("received {} of {} messages", tally.received, args.messages);
     }
     let us = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) / 1000;
     let produce = args.messages as f64 / produce_secs;
-    let consume = args.messages as f64 / consume_secs;
+    let consume = if args.produce_only {
+        0.0
+    } else {
+        args.messages as f64 / consume_secs
+    };
     println!(
         "{}",
         serde_json::json!({
@@ -638,7 +648,7 @@ async fn iggy_run(args: &Args, epoch: Instant) -> Result<(f64, f64, Histogram<u6
     let mut tally = Tally::new(epoch)?;
     let mut offset = 0u64;
     let deadline = Instant::now() + Duration::from_secs(600);
-    while tally.received < args.messages {
+    while !args.produce_only && tally.received < args.messages {
         if Instant::now() > deadline {
             bail!("iggy consumer stalled at {}", tally.received);
         }
