@@ -1,7 +1,7 @@
 //! A partition's log: its segments in offset order, the last one active.
 //!
 //! Appends are serialised by one writer lock per partition (never a lock
-//! across partitions) and cost a copy into the active segment's map. Reads
+//! across partitions) and cost one `pwritev` into the active segment. Reads
 //! take no writer lock: they find their segment under a brief read lock on
 //! the segment list and then read bytes below the segment's published length,
 //! which never change.
