@@ -19,7 +19,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock: the real monotonic clock in a broker, the simulation's in
+// one (`crate::simulation`).
+use tokio::time::Instant;
 
 use serde::{Deserialize, Serialize};
 

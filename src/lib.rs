@@ -20,6 +20,7 @@ pub mod locks;
 pub(crate) mod metrics;
 #[cfg(feature = "server")]
 pub mod server;
+pub mod simulation;
 pub mod storage;
 
 /// The bundled client (crate `spool-client`), re-exported so that one

@@ -24,11 +24,11 @@ use futures_util::StreamExt;
 use spool_protocol::frame::DEFAULT_MAX_FRAME_BYTES;
 use spool_protocol::requests::{HandshakeRequest, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
 use spool_protocol::{Call, ErrorResponse, Frame, FrameCodec, FrameWriter, Wire};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::codec::FramedRead;
 
 use super::ClientError;
+use crate::transport::{Socket, Transport};
 
 /// A request awaiting its response, holding one of the connection's slots
 /// until the response (or the disconnect) is delivered.
@@ -39,10 +39,10 @@ struct Waiter {
 
 type Pending = Arc<Mutex<HashMap<u32, Waiter>>>;
 
-/// A connected socket: plain TCP, or TLS over it.
+/// A connected socket: plain, or TLS over it.
 enum Either {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    Plain(Socket),
+    Tls(Box<tokio_rustls::client::TlsStream<Socket>>),
 }
 
 /// How a client connects.
@@ -70,6 +70,9 @@ pub struct ConnectOptions {
     pub tls: Option<crate::TlsOptions>,
     /// Authenticate every connection as this user (`None`: do not).
     pub credentials: Option<Credentials>,
+    /// Where sockets come from: TCP, unless a test runs the client over a
+    /// simulated network.
+    pub transport: Transport,
 }
 
 /// A user and password to authenticate with.
@@ -102,6 +105,7 @@ impl Default for ConnectOptions {
             request_timeout: Duration::from_secs(30),
             tls: None,
             credentials: None,
+            transport: Transport::tcp(),
         }
     }
 }
@@ -132,8 +136,7 @@ impl Connection {
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
             let connected = tokio::time::timeout(options.connect_timeout, async {
-                let stream = TcpStream::connect(addr).await?;
-                let _ = stream.set_nodelay(true);
+                let stream = options.transport.connect(addr).await?;
                 match &options.tls {
                     None => Ok::<_, std::io::Error>(Either::Plain(stream)),
                     Some(tls) => Ok(Either::Tls(Box::new(tls.connect(addr, stream).await?))),
@@ -141,9 +144,13 @@ impl Connection {
             })
             .await;
             match connected {
-                Ok(Ok(Either::Plain(stream))) => {
+                Ok(Ok(Either::Plain(Socket::Tcp(stream)))) => {
                     // Owned halves: no lock between reader and writer.
                     let (rd, wr) = stream.into_split();
+                    return Connection::handshake(rd, wr, options).await;
+                }
+                Ok(Ok(Either::Plain(socket))) => {
+                    let (rd, wr) = socket.into_split();
                     return Connection::handshake(rd, wr, options).await;
                 }
                 Ok(Ok(Either::Tls(stream))) => {
@@ -242,7 +249,11 @@ impl Connection {
                     }
                 };
                 closed.store(true, Ordering::Release);
-                let waiters: Vec<_> = pending.lock().drain().collect();
+                let mut waiters: Vec<_> = pending.lock().drain().collect();
+                // In the order they were sent, not the map's: the tasks they
+                // wake run in this order, and a simulation replays only if
+                // that order is the same every time.
+                waiters.sort_unstable_by_key(|(id, _)| *id);
                 for (_, waiter) in waiters {
                     let _ = waiter
                         .done

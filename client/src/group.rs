@@ -11,7 +11,8 @@
 //! resuming from the offsets committed through the cluster, without the
 //! application seeing anything but a rebalance.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use spool_protocol::requests::{
     CommitOffsetRequest, CommittedOffsetsRequest, GroupAssignmentRequest, JoinGroupRequest,

@@ -33,6 +33,7 @@ mod producer;
 mod queue_consumer;
 mod routing;
 pub mod tls;
+pub mod transport;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -274,7 +275,7 @@ impl Client {
         if self.routes.read().is_none() {
             return self.call(request).await;
         }
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         let mut pause = std::time::Duration::from_millis(50);
         loop {
             let result = match self.coordinator_connection(group).await {

@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -131,11 +130,10 @@ impl TlsOptions {
     }
 
     /// The TLS handshake over `stream`, to the broker at `addr`.
-    pub async fn connect(
-        &self,
-        addr: SocketAddr,
-        stream: TcpStream,
-    ) -> std::io::Result<TlsStream<TcpStream>> {
+    pub async fn connect<S>(&self, addr: SocketAddr, stream: S) -> std::io::Result<TlsStream<S>>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
         let name = match &self.server_name {
             Some(name) => ServerName::try_from(name.clone()).map_err(|e| {
                 std::io::Error::new(

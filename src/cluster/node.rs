@@ -36,6 +36,33 @@ pub enum NotServed {
     UnknownTopic,
 }
 
+/// Everything a broker needs to take part in a cluster: who it is, whom
+/// it starts with, how it reaches them and how it replicates. `spool
+/// serve` fills it from its flags; the simulation from its seed.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// This broker: id, client address, peer address.
+    pub me: crate::cluster::state::Member,
+    /// Where the control plane keeps its Raft log and snapshots.
+    pub dir: std::path::PathBuf,
+    /// Where to listen for peers.
+    pub peer_listen: std::net::SocketAddr,
+    /// The voters and their peer addresses (the same on every voter).
+    pub voters: BTreeMap<NodeId, String>,
+    /// Broker lease time to live.
+    pub lease_ttl_ms: u64,
+    /// The Raft group's heartbeat and election timings.
+    pub timings: crate::cluster::raft::RaftTimings,
+    /// Where and how to dial peers' peer ports.
+    pub network: crate::cluster::raft::Network,
+    /// Replication settings (minimum in-sync replicas, lag bound).
+    pub replication: ReplicationSettings,
+    /// How to reach other brokers' client ports (replication, forwarded
+    /// requests): the same transport as `network`, and TLS with the
+    /// cluster's certificate when the client port speaks TLS.
+    pub to_brokers: spool_client::ConnectOptions,
+}
+
 /// This broker's membership in a cluster.
 pub struct ClusterNode {
     pub(super) control: ControlPlane,
@@ -52,6 +79,30 @@ pub struct ClusterNode {
 }
 
 impl ClusterNode {
+    /// Starts this broker's control plane from `config` and joins `broker`
+    /// to the cluster.
+    pub async fn start(
+        config: ClusterConfig,
+        broker: Broker,
+    ) -> Result<Arc<ClusterNode>, ControlPlaneError> {
+        let control = ControlPlane::start(
+            config.me,
+            &config.dir,
+            config.peer_listen,
+            &config.voters,
+            ClusterState::new(config.lease_ttl_ms),
+            &config.timings,
+            config.network,
+        )
+        .await?;
+        Ok(ClusterNode::new(
+            control,
+            broker,
+            config.replication,
+            config.to_brokers,
+        ))
+    }
+
     /// Wraps a started control plane and keeps `broker`'s topics in step
     /// with the committed state until shut down.
     pub fn new(
@@ -273,13 +324,13 @@ impl ClusterNode {
     /// cannot be reached is skipped: it may be dead, and it learns the
     /// change when it is back.
     async fn wait_members_applied(&self, epoch: u64) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
         let state = self.state();
         for member in state.members.values() {
             if member.id == self.id() || !state.is_alive(member.id) {
                 continue;
             }
-            while std::time::Instant::now() < deadline {
+            while tokio::time::Instant::now() < deadline {
                 let Ok(client) = self.client_to(&member.client_addr).await else {
                     break;
                 };
@@ -393,8 +444,10 @@ impl ClusterNode {
             }
         }
         let (broker, snapshot, name) = (self.broker.clone(), self.state(), name.to_string());
-        let _ = tokio::task::spawn_blocking(move || ensure_local_group(&broker, &name, &snapshot))
-            .await;
+        let _ = crate::simulation::spawn_blocking(move || {
+            ensure_local_group(&broker, &name, &snapshot)
+        })
+        .await;
         Ok(())
     }
 
@@ -580,9 +633,9 @@ impl ClusterNode {
         if let Outcome::Refused(_) = outcome {
             return Ok(outcome);
         }
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while !self.voters().contains(&id) {
-            if std::time::Instant::now() > deadline {
+            if tokio::time::Instant::now() > deadline {
                 return Ok(Outcome::Refused(format!(
                     "broker {id} is not a voter after 30 s: is it running, alive and caught up?"
                 )));
@@ -684,7 +737,7 @@ impl ClusterNode {
         {
             let broker = self.broker.clone();
             let (name, snapshot) = (topic.to_string(), self.state());
-            tokio::task::spawn_blocking(move || ensure_local(&broker, &name, &snapshot))
+            crate::simulation::spawn_blocking(move || ensure_local(&broker, &name, &snapshot))
                 .await
                 .map_err(|e| e.to_string())?;
         }
@@ -707,7 +760,7 @@ impl ClusterNode {
                 return Err(reason);
             }
         }
-        let paused_at = std::time::Instant::now();
+        let paused_at = tokio::time::Instant::now();
         self.wait_applied(|s| {
             s.assignment(topic, PartitionId(partition))
                 .is_some_and(|a| a.moving_to.is_some())
@@ -716,7 +769,7 @@ impl ClusterNode {
         let epoch = self.state().placement_epoch;
         // The holder stops taking writes once it has applied the move:
         // wait for its placement epoch to reach ours, then copy the rest.
-        let deadline = std::time::Instant::now() + ADMIN_TIMEOUT;
+        let deadline = tokio::time::Instant::now() + ADMIN_TIMEOUT;
         loop {
             let theirs = client
                 .call(&spool_protocol::requests::MetadataRequest)
@@ -726,7 +779,7 @@ impl ClusterNode {
             if theirs >= epoch {
                 break;
             }
-            if std::time::Instant::now() > deadline {
+            if tokio::time::Instant::now() > deadline {
                 return Err(format!("holder {holder} did not apply the move in time"));
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -892,7 +945,7 @@ async fn sync_topics(
             .collect();
         let snapshot = now.clone();
         // Topic creation and deletion touch files: off the async workers.
-        let _ = tokio::task::spawn_blocking(move || {
+        let _ = crate::simulation::spawn_blocking(move || {
             for name in &names {
                 ensure_local(&broker2, name, &snapshot);
             }

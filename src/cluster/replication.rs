@@ -26,7 +26,8 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use dashmap::DashMap;
 use spool_protocol::requests::{
@@ -599,7 +600,7 @@ impl ClusterNode {
                 // topic sync, so its writes start without a retry.
                 let (broker, name, snapshot) =
                     (self.broker.clone(), key.0.clone(), Arc::new(state.clone()));
-                let _ = tokio::task::spawn_blocking(move || {
+                let _ = crate::simulation::spawn_blocking(move || {
                     super::node::ensure_local(&broker, &name, &snapshot)
                 })
                 .await;
@@ -624,7 +625,7 @@ impl ClusterNode {
         let started = {
             let log = log.clone();
             // Durable (an fsync): off the async workers.
-            tokio::task::spawn_blocking(move || log.begin_epoch(epoch))
+            crate::simulation::spawn_blocking(move || log.begin_epoch(epoch))
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?
@@ -880,7 +881,7 @@ impl ClusterNode {
             );
             tracing::warn!(topic, partition, from = %cut, end = %end, epoch, "cutting this replica's log where it left the leader's");
             let log = log.clone();
-            tokio::task::spawn_blocking(move || log.truncate_to(cut))
+            crate::simulation::spawn_blocking(move || log.truncate_to(cut))
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?;
@@ -902,7 +903,7 @@ impl ClusterNode {
         if !answer.groups.is_empty() && log.next_offset().0 >= answer.high_watermark {
             let broker = self.broker.clone();
             let groups = answer.groups;
-            tokio::task::spawn_blocking(move || {
+            crate::simulation::spawn_blocking(move || {
                 broker.apply_group_changes(PartitionId(partition), &groups)
             })
             .await

@@ -13,7 +13,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -112,7 +113,7 @@ impl LocalLocks {
         f: impl FnOnce(&LocalLocks) -> Result<R, LockError> + Send + 'static,
     ) -> Result<R, LockError> {
         let me = self.clone();
-        tokio::task::spawn_blocking(move || f(&me))
+        crate::simulation::spawn_blocking(move || f(&me))
             .await
             .map_err(|e| LockError::Storage(format!("lock table task failed: {e}")))?
     }

@@ -22,14 +22,15 @@
 //! undecodable body answers with the request's own correlation id and kind.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use spool_protocol::requests::{kind, Acks, CoordinatorResponse};
 use spool_protocol::DecodeError;
 use spool_protocol::{ErrorCode, ErrorResponse, Frame, FrameError, FrameWriter, Request, Response};
 use std::net::SocketAddr;
 
-use tokio::net::TcpStream;
+use spool_client::transport::Socket;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -101,20 +102,17 @@ impl From<Frame> for Outgoing {
 /// Serves one connection until the client leaves, breaks the protocol, idles
 /// out, or the server shuts down (in which case in-flight requests finish).
 pub async fn serve(
-    stream: TcpStream,
+    stream: Socket,
+    peer: std::net::SocketAddr,
     tls: Option<&crate::server::tls::ServerTls>,
     ctx: Arc<ServerContext>,
     shutdown: CancellationToken,
 ) {
-    let peer = stream.peer_addr().ok();
-    let _ = stream.set_nodelay(true);
+    let peer = Some(peer);
     // Who a verified client certificate says the client is.
     let mut certified = None;
     let (rd, wr): (ReadHalf, WriteHalf) = match tls {
-        None => {
-            let (rd, wr) = stream.into_split();
-            (Box::new(rd), Box::new(wr))
-        }
+        None => stream.into_split(),
         Some(tls) => {
             let deadline = crate::server::tls::HANDSHAKE_DEADLINE;
             let failed = match tokio::time::timeout(deadline, tls.acceptor.accept(stream)).await {
@@ -505,15 +503,16 @@ impl Handler {
         let user = r.user.clone();
         // argon2 is slow on purpose: off the async threads.
         let checking = auth.clone();
-        let checked =
-            tokio::task::spawn_blocking(move || checking.authenticate(ip, &r.user, &r.password))
-                .await
-                .map_err(|e| {
-                    error(
-                        ErrorCode::Internal,
-                        format!("authentication task failed: {e}"),
-                    )
-                })?;
+        let checked = crate::simulation::spawn_blocking(move || {
+            checking.authenticate(ip, &r.user, &r.password)
+        })
+        .await
+        .map_err(|e| {
+            error(
+                ErrorCode::Internal,
+                format!("authentication task failed: {e}"),
+            )
+        })?;
         match checked {
             Ok(principal) => {
                 self.act_as(&auth, principal.clone())?;

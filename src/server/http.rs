@@ -81,7 +81,7 @@ pub async fn serve(listener: TcpListener, console: Console, shutdown: Cancellati
                     // password check is slow on purpose: not on an async
                     // worker.
                     let response =
-                        tokio::task::spawn_blocking(move || route(&req, &console, peer.ip()))
+                        crate::simulation::spawn_blocking(move || route(&req, &console, peer.ip()))
                             .await
                             .unwrap_or_else(|e| {
                                 reply(

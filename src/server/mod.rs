@@ -21,7 +21,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use spool_client::transport::{Listener, Socket};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -110,7 +110,7 @@ pub struct ServerContext {
 
 /// A bound, not yet running, server.
 pub struct Server {
-    listener: TcpListener,
+    listener: Listener,
     config: ServerConfig,
     ctx: Arc<ServerContext>,
 }
@@ -122,14 +122,15 @@ impl Server {
         broker: Broker,
         config: ServerConfig,
     ) -> std::io::Result<Server> {
-        let listener = TcpListener::bind(addr).await?;
-        Server::with_listener(listener, broker, config)
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        Server::with_listener(listener.into(), broker, config)
     }
 
     /// A server on a listener already bound (so that a busy port is found
-    /// before the broker opens its data directory).
+    /// before the broker opens its data directory), of TCP or of another
+    /// network ([`spool_client::transport`]).
     pub fn with_listener(
-        listener: TcpListener,
+        listener: Listener,
         broker: Broker,
         config: ServerConfig,
     ) -> std::io::Result<Server> {
@@ -214,7 +215,7 @@ impl Server {
             let token = ctx.shutdown.clone();
             let tls = config.tls.clone();
             connections.spawn(async move {
-                connection::serve(stream, tls.as_ref(), ctx, token).await;
+                connection::serve(stream, peer, tls.as_ref(), ctx, token).await;
                 metrics::CONNECTIONS.dec();
                 drop(slot);
                 drop(source);
@@ -311,7 +312,7 @@ impl RefusalLog {
 }
 
 /// Tells a client over a connection limit why it is refused, then closes.
-async fn refuse(stream: tokio::net::TcpStream, why: &'static str) {
+async fn refuse(stream: Socket, why: &'static str) {
     use futures_util::SinkExt;
     let mut sink =
         tokio_util::codec::FramedWrite::new(stream, spool_protocol::FrameCodec::default());

@@ -24,6 +24,12 @@
 //! One [`Flusher`] thread per broker does all flushing, so no tokio worker
 //! ever blocks on the disk. Serialising flushes across partitions costs
 //! little: they go to the same device and file-system journal anyway.
+//!
+//! In a deterministic simulation ([`crate::simulation`]) there is no
+//! thread: a sync is done on the calling task when it is asked for, so it
+//! completes at a moment that depends only on the seed. Nothing flushes in
+//! the background there (`interval` acknowledgements find their flush due
+//! and make it themselves), and retention and unmapping do not run.
 
 use std::fmt;
 use std::future::Future;
@@ -138,24 +144,32 @@ impl FileSync {
 
 /// The broker's flushing and housekeeping thread.
 pub struct Flusher {
-    tx: mpsc::Sender<Request>,
+    /// `None` in a simulation: syncs are done by the caller.
+    tx: Option<mpsc::Sender<Request>>,
     /// Ack-log syncs done (one per file per burst, however many asked).
     file_syncs: Arc<std::sync::atomic::AtomicU64>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Flusher {
-    /// Starts the thread. Sealed segments unread for `unmap_idle_ms` are
-    /// unmapped by its housekeeping.
+    /// Starts the thread (none in a simulation). Sealed segments unread
+    /// for `unmap_idle_ms` are unmapped by its housekeeping.
     pub fn start(unmap_idle_ms: u64) -> std::io::Result<Flusher> {
-        let (tx, rx) = mpsc::channel();
         let file_syncs = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        if crate::simulation::active() {
+            return Ok(Flusher {
+                tx: None,
+                file_syncs,
+                thread: None,
+            });
+        }
+        let (tx, rx) = mpsc::channel();
         let counter = file_syncs.clone();
         let thread = std::thread::Builder::new()
             .name("spool-flusher".into())
             .spawn(move || run(rx, unmap_idle_ms, &counter))?;
         Ok(Flusher {
-            tx,
+            tx: Some(tx),
             file_syncs,
             thread: Some(thread),
         })
@@ -164,7 +178,9 @@ impl Flusher {
     /// Puts a log under the flusher's care: interval flushes (if its policy
     /// asks for them), retention and unmapping of cold segments.
     pub fn watch(&self, log: &Arc<PartitionLog>) {
-        let _ = self.tx.send(Request::Watch(Arc::downgrade(log)));
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Request::Watch(Arc::downgrade(log)));
+        }
     }
 
     /// Asks for `log` to be made durable up to `target` (exclusive); the
@@ -179,19 +195,23 @@ impl Flusher {
         let waiter = if log.durable_offset() >= target {
             None
         } else {
-            let (done, wait) = oneshot::channel();
-            Some(
-                self.tx
-                    .send(Request::Sync { log, target, done })
-                    .map(|()| wait),
-            )
+            match &self.tx {
+                None => Some(Err(log.flush_until(target))),
+                Some(tx) => {
+                    let (done, wait) = oneshot::channel();
+                    Some(Ok(tx
+                        .send(Request::Sync { log, target, done })
+                        .map(|()| wait)))
+                }
+            }
         };
         async move {
             let gone = || stopped(path);
             match waiter {
                 None => Ok(()),
-                Some(Err(_)) => Err(gone()),
-                Some(Ok(wait)) => wait.await.map_err(|_| gone())?,
+                Some(Err(flushed_here)) => flushed_here,
+                Some(Ok(Err(_))) => Err(gone()),
+                Some(Ok(Ok(wait))) => wait.await.map_err(|_| gone())?,
             }
         }
     }
@@ -203,12 +223,23 @@ impl Flusher {
         file: FileSync,
     ) -> impl Future<Output = Result<(), StorageError>> + Send + 'static {
         let path = file.path.clone();
-        let (done, wait) = oneshot::channel();
-        let sent = self.tx.send(Request::SyncFile { file, done });
+        let sent = match &self.tx {
+            None => {
+                self.file_syncs
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Err(file.sync_now())
+            }
+            Some(tx) => {
+                let (done, wait) = oneshot::channel();
+                Ok(tx.send(Request::SyncFile { file, done }).map(|()| wait))
+            }
+        };
         async move {
             let gone = || stopped(path.clone());
-            sent.map_err(|_| gone())?;
-            wait.await.map_err(|_| gone())?
+            match sent {
+                Err(synced_here) => synced_here,
+                Ok(sent) => sent.map_err(|_| gone())?.await.map_err(|_| gone())?,
+            }
         }
     }
 
@@ -219,7 +250,9 @@ impl Flusher {
 
     /// Stops the thread after it has served every request already sent.
     pub fn shutdown(&mut self) {
-        let _ = self.tx.send(Request::Shutdown);
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Request::Shutdown);
+        }
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }

@@ -199,9 +199,13 @@ impl StorageError {
     }
 }
 
-/// Milliseconds on a monotonic clock local to this process; used for idle
-/// tracking, never stored.
+/// Milliseconds on a monotonic clock local to this process (a
+/// simulation's clock inside one); used for idle tracking and queue-group
+/// deadlines, never stored.
 pub fn monotonic_ms() -> u64 {
+    if let Some(ms) = crate::simulation::clock_ms() {
+        return ms;
+    }
     use std::sync::OnceLock;
     use std::time::Instant;
     static START: OnceLock<Instant> = OnceLock::new();

@@ -5,12 +5,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
-use spool::cluster::node::ClusterNode;
+use spool::cluster::node::{ClusterConfig, ClusterNode};
 use spool::cluster::peer_tls::PeerTls;
-use spool::cluster::raft::{ControlPlane, Network, PeerRoutes, RaftTimings};
+use spool::cluster::raft::{Network, PeerRoutes, RaftTimings};
 use spool::cluster::replication::ReplicationSettings;
 use spool::cluster::state::Member;
-use spool::cluster::{ClusterState, NodeId};
+use spool::cluster::NodeId;
 use spool::server::{http, Server, ServerConfig};
 use spool::{Broker, BrokerConfig, SyncPolicy, TopicConfig};
 use tokio_util::sync::CancellationToken;
@@ -370,15 +370,16 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
                     .cloned()
                     .unwrap_or_else(|| peer_listen.to_string()),
             };
-            let ttl = args.lease_ttl_ms.unwrap_or(1500);
-            let control = ControlPlane::start(
+            let defaults = ReplicationSettings::default();
+            let transport = spool::client::transport::Transport::tcp();
+            let cluster_config = ClusterConfig {
                 me,
-                &data.join("cluster"),
+                dir: data.join("cluster"),
                 peer_listen,
-                &voters,
-                ClusterState::new(ttl),
-                &RaftTimings::default(),
-                Network {
+                voters,
+                lease_ttl_ms: args.lease_ttl_ms.unwrap_or(1500),
+                timings: RaftTimings::default(),
+                network: Network {
                     routes: PeerRoutes(std::sync::Arc::new(
                         match &args.peer_route {
                             Some(text) => parse_peers("--peer-route", text)?,
@@ -389,38 +390,35 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
                         .collect(),
                     )),
                     tls: peer_tls.clone(),
+                    transport: transport.clone(),
                 },
-            )
-            .await
-            .map_err(|e| Failure::refused(format!("cluster: {e}")))?;
+                replication: ReplicationSettings {
+                    min_in_sync: args
+                        .min_in_sync
+                        .map_or(defaults.min_in_sync, |n| n as usize),
+                    max_lag: args
+                        .replica_lag_ms
+                        .map_or(defaults.max_lag, Duration::from_millis),
+                    ..defaults
+                },
+                // Brokers reach each other's client port (replication,
+                // forwarded requests) as brokers: with the cluster's
+                // certificate, which also names them when --auth is on.
+                to_brokers: spool::client::ConnectOptions {
+                    tls: config
+                        .tls
+                        .as_ref()
+                        .and(peer_tls.as_ref())
+                        .map(|t| t.client.clone()),
+                    transport,
+                    ..Default::default()
+                },
+            };
+            let node = ClusterNode::start(cluster_config, broker.clone())
+                .await
+                .map_err(|e| Failure::refused(format!("cluster: {e}")))?;
             tracing::info!(node = id, peers = %peers, "joining the cluster");
-            let defaults = ReplicationSettings::default();
-            let replication = ReplicationSettings {
-                min_in_sync: args
-                    .min_in_sync
-                    .map_or(defaults.min_in_sync, |n| n as usize),
-                max_lag: args
-                    .replica_lag_ms
-                    .map_or(defaults.max_lag, Duration::from_millis),
-                ..defaults
-            };
-            // Brokers reach each other's client port (replication,
-            // forwarded requests) as brokers: with the cluster's
-            // certificate, which also names them when --auth is on.
-            let to_brokers = spool::client::ConnectOptions {
-                tls: config
-                    .tls
-                    .as_ref()
-                    .and(peer_tls.as_ref())
-                    .map(|t| t.client.clone()),
-                ..Default::default()
-            };
-            Some(ClusterNode::new(
-                control,
-                broker.clone(),
-                replication,
-                to_brokers,
-            ))
+            Some(node)
         }
         (None, None, None) => None,
         _ => {
@@ -431,7 +429,7 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     };
     config.cluster = cluster.clone();
     let auth_for_console = config.auth.clone();
-    let server = Server::with_listener(listener, broker.clone(), config)
+    let server = Server::with_listener(listener.into(), broker.clone(), config)
         .map_err(|e| Failure::io(&format!("listening on {listen}"), e))?;
     let bound = server
         .local_addr()

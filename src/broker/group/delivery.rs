@@ -236,13 +236,14 @@ impl Broker {
             let config = TopicConfig::new(1).sync(topic.config.log.sync);
             // Creating a topic writes and fsyncs files: not on an async worker.
             let (broker, name) = (self.clone(), dlq.clone());
-            let created = tokio::task::spawn_blocking(move || broker.create_topic(&name, config))
-                .await
-                .unwrap_or_else(|join| {
-                    Err(BrokerError::InvalidConfig(format!(
-                        "creating the dead-letter topic failed: {join}"
-                    )))
-                });
+            let created =
+                crate::simulation::spawn_blocking(move || broker.create_topic(&name, config))
+                    .await
+                    .unwrap_or_else(|join| {
+                        Err(BrokerError::InvalidConfig(format!(
+                            "creating the dead-letter topic failed: {join}"
+                        )))
+                    });
             match created {
                 Ok(()) | Err(BrokerError::TopicExists(_)) => {}
                 Err(e) => return Err(e),

@@ -15,10 +15,7 @@
 //! or copies another replica's state, so a cursor never matches a journal
 //! whose history it did not see.
 
-use std::collections::hash_map::RandomState;
 use std::collections::{BTreeSet, VecDeque};
-use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::Notify;
@@ -86,17 +83,10 @@ impl Journal {
     }
 }
 
-/// A journal id no other opening of a group has (0 means "none").
+/// A journal id no other opening of a group has (0 means "none"): 64
+/// random bits.
 fn fresh_id() -> u64 {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut h = RandomState::new().build_hasher();
-    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    h.finish().max(1)
+    crate::simulation::random_u64().max(1)
 }
 
 impl GroupPartition {

@@ -12,7 +12,9 @@
 //! heartbeats never reach it), so every live entry is also kept in memory
 //! and the file is rewritten without the purged prefix after a snapshot.
 //! File I/O runs on one writer thread, in order, so the async runtime's
-//! workers never wait on an fsync.
+//! workers never wait on an fsync; in a deterministic simulation
+//! ([`crate::simulation`]) it runs on the calling task instead, in the same
+//! order, so an append is durable at a moment only the seed decides.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -56,7 +58,21 @@ struct Inner {
     file_len: u64,
     /// Records in the file before the first live entry.
     dead_records: usize,
-    writer: std::sync::mpsc::Sender<WriteOp>,
+    writer: Writer,
+}
+
+/// Who does the file I/O: the writer thread, or (in a simulation) the
+/// caller, at once.
+enum Writer {
+    Thread(std::sync::mpsc::Sender<WriteOp>),
+    Inline(WriteState),
+}
+
+/// The file the writes go to.
+struct WriteState {
+    dir: PathBuf,
+    path: PathBuf,
+    file: File,
 }
 
 enum WriteOp {
@@ -172,22 +188,28 @@ impl LogStore {
             }
             entries.insert(entry.log_id.index, (entry, at));
         }
-        let (tx, rx) = std::sync::mpsc::channel();
-        let thread_path = path.clone();
-        std::thread::Builder::new()
-            .name("spool-raft-log".into())
-            .spawn({
-                let dir = dir.to_path_buf();
-                move || write_loop(dir, thread_path, file, rx)
-            })
-            .map_err(|e| SE::io(&path, e))?;
+        let state = WriteState {
+            dir: dir.to_path_buf(),
+            path: path.clone(),
+            file,
+        };
+        let writer = if crate::simulation::active() {
+            Writer::Inline(state)
+        } else {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::Builder::new()
+                .name("spool-raft-log".into())
+                .spawn(move || write_loop(state, rx))
+                .map_err(|e| SE::io(&path, e))?;
+            Writer::Thread(tx)
+        };
         Ok(LogStore {
             inner: Arc::new(Mutex::new(Inner {
                 meta,
                 entries,
                 file_len: valid,
                 dead_records,
-                writer: tx,
+                writer,
             })),
         })
     }
@@ -213,14 +235,23 @@ impl Inner {
     /// under the lock, so writes reach the file in the order the in-memory
     /// log changed.
     fn queue(
-        &self,
+        &mut self,
         op: impl FnOnce(tokio::sync::oneshot::Sender<std::io::Result<()>>) -> WriteOp,
     ) -> Result<tokio::sync::oneshot::Receiver<std::io::Result<()>>, StorageError<NodeIdRaw>> {
         let (done, wait) = tokio::sync::oneshot::channel();
-        self.writer
-            .send(op(done))
-            .map_err(|_| io_err("raft log writer stopped"))?;
+        self.write(op(done))?;
         Ok(wait)
+    }
+
+    /// Hands `op` to the writer thread, or does it here.
+    fn write(&mut self, op: WriteOp) -> Result<(), StorageError<NodeIdRaw>> {
+        match &mut self.writer {
+            Writer::Thread(tx) => tx.send(op).map_err(|_| io_err("raft log writer stopped")),
+            Writer::Inline(state) => {
+                state.perform(op);
+                Ok(())
+            }
+        }
     }
 }
 
@@ -232,8 +263,16 @@ async fn finished(
         .map_err(io_err)
 }
 
-fn write_loop(dir: PathBuf, path: PathBuf, mut file: File, rx: std::sync::mpsc::Receiver<WriteOp>) {
+fn write_loop(mut state: WriteState, rx: std::sync::mpsc::Receiver<WriteOp>) {
     while let Ok(op) = rx.recv() {
+        state.perform(op);
+    }
+}
+
+impl WriteState {
+    /// Does one write and reports its outcome to whoever waits for it.
+    fn perform(&mut self, op: WriteOp) {
+        let WriteState { dir, path, file } = self;
         match op {
             WriteOp::Append { bytes, done } => {
                 let result = file.write_all(&bytes).and_then(|()| file.sync_data());
@@ -247,13 +286,13 @@ fn write_loop(dir: PathBuf, path: PathBuf, mut file: File, rx: std::sync::mpsc::
             }
             WriteOp::Replace { bytes, done } => {
                 let result =
-                    crate::storage::atomic_file::write_atomic(&path, &bytes, Durability::Synced)
+                    crate::storage::atomic_file::write_atomic(path, &bytes, Durability::Synced)
                         .map_err(|e| std::io::Error::other(e.to_string()))
-                        .and_then(|()| OpenOptions::new().read(true).append(true).open(&path));
-                let _ = done.send(result.map(|reopened| file = reopened));
+                        .and_then(|()| OpenOptions::new().read(true).append(true).open(&*path));
+                let _ = done.send(result.map(|reopened| *file = reopened));
             }
             WriteOp::Meta { meta, done } => {
-                let result = meta_file::write(&meta_path(&dir), META, &meta, Durability::Synced)
+                let result = meta_file::write(&meta_path(dir), META, &meta, Durability::Synced)
                     .map_err(|e| std::io::Error::other(e.to_string()));
                 let _ = done.send(result);
             }
@@ -337,13 +376,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         inner.file_len += bytes.len() as u64;
         // Readable at once; durable when the writer calls back.
-        inner
-            .writer
-            .send(WriteOp::Append {
-                bytes,
-                done: callback,
-            })
-            .map_err(|_| io_err("raft log writer stopped"))
+        inner.write(WriteOp::Append {
+            bytes,
+            done: callback,
+        })
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeIdRaw>) -> Result<(), StorageError<NodeIdRaw>> {

@@ -9,6 +9,7 @@
 
 mod log_store;
 mod network;
+mod runtime;
 mod state_machine;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -18,7 +19,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::BasicNode;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -38,6 +38,7 @@ openraft::declare_raft_types!(
         D = Command,
         R = Outcome,
         SnapshotData = std::io::Cursor<Vec<u8>>,
+        AsyncRuntime = runtime::SpoolRuntime,
 );
 
 /// A Raft node of the control plane.
@@ -128,10 +129,8 @@ pub(crate) struct LeaseDesk {
     id: NodeId,
     /// How others reach this broker, sent with every heartbeat.
     me: Member,
-    /// Where to dial peers.
-    routes: PeerRoutes,
-    /// Mutual TLS with peers, if the cluster uses it.
-    tls: Option<crate::cluster::peer_tls::PeerTls>,
+    /// Where and how to dial peers.
+    network: Network,
     /// The voters' peer addresses, tried in turn while no leader is known
     /// (a new broker's first heartbeats).
     voters: Vec<(NodeId, String)>,
@@ -141,12 +140,12 @@ pub(crate) struct LeaseDesk {
     /// The Raft term this node leads in, once its lease clock started.
     leading_term: parking_lot::Mutex<Option<u64>>,
     /// Until when this broker may act on its own lease.
-    own_lease_until: parking_lot::Mutex<Option<std::time::Instant>>,
+    own_lease_until: parking_lot::Mutex<Option<tokio::time::Instant>>,
     /// Heartbeats sent while no leader was known (picks the next voter).
     tried: std::sync::atomic::AtomicUsize,
     /// When this node last heard each broker's heartbeat, leader or not:
     /// what it starts its lease clock from if it becomes the leader.
-    heard: parking_lot::Mutex<HashMap<LeaseHolder, std::time::Instant>>,
+    heard: parking_lot::Mutex<HashMap<LeaseHolder, tokio::time::Instant>>,
     /// Set while a Raft membership change is under way (one at a time).
     changing_voters: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -166,7 +165,7 @@ impl LeaseDesk {
     pub(crate) fn heartbeat(&self, member: Member) -> Result<u64, String> {
         self.heard
             .lock()
-            .insert(LeaseHolder::Broker(member.id), std::time::Instant::now());
+            .insert(LeaseHolder::Broker(member.id), tokio::time::Instant::now());
         if !self.leading() || self.leading_term.lock().is_none() {
             return Err(format!("broker {} is not the Raft leader", self.id));
         }
@@ -201,7 +200,7 @@ impl LeaseDesk {
             let expired =
                 self.tracker
                     .lock()
-                    .heartbeat(holder, std::time::Instant::now(), &state.leases);
+                    .heartbeat(holder, tokio::time::Instant::now(), &state.leases);
             expired
                 .unwrap_or(false)
                 .then_some(Command::RenewLease(holder))
@@ -245,7 +244,7 @@ impl LeaseDesk {
         match self
             .tracker
             .lock()
-            .heartbeat(holder, std::time::Instant::now(), &state.leases)
+            .heartbeat(holder, tokio::time::Instant::now(), &state.leases)
         {
             Some(false) => Ok(state.leases.get(&holder).map_or(0, |l| l.ttl_ms)),
             _ => Err(LockError::SessionExpired(session)),
@@ -264,7 +263,7 @@ impl LeaseDesk {
         let age = self
             .tracker
             .lock()
-            .age(holder, std::time::Instant::now(), &state.leases)?;
+            .age(holder, tokio::time::Instant::now(), &state.leases)?;
         Some(ttl.saturating_sub(age))
     }
 
@@ -289,7 +288,7 @@ impl LeaseDesk {
             .membership_config
             .nodes()
             .find(|(id, _)| **id == leader)
-            .map(|(_, n)| self.routes.dial(leader, &n.addr));
+            .map(|(_, n)| self.network.routes.dial(leader, &n.addr));
         addr.map(|addr| (NodeId(leader), addr))
     }
 
@@ -297,8 +296,8 @@ impl LeaseDesk {
     /// the expiries that are due.
     async fn keep_leases(self: Arc<Self>, stop: CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
-        let mut last_rebalance = std::time::Instant::now();
-        let mut last_reassignment = std::time::Instant::now();
+        let mut last_rebalance = tokio::time::Instant::now();
+        let mut last_reassignment = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -321,7 +320,7 @@ impl LeaseDesk {
                 *self.leading_term.lock() = None;
                 continue;
             }
-            let now = std::time::Instant::now();
+            let now = tokio::time::Instant::now();
             let state = self.state.borrow().clone();
             let due = {
                 let mut leading = self.leading_term.lock();
@@ -382,7 +381,7 @@ impl LeaseDesk {
             // them, a step at a time (Redpanda moves them by itself;
             // Kafka asks an operator to run a reassignment).
             if last_reassignment.elapsed() >= REASSIGNMENT_CHECK {
-                last_reassignment = std::time::Instant::now();
+                last_reassignment = tokio::time::Instant::now();
                 for command in state.reassignments() {
                     tracing::info!(?command, "reassigning a partition's copies");
                     if let Err(e) = self.raft.client_write(command).await {
@@ -394,7 +393,7 @@ impl LeaseDesk {
             // again (Kafka's auto leader rebalance), every few seconds so
             // a broker that just caught up is not handed work at once.
             if last_rebalance.elapsed() >= PREFERRED_LEADER_CHECK {
-                last_rebalance = std::time::Instant::now();
+                last_rebalance = tokio::time::Instant::now();
                 for (topic, partition, leader_epoch) in state.off_preferred() {
                     let command = Command::PreferLeader {
                         topic,
@@ -472,18 +471,18 @@ impl LeaseDesk {
     /// broker (a dead one included) a whole fresh TTL, which would add a
     /// TTL to every failover that loses the control plane's leader too.
     async fn heartbeat_voters(self: Arc<Self>, stop: CancellationToken) {
-        let mut peer = network::PeerClient::new(self.tls.clone());
+        let mut peer = network::PeerClient::new(&self.network);
         let mut beats = Heartbeats::new(stop);
         while beats.next().await {
             let leader = self.leader_peer().map(|(id, _)| id);
             self.heard
                 .lock()
-                .insert(LeaseHolder::Broker(self.id), std::time::Instant::now());
+                .insert(LeaseHolder::Broker(self.id), tokio::time::Instant::now());
             for (id, addr) in &self.voters {
                 if Some(*id) == leader || *id == self.id {
                     continue;
                 }
-                let addr = self.routes.dial(id.0, addr);
+                let addr = self.network.routes.dial(id.0, addr);
                 let request = network::PeerRequest::Heartbeat(self.me.clone());
                 // Short: a dead voter must not delay the others' beats.
                 let _ = peer.call(&addr, &request, LEASE_HEARTBEAT / 3).await;
@@ -509,12 +508,12 @@ impl LeaseDesk {
     /// Heartbeats the leader every [`LEASE_HEARTBEAT`] and records how long
     /// this broker's own lease lasts.
     async fn heartbeat_leader(self: Arc<Self>, stop: CancellationToken) {
-        let mut peer = network::PeerClient::new(self.tls.clone());
+        let mut peer = network::PeerClient::new(&self.network);
         let mut beats = Heartbeats::new(stop);
         while beats.next().await {
             let holder = LeaseHolder::Broker(self.id);
             let ttl = self.state.borrow().leases.get(&holder).map(|l| l.ttl_ms);
-            let sent = std::time::Instant::now();
+            let sent = tokio::time::Instant::now();
             let leader = self.leader_peer().or_else(|| {
                 // No leader known yet: try the voters in turn.
                 let n = self.voters.len().max(1);
@@ -614,7 +613,6 @@ impl ControlPlane {
         timings: &RaftTimings,
         network: Network,
     ) -> Result<ControlPlane, ControlPlaneError> {
-        let Network { routes, tls } = network.clone();
         let id = me.id;
         let log = LogStore::open(dir)?;
         let fence = ApplyFence::default();
@@ -635,14 +633,15 @@ impl ControlPlane {
                 .validate()
                 .map_err(|e| ControlPlaneError::Raft(e.to_string()))?,
         );
-        let listener =
-            TcpListener::bind(peer_listen)
-                .await
-                .map_err(|source| ControlPlaneError::Listen {
-                    addr: peer_listen,
-                    source,
-                })?;
-        let raft = Raft::new(id.0, config, network, log, machine)
+        let listener = network
+            .transport
+            .bind(peer_listen)
+            .await
+            .map_err(|source| ControlPlaneError::Listen {
+                addr: peer_listen,
+                source,
+            })?;
+        let raft = Raft::new(id.0, config, network.clone(), log, machine)
             .await
             .map_err(|e| ControlPlaneError::Raft(e.to_string()))?;
         let stop = CancellationToken::new();
@@ -651,10 +650,9 @@ impl ControlPlane {
             me,
             voters: voters
                 .iter()
-                .map(|(id, addr)| (*id, routes.dial(id.0, addr)))
+                .map(|(id, addr)| (*id, network.routes.dial(id.0, addr)))
                 .collect(),
-            routes,
-            tls: tls.clone(),
+            network: network.clone(),
             raft: raft.clone(),
             state: state.clone(),
             tracker: parking_lot::Mutex::new(LeaseTracker::default()),
@@ -668,7 +666,7 @@ impl ControlPlane {
             listener,
             raft.clone(),
             desk.clone(),
-            tls,
+            network.tls.clone(),
             stop.clone(),
         ));
         tokio::spawn(desk.clone().keep_leases(stop.clone()));
@@ -713,7 +711,7 @@ impl ControlPlane {
         within: Duration,
     ) -> Result<Outcome, ControlPlaneError> {
         let deadline = tokio::time::Instant::now() + within;
-        let mut peer = network::PeerClient::new(self.desk.tls.clone());
+        let mut peer = network::PeerClient::new(&self.desk.network);
         loop {
             let attempt = match self.desk.leader_peer() {
                 Some((leader, _)) if leader == self.id => {
@@ -763,7 +761,7 @@ impl ControlPlane {
             Some((leader, _)) if leader == self.id => self.desk.session_heartbeat(session)?,
             Some((_, addr)) => {
                 let request = network::PeerRequest::SessionKeepAlive(session);
-                let mut peer = network::PeerClient::new(self.desk.tls.clone());
+                let mut peer = network::PeerClient::new(&self.desk.network);
                 match peer.call(&addr, &request, LEASE_HEARTBEAT).await {
                     Ok(network::PeerResponse::SessionKeepAlive(result)) => result?,
                     Ok(_) => {
@@ -813,7 +811,7 @@ impl ControlPlane {
             return BTreeMap::new();
         }
         let state = self.state.borrow().clone();
-        let now = std::time::Instant::now();
+        let now = tokio::time::Instant::now();
         let tracker = self.desk.tracker.lock();
         state
             .members
@@ -840,7 +838,7 @@ impl ControlPlane {
         self.desk
             .own_lease_until
             .lock()
-            .is_some_and(|until| std::time::Instant::now() < until)
+            .is_some_and(|until| tokio::time::Instant::now() < until)
     }
 
     /// Stops the node and its peer listener.

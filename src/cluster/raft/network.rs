@@ -21,7 +21,7 @@ use openraft::raft::{
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tokio::net::{TcpListener, TcpStream};
+use spool_client::transport::{Listener, Transport};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 
@@ -111,6 +111,8 @@ pub struct Network {
     pub routes: PeerRoutes,
     /// Mutual TLS with peers, if the cluster uses it.
     pub tls: Option<PeerTls>,
+    /// Where sockets come from: TCP, or a simulation's network.
+    pub transport: Transport,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -120,7 +122,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         PeerConnection {
             target,
             addr: self.routes.dial(target, &node.addr),
-            client: PeerClient::new(self.tls.clone()),
+            client: PeerClient::new(self),
         }
     }
 }
@@ -248,31 +250,35 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Sync + Unpin> Peer
 pub(super) struct PeerClient {
     addr: String,
     tls: Option<PeerTls>,
+    transport: Transport,
     conn: Option<Framed<Box<dyn PeerIo>, LengthDelimitedCodec>>,
 }
 
 impl PeerClient {
-    /// A client speaking TLS to peers if `tls` is given.
-    pub(super) fn new(tls: Option<PeerTls>) -> PeerClient {
+    /// A client dialling peers over `network`'s transport, with its TLS if
+    /// the cluster uses TLS.
+    pub(super) fn new(network: &Network) -> PeerClient {
         PeerClient {
             addr: String::new(),
-            tls,
+            tls: network.tls.clone(),
+            transport: network.transport.clone(),
             conn: None,
         }
     }
 
     /// Connects to `addr`, with the TLS handshake if the cluster uses TLS.
     async fn connect(&self, addr: &str) -> Result<Box<dyn PeerIo>, String> {
-        let stream = TcpStream::connect(addr)
+        let sock: SocketAddr = addr
+            .parse()
+            .map_err(|_| format!("peer address {addr:?} is not IP:PORT"))?;
+        let stream = self
+            .transport
+            .connect(sock)
             .await
             .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-        let _ = stream.set_nodelay(true);
         let Some(tls) = &self.tls else {
             return Ok(Box::new(stream));
         };
-        let sock = stream
-            .peer_addr()
-            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
         let stream = tls
             .client
             .connect(sock, stream)
@@ -329,7 +335,7 @@ impl PeerClient {
 
 /// Answers peers' Raft messages on `listener` until `stop` is cancelled.
 pub(super) async fn serve_peers(
-    listener: TcpListener,
+    listener: Listener,
     raft: Raft,
     desk: std::sync::Arc<LeaseDesk>,
     tls: Option<PeerTls>,
@@ -349,7 +355,6 @@ pub(super) async fn serve_peers(
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
         let raft = raft.clone();
         let desk = desk.clone();
         let stop = stop.clone();
@@ -379,14 +384,14 @@ pub(super) async fn serve_peers(
 /// misconfigured broker retries every heartbeat).
 #[derive(Default)]
 struct PeerRefusals {
-    logged: parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, std::time::Instant>>,
+    logged: parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, tokio::time::Instant>>,
 }
 
 impl PeerRefusals {
     fn note(&self, peer: SocketAddr, error: &str) {
         crate::metrics::TLS_HANDSHAKE_FAILURES.inc();
         let mut logged = self.logged.lock();
-        let now = std::time::Instant::now();
+        let now = tokio::time::Instant::now();
         let recent = logged
             .get(&peer.ip())
             .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(60));

@@ -122,7 +122,7 @@ impl StateMachine {
 
 /// Stores a snapshot durably, off the async workers.
 async fn store(path: PathBuf, snapshot: StoredSnapshot) -> Result<(), StorageError<NodeIdRaw>> {
-    tokio::task::spawn_blocking(move || {
+    crate::simulation::spawn_blocking(move || {
         meta_file::write(&path, SNAPSHOT, &snapshot, Durability::Synced)
     })
     .await
@@ -223,7 +223,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeIdRaw>> {
         let path = self.path.clone();
         let stored: Option<StoredSnapshot> =
-            tokio::task::spawn_blocking(move || meta_file::read(&path, SNAPSHOT))
+            crate::simulation::spawn_blocking(move || meta_file::read(&path, SNAPSHOT))
                 .await
                 .map_err(sm_err)?
                 .map_err(sm_err)?;

@@ -14,7 +14,7 @@ pub async fn on_blocking_thread<T: Send + 'static>(
     handler: impl FnOnce(&Broker) -> Result<T, ErrorResponse> + Send + 'static,
 ) -> Result<T, ErrorResponse> {
     let broker = broker.clone();
-    tokio::task::spawn_blocking(move || handler(&broker))
+    crate::simulation::spawn_blocking(move || handler(&broker))
         .await
         .unwrap_or_else(|join| {
             Err(error(

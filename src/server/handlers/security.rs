@@ -40,7 +40,7 @@ pub async fn handle(
         return Ok(listing);
     }
     // Hashing a password is slow on purpose: off the async threads.
-    let change = tokio::task::spawn_blocking(move || change_for(request))
+    let change = crate::simulation::spawn_blocking(move || change_for(request))
         .await
         .unwrap_or_else(|e| Err(AuthError::Invalid(format!("task failed: {e}"))))
         .map_err(|e| auth_error(&e))?;
@@ -54,7 +54,7 @@ pub async fn handle(
                 SecurityChangeError::Local(e) => auth_error(&e),
             })?,
         None => {
-            tokio::task::spawn_blocking(move || auth.change(change))
+            crate::simulation::spawn_blocking(move || auth.change(change))
                 .await
                 .unwrap_or_else(|e| Err(AuthError::Invalid(format!("task failed: {e}"))))
                 .map_err(|e| auth_error(&e))?;
