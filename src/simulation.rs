@@ -12,8 +12,11 @@
 //! - random numbers (Raft election timeouts, journal ids) come from the
 //!   seed ([`random_u64`]);
 //! - the monotonic clock that queue-group deadlines and storage's idle
-//!   tracking read is the simulation's ([`clock_ms`]); everything else
-//!   already reads tokio's clock, which the simulation drives.
+//!   tracking read is the simulation's ([`clock_ms`]), and so is the wall
+//!   clock of batch timestamps and ids ([`unix_time`]); everything else
+//!   already reads tokio's clock, which the simulation drives;
+//! - a broker dropped without being closed was crashed (turmoil drops a
+//!   crashed host's tasks): it leaves its files as SIGKILL would.
 //!
 //! A thread that has not [`enter`]ed a simulation (every thread of a real
 //! broker) sees none of this: [`active`] is one thread-local read.
@@ -102,6 +105,20 @@ pub fn clock_ms() -> Option<u64> {
         .map(|d| d.as_millis() as u64)
 }
 
+/// When a simulation's wall clock starts: 2027-01-01T00:00:00Z.
+const SIMULATED_EPOCH_SECS: u64 = 1_798_761_600;
+
+/// Time since the Unix epoch: the simulation's (a fixed start plus its
+/// elapsed time) inside one, the system's elsewhere.
+pub fn unix_time() -> Duration {
+    match clock_ms() {
+        Some(ms) => Duration::from_secs(SIMULATED_EPOCH_SECS) + Duration::from_millis(ms),
+        None => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default(),
+    }
+}
+
 /// Runs `f` where it may block: on tokio's blocking threads, or, in a
 /// simulation, on the calling task before this returns. Awaiting the
 /// result is the same either way.
@@ -158,6 +175,10 @@ mod tests {
             let _sim = enter(7, no_clock);
             assert!(active());
             assert_eq!(clock_ms(), Some(1234));
+            assert_eq!(
+                unix_time(),
+                Duration::from_secs(SIMULATED_EPOCH_SECS) + Duration::from_millis(1234)
+            );
             (0..4).map(|_| random_u64()).collect()
         };
         let again: Vec<u64> = {

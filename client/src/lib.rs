@@ -204,6 +204,11 @@ impl Client {
 
     /// Every broker's address, alive ones first (empty for a single
     /// server, or before routes were learnt).
+    /// True once metadata has shown the server to be part of a cluster.
+    pub(crate) fn is_clustered(&self) -> bool {
+        self.routes.read().is_some()
+    }
+
     pub(crate) fn broker_addrs(&self) -> Vec<String> {
         self.routes
             .read()

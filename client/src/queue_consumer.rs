@@ -85,6 +85,9 @@ pub struct QueueConsumer {
     /// When the cluster's brokers were last listed (a broker that joins
     /// later may lead partitions of the topic).
     listed_at: tokio::time::Instant,
+    /// The server is part of a cluster (its metadata said so at join):
+    /// the brokers are listed again every [`BROKER_LIST_REFRESH`].
+    clustered: bool,
     /// The brokers as last listed (a cluster only): a session with a
     /// broker removed since is not asked again.
     brokers: Vec<String>,
@@ -125,7 +128,24 @@ impl QueueConsumer {
     ) -> Result<QueueConsumer, ClientError> {
         client.learn_routes().await;
         let brokers = client.broker_addrs();
-        let sessions = if brokers.len() > 1 {
+        // A cluster, however many brokers it lists now (one that is still
+        // forming may list one): every broker is joined, and brokers that
+        // join later are found by listing them again.
+        let clustered = client.is_clustered();
+        let brokers = if clustered && brokers.is_empty() {
+            client.refresh_routes().await;
+            client.broker_addrs()
+        } else {
+            brokers
+        };
+        if clustered && brokers.is_empty() {
+            return Err(ClientError::Server {
+                code: Some(ErrorCode::ClusterUnavailable),
+                raw_code: ErrorCode::ClusterUnavailable as u16,
+                message: "the cluster lists no brokers yet (still forming)".into(),
+            });
+        }
+        let sessions = if clustered {
             brokers.into_iter().map(Some).collect()
         } else {
             vec![None]
@@ -150,7 +170,9 @@ impl QueueConsumer {
             polls: parking_lot::Mutex::new(FuturesUnordered::new()),
             listed_at: tokio::time::Instant::now(),
             brokers: Vec::new(),
+            clustered,
         };
+        tracing::debug!(group, sessions = ?consumer.sessions.iter().map(|s| s.addr.clone()).collect::<Vec<_>>(), "joining");
         // At least one broker must take the member (and, the first time,
         // create the group); the others are joined as they answer.
         let mut first_error = None;
@@ -167,7 +189,7 @@ impl QueueConsumer {
     }
 
     fn clustered(&self) -> bool {
-        self.sessions.len() > 1
+        self.clustered
     }
 
     async fn connection_of(&self, i: usize) -> Result<Arc<Connection>, ClientError> {
@@ -206,6 +228,7 @@ impl QueueConsumer {
             self.brokers = self.client.broker_addrs();
             for addr in self.brokers.clone() {
                 if !self.sessions.iter().any(|s| s.addr.as_ref() == Some(&addr)) {
+                    tracing::debug!(group = %self.group, broker = %addr, "joining a broker listed since");
                     self.sessions.push(Session {
                         addr: Some(addr),
                         conn: None,

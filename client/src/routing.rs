@@ -26,10 +26,12 @@ pub(crate) struct Routes {
 }
 
 impl Routes {
-    /// The routes in `m`, or `None` for a single-node server (broker 0),
-    /// whose clients keep using the address they connected to.
+    /// The routes in `m`, or `None` for a single-node server (one broker,
+    /// id 0), whose clients keep using the address they connected to. A
+    /// cluster that lists no broker yet (still forming) is a cluster: its
+    /// routes are empty until the next refresh.
     pub(crate) fn from_metadata(m: &MetadataResponse) -> Option<Arc<Routes>> {
-        if m.brokers.iter().all(|b| b.id == 0) {
+        if !m.brokers.is_empty() && m.brokers.iter().all(|b| b.id == 0) {
             return None;
         }
         let addr_of: HashMap<u64, &str> =

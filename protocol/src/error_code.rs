@@ -70,8 +70,9 @@ pub enum ErrorCode {
     /// Raft leader, no quorum). Retry.
     ClusterUnavailable = 42,
     /// Cluster: a produce with `acks=all` found fewer in-sync replicas
-    /// than the cluster's minimum; nothing was stored. Retry once a
-    /// replica is back.
+    /// than the cluster's minimum; nothing was stored. Or a topic's
+    /// replication needs more brokers than have joined. Retry once a
+    /// replica (or broker) is back.
     NotEnoughReplicas = 43,
     /// Cluster: a replica fetch named another leader epoch than the
     /// partition's: the follower refreshes its view and fetches again.

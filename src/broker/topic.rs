@@ -276,10 +276,7 @@ pub(crate) fn remove_topic_dir(topics_dir: &Path, name: &str) -> Result<(), Brok
 }
 
 fn unique_suffix() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0)
+    crate::simulation::unix_time().as_nanos()
 }
 
 #[cfg(test)]

@@ -303,9 +303,13 @@ impl ClusterNode {
             },
         };
         match self.control.submit(command, ADMIN_TIMEOUT).await? {
-            Outcome::Refused(_) => Err(ClusterAdminError::Broker(BrokerError::TopicExists(
-                name.to_string(),
-            ))),
+            // Refused because it exists, or because too few brokers have
+            // joined yet for its copies (a cluster still forming): the
+            // second is not the first, and is worth retrying.
+            Outcome::Refused(_) if self.state().topics.contains_key(name) => Err(
+                ClusterAdminError::Broker(BrokerError::TopicExists(name.to_string())),
+            ),
+            Outcome::Refused(why) => Err(ClusterAdminError::NotEnoughBrokers(why)),
             _ => {
                 self.wait_applied(|s| s.topics.contains_key(name)).await;
                 ensure_local(&self.broker, name, &self.state());
@@ -884,6 +888,9 @@ pub enum ClusterAdminError {
     /// The broker refused it.
     #[error("{0}")]
     Broker(BrokerError),
+    /// Fewer brokers are members than the topic's copies need.
+    #[error("{0}")]
+    NotEnoughBrokers(String),
 }
 
 /// Creates the topic locally (every partition; only the ones this broker

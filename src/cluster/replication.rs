@@ -24,7 +24,7 @@
 //! new leader is chosen (by the control plane, when the old one's lease
 //! expires) only from the in-sync set.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -118,7 +118,9 @@ struct Following {
 pub struct Replicas {
     settings: ReplicationSettings,
     leading: DashMap<(String, u32), Arc<Leading>>,
-    following: tokio::sync::Mutex<HashMap<(String, u32), Following>>,
+    /// Ordered, as every map whose order decides what runs next: a
+    /// simulated cluster replays from its seed only if that order does.
+    following: tokio::sync::Mutex<BTreeMap<(String, u32), Following>>,
     started: Instant,
 }
 
@@ -184,6 +186,18 @@ impl Replicas {
 
     fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
+    }
+
+    /// The partitions this broker leads, in key order (a DashMap's own
+    /// order differs from run to run).
+    fn leading_sorted(&self) -> Vec<((String, u32), Arc<Leading>)> {
+        let mut all: Vec<_> = self
+            .leading
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect();
+        all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        all
     }
 
     /// True if this broker leads `(topic, partition)` at `epoch` and has
@@ -512,8 +526,8 @@ impl ClusterNode {
     pub(super) async fn reconcile(self: &Arc<Self>, state: &ClusterState) {
         let me = self.id();
         let replicas = &self.replicas;
-        let mut lead: HashMap<(String, u32), &Assignment> = HashMap::new();
-        let mut follow: HashMap<(String, u32), (NodeId, u64)> = HashMap::new();
+        let mut lead: BTreeMap<(String, u32), &Assignment> = BTreeMap::new();
+        let mut follow: BTreeMap<(String, u32), (NodeId, u64)> = BTreeMap::new();
         for (topic, parts) in &state.assignments {
             for (p, a) in parts.iter().enumerate() {
                 if !a.replicated() || !a.replicas.contains(&me) {
@@ -688,8 +702,7 @@ impl ClusterNode {
     /// followers that stopped catching up leave, caught-up ones return.
     pub(super) fn propose_in_sync(self: &Arc<Self>) {
         let now = self.replicas.now_ms();
-        for entry in self.replicas.leading.iter() {
-            let ((topic, partition), leading) = (entry.key().clone(), entry.value().clone());
+        for ((topic, partition), leading) in self.replicas.leading_sorted() {
             let Some(proposed) = leading.progress.lock().proposed_in_sync(now) else {
                 continue;
             };

@@ -22,7 +22,7 @@ pub mod verify;
 
 use std::io;
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use spool_protocol::{BatchError, Offset};
 use thiserror::Error;
@@ -180,11 +180,10 @@ pub enum StorageError {
 }
 
 /// Milliseconds since the Unix epoch by the wall clock (batch timestamps
-/// are on this clock; 0 if the clock is before 1970).
+/// are on this clock; 0 if the clock is before 1970), a simulation's
+/// inside one.
 pub fn wall_clock_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    crate::simulation::unix_time().as_millis() as i64
 }
 
 impl StorageError {

@@ -7,6 +7,7 @@ pub mod history;
 pub mod pki;
 pub mod proxy;
 pub mod server;
+pub mod sim_net;
 
 use spool::{Batch, Broker, Offset, PartitionId};
 

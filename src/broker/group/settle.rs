@@ -1,6 +1,6 @@
 //! Settling deliveries (ack, nack, touch) and stream-mode commits.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -113,7 +113,7 @@ impl Broker {
         self.check_open()?;
         let g = self.group(group)?;
         let mut results = vec![SettleResult::NotInFlight; items.len()];
-        let mut by_partition: HashMap<PartitionId, Vec<usize>> = HashMap::new();
+        let mut by_partition: BTreeMap<PartitionId, Vec<usize>> = BTreeMap::new();
         for (i, (p, _)) in items.iter().enumerate() {
             by_partition.entry(*p).or_default().push(i);
         }

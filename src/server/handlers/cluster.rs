@@ -159,6 +159,7 @@ pub fn admin_error(e: &ClusterAdminError) -> ErrorResponse {
     match e {
         ClusterAdminError::Broker(e) => response_for(e),
         ClusterAdminError::Control(e) => error(ErrorCode::ClusterUnavailable, e.to_string()),
+        ClusterAdminError::NotEnoughBrokers(why) => error(ErrorCode::NotEnoughReplicas, why),
     }
 }
 
