@@ -20,6 +20,10 @@
 //!
 //! A thread that has not [`enter`]ed a simulation (every thread of a real
 //! broker) sees none of this: [`active`] is one thread-local read.
+//!
+//! A checker that never fails proves nothing, so a simulation can also ask
+//! for a deliberate bug ([`Sabotage`], in builds with the `fault-injection`
+//! feature only) and show that its checks catch it.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -36,6 +40,22 @@ struct Simulation {
     /// ids (nothing here needs a cryptographic generator).
     rng: Cell<u64>,
     clock: Clock,
+    sabotage: Option<Sabotage>,
+}
+
+/// A deliberate bug a simulation can plant in its brokers, to show that
+/// its checks would catch the real thing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sabotage {
+    /// `acks=all` is answered as soon as the leader has stored the batch,
+    /// as if it were `acks=leader`: a leader that dies or is cut off takes
+    /// acknowledged messages with it.
+    AckBeforeReplicated,
+    /// A returning replica whose log left the leader's ignores the
+    /// leader's word on where the logs part and keeps its records: it
+    /// never catches up, its copy stays different, and the partition is
+    /// left one replica short for good.
+    SkipTruncation,
 }
 
 thread_local! {
@@ -55,13 +75,35 @@ impl Drop for Entered {
 /// Makes this thread a simulation's: random numbers from `seed`, time from
 /// `clock`, no work sent to other threads.
 pub fn enter(seed: u64, clock: Clock) -> Entered {
+    enter_sabotaged(seed, clock, None)
+}
+
+/// [`enter`], with a deliberate bug planted in every broker of the
+/// simulation (it takes effect only in builds with the `fault-injection`
+/// feature).
+pub fn enter_sabotaged(seed: u64, clock: Clock, sabotage: Option<Sabotage>) -> Entered {
     CURRENT.with(|c| {
         *c.borrow_mut() = Some(Simulation {
             rng: Cell::new(seed),
             clock,
+            sabotage,
         })
     });
     Entered(())
+}
+
+/// True where the simulation running on this thread planted `bug`. Never
+/// outside a simulation, and never in a build without `fault-injection`.
+pub fn sabotaged(bug: Sabotage) -> bool {
+    #[cfg(feature = "fault-injection")]
+    {
+        CURRENT.with(|c| c.borrow().as_ref().is_some_and(|s| s.sabotage == Some(bug)))
+    }
+    #[cfg(not(feature = "fault-injection"))]
+    {
+        let _ = bug;
+        false
+    }
 }
 
 /// True on a thread that runs a simulation.

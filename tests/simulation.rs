@@ -1,28 +1,51 @@
 //! A deterministic simulation of a whole cluster (turmoil): 3 or 5 real
 //! brokers (the same `Broker`, control plane, replication and server code
-//! as `spool serve`, over `spool::client::transport`), a producer and a
-//! queue-group consumer (the real client), and random faults on a
-//! simulated network and clock, all on one thread. Everything follows from
-//! the seed (`spool::simulation`), so a failing seed fails the same way
-//! every time:
+//! as `spool serve`, over `spool::client::transport`), an idempotent
+//! `acks=all` producer and a queue-group consumer that acks everything
+//! (the real client), and faults on a simulated network and clock, all on
+//! one thread. Everything follows from the seed (`spool::simulation`), so
+//! a failing seed fails the same way every time:
 //!
 //! ```sh
-//! SPOOL_SIM_SEED=1234 cargo test --test simulation one_seed -- --nocapture
+//! SPOOL_SIM_SEED=1234 SPOOL_SIM_BROKERS=3 cargo test --test simulation one_seed -- --exact --nocapture
 //! ```
 //!
-//! Faults: a broker crashed (its process state gone, its files kept, as
-//! SIGKILL) and restarted later; a broker cut off from everyone, or from
-//! its peers only (clients still reach it), then healed; a link held
-//! (nothing crosses it, as a long stall) then released. After the faults
-//! everything is healed, the producer stops, the consumer drains the topic
-//! and the checks run: every replica's log the same record for record;
-//! every acknowledged message stored exactly once, in send order per key;
-//! no message whose ack was confirmed delivered again; every stored
-//! message acked by the group.
+//! (`SPOOL_SIM_LOG=1` prints the history as it happens, and
+//! `SPOOL_SIM_TRACE=spool=debug` the brokers' logs, stamped with simulated
+//! time.)
 //!
-//! `cargo test --test simulation` runs a few dozen seeds; the long mode
-//! runs as many as asked: `SPOOL_SIM_SEEDS=2000 cargo test --release --test
-//! simulation many_seeds -- --ignored --nocapture`.
+//! The seed draws the run: partitions (1-6), the topic's sync policy, how
+//! long faults go on (10-25 s), the network's delays, and the faults: a
+//! broker crashed (its process state gone, its files kept, as SIGKILL) and
+//! restarted; a broker cut off from everyone, or from its peers only
+//! (clients still reach it); a link held (nothing crosses it, as a long
+//! stall); each healed after 0.3-4 s, at most one broker faulty at a time
+//! with 3 brokers, two with 5. Then everything is healed, the producer
+//! stops, the consumer drains the topic, and the checks run:
+//!
+//! - every replica of a partition holds its leader's records, record for
+//!   record (the copies are read from the brokers' directories afterwards,
+//!   as a restart after a crash reads them);
+//! - every acknowledged message is stored exactly once, in send order per
+//!   key, at increasing offsets (`common::history::check`, as the
+//!   real-process tests use);
+//! - no message whose ack was confirmed is delivered again, and every
+//!   message the consumer acked is in the final log where it was
+//!   delivered from;
+//! - every stored message was acked by the group, and each partition's
+//!   group position is its end at its leader;
+//! - the cluster settles (every partition led, every replica in sync)
+//!   within a minute of the drain.
+//!
+//! Each seed runs in a process of its own: tokio numbers its tasks
+//! process-wide and drops a crashed host's tasks in that order, so a seed
+//! replays exactly in a fresh process (`a_seed_replays_exactly` checks
+//! this). `cargo test --test simulation` runs 24 seeds; the long mode runs
+//! as many as asked:
+//!
+//! ```sh
+//! SPOOL_SIM_SEEDS=2000 SPOOL_SIM_FIRST_SEED=$RANDOM cargo test --release --test simulation seeds -- --nocapture
+//! ```
 
 mod common;
 
@@ -36,8 +59,8 @@ use common::history::{Acked, Consumed, Violation};
 use common::sim_net;
 use parking_lot::Mutex;
 use spool::client::{
-    Acks, Client, ConnectOptions, Producer, ProducerConfig, QueueConsumer, QueueOptions, Settled,
-    TopicOptions,
+    Client, ConnectOptions, Producer, ProducerConfig, QueueConsumer, QueueOptions, Settled,
+    TopicOptions, WireSync,
 };
 use spool::cluster::node::{ClusterConfig, ClusterNode};
 use spool::cluster::raft::{Network, RaftTimings};
@@ -46,6 +69,7 @@ use spool::cluster::state::Member;
 use spool::cluster::NodeId;
 use spool::protocol::requests::{DescribeGroupRequest, MetadataRequest, MetadataResponse};
 use spool::server::{CancellationToken, Server, ServerConfig};
+use spool::simulation::Sabotage;
 use spool::{Broker, BrokerConfig};
 
 const CLIENT_PORT: u16 = 7070;
@@ -53,27 +77,37 @@ const PEER_PORT: u16 = 7170;
 const TOPIC: &str = "sim";
 const GROUP: &str = "sim-workers";
 
-/// What one simulated run does.
+/// What one simulated run does: drawn from its seed.
 #[derive(Clone, Debug)]
 struct Scenario {
     seed: u64,
     brokers: u64,
     partitions: u32,
+    sync: WireSync,
     /// Simulated time during which faults are injected.
     faults_for: Duration,
-    /// Producer acknowledgement level (the checker holds every run to
-    /// `acks=all`'s promise, so `Leader` under faults must fail it).
-    acks: Acks,
+    /// Longest one-way delay of a message on the simulated network.
+    max_latency: Duration,
+    /// A deliberate bug planted in every broker, to show the checks catch
+    /// it.
+    sabotage: Option<Sabotage>,
 }
 
 impl Scenario {
     fn new(seed: u64, brokers: u64) -> Scenario {
+        let mut rng = Rng(seed ^ 0x5CE7_A810);
         Scenario {
             seed,
             brokers,
-            partitions: 4,
-            faults_for: Duration::from_secs(20),
-            acks: Acks::All,
+            partitions: 1 + rng.below(6) as u32,
+            sync: match rng.below(3) {
+                0 => WireSync::Always,
+                1 => WireSync::Interval(50),
+                _ => WireSync::Never,
+            },
+            faults_for: Duration::from_secs(10 + 5 * rng.below(4)),
+            max_latency: Duration::from_millis(1 + rng.below(10)),
+            sabotage: None,
         }
     }
 }
@@ -92,8 +126,8 @@ struct Report {
     sim_time: Duration,
 }
 
-/// SplitMix64, for the fault schedule (separate from the brokers' own
-/// seeded numbers, so adding a fault kind does not shift their draws).
+/// SplitMix64, for the scenario and the fault schedule (apart from the
+/// brokers' own seeded numbers, so a new fault kind does not shift theirs).
 struct Rng(u64);
 
 impl Rng {
@@ -249,6 +283,10 @@ struct Shared {
     redelivered: Mutex<Vec<Violation>>,
     uncertain: Mutex<HashSet<(u32, u64)>>,
     behind: Mutex<Vec<Violation>>,
+    stuck: Mutex<Vec<Violation>>,
+    /// Per partition, as the settled cluster has it: its leader and its
+    /// replicas.
+    leaders: Mutex<Vec<(u64, Vec<u64>)>>,
 }
 
 impl Shared {
@@ -272,6 +310,7 @@ async fn producer(scenario: Scenario, shared: Arc<Shared>, trace: Trace) -> turm
                 scenario.partitions,
                 TopicOptions {
                     replication: Some(3),
+                    sync: Some(scenario.sync),
                     ..TopicOptions::default()
                 },
             )
@@ -292,7 +331,7 @@ async fn producer(scenario: Scenario, shared: Arc<Shared>, trace: Trace) -> turm
         ProducerConfig {
             delivery_timeout: Duration::from_secs(120),
             retries: u32::MAX,
-            acks: scenario.acks,
+            clock: || spool::simulation::unix_time().as_millis() as i64,
             ..ProducerConfig::default()
         },
     );
@@ -337,8 +376,14 @@ async fn producer(scenario: Scenario, shared: Arc<Shared>, trace: Trace) -> turm
     Ok(())
 }
 
+/// How long nothing must come, once the producer is done, for the consumer
+/// to count the topic drained: longer than a request lost on a cut link
+/// takes to time out (5 s) plus a delivery's ack wait (5 s, after which
+/// what went to a lost connection is delivered again) plus a failover.
+const DRAINED_AFTER: Duration = Duration::from_secs(15);
+
 /// A queue-group member that acks everything it gets, until the producer
-/// is done and nothing has come for 5 s.
+/// is done and nothing has come for [`DRAINED_AFTER`].
 async fn consumer(scenario: Scenario, shared: Arc<Shared>, trace: Trace) -> turmoil::Result {
     let client = connect(scenario.brokers).await;
     let options = QueueOptions {
@@ -358,7 +403,7 @@ async fn consumer(scenario: Scenario, shared: Arc<Shared>, trace: Trace) -> turm
     let mut idle_since = now();
     loop {
         let produced = shared.produced.load(std::sync::atomic::Ordering::SeqCst);
-        if produced && now().saturating_sub(idle_since) > Duration::from_secs(5) {
+        if produced && now().saturating_sub(idle_since) > DRAINED_AFTER {
             break;
         }
         let batch = match member.receive_batch().await {
@@ -469,22 +514,34 @@ fn unsettled(views: &[MetadataResponse], partitions: u32) -> Option<String> {
     None
 }
 
+/// How long the cluster has to settle once the faults are over and the
+/// consumer has drained (several leases and elections, in simulated time).
+const SETTLE_WITHIN: Duration = Duration::from_secs(60);
+
 /// After the drain: waits until the cluster has settled, then checks at
 /// each partition's leader that the group has settled every message.
 async fn auditor(scenario: Scenario, shared: Arc<Shared>, trace: Trace) -> turmoil::Result {
     while !shared.drained.load(std::sync::atomic::Ordering::SeqCst) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let views = retry("settle", || async {
-        let views = views(scenario.brokers)
-            .await
-            .ok_or_else(|| "a broker does not answer".to_string())?;
-        match unsettled(&views, scenario.partitions) {
-            None => Ok(views),
-            Some(why) => Err(why),
+    let deadline = now() + SETTLE_WITHIN;
+    let views = loop {
+        let why = match views(scenario.brokers).await {
+            None => "a broker does not answer".to_string(),
+            Some(views) => match unsettled(&views, scenario.partitions) {
+                None => break views,
+                Some(why) => why,
+            },
+        };
+        if now() >= deadline {
+            trace.note(format!("{:?} not settled: {why}", now()));
+            shared.stuck.lock().push(Violation::Stuck(format!(
+                "not settled {SETTLE_WITHIN:?} after the drain: {why}"
+            )));
+            return Ok(());
         }
-    })
-    .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     trace.note(format!("{:?} settled", now()));
     for p in 0..scenario.partitions {
         let leader = views[0]
@@ -517,6 +574,22 @@ async fn auditor(scenario: Scenario, shared: Arc<Shared>, trace: Trace) -> turmo
             });
         }
     }
+    *shared.leaders.lock() = (0..scenario.partitions)
+        .map(|p| {
+            views[0]
+                .topics
+                .iter()
+                .find(|t| t.name == TOPIC)
+                .and_then(|t| t.partitions.iter().find(|x| x.partition == p))
+                .map(|x| {
+                    (
+                        x.leader.unwrap_or(0),
+                        x.replicas.iter().map(|r| r.broker).collect(),
+                    )
+                })
+                .unwrap_or_default()
+        })
+        .collect();
     Ok(())
 }
 
@@ -584,6 +657,10 @@ fn heal(sim: &mut turmoil::Sim<'_>, brokers: u64, fault: &Fault) {
     }
 }
 
+/// Longest simulated time a run may take: faults (at most 25 s), the
+/// drain, settling (at most [`SETTLE_WITHIN`]) and slack.
+const SIMULATION_LIMIT: Duration = Duration::from_secs(300);
+
 /// Where the simulation's files go: memory if the machine has a tmpfs
 /// (the brokers fsync; on a real disk that is most of the run time).
 fn scratch() -> tempfile::TempDir {
@@ -616,7 +693,8 @@ fn run(scenario: &Scenario) -> Report {
             .with_test_writer()
             .try_init();
     }
-    let _sim_thread = spool::simulation::enter(scenario.seed, turmoil::sim_elapsed);
+    let _sim_thread =
+        spool::simulation::enter_sabotaged(scenario.seed, turmoil::sim_elapsed, scenario.sabotage);
     let root = scratch();
     let trace = Trace::default();
     let shared = Arc::new(Shared::default());
@@ -624,9 +702,9 @@ fn run(scenario: &Scenario) -> Report {
     {
         let mut sim = turmoil::Builder::new()
             .rng_seed(scenario.seed)
-            .simulation_duration(Duration::from_secs(600))
+            .simulation_duration(SIMULATION_LIMIT)
             .min_message_latency(Duration::from_micros(100))
-            .max_message_latency(Duration::from_millis(5))
+            .max_message_latency(scenario.max_latency)
             .build();
         for id in 1..=scenario.brokers {
             let dir = root.path().join(host(id));
@@ -655,15 +733,19 @@ fn run(scenario: &Scenario) -> Report {
         let mut next_fault = faults_from + rng.millis(0, 1_000);
         let mut healed = false;
         loop {
-            let done = sim.step().unwrap_or_else(|e| {
-                panic!(
-                    "seed {}: a host failed at {:?}: {e}",
-                    scenario.seed,
-                    sim.elapsed()
-                )
-            });
-            if done {
-                break;
+            match sim.step() {
+                Ok(true) => break,
+                Ok(false) => {}
+                // A broker's software returned an error (it could not
+                // reopen its files, say), or the run overstayed its limit.
+                Err(e) => {
+                    trace.note(format!("{:?} stopped: {e}", sim.elapsed()));
+                    shared
+                        .stuck
+                        .lock()
+                        .push(Violation::Stuck(format!("at {:?}: {e}", sim.elapsed())));
+                    break;
+                }
             }
             let t = sim.elapsed();
             // Heal what is due.
@@ -721,7 +803,8 @@ fn run(scenario: &Scenario) -> Report {
         }
         report.sim_time = sim.elapsed();
     }
-    // The simulation (and every broker in it) is gone: read the copies.
+    // The simulation (and every broker in it) is gone: read the copies
+    // (opening each recovers it as a restart after a crash would).
     let copies: Vec<Vec<Vec<common::ReadRecord>>> = (1..=scenario.brokers)
         .map(|id| {
             let broker = Broker::open(root.path().join(host(id)), BrokerConfig::default())
@@ -734,44 +817,39 @@ fn run(scenario: &Scenario) -> Report {
         })
         .collect();
     let mut violations = Vec::new();
-    // Replicas: the topic's 3 copies of each partition are the same.
-    let mut holders: BTreeMap<u32, Vec<(u64, &Vec<common::ReadRecord>)>> = BTreeMap::new();
-    for (i, copy) in copies.iter().enumerate() {
-        for (p, records) in copy.iter().enumerate() {
-            holders
-                .entry(p as u32)
-                .or_default()
-                .push((i as u64 + 1, records));
-        }
-    }
-    let stored: Vec<Consumed> = (0..scenario.partitions)
-        .flat_map(|p| {
-            // The longest copy stands for the partition; the others must
-            // equal it (a broker holding no copy has an empty log).
-            let copies = &holders[&p];
-            let longest = copies
-                .iter()
-                .max_by_key(|(_, r)| r.len())
-                .map(|(_, r)| (*r).clone())
-                .unwrap_or_default();
-            let equal = copies.iter().filter(|(_, r)| **r == longest).count();
-            if equal < 3 {
-                let lens: Vec<(u64, usize)> = copies.iter().map(|(b, r)| (*b, r.len())).collect();
-                panic!(
-                    "seed {}: partition {p}: only {equal} copies agree: {lens:?}",
-                    scenario.seed
-                );
-            }
-            longest.into_iter().filter_map(move |r| {
-                Some(Consumed {
+    // Each partition as its leader has it; every replica holds the same
+    // records at the same offsets. (A broker that holds no copy has none.)
+    let leaders = shared.leaders.lock().clone();
+    let mut stored = Vec::new();
+    for p in 0..scenario.partitions {
+        // Not settled (reported as stuck): the longest copy stands for it.
+        let (leader, replicas) = leaders.get(p as usize).cloned().unwrap_or_else(|| {
+            let longest = (1..=scenario.brokers)
+                .max_by_key(|b| copies[(*b - 1) as usize][p as usize].len())
+                .unwrap_or(1);
+            (longest, Vec::new())
+        });
+        let Some(log) = copies.get((leader as usize).wrapping_sub(1)) else {
+            continue;
+        };
+        let log = &log[p as usize];
+        for r in replicas.iter().filter(|r| **r != leader) {
+            if copies[(*r - 1) as usize][p as usize] != *log {
+                violations.push(Violation::ReplicasDiffer {
                     partition: p,
-                    offset: r.offset,
-                    key: r.key.clone().unwrap_or_default(),
-                    seq: seq_of(&r.value)?,
-                })
+                    broker: *r,
+                });
+            }
+        }
+        stored.extend(log.iter().filter_map(|r| {
+            Some(Consumed {
+                partition: p,
+                offset: r.offset,
+                key: r.key.clone().unwrap_or_default(),
+                seq: seq_of(&r.value)?,
             })
-        })
-        .collect();
+        }));
+    }
     for s in &stored {
         trace.note(format!("stored {} at {}/{}", s.seq, s.partition, s.offset));
     }
@@ -789,6 +867,7 @@ fn run(scenario: &Scenario) -> Report {
     }
     violations.extend(shared.redelivered.lock().iter().cloned());
     violations.extend(shared.behind.lock().iter().cloned());
+    violations.extend(shared.stuck.lock().iter().cloned());
     let by_consumer: HashSet<(u32, u64)> =
         consumed.iter().map(|c| (c.partition, c.offset)).collect();
     let uncertain = shared.uncertain.lock().clone();
@@ -809,9 +888,12 @@ fn check_seed(scenario: &Scenario) -> Report {
     let started = std::time::Instant::now();
     let report = run(scenario);
     eprintln!(
-        "seed {} ({} brokers): {} faults, {} acknowledged, {} consumed, {:?} simulated in {:?}, {} violations",
+        "seed {} ({} brokers, {} partitions, sync {:?}{}): {} faults, {} acknowledged, {} consumed, {:?} simulated in {:?}, {} violations",
         scenario.seed,
         scenario.brokers,
+        scenario.partitions,
+        scenario.sync,
+        scenario.sabotage.map(|s| format!(", sabotage {s:?}")).unwrap_or_default(),
         report.faults,
         report.acked,
         report.consumed,
@@ -820,6 +902,11 @@ fn check_seed(scenario: &Scenario) -> Report {
         report.violations.len()
     );
     report
+}
+
+/// The line that replays a seed.
+fn replay_command(seed: u64, brokers: u64) -> String {
+    format!("SPOOL_SIM_SEED={seed} SPOOL_SIM_BROKERS={brokers} cargo test --test simulation one_seed -- --exact --nocapture")
 }
 
 /// Fails with the first violations (a broken run can have thousands).
@@ -832,13 +919,12 @@ fn assert_sound(scenario: &Scenario, report: &Report) {
         *kinds.entry(kind(v)).or_default() += 1;
     }
     panic!(
-        "seed {} with {} brokers: {} violations {kinds:?}, the first: {:?}\nreplay: SPOOL_SIM_SEED={} SPOOL_SIM_BROKERS={} SPOOL_SIM_LOG=1 cargo test --test simulation one_seed -- --nocapture",
+        "seed {} with {} brokers: {} violations {kinds:?}, the first: {:?}\nreplay: {}",
         scenario.seed,
         scenario.brokers,
         report.violations.len(),
         &report.violations[..report.violations.len().min(10)],
-        scenario.seed,
-        scenario.brokers,
+        replay_command(scenario.seed, scenario.brokers),
     );
 }
 
@@ -852,6 +938,8 @@ fn kind(v: &Violation) -> &'static str {
         Violation::NeverAcked(_) => "never acked",
         Violation::AckedElsewhere(_) => "acked elsewhere",
         Violation::GroupBehind { .. } => "group behind",
+        Violation::ReplicasDiffer { .. } => "replicas differ",
+        Violation::Stuck(_) => "stuck",
     }
 }
 
@@ -859,14 +947,29 @@ fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
-/// One seed, `SPOOL_SIM_SEED` (default 1), with `SPOOL_SIM_BROKERS`
-/// brokers (default 3): the way to replay a failure.
+fn sabotage_named(name: &str) -> Option<Sabotage> {
+    match name {
+        "ack-before-replicated" => Some(Sabotage::AckBeforeReplicated),
+        "skip-truncation" => Some(Sabotage::SkipTruncation),
+        _ => None,
+    }
+}
+
+/// One seed: `SPOOL_SIM_SEED` (default 1) with `SPOOL_SIM_BROKERS` brokers
+/// (default 3), and `SPOOL_SIM_SABOTAGE` if set. The way to replay a
+/// failure, and what the other tests run, each seed in a process of its
+/// own (tokio numbers its tasks process-wide, and the order a crashed
+/// host's tasks are dropped in follows those numbers: a seed replays
+/// exactly in a fresh process).
 #[test]
 fn one_seed() {
-    let scenario = Scenario::new(
+    let mut scenario = Scenario::new(
         env_u64("SPOOL_SIM_SEED").unwrap_or(1),
         env_u64("SPOOL_SIM_BROKERS").unwrap_or(3),
     );
+    scenario.sabotage = std::env::var("SPOOL_SIM_SABOTAGE")
+        .ok()
+        .and_then(|s| sabotage_named(&s));
     let report = check_seed(&scenario);
     if let Some(path) = std::env::var_os("SPOOL_SIM_TRACE_FILE") {
         std::fs::write(path, report.trace.join("\n")).expect("write the trace");
@@ -874,32 +977,204 @@ fn one_seed() {
     assert_sound(&scenario, &report);
 }
 
+/// At most two simulations at once in this process's children: two cores.
+static CHILDREN: std::sync::Mutex<usize> = std::sync::Mutex::new(0);
+static CHILD_DONE: std::sync::Condvar = std::sync::Condvar::new();
+
+/// What a seed run in a child process said.
+struct ChildRun {
+    seed: u64,
+    brokers: u64,
+    passed: bool,
+    /// Its summary line, or its failure.
+    said: String,
+}
+
+/// Runs `one_seed` for `seed` in a fresh process of this test binary.
+fn run_child(seed: u64, brokers: u64, sabotage: Option<&str>, trace: Option<&Path>) -> ChildRun {
+    {
+        let mut running = CHILDREN.lock().expect("lock");
+        while *running >= 2 {
+            running = CHILD_DONE.wait(running).expect("wait");
+        }
+        *running += 1;
+    }
+    let mut command = std::process::Command::new(std::env::current_exe().expect("this binary"));
+    command
+        .args(["one_seed", "--exact", "--nocapture", "--test-threads=1"])
+        .env("SPOOL_SIM_SEED", seed.to_string())
+        .env("SPOOL_SIM_BROKERS", brokers.to_string())
+        .env_remove("SPOOL_SIM_SABOTAGE")
+        .env_remove("SPOOL_SIM_TRACE_FILE");
+    if let Some(s) = sabotage {
+        command.env("SPOOL_SIM_SABOTAGE", s);
+    }
+    if let Some(t) = trace {
+        command.env("SPOOL_SIM_TRACE_FILE", t);
+    }
+    let output = command.output();
+    *CHILDREN.lock().expect("lock") -= 1;
+    CHILD_DONE.notify_all();
+    let output = output.expect("run a child");
+    let text = String::from_utf8_lossy(&output.stderr).to_string()
+        + &String::from_utf8_lossy(&output.stdout);
+    let summary = text
+        .lines()
+        .find(|l| l.starts_with(&format!("seed {seed} (")))
+        .unwrap_or("no summary")
+        .to_string();
+    let failure = text
+        .lines()
+        .find(|l| l.starts_with(&format!("seed {seed} with ")))
+        .map(str::to_string);
+    ChildRun {
+        seed,
+        brokers,
+        passed: output.status.success(),
+        said: match failure {
+            Some(f) => format!("{summary}\n  {f}"),
+            None if output.status.success() => summary,
+            None => format!(
+                "{summary}\n{}",
+                text.lines().rev().take(30).collect::<Vec<_>>().join("\n")
+            ),
+        },
+    }
+}
+
+/// Runs seeds in children, two at a time.
+fn run_seeds(seeds: Vec<(u64, u64)>) -> Vec<ChildRun> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = seeds
+            .into_iter()
+            .map(|(seed, brokers)| scope.spawn(move || run_child(seed, brokers, None, None)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("seed thread"))
+            .collect()
+    })
+}
+
+/// Seeds of 3 and 5 brokers: `SPOOL_SIM_SEEDS` of each size (default 16
+/// with 3 brokers and half as many with 5) from `SPOOL_SIM_FIRST_SEED`
+/// (default 1). The long mode is this test with thousands of seeds:
+/// `SPOOL_SIM_SEEDS=2000 SPOOL_SIM_FIRST_SEED=$RANDOM cargo test --release
+/// --test simulation seeds -- --nocapture`.
+#[test]
+fn seeds_of_three_and_five_brokers_keep_every_promise() {
+    let count = env_u64("SPOOL_SIM_SEEDS").unwrap_or(16);
+    let first = env_u64("SPOOL_SIM_FIRST_SEED").unwrap_or(1);
+    let mut seeds: Vec<(u64, u64)> = (first..first + count).map(|s| (s, 3)).collect();
+    seeds.extend((first + count..first + count + count.div_ceil(2)).map(|s| (s, 5)));
+    let started = std::time::Instant::now();
+    let runs = run_seeds(seeds);
+    let failed: Vec<&ChildRun> = runs.iter().filter(|r| !r.passed).collect();
+    for r in &runs {
+        eprintln!("{}", r.said.lines().next().unwrap_or_default());
+    }
+    eprintln!("{} seeds in {:?}", runs.len(), started.elapsed());
+    assert!(
+        failed.is_empty(),
+        "{} of {} seeds failed:\n{}",
+        failed.len(),
+        runs.len(),
+        failed
+            .iter()
+            .map(|r| format!(
+                "{}\n  replay: {}",
+                r.said,
+                replay_command(r.seed, r.brokers)
+            ))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
 /// The point of the simulation: a seed replays exactly. Two runs of one
-/// seed see the same faults at the same simulated times, the same
-/// acknowledgements, deliveries and acks in the same order, and end with
-/// the same logs.
+/// seed, each in a fresh process, see the same faults at the same
+/// simulated times, the same acknowledgements, deliveries and acks in the
+/// same order, and end with the same logs.
 #[test]
 fn a_seed_replays_exactly() {
-    let scenario = Scenario {
-        faults_for: Duration::from_secs(10),
-        ..Scenario::new(7, 3)
-    };
-    let first = check_seed(&scenario);
-    let second = check_seed(&scenario);
-    assert_sound(&scenario, &first);
-    if let Some(i) = (0..first.trace.len().max(second.trace.len()))
-        .find(|&i| first.trace.get(i) != second.trace.get(i))
-    {
-        let around = |t: &[String]| t[i.saturating_sub(3)..(i + 3).min(t.len())].join("\n  ");
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (a, b) = (dir.path().join("first"), dir.path().join("second"));
+    let (first, second) = std::thread::scope(|scope| {
+        let first = scope.spawn(|| run_child(7, 3, None, Some(&a)));
+        let second = scope.spawn(|| run_child(7, 3, None, Some(&b)));
+        (first.join().expect("first"), second.join().expect("second"))
+    });
+    assert!(first.passed, "{}", first.said);
+    assert!(second.passed, "{}", second.said);
+    let a = std::fs::read_to_string(&a).expect("first trace");
+    let b = std::fs::read_to_string(&b).expect("second trace");
+    let (a, b): (Vec<&str>, Vec<&str>) = (a.lines().collect(), b.lines().collect());
+    if let Some(i) = (0..a.len().max(b.len())).find(|&i| a.get(i) != b.get(i)) {
+        let around = |t: &[&str]| t[i.saturating_sub(3)..(i + 3).min(t.len())].join("\n  ");
         panic!(
-            "seed {}: the runs part at event {i} of {}/{}:\nfirst:\n  {}\nsecond:\n  {}",
-            scenario.seed,
-            first.trace.len(),
-            second.trace.len(),
-            around(&first.trace),
-            around(&second.trace)
+            "seed 7: the runs part at event {i} of {}/{}:\nfirst:\n  {}\nsecond:\n  {}",
+            a.len(),
+            b.len(),
+            around(&a),
+            around(&b)
         );
     }
-    assert!(first.acked > 1_000, "{} acknowledged", first.acked);
-    assert!(first.faults > 0);
+    let acked = a.iter().filter(|l| l.contains(" acked ")).count();
+    let faults = a.iter().filter(|l| l.contains(" inject ")).count();
+    assert!(
+        acked > 1_000 && faults > 0,
+        "{acked} acknowledged, {faults} faults"
+    );
+}
+
+/// The checks can fail: brokers with a deliberate bug planted fail them
+/// within a few seeds. Acknowledging `acks=all` before the followers have
+/// the batch loses acknowledged messages when a leader dies or is cut off;
+/// a returning replica that will not cut its log where it left its
+/// leader's never catches up, and the cluster never settles.
+#[test]
+fn the_checks_catch_brokers_with_a_planted_bug() {
+    for (sabotage, expected) in [
+        ("ack-before-replicated", "lost"),
+        ("skip-truncation", "stuck"),
+    ] {
+        let mut caught = None;
+        let mut tried = Vec::new();
+        // Two seeds at a time (two cores), up to eight.
+        'search: for pair in [1u64, 3, 5, 7] {
+            let runs: Vec<ChildRun> = std::thread::scope(|scope| {
+                let handles: Vec<_> = [pair, pair + 1]
+                    .into_iter()
+                    .map(|seed| scope.spawn(move || run_child(seed, 3, Some(sabotage), None)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("seed"))
+                    .collect()
+            });
+            for run in runs {
+                tried.push(run.said.clone());
+                if !run.passed {
+                    caught = Some(run);
+                    break 'search;
+                }
+            }
+        }
+        let caught = caught.unwrap_or_else(|| {
+            panic!(
+                "{sabotage}: no seed failed the checks:\n{}",
+                tried.join("\n")
+            )
+        });
+        assert!(
+            caught.said.contains(&format!("\"{expected}\"")),
+            "{sabotage}: seed {} failed, but not with {expected}: {}",
+            caught.seed,
+            caught.said
+        );
+        eprintln!(
+            "{sabotage}: caught by seed {}: {}",
+            caught.seed, caught.said
+        );
+    }
 }

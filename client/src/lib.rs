@@ -53,7 +53,7 @@ pub use self::consumer::{ConsumedMessage, Consumer, ConsumerConfig, StartAt};
 pub use self::dead_letters::{DeadLetter, ReplayOptions, ReplayReport};
 pub use self::group::GroupConsumer;
 pub use self::locks::{LockGuard, LockOptions, Session};
-pub use self::producer::{Delivery, DeliveryFuture, Producer, ProducerConfig};
+pub use self::producer::{system_clock_ms, Delivery, DeliveryFuture, Producer, ProducerConfig};
 pub use self::queue_consumer::{QueueConsumer, QueueOptions, QueuedMessage, Settled};
 pub use self::tls::TlsOptions;
 pub use spool_protocol::requests::{

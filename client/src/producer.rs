@@ -84,6 +84,18 @@ pub struct ProducerConfig {
     /// replica (`All`, the default) or on the leader alone (`Leader`:
     /// faster, lost if the leader dies before its followers copy it).
     pub acks: Acks,
+    /// Where message timestamps come from: milliseconds since the Unix
+    /// epoch, by the system's clock unless a simulation gives its own
+    /// (whose runs must not depend on the real time).
+    pub clock: fn() -> i64,
+}
+
+/// Milliseconds since the Unix epoch by the system's clock (0 before 1970).
+pub fn system_clock_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 impl Default for ProducerConfig {
@@ -102,6 +114,7 @@ impl Default for ProducerConfig {
             buffer_bytes: 4 * 1024 * 1024,
             idempotent: true,
             acks: Acks::All,
+            clock: system_clock_ms,
         }
     }
 }
@@ -255,10 +268,7 @@ impl Producer {
         held: usize,
     ) -> Result<DeliveryFuture, ClientError> {
         let shared = &self.handle.0;
-        let timestamp_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
+        let timestamp_ms = (shared.config.clock)();
         let known = shared.lock().topic_index(topic);
         let t = match known {
             Some(t) => t,

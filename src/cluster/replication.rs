@@ -884,7 +884,10 @@ impl ClusterNode {
             .await
             .map_err(|_| format!("no answer from the leader within {bound:?}"))?
             .map_err(|e| e.to_string())?;
-        if let Some(at) = answer.diverging {
+        if let Some(at) = answer
+            .diverging
+            .filter(|_| !crate::simulation::sabotaged(crate::simulation::Sabotage::SkipTruncation))
+        {
             let cut = cut_point(
                 &log,
                 EpochStart {

@@ -582,14 +582,21 @@ impl Handler {
                     let reply = match pending {
                         Ok(pending) => match handlers::produce::finish(pending).await {
                             Ok(stored) => match &ctx.cluster {
-                                Some(node) if all => handlers::replica::wait_replicated(
-                                    node,
-                                    &r.topic,
-                                    r.partition,
-                                    stored.next_offset,
-                                )
-                                .await
-                                .map(|()| stored.into()),
+                                Some(node)
+                                    if all
+                                        && !crate::simulation::sabotaged(
+                                            crate::simulation::Sabotage::AckBeforeReplicated,
+                                        ) =>
+                                {
+                                    handlers::replica::wait_replicated(
+                                        node,
+                                        &r.topic,
+                                        r.partition,
+                                        stored.next_offset,
+                                    )
+                                    .await
+                                    .map(|()| stored.into())
+                                }
                                 _ => Ok(stored.into()),
                             },
                             Err(e) => Err(e),

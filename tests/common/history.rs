@@ -52,6 +52,13 @@ pub enum Violation {
         position: u64,
         end: u64,
     },
+    /// A replica's copy of a partition is not its leader's, record for
+    /// record, once the cluster has settled.
+    ReplicasDiffer { partition: u32, broker: u64 },
+    /// The cluster did not get back to a settled state (every partition
+    /// led, every replica in sync) after the faults ended, or a broker
+    /// failed outright.
+    Stuck(String),
 }
 
 /// Every violation in the history (empty: it is sound).
