@@ -451,23 +451,7 @@ async fn a_request_to_a_server_that_never_answers_times_out() {
         .expect("connect");
     client.list_topics().await.expect("answered while running");
     let pid = rustix::process::Pid::from_raw(server.pid() as i32).expect("pid");
-    rustix::process::kill_process(pid, rustix::process::Signal::STOP).expect("SIGSTOP");
-    // The signal takes effect when the process is next scheduled: wait
-    // until the kernel reports it stopped.
-    let stat = format!("/proc/{}/stat", server.pid());
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while std::fs::read_to_string(&stat).ok().and_then(|s| {
-        s.rsplit(')')
-            .next()
-            .map(|rest| rest.trim_start().starts_with('T'))
-    }) != Some(true)
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the server did not stop"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    common::server::pause(server.pid());
     let asked = std::time::Instant::now();
     let err = client
         .list_topics()
@@ -512,7 +496,7 @@ async fn a_producer_buffers_at_most_buffer_bytes_then_send_waits() {
         .await
         .unwrap();
     let pid = rustix::process::Pid::from_raw(server.pid() as i32).unwrap();
-    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    common::server::pause(server.pid());
     let value = vec![7u8; 1000];
     let record = BatchBuilder::encoded_record_len(0, 0, None, &value, &[]);
     let mut deliveries = Vec::new();

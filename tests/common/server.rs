@@ -190,6 +190,29 @@ pub fn as_user(user: &str, password: &str) -> spool::client::ConnectOptions {
     }
 }
 
+/// Stops process `pid` (SIGSTOP) and returns once the kernel reports it
+/// stopped: the signal takes effect when the process is next scheduled,
+/// which on a loaded machine can be after it answered a few more
+/// requests.
+pub fn pause(pid: u32) {
+    let target = rustix::process::Pid::from_raw(pid as i32).expect("a pid");
+    rustix::process::kill_process(target, rustix::process::Signal::STOP).expect("SIGSTOP");
+    let stat = format!("/proc/{pid}/stat");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::fs::read_to_string(&stat).ok().and_then(|s| {
+        s.rsplit(')')
+            .next()
+            .map(|rest| rest.trim_start().starts_with('T'))
+    }) != Some(true)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "process {pid} did not stop"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 /// Resident memory of process `pid`, in KiB (0 once it is gone).
 pub fn rss_kib_of(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
