@@ -40,6 +40,7 @@ struct Simulation {
     /// ids (nothing here needs a cryptographic generator).
     rng: Cell<u64>,
     clock: Clock,
+    #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
     sabotage: Option<Sabotage>,
 }
 

@@ -144,15 +144,21 @@ impl ReplicaProgress {
 
     /// The in-sync set this leader should propose now, if it differs from
     /// the committed one: followers that have not caught up within
-    /// `max_lag_ms` leave; followers outside it that hold everything up to
-    /// the high watermark return.
+    /// `max_lag_ms` leave; followers outside it that have fetched from this
+    /// leader and hold everything up to the high watermark return. (Only
+    /// a fetch says where a follower is: one that never fetched, a dead
+    /// one, would otherwise pass for caught up on an empty partition and
+    /// hold the high watermark at 0 while its return was proposed.)
     pub fn proposed_in_sync(&self, now_ms: u64) -> Option<BTreeSet<NodeId>> {
         let mut proposed = BTreeSet::from([self.leader]);
         for (&id, f) in &self.followers {
             let lagging = now_ms.saturating_sub(f.caught_up_at_ms) > self.max_lag_ms;
             let member = self.in_sync.contains(&id);
             let keep = member && !lagging;
-            let rejoin = !member && f.position >= self.high_watermark && !lagging;
+            let rejoin = !member
+                && f.previous_fetch.is_some()
+                && f.position >= self.high_watermark
+                && !lagging;
             if keep || rejoin {
                 proposed.insert(id);
             }
@@ -210,6 +216,24 @@ mod tests {
 
     fn ids(set: &BTreeSet<NodeId>) -> Vec<u64> {
         set.iter().map(|n| n.0).collect()
+    }
+
+    /// A leader that took over an empty partition after a follower died
+    /// (out of the committed in-sync set with its lease): the dead one
+    /// never fetches, so it is never proposed back, and the high watermark
+    /// follows the live follower alone.
+    #[test]
+    fn a_follower_that_never_fetched_is_not_proposed_back_on_an_empty_partition() {
+        let mut p = ReplicaProgress::new(L, &[L, A, B], &[L, B], Offset(0), 0, 1000);
+        p.record_fetch(B, Offset(0), Offset(0), 10);
+        assert_eq!(p.proposed_in_sync(20), None, "A has not fetched");
+        p.record_fetch(B, Offset(5), Offset(5), 30);
+        assert_eq!(p.high_watermark(), Offset(5));
+        assert_eq!(p.proposed_in_sync(40), None);
+        // Back from the dead: its first fetch puts it at the high
+        // watermark, and it may rejoin.
+        p.record_fetch(A, Offset(5), Offset(5), 50);
+        assert_eq!(p.proposed_in_sync(60).map(|s| ids(&s)), Some(vec![1, 2, 3]));
     }
 
     #[test]
