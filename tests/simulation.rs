@@ -1,7 +1,7 @@
 //! A deterministic simulation of a whole cluster (turmoil): 3 or 5 real
 //! brokers (the same `Broker`, control plane, replication and server code
-//! as `spool serve`, over `spool::client::transport`), an idempotent
-//! `acks=all` producer and a queue-group consumer that acks everything
+//! as `spool serve`, over `spool::client::transport`), two idempotent
+//! `acks=all` producers and a queue-group consumer that acks everything
 //! (the real client), and faults on a simulated network and clock, all on
 //! one thread. Everything follows from the seed (`spool::simulation`), so
 //! a failing seed fails the same way every time:
@@ -274,8 +274,8 @@ struct Shared {
     /// Set by the harness once the faults are over and healed.
     healed: tokio::sync::Notify,
     healed_flag: std::sync::atomic::AtomicBool,
-    /// Set by the producer once it has stopped and every send settled.
-    produced: std::sync::atomic::AtomicBool,
+    /// Producers that have stopped with every send settled.
+    produced: std::sync::atomic::AtomicU64,
     /// Set by the consumer once it has drained the topic.
     drained: std::sync::atomic::AtomicBool,
     acked: Mutex<Vec<Acked>>,
@@ -299,9 +299,25 @@ fn seq_of(value: &[u8]) -> Option<u64> {
     <[u8; 8]>::try_from(value).ok().map(u64::from_be_bytes)
 }
 
-/// Creates the topic, then sends sequence numbers under 8 keys, paced,
-/// until the faults are over, and waits for every send to settle.
-async fn producer(scenario: Scenario, shared: Arc<Shared>, trace: Trace) -> turmoil::Result {
+/// How many producers write at once (each an idempotent `acks=all`
+/// producer with its own producer id and keys).
+const PRODUCERS: u64 = 2;
+
+/// Producer `id`'s sequence numbers start here, so every message of the
+/// run has its own.
+fn first_seq(id: u64) -> u64 {
+    id << 40
+}
+
+/// Creates the topic (each producer tries; one wins), then sends sequence
+/// numbers under 8 keys of its own, paced, until the faults are over, and
+/// waits for every send to settle.
+async fn producer(
+    id: u64,
+    scenario: Scenario,
+    shared: Arc<Shared>,
+    trace: Trace,
+) -> turmoil::Result {
     let client = connect(scenario.brokers).await;
     retry("create topic", || async {
         match client
@@ -325,7 +341,7 @@ async fn producer(scenario: Scenario, shared: Arc<Shared>, trace: Trace) -> turm
         }
     })
     .await;
-    trace.note(format!("{:?} topic created", now()));
+    trace.note(format!("{:?} producer {id}: topic created", now()));
     let producer = Producer::new(
         client,
         ProducerConfig {
@@ -336,9 +352,9 @@ async fn producer(scenario: Scenario, shared: Arc<Shared>, trace: Trace) -> turm
         },
     );
     let mut in_flight = tokio::task::JoinSet::new();
-    let mut seq = 0u64;
+    let mut seq = first_seq(id);
     while !shared.is_healed() {
-        let key = format!("k{}", seq % 8).into_bytes();
+        let key = format!("p{id}-k{}", seq % 8).into_bytes();
         match producer.send(TOPIC, Some(&key), seq.to_be_bytes()).await {
             Ok(delivery) => {
                 let (shared, trace) = (shared.clone(), trace.clone());
@@ -363,16 +379,22 @@ async fn producer(scenario: Scenario, shared: Arc<Shared>, trace: Trace) -> turm
         while in_flight.len() > 1_000 {
             in_flight.join_next().await;
         }
-        if seq % 32 == 0 {
+        // 400 messages a second each: the runs are about interleavings
+        // of faults, not volume.
+        if seq % 8 == 0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
     let _ = producer.flush().await;
     while in_flight.join_next().await.is_some() {}
-    trace.note(format!("{:?} producer done after {seq} sends", now()));
+    trace.note(format!(
+        "{:?} producer {id} done after {} sends",
+        now(),
+        seq - first_seq(id)
+    ));
     shared
         .produced
-        .store(true, std::sync::atomic::Ordering::SeqCst);
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     Ok(())
 }
 
@@ -402,7 +424,7 @@ async fn consumer(scenario: Scenario, shared: Arc<Shared>, trace: Trace) -> turm
     let mut confirmed: HashSet<(u32, u64, u64)> = HashSet::new();
     let mut idle_since = now();
     loop {
-        let produced = shared.produced.load(std::sync::atomic::Ordering::SeqCst);
+        let produced = shared.produced.load(std::sync::atomic::Ordering::SeqCst) == PRODUCERS;
         if produced && now().saturating_sub(idle_since) > DRAINED_AFTER {
             break;
         }
@@ -617,7 +639,7 @@ impl Fault {
     }
 }
 
-const CLIENTS: [&str; 3] = ["producer", "consumer", "auditor"];
+const CLIENTS: [&str; 4] = ["producer1", "producer2", "consumer", "auditor"];
 
 fn others(brokers: u64, b: u64) -> impl Iterator<Item = String> {
     (1..=brokers).filter(move |o| *o != b).map(host)
@@ -657,9 +679,13 @@ fn heal(sim: &mut turmoil::Sim<'_>, brokers: u64, fault: &Fault) {
     }
 }
 
-/// Longest simulated time a run may take: faults (at most 25 s), the
-/// drain, settling (at most [`SETTLE_WITHIN`]) and slack.
-const SIMULATION_LIMIT: Duration = Duration::from_secs(300);
+/// Longest simulated time a run may take after its faults end: the
+/// producers' last deliveries, the drain ([`DRAINED_AFTER`]), settling
+/// (at most [`SETTLE_WITHIN`]) and slack. A run still going then is stuck.
+const FINISH_WITHIN: Duration = Duration::from_secs(120);
+
+/// turmoil's own limit, beyond every run's faults and [`FINISH_WITHIN`].
+const SIMULATION_LIMIT: Duration = Duration::from_secs(200);
 
 /// Where the simulation's files go: memory if the machine has a tmpfs
 /// (the brokers fsync; on a real disk that is most of the run time).
@@ -711,10 +737,12 @@ fn run(scenario: &Scenario) -> Report {
             let brokers = scenario.brokers;
             sim.host(host(id), move || broker_software(id, brokers, dir.clone()));
         }
-        sim.client(
-            "producer",
-            producer(scenario.clone(), shared.clone(), trace.clone()),
-        );
+        for id in 1..=PRODUCERS {
+            sim.client(
+                format!("producer{id}"),
+                producer(id, scenario.clone(), shared.clone(), trace.clone()),
+            );
+        }
         sim.client(
             "consumer",
             consumer(scenario.clone(), shared.clone(), trace.clone()),
@@ -748,6 +776,13 @@ fn run(scenario: &Scenario) -> Report {
                 }
             }
             let t = sim.elapsed();
+            if t > faults_until + FINISH_WITHIN {
+                trace.note(format!("{t:?} not finished"));
+                shared.stuck.lock().push(Violation::Stuck(format!(
+                    "clients still running {FINISH_WITHIN:?} after the faults ended"
+                )));
+                break;
+            }
             // Heal what is due.
             let mut i = 0;
             while i < active.len() {
