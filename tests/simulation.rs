@@ -10,9 +10,10 @@
 //! SPOOL_SIM_SEED=1234 SPOOL_SIM_BROKERS=3 cargo test --test simulation one_seed -- --exact --nocapture
 //! ```
 //!
-//! (`SPOOL_SIM_LOG=1` prints the history as it happens, and
-//! `SPOOL_SIM_TRACE=spool=debug` the brokers' logs, stamped with simulated
-//! time.)
+//! (`SPOOL_SIM_LOG=1` prints the history as it happens,
+//! `SPOOL_SIM_TRACE=spool=debug,turmoil=info` the brokers' logs, stamped
+//! with simulated time and the broker, and `SPOOL_SIM_KEEP=1` keeps the
+//! brokers' data directories.)
 //!
 //! The seed draws the run: partitions (1-6), the topic's sync policy, how
 //! long faults go on (10-25 s), the network's delays, and the faults: a
@@ -912,6 +913,14 @@ fn run(scenario: &Scenario) -> Report {
             violations.push(Violation::NeverAcked(s.seq));
         }
     }
+    if std::env::var_os("SPOOL_SIM_KEEP").is_some() {
+        let kept = root.keep();
+        eprintln!(
+            "seed {}: data directories kept in {}",
+            scenario.seed,
+            kept.display()
+        );
+    }
     report.violations = violations;
     report.acked = acked.len();
     report.consumed = consumed.len();
@@ -1091,6 +1100,13 @@ fn run_seeds(seeds: Vec<(u64, u64)>) -> Vec<ChildRun> {
     })
 }
 
+/// Seeds that once found a bug, run every time (seed, brokers):
+/// - 5034: a leader that lost its leadership while an `acks=all` produce
+///   waited took the next leader's high watermark (which its log, a
+///   follower's by then, had learned) for its own and acknowledged a batch
+///   that no replica kept.
+const REGRESSION_SEEDS: [(u64, u64); 1] = [(5034, 3)];
+
 /// Seeds of 3 and 5 brokers: `SPOOL_SIM_SEEDS` of each size (default 16
 /// with 3 brokers and half as many with 5) from `SPOOL_SIM_FIRST_SEED`
 /// (default 1). The long mode is this test with thousands of seeds:
@@ -1102,6 +1118,7 @@ fn seeds_of_three_and_five_brokers_keep_every_promise() {
     let first = env_u64("SPOOL_SIM_FIRST_SEED").unwrap_or(1);
     let mut seeds: Vec<(u64, u64)> = (first..first + count).map(|s| (s, 3)).collect();
     seeds.extend((first + count..first + count + count.div_ceil(2)).map(|s| (s, 5)));
+    seeds.extend(REGRESSION_SEEDS);
     let started = std::time::Instant::now();
     let runs = run_seeds(seeds);
     let failed: Vec<&ChildRun> = runs.iter().filter(|r| !r.passed).collect();

@@ -262,13 +262,13 @@ impl Replicas {
             let woken = moved(&leading);
             tokio::pin!(woken);
             woken.as_mut().enable();
-            if done(&leading) {
-                return Ok(leading.clone());
-            }
             if !self.leads(topic, partition, leading.epoch) {
                 return Err(AckError::NotReplicated(format!(
                     "leadership of {topic}/{partition} moved before its followers confirmed {what}"
                 )));
+            }
+            if done(&leading) {
+                return Ok(leading.clone());
             }
             let wake = (deadline - tokio::time::Instant::now()).min(Duration::from_millis(100));
             if tokio::time::timeout(wake, woken).await.is_err()
@@ -298,7 +298,13 @@ impl Replicas {
                 partition,
                 "the batch",
                 |l| l.log.visible_end_moved(),
-                |l| l.log.high_watermark().is_some_and(|h| h >= end),
+                // This leadership's own high watermark, not the log's: once
+                // it ends, the log's is the next leader's, which counts other
+                // records (this broker, a follower now, may already have cut
+                // the batch and copied the new leader's records over its
+                // offsets: found by the simulation, seed 5034, an ack for a
+                // batch no replica kept).
+                |l| l.progress.lock().high_watermark() >= end,
             )
             .await?;
         let what = || format!("{topic}/{partition}");
