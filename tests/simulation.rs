@@ -870,10 +870,25 @@ fn run(scenario: &Scenario) -> Report {
         };
         let log = &log[p as usize];
         for r in replicas.iter().filter(|r| **r != leader) {
-            if copies[(*r - 1) as usize][p as usize] != *log {
+            let copy = &copies[(*r - 1) as usize][p as usize];
+            if copy != log {
+                let at = match copy.iter().zip(log.iter()).find(|(a, b)| a != b) {
+                    Some((a, b)) => format!(
+                        "offset {}: seq {:?} here, {:?} at leader {leader}",
+                        a.offset,
+                        seq_of(&a.value),
+                        seq_of(&b.value)
+                    ),
+                    None => format!(
+                        "{} records here, {} at leader {leader}",
+                        copy.len(),
+                        log.len()
+                    ),
+                };
                 violations.push(Violation::ReplicasDiffer {
                     partition: p,
                     broker: *r,
+                    at,
                 });
             }
         }
@@ -1105,7 +1120,11 @@ fn run_seeds(seeds: Vec<(u64, u64)>) -> Vec<ChildRun> {
 ///   waited took the next leader's high watermark (which its log, a
 ///   follower's by then, had learned) for its own and acknowledged a batch
 ///   that no replica kept.
-const REGRESSION_SEEDS: [(u64, u64); 1] = [(5034, 3)];
+/// - 10007: a replica fetch that long-polled through its leader's
+///   deposition answered from the log the next leader had cut and refilled,
+///   so a follower got another epoch's records after its own diverged ones
+///   and the copies parted silently.
+const REGRESSION_SEEDS: [(u64, u64); 2] = [(5034, 3), (10007, 3)];
 
 /// Seeds of 3 and 5 brokers: `SPOOL_SIM_SEEDS` of each size (default 16
 /// with 3 brokers and half as many with 5) from `SPOOL_SIM_FIRST_SEED`

@@ -462,10 +462,19 @@ impl Replicas {
                         context: format!("reading {} for a replica at {offset}", what()),
                         source,
                     })?;
+            // Read first, then check that this broker still leads at this
+            // epoch: a leadership dropped is dropped before the log turns
+            // follower and is cut, so what was read belongs to this epoch.
+            // Without the check, a fetch that waited through the change
+            // answered from a log cut and refilled by the next leader,
+            // records the asker appended after its own diverged ones
+            // (found by the simulation, seed 10007).
+            if !self.leads(&request.topic, request.partition, leading.epoch) {
+                return Err(ReplicaFetchError::NotLeading(what()));
+            }
             if !fetched.batches.is_empty()
                 || !groups.is_empty()
                 || tokio::time::Instant::now() >= deadline
-                || !self.leads(&request.topic, request.partition, leading.epoch)
             {
                 return Ok(answer(None, Some(fetched), groups));
             }
@@ -547,8 +556,12 @@ impl ClusterNode {
                 }
             }
         }
-        // Followers first: a partition this broker is about to lead must
-        // have its fetcher stopped before the epoch begins.
+        // Stale roles end before new ones begin: a partition this broker
+        // is about to lead has its fetcher stopped before the epoch
+        // begins, and one it stops leading is dropped before a fetcher
+        // starts copying another leader's records into its log (a replica
+        // fetch still served from the old leadership would hand those to
+        // its own followers as this epoch's).
         {
             let mut following = replicas.following.lock().await;
             let stale: Vec<(String, u32)> = following
@@ -562,6 +575,9 @@ impl ClusterNode {
                     let _ = f.task.await;
                 }
             }
+            replicas
+                .leading
+                .retain(|k, l| lead.get(k).is_some_and(|a| a.leader_epoch == l.epoch));
             for (key, (leader, epoch)) in &follow {
                 if following.contains_key(key) {
                     continue;
@@ -588,9 +604,6 @@ impl ClusterNode {
                 );
             }
         }
-        replicas
-            .leading
-            .retain(|k, l| lead.get(k).is_some_and(|a| a.leader_epoch == l.epoch));
         for (key, a) in lead {
             if let Some(leading) = replicas.leading.get(&key).map(|l| l.clone()) {
                 // Copies added or dropped by a reassignment.
@@ -834,6 +847,16 @@ impl ClusterNode {
             }
             for e in epochs {
                 if e.epoch > noted && e.start < next.0 {
+                    // An epoch that began below what this copy had before
+                    // the fetch would claim records it got in an older
+                    // epoch: the logs parted unnoticed. Refused, never
+                    // noted (the copy would pass for the leader's).
+                    if e.start < from.0 {
+                        return Err(format!(
+                            "the leader's epoch {} starts at {}, below this copy's end {from}: the logs disagree",
+                            e.epoch, e.start
+                        ));
+                    }
                     log.note_epoch(e.epoch, Offset(e.start))
                         .map_err(|err| err.to_string())?;
                     noted = e.epoch;
@@ -890,6 +913,18 @@ impl ClusterNode {
             .await
             .map_err(|_| format!("no answer from the leader within {bound:?}"))?
             .map_err(|e| e.to_string())?;
+        tracing::trace!(
+            topic,
+            partition,
+            epoch,
+            offset = request.offset,
+            last_epoch = request.last_epoch,
+            diverging = ?answer.diverging,
+            epochs = ?answer.epochs,
+            bytes = answer.batches.len(),
+            high_watermark = answer.high_watermark,
+            "replica fetch answered"
+        );
         if let Some(at) = answer
             .diverging
             .filter(|_| !crate::simulation::sabotaged(crate::simulation::Sabotage::SkipTruncation))

@@ -54,7 +54,13 @@ pub enum Violation {
     },
     /// A replica's copy of a partition is not its leader's, record for
     /// record, once the cluster has settled.
-    ReplicasDiffer { partition: u32, broker: u64 },
+    ReplicasDiffer {
+        partition: u32,
+        broker: u64,
+        /// Where: the first offset whose record differs, or the two
+        /// lengths.
+        at: String,
+    },
     /// The cluster did not get back to a settled state (every partition
     /// led, every replica in sync) after the faults ended, or a broker
     /// failed outright.
