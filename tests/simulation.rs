@@ -1124,7 +1124,11 @@ fn run_seeds(seeds: Vec<(u64, u64)>) -> Vec<ChildRun> {
 ///   deposition answered from the log the next leader had cut and refilled,
 ///   so a follower got another epoch's records after its own diverged ones
 ///   and the copies parted silently.
-const REGRESSION_SEEDS: [(u64, u64); 2] = [(5034, 3), (10007, 3)];
+/// - 10315 (5 brokers): a follower cut off past its lease was proposed
+///   back in sync with its data caught up but its copy of the queue
+///   group's acks 340 records old; it led after the next crash and
+///   delivered every one of those acknowledged messages again.
+const REGRESSION_SEEDS: [(u64, u64); 3] = [(5034, 3), (10007, 3), (10315, 5)];
 
 /// Seeds of 3 and 5 brokers: `SPOOL_SIM_SEEDS` of each size (default 16
 /// with 3 brokers and half as many with 5) from `SPOOL_SIM_FIRST_SEED`

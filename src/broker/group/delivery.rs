@@ -166,6 +166,14 @@ impl Broker {
                 continue;
             }
             reservation.taken(took.len());
+            tracing::trace!(
+                group = %g.name,
+                partition = p,
+                first = took.first().map(|d| d.offset),
+                last = took.last().map(|d| d.offset),
+                n = took.len(),
+                "delivering"
+            );
             let redeliveries = took.iter().filter(|d| d.deliveries > 1).count() as u64;
             g.stats
                 .deliveries

@@ -270,6 +270,22 @@ impl Broker {
         Ok((gp.journal.id, gp.journal.end()))
     }
 
+    /// Where this (leading) replica's journal of each queue group of
+    /// `topic` on `partition` ends now: (group, journal, end).
+    pub fn group_journal_ends(
+        &self,
+        topic: &str,
+        partition: PartitionId,
+    ) -> Vec<(String, u64, u64)> {
+        self.queue_groups_of(topic)
+            .into_iter()
+            .filter_map(|g| {
+                let gp = g.partition(partition).ok()?;
+                Some((g.name.clone(), gp.journal.id, gp.journal.end()))
+            })
+            .collect()
+    }
+
     /// What is notified when a record is added to the journal of a queue
     /// group of `topic` (register with `notified().enable()` before
     /// asking for [`Broker::group_changes`], so nothing is missed).
