@@ -575,3 +575,30 @@ fn produce_names_a_missing_file() {
         stderr(&out)
     );
 }
+
+/// Each command's line in `spool --help` says what that command does (the
+/// `produce` summary once sat above `lock`, whose line then read "Send each
+/// line of stdin ... Run a command while holding a distributed lock", and
+/// `produce` showed "Arguments of `spool produce`").
+#[test]
+fn every_command_has_its_own_summary() {
+    let help = stdout(&spool(&["--help"], None));
+    let line = |command: &str| {
+        help.lines()
+            .find(|l| l.split_whitespace().next() == Some(command))
+            .unwrap_or_else(|| panic!("no line for {command} in:\n{help}"))
+            .to_string()
+    };
+    assert!(line("produce").contains("Send each line"), "{help}");
+    assert!(
+        line("lock").contains("holding a distributed lock"),
+        "{help}"
+    );
+    assert!(!line("lock").contains("Send each line"), "{help}");
+    for l in help.lines() {
+        assert!(
+            !l.contains("Arguments of"),
+            "a summary names no command's job: {l}"
+        );
+    }
+}

@@ -104,7 +104,6 @@ enum Command {
         #[command(subcommand)]
         command: cluster::ClusterCommand,
     },
-    /// Send each line of stdin (or a file) as one message.
     /// Run a command while holding a distributed lock.
     Lock(locks::LockArgs),
     /// Distributed locks: list holders, tokens and waiters.
@@ -133,6 +132,7 @@ enum Command {
         #[command(subcommand)]
         command: security::QuotasCommand,
     },
+    /// Send each line of stdin (or a file) as one message.
     Produce(produce::ProduceArgs),
     /// Print message values, one per line.
     Consume(consume::ConsumeArgs),
