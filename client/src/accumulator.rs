@@ -94,7 +94,8 @@ impl Accumulator {
     }
 
     /// Adds a record to its partition's open batch of topic `t` (opening
-    /// one due at `deadline` if none is open), sealing the batch first if
+    /// one due at `deadline()` if none is open: the clock is read only
+    /// then, not once per record), sealing the batch first if
     /// the record would overflow `batch_bytes`, and after if it is full.
     /// The partition is `partition` if given (the caller checked it),
     /// else the key's, else the sticky one.
@@ -107,7 +108,7 @@ impl Accumulator {
         value: &[u8],
         timestamp_ms: i64,
         batch_bytes: usize,
-        deadline: Instant,
+        deadline: impl FnOnce() -> Instant,
         held_bytes: usize,
     ) -> Result<Appended, BatchError> {
         let topic = &self.topics[t];
@@ -142,7 +143,7 @@ impl Accumulator {
                     id,
                     builder: BatchBuilder::with_capacity(batch_bytes.min(1 << 20) + 64),
                     outcome: Completer(BatchOutcome::new()),
-                    deadline,
+                    deadline: deadline(),
                     held_bytes: 0,
                 })
             }
@@ -271,7 +272,7 @@ mod tests {
         let mut placed = Vec::new();
         for i in 0..30u32 {
             let a = acc
-                .append(t, None, None, &[i as u8; 100], 0, 1_012, later, 0)
+                .append(t, None, None, &[i as u8; 100], 0, 1_012, || later, 0)
                 .unwrap();
             placed.push((a.partition, a.index));
         }
@@ -313,7 +314,7 @@ mod tests {
         let (mut acc, t) = acc(4);
         let later = Instant::now() + Duration::from_secs(60);
         let a = acc
-            .append(t, None, Some(b"user-1"), b"v", 0, 1_000, later, 0)
+            .append(t, None, Some(b"user-1"), b"v", 0, 1_000, || later, 0)
             .unwrap();
         assert_eq!(
             a.partition,
@@ -321,14 +322,14 @@ mod tests {
         );
         assert!(a.wake_sender, "opening a batch wakes the sender");
         let b = acc
-            .append(t, None, Some(b"user-1"), b"w", 0, 1_000, later, 0)
+            .append(t, None, Some(b"user-1"), b"w", 0, 1_000, || later, 0)
             .unwrap();
         assert!(!b.wake_sender, "adding to an open batch does not");
         assert!(Arc::ptr_eq(&a.outcome, &b.outcome));
         assert_eq!(b.index, 1);
         let huge = vec![0u8; spool_protocol::batch::MAX_BATCH_LEN];
         assert!(acc
-            .append(t, None, Some(b"other"), &huge, 0, 1_000, later, 0)
+            .append(t, None, Some(b"other"), &huge, 0, 1_000, || later, 0)
             .is_err());
         // Only the user-1 batch exists.
         let (next, _) = acc.next_batch(Instant::now(), true);

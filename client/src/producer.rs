@@ -292,7 +292,7 @@ impl Producer {
                 value,
                 timestamp_ms,
                 batch_bytes,
-                Instant::now() + shared.config.linger,
+                || Instant::now() + shared.config.linger,
                 held,
             )
             .map_err(|err| ClientError::Invalid(format!("message does not fit a batch: {err}")))?;
