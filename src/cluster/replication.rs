@@ -79,6 +79,22 @@ impl Default for ReplicationSettings {
 /// (one fetch, normally); the proposal goes ahead without it otherwise.
 const GROUP_CATCH_UP: Duration = Duration::from_secs(1);
 
+/// Followers' cursors into queue groups' journals, as a leader keeps them:
+/// (group, follower) -> (journal, first record it lacks).
+type GroupCursors = HashMap<(String, NodeId), (u64, u64)>;
+
+/// `follower` holds `group`'s journal `journal` up to record `seq`.
+fn cursor_reached(
+    cursors: &GroupCursors,
+    group: &str,
+    follower: NodeId,
+    (journal, seq): (u64, u64),
+) -> bool {
+    cursors
+        .get(&(group.to_string(), follower))
+        .is_some_and(|&(j, s)| j == journal && s >= seq)
+}
+
 /// A partition this broker leads.
 struct Leading {
     epoch: u64,
@@ -92,7 +108,7 @@ struct Leading {
     min_in_sync: usize,
     /// Each follower's cursor into each queue group's journal on this
     /// partition: (group, follower) -> (journal, first record it lacks).
-    group_cursors: parking_lot::Mutex<HashMap<(String, NodeId), (u64, u64)>>,
+    group_cursors: parking_lot::Mutex<GroupCursors>,
     /// Woken when a follower's group cursor moves.
     cursors_moved: tokio::sync::Notify,
 }
@@ -353,11 +369,9 @@ impl Replicas {
             }
             waiting_for.remove(&me);
             let cursors = leading.group_cursors.lock();
-            waiting_for.iter().all(|f| {
-                cursors
-                    .get(&(group.to_string(), *f))
-                    .is_some_and(|&(j, s)| j == journal && s >= seq)
-            })
+            waiting_for
+                .iter()
+                .all(|f| cursor_reached(&cursors, group, *f, (journal, seq)))
         };
         let what = format!("the acks of group {group}");
         self.wait_followers(
@@ -825,9 +839,7 @@ impl ClusterNode {
                     .iter()
                     .filter(|f| {
                         !targets.iter().all(|(group, journal, end)| {
-                            cursors
-                                .get(&(group.clone(), **f))
-                                .is_some_and(|&(j, seq)| j == *journal && seq >= *end)
+                            cursor_reached(&cursors, group, **f, (*journal, *end))
                         })
                     })
                     .copied()
