@@ -900,8 +900,10 @@ async fn verify_checks_group_ack_logs_and_metadata() {
         let member = broker
             .join_group("g", TOPIC, GroupMode::Queue, GroupConfig::default())
             .unwrap();
-        for _ in 0..3 {
-            deliver_and_ack(&broker, member, 100, 100).await.unwrap();
+        // Small deliveries: each ack request writes one run of acks per
+        // partition, and the log needs a dozen records.
+        for _ in 0..30 {
+            deliver_and_ack(&broker, member, 10, 100).await.unwrap();
         }
         broker.close().unwrap();
     }

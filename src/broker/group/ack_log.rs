@@ -13,7 +13,9 @@
 //!
 //! Log header (20 bytes): magic `SPAL`, u32 format version, u64 generation,
 //! u32 CRC-32 of the first 16 bytes. Record: u8 kind, u64 offset, u32 value,
-//! u32 CRC-32 of the first 13 bytes. All little-endian. The snapshot
+//! u32 CRC-32 of the first 13 bytes. All little-endian. Version 2 added the
+//! run of acks (kind 7); a version-1 log is read and folded into the
+//! snapshot at open, so a log holding runs always says version 2. The snapshot
 //! (`.ackstate`) is a metadata file (see `storage::meta_file`), magic `SPAS`.
 
 use std::collections::{BTreeSet, HashMap};
@@ -31,7 +33,9 @@ use crate::storage::{FileSync, StorageError};
 
 const RECORD_LEN: usize = 17;
 const LOG_MAGIC: [u8; 4] = *b"SPAL";
-const LOG_VERSION: u32 = 1;
+const LOG_VERSION: u32 = 2;
+/// The version before runs of acks, still read.
+const LOG_VERSION_WITHOUT_RUNS: u32 = 1;
 const LOG_HEADER_LEN: usize = 20;
 const SNAPSHOT_KIND: MetaKind = MetaKind {
     magic: *b"SPAS",
@@ -50,6 +54,9 @@ pub const COMPACT_AFTER_RECORDS: u64 = 256 * 1024;
 pub enum AckRecord {
     /// The offset was acked.
     Acked(u64),
+    /// `count` offsets from the first were acked: consumers ack in order,
+    /// so one record (and one CRC) stands for a whole ack request's worth.
+    AckedRun(u64, u32),
     /// The offset was moved to the dead-letter topic.
     DeadLettered(u64),
     /// The offset has been delivered this many times.
@@ -99,6 +106,11 @@ impl AckState {
     pub fn apply(&mut self, record: AckRecord) {
         match record {
             AckRecord::Acked(o) => self.settle(o),
+            AckRecord::AckedRun(first, count) => {
+                for o in run(first, count) {
+                    self.settle(o);
+                }
+            }
             AckRecord::DeadLettered(o) => {
                 if o >= self.floor && !self.settled.contains(&o) {
                     self.dead_letters += 1;
@@ -185,8 +197,8 @@ impl AckLog {
             records_since_snapshot: 0,
             sync,
         };
-        let log_generation = match parse_header(&log.log_path, &bytes)? {
-            Some(generation) => generation,
+        let (log_generation, version) = match parse_header(&log.log_path, &bytes)? {
+            Some(header) => header,
             // Empty, or a header torn by a crash right after a compaction
             // emptied the log: nothing to replay.
             None => {
@@ -227,6 +239,11 @@ impl AckLog {
                 .set_len((LOG_HEADER_LEN + valid) as u64)
                 .map_err(io)?;
             log.file.sync_all().map_err(io)?;
+        }
+        if version == LOG_VERSION_WITHOUT_RUNS {
+            // Runs are appended from now on: the log they go into must say
+            // version 2, or an older Spool would read them as damage.
+            log.compact(&state)?;
         }
         Ok((log, state))
     }
@@ -322,13 +339,13 @@ pub fn check(dir: &Path, partition: u32) -> Vec<Problem> {
     };
     match parse_header(&log_path, &bytes) {
         Err(e) => problems.push(problem(&log_path, Some(0), "ack_log", e.to_string())),
-        Ok(Some(log_generation)) if log_generation > generation => problems.push(problem(
+        Ok(Some((log_generation, _))) if log_generation > generation => problems.push(problem(
             &log_path,
             Some(0),
             "ack_log",
             format!("generation {log_generation} is newer than its snapshot's ({generation})"),
         )),
-        Ok(Some(log_generation)) if log_generation == generation => {
+        Ok(Some((log_generation, _))) if log_generation == generation => {
             let records = &bytes[LOG_HEADER_LEN..];
             let valid = records
                 .chunks(RECORD_LEN)
@@ -370,9 +387,9 @@ fn paths(dir: &Path, partition: u32) -> (PathBuf, PathBuf) {
     )
 }
 
-/// The generation named by the log's header; `None` for an empty log or a
-/// header torn before it was complete.
-fn parse_header(path: &Path, bytes: &[u8]) -> Result<Option<u64>, StorageError> {
+/// The generation and format version named by the log's header; `None` for
+/// an empty log or a header torn before it was complete.
+fn parse_header(path: &Path, bytes: &[u8]) -> Result<Option<(u64, u32)>, StorageError> {
     if bytes.len() < LOG_HEADER_LEN {
         return Ok(None);
     }
@@ -386,19 +403,20 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<Option<u64>, StorageError> 
         return Err(bad("not an ack log (bad magic or header CRC)".into()));
     }
     let version = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-    if version != LOG_VERSION {
+    if version != LOG_VERSION && version != LOG_VERSION_WITHOUT_RUNS {
         return Err(bad(format!(
-            "ack log format version {version} is not supported (this Spool reads version {LOG_VERSION})"
+            "ack log format version {version} is not supported (this Spool reads versions {LOG_VERSION_WITHOUT_RUNS} and {LOG_VERSION})"
         )));
     }
     let mut generation = [0u8; 8];
     generation.copy_from_slice(&header[8..16]);
-    Ok(Some(u64::from_le_bytes(generation)))
+    Ok(Some((u64::from_le_bytes(generation), version)))
 }
 
 fn encode(record: AckRecord, buf: &mut Vec<u8>) {
     let (kind, offset, value) = match record {
         AckRecord::Acked(o) => (1u8, o, 0u32),
+        AckRecord::AckedRun(first, count) => (7, first, count),
         AckRecord::DeadLettered(o) => (2, o, 0),
         AckRecord::Delivered(o, n) => (3, o, n),
         AckRecord::Committed(o) => (4, o, 0),
@@ -432,8 +450,43 @@ fn decode(chunk: &[u8]) -> Option<AckRecord> {
         4 => AckRecord::Committed(offset),
         5 => AckRecord::Floor(offset),
         6 => AckRecord::Reset(offset),
+        7 => AckRecord::AckedRun(offset, value),
         _ => return None,
     })
+}
+
+/// The offsets of a run of `count` acks from `first` (cut at the end of the
+/// offset space rather than wrapping).
+pub fn run(first: u64, count: u32) -> std::ops::Range<u64> {
+    first..first.saturating_add(u64::from(count))
+}
+
+/// The same records with each stretch of acks of consecutive offsets as one
+/// run: what an ack request of in-order deliveries writes.
+pub fn with_runs(records: Vec<AckRecord>) -> Vec<AckRecord> {
+    let mut out: Vec<AckRecord> = Vec::with_capacity(records.len().min(16));
+    for r in records {
+        let AckRecord::Acked(o) = r else {
+            out.push(r);
+            continue;
+        };
+        let longer = match out.last() {
+            Some(&AckRecord::Acked(first)) if first.checked_add(1) == Some(o) => {
+                Some(AckRecord::AckedRun(first, 2))
+            }
+            Some(&AckRecord::AckedRun(first, count))
+                if count < u32::MAX && first.checked_add(u64::from(count)) == Some(o) =>
+            {
+                Some(AckRecord::AckedRun(first, count + 1))
+            }
+            _ => None,
+        };
+        match (longer, out.last_mut()) {
+            (Some(longer), Some(last)) => *last = longer,
+            _ => out.push(r),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -508,5 +561,89 @@ mod tests {
         let (_log, again) = AckLog::open(dir.path(), 0, false).unwrap();
         assert_eq!(again.dead_letters, 2);
         assert!(again.settled.contains(&7));
+    }
+
+    #[test]
+    fn consecutive_acks_are_written_as_runs() {
+        use AckRecord::*;
+        let records = vec![
+            Acked(4),
+            Acked(5),
+            Acked(6),
+            Acked(8),
+            Delivered(9, 2),
+            Acked(9),
+            Acked(10),
+            Acked(u64::MAX),
+        ];
+        assert_eq!(
+            with_runs(records),
+            [
+                AckedRun(4, 3),
+                Acked(8),
+                Delivered(9, 2),
+                AckedRun(9, 2),
+                Acked(u64::MAX)
+            ]
+        );
+        // Out of order or repeated: left as they are.
+        assert_eq!(
+            with_runs(vec![Acked(3), Acked(2), Acked(2)]),
+            [Acked(3), Acked(2), Acked(2)]
+        );
+    }
+
+    #[test]
+    fn runs_replay_like_the_acks_they_stand_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let acks: Vec<AckRecord> = (0..1000).chain(1500..1600).map(AckRecord::Acked).collect();
+        let mut expected = AckState::default();
+        acks.iter().for_each(|r| expected.apply(*r));
+        {
+            let (mut log, _) = AckLog::open(dir.path(), 0, false).unwrap();
+            let runs = with_runs(acks);
+            assert_eq!(runs.len(), 2);
+            log.append(&runs).unwrap();
+        }
+        let (_log, replayed) = AckLog::open(dir.path(), 0, false).unwrap();
+        assert_eq!(replayed, expected);
+        assert_eq!(replayed.floor, 1000);
+        assert_eq!(replayed.settled.len(), 100);
+    }
+
+    /// A log written before runs existed is read, then folded into the
+    /// snapshot, so the runs appended after it go to a log that says
+    /// version 2 (an older Spool refuses it rather than cutting the runs as
+    /// damage).
+    #[test]
+    fn a_version_1_log_is_read_and_folded_before_runs_are_appended() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.acklog");
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&LOG_MAGIC);
+        bytes.extend_from_slice(&LOG_VERSION_WITHOUT_RUNS.to_le_bytes());
+        bytes.extend_from_slice(&0u64.to_le_bytes());
+        let crc = crc32fast::hash(&bytes);
+        bytes.extend_from_slice(&crc.to_le_bytes());
+        for r in [
+            AckRecord::Acked(0),
+            AckRecord::Acked(1),
+            AckRecord::Acked(3),
+        ] {
+            encode(r, &mut bytes);
+        }
+        fs::write(&path, &bytes).unwrap();
+        let (mut log, state) = AckLog::open(dir.path(), 0, false).unwrap();
+        assert_eq!((state.floor, state.settled.len()), (2, 1));
+        let header = fs::read(&path).unwrap();
+        assert_eq!(header.len(), LOG_HEADER_LEN, "folded into the snapshot");
+        assert_eq!(
+            parse_header(&path, &header).unwrap(),
+            Some((1, LOG_VERSION))
+        );
+        log.append(&[AckRecord::AckedRun(2, 1)]).unwrap();
+        drop(log);
+        let (_log, reopened) = AckLog::open(dir.path(), 0, false).unwrap();
+        assert_eq!((reopened.floor, reopened.settled.len()), (4, 0));
     }
 }

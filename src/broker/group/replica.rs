@@ -140,6 +140,7 @@ impl GroupPartition {
 fn to_wire(r: AckRecord) -> WireAckRecord {
     let (kind, offset, value) = match r {
         AckRecord::Acked(o) => (1, o, 0),
+        AckRecord::AckedRun(first, count) => (7, first, count),
         AckRecord::DeadLettered(o) => (2, o, 0),
         AckRecord::Delivered(o, n) => (3, o, n),
         AckRecord::Committed(o) => (4, o, 0),
@@ -161,6 +162,7 @@ fn from_wire(r: &WireAckRecord) -> Result<AckRecord, BrokerError> {
         4 => AckRecord::Committed(r.offset),
         5 => AckRecord::Floor(r.offset),
         6 => AckRecord::Reset(r.offset),
+        7 => AckRecord::AckedRun(r.offset, r.value),
         kind => {
             return Err(BrokerError::InvalidConfig(format!(
                 "unknown ack record kind {kind} from the leader"
@@ -411,7 +413,9 @@ mod tests {
         let next = exchange(&leader, &follower);
         assert_eq!(next.len(), 1);
         assert!(next[0].state.is_none());
-        assert_eq!(next[0].records.len(), 2, "{next:?}");
+        // Two acks of consecutive offsets: one run.
+        assert_eq!(next[0].records.len(), 1, "{next:?}");
+        assert_eq!((next[0].records[0].kind, next[0].records[0].value), (7, 2));
         let (journal, end) = leader.group_journal_end("g", P).unwrap();
         let cursor = &follower.group_cursors("t", P)[0];
         assert_eq!((cursor.journal, cursor.seq), (journal, end));

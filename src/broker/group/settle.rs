@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use spool_protocol::{Offset, PartitionId};
 
-use super::ack_log::AckRecord;
+use super::ack_log::{with_runs, AckRecord};
 use super::queue_state::{MemberId, SettleResult};
 use super::{storage_error, GroupPartition};
 use crate::broker::{Broker, BrokerError};
@@ -131,7 +131,7 @@ impl Broker {
             }
             acked += records.len() as u64;
             syncs.extend(
-                gp.append(&records)
+                gp.append(&with_runs(records))
                     .map_err(|e| storage_error(&format!("recording acks of {group}/{p}"), e))?,
             );
         }
