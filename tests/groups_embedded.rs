@@ -454,3 +454,49 @@ async fn concurrent_acks_of_an_always_topic_share_ack_log_syncs() {
         .unwrap()
         .is_empty());
 }
+
+/// A delivery's answer carries at most 8 MiB of batches past the first:
+/// messages taken beyond that are handed back at once, not counted as
+/// delivered, and come with the next delivery.
+#[tokio::test]
+async fn a_delivery_stops_at_its_byte_budget_and_hands_the_rest_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::open(dir.path(), BrokerConfig::default()).unwrap();
+    broker
+        .create_topic("big", TopicConfig::new(1).sync(SyncPolicy::Never))
+        .unwrap();
+    // Twenty batches of one 1 MiB message each.
+    for i in 0..20u8 {
+        let value = vec![i; 1 << 20];
+        broker
+            .produce("big", PartitionId(0), &[Message::new(value)])
+            .await
+            .unwrap();
+    }
+    let m = broker
+        .join_group("g", "big", GroupMode::Queue, config(60_000, 2))
+        .unwrap();
+    let first = broker.deliver("g", m, 20, NO_WAIT).await.unwrap();
+    assert!(
+        (8..=10).contains(&first.len()),
+        "8 MiB and the batch that crosses it: {} messages",
+        first.len()
+    );
+    let rest = broker.deliver("g", m, 20, NO_WAIT).await.unwrap();
+    let mut offsets: Vec<u64> = first.iter().chain(&rest).map(|d| d.offset.0).collect();
+    offsets.sort_unstable();
+    assert!(
+        offsets.len() >= 16,
+        "the second delivery continues: {offsets:?}"
+    );
+    assert_eq!(offsets, (0..offsets.len() as u64).collect::<Vec<_>>());
+    for d in first.iter().chain(&rest) {
+        assert_eq!(
+            d.deliveries, 1,
+            "offset {} counted a delivery that never went out",
+            d.offset
+        );
+        assert_eq!(d.value.len(), 1 << 20);
+        assert!(d.value.iter().all(|&b| u64::from(b) == d.offset.0));
+    }
+}

@@ -8,11 +8,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 
 use spool_protocol::requests::{
     AckRequest, DeliverRequest, DeliverResponse, JoinGroupRequest, NackRequest, SettleResponse,
-    TouchRequest, WireDelivery,
+    TouchRequest,
 };
 use spool_protocol::{Call, ErrorCode, WireGroupMode};
 
@@ -51,9 +52,59 @@ impl Default for QueueOptions {
 }
 
 /// A message handed to this consumer: `deliveries` above 1 means a
-/// redelivery. The wire form as it arrives (keys and values are slices of
-/// the received frame, no copy).
-pub type QueuedMessage = WireDelivery;
+/// redelivery. Keys and values are slices of the received frame, not
+/// copies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueuedMessage {
+    /// Partition.
+    pub partition: u32,
+    /// Offset.
+    pub offset: u64,
+    /// Deliveries so far, this one included (1 the first time).
+    pub deliveries: u32,
+    /// Milliseconds since the Unix epoch.
+    pub timestamp_ms: i64,
+    /// Key.
+    pub key: Option<Bytes>,
+    /// Value (a slice of the answer: not copied).
+    pub value: Bytes,
+    /// Headers.
+    pub headers: Vec<(Bytes, Bytes)>,
+}
+
+/// The messages of a delivery answer, checked: every batch passes its CRC
+/// check, and every record handed out is in them.
+fn messages_of(response: &DeliverResponse) -> Result<Vec<QueuedMessage>, ClientError> {
+    let mut out = Vec::with_capacity(response.partitions.iter().map(|p| p.message_count()).sum());
+    for p in &response.partitions {
+        let found = p
+            .for_each_message(true, |record, deliveries, part| {
+                out.push(QueuedMessage {
+                    partition: p.partition,
+                    offset: record.offset.0,
+                    deliveries,
+                    timestamp_ms: record.timestamp_ms,
+                    key: record.key.map(|k| part.slice_ref(k)),
+                    value: part.slice_ref(record.value),
+                    headers: record
+                        .headers()
+                        .map(|(n, v)| (part.slice_ref(n), part.slice_ref(v)))
+                        .collect(),
+                });
+            })
+            .map_err(|e| {
+                ClientError::Protocol(format!("delivery of partition {}: {e}", p.partition))
+            })?;
+        if found != p.message_count() {
+            return Err(ClientError::Protocol(format!(
+                "delivery of partition {} handed out {} messages but carried {found}",
+                p.partition,
+                p.message_count()
+            )));
+        }
+    }
+    Ok(out)
+}
 
 /// What an ack, nack or touch did. An answer with a code this client does
 /// not know fails to decode (a protocol error) instead of being guessed.
@@ -338,7 +389,7 @@ impl QueueConsumer {
             self.sessions[i].polling = false;
             match result {
                 Ok(response) => {
-                    let messages = response.messages;
+                    let messages = messages_of(&response)?;
                     if self.options.auto_ack && !messages.is_empty() {
                         let items: Vec<(u32, u64)> =
                             messages.iter().map(|m| (m.partition, m.offset)).collect();
@@ -351,7 +402,8 @@ impl QueueConsumer {
                             },
                         )
                         .await?;
-                    } else {
+                    } else if self.clustered {
+                        // A single server delivered everything itself.
                         for m in &messages {
                             self.holders.insert((m.partition, m.offset), i);
                         }
@@ -500,6 +552,9 @@ impl QueueConsumer {
     /// `items` grouped by the session that delivered them, with their
     /// places in `items`; forgets them as held.
     fn by_session(&mut self, items: &[(u32, u64)]) -> Vec<SessionItems> {
+        if !self.clustered {
+            return vec![(0, (0..items.len()).collect(), items.to_vec())];
+        }
         let mut groups: Vec<SessionItems> = Vec::new();
         for (at, item) in items.iter().enumerate() {
             let i = self.holders.remove(item).unwrap_or(0);

@@ -45,8 +45,8 @@ pub trait Wire: Sized {
     /// Bytes sent after what [`Wire::put`] writes, from their own buffer and
     /// not copied: the batch of a produce, the batches of a fetch (usually a
     /// slice of a segment's map). The length prefix is `put`'s job.
-    fn tail(&self) -> Bytes {
-        Bytes::new()
+    fn tail(&self) -> Vec<Bytes> {
+        Vec::new()
     }
 
     /// Decodes a whole body: the value and nothing after it.
@@ -237,6 +237,17 @@ impl Reader {
         let len = self.u32(field)? as usize;
         self.need(len, field)?;
         Ok(self.0.split_to(len))
+    }
+
+    /// The next `len` bytes as they are (a length read earlier).
+    pub(crate) fn raw(&mut self, len: usize, field: &'static str) -> Result<Bytes, DecodeError> {
+        self.need(len, field)?;
+        Ok(self.0.split_to(len))
+    }
+
+    /// Bytes not read yet.
+    pub(crate) fn remaining(&self) -> usize {
+        self.0.remaining()
     }
 
     /// An `option<T>`, the `T` read by `get`.

@@ -52,11 +52,12 @@ pub struct Frame {
     pub correlation_id: u32,
     /// The kind-specific body.
     pub body: Bytes,
-    /// More body, sent right after `body`: a large payload (a batch, a
-    /// fetched range of a segment) that [`FrameWriter`](crate::FrameWriter)
-    /// writes from its own buffer instead of copying it. On the wire the
-    /// two are one body; decoded frames always have an empty tail.
-    pub tail: Bytes,
+    /// More body, sent right after `body`, part after part: large payloads
+    /// (a batch, fetched ranges of segments) that
+    /// [`FrameWriter`](crate::FrameWriter) writes from their own buffers
+    /// instead of copying them. On the wire body and tail are one body;
+    /// decoded frames always have an empty tail.
+    pub tail: Vec<Bytes>,
 }
 
 impl Frame {
@@ -70,18 +71,28 @@ impl Frame {
         self.flags & FLAG_ERROR != 0
     }
 
+    /// Bytes of the tail's parts.
+    pub fn tail_len(&self) -> usize {
+        self.tail.iter().map(Bytes::len).sum()
+    }
+
     /// The whole body as one buffer (`body` then `tail`; copies only when
-    /// both are non-empty).
+    /// there is more than one non-empty part).
     pub fn full_body(&self) -> Bytes {
-        if self.tail.is_empty() {
-            self.body.clone()
-        } else if self.body.is_empty() {
-            self.tail.clone()
-        } else {
-            let mut all = BytesMut::with_capacity(self.body.len() + self.tail.len());
-            all.extend_from_slice(&self.body);
-            all.extend_from_slice(&self.tail);
-            all.freeze()
+        let mut parts = std::iter::once(&self.body)
+            .chain(&self.tail)
+            .filter(|p| !p.is_empty());
+        match (parts.next(), parts.next()) {
+            (None, _) => Bytes::new(),
+            (Some(only), None) => only.clone(),
+            _ => {
+                let mut all = BytesMut::with_capacity(self.body.len() + self.tail_len());
+                all.extend_from_slice(&self.body);
+                for part in &self.tail {
+                    all.extend_from_slice(part);
+                }
+                all.freeze()
+            }
         }
     }
 }
@@ -212,7 +223,7 @@ impl Decoder for FrameCodec {
             flags: head.flags,
             correlation_id: head.correlation_id,
             body: body.freeze(),
-            tail: Bytes::new(),
+            tail: Vec::new(),
         }))
     }
 }
@@ -221,7 +232,7 @@ impl Encoder<Frame> for FrameCodec {
     type Error = FrameError;
 
     fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), FrameError> {
-        let len = HEADER_LEN + frame.body.len() + frame.tail.len();
+        let len = HEADER_LEN + frame.body.len() + frame.tail_len();
         if len > self.max_frame_bytes {
             return Err(FrameError::TooLarge {
                 len,
@@ -231,7 +242,9 @@ impl Encoder<Frame> for FrameCodec {
         dst.reserve(4 + len);
         put_header(dst, &frame, len);
         dst.put_slice(&frame.body);
-        dst.put_slice(&frame.tail);
+        for part in &frame.tail {
+            dst.put_slice(part);
+        }
         Ok(())
     }
 }
@@ -260,7 +273,7 @@ mod tests {
                 flags: (i % 2) as u8,
                 correlation_id: 1000 + u32::from(i),
                 body: Bytes::from(vec![i as u8; usize::from(i) * 7]),
-                tail: Bytes::new(),
+                tail: Vec::new(),
             })
             .collect();
         let mut codec = FrameCodec::default();

@@ -54,7 +54,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
 
     /// Queues `frame` without writing anything.
     pub fn queue(&mut self, frame: Frame) -> Result<(), FrameError> {
-        let len = HEADER_LEN + frame.body.len() + frame.tail.len();
+        let len = HEADER_LEN + frame.body.len() + frame.tail_len();
         if len > self.max_frame_bytes || len > u32::MAX as usize {
             return Err(FrameError::TooLarge {
                 len,
@@ -65,7 +65,9 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         put_header(&mut self.buf, &frame, len);
         self.queued_bytes += 4 + HEADER_LEN;
         self.put_part(frame.body);
-        self.put_part(frame.tail);
+        for part in frame.tail {
+            self.put_part(part);
+        }
         Ok(())
     }
 
@@ -190,8 +192,8 @@ mod tests {
     }
 
     fn frames() -> Vec<Frame> {
-        // Small and large bodies and tails, so parts are both copied and
-        // passed through, in every combination.
+        // Small and large bodies and tails of one and two parts, so parts
+        // are both copied and passed through, in every combination.
         let sizes = [
             0usize,
             5,
@@ -208,7 +210,12 @@ mod tests {
                     flags: (id % 2) as u8,
                     correlation_id: id,
                     body: Bytes::from(vec![(id % 251) as u8; b]),
-                    tail: Bytes::from((0..t).map(|i| (i % 253) as u8).collect::<Vec<_>>()),
+                    tail: std::iter::once(t)
+                        .chain((id % 2 == 0).then_some(sizes[id as usize % sizes.len()]))
+                        .map(|len| {
+                            Bytes::from((0..len).map(|i| (i % 253) as u8).collect::<Vec<_>>())
+                        })
+                        .collect(),
                 });
                 id += 1;
             }
@@ -265,7 +272,7 @@ mod tests {
             flags: 0,
             correlation_id: 1,
             body: Bytes::from(vec![0; 50]),
-            tail: Bytes::from(vec![0; 50]),
+            tail: vec![Bytes::from(vec![0; 20]), Bytes::from(vec![0; 30])],
         };
         assert!(matches!(
             writer.queue(frame),

@@ -489,27 +489,27 @@ fn group() -> impl Strategy<Value = WireGroup> {
         )
 }
 
-fn delivery() -> impl Strategy<Value = WireDelivery> {
+fn delivered_partition() -> impl Strategy<Value = WireDeliveredPartition> {
     (
         any::<u32>(),
-        any::<u64>(),
-        any::<u32>(),
-        any::<i64>(),
-        proptest::option::of(blob()),
-        blob(),
-        vec((blob(), blob()), 0..3),
+        vec(
+            (any::<u64>(), any::<u32>(), any::<u32>()).prop_map(|(first, count, deliveries)| {
+                WireAcquired {
+                    first,
+                    count,
+                    deliveries,
+                }
+            }),
+            0..3,
+        ),
+        // A decoded answer holds each partition's batches as one part.
+        proptest::option::of(blob().prop_filter("non-empty", |b| !b.is_empty())),
     )
-        .prop_map(
-            |(partition, offset, deliveries, timestamp_ms, key, value, headers)| WireDelivery {
-                partition,
-                offset,
-                deliveries,
-                timestamp_ms,
-                key,
-                value,
-                headers,
-            },
-        )
+        .prop_map(|(partition, acquired, batches)| WireDeliveredPartition {
+            partition,
+            acquired,
+            batches: batches.into_iter().collect(),
+        })
 }
 
 fn settle() -> impl Strategy<Value = WireSettle> {
@@ -594,9 +594,9 @@ fn response() -> impl Strategy<Value = (u16, Response)> {
                 partitions: p
             })
         )),
-        vec(delivery(), 0..3).prop_map(|d| (
+        vec(delivered_partition(), 0..3).prop_map(|p| (
             kind::DELIVER,
-            Response::Deliver(DeliverResponse { messages: d })
+            Response::Deliver(DeliverResponse { partitions: p })
         )),
         (
             prop_oneof![Just(kind::ACK), Just(kind::NACK), Just(kind::TOUCH)],

@@ -646,7 +646,7 @@ impl Handler {
                 self.tasks.spawn(async move {
                     let reply = dispatch(&ctx, request).await;
                     let frame = to_frame(reply, kind_, correlation_id);
-                    let bytes = frame.body.len() + frame.tail.len();
+                    let bytes = frame.body.len() + frame.tail_len();
                     // Held back, not cut short: the client waits for what
                     // it asked for as long as its rate requires.
                     let pause = charge(quota.as_deref(), Direction::Fetch, bytes);

@@ -155,7 +155,7 @@ impl FrameReader {
             flags: head.flags,
             correlation_id: head.correlation_id,
             body,
-            tail: Bytes::new(),
+            tail: Vec::new(),
         };
         Ok((frame, memory))
     }

@@ -783,7 +783,25 @@ impl PartitionLog {
     /// Reads whole batches from the one holding `offset`, up to `max_bytes`
     /// (but at least one batch). At the end of the log the answer is empty.
     pub fn read(&self, offset: Offset, max_bytes: u64) -> Result<Fetched, StorageError> {
-        self.read_below(offset, max_bytes, self.visible_end(), true)
+        self.read_below(
+            offset,
+            Offset(u64::MAX),
+            max_bytes,
+            self.visible_end(),
+            true,
+        )
+    }
+
+    /// Like [`PartitionLog::read`], but no batch that starts after
+    /// `through`: the batches holding `offset..=through` and no more (unless
+    /// `max_bytes` stops it first). What a queue group's delivery reads.
+    pub fn read_through(
+        &self,
+        offset: Offset,
+        through: Offset,
+        max_bytes: u64,
+    ) -> Result<Fetched, StorageError> {
+        self.read_below(offset, through, max_bytes, self.visible_end(), true)
     }
 
     /// Like [`PartitionLog::read`], but up to the log's end: past the high
@@ -791,7 +809,13 @@ impl PartitionLog {
     /// partition's leader sends its followers (they must get records
     /// before the records can count as replicated).
     pub fn read_replica(&self, offset: Offset, max_bytes: u64) -> Result<Fetched, StorageError> {
-        self.read_below(offset, max_bytes, self.next_offset(), false)
+        self.read_below(
+            offset,
+            Offset(u64::MAX),
+            max_bytes,
+            self.next_offset(),
+            false,
+        )
     }
 
     /// Reads below `end`; `flushed_only`: under `always`, only what is
@@ -799,6 +823,7 @@ impl PartitionLog {
     fn read_below(
         &self,
         offset: Offset,
+        through: Offset,
         max_bytes: u64,
         end: Offset,
         flushed_only: bool,
@@ -837,7 +862,7 @@ impl PartitionLog {
                 SyncPolicy::Always if flushed_only && !seg.is_sealed() => seg.flushed_len(),
                 _ => seg.len(),
             };
-            match seg.read(offset, max_bytes, limit) {
+            match seg.read(offset, through, max_bytes, limit) {
                 Ok(Some((batches, next_offset))) => {
                     // The flushed length may cover a batch appended after
                     // `end` was read: never hand out past `end`.

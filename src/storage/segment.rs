@@ -357,12 +357,14 @@ impl Segment {
     }
 
     /// Reads whole batches starting with the one that holds `offset`, up to
-    /// `max_bytes` (at least one batch) and never past `limit_len` bytes.
-    /// Every batch returned has passed its CRC check. `None` if the segment
-    /// holds nothing at or after `offset` below `limit_len`.
+    /// `max_bytes` (at least one batch), never past `limit_len` bytes and
+    /// never a batch that starts after offset `through`. Every batch
+    /// returned has passed its CRC check. `None` if the segment holds
+    /// nothing at or after `offset` below `limit_len`.
     pub fn read(
         &self,
         offset: Offset,
+        through: Offset,
         max_bytes: u64,
         limit_len: u64,
     ) -> Result<Option<(Bytes, Offset)>, StorageError> {
@@ -379,6 +381,10 @@ impl Segment {
 
         let mut first: Option<u64> = None;
         while pos < limit {
+            if first.is_some() && expected > through {
+                // Not asked for: not even CRC-checked.
+                break;
+            }
             let header = match self.checked_header(bytes, pos, expected) {
                 Ok(h) => h,
                 Err(err) if first.is_none() => match step_over_damage(bytes, pos, expected)

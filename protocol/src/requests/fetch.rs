@@ -86,8 +86,8 @@ impl Wire for FetchResponse {
 
     /// Usually a slice of a segment's map: written to the socket from
     /// there, not copied.
-    fn tail(&self) -> Bytes {
-        self.batches.clone()
+    fn tail(&self) -> Vec<Bytes> {
+        vec![self.batches.clone()]
     }
 
     fn get(r: &mut Reader) -> Result<Self, DecodeError> {

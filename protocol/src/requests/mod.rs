@@ -52,7 +52,7 @@ pub use produce::{
 };
 pub use queue::{
     AckRequest, DeliverRequest, DeliverResponse, NackRequest, SettleResponse, TouchRequest,
-    WireDelivery, WireSettle,
+    WireAcquired, WireDeliveredPartition, WireSettle,
 };
 pub use replica::{
     ReplicaFetchRequest, ReplicaFetchResponse, WireAckRecord, WireAckState, WireEpoch,
@@ -70,9 +70,9 @@ pub use topics::{
 
 /// Protocol versions this code speaks (the request set, negotiated by the
 /// handshake; distinct from the frame format version).
-pub const PROTOCOL_VERSION_MIN: u16 = 2;
+pub const PROTOCOL_VERSION_MIN: u16 = 3;
 /// See [`PROTOCOL_VERSION_MIN`].
-pub const PROTOCOL_VERSION_MAX: u16 = 2;
+pub const PROTOCOL_VERSION_MAX: u16 = 3;
 
 /// Request kinds.
 pub mod kind {
@@ -505,8 +505,8 @@ mod tests {
     fn handshake_matches_the_documented_example() {
         use tokio_util::codec::Encoder;
         let request = HandshakeRequest {
-            min_version: 1,
-            max_version: 1,
+            min_version: 3,
+            max_version: 3,
             features: 0,
             client_id: "cli".into(),
         };
@@ -515,7 +515,7 @@ mod tests {
             .encode(request.to_frame(1), &mut wire)
             .unwrap();
         let expected = "1d 00 00 00 53 50 01 00 01 00 00 00 01 00 00 00 \
-                        01 00 01 00 00 00 00 00 00 00 00 00 03 00 63 6c 69";
+                        03 00 03 00 00 00 00 00 00 00 00 00 03 00 63 6c 69";
         let hex: Vec<String> = wire.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(
             hex.join(" "),

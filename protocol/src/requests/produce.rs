@@ -61,8 +61,8 @@ impl Wire for ProduceRequest {
 
     /// The batch is the body's last field: sent from its own buffer, not
     /// copied.
-    fn tail(&self) -> Bytes {
-        self.batch.clone()
+    fn tail(&self) -> Vec<Bytes> {
+        vec![self.batch.clone()]
     }
 
     fn get(r: &mut Reader) -> Result<Self, DecodeError> {

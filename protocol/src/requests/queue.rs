@@ -3,25 +3,103 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::codec::{put_bytes, put_list, put_option, put_string, DecodeError, Reader, Wire};
+use crate::batch::{Batch, BatchError, Record};
+use crate::codec::{put_list, put_string, DecodeError, Reader, Wire};
 
-/// A message handed out by a queue-mode group.
+/// A run of consecutive offsets of one partition handed out to a member
+/// together, each delivered `deliveries` times (this time included).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WireAcquired {
+    /// The run's first offset.
+    pub first: u64,
+    /// Offsets in the run (at least 1).
+    pub count: u32,
+    /// Deliveries so far of each, this one included.
+    pub deliveries: u32,
+}
+
+impl WireAcquired {
+    /// One past the run's last offset.
+    pub fn end(&self) -> u64 {
+        self.first.saturating_add(u64::from(self.count))
+    }
+}
+
+/// The messages a Deliver hands out from one partition: the stored batches
+/// that hold them, sent as they are stored (as a Fetch sends them), and
+/// which of their records are this member's. A batch can hold records
+/// that are not: handed to another member, acked, or not asked for.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WireDelivery {
+pub struct WireDeliveredPartition {
     /// Partition.
     pub partition: u32,
-    /// Offset.
-    pub offset: u64,
-    /// Deliveries so far, this one included.
-    pub deliveries: u32,
-    /// Milliseconds since the Unix epoch.
-    pub timestamp_ms: i64,
-    /// Key.
-    pub key: Option<Bytes>,
-    /// Value.
-    pub value: Bytes,
-    /// Headers.
-    pub headers: Vec<(Bytes, Bytes)>,
+    /// The records handed out, in runs, in offset order.
+    pub acquired: Vec<WireAcquired>,
+    /// Back-to-back stored batches covering every acquired offset, in
+    /// offset order, in one or more parts (a decoded answer has one).
+    pub batches: Vec<Bytes>,
+}
+
+impl WireDeliveredPartition {
+    /// Offsets handed out.
+    pub fn message_count(&self) -> usize {
+        self.acquired.iter().map(|a| a.count as usize).sum()
+    }
+
+    /// Calls `f` with each acquired record, in offset order, its delivery
+    /// count and the part holding it (for zero-copy slices), and returns
+    /// how many it found: fewer than [`Self::message_count`] means the
+    /// batches lack some (or hold records that do not parse). With
+    /// `check_crc`, every batch's CRC is checked before its records are
+    /// read: batches off the network ([`Batch::from_broker`]). Without,
+    /// only headers are parsed: batches a broker just read back from its
+    /// own storage, which checked them.
+    pub fn for_each_message<'a>(
+        &'a self,
+        check_crc: bool,
+        mut f: impl FnMut(Record<'a>, u32, &'a Bytes),
+    ) -> Result<usize, BatchError> {
+        let mut runs = self.acquired.iter().peekable();
+        let mut found = 0;
+        'parts: for part in &self.batches {
+            let mut rest: &[u8] = part;
+            while !rest.is_empty() {
+                let batch = if check_crc {
+                    Batch::from_broker(rest)?
+                } else {
+                    Batch::from_stored(rest)?
+                };
+                rest = &rest[batch.bytes().len()..];
+                let (base, next) = (batch.header().base_offset.0, batch.header().next_offset().0);
+                while runs.peek().is_some_and(|r| r.end() <= base) {
+                    runs.next();
+                }
+                let Some(&&run) = runs.peek() else {
+                    break 'parts;
+                };
+                if run.first >= next {
+                    // Nothing of this batch was handed out.
+                    continue;
+                }
+                let mut run = run;
+                for record in batch.records() {
+                    let offset = record.offset.0;
+                    while offset >= run.end() {
+                        runs.next();
+                        match runs.peek() {
+                            Some(&&next_run) => run = next_run,
+                            None => break 'parts,
+                        }
+                    }
+                    if offset >= run.first {
+                        f(record, run.deliveries, part);
+                        found += 1;
+                    }
+                }
+            }
+        }
+        Ok(found)
+    }
 }
 
 /// The outcome of settling (ack, nack, touch) one delivery, as carried on
@@ -51,11 +129,11 @@ pub struct DeliverRequest {
     pub max_wait_ms: u32,
 }
 
-/// Messages handed out (may be empty).
+/// Messages handed out (may be empty), by partition.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeliverResponse {
-    /// The messages, each now in flight to the member.
-    pub messages: Vec<WireDelivery>,
+    /// The partitions with messages now in flight to the member.
+    pub partitions: Vec<WireDeliveredPartition>,
 }
 
 /// Queue mode: settle.
@@ -100,28 +178,20 @@ pub struct SettleResponse {
     pub results: Vec<WireSettle>,
 }
 
-impl Wire for WireDelivery {
-    const MIN_LEN: usize = 33;
+impl Wire for WireAcquired {
+    const MIN_LEN: usize = 16;
 
     fn put(&self, b: &mut BytesMut) {
-        b.put_u32_le(self.partition);
-        b.put_u64_le(self.offset);
+        b.put_u64_le(self.first);
+        b.put_u32_le(self.count);
         b.put_u32_le(self.deliveries);
-        b.put_i64_le(self.timestamp_ms);
-        put_option(b, self.key.as_ref(), |b, k| put_bytes(b, k));
-        put_bytes(b, &self.value);
-        put_list(b, &self.headers);
     }
 
     fn get(r: &mut Reader) -> Result<Self, DecodeError> {
-        Ok(WireDelivery {
-            partition: r.u32("partition")?,
-            offset: r.u64("offset")?,
+        Ok(WireAcquired {
+            first: r.u64("acquired first")?,
+            count: r.u32("acquired count")?,
             deliveries: r.u32("deliveries")?,
-            timestamp_ms: r.i64("timestamp")?,
-            key: r.option("key present", |r| r.bytes("key"))?,
-            value: r.bytes("value")?,
-            headers: r.list("header count")?,
         })
     }
 }
@@ -163,17 +233,51 @@ impl Wire for DeliverRequest {
     }
 }
 
+/// Every partition's header (partition, runs, length of its batches)
+/// comes first, then every partition's batches in the same order: the
+/// batches are the frame's tail, written from the segments' maps.
 impl Wire for DeliverResponse {
     const MIN_LEN: usize = 4;
 
     fn put(&self, b: &mut BytesMut) {
-        put_list(b, &self.messages);
+        b.put_u32_le(self.partitions.len() as u32);
+        for p in &self.partitions {
+            b.put_u32_le(p.partition);
+            put_list(b, &p.acquired);
+            b.put_u32_le(p.batches.iter().map(Bytes::len).sum::<usize>() as u32);
+        }
+    }
+
+    fn tail(&self) -> Vec<Bytes> {
+        self.partitions
+            .iter()
+            .flat_map(|p| p.batches.iter().filter(|b| !b.is_empty()).cloned())
+            .collect()
     }
 
     fn get(r: &mut Reader) -> Result<Self, DecodeError> {
-        Ok(DeliverResponse {
-            messages: r.list("message count")?,
-        })
+        let n = r.u32("partition count")? as usize;
+        let mut heads = Vec::with_capacity(n.min(r.remaining() / 12));
+        for _ in 0..n {
+            let partition = r.u32("partition")?;
+            let acquired: Vec<WireAcquired> = r.list("acquired count")?;
+            let len = r.u32("batches")? as usize;
+            heads.push((partition, acquired, len));
+        }
+        let mut partitions = Vec::with_capacity(heads.len());
+        for (partition, acquired, len) in heads {
+            let batches = r.raw(len, "batches")?;
+            partitions.push(WireDeliveredPartition {
+                partition,
+                acquired,
+                batches: if batches.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![batches]
+                },
+            });
+        }
+        Ok(DeliverResponse { partitions })
     }
 }
 
@@ -244,5 +348,88 @@ impl Wire for SettleResponse {
         Ok(SettleResponse {
             results: r.list("results")?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::{set_base_offset, BatchBuilder};
+    use crate::Offset;
+
+    /// A batch of `count` records from `base`, each valued by its offset.
+    fn batch(base: u64, count: u64) -> Vec<u8> {
+        let mut b = BatchBuilder::new();
+        for o in base..base + count {
+            b.push(1, None, o.to_string().as_bytes(), &[]).unwrap();
+        }
+        let mut bytes = b.finish().unwrap().to_vec();
+        set_base_offset(&mut bytes, Offset(base));
+        bytes
+    }
+
+    fn run(first: u64, count: u32, deliveries: u32) -> WireAcquired {
+        WireAcquired {
+            first,
+            count,
+            deliveries,
+        }
+    }
+
+    fn walk(p: &WireDeliveredPartition, check_crc: bool) -> Result<Vec<(u64, u32)>, BatchError> {
+        let mut seen = Vec::new();
+        let found = p.for_each_message(check_crc, |r, deliveries, part| {
+            assert_eq!(r.value, r.offset.0.to_string().as_bytes());
+            assert!(part.as_ptr_range().contains(&r.value.as_ptr()));
+            seen.push((r.offset.0, deliveries));
+        })?;
+        assert_eq!(found, seen.len());
+        Ok(seen)
+    }
+
+    #[test]
+    fn only_the_acquired_records_of_the_batches_are_walked() {
+        // Batches 0..10, 10..20 in one part, 20..25 in another.
+        let mut first = batch(0, 10);
+        first.extend(batch(10, 10));
+        let p = WireDeliveredPartition {
+            partition: 3,
+            acquired: vec![run(2, 3, 1), run(5, 1, 2), run(12, 9, 1), run(23, 1, 4)],
+            batches: vec![Bytes::from(first), Bytes::from(batch(20, 5))],
+        };
+        let expected: Vec<(u64, u32)> = (2..5)
+            .map(|o| (o, 1))
+            .chain([(5, 2)])
+            .chain((12..21).map(|o| (o, 1)))
+            .chain([(23, 4)])
+            .collect();
+        assert_eq!(p.message_count(), expected.len());
+        for check_crc in [true, false] {
+            assert_eq!(walk(&p, check_crc).unwrap(), expected);
+        }
+    }
+
+    #[test]
+    fn batches_lacking_acquired_records_show_in_the_count() {
+        let p = WireDeliveredPartition {
+            partition: 0,
+            acquired: vec![run(8, 4, 1), run(30, 2, 1)],
+            batches: vec![Bytes::from(batch(0, 10))],
+        };
+        assert_eq!(walk(&p, true).unwrap(), [(8, 1), (9, 1)]);
+        assert_eq!(p.message_count(), 6);
+    }
+
+    #[test]
+    fn a_damaged_batch_is_refused_when_checking_crcs() {
+        let mut bytes = batch(0, 10);
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x55;
+        let p = WireDeliveredPartition {
+            partition: 0,
+            acquired: vec![run(0, 10, 1)],
+            batches: vec![Bytes::from(bytes)],
+        };
+        assert!(matches!(walk(&p, true), Err(BatchError::Crc { .. })));
     }
 }

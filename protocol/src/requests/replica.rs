@@ -48,14 +48,15 @@ pub struct WireGroupCursor {
 
 /// One change of a queue group's state on a partition (the ack log's
 /// records): `kind` 1 acked, 2 dead-lettered, 3 delivered `value` times,
-/// 4 committed, 5 floor (everything below settled), 6 reset to `offset`.
+/// 4 committed, 5 floor (everything below settled), 6 reset to `offset`,
+/// 7 a run of `value` acks from `offset` on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WireAckRecord {
     /// What happened.
     pub kind: u8,
     /// To which offset.
     pub offset: u64,
-    /// The delivery count (kind 3), else 0.
+    /// The delivery count (kind 3), the run's length (kind 7), else 0.
     pub value: u32,
 }
 
@@ -278,8 +279,8 @@ impl Wire for ReplicaFetchResponse {
     }
 
     /// A slice of a segment's map: written to the socket from there.
-    fn tail(&self) -> Bytes {
-        self.batches.clone()
+    fn tail(&self) -> Vec<Bytes> {
+        vec![self.batches.clone()]
     }
 
     fn get(r: &mut Reader) -> Result<Self, DecodeError> {

@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use spool_protocol::requests::{WireAcquired, WireDeliveredPartition};
 use spool_protocol::{BatchBuilder, Offset, PartitionId};
 
 use super::ack_log::AckRecord;
-use super::queue_state::{MemberId, SettleResult};
+use super::queue_state::{Delivery, MemberId, SettleResult};
 use super::{storage_error, DeliveredMessage, Group, GroupMode, MAX_DELIVER_MESSAGES};
 use crate::broker::topic::{Topic, TopicConfig};
 use crate::broker::{Broker, BrokerError};
@@ -27,21 +28,60 @@ impl Broker {
         max: usize,
         max_wait: Duration,
     ) -> Result<Vec<DeliveredMessage>, BrokerError> {
-        self.deliver_from(group, member, max, max_wait, &|_| true)
-            .await
+        let delivered = self
+            .deliver_batches_from(group, member, max, max_wait, &|_| true)
+            .await?;
+        let mut out = Vec::with_capacity(delivered.iter().map(|p| p.message_count()).sum());
+        for p in &delivered {
+            let partition = PartitionId(p.partition);
+            let found = p
+                .for_each_message(false, |record, deliveries, part| {
+                    out.push(DeliveredMessage {
+                        partition,
+                        offset: record.offset,
+                        deliveries,
+                        timestamp_ms: record.timestamp_ms,
+                        key: record.key.map(|k| part.slice_ref(k)),
+                        value: part.slice_ref(record.value),
+                        headers: record
+                            .headers()
+                            .map(|(n, v)| (part.slice_ref(n), part.slice_ref(v)))
+                            .collect(),
+                    });
+                })
+                .map_err(|e| storage_error("reading messages for delivery", e.into()))?;
+            if found != p.message_count() {
+                return Err(storage_error(
+                    "reading messages for delivery",
+                    StorageError::Corrupt {
+                        path: Default::default(),
+                        position: 0,
+                        offset: Offset(p.acquired.first().map_or(0, |a| a.first)),
+                        reason: format!(
+                            "partition {partition}: {found} of {} records handed out were read",
+                            p.message_count()
+                        ),
+                    },
+                ));
+            }
+        }
+        Ok(out)
     }
 
-    /// [`Broker::deliver`] from the partitions `serves` accepts only (in a
-    /// cluster: those this broker leads). The others are not touched:
-    /// their deadlines, redeliveries and dead letters are their leader's.
-    pub async fn deliver_from(
+    /// Queue mode, as stored: up to `max` messages for `member` from the
+    /// partitions `serves` accepts (in a cluster: those this broker leads;
+    /// the others' deadlines, redeliveries and dead letters are their
+    /// leaders'), as the stored batches holding them and which records of
+    /// those are the member's. Nothing is parsed or copied: the batches are
+    /// slices of the segments' maps, CRC-checked as they are read.
+    pub async fn deliver_batches_from(
         &self,
         group: &str,
         member: MemberId,
         max: usize,
         max_wait: Duration,
         serves: &(dyn Fn(PartitionId) -> bool + Sync),
-    ) -> Result<Vec<DeliveredMessage>, BrokerError> {
+    ) -> Result<Vec<WireDeliveredPartition>, BrokerError> {
         self.check_open()?;
         let g = self.group(group)?;
         if g.mode != GroupMode::Queue {
@@ -107,22 +147,24 @@ impl Broker {
         member: MemberId,
         max: usize,
         serves: &(dyn Fn(PartitionId) -> bool + Sync),
-    ) -> Result<(Vec<DeliveredMessage>, Option<u64>), BrokerError> {
+    ) -> Result<(Vec<WireDeliveredPartition>, Option<u64>), BrokerError> {
         let mut reservation = g.reserve(member, max);
         let mut syncs = Vec::new();
         let mut out = Vec::new();
         let mut next_event: Option<u64> = None;
+        let mut budget = MAX_DELIVER_BYTES;
         let n = topic.partitions.len();
         let start = g.rotation.fetch_add(1, Ordering::Relaxed);
         for i in 0..n {
             let p = (start + i) % n;
-            if !serves(PartitionId(p as u32)) {
+            let partition = PartitionId(p as u32);
+            if !serves(partition) {
                 continue;
             }
             let log = &topic.partitions[p];
             let now = self.config().clock.now_ms();
-            let (took, exhausted) = {
-                let mut gp = g.partition(PartitionId(p as u32))?;
+            let (mut took, exhausted) = {
+                let mut gp = g.partition(partition)?;
                 if gp.queue.drop_below(log.start_offset().0) {
                     let floor = log.start_offset().0;
                     syncs.extend(
@@ -132,7 +174,7 @@ impl Broker {
                 }
                 gp.queue.expire(now);
                 let exhausted = gp.queue.exhausted(now, g.config.max_deliveries);
-                let took = if reservation.count > 0 {
+                let took = if reservation.count > 0 && budget > 0 {
                     gp.queue.take(
                         member,
                         now,
@@ -144,77 +186,25 @@ impl Broker {
                 } else {
                     Vec::new()
                 };
-                let counts: Vec<AckRecord> = took
-                    .iter()
-                    .filter(|d| d.deliveries > 1)
-                    .map(|d| AckRecord::Delivered(d.offset, d.deliveries))
-                    .collect();
-                syncs.extend(
-                    gp.append(&counts)
-                        .map_err(|e| storage_error("recording delivery counts", e))?,
-                );
                 if let Some(at) = gp.queue.next_event_ms() {
                     next_event = Some(next_event.map_or(at, |e| e.min(at)));
                 }
                 (took, exhausted)
             };
             if !exhausted.is_empty() {
-                self.dead_letter(g, topic, PartitionId(p as u32), &exhausted)
-                    .await?;
+                self.dead_letter(g, topic, partition, &exhausted).await?;
             }
             if took.is_empty() {
                 continue;
             }
-            reservation.taken(took.len());
-            tracing::trace!(
-                group = %g.name,
-                partition = p,
-                first = took.first().map(|d| d.offset),
-                last = took.last().map(|d| d.offset),
-                n = took.len(),
-                "delivering"
-            );
-            let redeliveries = took.iter().filter(|d| d.deliveries > 1).count() as u64;
-            g.stats
-                .deliveries
-                .fetch_add(took.len() as u64, Ordering::Relaxed);
-            g.stats
-                .redeliveries
-                .fetch_add(redeliveries, Ordering::Relaxed);
-            let offsets: Vec<u64> = took.iter().map(|d| d.offset).collect();
-            match read_records(log, &offsets) {
-                Ok(records) => {
-                    let mut damaged = Vec::new();
-                    for (d, r) in took.iter().zip(records) {
-                        let r = match r {
-                            Ok(r) => r,
-                            // Unreadable: never delivered; dead-lettered
-                            // below with the damage named.
-                            Err(_) => {
-                                damaged.push(*d);
-                                continue;
-                            }
-                        };
-                        out.push(DeliveredMessage {
-                            partition: PartitionId(p as u32),
-                            offset: Offset(d.offset),
-                            deliveries: d.deliveries,
-                            timestamp_ms: r.timestamp_ms,
-                            key: r.key,
-                            value: r.value,
-                            headers: r.headers,
-                        });
-                    }
-                    if !damaged.is_empty() {
-                        self.dead_letter(g, topic, PartitionId(p as u32), &damaged)
-                            .await?;
-                    }
-                }
+            took.sort_unstable_by_key(|d| d.offset);
+            let read = match read_delivered(log, &took, budget) {
+                Ok(read) => read,
                 Err(err) => {
                     // Hand them back before reporting: nothing is lost.
-                    if let Ok(mut gp) = g.partition(PartitionId(p as u32)) {
-                        for o in &offsets {
-                            gp.queue.nack(member, *o, self.config().clock.now_ms(), 0);
+                    if let Ok(mut gp) = g.partition(partition) {
+                        for d in &took {
+                            gp.queue.untake(member, d.offset, now);
                         }
                     }
                     return Err(storage_error(
@@ -222,10 +212,63 @@ impl Broker {
                         err,
                     ));
                 }
+            };
+            budget = budget.saturating_sub(read.bytes);
+            {
+                let mut gp = g.partition(partition)?;
+                for d in &read.unread {
+                    gp.queue.untake(member, d.offset, now);
+                }
+                // Delivery counts must be durable before the messages go
+                // out, or a power loss could hand a message out more than
+                // max_deliveries times.
+                let counts: Vec<AckRecord> = read
+                    .runs
+                    .iter()
+                    .filter(|r| r.deliveries > 1)
+                    .flat_map(|r| (r.first..r.end()).map(|o| AckRecord::Delivered(o, r.deliveries)))
+                    .collect();
+                syncs.extend(
+                    gp.append(&counts)
+                        .map_err(|e| storage_error("recording delivery counts", e))?,
+                );
             }
+            if !read.damaged.is_empty() {
+                // Unreadable: never delivered; dead-lettered with the damage
+                // named.
+                self.dead_letter(g, topic, partition, &read.damaged).await?;
+            }
+            let count: usize = read.runs.iter().map(|r| r.count as usize).sum();
+            if count == 0 {
+                continue;
+            }
+            reservation.taken(count);
+            let redeliveries: usize = read
+                .runs
+                .iter()
+                .filter(|r| r.deliveries > 1)
+                .map(|r| r.count as usize)
+                .sum();
+            tracing::trace!(
+                group = %g.name,
+                partition = p,
+                first = read.runs.first().map(|r| r.first),
+                last = read.runs.last().map(|r| r.end() - 1),
+                n = count,
+                "delivering"
+            );
+            g.stats
+                .deliveries
+                .fetch_add(count as u64, Ordering::Relaxed);
+            g.stats
+                .redeliveries
+                .fetch_add(redeliveries as u64, Ordering::Relaxed);
+            out.push(WireDeliveredPartition {
+                partition: partition.0,
+                acquired: read.runs,
+                batches: read.batches,
+            });
         }
-        // Delivery counts must be durable before the messages go out, or a
-        // power loss could hand a message out more than max_deliveries times.
         self.sync_ack_logs(syncs).await?;
         Ok((out, next_event))
     }
@@ -331,6 +374,95 @@ impl Broker {
         tracing::info!(group = %g.name, topic = %topic.name, %partition, count, "moved messages to the dead-letter topic");
         Ok(())
     }
+}
+
+/// What one delivery answer may carry of a partition's stored batches
+/// beyond the first: a batch holds records that are not the member's (acked,
+/// or another member's), so scattered redeliveries could otherwise each
+/// pull in a whole batch. What does not fit is handed back.
+const MAX_DELIVER_BYTES: u64 = 8 << 20;
+
+/// The batches read for a partition's deliveries.
+struct DeliveryRead {
+    /// Back-to-back stored batches, in offset order, covering `runs`.
+    batches: Vec<Bytes>,
+    /// Their bytes.
+    bytes: u64,
+    /// What they cover: runs of consecutive offsets with one delivery count.
+    runs: Vec<WireAcquired>,
+    /// In damaged batches: dead-lettered instead.
+    damaged: Vec<Delivery>,
+    /// Past the byte budget: handed back.
+    unread: Vec<Delivery>,
+}
+
+/// Reads the stored batches holding `took` (sorted by offset): one read
+/// per stretch of consecutive offsets, each stopping at the batch that
+/// holds the stretch's last offset. An offset in a damaged batch is
+/// reported instead of read; any other failure fails the whole read.
+fn read_delivered(
+    log: &Arc<PartitionLog>,
+    took: &[Delivery],
+    budget: u64,
+) -> Result<DeliveryRead, StorageError> {
+    let mut read = DeliveryRead {
+        batches: Vec::new(),
+        bytes: 0,
+        runs: Vec::new(),
+        damaged: Vec::new(),
+        unread: Vec::new(),
+    };
+    let mut i = 0;
+    while i < took.len() {
+        if read.bytes >= budget && !read.batches.is_empty() {
+            read.unread.extend_from_slice(&took[i..]);
+            break;
+        }
+        let mut last = i;
+        while last + 1 < took.len() && took[last + 1].offset == took[last].offset + 1 {
+            last += 1;
+        }
+        let from = Offset(took[i].offset);
+        let max_bytes = (budget.saturating_sub(read.bytes)).max(1);
+        let fetched = match log.read_through(from, Offset(took[last].offset), max_bytes) {
+            Ok(fetched) => fetched,
+            Err(damage @ StorageError::Corrupt { .. }) => {
+                tracing::debug!(offset = from.0, error = %damage, "damaged batch: not delivered");
+                read.damaged.push(took[i]);
+                i += 1;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        if fetched.batches.is_empty() {
+            // Below the visible end when taken; gone since (retention):
+            // handed back, and settled by the next delivery's floor.
+            read.unread.extend_from_slice(&took[i..]);
+            break;
+        }
+        while i < took.len() && took[i].offset < fetched.next_offset.0 {
+            push_to_runs(&mut read.runs, took[i]);
+            i += 1;
+        }
+        read.bytes += fetched.batches.len() as u64;
+        read.batches.push(fetched.batches);
+    }
+    Ok(read)
+}
+
+/// Adds a delivery (above every one before it) to its run, or starts one.
+fn push_to_runs(runs: &mut Vec<WireAcquired>, d: Delivery) {
+    if let Some(run) = runs.last_mut() {
+        if run.end() == d.offset && run.deliveries == d.deliveries && run.count < u32::MAX {
+            run.count += 1;
+            return;
+        }
+    }
+    runs.push(WireAcquired {
+        first: d.offset,
+        count: 1,
+        deliveries: d.deliveries,
+    });
 }
 
 /// A record read back for delivery, owned.

@@ -395,6 +395,28 @@ impl QueueState {
         }
     }
 
+    /// Takes back a delivery [`QueueState::take`] just made to `member`
+    /// that never went out (its answer had no room left): deliverable again
+    /// at once, with the delivery count it had before.
+    pub fn untake(&mut self, member: MemberId, offset: u64, now_ms: u64) {
+        if self
+            .in_flight
+            .get(&offset)
+            .is_none_or(|f| f.member != member)
+        {
+            return;
+        }
+        if let Some(f) = self.land(offset) {
+            self.pending.insert(
+                offset,
+                Pending {
+                    not_before_ms: now_ms,
+                    deliveries: f.deliveries.saturating_sub(1),
+                },
+            );
+        }
+    }
+
     /// Extends the deadline of an in-flight offset of `member`.
     pub fn touch(
         &mut self,
@@ -567,6 +589,32 @@ mod tests {
                 deliveries: 2
             }]
         );
+    }
+
+    #[test]
+    fn an_untaken_delivery_comes_back_with_its_count_unchanged() {
+        let mut q = QueueState::default();
+        let first = q.take(1, 0, WAIT, 3, MAX, 3);
+        assert_eq!(first.len(), 3);
+        // Offsets 1 and 2 never went out.
+        q.untake(1, 1, 0);
+        q.untake(1, 2, 0);
+        // Not another member's, and not twice.
+        q.untake(2, 0, 0);
+        q.untake(1, 2, 0);
+        assert_eq!(q.in_flight_of(1), 1);
+        let again = q.take(2, 0, WAIT, 5, MAX, 3);
+        let delivered = |offset| Delivery {
+            offset,
+            deliveries: 1,
+        };
+        assert_eq!(again, [delivered(1), delivered(2)]);
+        // A redelivery taken back keeps its count too.
+        q.expire(WAIT + 1);
+        let redelivered = q.take(3, WAIT + 1, WAIT, 1, MAX, 3);
+        assert_eq!(redelivered[0].deliveries, 2);
+        q.untake(3, redelivered[0].offset, WAIT + 1);
+        assert_eq!(q.take(3, WAIT + 1, WAIT, 1, MAX, 3), redelivered);
     }
 
     #[derive(Clone, Debug)]

@@ -8,8 +8,8 @@ use spool_protocol::requests::{
     DeleteGroupRequest, DeliverRequest, DeliverResponse, DescribeGroupRequest,
     GroupAssignmentRequest, GroupAssignmentResponse, JoinGroupRequest, JoinGroupResponse,
     LeaveGroupRequest, ListGroupsResponse, NackRequest, PendingMessagesRequest,
-    PendingMessagesResponse, ResetGroupRequest, SettleResponse, TouchRequest, WireDelivery,
-    WireGroup, WireGroupPartition, WirePending,
+    PendingMessagesResponse, ResetGroupRequest, SettleResponse, TouchRequest, WireGroup,
+    WireGroupPartition, WirePending,
 };
 use spool_protocol::{
     ErrorResponse, Offset, PartitionId, WireGroupMode, WireResetTarget, WireSettle,
@@ -92,8 +92,8 @@ pub async fn deliver(
     } else {
         request.max_wait_ms.min(MAX_WAIT_CAP_MS)
     };
-    let messages = broker
-        .deliver_from(
+    let partitions = broker
+        .deliver_batches_from(
             &request.group,
             request.member,
             request.max_messages as usize,
@@ -102,20 +102,7 @@ pub async fn deliver(
         )
         .await
         .map_err(fail)?;
-    Ok(DeliverResponse {
-        messages: messages
-            .into_iter()
-            .map(|m| WireDelivery {
-                partition: m.partition.0,
-                offset: m.offset.0,
-                deliveries: m.deliveries,
-                timestamp_ms: m.timestamp_ms,
-                key: m.key,
-                value: m.value,
-                headers: m.headers,
-            })
-            .collect(),
-    })
+    Ok(DeliverResponse { partitions })
 }
 
 /// Queue mode: acks (durable before the reply).

@@ -49,14 +49,14 @@ mod tests {
 
     #[test]
     fn negotiates_or_refuses() {
-        // Version 2 (acks on produce, replica fetch) is the only one.
+        // Version 3 (deliveries as stored batches) is the only one.
         assert!(matches!(
             handle(&hello(1, 5), 1024),
-            Ok(HandshakeResponse { version: 2, .. })
+            Ok(HandshakeResponse { version: 3, .. })
         ));
-        let err = handle(&hello(3, 4), 1024).unwrap_err();
+        let err = handle(&hello(4, 5), 1024).unwrap_err();
         assert_eq!(err.code, ErrorCode::UnsupportedVersion as u16);
-        let err = handle(&hello(1, 1), 1024).unwrap_err();
+        let err = handle(&hello(1, 2), 1024).unwrap_err();
         assert_eq!(err.code, ErrorCode::UnsupportedVersion as u16);
     }
 }
