@@ -179,6 +179,17 @@ impl Consumer {
         tokio::time::timeout(wait, self.next()).await.ok().flatten()
     }
 
+    /// Every message received and not yet taken, at least one (waiting
+    /// for it as [`Consumer::next`] does): a fetch's worth at a time, for
+    /// consumers that handle messages in bulk. `None` only if every fetch
+    /// loop has stopped.
+    pub async fn next_batch(&mut self) -> Option<Result<Vec<ConsumedMessage>, ClientError>> {
+        if !self.ready.is_empty() {
+            return Some(Ok(self.ready.drain(..).collect()));
+        }
+        self.rx.recv().await
+    }
+
     /// The next message; `None` only if every fetch loop has stopped.
     pub async fn next(&mut self) -> Option<Result<ConsumedMessage, ClientError>> {
         loop {
@@ -242,12 +253,19 @@ async fn fetch_loop(
 }
 
 /// Messages at or after `from` in back-to-back batches, as slices of `bytes`.
+/// Each batch's CRC is checked (the broker checked the rest when it stored
+/// it), and a batch whose records do not all parse is refused.
 fn decode(partition: u32, from: u64, bytes: &Bytes) -> Chunk {
     let mut out = Vec::new();
-    for batch in Batches::new(bytes) {
+    for batch in Batches::from_broker(bytes) {
         let batch =
             batch.map_err(|e| ClientError::Protocol(format!("bad batch from server: {e}")))?;
-        for r in batch.records().filter(|r| r.offset.0 >= from) {
+        let mut parsed = 0u32;
+        for r in batch.records() {
+            parsed += 1;
+            if r.offset.0 < from {
+                continue;
+            }
             out.push(ConsumedMessage {
                 partition,
                 offset: r.offset.0,
@@ -259,6 +277,12 @@ fn decode(partition: u32, from: u64, bytes: &Bytes) -> Chunk {
                     .map(|(n, v)| (bytes.slice_ref(n), bytes.slice_ref(v)))
                     .collect(),
             });
+        }
+        if parsed != batch.header().record_count {
+            return Err(ClientError::Protocol(format!(
+                "bad batch from server: {parsed} of its {} records parse",
+                batch.header().record_count
+            )));
         }
     }
     Ok(out)

@@ -27,7 +27,7 @@ use spool::client::{
 use spool::server::{CancellationToken, Server, ServerConfig};
 use spool::{Broker, BrokerConfig, SyncPolicy};
 
-use self::payload::{check, fillers, write_payload, Seen, PAYLOAD_HEADER};
+use self::payload::{check_received, fillers, write_payload, Seen, PAYLOAD_HEADER};
 use self::report::{Latency, Report};
 use self::timeline::{ProcessProbe, Timeline};
 use crate::{resolve, Failure};
@@ -764,10 +764,15 @@ async fn consume_into(
             loop {
                 let next = tokio::select! {
                     _ = stop.cancelled() => break,
-                    next = consumer.next() => next,
+                    next = consumer.next_batch() => next,
                 };
                 match next {
-                    Some(Ok(m)) => check(seen, shared, m.partition, &m.value, true),
+                    Some(Ok(batch)) => check_received(
+                        seen,
+                        shared,
+                        batch.iter().map(|m| (m.partition, &m.value[..])),
+                        true,
+                    ),
                     Some(Err(e)) => return Err(e.to_string()),
                     None => break,
                 }
@@ -786,9 +791,12 @@ async fn consume_into(
             let mut acks = None;
             while !stop.is_cancelled() {
                 let batch = consumer.receive_batch().await.map_err(|e| e.to_string())?;
-                for m in &batch {
-                    check(seen, shared, m.partition, &m.value, false);
-                }
+                check_received(
+                    seen,
+                    shared,
+                    batch.iter().map(|m| (m.partition, &m.value[..])),
+                    false,
+                );
                 // Every message acked, the acks pipelined with the next delivery.
                 let sent = consumer
                     .send_acks(&batch)
