@@ -128,9 +128,21 @@ impl Tally {
         })
     }
 
+    /// Nanoseconds since the epoch: read once for messages that arrived
+    /// together, as `spool bench` does.
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// A message that arrived on its own.
     fn see(&mut self, p: &[u8]) {
+        let now = self.now();
+        self.see_at(p, now);
+    }
+
+    /// A message of a batch that arrived at `now`.
+    fn see_at(&mut self, p: &[u8], now: u64) {
         if let Some((sent, seq)) = parse(p) {
-            let now = self.epoch.elapsed().as_nanos() as u64;
             let _ = self.e2e.record(now.saturating_sub(sent).max(1000));
             if seq != self.next_seq {
                 self.out_of_order += 1;
@@ -345,10 +357,11 @@ async fn redis_run(args: &Args, epoch: Instant) -> Result<(f64, f64, Histogram<u
             }
         };
         let mut ids = Vec::new();
+        let now = tally.now();
         for k in reply.keys {
             for entry in k.ids {
                 let data: Vec<u8> = entry.get("d").context("entry without payload")?;
-                tally.see(&data);
+                tally.see_at(&data, now);
                 last_id = entry.id.clone();
                 ids.push(entry.id);
             }
@@ -668,8 +681,9 @@ async fn iggy_run(args: &Args, epoch: Instant) -> Result<(f64, f64, Histogram<u6
             continue;
         }
         offset += polled.messages.len() as u64;
+        let now = tally.now();
         for m in &polled.messages {
-            tally.see(&m.payload);
+            tally.see_at(&m.payload, now);
         }
     }
     let consume_secs = start.elapsed().as_secs_f64();
