@@ -55,7 +55,17 @@ pub fn exercise_frame_decoder(data: &[u8]) {
                         Ok(&request)
                     );
                 }
-                let _ = Response::decode(frame.kind, frame.body.clone());
+                if let Ok(Response::Deliver(delivered)) =
+                    Response::decode(frame.kind, frame.body.clone())
+                {
+                    // A hostile broker's batches: walking them (CRCs
+                    // checked or not) fails or stops, never panics.
+                    for p in &delivered.partitions {
+                        for check_crc in [true, false] {
+                            let _ = p.for_each_message(check_crc, |_, _, _| {});
+                        }
+                    }
+                }
                 let _ = ErrorResponse::decode(frame.body);
             }
             Ok(None) if !fed_rest => {
