@@ -13,6 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use spool_protocol::batch::Batches;
 use spool_protocol::requests::{FetchRequest, OffsetForTimestampRequest};
+use spool_protocol::RecordParts;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -266,16 +267,18 @@ fn decode(partition: u32, from: u64, bytes: &Bytes) -> Chunk {
             if r.offset.0 < from {
                 continue;
             }
+            let RecordParts {
+                key,
+                value,
+                headers,
+            } = r.parts_in(bytes);
             out.push(ConsumedMessage {
                 partition,
                 offset: r.offset.0,
                 timestamp_ms: r.timestamp_ms,
-                key: r.key.map(|k| bytes.slice_ref(k)),
-                value: bytes.slice_ref(r.value),
-                headers: r
-                    .headers()
-                    .map(|(n, v)| (bytes.slice_ref(n), bytes.slice_ref(v)))
-                    .collect(),
+                key,
+                value,
+                headers,
             });
         }
         if parsed != batch.header().record_count {

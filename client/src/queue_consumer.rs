@@ -15,7 +15,7 @@ use spool_protocol::requests::{
     AckRequest, DeliverRequest, DeliverResponse, JoinGroupRequest, NackRequest, SettleResponse,
     TouchRequest,
 };
-use spool_protocol::{Call, ErrorCode, WireGroupMode};
+use spool_protocol::{Call, ErrorCode, RecordParts, WireGroupMode};
 
 use super::{Client, ClientError, Connection};
 
@@ -79,17 +79,19 @@ fn messages_of(response: &DeliverResponse) -> Result<Vec<QueuedMessage>, ClientE
     for p in &response.partitions {
         let found = p
             .for_each_message(true, |record, deliveries, part| {
+                let RecordParts {
+                    key,
+                    value,
+                    headers,
+                } = record.parts_in(part);
                 out.push(QueuedMessage {
                     partition: p.partition,
                     offset: record.offset.0,
                     deliveries,
                     timestamp_ms: record.timestamp_ms,
-                    key: record.key.map(|k| part.slice_ref(k)),
-                    value: part.slice_ref(record.value),
-                    headers: record
-                        .headers()
-                        .map(|(n, v)| (part.slice_ref(n), part.slice_ref(v)))
-                        .collect(),
+                    key,
+                    value,
+                    headers,
                 });
             })
             .map_err(|e| {

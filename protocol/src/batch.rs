@@ -376,6 +376,17 @@ impl<'a> Batches<'a> {
         }
     }
 
+    /// Starts at the front of `buf`, batches a broker read back from its
+    /// own storage, which checked them: headers only
+    /// ([`Batch::from_stored`]).
+    pub fn stored(buf: &'a [u8]) -> Batches<'a> {
+        Batches {
+            rest: buf,
+            failed: false,
+            check: Batch::from_stored,
+        }
+    }
+
     /// Starts at the front of `buf`, batches a broker sent from its
     /// storage: each one's header and CRC are checked
     /// ([`Batch::from_broker`]).
@@ -423,7 +434,32 @@ pub struct Record<'a> {
     header_count: u32,
 }
 
+/// A record's key, value and headers as slices of the buffer it was
+/// parsed from: owned, and nothing copied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordParts {
+    /// The key, if the producer gave one.
+    pub key: Option<Bytes>,
+    /// The payload.
+    pub value: Bytes,
+    /// The headers, in order.
+    pub headers: Vec<(Bytes, Bytes)>,
+}
+
 impl<'a> Record<'a> {
+    /// Key, value and headers as slices of `buf`, which must be the buffer
+    /// this record was parsed from (or hold the bytes it was parsed from).
+    pub fn parts_in(&self, buf: &Bytes) -> RecordParts {
+        RecordParts {
+            key: self.key.map(|k| buf.slice_ref(k)),
+            value: buf.slice_ref(self.value),
+            headers: self
+                .headers()
+                .map(|(n, v)| (buf.slice_ref(n), buf.slice_ref(v)))
+                .collect(),
+        }
+    }
+
     /// The record's headers, in the order the producer added them.
     pub fn headers(&self) -> Headers<'a> {
         Headers {

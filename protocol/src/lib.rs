@@ -24,7 +24,7 @@ pub mod spec {
 pub mod types;
 pub mod varint;
 
-pub use batch::{Batch, BatchBuilder, BatchError, BatchHeader, Record};
+pub use batch::{Batch, BatchBuilder, BatchError, BatchHeader, Record, RecordParts};
 pub use codec::{DecodeError, Wire};
 pub use error_code::ErrorCode;
 pub use frame::{Frame, FrameCodec, FrameError, FrameHead};

@@ -3,7 +3,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::batch::{Batch, BatchError, Record};
+use crate::batch::{BatchError, Batches, Record};
 use crate::codec::{put_list, put_string, DecodeError, Reader, Wire};
 
 /// A run of consecutive offsets of one partition handed out to a member
@@ -51,7 +51,7 @@ impl WireDeliveredPartition {
     /// how many it found: fewer than [`Self::message_count`] means the
     /// batches lack some (or hold records that do not parse). With
     /// `check_crc`, every batch's CRC is checked before its records are
-    /// read: batches off the network ([`Batch::from_broker`]). Without,
+    /// read: batches off the network ([`crate::Batch::from_broker`]). Without,
     /// only headers are parsed: batches a broker just read back from its
     /// own storage, which checked them.
     pub fn for_each_message<'a>(
@@ -62,14 +62,13 @@ impl WireDeliveredPartition {
         let mut runs = self.acquired.iter().peekable();
         let mut found = 0;
         'parts: for part in &self.batches {
-            let mut rest: &[u8] = part;
-            while !rest.is_empty() {
-                let batch = if check_crc {
-                    Batch::from_broker(rest)?
-                } else {
-                    Batch::from_stored(rest)?
-                };
-                rest = &rest[batch.bytes().len()..];
+            let batches = if check_crc {
+                Batches::from_broker(part)
+            } else {
+                Batches::stored(part)
+            };
+            for batch in batches {
+                let batch = batch?;
                 let (base, next) = (batch.header().base_offset.0, batch.header().next_offset().0);
                 while runs.peek().is_some_and(|r| r.end() <= base) {
                     runs.next();

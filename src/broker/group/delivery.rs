@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use spool_protocol::requests::{WireAcquired, WireDeliveredPartition};
-use spool_protocol::{BatchBuilder, Offset, PartitionId};
+use spool_protocol::{BatchBuilder, Offset, PartitionId, RecordParts};
 
 use super::ack_log::AckRecord;
 use super::queue_state::{Delivery, MemberId, SettleResult};
@@ -36,17 +36,19 @@ impl Broker {
             let partition = PartitionId(p.partition);
             let found = p
                 .for_each_message(false, |record, deliveries, part| {
+                    let RecordParts {
+                        key,
+                        value,
+                        headers,
+                    } = record.parts_in(part);
                     out.push(DeliveredMessage {
                         partition,
                         offset: record.offset,
                         deliveries,
                         timestamp_ms: record.timestamp_ms,
-                        key: record.key.map(|k| part.slice_ref(k)),
-                        value: part.slice_ref(record.value),
-                        headers: record
-                            .headers()
-                            .map(|(n, v)| (part.slice_ref(n), part.slice_ref(v)))
-                            .collect(),
+                        key,
+                        value,
+                        headers,
                     });
                 })
                 .map_err(|e| storage_error("reading messages for delivery", e.into()))?;
@@ -509,14 +511,16 @@ fn read_records(
                 i += 1;
             }
             if i < wanted.len() && wanted[i].0 == record.offset.0 {
+                let RecordParts {
+                    key,
+                    value,
+                    headers,
+                } = record.parts_in(bytes);
                 found[wanted[i].1] = Some(Ok(OwnedRecord {
                     timestamp_ms: record.timestamp_ms,
-                    key: record.key.map(|k| bytes.slice_ref(k)),
-                    value: bytes.slice_ref(record.value),
-                    headers: record
-                        .headers()
-                        .map(|(n, v)| (bytes.slice_ref(n), bytes.slice_ref(v)))
-                        .collect(),
+                    key,
+                    value,
+                    headers,
                 }));
                 i += 1;
             }
