@@ -8,10 +8,12 @@
 #   PARTS=locks benches/compare.sh            # only the lock table
 #
 # Settings (environment): SIZES ("100 1024"), MODES ("queue stream"),
-# REPEAT (3 passes; medians, with the spread), MESSAGES (500000 per
-# flat-out run), SLOW_MESSAGES (50000, for the peers that fsync every
+# REPEAT (3 passes; medians, with the spread), MESSAGES (2000000 per
+# flat-out run: shorter ones last a few tenths of a second for Spool),
+# SLOW_MESSAGES (50000, for the peers that fsync every
 # message: NATS `always` and RabbitMQ), RATE (10000 msg/s) and RATE_SECS (3)
-# for the latency runs, PARTS ("messages locks").
+# for the latency runs, PARTS ("messages locks"), REDIS_BATCH (4000: XADDs
+# per pipeline and COUNT per read; 1,000 and 10,000 were no faster).
 #
 # Every system runs as its own server process on loopback, and every run
 # reads that process's CPU time and peak RSS from /proc (peak reset before
@@ -40,7 +42,7 @@ cd "$(dirname "$0")/.."
 SIZES=${SIZES:-"100 1024"}
 MODES=${MODES:-"queue stream"}
 REPEAT=${REPEAT:-3}
-MESSAGES=${MESSAGES:-500000}
+MESSAGES=${MESSAGES:-2000000}
 SLOW_MESSAGES=${SLOW_MESSAGES:-50000}
 RATE=${RATE:-10000}
 RATE_SECS=${RATE_SECS:-3}
@@ -48,6 +50,7 @@ PARTS=${PARTS:-"messages locks"}
 LOCK_CLIENTS=${LOCK_CLIENTS:-4}
 LOCK_SECS=${LOCK_SECS:-5}
 NATS_VERSION=${NATS_VERSION:-2.15.1}
+REDIS_BATCH=${REDIS_BATCH:-4000}
 
 if ! command -v redis-server >/dev/null || ! command -v etcd >/dev/null; then
     apt-get update -qq
@@ -241,8 +244,8 @@ for rep in $(seq "$REPEAT"); do
                 tag="$size $mode $kind"
                 spool_run "spool $tag interval:100" "$n" "$mode" "$size" interval:100 "${sargs[@]}"
                 spool_run "spool $tag always" "$n" "$mode" "$size" always "${sargs[@]}"
-                peer_run "redis $tag everysec" 6391 "$n" redis redis://127.0.0.1:6391 "$mode" "$size" everysec "${pargs[@]}"
-                peer_run "redis $tag always" 6392 "$n" redis redis://127.0.0.1:6392 "$mode" "$size" always "${pargs[@]}"
+                peer_run "redis $tag everysec" 6391 "$n" redis redis://127.0.0.1:6391 "$mode" "$size" everysec --batch "$REDIS_BATCH" "${pargs[@]}"
+                peer_run "redis $tag always" 6392 "$n" redis redis://127.0.0.1:6392 "$mode" "$size" always --batch "$REDIS_BATCH" "${pargs[@]}"
                 if [ -n "$NATS" ]; then
                     peer_run "nats $tag interval:100ms" 4333 "$n" nats nats://127.0.0.1:4333 "$mode" "$size" "sync_interval 100ms" "${pargs[@]}"
                     peer_run "nats $tag always" 4334 "$slow" nats nats://127.0.0.1:4334 "$mode" "$size" "sync_interval always" "${slowargs[@]}"

@@ -7,10 +7,15 @@
 //! `append/memcpy` is the yardstick for the append path: the same 1 KiB x
 //! 1,000 batch (about 1 MiB) copied into a 256 MiB buffer, larger than any
 //! cache, as a write into the page cache must. An append cannot beat it.
+//! `append/pwrite_fresh` is the kernel's floor: the same batch written with
+//! one `pwrite` into a fresh sparse file, as an append into a new segment
+//! is; `append/pwrite_cached` the same write over pages already in the page
+//! cache.
 //!
 //! Run: `cargo bench --bench storage` (add `-- append` etc. to filter).
 
 use std::hint::black_box;
+use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -55,7 +60,7 @@ fn throughput_of(records: usize, batch_len: usize) -> Throughput {
 
 fn config(sync: SyncPolicy) -> LogConfig {
     LogConfig {
-        segment_size_bytes: 256 * 1024 * 1024,
+        segment_size_bytes: SEGMENT_BYTES,
         sync,
         retention_ms: None,
         retention_bytes: None,
@@ -150,7 +155,63 @@ fn append(c: &mut Criterion) {
             black_box(&ring[at]);
         })
     });
+    drop(ring);
+    // The kernel's part of an append, without Spool: one `pwrite` of the
+    // batch into a fresh sparse file of the segment size, as an append
+    // into a new segment does (the page cache takes a fresh page for every
+    // 4 KiB). An append cannot beat this either.
+    group.bench_function(BenchmarkId::new("pwrite_fresh", "1000x1024"), |b| {
+        b.iter_custom(|iters| {
+            let dir = tempfile::tempdir().unwrap();
+            let mut files = 0;
+            let mut file = sparse_file(dir.path(), files);
+            let mut pos = 0u64;
+            let start = Instant::now();
+            for _ in 0..iters {
+                if pos + bytes.len() as u64 > SEGMENT_BYTES {
+                    files += 1;
+                    file = sparse_file(dir.path(), files);
+                    pos = 0;
+                }
+                file.write_all_at(black_box(&bytes), pos).unwrap();
+                pos += bytes.len() as u64;
+            }
+            start.elapsed()
+        })
+    });
+    // The same write over pages already in the page cache (a 256 MiB file
+    // written once before): what the page cache costs once its pages
+    // exist, the bound for reusing old segment files.
+    let dir = tempfile::tempdir().unwrap();
+    let cached = sparse_file(dir.path(), 0);
+    let zeros = vec![0u8; 4 << 20];
+    for at in (0..SEGMENT_BYTES).step_by(zeros.len()) {
+        cached.write_all_at(&zeros, at).unwrap();
+    }
+    let mut pos = 0u64;
+    group.bench_function(BenchmarkId::new("pwrite_cached", "1000x1024"), |b| {
+        b.iter(|| {
+            if pos + bytes.len() as u64 > SEGMENT_BYTES {
+                pos = 0;
+            }
+            cached.write_all_at(black_box(&bytes), pos).unwrap();
+            pos += bytes.len() as u64;
+        })
+    });
     group.finish();
+}
+
+const SEGMENT_BYTES: u64 = 256 * 1024 * 1024;
+
+fn sparse_file(dir: &std::path::Path, n: u32) -> std::fs::File {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(dir.join(format!("{n}.log")))
+        .unwrap();
+    file.set_len(SEGMENT_BYTES).unwrap();
+    file
 }
 
 fn sequential_read(c: &mut Criterion) {

@@ -76,9 +76,11 @@ pub(super) fn check_received<'a>(
             sent.push(sent_ns);
         }
     }
+    // Before the count: whoever sees the last message counted sees its time.
+    shared.last_arrival_ns.fetch_max(now, Ordering::Release);
     shared
         .consumed
-        .fetch_add(sent.len() as u64, Ordering::Relaxed);
+        .fetch_add(sent.len() as u64, Ordering::Release);
     let mut e2e = shared.e2e_latency.lock();
     for sent_ns in sent.into_iter().filter(|&s| s >= shared.warmup_ns) {
         e2e.record(now.saturating_sub(sent_ns).max(1_000));
