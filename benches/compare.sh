@@ -12,8 +12,10 @@
 # flat-out run: shorter ones last a few tenths of a second for Spool),
 # SLOW_MESSAGES (50000, for the peers that fsync every
 # message: NATS `always` and RabbitMQ), RATE (10000 msg/s) and RATE_SECS (3)
-# for the latency runs, PARTS ("messages locks"), REDIS_BATCH (4000: XADDs
-# per pipeline and COUNT per read; 1,000 and 10,000 were no faster).
+# for the latency runs, PARTS ("messages locks"), REDIS_BATCH (XADDs per
+# pipeline and COUNT per read: 4000 for 100-byte messages, where 1,000 and
+# 10,000 were slower; 1000 for 1 KiB, where pipelines of 4,000 stalled the
+# client under appendfsync always).
 #
 # Every system runs as its own server process on loopback, and every run
 # reads that process's CPU time and peak RSS from /proc (peak reset before
@@ -50,7 +52,7 @@ PARTS=${PARTS:-"messages locks"}
 LOCK_CLIENTS=${LOCK_CLIENTS:-4}
 LOCK_SECS=${LOCK_SECS:-5}
 NATS_VERSION=${NATS_VERSION:-2.15.1}
-REDIS_BATCH=${REDIS_BATCH:-4000}
+REDIS_BATCH=${REDIS_BATCH:-}
 
 if ! command -v redis-server >/dev/null || ! command -v etcd >/dev/null; then
     apt-get update -qq
@@ -242,10 +244,11 @@ for rep in $(seq "$REPEAT"); do
                     slowargs=(--rate "$RATE")
                 fi
                 tag="$size $mode $kind"
+                redis_batch=${REDIS_BATCH:-$([ "$size" -le 100 ] && echo 4000 || echo 1000)}
                 spool_run "spool $tag interval:100" "$n" "$mode" "$size" interval:100 "${sargs[@]}"
                 spool_run "spool $tag always" "$n" "$mode" "$size" always "${sargs[@]}"
-                peer_run "redis $tag everysec" 6391 "$n" redis redis://127.0.0.1:6391 "$mode" "$size" everysec --batch "$REDIS_BATCH" "${pargs[@]}"
-                peer_run "redis $tag always" 6392 "$n" redis redis://127.0.0.1:6392 "$mode" "$size" always --batch "$REDIS_BATCH" "${pargs[@]}"
+                peer_run "redis $tag everysec" 6391 "$n" redis redis://127.0.0.1:6391 "$mode" "$size" everysec --batch "$redis_batch" "${pargs[@]}"
+                peer_run "redis $tag always" 6392 "$n" redis redis://127.0.0.1:6392 "$mode" "$size" always --batch "$redis_batch" "${pargs[@]}"
                 if [ -n "$NATS" ]; then
                     peer_run "nats $tag interval:100ms" 4333 "$n" nats nats://127.0.0.1:4333 "$mode" "$size" "sync_interval 100ms" "${pargs[@]}"
                     peer_run "nats $tag always" 4334 "$slow" nats nats://127.0.0.1:4334 "$mode" "$size" "sync_interval always" "${slowargs[@]}"
