@@ -269,13 +269,18 @@ fn run(rx: mpsc::Receiver<Request>, unmap_idle_ms: u64, file_syncs: &std::sync::
     let mut watched: Vec<Weak<PartitionLog>> = Vec::new();
     let mut next_housekeeping_ms = monotonic_ms() + HOUSEKEEPING_INTERVAL_MS;
     loop {
+        // Sleep until the first interval flush falls due, so it starts on
+        // time (`interval_flush_in`). A log with nothing to flush is looked
+        // at again within a quarter period: an append made meanwhile falls
+        // due at least half a period after it.
+        let now_ms = monotonic_ms();
         let tick_ms = watched
             .iter()
             .filter_map(Weak::upgrade)
             .filter_map(|log| match log.config().sync {
-                // A quarter period: a flush falls due (`interval_flush_due`)
-                // at most this long before it is noticed.
-                SyncPolicy::Interval { ms } => Some(ms / 4),
+                SyncPolicy::Interval { ms } => {
+                    Some(log.interval_flush_in(now_ms).unwrap_or(ms / 4))
+                }
                 _ => None,
             })
             .min()
@@ -338,7 +343,7 @@ fn run(rx: mpsc::Receiver<Request>, unmap_idle_ms: u64, file_syncs: &std::sync::
         let now_ms = monotonic_ms();
         watched.retain(|weak| weak.strong_count() > 0);
         for log in watched.iter().filter_map(Weak::upgrade) {
-            if log.interval_flush_due(now_ms) {
+            if log.interval_flush_in(now_ms) == Some(0) {
                 if let Err(err) = log.flush() {
                     tracing::error!(dir = %log.dir().display(), error = %err, "interval flush failed");
                 }
