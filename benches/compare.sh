@@ -12,7 +12,8 @@
 # flat-out run: shorter ones last a few tenths of a second for Spool),
 # SLOW_MESSAGES (50000, for the peers that fsync every
 # message: NATS `always` and RabbitMQ), RATE (10000 msg/s) and RATE_SECS (3)
-# for the latency runs, PARTS ("messages locks"), REDIS_BATCH (XADDs per
+# for the latency runs, KINDS ("flat rate": KINDS=rate runs only the
+# latency runs), PARTS ("messages locks"), REDIS_BATCH (XADDs per
 # pipeline and COUNT per read: 4000 for 100-byte messages, where 1,000 and
 # 10,000 were slower; 1000 for 1 KiB, where pipelines of 4,000 stalled the
 # client under appendfsync always).
@@ -49,6 +50,7 @@ SLOW_MESSAGES=${SLOW_MESSAGES:-50000}
 RATE=${RATE:-10000}
 RATE_SECS=${RATE_SECS:-3}
 PARTS=${PARTS:-"messages locks"}
+KINDS=${KINDS:-"flat rate"}
 LOCK_CLIENTS=${LOCK_CLIENTS:-4}
 LOCK_SECS=${LOCK_SECS:-5}
 NATS_VERSION=${NATS_VERSION:-2.15.1}
@@ -228,7 +230,7 @@ for rep in $(seq "$REPEAT"); do
     [[ " $PARTS " == *" messages "* ]] || continue
     for size in $SIZES; do
         for mode in $MODES; do
-            for kind in flat rate; do
+            for kind in $KINDS; do
                 # flat: MESSAGES as fast as possible; rate: RATE msg/s.
                 if [ "$kind" = flat ]; then
                     n=$MESSAGES
@@ -333,7 +335,8 @@ print("| size | mode | system | durability | produce msg/s | produce MB/s | cons
 print("|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for size in sizes:
     for mode in modes:
-        labels = [l for l in runs if l.split(" ")[1] == str(size) and l.split(" ")[2] == mode and l.split(" ")[3] == "flat"]
+        # Named by their flat-out run, which KINDS=rate leaves out.
+        labels = sorted({l.replace(" rate ", " flat ") for l in runs if l.split(" ")[1] == str(size) and l.split(" ")[2] == mode})
         labels.sort(key=lambda l: (order.index(l.split(" ")[0]) if l.split(" ")[0] in order else 99, l))
         # The best peer of each durability class, by consume rate.
         best = {}
