@@ -10,7 +10,9 @@
 //! `append/pwrite_fresh` is the kernel's floor: the same batch written with
 //! one `pwrite` into a fresh sparse file, as an append into a new segment
 //! is; `append/pwrite_cached` the same write over pages already in the page
-//! cache.
+//! cache. `append/never_recycled` and `append/interval:100_recycled`
+//! append at the retention limit, where new segments are written over
+//! recycled files.
 //!
 //! Run: `cargo bench --bench storage` (add `-- append` etc. to filter).
 
@@ -142,8 +144,37 @@ fn append(c: &mut Criterion) {
             });
         }
     }
+    // At the retention limit: retention drops a segment about every time
+    // one rolls, and the next roll writes over the dropped file while its
+    // pages are cached (`storage/recycle.rs`). One log for all samples,
+    // filled past its retention first, so every sample is steady state.
     let bytes = batch(1024);
     group.throughput(throughput(bytes.len()));
+    for sync in [SyncPolicy::Never, SyncPolicy::Interval { ms: 100 }] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            retention_bytes: Some(2 * SEGMENT_BYTES),
+            ..config(sync)
+        };
+        let log = PartitionLog::open(dir.path(), config, false).unwrap();
+        let batch = Batch::validate(&bytes).unwrap();
+        let mut appended = 0u64;
+        let mut append = |log: &PartitionLog| {
+            log.append(batch).unwrap();
+            appended += bytes.len() as u64;
+            // Retention runs every 250 ms in a broker: about every 64 MiB
+            // at these rates.
+            if appended % (64 << 20) < bytes.len() as u64 {
+                log.enforce_retention(std::time::SystemTime::now()).unwrap();
+            }
+        };
+        while log.reused_file_count() < 2 {
+            append(&log);
+        }
+        let id = BenchmarkId::new(format!("{sync}_recycled"), "1000x1024");
+        group.bench_function(id, |b| b.iter(|| append(&log)));
+        assert!(log.reused_file_count() > 2, "segments were recycled");
+    }
     let mut ring = vec![1u8; 256 * 1024 * 1024];
     let slots = ring.len() / bytes.len();
     let mut slot = 0;

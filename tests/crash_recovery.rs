@@ -20,6 +20,10 @@ use spool::{Broker, BrokerConfig, Message, Offset, PartitionId, SyncPolicy, Topi
 
 const DIR_ENV: &str = "SPOOL_CRASH_CHILD_DIR";
 const SYNC_ENV: &str = "SPOOL_CRASH_CHILD_SYNC";
+/// Set: the topic keeps two segments (retention by size), so segment files
+/// are dropped and recycled while the child appends.
+const RETENTION_ENV: &str = "SPOOL_CRASH_CHILD_RETENTION";
+const RETAINED_BYTES: u64 = 64 * 1024;
 const TOPIC: &str = "crash";
 const PARTITIONS: u32 = 2;
 const ROUNDS_PER_POLICY: usize = 12;
@@ -49,11 +53,12 @@ fn check_value(partition: u32, offset: u64, value: &[u8]) {
     );
 }
 
-fn topic_config(sync: SyncPolicy) -> TopicConfig {
+fn topic_config(sync: SyncPolicy, retention: bool) -> TopicConfig {
     // Small segments so kills land in the middle of rolls too.
     TopicConfig::new(PARTITIONS)
         .sync(sync)
         .segment_size_bytes(32 * 1024)
+        .retention_bytes(retention.then_some(RETAINED_BYTES))
 }
 
 #[test]
@@ -63,6 +68,7 @@ fn crash_child() {
         return;
     };
     let sync: SyncPolicy = std::env::var(SYNC_ENV).unwrap().parse().unwrap();
+    let retention = std::env::var_os(RETENTION_ENV).is_some();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -70,7 +76,9 @@ fn crash_child() {
     rt.block_on(async move {
         let broker = Broker::open(&dir, BrokerConfig::default()).unwrap();
         if broker.describe_topic(TOPIC).is_err() {
-            broker.create_topic(TOPIC, topic_config(sync)).unwrap();
+            broker
+                .create_topic(TOPIC, topic_config(sync, retention))
+                .unwrap();
         }
         let mut rng = rand::rngs::StdRng::from_os_rng();
         let mut out = std::io::stdout().lock();
@@ -88,6 +96,10 @@ fn crash_child() {
             assert_eq!(info.base_offset, Offset(next));
             use std::io::Write;
             writeln!(out, "ACK {p} {next} {n}").unwrap();
+            if next % 64 == 0 {
+                let recycled = broker.storage_stats().segments_recycled;
+                writeln!(out, "RECYCLED {recycled}").unwrap();
+            }
             out.flush().unwrap();
         }
     });
@@ -99,9 +111,11 @@ fn crash_child() {
 fn run_and_kill(
     dir: &std::path::Path,
     sync: SyncPolicy,
+    retention: bool,
     rng: &mut impl Rng,
-) -> Vec<(u32, u64, u64)> {
-    let mut child = Command::new(std::env::current_exe().unwrap())
+) -> (Vec<(u32, u64, u64)>, u64) {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
         .args([
             "--ignored",
             "--exact",
@@ -110,7 +124,11 @@ fn run_and_kill(
             "--test-threads=1",
         ])
         .env(DIR_ENV, dir)
-        .env(SYNC_ENV, sync.to_string())
+        .env(SYNC_ENV, sync.to_string());
+    if retention {
+        command.env(RETENTION_ENV, "1");
+    }
+    let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -120,17 +138,24 @@ fn run_and_kill(
     let reader = {
         let acks = acks.clone();
         std::thread::spawn(move || {
+            let mut recycled = 0u64;
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 let mut parts = line.split_whitespace();
-                if parts.next() != Some("ACK") {
-                    continue;
+                match parts.next() {
+                    Some("ACK") => {}
+                    Some("RECYCLED") => {
+                        recycled = parts.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+                        continue;
+                    }
+                    _ => continue,
                 }
                 let nums: Vec<u64> = parts.map(|x| x.parse().unwrap()).collect();
                 acks.lock()
                     .unwrap()
                     .push((nums[0] as u32, nums[1], nums[2]));
             }
+            recycled
         })
     };
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -144,22 +169,27 @@ fn run_and_kill(
         }
         std::thread::sleep(Duration::from_millis(1));
     }
-    std::thread::sleep(Duration::from_millis(rng.random_range(0..120)));
+    // Retention runs every 250 ms: a retention run lets it drop and
+    // recycle segments first.
+    let most = if retention { 1_000 } else { 120 };
+    std::thread::sleep(Duration::from_millis(rng.random_range(0..most)));
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    reader.join().unwrap();
+    let recycled = reader.join().unwrap();
     let acks = acks.lock().unwrap().clone();
-    acks
+    (acks, recycled)
 }
 
-fn crash_rounds(sync: SyncPolicy) {
+fn crash_rounds(sync: SyncPolicy, retention: bool) {
     common::init_tracing();
     let dir = tempfile::tempdir().unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x5900_1000 + sync.to_string().len() as u64);
     let mut all_acks = Vec::new();
     let mut total_acked = 0u64;
+    let mut segments_recycled = 0;
     for round in 0..ROUNDS_PER_POLICY {
-        let acks = run_and_kill(dir.path(), sync, &mut rng);
+        let (acks, recycled) = run_and_kill(dir.path(), sync, retention, &mut rng);
+        segments_recycled += recycled;
         total_acked += acks.iter().map(|a| a.2).sum::<u64>();
         all_acks.extend(acks);
         // On odd rounds the next child recovers straight from this kill (a
@@ -170,17 +200,46 @@ fn crash_rounds(sync: SyncPolicy) {
         }
 
         let broker = Broker::open(dir.path(), BrokerConfig::default()).unwrap();
+        if retention {
+            // Let retention (every 250 ms) drop what the child left past
+            // the limit, so that the log's start stays put while it is read.
+            let starts = || -> Vec<Offset> {
+                (0..PARTITIONS)
+                    .map(|p| broker.offsets(TOPIC, PartitionId(p)).unwrap().start)
+                    .collect()
+            };
+            let mut last = starts();
+            for _ in 0..25 {
+                std::thread::sleep(Duration::from_millis(800));
+                let now = starts();
+                if now == last {
+                    break;
+                }
+                last = now;
+            }
+        }
         for p in 0..PARTITIONS {
             // read_all checks offsets are contiguous from the start.
             let records = read_all(&broker, TOPIC, p);
             for r in &records {
                 check_value(p, r.offset, &r.value);
             }
+            let end = broker.offsets(TOPIC, PartitionId(p)).unwrap().end.0;
+            assert_eq!(
+                records.first().map_or(end, |r| r.offset) + records.len() as u64,
+                end
+            );
+            if !retention {
+                assert_eq!(
+                    records.len() as u64,
+                    end,
+                    "nothing dropped without retention"
+                );
+            }
             for &(ap, base, n) in all_acks.iter().filter(|a| a.0 == p) {
                 assert!(
-                    base + n <= records.len() as u64,
-                    "round {round}: acked {p}/{base}+{n} lost, log ends at {}",
-                    records.len()
+                    base + n <= end,
+                    "round {round}: acked {p}/{base}+{n} lost, log ends at {end}"
                 );
                 assert_eq!(ap, p);
             }
@@ -206,19 +265,34 @@ fn crash_rounds(sync: SyncPolicy) {
         broker.close().unwrap();
     }
     assert!(total_acked > 0);
+    if retention {
+        assert!(
+            segments_recycled >= ROUNDS_PER_POLICY as u64,
+            "{segments_recycled} segments recycled in {ROUNDS_PER_POLICY} rounds: recycling was barely exercised"
+        );
+    }
 }
 
 #[test]
 fn sigkill_loses_no_acknowledged_append_sync_always() {
-    crash_rounds(SyncPolicy::Always);
+    crash_rounds(SyncPolicy::Always, false);
 }
 
 #[test]
 fn sigkill_loses_no_acknowledged_append_sync_interval() {
-    crash_rounds(SyncPolicy::Interval { ms: 20 });
+    crash_rounds(SyncPolicy::Interval { ms: 20 }, false);
 }
 
 #[test]
 fn sigkill_loses_no_acknowledged_append_sync_never() {
-    crash_rounds(SyncPolicy::Never);
+    crash_rounds(SyncPolicy::Never, false);
+}
+
+/// The same with retention dropping segments and new ones written over
+/// their recycled files: the kills land in the middle of that too, and
+/// nothing old is ever read back as data.
+#[test]
+fn sigkill_loses_no_acknowledged_append_with_recycled_segments() {
+    crash_rounds(SyncPolicy::Interval { ms: 20 }, true);
+    crash_rounds(SyncPolicy::Never, true);
 }

@@ -90,6 +90,12 @@ pub struct StorageStats {
     /// Syncs of consumer groups' ack logs since open (`always` topics;
     /// concurrent acks share one).
     pub ack_log_syncs: u64,
+    /// Files of segments retention dropped, kept for new segments to
+    /// write over (at most two per partition).
+    pub recycled_files: usize,
+    /// Segments started in a recycled file since open, instead of a new
+    /// one.
+    pub segments_recycled: u64,
 }
 
 type DurableWait =
@@ -616,6 +622,8 @@ impl Broker {
                 stats.flushes += log.flush_count();
                 stats.partitions_out_of_space += usize::from(log.out_of_space());
                 stats.flush_waits += log.flush_wait_count();
+                stats.recycled_files += log.recycled_file_count();
+                stats.segments_recycled += log.reused_file_count();
             }
         }
         stats.ack_log_syncs = self.inner.flusher.lock().file_sync_count();

@@ -282,6 +282,12 @@ fn render(broker: &Broker) -> Result<Vec<u8>, String> {
     storage
         .with_label_values(&["flush_waits"])
         .set(stats.flush_waits as i64);
+    storage
+        .with_label_values(&["recycled_files"])
+        .set(stats.recycled_files as i64);
+    storage
+        .with_label_values(&["segments_recycled"])
+        .set(stats.segments_recycled as i64);
     // The file system of the data directory: what an operator alerts on
     // before a partition runs out of space.
     let disk = IntGaugeVec::new(

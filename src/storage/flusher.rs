@@ -285,6 +285,8 @@ fn run(rx: mpsc::Receiver<Request>, unmap_idle_ms: u64, file_syncs: &std::sync::
             })
             .min()
             .unwrap_or(MAX_TICK_MS)
+            // Retention and unmapping run on time whatever the logs' policies.
+            .min(next_housekeeping_ms.saturating_sub(now_ms))
             .clamp(1, MAX_TICK_MS);
         let mut requests = Vec::new();
         match rx.recv_timeout(Duration::from_millis(tick_ms)) {

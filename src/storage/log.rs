@@ -28,6 +28,7 @@ use spool_protocol::{Batch, BatchError, Offset, Record};
 use super::durable_mark::{DurableMark, MarkWriter};
 use super::leader_epochs::{EpochStart, LeaderEpochs};
 use super::producers::{ProducerTable, Sequenced};
+use super::recycle::RecyclePool;
 use super::segment::{self, ActiveFile, Segment};
 use super::{monotonic_ms, wall_clock_ms, LogConfig, StorageError, SyncPolicy};
 
@@ -141,6 +142,8 @@ pub struct PartitionLog {
     segments: RwLock<Vec<Arc<Segment>>>,
     /// Held while flushing; writes the durable mark after each flush.
     flush_lock: Mutex<MarkWriter>,
+    /// Files of segments retention dropped, for the next rolls to reuse.
+    recycled: RecyclePool,
     /// Where each leadership of the partition began (replication).
     epochs: Mutex<LeaderEpochs>,
     /// Replication: the offset below which every in-sync replica has the
@@ -182,6 +185,7 @@ impl PartitionLog {
     ) -> Result<PartitionLog, StorageError> {
         config.validate()?;
         fs::create_dir_all(dir).map_err(|e| StorageError::io(dir, e))?;
+        let recycled = RecyclePool::open(dir);
         let mut bases = Vec::new();
         let mut stray = Vec::new();
         let mut snapshots = Vec::new();
@@ -262,6 +266,7 @@ impl PartitionLog {
             }),
             segments: RwLock::new(segments),
             flush_lock: Mutex::new(MarkWriter::new(dir)),
+            recycled,
             epochs: Mutex::new(LeaderEpochs::open(dir)?),
             high_watermark: AtomicU64::new(u64::MAX),
             start_offset: AtomicU64::new(start.0),
@@ -615,6 +620,17 @@ impl PartitionLog {
         }
     }
 
+    /// Files of dropped segments kept for the next segments to write over
+    /// (see `recycle.rs`).
+    pub fn recycled_file_count(&self) -> usize {
+        self.recycled.len()
+    }
+
+    /// Segments started in a recycled file since the log was opened.
+    pub fn reused_file_count(&self) -> u64 {
+        self.recycled.reused()
+    }
+
     /// Number of segments currently memory-mapped.
     pub fn mapped_segment_count(&self) -> usize {
         {
@@ -749,12 +765,19 @@ impl PartitionLog {
         }
         // Create the new segment first: if the disk is full the old one
         // stays active and untouched.
-        let (active, file) = Segment::create(
-            &self.dir,
-            base,
-            capacity_for(&self.config),
-            self.config.index_interval_bytes,
-        )?;
+        let (capacity, interval) = (capacity_for(&self.config), self.config.index_interval_bytes);
+        let recycled = self.recycled.take().and_then(|from| {
+            Segment::create_recycled(&self.dir, base, capacity, interval, &from)
+                .inspect_err(|e| {
+                    tracing::warn!(dir = %self.dir.display(), error = %e, "cannot reuse a recycled segment file: creating a new one");
+                    let _ = fs::remove_file(&from);
+                })
+                .ok()
+        });
+        let (active, file) = match recycled {
+            Some(created) => created,
+            None => Segment::create(&self.dir, base, capacity, interval)?,
+        };
         let durable = self.config.sync != SyncPolicy::Never;
         let old_active = std::mem::replace(&mut writer.active, active.clone());
         let old_file = std::mem::replace(&mut writer.file, file);
@@ -902,6 +925,16 @@ impl PartitionLog {
                 }
                 Err(err) => return Err(err),
             }
+        }
+        if offset < self.start_offset() {
+            // Retention removed the segment after `start` was read: the
+            // candidates all begin past the offset. An empty answer would
+            // leave the reader waiting at an offset that is gone.
+            return Err(StorageError::OffsetOutOfRange {
+                requested: offset,
+                start: self.start_offset(),
+                end,
+            });
         }
         Ok(empty(offset))
     }
@@ -1095,16 +1128,17 @@ impl PartitionLog {
                     .store(segments[0].base().0, Ordering::Release);
             }
         }
-        for seg in &dropped {
-            seg.delete()?;
+        let count = dropped.len();
+        for seg in dropped {
             tracing::info!(segment = %seg.path().display(), "retention dropped segment");
+            self.recycled.offer(seg)?;
         }
-        if !dropped.is_empty() {
+        if count > 0 {
             self.epochs
                 .lock()
                 .truncate_from_start(self.start_offset())?;
         }
-        Ok(dropped.len())
+        Ok(count)
     }
 
     /// Unmaps sealed segments nobody has read for `idle_ms`, and releases

@@ -17,6 +17,7 @@ mod log;
 mod mapping;
 pub(crate) mod meta_file;
 pub mod producers;
+mod recycle;
 mod segment;
 pub mod verify;
 

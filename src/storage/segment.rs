@@ -38,6 +38,9 @@ use super::mapping::SegmentMap;
 use super::{monotonic_ms, StorageError};
 
 const PAGE_BYTES: u64 = 4096;
+/// What an append into a recycled file writes after its batch: an all-zero
+/// header, which a scan takes for the end of the data.
+const END_MARKER: [u8; HEADER_LEN_V1] = [0; HEADER_LEN_V1];
 
 /// The file name of the segment starting at `base`.
 pub fn log_file_name(base: Offset) -> String {
@@ -101,6 +104,10 @@ pub struct ActiveFile {
     index_interval_bytes: u64,
     /// Largest record timestamp appended to the segment so far.
     max_timestamp_ms: i64,
+    /// The file holds older bytes past `pos` (a recycled file): every
+    /// append also writes a zero header after its batch, so that recovery
+    /// finds the end of the data there (see `recycle.rs`).
+    stale_tail: bool,
 }
 
 /// What recovery found in the active segment.
@@ -198,13 +205,53 @@ impl Segment {
         index_interval_bytes: u32,
     ) -> Result<(Arc<Segment>, ActiveFile), StorageError> {
         let segment = Segment::new(dir, base, 0, base, false);
-        let path = segment.log_path.clone();
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
-            .open(&path)
-            .map_err(|e| StorageError::io(&path, e))?;
+            .open(&segment.log_path)
+            .map_err(|e| StorageError::io(&segment.log_path, e))?;
+        Segment::activate(segment, file, capacity, index_interval_bytes, false)
+    }
+
+    /// Creates a new, empty active segment in the file at `recycled` (a
+    /// dropped segment's, see `recycle.rs`), renamed to the new segment's
+    /// name. Its old bytes stay until appends overwrite them.
+    pub fn create_recycled(
+        dir: &Path,
+        base: Offset,
+        capacity: u64,
+        index_interval_bytes: u32,
+        recycled: &Path,
+    ) -> Result<(Arc<Segment>, ActiveFile), StorageError> {
+        let segment = Segment::new(dir, base, 0, base, false);
+        let path = segment.log_path.clone();
+        if path.exists() {
+            return Err(StorageError::io(
+                &path,
+                std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+            ));
+        }
+        fs::rename(recycled, &path).map_err(|e| StorageError::io(&path, e))?;
+        let file = match OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(file) => file,
+            Err(e) => {
+                let _ = fs::remove_file(&path);
+                return Err(StorageError::io(&path, e));
+            }
+        };
+        Segment::activate(segment, file, capacity, index_interval_bytes, true)
+    }
+
+    /// Sizes and maps a new segment's `file`; removes it on failure.
+    fn activate(
+        segment: Segment,
+        file: File,
+        capacity: u64,
+        index_interval_bytes: u32,
+        stale_tail: bool,
+    ) -> Result<(Arc<Segment>, ActiveFile), StorageError> {
+        let path = segment.log_path.clone();
         let mapped = (|| {
             file.set_len(capacity)
                 .map_err(|e| StorageError::io(&path, e))?;
@@ -224,13 +271,41 @@ impl Segment {
             file,
             capacity,
             pos: 0,
-            next_offset: base,
+            next_offset: segment.base,
             bytes_since_index: u64::MAX,
             index_interval_bytes: u64::from(index_interval_bytes),
             max_timestamp_ms: i64::MIN,
+            stale_tail,
         };
         *segment.map.lock() = Some(map);
         Ok((Arc::new(segment), active))
+    }
+
+    /// The segment itself if nothing but `segment` holds it or a slice of
+    /// its map, which is what makes writing its file again sound (see
+    /// `mapping.rs`): nothing else can reach its bytes. Else `segment`.
+    pub fn unshared(segment: Arc<Segment>) -> Result<Segment, Arc<Segment>> {
+        let segment = Arc::try_unwrap(segment)?;
+        let map_shared = segment
+            .map
+            .lock()
+            .as_ref()
+            .is_some_and(|map| Arc::strong_count(map) > 1);
+        if map_shared {
+            return Err(Arc::new(segment));
+        }
+        Ok(segment)
+    }
+
+    /// Renames the (dropped, unshared) segment's file to `to` for reuse and
+    /// deletes its index.
+    pub fn move_for_reuse(self, to: &Path) -> Result<(), StorageError> {
+        fs::rename(&self.log_path, to).map_err(|e| StorageError::io(&self.log_path, e))?;
+        match fs::remove_file(&self.index_path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StorageError::io(&self.index_path, e)),
+        }
     }
 
     /// Opens the last segment of a log for appending and repairs its tail.
@@ -314,14 +389,21 @@ impl Segment {
         // Cut and zero everything after the last valid batch: truncating to
         // the valid length and extending again turns the rest into a hole.
         // After a clean shutdown that ended on a zero header the rest is
-        // known to be zeros already, and the fsync can be skipped. After a
+        // known to be zeros already (or, in a recycled file, older bytes
+        // behind the zero header the last append wrote), and the fsync can
+        // be skipped. After a
         // crash, the fsync also makes durable whatever the dead process left
         // in the page cache, which is now served as data.
-        if scan.stop.is_some() || !trust_index {
+        let cut = scan.stop.is_some() || !trust_index;
+        if cut {
             file.set_len(scan.end_pos).map_err(io)?;
             file.set_len(capacity).map_err(io)?;
             file.sync_all().map_err(io)?;
         }
+        // A recycled file's older bytes past the zero header that ended the
+        // scan (only a cut removes them): appends go on marking the end.
+        let stale_tail =
+            !cut && data_end(&file, capacity) > scan.end_pos.next_multiple_of(PAGE_BYTES);
         let map = Arc::new(SegmentMap::map_ro(&file, capacity, &path)?);
 
         segment.len.store(scan.end_pos, Ordering::Release);
@@ -347,6 +429,7 @@ impl Segment {
             bytes_since_index: scan.bytes_since_index,
             index_interval_bytes: u64::from(index_interval_bytes),
             max_timestamp_ms: scan.max_timestamp_ms,
+            stale_tail,
         };
         let recovered = Recovered {
             next_offset: scan.next_offset,
@@ -754,6 +837,11 @@ impl ActiveFile {
     ) -> Result<Offset, StorageError> {
         let len = batch_bytes.len() as u64;
         assert!(len <= self.remaining(), "append past segment capacity");
+        let end_marker = if self.stale_tail {
+            &END_MARKER[..(self.remaining() - len).min(END_MARKER.len() as u64) as usize]
+        } else {
+            &[]
+        };
         // A sealed segment never changes again: readers hold slices of it.
         assert!(!segment.is_sealed(), "append to a sealed segment");
         assert!(
@@ -769,7 +857,7 @@ impl ActiveFile {
         faults::write_all_vectored_at(
             &self.file,
             &segment.log_path,
-            &[&header_bytes, &batch_bytes[HEADER_LEN_V1..]],
+            &[&header_bytes, &batch_bytes[HEADER_LEN_V1..], end_marker],
             self.pos,
         )
         .map_err(|e| StorageError::io(&segment.log_path, e))?;
