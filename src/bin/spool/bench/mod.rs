@@ -97,6 +97,16 @@ pub struct BenchArgs {
     /// Sync policy of the benchmark topic: always, interval, interval:MS, never.
     #[arg(long, default_value = "interval")]
     sync: SyncPolicy,
+    /// Retention by size of each of the benchmark topic's partitions
+    /// (default: keep everything). A run that writes past it measures the
+    /// steady state of a broker at its retention limit, where new segments
+    /// are written over recycled ones; consumers that fall behind it lose
+    /// messages and fail the run.
+    #[arg(long)]
+    retention_bytes: Option<u64>,
+    /// Segment size of the benchmark topic (default: the broker's).
+    #[arg(long)]
+    segment_bytes: Option<u64>,
     /// Producer batch size in bytes.
     #[arg(long, default_value_t = 256 * 1024)]
     batch_bytes: usize,
@@ -280,8 +290,9 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
     let options = TopicOptions {
         sync: Some(sync),
         retention_ms: Some(0),
+        retention_bytes: args.retention_bytes,
+        segment_size_bytes: args.segment_bytes,
         replication: Some(args.replication),
-        ..TopicOptions::default()
     };
     admin.create_topic(&topic, args.partitions, options).await?;
 
