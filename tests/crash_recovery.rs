@@ -182,7 +182,13 @@ fn run_and_kill(
 
 fn crash_rounds(sync: SyncPolicy, retention: bool) {
     common::init_tracing();
-    let dir = tempfile::tempdir().unwrap();
+    // Recycling needs a file system that can say whether a page is cached
+    // (`RWF_NOWAIT` reads): the build's disk rather than a tmpfs `/tmp`.
+    let dir = if retention {
+        tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
+    } else {
+        tempfile::tempdir().unwrap()
+    };
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x5900_1000 + sync.to_string().len() as u64);
     let mut all_acks = Vec::new();
     let mut total_acked = 0u64;

@@ -12,6 +12,13 @@ use spool::{Batch, BatchBuilder, Offset, SyncPolicy};
 
 const SEGMENT: u64 = 64 * 1024;
 
+/// A directory on the disk the build is on: recycling needs a file system
+/// that can say whether a page is cached (`RWF_NOWAIT` reads), which a
+/// tmpfs `/tmp` may not.
+fn disk_dir() -> tempfile::TempDir {
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
+}
+
 fn config(sync: SyncPolicy) -> LogConfig {
     LogConfig {
         segment_size_bytes: SEGMENT,
@@ -111,7 +118,7 @@ fn retention_recycles_files_and_no_old_byte_is_ever_read() {
         SyncPolicy::Interval { ms: 50 },
         SyncPolicy::Always,
     ] {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = disk_dir();
         let log = PartitionLog::open(dir.path(), config(sync), false).unwrap();
         append_until(&log, 40_000);
         let reused = log.reused_file_count();
@@ -162,7 +169,7 @@ fn retention_recycles_files_and_no_old_byte_is_ever_read() {
 
 #[test]
 fn a_dropped_segment_a_reader_still_holds_is_not_written_over() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = disk_dir();
     let log = PartitionLog::open(dir.path(), config(SyncPolicy::Never), false).unwrap();
     append_until(&log, 3_000);
     // A consumer's zero-copy read of the oldest segment, held while

@@ -48,7 +48,8 @@ use super::segment::Segment;
 use super::StorageError;
 
 /// Files a log keeps for reuse. Retention runs every 250 ms, so two cover
-/// a log that rolls a 256 MiB segment every 250 ms (1 GiB/s).
+/// a log that rolls up to two segments between runs (2 GiB/s with 256 MiB
+/// segments).
 pub(crate) const POOL_FILES: usize = 2;
 /// Pages sampled to decide whether a file is still in the page cache.
 const SAMPLED_PAGES: u64 = 64;
