@@ -36,14 +36,19 @@ fn values(broker: &Broker, topic: &str) -> Vec<String> {
         .collect()
 }
 
-/// A fresh broker with one single-partition `always` topic, "t".
-fn always_topic() -> (tempfile::TempDir, Broker) {
+/// A fresh broker with one single-partition topic, "t", synced by `sync`.
+fn one_topic(sync: SyncPolicy) -> (tempfile::TempDir, Broker) {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::open(dir.path(), BrokerConfig::default()).unwrap();
     broker
-        .create_topic("t", TopicConfig::new(1).sync(SyncPolicy::Always))
+        .create_topic("t", TopicConfig::new(1).sync(sync))
         .unwrap();
     (dir, broker)
+}
+
+/// A fresh broker with one single-partition `always` topic, "t".
+fn always_topic() -> (tempfile::TempDir, Broker) {
+    one_topic(SyncPolicy::Always)
 }
 
 fn batch(i: usize) -> Vec<Message> {
@@ -221,14 +226,7 @@ async fn an_ack_whose_sync_fails_is_not_acknowledged() {
 async fn interval_flushes_end_in_time_so_no_acknowledgement_waits_while_the_disk_keeps_up() {
     init_tracing();
     const INTERVAL_MS: u64 = 400;
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::open(dir.path(), BrokerConfig::default()).unwrap();
-    broker
-        .create_topic(
-            "t",
-            TopicConfig::new(1).sync(SyncPolicy::Interval { ms: INTERVAL_MS }),
-        )
-        .unwrap();
+    let (_dir, broker) = one_topic(SyncPolicy::Interval { ms: INTERVAL_MS });
     let mut i = 0;
     for idle_ms in [130, 170, 210, 250] {
         tokio::time::sleep(std::time::Duration::from_millis(idle_ms)).await;
@@ -267,14 +265,7 @@ async fn interval_bounds_the_loss_window_when_the_disk_is_slower_than_producers(
     init_tracing();
     const INTERVAL_MS: u64 = 50;
     const SLACK_MS: u64 = 25;
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::open(dir.path(), BrokerConfig::default()).unwrap();
-    broker
-        .create_topic(
-            "t",
-            TopicConfig::new(1).sync(SyncPolicy::Interval { ms: INTERVAL_MS }),
-        )
-        .unwrap();
+    let (dir, broker) = one_topic(SyncPolicy::Interval { ms: INTERVAL_MS });
     let log = broker.partition_log("t", PartitionId(0)).unwrap();
     arm(
         dir.path(),

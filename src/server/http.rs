@@ -264,30 +264,21 @@ fn render(broker: &Broker) -> Result<Vec<u8>, String> {
     let stats = broker.storage_stats();
     let storage = IntGaugeVec::new(Opts::new("spool_storage", "Storage counts"), &["what"])
         .map_err(|e| e.to_string())?;
-    storage
-        .with_label_values(&["segments"])
-        .set(stats.segments as i64);
-    storage
-        .with_label_values(&["mapped_segments"])
-        .set(stats.mapped_segments as i64);
-    storage
-        .with_label_values(&["bytes"])
-        .set(stats.size_bytes as i64);
-    storage
-        .with_label_values(&["flushes"])
-        .set(stats.flushes as i64);
-    storage
-        .with_label_values(&["partitions_out_of_space"])
-        .set(stats.partitions_out_of_space as i64);
-    storage
-        .with_label_values(&["flush_waits"])
-        .set(stats.flush_waits as i64);
-    storage
-        .with_label_values(&["recycled_files"])
-        .set(stats.recycled_files as i64);
-    storage
-        .with_label_values(&["segments_recycled"])
-        .set(stats.segments_recycled as i64);
+    for (what, value) in [
+        ("segments", stats.segments as i64),
+        ("mapped_segments", stats.mapped_segments as i64),
+        ("bytes", stats.size_bytes as i64),
+        ("flushes", stats.flushes as i64),
+        (
+            "partitions_out_of_space",
+            stats.partitions_out_of_space as i64,
+        ),
+        ("flush_waits", stats.flush_waits as i64),
+        ("recycled_files", stats.recycled_files as i64),
+        ("segments_recycled", stats.segments_recycled as i64),
+    ] {
+        storage.with_label_values(&[what]).set(value);
+    }
     // The file system of the data directory: what an operator alerts on
     // before a partition runs out of space.
     let disk = IntGaugeVec::new(

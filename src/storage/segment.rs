@@ -301,11 +301,7 @@ impl Segment {
     /// deletes its index.
     pub fn move_for_reuse(self, to: &Path) -> Result<(), StorageError> {
         fs::rename(&self.log_path, to).map_err(|e| StorageError::io(&self.log_path, e))?;
-        match fs::remove_file(&self.index_path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(StorageError::io(&self.index_path, e)),
-        }
+        self.remove_index()
     }
 
     /// Opens the last segment of a log for appending and repairs its tail.
@@ -801,6 +797,11 @@ impl Segment {
     /// unlinked pages until they drop it.
     pub fn delete(&self) -> Result<(), StorageError> {
         fs::remove_file(&self.log_path).map_err(|e| StorageError::io(&self.log_path, e))?;
+        self.remove_index()
+    }
+
+    /// Deletes the segment's index file, if it has one.
+    fn remove_index(&self) -> Result<(), StorageError> {
         match fs::remove_file(&self.index_path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
