@@ -261,6 +261,13 @@ fn decode(partition: u32, from: u64, bytes: &Bytes) -> Chunk {
     for batch in Batches::from_broker(bytes) {
         let batch =
             batch.map_err(|e| ClientError::Protocol(format!("bad batch from server: {e}")))?;
+        // Grown a batch at a time, not a message at a time: a fetch holds
+        // thousands, and each doubling copied them all into fresh pages.
+        // The count is the server's word: no more than the batch's bytes
+        // could hold (a record takes at least six: five varints and its
+        // length).
+        let count = batch.header().record_count as usize;
+        out.reserve(count.min(batch.bytes().len() / 6));
         let mut parsed = 0u32;
         for r in batch.records() {
             parsed += 1;

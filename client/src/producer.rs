@@ -267,15 +267,34 @@ impl Producer {
         value: &[u8],
         held: usize,
     ) -> Result<DeliveryFuture, ClientError> {
+        let timestamp_ms = (self.handle.0.config.clock)();
+        loop {
+            if let Some(delivery) =
+                self.append_known(topic, partition, key, value, held, timestamp_ms)?
+            {
+                return Ok(delivery);
+            }
+            self.add_topic(topic).await?;
+        }
+    }
+
+    /// Appends to a topic this producer has registered (`None` if it has
+    /// not): one lock per send, since the sender task takes the same lock
+    /// and each one is a cache line crossing cores.
+    fn append_known(
+        &self,
+        topic: &str,
+        partition: Option<u32>,
+        key: Option<&[u8]>,
+        value: &[u8],
+        held: usize,
+        timestamp_ms: i64,
+    ) -> Result<Option<DeliveryFuture>, ClientError> {
         let shared = &self.handle.0;
-        let timestamp_ms = (shared.config.clock)();
-        let known = shared.lock().topic_index(topic);
-        let t = match known {
-            Some(t) => t,
-            None => self.add_topic(topic).await?,
-        };
-        let batch_bytes = shared.config.batch_bytes;
         let mut acc = shared.lock();
+        let Some(t) = acc.topic_index(topic) else {
+            return Ok(None);
+        };
         if let Some(p) = partition {
             let partitions = acc.partitions(t);
             if p as usize >= partitions {
@@ -291,7 +310,7 @@ impl Producer {
                 key,
                 value,
                 timestamp_ms,
-                batch_bytes,
+                shared.config.batch_bytes,
                 || Instant::now() + shared.config.linger,
                 held,
             )
@@ -300,11 +319,11 @@ impl Producer {
         if appended.wake_sender {
             shared.wake.notify_one();
         }
-        Ok(DeliveryFuture::new(
+        Ok(Some(DeliveryFuture::new(
             appended.outcome,
             appended.partition,
             appended.index,
-        ))
+        )))
     }
 
     /// Looks up a topic's partitions (outside the lock) and registers it.

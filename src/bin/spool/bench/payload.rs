@@ -3,26 +3,42 @@
 //! consumers check each one (none missing, none twice, order per partition,
 //! intact) and a run that does not verify fails whatever its speed.
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
-use super::{Mode, Shared};
+use super::{Latencies, Mode, Shared};
 
 /// Bytes of the header every payload starts with.
 pub(super) const PAYLOAD_HEADER: usize = 24;
 /// Verification state of one producer's sequence numbers, as a bitset.
 type SeenSet = Vec<u64>;
 
-/// What one consumer saw.
-#[derive(Default)]
+/// What one consumer saw. Indexed by producer id (and partition), not
+/// hashed: the check runs for every message, and two hash-map lookups per
+/// message were a tenth of the consumer's CPU.
 pub(super) struct Seen {
     /// Per producer, which sequence numbers arrived.
-    per_producer: HashMap<u32, SeenSet>,
+    per_producer: Vec<SeenSet>,
     duplicates: u64,
     corrupt: u64,
     out_of_order: u64,
-    /// Stream mode: last sequence per (partition, producer).
-    last: HashMap<(u32, u32), u64>,
+    /// Stream mode: last sequence per partition and producer
+    /// (`partition * producers + producer`).
+    last: Vec<Option<u64>>,
+}
+
+impl Seen {
+    /// Nothing seen yet from `producers` producers on `partitions`
+    /// partitions; a message naming another producer or partition counts as
+    /// damaged.
+    pub(super) fn new(producers: u32, partitions: u32) -> Seen {
+        Seen {
+            per_producer: vec![SeenSet::new(); producers as usize],
+            duplicates: 0,
+            corrupt: 0,
+            out_of_order: 0,
+            last: vec![None; producers as usize * partitions as usize],
+        }
+    }
 }
 
 /// `[send ns][producer][seq][crc of filler][filler]`; the filler depends on
@@ -62,7 +78,8 @@ pub(super) fn fillers(size: usize) -> (Vec<Vec<u8>>, Vec<u32>) {
 /// Checks the messages one receive brought, `(partition, value)` each:
 /// they arrived together, so one clock read and one lock of the latency
 /// histogram serve them all (per message, those were a quarter of a
-/// consumer's CPU, taken from the broker on a shared machine).
+/// consumer's CPU, taken from the broker on a shared machine), and
+/// messages that share a send time (see `produce`) are one histogram entry.
 pub(super) fn check_received<'a>(
     seen: &mut Seen,
     shared: &Shared,
@@ -70,7 +87,7 @@ pub(super) fn check_received<'a>(
     ordered: bool,
 ) {
     let now = shared.now_ns();
-    let mut sent = Vec::new();
+    let mut sent = SendTimes::default();
     for (partition, value) in received {
         if let Some(sent_ns) = check(seen, shared, partition, value, ordered) {
             sent.push(sent_ns);
@@ -78,12 +95,33 @@ pub(super) fn check_received<'a>(
     }
     // Before the count: whoever sees the last message counted sees its time.
     shared.last_arrival_ns.fetch_max(now, Ordering::Release);
-    shared
-        .consumed
-        .fetch_add(sent.len() as u64, Ordering::Release);
-    let mut e2e = shared.e2e_latency.lock();
-    for sent_ns in sent.into_iter().filter(|&s| s >= shared.warmup_ns) {
-        e2e.record(now.saturating_sub(sent_ns).max(1_000));
+    shared.consumed.fetch_add(sent.count(), Ordering::Release);
+    sent.record(now, shared.warmup_ns, &mut shared.e2e_latency.lock());
+}
+
+/// Send times of a group of messages, as runs of equal times.
+#[derive(Default)]
+pub(super) struct SendTimes(Vec<(u64, u64)>);
+
+impl SendTimes {
+    pub(super) fn push(&mut self, sent_ns: u64) {
+        match self.0.last_mut() {
+            Some((ns, n)) if *ns == sent_ns => *n += 1,
+            _ => self.0.push((sent_ns, 1)),
+        }
+    }
+
+    /// Messages in the group.
+    pub(super) fn count(&self) -> u64 {
+        self.0.iter().map(|&(_, n)| n).sum()
+    }
+
+    /// Records each message's latency to `now`, but not those sent within
+    /// the warm-up.
+    pub(super) fn record(&self, now: u64, warmup_ns: u64, latencies: &mut Latencies) {
+        for &(sent_ns, n) in self.0.iter().filter(|&&(s, _)| s >= warmup_ns) {
+            latencies.record_n(now.saturating_sub(sent_ns).max(1_000), n);
+        }
     }
 }
 
@@ -111,7 +149,11 @@ fn check(
         shared.damaged.fetch_add(1, Ordering::Relaxed);
         return None;
     }
-    let bits = seen.per_producer.entry(producer).or_default();
+    let Some(bits) = seen.per_producer.get_mut(producer as usize) else {
+        seen.corrupt += 1;
+        shared.damaged.fetch_add(1, Ordering::Relaxed);
+        return None;
+    };
     let (word, bit) = ((seq / 64) as usize, seq % 64);
     if bits.len() <= word {
         bits.resize(word + 1, 0);
@@ -122,10 +164,16 @@ fn check(
     }
     bits[word] |= 1 << bit;
     if ordered {
-        if let Some(last) = seen.last.insert((partition, producer), seq) {
-            if last >= seq {
-                seen.out_of_order += 1;
+        let producers = seen.per_producer.len();
+        let slot = partition as usize * producers + producer as usize;
+        match seen.last.get_mut(slot) {
+            Some(last) => {
+                if last.replace(seq).is_some_and(|last| last >= seq) {
+                    seen.out_of_order += 1;
+                }
             }
+            // A partition the topic does not have: the broker sent it wrong.
+            None => seen.out_of_order += 1,
         }
     }
     Some(sent_ns)
@@ -141,14 +189,15 @@ pub(super) struct Verification {
     out_of_order: u64,
 }
 
-/// Merges what every consumer saw.
-pub(super) fn verify(seen: &[Seen], produced_per_producer: &HashMap<u32, u64>) -> Verification {
+/// Merges what every consumer saw; `produced_per_producer[p]`: how many
+/// messages producer `p` produced.
+pub(super) fn verify(seen: &[Seen], produced_per_producer: &[u64]) -> Verification {
     let mut verified = 0u64;
     let mut duplicates: u64 = seen.iter().map(|s| s.duplicates).sum();
-    for (&p, &n) in produced_per_producer {
+    for (p, &n) in produced_per_producer.iter().enumerate() {
         let mut union: SeenSet = vec![0; (n as usize).div_ceil(64)];
         for s in seen {
-            if let Some(bits) = s.per_producer.get(&p) {
+            if let Some(bits) = s.per_producer.get(p) {
                 for (i, word) in bits.iter().enumerate().take(union.len()) {
                     duplicates += u64::from((union[i] & word).count_ones());
                     union[i] |= word;
@@ -201,5 +250,103 @@ impl Verification {
                 self.duplicates
             ));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared() -> Shared {
+        let Ok(shared) = Shared::new(100, 0.0) else {
+            panic!("histogram bounds")
+        };
+        shared
+    }
+
+    fn payload(shared: &Shared, sent_ns: u64, producer: u32, seq: u64) -> Vec<u8> {
+        let mut b = Vec::new();
+        write_payload(&mut b, shared, sent_ns, producer, seq);
+        b
+    }
+
+    /// Producer `producer`'s messages `seqs`, checked as one receive on
+    /// `partition`.
+    fn receive(seen: &mut Seen, shared: &Shared, partition: u32, producer: u32, seqs: &[u64]) {
+        let payloads: Vec<Vec<u8>> = seqs
+            .iter()
+            .map(|&seq| payload(shared, 5_000, producer, seq))
+            .collect();
+        check_received(
+            seen,
+            shared,
+            payloads.iter().map(|p| (partition, &p[..])),
+            true,
+        );
+    }
+
+    #[test]
+    fn every_message_once_in_order_verifies() {
+        let shared = shared();
+        let mut seen = Seen::new(2, 2);
+        receive(&mut seen, &shared, 0, 0, &[0, 1, 2]);
+        receive(&mut seen, &shared, 1, 1, &[0, 1]);
+        receive(&mut seen, &shared, 0, 1, &[2]);
+        let v = verify(&[seen], &[3, 3]);
+        assert_eq!(
+            (v.verified, v.duplicates, v.corrupt, v.out_of_order),
+            (6, 0, 0, 0)
+        );
+        assert_eq!(shared.consumed.load(Ordering::Relaxed), 6);
+        assert_eq!(shared.e2e_latency.lock().total.len(), 6);
+    }
+
+    #[test]
+    fn a_lost_message_a_duplicate_and_a_reordering_are_each_caught() {
+        let shared = shared();
+        let mut seen = Seen::new(1, 1);
+        receive(&mut seen, &shared, 0, 0, &[0, 2, 1, 2]);
+        let v = verify(&[seen], &[4]);
+        // 3 never arrived, 2 twice, 1 after 2.
+        assert_eq!(v.verified, 3);
+        assert_eq!(v.duplicates, 1);
+        assert_eq!(v.out_of_order, 1);
+    }
+
+    #[test]
+    fn damage_and_unknown_producers_or_partitions_are_caught_not_indexed() {
+        let shared = shared();
+        let mut seen = Seen::new(1, 1);
+        let mut flipped = payload(&shared, 5_000, 0, 7);
+        flipped[60] ^= 1;
+        let stranger = payload(&shared, 5_000, u32::MAX, 0);
+        let elsewhere = payload(&shared, 5_000, 0, 0);
+        check_received(
+            &mut seen,
+            &shared,
+            [(0, &flipped[..]), (0, &stranger[..]), (9, &elsewhere[..])],
+            true,
+        );
+        assert_eq!(seen.corrupt, 2);
+        assert_eq!(seen.out_of_order, 1);
+        assert_eq!(shared.damaged.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn messages_sharing_a_send_time_count_each() {
+        let mut times = SendTimes::default();
+        for ns in [1_000_000, 1_000_000, 1_000_000, 3_000_000, 1_000_000] {
+            times.push(ns);
+        }
+        assert_eq!(times.count(), 5);
+        let Ok(mut latencies) = Latencies::new() else {
+            panic!("histogram bounds")
+        };
+        // With a 2 ms warm-up only the one sent at 3 ms counts.
+        times.record(5_000_000, 2_000_000, &mut latencies);
+        assert_eq!(latencies.total.len(), 1);
+        times.record(5_000_000, 0, &mut latencies);
+        assert_eq!(latencies.total.len(), 6);
+        assert_eq!(latencies.total.count_at(4_000_000), 4);
     }
 }
