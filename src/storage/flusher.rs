@@ -17,7 +17,11 @@
 //!   acknowledged appends, however slow the disk: when the flusher falls
 //!   behind, acknowledgements wait for the flush
 //!   ([`PartitionLog::ack_waits_for_flush`]), which slows producers down to
-//!   what the disk takes.
+//!   what the disk takes. Between flushes, bytes appended in bulk are
+//!   handed to the disk as they come ([`PartitionLog::start_writeback`],
+//!   every few milliseconds, a megabyte or more at a time), so the disk
+//!   writes all along instead of only inside the flush; only the flush
+//!   makes anything durable.
 //! - [`SyncPolicy::Never`]: the OS writes back when it likes (typically
 //!   within 30 s on Linux); a power loss can lose that much.
 //!
@@ -49,6 +53,11 @@ use super::{monotonic_ms, StorageError};
 const HOUSEKEEPING_INTERVAL_MS: u64 = 250;
 /// Upper bound on the flusher's sleep, so housekeeping is never late by more.
 const MAX_TICK_MS: u64 = 1000;
+/// While an `interval` log has unflushed appends, the flusher looks this
+/// often for written bytes to start on their way to the disk
+/// (`PartitionLog::start_writeback`): a few megabytes at a time at full
+/// speed, so the disk is busy all along rather than only inside flushes.
+const WRITEBACK_TICK_MS: u64 = 5;
 
 /// When appended bytes are forced to disk. See the module docs for what
 /// each promises.
@@ -278,9 +287,10 @@ fn run(rx: mpsc::Receiver<Request>, unmap_idle_ms: u64, file_syncs: &std::sync::
             .iter()
             .filter_map(Weak::upgrade)
             .filter_map(|log| match log.config().sync {
-                SyncPolicy::Interval { ms } => {
-                    Some(log.interval_flush_in(now_ms).unwrap_or(ms / 4))
-                }
+                SyncPolicy::Interval { ms } => Some(match log.interval_flush_in(now_ms) {
+                    Some(due_in) => due_in.min(WRITEBACK_TICK_MS),
+                    None => ms / 4,
+                }),
                 _ => None,
             })
             .min()
@@ -345,10 +355,16 @@ fn run(rx: mpsc::Receiver<Request>, unmap_idle_ms: u64, file_syncs: &std::sync::
         let now_ms = monotonic_ms();
         watched.retain(|weak| weak.strong_count() > 0);
         for log in watched.iter().filter_map(Weak::upgrade) {
-            if log.interval_flush_in(now_ms) == Some(0) {
-                if let Err(err) = log.flush() {
-                    tracing::error!(dir = %log.dir().display(), error = %err, "interval flush failed");
+            match log.interval_flush_in(now_ms) {
+                Some(0) => {
+                    if let Err(err) = log.flush() {
+                        tracing::error!(dir = %log.dir().display(), error = %err, "interval flush failed");
+                    }
                 }
+                Some(_) => {
+                    log.start_writeback();
+                }
+                None => {}
             }
         }
         if now_ms >= next_housekeeping_ms {

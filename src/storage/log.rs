@@ -44,6 +44,11 @@ const NONE_PENDING: u64 = u64::MAX;
 /// msg/s on the two-core bench machine, about every 100 ms, which alone
 /// set the produce-ack p99). The price is flushing about a tenth more often.
 const FLUSH_SLACK_DIVISOR: u64 = 10;
+/// Under `interval`, the flusher hands appended bytes to the disk as they
+/// come (`Segment::start_writeback`) once at least this many wait, so that
+/// a slow trickle of small appends costs no extra disk writes: its bytes
+/// wait for the flush as before.
+pub(crate) const WRITEBACK_MIN_BYTES: u64 = 1 << 20;
 
 /// Where an appended batch landed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -164,6 +169,8 @@ pub struct PartitionLog {
     /// Appends whose acknowledgement waited for a flush because the
     /// flusher lagged (`interval` only).
     flush_waits: AtomicU64,
+    /// Bytes handed to the disk ahead of their flush (`start_writeback`).
+    written_behind: AtomicU64,
     flushes: AtomicU64,
     failed: AtomicBool,
     /// Set while appends fail for want of disk space (logged once each way).
@@ -276,6 +283,7 @@ impl PartitionLog {
             flushing_oldest_ms: AtomicU64::new(NONE_PENDING),
             last_flush_duration_ms: AtomicU64::new(0),
             flush_waits: AtomicU64::new(0),
+            written_behind: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
             failed: AtomicBool::new(false),
             out_of_space: AtomicBool::new(false),
@@ -1069,6 +1077,29 @@ impl PartitionLog {
             self.visible_end_moved.notify_waiters();
         }
         Ok(())
+    }
+
+    /// Under `interval`, starts the disk writing the active segment's bytes
+    /// appended since the last call (at least [`WRITEBACK_MIN_BYTES`]),
+    /// without waiting; see [`Segment::start_writeback`]. Returns the bytes
+    /// handed over (0 under other policies).
+    pub fn start_writeback(&self) -> u64 {
+        if !matches!(self.config.sync, SyncPolicy::Interval { .. }) {
+            return 0;
+        }
+        let active = {
+            let segments = self.segments.read();
+            segments.last().cloned()
+        };
+        let started = active.map_or(0, |segment| segment.start_writeback(WRITEBACK_MIN_BYTES));
+        self.written_behind.fetch_add(started, Ordering::Relaxed);
+        started
+    }
+
+    /// Bytes handed to the disk ahead of their flush since the log was
+    /// opened ([`PartitionLog::start_writeback`]).
+    pub fn written_behind_bytes(&self) -> u64 {
+        self.written_behind.load(Ordering::Relaxed)
     }
 
     /// Under `interval:MS`, with appends that no flush covers yet: how many
