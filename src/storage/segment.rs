@@ -1185,21 +1185,6 @@ pub(super) fn write_zeros(file: &File, path: &Path, offset: u64, len: u64) -> st
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn file_names_round_trip() {
-        let name = log_file_name(Offset(1234));
-        assert_eq!(name, "00000000000000001234.log");
-        assert_eq!(parse_log_file_name(&name), Some(Offset(1234)));
-        assert_eq!(parse_log_file_name("1234.log"), None);
-        assert_eq!(parse_log_file_name("0000000000000000123x.log"), None);
-        assert_eq!(parse_log_file_name("00000000000000001234.index"), None);
-    }
-}
-
 /// Starts write-out of `len` bytes of `file` from `from` (whole pages).
 #[cfg(target_os = "linux")]
 fn start_writeback_range(file: &File, from: u64, len: u64) -> std::io::Result<()> {
@@ -1222,4 +1207,19 @@ fn start_writeback_range(file: &File, from: u64, len: u64) -> std::io::Result<()
 #[cfg(not(target_os = "linux"))]
 fn start_writeback_range(_file: &File, _from: u64, _len: u64) -> std::io::Result<()> {
     Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_round_trip() {
+        let name = log_file_name(Offset(1234));
+        assert_eq!(name, "00000000000000001234.log");
+        assert_eq!(parse_log_file_name(&name), Some(Offset(1234)));
+        assert_eq!(parse_log_file_name("1234.log"), None);
+        assert_eq!(parse_log_file_name("0000000000000000123x.log"), None);
+        assert_eq!(parse_log_file_name("00000000000000001234.index"), None);
+    }
 }
