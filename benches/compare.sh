@@ -89,7 +89,7 @@ cleanup() {
 trap cleanup EXIT
 
 # The pid of whatever listens on a loopback TCP port.
-port_pid() { ss -ltnpH "sport = :$1" 2>/dev/null | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2; }
+port_pid() { ss -ltnpH "sport = :$1" 2>/dev/null | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2 || true; }
 wait_port() { # port, seconds
     for _ in $(seq $((${2} * 10))); do
         [ -n "$(port_pid "$1")" ] && return 0
@@ -126,6 +126,16 @@ dd if=/dev/zero of="$WORK/dd" bs=1M count=1024 2>&1 | awk '/copied/ {print "page
 rm -f "$WORK/dd"
 
 # --- servers ---------------------------------------------------------------
+# A server left over from another run on one of these ports would be
+# measured in place of the one started here (wait_port only sees that
+# something listens): refuse to start instead.
+for port in 7471 7472 6391 6392 4333 4334 5673 25673 8191 8192 23791 23801; do
+    pid=$(port_pid "$port")
+    if [ -n "$pid" ]; then
+        echo "port $port is taken by pid $pid ($(cat "/proc/$pid/comm" 2>/dev/null)): stop it first" >&2
+        exit 1
+    fi
+done
 RUST_LOG=error "$SPOOL" serve --data "$WORK/spool" --listen 127.0.0.1:7471 --metrics 127.0.0.1:7472 >"$WORK/spool.log" 2>&1 &
 PIDS+=($!)
 # Redis also serves the lock table.
