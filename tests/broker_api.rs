@@ -253,7 +253,7 @@ async fn retention_by_size_drops_oldest_segments() {
             .await
             .unwrap();
     }
-    // The flusher runs retention about once a second.
+    // The flusher runs retention every 250 ms (housekeeping).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let offsets = broker.offsets("r", PartitionId(0)).unwrap();
@@ -269,6 +269,54 @@ async fn retention_by_size_drops_oldest_segments() {
         assert!(std::time::Instant::now() < deadline, "retention never ran");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+}
+
+/// Retention runs on the flusher's housekeeping period (250 ms) under
+/// every policy, not only when some `interval` log wakes the flusher: with
+/// only `never` topics it once slept up to a second between runs, letting
+/// a partition grow past its retention for that long.
+#[tokio::test]
+async fn retention_runs_every_housekeeping_period_without_interval_topics() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::open(dir.path(), BrokerConfig::default()).unwrap();
+    let config = small_topic(1, SyncPolicy::Never).retention_bytes(Some(32 * 1024));
+    broker.create_topic("r", config).unwrap();
+    let started = std::time::Instant::now();
+    let mut start = Offset(0);
+    let mut moved_at = Vec::new();
+    let mut i = 0;
+    // Always a segment or more past retention: every run drops something.
+    while started.elapsed() < std::time::Duration::from_secs(3) {
+        for _ in 0..20 {
+            broker
+                .produce("r", PartitionId(0), &[Message::new(format!("{i:0200}"))])
+                .await
+                .unwrap();
+            i += 1;
+        }
+        let now = broker.offsets("r", PartitionId(0)).unwrap().start;
+        if now != start {
+            start = now;
+            moved_at.push(started.elapsed());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let mut gaps: Vec<_> = moved_at.windows(2).map(|w| w[1] - w[0]).collect();
+    gaps.sort();
+    eprintln!(
+        "retention moved the start {} times; gaps {gaps:?}",
+        moved_at.len()
+    );
+    assert!(
+        gaps.len() >= 3,
+        "retention ran {} times in 3 s",
+        moved_at.len()
+    );
+    let median = gaps[gaps.len() / 2];
+    assert!(
+        median < std::time::Duration::from_millis(600),
+        "retention ran every {median:?} (median), not every 250 ms"
+    );
 }
 
 #[tokio::test]
