@@ -48,7 +48,7 @@ const FLUSH_SLACK_DIVISOR: u64 = 10;
 /// come (`Segment::start_writeback`) once at least this many wait, so that
 /// a slow trickle of small appends costs no extra disk writes: its bytes
 /// wait for the flush as before.
-pub(crate) const WRITEBACK_MIN_BYTES: u64 = 1 << 20;
+const WRITEBACK_MIN_BYTES: u64 = 1 << 20;
 
 /// Where an appended batch landed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1023,11 +1023,9 @@ impl PartitionLog {
         if self.failed.load(Ordering::Acquire) {
             return Err(self.failed_error());
         }
-        let active = {
-            let segments = self.segments.read();
-            segments.last().cloned()
+        let Some(active) = self.active_segment() else {
+            return Ok(());
         };
-        let Some(active) = active else { return Ok(()) };
         #[cfg(feature = "server")]
         let started = std::time::Instant::now();
         let started_ms = monotonic_ms();
@@ -1087,13 +1085,16 @@ impl PartitionLog {
         if !matches!(self.config.sync, SyncPolicy::Interval { .. }) {
             return 0;
         }
-        let active = {
-            let segments = self.segments.read();
-            segments.last().cloned()
-        };
-        let started = active.map_or(0, |segment| segment.start_writeback(WRITEBACK_MIN_BYTES));
+        let started = self
+            .active_segment()
+            .map_or(0, |segment| segment.start_writeback(WRITEBACK_MIN_BYTES));
         self.written_behind.fetch_add(started, Ordering::Relaxed);
         started
+    }
+
+    /// The segment appends go to (the last one).
+    fn active_segment(&self) -> Option<Arc<Segment>> {
+        self.segments.read().last().cloned()
     }
 
     /// Bytes handed to the disk ahead of their flush since the log was

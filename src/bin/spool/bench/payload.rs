@@ -28,8 +28,8 @@ pub(super) struct Seen {
 
 impl Seen {
     /// Nothing seen yet from `producers` producers on `partitions`
-    /// partitions; a message naming another producer or partition counts as
-    /// damaged.
+    /// partitions; a message naming another producer counts as damaged, one
+    /// on another partition as out of order.
     pub(super) fn new(producers: u32, partitions: u32) -> Seen {
         Seen {
             per_producer: vec![SeenSet::new(); producers as usize],
