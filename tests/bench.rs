@@ -160,3 +160,69 @@ fn a_run_shorter_than_its_warm_up_reports_latency_as_not_measured() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `--in-process`: producers append through the embedded API; consumers,
+/// over loopback, verify every message of every partition, at full speed
+/// (batches of --batch-bytes) and at a fixed rate (a batch per message).
+#[test]
+fn in_process_producers_append_through_the_embedded_api_and_verify() {
+    let r = bench(&[
+        "--in-process",
+        "--messages",
+        "60000",
+        "--size",
+        "200",
+        "--producers",
+        "2",
+        "--consumers",
+        "2",
+        "--partitions",
+        "3",
+        "--batch-bytes",
+        "16384",
+        "--sync",
+        "always",
+    ]);
+    assert_eq!(r["producers_in_process"], true);
+    assert_eq!(r["messages_produced"], 60000);
+    assert_eq!(r["messages_verified"], 60000);
+    assert_eq!(r["duplicates"], 0);
+    assert!(r["ack_p99_us"].as_u64().is_some());
+
+    let r = bench(&[
+        "--in-process",
+        "--duration-secs",
+        "1",
+        "--rate",
+        "5000",
+        "--size",
+        "64",
+    ]);
+    let produced = r["messages_produced"].as_u64().unwrap();
+    assert!(
+        (3_500..=5_500).contains(&produced),
+        "{produced} at 5,000/s for 1 s"
+    );
+    assert_eq!(r["messages_verified"].as_u64().unwrap(), produced);
+    assert!(r["e2e_p99_us"].as_u64().is_some());
+}
+
+#[test]
+fn in_process_producers_need_the_embedded_broker() {
+    for args in [
+        &["--in-process", "--addr", "127.0.0.1:1"][..],
+        &["--in-process", "--replication", "3"][..],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_spool"))
+            .arg("bench")
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("--in-process"),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -31,6 +31,7 @@ use self::report::{Latency, Report};
 use self::timeline::{ProcessProbe, Timeline};
 use crate::{resolve, Failure};
 
+mod in_process;
 mod local_cluster;
 mod locks;
 mod payload;
@@ -66,6 +67,7 @@ pub enum Mode {
   spool bench --mode queue --consumers 4 --partitions 4 # a queue group, every message acked
   spool bench --replication 3 --partitions 3            # a local 3-broker cluster, acks=all
   spool bench --locks --lock-clients 4                  # lock acquire+release latency, handovers/s
+  spool bench --size 1024 --consumers 0 --in-process     # appends through the embedded API, no socket
   spool bench --addr 127.0.0.1:7070 --duration-secs 30 --rate 10000 --json")]
 pub struct BenchArgs {
     /// Benchmark a running broker instead of starting one.
@@ -170,6 +172,14 @@ pub struct BenchArgs {
     /// reported (without --addr the broker is this process).
     #[arg(long, requires = "addr")]
     broker_pid: Option<u32>,
+    /// Producers append through the embedded API (`Broker::append_pending`,
+    /// batches of --batch-bytes, --max-in-flight appends waiting to be
+    /// durable) instead of a connection: what the storage path takes
+    /// without a socket's copies. Consumers still connect over loopback.
+    /// Not with --addr, --tls or --replication above 1; the appends carry
+    /// no producer id (the embedded API has no idempotence).
+    #[arg(long, conflicts_with_all = ["addr", "tls"])]
+    in_process: bool,
 }
 
 /// A latency histogram for the whole run, and one for the current second
@@ -261,6 +271,11 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
             "--producers and --partitions must be at least 1",
         ));
     }
+    if args.in_process && args.replication > 1 {
+        return Err(Failure::usage(
+            "--in-process runs one embedded broker: not with --replication above 1",
+        ));
+    }
     let mut local_cluster = None;
     let (addr, embedded) = match &args.addr {
         Some(addr) => (resolve(addr)?, None),
@@ -347,11 +362,21 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
     let produce_started = Instant::now();
     let mut producers = Vec::new();
     for p in 0..args.producers {
-        let client = Client::connect_with(addr, connect.clone()).await?;
         let (args, shared, topic) = (args.clone(), shared.clone(), topic.clone());
-        producers.push(tokio::spawn(async move {
-            produce(p, client, &args, &topic, &shared).await
-        }));
+        match embedded.as_ref().filter(|_| args.in_process) {
+            Some(embedded) => {
+                let broker = embedded.broker.clone();
+                producers.push(tokio::spawn(async move {
+                    in_process::produce(p, broker, &args, &topic, &shared).await
+                }));
+            }
+            None => {
+                let client = Client::connect_with(addr, connect.clone()).await?;
+                producers.push(tokio::spawn(async move {
+                    produce(p, client, &args, &topic, &shared).await
+                }));
+            }
+        }
     }
     let mut produced = 0u64;
     let mut produced_per_producer = vec![0; producers.len()];
@@ -447,6 +472,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
         sync: args.sync.to_string(),
         size: args.size,
         producers: args.producers,
+        producers_in_process: args.in_process,
         consumers: args.consumers,
         partitions: args.partitions,
         replication: args.replication,
@@ -520,6 +546,8 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
 /// without `--addr`: the client path is the same as against a remote one.
 struct Embedded {
     addr: std::net::SocketAddr,
+    /// The broker the server serves, for `--in-process` producers.
+    broker: Broker,
     shutdown: CancellationToken,
     server: tokio::task::JoinHandle<Result<(), spool::BrokerError>>,
     /// Removed when the bench ends (unless `--data` named a directory).
@@ -549,7 +577,7 @@ impl Embedded {
         } else {
             (None, None)
         };
-        let server = Server::bind(([127, 0, 0, 1], 0).into(), broker, config)
+        let server = Server::bind(([127, 0, 0, 1], 0).into(), broker.clone(), config)
             .await
             .map_err(|e| Failure::io("binding the embedded server", e))?;
         let addr = server
@@ -559,6 +587,7 @@ impl Embedded {
         let server = tokio::spawn(server.run(shutdown.clone()));
         Ok(Embedded {
             addr,
+            broker,
             shutdown,
             server,
             _dir: dir,

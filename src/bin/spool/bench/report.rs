@@ -48,6 +48,9 @@ pub(super) struct Report {
     pub sync: String,
     pub size: usize,
     pub producers: u32,
+    /// Producers appended through the embedded API, not a connection
+    /// (`--in-process`).
+    pub producers_in_process: bool,
     pub consumers: u32,
     pub partitions: u32,
     pub replication: u32,
@@ -106,10 +109,15 @@ impl Report {
     /// The human-readable table.
     pub(super) fn print_table(&self) {
         println!(
-            "spool bench: {} msgs of {} B, {} producers, {} consumers, {} partitions, mode {}, sync {}, replication {} (acks {})",
+            "spool bench: {} msgs of {} B, {} producers{}, {} consumers, {} partitions, mode {}, sync {}, replication {} (acks {})",
             self.messages_produced,
             self.size,
             self.producers,
+            if self.producers_in_process {
+                " (in process)"
+            } else {
+                ""
+            },
             self.consumers,
             self.partitions,
             self.mode,
