@@ -17,7 +17,6 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
-use futures_util::stream::{FuturesUnordered, StreamExt};
 use hdrhistogram::Histogram;
 use spool::client::{
     Client, Consumer, ConsumerConfig, DeliveryFuture, Producer, ProducerConfig, QueueConsumer,
@@ -26,6 +25,7 @@ use spool::client::{
 use spool::server::{CancellationToken, Server, ServerConfig};
 use spool::{Broker, BrokerConfig, SyncPolicy};
 
+use self::pace::{spawn_ack_collector, Pace};
 use self::payload::{check_received, fillers, write_payload, Seen, SendTimes, PAYLOAD_HEADER};
 use self::report::{Latency, Report};
 use self::timeline::{ProcessProbe, Timeline};
@@ -34,13 +34,10 @@ use crate::{resolve, Failure};
 mod in_process;
 mod local_cluster;
 mod locks;
+mod pace;
 mod payload;
 mod report;
 mod timeline;
-
-/// Flat-out producers read the clock once per this many sends (see
-/// `produce`).
-const STAMP_EVERY: u64 = 16;
 
 /// When a produce counts as stored (see `ProducerConfig::acks`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -707,83 +704,26 @@ async fn produce(
         ..ProducerConfig::default()
     };
     let producer = Producer::new(client, config);
-    let share = args.messages / u64::from(args.producers)
-        + u64::from(u64::from(id) < args.messages % u64::from(args.producers));
-    // In the bench clock's nanoseconds, so the send time read for each
-    // message also serves the deadline check (clock reads are not free).
-    let deadline_ns = args
-        .duration_secs
-        .map(|s| shared.now_ns() + Duration::from_secs_f64(s).as_nanos() as u64);
-    let interval = args
-        .rate
-        .map(|r| Duration::from_secs_f64(f64::from(args.producers) / r.max(1) as f64));
-    let started = tokio::time::Instant::now();
-
-    // Acks are awaited concurrently as they resolve, so each latency is the
-    // message's own and not the head of a queue's. Messages of one batch
-    // resolve together, so they are awaited as one group: one future and
-    // one clock read per batch, not per message.
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(DeliveryFuture, SendTimes)>();
-    let collector = {
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let mut pending = FuturesUnordered::new();
-            let mut open = true;
-            loop {
-                tokio::select! {
-                    item = rx.recv(), if open => match item {
-                        Some((delivery, sent)) => pending.push(async move { (sent, delivery.await) }),
-                        None => open = false,
-                    },
-                    Some((sent, result)) = pending.next(), if !pending.is_empty() => {
-                        let sent: SendTimes = sent;
-                        match result {
-                            Ok(_) => {
-                                shared.acked.fetch_add(sent.count(), Ordering::Relaxed);
-                                let now = shared.now_ns();
-                                sent.record(now, shared.warmup_ns, &mut shared.ack_latency.lock());
-                            }
-                            Err(e) => shared.error(format!("a produce failed: {e}")),
-                        }
-                    }
-                    else => break,
-                }
-            }
-        })
-    };
-
+    let mut pace = Pace::new(id, args, shared);
+    let (tx, collector) = spawn_ack_collector::<DeliveryFuture, _, _>(shared);
     let hand_over = |group: (DeliveryFuture, SendTimes)| {
         tx.send(group)
             .map_err(|_| "ack collector stopped".to_string())
     };
     let mut seq = 0u64;
     let mut payload = Vec::with_capacity(args.size);
-    // The batch the latest messages went to, and their send times.
+    // The batch the latest messages went to, and their send times: one
+    // future and one clock read per batch, not per message.
     let mut group: Option<(DeliveryFuture, SendTimes)> = None;
-    let mut sent_ns = 0;
     loop {
-        if deadline_ns.is_none() && seq >= share {
-            break;
-        }
-        if let Some(interval) = interval {
-            // Hand the group over before idling, so its acks are timed
-            // when they arrive.
+        if pace.idles() {
             if let Some(g) = group.take() {
                 hand_over(g)?;
             }
-            tokio::time::sleep_until(started + interval * seq as u32).await;
         }
-        // Flat out, one clock read serves STAMP_EVERY sends: a read costs
-        // as much as a quarter of a send, and a message stamped a few sends
-        // early (a few microseconds) changes nothing in latencies that
-        // queueing makes milliseconds. At a fixed rate every message is
-        // stamped when it is sent.
-        if interval.is_some() || seq % STAMP_EVERY == 0 {
-            sent_ns = shared.now_ns();
-            if deadline_ns.is_some_and(|d| sent_ns >= d) {
-                break;
-            }
-        }
+        let Some(sent_ns) = pace.next(seq, shared).await else {
+            break;
+        };
         write_payload(&mut payload, shared, sent_ns, id, seq);
         let delivery = producer
             .send(topic, None, &payload)
