@@ -8,18 +8,24 @@
 #
 # Each pass measures, one after the other on the same file system:
 #   dd_direct  `dd bs=1M oflag=direct` of DD_MIB: what the disk takes
+#              (the better of two)
 #   dd_cache   `dd bs=1M` of DD_CACHE_MIB without oflag: into the page
-#              cache, no fsync (1 GiB: a larger file reaches the kernel's
-#              dirty limit and then runs at the disk's rate; 4 GiB measured
-#              0.84-0.88 GB/s here where 1 GiB measured 5.7)
+#              cache, no fsync (the best of three: the first write after a
+#              `sync` sometimes ran at the disk's rate, 0.9-1.2 GB/s, where
+#              the next ran at 5.5; and 1 GiB: a larger file reaches the
+#              kernel's dirty limit and then runs at the disk's rate, 4 GiB
+#              measured 0.84-0.88 GB/s here)
 #   then `spool bench --size 1024 --consumers 0` for SECS seconds into a
-#   topic at a 1 GiB retention limit (the steady state of a broker that
+#   topic at a 1 GiB retention limit (per partition) (the steady state of a broker that
 #   has run a while, and what keeps a long run from filling the disk),
 #   `interval` and `never`, three ways: the producer appending through the
 #   embedded API (`--in-process`: what the storage path takes), over
 #   loopback TCP to the broker in the bench's process (`_tcp`), and over
-#   loopback TCP to a separate `spool serve` (`_serve`, on PORT). Over TCP
-#   the client and the broker share this machine's cores.
+#   loopback TCP to a separate `spool serve` (`_serve`, on PORT); and
+#   against `spool serve` with two producers on two partitions (`_serve_2p`:
+#   one connection's task, reading and appending each batch in turn, is
+#   one core's work). Over TCP the client and the broker share this
+#   machine's cores.
 # Between runs `sync` lets the previous run's dirty pages reach the disk.
 # For each bench run it also reads how many bytes the device wrote while
 # the run lasted (/proc/diskstats), against the bytes produced.
@@ -53,14 +59,19 @@ if ss -ltnH "sport = :$PORT" | grep -q .; then
 fi
 RESULTS=$(mktemp)
 
-# dd's own figure: bytes over seconds, from its last line.
-dd_rate() { # MiB, dd's flags
-    local mib=$1
-    shift
-    dd if=/dev/zero of="$DIR/dd" bs=1M count="$mib" "$@" 2>&1 |
-        awk '/copied/ { for (i = 1; i <= NF; i++) if ($i == "s,") secs = $(i-1); print $1 / secs / 1e6 }'
-    rm -f "$DIR/dd"
-    sync
+# dd's own figure (bytes over seconds, from its last line), the best of
+# `tries`: the targets are measured against the faster reading.
+dd_rate() { # tries, MiB, dd's flags
+    local tries=$1 mib=$2 best=0 rate
+    shift 2
+    for _ in $(seq 1 "$tries"); do
+        rate=$(dd if=/dev/zero of="$DIR/dd" bs=1M count="$mib" "$@" 2>&1 |
+            awk '/copied/ { for (i = 1; i <= NF; i++) if ($i == "s,") secs = $(i-1); print $1 / secs / 1e6 }')
+        rm -f "$DIR/dd"
+        sync
+        best=$(python3 -c "print(max(float('$best'), float('${rate:-0}')))")
+    done
+    echo "$best"
 }
 
 # Sectors the device under DIR has written (field 10 of /proc/diskstats;
@@ -120,14 +131,16 @@ record() {
 
 for pass in $(seq 1 "$REPEAT"); do
     echo "pass $pass of $REPEAT" >&2
-    record dd_direct dd_rate "$DD_MIB" oflag=direct
+    record dd_direct dd_rate 2 "$DD_MIB" oflag=direct
     record interval_in_process spool_rate --data "$DIR/spool" --in-process --sync interval
     record interval_tcp spool_rate --data "$DIR/spool" --sync interval
     record interval_serve serve_rate --sync interval
-    record dd_cache dd_rate "$DD_CACHE_MIB"
+    record interval_serve_2p serve_rate --sync interval --producers 2 --partitions 2
+    record dd_cache dd_rate 3 "$DD_CACHE_MIB"
     record never_in_process spool_rate --data "$DIR/spool" --in-process --sync never
     record never_tcp spool_rate --data "$DIR/spool" --sync never
     record never_serve serve_rate --sync never
+    record never_serve_2p serve_rate --sync never --producers 2 --partitions 2
 done
 
 python3 - "$RESULTS" "$REPEAT" "$SECS" <<'PY'
@@ -142,8 +155,8 @@ med = {k: statistics.median(v) for k, v in rows.items()}
 print(f"1 KiB produce, {sys.argv[3]} s runs at a 1 GiB retention limit, medians of {sys.argv[2]} passes (range)")
 print("| what | MB/s | range | written by the disk during the run / produced |")
 print("|---|---:|---:|---:|")
-for name in ["dd_direct", "interval_in_process", "interval_tcp", "interval_serve",
-             "dd_cache", "never_in_process", "never_tcp", "never_serve"]:
+for name in ["dd_direct", "interval_in_process", "interval_tcp", "interval_serve", "interval_serve_2p",
+             "dd_cache", "never_in_process", "never_tcp", "never_serve", "never_serve_2p"]:
     v = rows[name]
     w = f"{statistics.median(disk[name]):.2f}" if name in disk else ""
     print(f"| {name} | {med[name]:.0f} | {min(v):.0f}-{max(v):.0f} | {w} |")
@@ -152,9 +165,11 @@ for run, ref, target in [
     ("interval_in_process", "dd_direct", "at least 0.90"),
     ("interval_tcp", "dd_direct", "at least 0.90"),
     ("interval_serve", "dd_direct", "at least 0.90"),
+    ("interval_serve_2p", "dd_direct", "at least 0.90"),
     ("never_in_process", "dd_cache", "at least 0.50"),
     ("never_tcp", "dd_cache", "at least 0.50"),
     ("never_serve", "dd_cache", "at least 0.50"),
+    ("never_serve_2p", "dd_cache", "at least 0.50"),
 ]:
     print(f"{run} / {ref}: {med[run] / med[ref]:.2f} (target {target})")
 PY
