@@ -82,11 +82,11 @@ sectors_written() {
 }
 
 # The bench's produce rate, and the share of what it produced that the
-# device wrote while it ran (before the `sync` after it): under `interval`
-# about 1, which shows the appends reached the disk within the run.
+# device wrote while it ran: under `interval` about 1, which shows the
+# appends reached the disk within the run. The callers own the data
+# directory (a server may be running on it).
 spool_rate() {
     local before after json
-    rm -rf "$DIR/spool"
     before=$(sectors_written)
     json=$("$SPOOL" bench --size 1024 --consumers 0 \
         --duration-secs "$SECS" --retention-bytes "$RETENTION" --json "$@" 2>/dev/null)
@@ -98,11 +98,19 @@ assert not r['errors'], r['errors']
 written = (int(sys.argv[3]) - int(sys.argv[2])) * 512
 print(r['produce_mb_per_sec'], written / (r['messages_produced'] * r['size']))
 " "$json" "$before" "$after"
+}
+
+# spool_rate with the broker in the bench's process, on a fresh directory;
+# afterwards `sync` lets its dirty pages reach the disk before the next run.
+local_rate() {
+    rm -rf "$DIR/spool"
+    spool_rate --data "$DIR/spool" "$@"
     rm -rf "$DIR/spool"
     sync
 }
 
-# spool_rate against a `spool serve` of its own, stopped after the run.
+# spool_rate against a `spool serve` of its own on a fresh directory,
+# stopped after the run.
 serve_rate() {
     rm -rf "$DIR/spool"
     "$SPOOL" serve --listen "127.0.0.1:$PORT" --data "$DIR/spool" --metrics 127.0.0.1:0 \
@@ -116,6 +124,8 @@ serve_rate() {
     kill "$SERVER"
     wait "$SERVER" 2>/dev/null || true
     SERVER=
+    rm -rf "$DIR/spool"
+    sync
 }
 
 # One figure into the results; a failed run ends the script (a plain
@@ -132,13 +142,13 @@ record() {
 for pass in $(seq 1 "$REPEAT"); do
     echo "pass $pass of $REPEAT" >&2
     record dd_direct dd_rate 2 "$DD_MIB" oflag=direct
-    record interval_in_process spool_rate --data "$DIR/spool" --in-process --sync interval
-    record interval_tcp spool_rate --data "$DIR/spool" --sync interval
+    record interval_in_process local_rate --in-process --sync interval
+    record interval_tcp local_rate --sync interval
     record interval_serve serve_rate --sync interval
     record interval_serve_2p serve_rate --sync interval --producers 2 --partitions 2
     record dd_cache dd_rate 3 "$DD_CACHE_MIB"
-    record never_in_process spool_rate --data "$DIR/spool" --in-process --sync never
-    record never_tcp spool_rate --data "$DIR/spool" --sync never
+    record never_in_process local_rate --in-process --sync never
+    record never_tcp local_rate --sync never
     record never_serve serve_rate --sync never
     record never_serve_2p serve_rate --sync never --producers 2 --partitions 2
 done

@@ -13,6 +13,7 @@
 use std::sync::Arc;
 
 use spool::broker::PendingAppend;
+use spool::storage::wall_clock_ms;
 use spool::{BatchBuilder, Broker, PartitionId};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -88,7 +89,7 @@ pub(super) async fn produce(
             }
         };
         batch
-            .push(unix_ms(), None, &payload, &[])
+            .push(wall_clock_ms(), None, &payload, &[])
             .map_err(|e| e.to_string())?;
         sent.push(sent_ns);
         seq += 1;
@@ -104,12 +105,4 @@ pub(super) async fn produce(
     drop(tx);
     collector.await.map_err(|e| e.to_string())?;
     Ok(seq)
-}
-
-/// The record timestamp, read per message as the client does.
-fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
